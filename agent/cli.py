@@ -1,0 +1,83 @@
+"""The `herdcast` console command: send, receive, plan, node.
+
+Subcommands import their module only when run, so `herdcast send` on a server does not pay
+for pyudev or pyroute2, and a frozen node does not pay for the builder.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: herdcast COMMAND [options]
+
+commands:
+  send      send a file or disk by multicast (udp-sender's options)
+  receive   receive a file or disk by multicast (udp-receiver's options)
+  plan      print what a node would do with a kernel command line, touching nothing
+  node      the initramfs init: read /proc/cmdline and image this node unattended
+
+`herdcast COMMAND --help` lists a command's options.
+"""
+
+
+def _send(argv: list[str]) -> int:
+    from agent.options import OptionError, parse_send_args
+
+    try:
+        opts = parse_send_args(argv)
+    except OptionError as exc:
+        print(f"herdcast send: {exc}", file=sys.stderr)
+        return 2
+    from agent.sender import run_sender
+
+    return run_sender(opts)
+
+
+def _receive(argv: list[str]) -> int:
+    from agent.options import OptionError, parse_receive_args
+
+    try:
+        opts = parse_receive_args(argv)
+    except OptionError as exc:
+        print(f"herdcast receive: {exc}", file=sys.stderr)
+        return 2
+    from agent.receiver import run_receiver
+
+    return run_receiver(opts)
+
+
+def _plan(argv: list[str]) -> int:
+    from agent.plan import main as plan_main
+
+    return plan_main(argv)
+
+
+def _node(argv: list[str]) -> int:
+    from agent.node import main as node_main
+
+    return node_main(argv)
+
+
+COMMANDS = {"send": _send, "receive": _receive, "plan": _plan, "node": _node}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from agent import __version__
+
+        print(f"herdcast {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"herdcast: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    try:
+        return command(argv[1:])
+    except KeyboardInterrupt:
+        print(f"herdcast {argv[0]}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,268 @@
+"""Options of `herdcast send` and `herdcast receive`, with udpcast's names and meanings.
+
+One argparse declaration per side is the single source of truth: the console command, the
+node agent (which turns `udpcparam=` into argv) and the tests all go through
+`parse_send_args` / `parse_receive_args`, so an admin's udp-sender script works by changing
+only the program name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_PORTBASE = 9000
+DEFAULT_BLOCKSIZE = 1456
+MAX_BLOCKSIZE = 1456  # a bigger datagram is IP-fragmented at MTU 1500 and lost as a whole
+
+
+class OptionError(ValueError):
+    """A bad option value: the message names the option and the fix, on one line."""
+
+
+@dataclass(frozen=True)
+class FecSpec:
+    """`--fec SxR/Z`: S stripes, R redundancy blocks per stripe, stripe size Z blocks."""
+
+    stripes: int
+    redundancy: int
+    stripesize: int
+
+
+@dataclass
+class CommonOptions:
+    """Options both sides share (udpcast's `net_config` and `disk_config`)."""
+
+    file: str | None = None
+    pipe: str | None = None
+    interface: str | None = None
+    portbase: int = DEFAULT_PORTBASE
+    mcast_rdv_address: str | None = None
+    ttl: int = 1
+    nokbd: bool = False
+    no_progress: bool = False
+    start_timeout: float | None = None
+    log: str | None = None
+
+
+@dataclass
+class SendOptions(CommonOptions):
+    """What `udp-sender` takes."""
+
+    blocksize: int = DEFAULT_BLOCKSIZE
+    mcast_data_address: str | None = None
+    broadcast: bool = False
+    max_bitrate: int | None = None  # bits per second
+    duplex: str | None = None  # None = auto-detect, "full" or "half"
+    pointopoint: bool | None = None  # None = point-to-point when exactly one receiver
+    min_receivers: int | None = None
+    min_wait: float | None = None
+    max_wait: float | None = None
+    autostart: int | None = None
+    retries_until_drop: int = 200
+    rexmit_hello_interval: int = 0  # milliseconds, 0 = HELLO only once
+    fec: FecSpec | None = None
+    async_: bool = False
+    sendbuf: int | None = None
+    min_slice_size: int = 16
+    max_slice_size: int = 1024
+    default_slice_size: int = 0  # 0 = automatic
+    late_join: bool = True  # herdcast: serve receivers that miss the start in a further round
+
+
+@dataclass
+class ReceiveOptions(CommonOptions):
+    """What `udp-receiver` takes."""
+
+    receive_timeout: float | None = None
+    exit_wait: int = 500  # milliseconds
+    sync: bool = False
+    rcvbuf: int | None = None
+    passive: bool = False
+    ignore_lost_data: bool = False
+    expected_size: int | None = None  # herdcast: refuse a target smaller than the image
+    extra: dict = field(default_factory=dict)
+
+
+# udpcast options herdcast recognises but does not implement: each fails with this reason.
+UNSUPPORTED = {
+    "--rate-governor": "loadable rate governors are udpcast plug-ins; use --max-bitrate",
+    "--autorate": "use --max-bitrate; herdcast's rate follows the receivers' feedback anyway",
+    "--daemon-mode": "run herdcast send in a loop from a service manager instead",
+    "--pid-file": "run herdcast send from a service manager instead",
+    "--kill": "run herdcast send from a service manager instead",
+    "--streaming": "herdcast serves late receivers in a further round (the default)",
+    "--rehello-offset": "only used with --streaming, which herdcast does not implement",
+    "--bw-period": "herdcast prints its own progress line",
+    "--stat-period": "herdcast prints its own progress line",
+    "--print-uncompressed-position": "herdcast prints its own progress line",
+    "--write-loss": "loss-test builds only; shape loss with nftables instead",
+    "--read-loss": "loss-test builds only; shape loss with nftables instead",
+    "--seed": "loss-test builds only",
+    "--print-seed": "loss-test builds only",
+}
+
+
+def parse_size(text: str, *, option: str, binary: bool = False) -> int:
+    """A count with an optional k/m/g suffix (×1000, or ×1024 when `binary`)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
+    if not m:
+        raise OptionError(f"{option}: {text!r} is not a number (examples: 500000, 800k, 1g)")
+    base = 1024 if binary else 1000
+    scale = {"": 1, "k": base, "m": base**2, "g": base**3}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def parse_fec(text: str) -> FecSpec:
+    """`--fec` as udpcast writes it: `8x8/128`, `8x8`, or just the redundancy."""
+    m = re.fullmatch(r"(?:(\d+)x)?(\d+)(?:/(\d+))?", text.strip())
+    if not m:
+        raise OptionError(f"--fec: {text!r} is not STRIPESxREDUNDANCY/STRIPESIZE (e.g. 8x8/128)")
+    stripes = int(m.group(1) or 8)
+    redundancy = int(m.group(2))
+    stripesize = int(m.group(3) or 128)
+    if not 1 <= stripes <= 1024 or not 1 <= redundancy <= 128 or not 1 <= stripesize <= 128:
+        raise OptionError(f"--fec: {text!r} out of range (stripes>=1, redundancy and stripe "
+                          "size 1..128)")
+    if stripes * stripesize > 1024:
+        stripes = max(1, 1024 // stripesize)
+    return FecSpec(stripes, redundancy, stripesize)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises OptionError instead of exiting, so callers choose how to fail."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise OptionError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", help="file or block device (default: stdin/stdout)")
+    p.add_argument("-p", "--pipe", help="filter command, e.g. 'gzip -c' / 'gzip -dc'")
+    p.add_argument("-i", "--interface", help="interface name, IP or name prefix")
+    p.add_argument("-P", "--portbase", "--port", type=int, default=DEFAULT_PORTBASE)
+    p.add_argument("-M", "--mcast-rdv-address", "--mcast-all-address")
+    p.add_argument("-t", "--ttl", type=int, default=1)
+    p.add_argument("-k", "--nokbd", action="store_true", help="no keyboard start")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-l", "--log")
+    p.add_argument("--license", action="store_true", help=argparse.SUPPRESS)
+    for opt in UNSUPPORTED:
+        p.add_argument(opt, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+
+
+def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
+    """The argparse declaration of `herdcast send` (udp-sender's options)."""
+    p = _Parser(prog=prog, description="Send a file or disk by multicast (udp-sender).",
+                allow_abbrev=True)
+    _common(p)
+    p.add_argument("file_arg", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("-b", "--blocksize", type=int, default=DEFAULT_BLOCKSIZE)
+    p.add_argument("-m", "--mcast-data-address", "--mcast-address")
+    p.add_argument("-B", "--broadcast", action="store_true")
+    p.add_argument("-r", "--max-bitrate")
+    p.add_argument("-d", "--full-duplex", dest="duplex", action="store_const", const="full")
+    p.add_argument("-c", "--half-duplex", dest="duplex", action="store_const", const="half")
+    p.add_argument("-1", "--pointopoint", dest="pointopoint", action="store_const", const=True)
+    p.add_argument("-2", "--nopointopoint", dest="pointopoint", action="store_const",
+                   const=False)
+    p.add_argument("-C", "--min-receivers", "--min-clients", type=int)
+    p.add_argument("-w", "--min-wait", type=float)
+    p.add_argument("-W", "--max-wait", type=float)
+    p.add_argument("-S", "--autostart", type=int)
+    p.add_argument("-T", "--start-timeout", type=float)
+    p.add_argument("-R", "--retries-until-drop", type=int, default=200)
+    p.add_argument("-H", "--rexmit-hello-interval", type=int, default=0)
+    p.add_argument("-F", "--fec")
+    p.add_argument("-a", "--async", dest="async_", action="store_true")
+    p.add_argument("-s", "--sendbuf")
+    p.add_argument("--min-slice-size", type=int, default=16)
+    p.add_argument("--max-slice-size", type=int, default=1024)
+    p.add_argument("--default-slice-size", "--slice-size", type=int, default=0)
+    p.add_argument("--no-late-join", dest="late_join", action="store_false",
+                   help="herdcast: tell late receivers they missed the start instead of "
+                        "serving them in a further round")
+    return p
+
+
+def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
+    """The argparse declaration of `herdcast receive` (udp-receiver's options)."""
+    p = _Parser(prog=prog, description="Receive a file or disk by multicast (udp-receiver).",
+                allow_abbrev=True)
+    _common(p)
+    p.add_argument("file_arg", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("-s", "--start-timeout", type=float)
+    p.add_argument("--receive-timeout", type=float)
+    p.add_argument("-w", "--exit-wait", type=int, default=500)
+    p.add_argument("-n", "--nosync", dest="sync", action="store_false", default=False)
+    p.add_argument("-y", "--sync", dest="sync", action="store_true")
+    p.add_argument("-b", "--rcvbuf")
+    p.add_argument("-d", "--passive", action="store_true")
+    p.add_argument("-Z", "--ignore-lost-data", action="store_true")
+    return p
+
+
+def _check_unsupported(ns: argparse.Namespace) -> None:
+    for opt, why in UNSUPPORTED.items():
+        if getattr(ns, opt.lstrip("-").replace("-", "_"), None) is not None:
+            raise OptionError(f"{opt} is not supported by herdcast: {why}")
+
+
+def _check_common(ns: argparse.Namespace) -> None:
+    if not 1 <= ns.portbase <= 65534:
+        raise OptionError(f"--portbase: {ns.portbase} out of range (1..65534; default 9000)")
+    if not 1 <= ns.ttl <= 255:
+        raise OptionError(f"--ttl: {ns.ttl} out of range (1..255)")
+    if ns.file_arg is not None:
+        if ns.file is not None:
+            raise OptionError(f"give the file once: --file {ns.file} and {ns.file_arg}")
+        ns.file = ns.file_arg
+    for name in ("start_timeout",):
+        value = getattr(ns, name, None)
+        if value is not None and value < 0:
+            raise OptionError(f"--{name.replace('_', '-')}: must be >= 0 seconds")
+
+
+def _fill(cls: type, ns: argparse.Namespace):
+    names = {f for f in cls.__dataclass_fields__}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def parse_send_args(argv: list[str]) -> SendOptions:
+    """Parse udp-sender style arguments; raises OptionError with a one-line reason."""
+    ns = send_parser().parse_args(argv)
+    _check_unsupported(ns)
+    _check_common(ns)
+    ns.blocksize -= ns.blocksize % 4
+    if not 64 <= ns.blocksize <= MAX_BLOCKSIZE:
+        raise OptionError(f"--blocksize: {ns.blocksize} out of range (64..{MAX_BLOCKSIZE}; "
+                          "larger datagrams fragment and are lost whole)")
+    ns.max_bitrate = (parse_size(ns.max_bitrate, option="--max-bitrate")
+                      if ns.max_bitrate is not None else None)
+    ns.sendbuf = (parse_size(ns.sendbuf, option="--sendbuf", binary=True)
+                  if ns.sendbuf is not None else None)
+    ns.fec = parse_fec(ns.fec) if ns.fec is not None else None
+    if ns.async_ and ns.max_bitrate is None:
+        raise OptionError("--async needs --max-bitrate (there is no return channel to pace by)")
+    for name in ("min_receivers", "autostart", "retries_until_drop", "rexmit_hello_interval"):
+        value = getattr(ns, name)
+        if value is not None and value < 0:
+            raise OptionError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
+    if not 1 <= ns.min_slice_size <= ns.max_slice_size <= 1024:
+        raise OptionError("--min-slice-size/--max-slice-size: need 1 <= min <= max <= 1024")
+    return _fill(SendOptions, ns)
+
+
+def parse_receive_args(argv: list[str]) -> ReceiveOptions:
+    """Parse udp-receiver style arguments; raises OptionError with a one-line reason."""
+    ns = receive_parser().parse_args(argv)
+    _check_unsupported(ns)
+    _check_common(ns)
+    ns.rcvbuf = (parse_size(ns.rcvbuf, option="--rcvbuf", binary=True)
+                 if ns.rcvbuf is not None else None)
+    if ns.receive_timeout is not None and ns.receive_timeout <= 0:
+        raise OptionError("--receive-timeout: must be > 0 seconds")
+    if ns.exit_wait < 0:
+        raise OptionError("--exit-wait: must be >= 0 milliseconds")
+    return _fill(ReceiveOptions, ns)

@@ -1,0 +1,305 @@
+"""udpcast's wire protocol, every message declared once with construct.
+
+Layouts are big-endian C structs as udpcast 20120424..20250223 sends them (see
+shared/reference/udpcast-protocol.md, confirmed on captures). Each declaration is used both
+to build and to parse. The per-packet hot path (DATA and FEC headers) uses a `struct.Struct`
+*derived* from the same construct declaration by `fast_header`, so the layout still lives in
+one place while a packet costs one C call instead of a construct parse.
+
+herdcast's own extensions are gated by CAP_HERDCAST: a herdcast peer sets it in CONNECT_REQ
+(receiver) or HELLO/CONNECT_REPLY (sender). Stock udpcast ignores unknown capability bits
+(the receiver tests only NEW_GEN and ASYNC; the sender only BIG_ENDIAN), and the extension
+messages below are sent only to peers that advertised the bit, so stock peers never see them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from enum import IntEnum
+
+from construct import (
+    Adapter,
+    Bytes,
+    Construct,
+    ConstructError,
+    Container,
+    FormatField,
+    Int16sb,
+    Int16ub,
+    Int32sb,
+    Int32ub,
+    Int64ub,
+    Padding,
+    Struct,
+)
+
+MAX_CLIENTS = 1024  # udpcast's participant table; REQACK/RETRANSMIT bitmaps are this wide
+BITMAP_BYTES = MAX_CLIENTS // 8  # 128
+MAX_SLICE_SIZE = 1024  # blocks per slice (RETRANSMIT's block bitmap is 128 bytes too)
+
+
+class Op(IntEnum):
+    """Opcodes: the first big-endian u16 of every datagram."""
+
+    OK = 0
+    RETRANSMIT = 1
+    GO = 2
+    CONNECT_REQ = 3
+    DISCONNECT = 4
+    REQACK = 6
+    CONNECT_REPLY = 7
+    DATA = 8
+    FEC = 9
+    HELLO_NEW = 10
+    HELLO_STREAMING = 11
+    HELLO = 0x0500
+    # herdcast extensions (CAP_HERDCAST peers only); far from udpcast's range
+    HC_DIGEST = 0x4801
+    HC_DIGEST_ACK = 0x4802
+    HC_LATE = 0x4803
+
+
+class Cap:
+    """Capability bits (CONNECT_REQ, CONNECT_REPLY, HELLO)."""
+
+    NEW_GEN = 0x01
+    MULTICAST = 0x02
+    FEC = 0x04
+    BIG_ENDIAN = 0x08
+    LITTLE_ENDIAN = 0x10
+    ASYNC = 0x20
+    HERDCAST = 0x100  # herdcast: digest exchange and late-join rounds understood
+
+    STOCK = NEW_GEN | BIG_ENDIAN  # 0x09, what udpcast sends on both sides
+
+
+class _IPv4(Adapter):
+    """udpcast's 16-byte address field: IPv4 in the first 4 bytes, the rest ignored.
+
+    20230924 leaves bytes 4..15 uninitialised, so parsing never looks at them; building
+    writes zeros.
+    """
+
+    def _decode(self, obj: bytes, context, path) -> str:
+        return str(ipaddress.IPv4Address(obj[:4]))
+
+    def _encode(self, obj: str, context, path) -> bytes:
+        return ipaddress.IPv4Address(obj).packed + bytes(12)
+
+
+McastAddr = _IPv4(Bytes(16))
+
+Hello = Struct(  # HELLO, HELLO_NEW, HELLO_STREAMING: 28 bytes, sender -> control address
+    "opcode" / Int16ub,
+    "reserved" / Int16sb,
+    "capabilities" / Int32ub,
+    "mcast_addr" / McastAddr,
+    "blocksize" / Int16ub,
+    Padding(2),
+)
+
+ConnectReq = Struct(  # 12 bytes, receiver -> control address, then unicast
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "capabilities" / Int32ub,
+    "rcvbuf" / Int32ub,
+)
+
+ConnectReply = Struct(  # 32 bytes, sender -> receiver unicast
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "client_number" / Int32sb,  # -1: table full
+    "blocksize" / Int32ub,
+    "capabilities" / Int32ub,
+    "mcast_addr" / McastAddr,
+)
+
+Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
+Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
+
+DataHeader = Struct(  # 16 bytes + min(blocksize, slice_bytes - block*blocksize)
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "slice_no" / Int32ub,
+    "block_no" / Int16ub,
+    "reserved2" / Int16ub,
+    "slice_bytes" / Int32ub,
+)
+
+FecHeader = Struct(  # 16 bytes + blocksize
+    "opcode" / Int16ub,
+    "stripes" / Int16ub,
+    "slice_no" / Int32ub,
+    "fec_block_no" / Int16ub,
+    "reserved2" / Int16ub,
+    "slice_bytes" / Int32ub,
+)
+
+ReqAck = Struct(  # 144 bytes, sender -> data address
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "slice_no" / Int32ub,
+    "slice_bytes" / Int32ub,
+    "rxmit" / Int32ub,
+    "ready_set" / Bytes(BITMAP_BYTES),  # bit = clNr that already answered OK
+)
+
+Ok = Struct("opcode" / Int16ub, "reserved" / Int16ub, "slice_no" / Int32ub)  # 8 bytes
+
+Retransmit = Struct(  # 140 bytes, receiver -> sender
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "slice_no" / Int32ub,
+    "rxmit" / Int32ub,
+    "received" / Bytes(BITMAP_BYTES),  # bit i set = block i received
+)
+
+# --- herdcast extensions -----------------------------------------------------------------
+
+HcDigest = Struct(  # receiver -> sender, after the end slice: what it wrote
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "total_bytes" / Int64ub,
+    "sha256" / Bytes(32),
+)
+
+HcDigestAck = Struct(  # sender -> receiver: 1 = digest agreed, 0 = mismatch
+    "opcode" / Int16ub,
+    "agreed" / Int16ub,
+    "total_bytes" / Int64ub,
+)
+
+
+class LateStatus(IntEnum):
+    """What the sender tells a receiver whose CONNECT_REQ arrives mid-transfer."""
+
+    NEXT_ROUND = 1  # stay: the whole image follows in another round
+    MISSED = 2  # the input cannot be re-read; restart the sender to image this node
+
+
+HcLate = Struct(  # sender -> receiver unicast, answering a CONNECT_REQ mid-transfer
+    "opcode" / Int16ub,
+    "status" / Int16ub,
+    "slice_no" / Int32ub,  # slice being sent now, for the message
+)
+
+MESSAGES: dict[int, Construct] = {
+    Op.OK: Ok,
+    Op.RETRANSMIT: Retransmit,
+    Op.GO: Go,
+    Op.CONNECT_REQ: ConnectReq,
+    Op.DISCONNECT: Disconnect,
+    Op.REQACK: ReqAck,
+    Op.CONNECT_REPLY: ConnectReply,
+    Op.DATA: DataHeader,
+    Op.FEC: FecHeader,
+    Op.HELLO_NEW: Hello,
+    Op.HELLO_STREAMING: Hello,
+    Op.HELLO: Hello,
+    Op.HC_DIGEST: HcDigest,
+    Op.HC_DIGEST_ACK: HcDigestAck,
+    Op.HC_LATE: HcLate,
+}
+
+SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}
+_OPCODE = struct.Struct(">H")
+
+
+def build(op: Op, **fields) -> bytes:
+    """Build one message; unspecified reserved fields are 0."""
+    msg = MESSAGES[op]
+    values = {"opcode": int(op), "reserved": 0, "reserved2": 0}
+    values.update(fields)
+    return msg.build(values)
+
+
+def opcode(datagram: bytes | memoryview) -> int | None:
+    """The opcode of a datagram, or None if it is too short to have one."""
+    if len(datagram) < 2:
+        return None
+    return _OPCODE.unpack_from(datagram)[0]
+
+
+def parse(datagram: bytes | memoryview) -> tuple[Op, Container] | None:
+    """Parse any control message; None for garbage (unknown opcode, too short).
+
+    Never raises on untrusted input: every datagram on the ports goes through here.
+    DATA and FEC parse only their header; the payload follows at offset 16.
+    """
+    op = opcode(datagram)
+    if op is None or op not in MESSAGES:
+        return None
+    size = SIZES[op]
+    if len(datagram) < size:
+        return None
+    try:
+        return Op(op), MESSAGES[op].parse(bytes(datagram[:size]))
+    except (ConstructError, ValueError):
+        return None
+
+
+def fast_header(declaration: Struct) -> struct.Struct:
+    """A struct.Struct with exactly `declaration`'s layout, for the per-packet hot path.
+
+    Derived from the construct declaration (fixed-size FormatFields, Bytes and Padding only),
+    so the layout is still declared once.
+    """
+    fmt = ">"
+    for sub in declaration.subcons:
+        inner = getattr(sub, "subcon", sub)
+        while not isinstance(inner, FormatField) and hasattr(inner, "subcon"):
+            inner = inner.subcon
+        if isinstance(inner, FormatField):
+            fmt += inner.fmtstr.lstrip("<>=!")
+        elif sub.name is None:
+            fmt += f"{sub.sizeof()}x"
+        else:
+            fmt += f"{sub.sizeof()}s"
+    compiled = struct.Struct(fmt)
+    if compiled.size != declaration.sizeof():
+        raise AssertionError(f"fast_header: {fmt} is {compiled.size} bytes, "
+                             f"declaration is {declaration.sizeof()}")
+    return compiled
+
+
+# (opcode, reserved, slice_no, block_no, reserved2, slice_bytes)
+DATA_HEADER = fast_header(DataHeader)
+# (opcode, stripes, slice_no, fec_block_no, reserved2, slice_bytes)
+FEC_HEADER = fast_header(FecHeader)
+HEADER_SIZE = DATA_HEADER.size  # 16
+
+
+def bitmap_set(bitmap: bytearray, n: int) -> None:
+    """Set bit n, LSB-first as udpcast lays its bitmaps (byte n>>3, mask 1<<(n&7))."""
+    bitmap[n >> 3] |= 1 << (n & 7)
+
+
+def bitmap_test(bitmap: bytes | bytearray, n: int) -> bool:
+    """Whether bit n is set in an LSB-first udpcast bitmap."""
+    return bool(bitmap[n >> 3] & (1 << (n & 7)))
+
+
+def bitmap_from(indices, nbytes: int = BITMAP_BYTES) -> bytes:
+    """An LSB-first bitmap with the given bits set."""
+    bm = bytearray(nbytes)
+    for i in indices:
+        bitmap_set(bm, i)
+    return bytes(bm)
+
+
+def bitmap_indices(bitmap: bytes | bytearray, limit: int) -> list[int]:
+    """The set bits below `limit`."""
+    return [i for i in range(limit) if bitmap[i >> 3] & (1 << (i & 7))]
+
+
+def default_data_group(sender_ip: str) -> str:
+    """The data group a sender picks without --mcast-data-address.
+
+    udpcast 20120424 maps a.b.c.d to (232+(a&7)).b.c.d, which lands 192.168.x senders in the
+    source-specific range 232/8 that SSM-aware networks refuse for any-source joins; 20230924
+    moved to 233.254.0.0|(ip & 0x1FFFF). herdcast uses the 20230924 rule: receivers take the
+    group from HELLO/CONNECT_REPLY, so either rule interoperates.
+    """
+    ip = int(ipaddress.IPv4Address(sender_ip))
+    return str(ipaddress.IPv4Address(0xE9FE0000 | (ip & 0x1FFFF)))
