@@ -44,6 +44,7 @@ class CommonOptions:
     no_progress: bool = False
     start_timeout: float | None = None
     log: str | None = None
+    compress: str | None = None  # herdcast: in-process codec (agent.compress): gz, lzop, zstd
 
 
 @dataclass
@@ -147,6 +148,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--nokbd", action="store_true", help="no keyboard start")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-l", "--log")
+    p.add_argument("--compress", choices=["none", "gz", "lzop", "zstd"],
+                   help="herdcast: compress on the wire (the sender compresses, the receiver "
+                        "decompresses); gz and lzop streams are what gzip -dc / lzop -dc read")
     p.add_argument("--license", action="store_true", help=argparse.SUPPRESS)
     for opt in UNSUPPORTED:
         p.add_argument(opt, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
@@ -225,6 +229,8 @@ def _check_common(ns: argparse.Namespace) -> None:
 
 
 def _fill(cls: type, ns: argparse.Namespace):
+    if getattr(ns, "compress", None) == "none":
+        ns.compress = None
     names = {f for f in cls.__dataclass_fields__}
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
 
