@@ -1,0 +1,85 @@
+"""Disk images for the PXE lab: a sender disk that looks like a real installed node (MBR, an
+ext4 partition with known files, data after it) and receivers full of junk.
+
+The MBR is declared once with construct and used to build it and to read it back.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+
+from construct import Array, Bytes, Const, Int8ul, Int32ul, Struct
+
+SECTOR = 512
+
+PartitionEntry = Struct(
+    "status" / Int8ul,  # 0x80 = bootable
+    "chs_first" / Bytes(3),
+    "type" / Int8ul,  # 0x83 = Linux
+    "chs_last" / Bytes(3),
+    "lba_first" / Int32ul,
+    "sectors" / Int32ul,
+)
+
+Mbr = Struct(
+    "bootstrap" / Bytes(446),
+    "partitions" / Array(4, PartitionEntry),
+    "signature" / Const(b"\x55\xaa"),
+)
+
+_EMPTY = {"status": 0, "chs_first": bytes(3), "type": 0, "chs_last": bytes(3),
+          "lba_first": 0, "sectors": 0}
+
+
+def _pattern(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def make_sender_disk(path: Path, size_mib: int, files: dict[str, bytes],
+                     part_mib: int | None = None, seed: int = 1) -> None:
+    """An MBR disk: partition 1 (ext4, starting at 1 MiB) holding `files`, then patterned
+    data after the partition up to the end, so a clone must carry every byte."""
+    part_mib = part_mib or size_mib // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "root"
+        src.mkdir()
+        for name, content in files.items():
+            target = src / name.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        fs = Path(tmp) / "part.img"
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), "-E",
+                        "root_owner=0:0", str(fs), f"{part_mib}M"], check=True,
+                       capture_output=True, timeout=60)
+        entry = dict(_EMPTY, status=0x80, type=0x83, lba_first=2048,
+                     sectors=part_mib * 1024 * 1024 // SECTOR)
+        mbr = Mbr.build({"bootstrap": bytes(446),
+                         "partitions": [entry, _EMPTY, _EMPTY, _EMPTY]})
+        with open(path, "wb") as disk:
+            disk.truncate(size_mib * 1024 * 1024)
+            disk.write(mbr)
+            disk.seek(1024 * 1024)
+            disk.write(fs.read_bytes())
+            tail = (size_mib - 1 - part_mib) * 1024 * 1024
+            disk.write(_pattern(seed, tail))
+
+
+def make_junk_disk(path: Path, size_mib: int, seed: int) -> None:
+    """A receiver's disk before imaging: junk everywhere, so a partial clone shows."""
+    Path(path).write_bytes(_pattern(seed, size_mib * 1024 * 1024))
+
+
+def read_partition_file(disk: Path, name: str, partition: int = 0) -> bytes:
+    """Read a file from an ext4 partition of a disk image with debugfs (no mount)."""
+    raw = Path(disk).read_bytes()
+    entry = Mbr.parse(raw[:SECTOR]).partitions[partition]
+    start, length = entry.lba_first * SECTOR, entry.sectors * SECTOR
+    with tempfile.NamedTemporaryFile(suffix=".img") as part:
+        part.write(raw[start:start + length])
+        part.flush()
+        proc = subprocess.run(["debugfs", "-R", f"cat {name}", part.name],
+                              capture_output=True, timeout=60, check=True)
+    return proc.stdout
