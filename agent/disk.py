@@ -1,0 +1,252 @@
+"""The node's disk (`disk=`): what may be overwritten, and how big it is.
+
+A receiver overwrites a whole disk with nobody watching, so every refusal happens before the
+first byte is written: a disk that is mounted (itself, a partition of it, or through a loop
+device backed by it), used as swap, held by device-mapper/md, or smaller than the image.
+The sender reads the whole device, so its size comes from the kernel (BLKGETSIZE64), not
+from a partition table.
+
+Everything takes `proc` and `sys` roots so tests can run on regular files and loop devices.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+BLKGETSIZE64 = 0x80081272
+
+
+class DiskError(RuntimeError):
+    """The disk cannot be used: the message names the disk, the reason and what to change."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A disk (or a file standing in for one) as the node sees it."""
+
+    path: str
+    size: int  # bytes; for a regular file its current length
+    is_block: bool
+    dev: tuple[int, int] | None  # (major, minor) of a block device
+
+
+def _unescape(field: str) -> str:
+    """mountinfo/mounts escape space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and i + 3 < len(field):
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    dev: tuple[int, int]
+    mountpoint: str
+    source: str
+
+
+def mounts(proc: str = "/proc") -> list[Mount]:
+    """The mounts the kernel reports, with device numbers (mountinfo) and sources."""
+    result = []
+    try:
+        text = Path(proc, "self/mountinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        f = left.split()
+        r = right.split()
+        if len(f) < 5 or len(r) < 2:
+            continue
+        major, _, minor = f[2].partition(":")
+        result.append(Mount((int(major), int(minor)), _unescape(f[4]), _unescape(r[1])))
+    if not result:  # no mountinfo (very old kernels, odd test roots): sources only
+        try:
+            for line in Path(proc, "mounts").read_text().splitlines():
+                f = line.split()
+                if len(f) >= 2:
+                    result.append(Mount((0, 0), _unescape(f[1]), _unescape(f[0])))
+        except OSError:
+            pass
+    return result
+
+
+def swaps(proc: str = "/proc") -> list[str]:
+    """Device paths of active swap areas."""
+    try:
+        lines = Path(proc, "swaps").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    return [_unescape(line.split()[0]) for line in lines if line.split()]
+
+
+def _sys_dir(dev: tuple[int, int], sys: str) -> Path | None:
+    p = Path(sys, "dev/block", f"{dev[0]}:{dev[1]}")
+    try:
+        return p.resolve(strict=True)
+    except OSError:
+        return None
+
+
+def _family(dev: tuple[int, int], sys: str) -> dict[tuple[int, int], str]:
+    """The device and its partitions: {(major, minor): kernel name}."""
+    base = _sys_dir(dev, sys)
+    if base is None:
+        return {dev: f"{dev[0]}:{dev[1]}"}
+    found = {dev: base.name}
+    for child in base.iterdir():
+        try:
+            if (child / "partition").exists():
+                major, _, minor = (child / "dev").read_text().strip().partition(":")
+                found[(int(major), int(minor))] = child.name
+        except OSError:
+            continue
+    return found
+
+
+def _holders(dev: tuple[int, int], sys: str) -> list[str]:
+    """Kernel devices stacked on this one or its partitions (dm, md, bcache)."""
+    base = _sys_dir(dev, sys)
+    if base is None:
+        return []
+    dirs = [base] + [c for c in base.iterdir() if (c / "partition").exists()]
+    held = []
+    for d in dirs:
+        try:
+            held += [f"{d.name} is held by {h.name}" for h in (d / "holders").iterdir()]
+        except OSError:
+            continue
+    return held
+
+
+def loop_devices_backed_by(path: str, sys: str = "/sys") -> list[tuple[str, tuple[int, int]]]:
+    """Loop devices whose backing file is `path`: a mounted loop means the file is in use."""
+    real = os.path.realpath(path)
+    found = []
+    for loop in sorted(Path(sys, "block").glob("loop*")):
+        try:
+            backing = (loop / "loop/backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.removesuffix(" (deleted)") == real:
+            major, _, minor = (loop / "dev").read_text().strip().partition(":")
+            found.append((loop.name, (int(major), int(minor))))
+    return found
+
+
+def _size_of(fd: int, st: os.stat_result) -> int:
+    if stat.S_ISBLK(st.st_mode):
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0]
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    return os.lseek(fd, 0, os.SEEK_END)
+
+
+def probe(path: str) -> Disk:
+    """Stat and measure `path` without writing; DiskError if it is not there."""
+    if not path:
+        raise DiskError("disk: no disk given (set disk=/dev/sda or the node's disk)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise DiskError(f"disk {path}: no such device (check disk=, and that the disk "
+                        "driver is loaded: diskmodule=)") from exc
+    except OSError as exc:
+        raise DiskError(f"disk {path}: cannot open: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        size = _size_of(fd, st)
+    finally:
+        os.close(fd)
+    is_block = stat.S_ISBLK(st.st_mode)
+    dev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if is_block else None
+    return Disk(path, size, is_block, dev)
+
+
+def in_use(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
+    """Why writing over `disk` would destroy something live; empty when it is free."""
+    reasons = []
+    targets: dict[tuple[int, int], str] = {}
+    names = {os.path.realpath(disk.path)}
+    if disk.dev is not None:
+        targets.update(_family(disk.dev, sys))
+        reasons += _holders(disk.dev, sys)
+    else:
+        for name, dev in loop_devices_backed_by(disk.path, sys):
+            targets.update({d: f"{n} (loop on {disk.path})" for d, n in _family(dev, sys).items()})
+            names.add(f"/dev/{name}")
+            reasons += _holders(dev, sys)
+    names |= {f"/dev/{n.split()[0]}" for n in targets.values()}
+    for m in mounts(proc):
+        if m.dev in targets and m.dev != (0, 0):
+            reasons.append(f"{targets[m.dev]} is mounted on {m.mountpoint}")
+        elif os.path.realpath(m.source) in names or m.source in names:
+            reasons.append(f"{m.source} is mounted on {m.mountpoint}")
+    for s in swaps(proc):
+        if os.path.realpath(s) in names or s in names:
+            reasons.append(f"{s} is in use as swap")
+    return list(dict.fromkeys(reasons))
+
+
+def check_receive_target(path: str, image_size: int | None = None, *, file_is_disk: bool = False,
+                         proc: str = "/proc", sys: str = "/sys") -> Disk:
+    """Refuse, before anything is written, a target that is in use or too small.
+
+    A regular file that does not exist yet is fine (it is created); a block device must
+    exist. With `file_is_disk` (the node: `disk=` names a disk, a file only stands in for
+    one in tests) an existing regular file is a disk of its current size. Returns the
+    probed Disk.
+    """
+    if not os.path.exists(path) and not path.startswith("/dev/"):
+        return Disk(path, 0, False, None)
+    disk = probe(path)
+    busy = in_use(disk, proc, sys)
+    if busy:
+        raise DiskError(f"disk {path}: refusing to overwrite a disk in use: {'; '.join(busy)} "
+                        "(unmount it, or set disk= to the disk to image)")
+    if image_size is not None and (disk.is_block or file_is_disk):
+        check_size(disk, image_size)
+    if disk.is_block:
+        _check_exclusive(path)
+    return disk
+
+
+def check_size(disk: Disk, image_size: int) -> None:
+    """Refuse a block device, or a fixed-size file, too small for the image."""
+    if disk.size < image_size:
+        raise DiskError(f"disk {disk.path}: {disk.size} bytes is smaller than the image "
+                        f"({image_size} bytes); use a disk at least that big")
+
+
+def _check_exclusive(path: str) -> None:
+    """The kernel's own in-use test: O_EXCL on a block device fails if anything holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise DiskError(f"disk {path}: busy (mounted, swap, or held by another device); "
+                            "unmount it or set disk= to another disk") from exc
+        raise DiskError(f"disk {path}: cannot open: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def check_send_source(path: str) -> Disk:
+    """The sender reads the whole device; it must exist and not be empty."""
+    disk = probe(path)
+    if disk.size == 0:
+        raise DiskError(f"disk {path}: is empty (0 bytes); set disk= to the disk to send")
+    return disk

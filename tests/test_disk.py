@@ -1,0 +1,195 @@
+"""agent.disk: refusals happen before writing, sizes come from the kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.disk import (
+    Disk,
+    DiskError,
+    check_receive_target,
+    check_send_source,
+    in_use,
+    mounts,
+    probe,
+)
+
+MiB = 1024 * 1024
+
+
+def _can_loop() -> bool:
+    return os.geteuid() == 0 and shutil.which("losetup") is not None and \
+        os.path.exists("/dev/loop-control")
+
+
+needs_loop = pytest.mark.skipif(not _can_loop(), reason="needs root and loop devices")
+
+
+@contextlib.contextmanager
+def loop_device(backing: Path):
+    """Attach `backing` to a free loop device, detach it afterwards."""
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                         text=True, timeout=20, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], timeout=20, check=False)
+
+
+@contextlib.contextmanager
+def mounted_ext4(image: Path, mountpoint: Path):
+    """An ext4 file system on `image`, mounted through a loop device."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60,
+                   capture_output=True)
+    mountpoint.mkdir()
+    with loop_device(image) as dev:
+        subprocess.run(["mount", dev, str(mountpoint)], check=True, timeout=20)
+        try:
+            yield dev
+        finally:
+            subprocess.run(["umount", str(mountpoint)], timeout=20, check=False)
+
+
+def _fake_proc(tmp_path: Path, mountinfo: str) -> str:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self/mountinfo").write_text(mountinfo)
+    (proc / "swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n")
+    return str(proc)
+
+
+def _fake_sys(tmp_path: Path) -> str:
+    """/sys with disk sda (8:0) and its partitions sda1 (8:1), sda2 (8:2)."""
+    sys = tmp_path / "sys"
+    sda = sys / "devices/pci0000:00/ata1/block/sda"
+    (sda / "holders").mkdir(parents=True)
+    (sda / "dev").write_text("8:0\n")
+    for n in (1, 2):
+        part = sda / f"sda{n}"
+        (part / "holders").mkdir(parents=True)
+        (part / "partition").write_text(f"{n}\n")
+        (part / "dev").write_text(f"8:{n}\n")
+    (sys / "dev/block").mkdir(parents=True)
+    (sys / "block").mkdir()
+    for name, dev in (("sda", "8:0"), ("sda/sda1", "8:1"), ("sda/sda2", "8:2")):
+        (sys / "dev/block" / dev).symlink_to(sda.parent / name)
+    return str(sys)
+
+
+def test_mountinfo_parsing_unescapes_paths(tmp_path):
+    proc = _fake_proc(tmp_path, "36 25 8:1 / /mnt/my\\040disk rw - ext4 /dev/sda1 rw\n"
+                                "37 25 0:22 / /sys rw - sysfs sysfs rw\n")
+    found = mounts(proc)
+    assert found[0].dev == (8, 1)
+    assert found[0].mountpoint == "/mnt/my disk"
+    assert found[0].source == "/dev/sda1"
+    assert found[1].dev == (0, 22)
+
+
+def test_mounted_partition_makes_the_whole_disk_busy(tmp_path):
+    proc = _fake_proc(tmp_path, "36 25 8:2 / /home rw - ext4 /dev/sda2 rw\n")
+    sys = _fake_sys(tmp_path)
+    reasons = in_use(Disk("/dev/sda", 10**9, True, (8, 0)), proc, sys)
+    assert reasons == ["sda2 is mounted on /home"]
+
+
+def test_unrelated_mount_is_not_in_use(tmp_path):
+    proc = _fake_proc(tmp_path, "36 25 8:17 / /srv rw - ext4 /dev/sdb1 rw\n")
+    sys = _fake_sys(tmp_path)
+    assert in_use(Disk("/dev/sda", 10**9, True, (8, 0)), proc, sys) == []
+
+
+def test_holders_make_the_disk_busy(tmp_path):
+    proc = _fake_proc(tmp_path, "")
+    sys = _fake_sys(tmp_path)
+    holders = Path(sys, "dev/block/8:1").resolve() / "holders"
+    (holders / "dm-0").mkdir()
+    assert in_use(Disk("/dev/sda", 10**9, True, (8, 0)), proc, sys) == \
+        ["sda1 is held by dm-0"]
+
+
+def test_swap_makes_the_disk_busy(tmp_path):
+    proc = _fake_proc(tmp_path, "")
+    Path(proc, "swaps").write_text("Filename Type Size Used Priority\n"
+                                   "/dev/sda1 partition 1000 0 -2\n")
+    reasons = in_use(Disk("/dev/sda", 10**9, True, (8, 0)), proc, _fake_sys(tmp_path))
+    assert reasons == ["/dev/sda1 is in use as swap"]
+
+
+def test_regular_file_probe_and_free(tmp_path):
+    f = tmp_path / "disk.img"
+    f.write_bytes(b"x" * 5000)
+    disk = probe(str(f))
+    assert (disk.size, disk.is_block, disk.dev) == (5000, False, None)
+    assert check_receive_target(str(f), 4000).size == 5000
+
+
+def test_missing_device_names_the_parameter(tmp_path):
+    with pytest.raises(DiskError, match="disk="):
+        probe("/dev/herdcast-no-such-disk")
+    with pytest.raises(DiskError, match="disk="):
+        check_receive_target("/dev/herdcast-no-such-disk")
+
+
+def test_new_file_target_is_allowed(tmp_path):
+    target = tmp_path / "new.img"
+    assert check_receive_target(str(target), 10 * MiB).size == 0
+    assert not target.exists(), "checking must not create or write anything"
+
+
+def test_file_standing_in_for_a_disk_is_too_small(tmp_path):
+    f = tmp_path / "small.img"
+    f.write_bytes(b"\x55" * 1000)
+    with pytest.raises(DiskError, match="smaller than the image"):
+        check_receive_target(str(f), 2000, file_is_disk=True)
+    assert f.read_bytes() == b"\x55" * 1000
+    check_receive_target(str(f), 2000)  # plain `receive -f`: the file just grows
+
+
+def test_empty_send_source_is_refused(tmp_path):
+    f = tmp_path / "empty.img"
+    f.write_bytes(b"")
+    with pytest.raises(DiskError, match="empty"):
+        check_send_source(str(f))
+
+
+@needs_loop
+def test_loop_device_size_from_the_kernel(tmp_path):
+    img = tmp_path / "d.img"
+    with open(img, "wb") as f:
+        f.truncate(3 * MiB)
+    with loop_device(img) as dev:
+        disk = check_send_source(dev)
+        assert disk.is_block and disk.size == 3 * MiB
+
+
+@needs_loop
+def test_too_small_block_device_is_refused_untouched(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(b"\xaa" * MiB)
+    with loop_device(img) as dev:
+        with pytest.raises(DiskError, match="smaller than the image"):
+            check_receive_target(dev, 2 * MiB)
+        assert check_receive_target(dev, MiB).size == MiB
+    assert img.read_bytes() == b"\xaa" * MiB
+
+
+@needs_loop
+def test_mounted_disk_is_refused(tmp_path):
+    img = tmp_path / "fs.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * MiB)
+    with mounted_ext4(img, tmp_path / "mnt") as dev:
+        before = img.read_bytes()
+        with pytest.raises(DiskError, match="mounted on"):
+            check_receive_target(dev, None)
+        # the file behind the mounted loop device is just as busy
+        with pytest.raises(DiskError, match="mounted on"):
+            check_receive_target(str(img), None, file_is_disk=True)
+        assert img.read_bytes() == before
