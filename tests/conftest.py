@@ -42,3 +42,22 @@ def lab4():
 def herdcast_argv() -> list[str]:
     """argv prefix that runs this checkout's herdcast with the test interpreter."""
     return [sys.executable, "-m", "agent"]
+
+
+@pytest.fixture(scope="session")
+def tftpboot() -> Path:
+    """build/tftpboot as `make initrd` makes it, built once per test session when missing
+    or older than the agent's sources (the slow boot and PXE tests run on it)."""
+    import subprocess
+
+    target = ROOT / "build" / "tftpboot"
+    initrd = target / "initrd.img"
+    sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")]
+    newest = max(p.stat().st_mtime for p in sources)
+    if not initrd.exists() or initrd.stat().st_mtime < newest:
+        proc = subprocess.run([sys.executable, "-m", "builder", "initrd"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            pytest.fail(f"python -m builder initrd failed:\n{proc.stdout[-3000:]}"
+                        f"\n{proc.stderr[-3000:]}")
+    return target

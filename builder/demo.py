@@ -1,0 +1,157 @@
+"""`make demo`: the whole mission on one machine, for a person to watch.
+
+Four VMs PXE-boot the TFTP root `make initrd` made: one sender chosen by its own
+`pxelinux.cfg/01-<mac>` file (as the udpcast tutorial does it) whose disk holds an MBR, an
+ext4 partition with known files and data after it, and three receivers with junk on their
+disks, mixing NIC models and disk buses so that netmodule=AUTO and diskmodule=AUTO do real
+work; one receiver has its own `01-<mac>` for its disk=. Every node powers off at the end.
+The run shows each node's progress, ends with a table, keeps the consoles in build/demo/ and
+removes its namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.lab import Node, PxeLab, console_text
+from builder.labdisk import make_junk_disk, make_sender_disk, read_partition_file
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_FILES = {
+    "etc/hostname": b"golden-node\n",
+    "etc/herdcast-demo.txt": b"cloned by herdcast\n" * 100,
+}
+# (name, NIC model, disk bus, role); the sender and the virtio-disk receiver get 01-<mac>
+FLEET = [
+    ("sender", "virtio-net-pci", "virtio", "snd"),
+    ("rcv-e1000-sata", "e1000", "sata", "rcv"),
+    ("rcv-virtio-sata", "virtio-net-pci", "sata", "rcv"),
+    ("rcv-e1000-virtio", "e1000", "virtio", "rcv"),
+]
+# What the node agent prints; the demo shows the latest such line per node.
+_STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
+_FIRST_DATA = re.compile(r"herdcast[^\n]*(?:receiving|sending|started|connected)",
+                         re.IGNORECASE)
+
+
+@dataclass
+class NodeResult:
+    """One row of the final table."""
+
+    node: Node
+    seconds: float | None
+    first_data: float | None
+    sha256: str
+    ok: bool
+
+
+def node_config(tftp: Path, mac: str, params: dict[str, str]) -> Path:
+    """Write pxelinux.cfg/01-<mac> from the default with `params` changed, as an admin
+    does with `python -m builder node MAC key=value ...`."""
+    from builder.pxelinux import write_node_config
+
+    return write_node_config(tftp, mac, params)
+
+
+def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path]]:
+    """Make the disk images; returns the fleet with each node's disk path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fleet = []
+    for i, (name, nic, bus, role) in enumerate(FLEET):
+        disk = workdir / f"{name}.img"
+        if role == "snd":
+            make_sender_disk(disk, size_mib, GOLDEN_FILES)
+        else:
+            make_junk_disk(disk, size_mib, seed=100 + i)
+        fleet.append((name, nic, bus, role, disk))
+    return fleet
+
+
+def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
+            show=print) -> list[NodeResult]:
+    """Boot the fleet, wait for every node to power off, and compare the disks."""
+    fleet = prepare(workdir, size_mib)
+    receivers = sum(1 for f in fleet if f[3] == "rcv")
+    first_data: dict[str, float] = {}
+    with PxeLab(tftp_src, workdir) as lab:
+        nodes = [lab.add_node(name, nic, bus, disk) for name, nic, bus, _, disk in fleet]
+        for node, (_, _, _, role, _) in zip(nodes, fleet, strict=True):
+            if role == "snd":
+                node_config(lab.tftp, node.mac, {
+                    "umode": "snd", "disk": node.guest_disk,
+                    "udpcparam": f"--min-receivers {receivers} --max-wait 120"})
+            elif node.guest_disk != "/dev/sda":
+                node_config(lab.tftp, node.mac, {"disk": node.guest_disk})
+        for node in nodes:
+            lab.boot(node)
+        last: dict[str, str] = {}
+
+        def tick(lab: PxeLab) -> None:
+            for node in lab.nodes:
+                text = console_text(node)
+                if node.name not in first_data and _FIRST_DATA.search(text):
+                    first_data[node.name] = time.monotonic() - node.started
+                lines = _STATUS.findall(text)
+                line = lines[-1].strip()[:100] if lines else "booting"
+                if node.ended is not None:
+                    line = f"powered off ({line})"
+                if last.get(node.name) != line:
+                    last[node.name] = line
+                    show(f"[{time.monotonic() - node.started:6.1f}s] {node.name:18} {line}")
+
+        finished = lab.wait(timeout, on_tick=tick)
+        if not finished:
+            show(f"timeout: not every node powered off within {timeout:.0f} s")
+    golden = hashlib.sha256(fleet[0][4].read_bytes()).hexdigest()
+    results = []
+    for node in nodes:
+        digest = hashlib.sha256(node.disk.read_bytes()).hexdigest()
+        seconds = node.ended - node.started if node.ended else None
+        results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
+                                  digest == golden and seconds is not None))
+    return results
+
+
+def table(results: list[NodeResult], size_mib: int) -> str:
+    """The final table: node, MAC, NIC model, disk bus, bytes, time, digest, OK."""
+    rows = [("node", "MAC", "NIC", "disk bus", "bytes", "time", "first data", "sha256",
+             "OK")]
+    for r in results:
+        rows.append((r.node.name, r.node.mac, r.node.nic, r.node.bus,
+                     str(size_mib * 1024 * 1024),
+                     f"{r.seconds:.1f}s" if r.seconds is not None else "-",
+                     f"{r.first_data:.1f}s" if r.first_data is not None else "-",
+                     r.sha256[:16], "yes" if r.ok else "NO"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m builder demo`."""
+    p = argparse.ArgumentParser(prog="python -m builder demo", description=__doc__)
+    p.add_argument("--tftpboot", type=Path, default=ROOT / "build" / "tftpboot")
+    p.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo")
+    p.add_argument("--size-mib", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=300)
+    args = p.parse_args(argv)
+    if not (args.tftpboot / "initrd.img").exists():
+        print(f"demo: {args.tftpboot}/initrd.img is missing: run `make initrd` first",
+              file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout)
+    print()
+    print(table(results, args.size_mib))
+    sender_disk = results[0].node.disk
+    hostname = read_partition_file(results[1].node.disk, "/etc/hostname")
+    print(f"\n{results[1].node.name}: /etc/hostname on its ext4 partition reads "
+          f"{hostname!r}; sender disk {sender_disk}")
+    print(f"total {time.monotonic() - started:.1f} s; consoles in {args.workdir}")
+    return 0 if all(r.ok for r in results) else 1

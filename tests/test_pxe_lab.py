@@ -1,0 +1,28 @@
+"""End to end: four VMs PXE-boot build/tftpboot and clone the sender's disk, no prompt.
+
+A sender chosen by its own pxelinux.cfg/01-<mac> file, three receivers with junk disks,
+mixing NIC models (virtio-net-pci, e1000) and disk buses (virtio, AHCI/SATA); one receiver
+has its own 01-<mac> for disk=. Every VM powers off by itself; every receiver's disk must
+equal the sender's, and a file reads back from a receiver's ext4 partition.
+"""
+
+import pytest
+
+from builder.demo import GOLDEN_FILES, run_lab
+from builder.labdisk import read_partition_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+
+def test_fleet_clones_over_pxe(tftpboot, tmp_path):
+    lines: list[str] = []
+    results = run_lab(tftpboot, tmp_path / "lab", size_mib=64, timeout=400,
+                      show=lines.append)
+    report = "\n".join(lines)
+    for r in results:
+        assert r.seconds is not None, f"{r.node.name} never powered off:\n{report}"
+    golden = results[0].sha256
+    for r in results[1:]:
+        assert r.sha256 == golden, f"{r.node.name} disk differs from the sender's:\n{report}"
+    receiver = results[1].node.disk
+    assert read_partition_file(receiver, "/etc/hostname") == GOLDEN_FILES["etc/hostname"]
