@@ -1,0 +1,58 @@
+"""Progress: live line on a terminal, plain rate-limited lines otherwise, silent when off."""
+
+from __future__ import annotations
+
+import io
+
+from agent import progress
+from agent.progress import Progress
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_stream_gets_rate_limited_lines(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    p = Progress("receive", total=10_000_000, stream=out)
+    p.update(1_000_000)
+    assert out.getvalue() == ""  # not due yet
+    clock[0] += progress.LOG_INTERVAL + 0.1
+    p.update(5_000_000, retransmitted=1, sent=100, receivers=2)
+    text = out.getvalue()
+    assert text.endswith("\n") and "\r" not in text
+    assert "5.00 MB / 10.00 MB (50%)" in text
+    assert "retransmitted 1.0%" in text
+    assert "ETA" in text and "2 receivers" in text
+    p.update(6_000_000)
+    assert out.getvalue().count("\n") == 1  # still rate-limited
+    p.close("done")
+    assert out.getvalue().endswith("done\n")
+
+
+def test_tty_gets_live_line_and_newline_on_close(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = FakeTty()
+    p = Progress("send", stream=out)
+    clock[0] = 1.0
+    p.update(2_000_000, receivers=1)
+    assert out.getvalue().startswith("\rsend: 2.00 MB, 2.0 MB/s")
+    assert "1 receiver" in out.getvalue() and "ETA" not in out.getvalue()
+    p.close()
+    assert out.getvalue().endswith("\n")
+
+
+def test_disabled_prints_nothing(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = FakeTty()
+    p = Progress("receive", total=5, enabled=False, stream=out)
+    clock[0] = 100.0
+    p.update(5)
+    p.close("summary")
+    assert out.getvalue() == ""
+    assert p.done == 5
