@@ -1,0 +1,102 @@
+"""What the node says, on every console the admin may be looking at.
+
+The kernel hands init one console, /dev/console, which is the *last* `console=` of the
+command line. An admin watching the serial line of `console=ttyS0,115200 console=tty0` would
+see nothing, so the node also writes every line to the other `console=` devices.
+
+Only init opens console devices: a test or a server running `herdcast node --cmdline ...`
+writes to stdout alone, never to the machine's real serial port.
+
+Every line starts with `herdcast:`; failures say what failed and what to change, on one line,
+so a photo of a monitor or a serial log is enough to act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from typing import TextIO
+
+PREFIX = "herdcast:"
+
+
+def console_devices(cmdline: str) -> list[str]:
+    """Device paths of the `console=` entries, in order (`ttyS0,115200n8` -> /dev/ttyS0)."""
+    devices = []
+    for word in cmdline.split():
+        if word.startswith("console="):
+            name = word[len("console="):].split(",", 1)[0]
+            if name and name not in ("null",):
+                path = name if name.startswith("/") else f"/dev/{name}"
+                if path not in devices:
+                    devices.append(path)
+    return devices
+
+
+class Console(io.TextIOBase):
+    """A text stream that tees every write to stdout and to extra console devices."""
+
+    def __init__(self, primary: TextIO | None = None, extra: list[TextIO] | None = None):
+        super().__init__()
+        self._primary = primary
+        self.extra = list(extra or [])
+
+    @property
+    def primary(self) -> TextIO:
+        # resolved late so pytest's capture (which swaps sys.stdout) sees our lines
+        return self._primary if self._primary is not None else sys.stdout
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        for stream in (self.primary, *self.extra):
+            with contextlib.suppress(OSError, ValueError):
+                stream.write(s)
+                stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        for stream in (self.primary, *self.extra):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+    def say(self, message: str) -> None:
+        """One status line: `herdcast: message`."""
+        self.write(f"{PREFIX} {message}\n")
+
+    def fail(self, what: str, fix: str | None = None) -> None:
+        """One failure line: what failed, and what to change."""
+        tail = f" -- {fix}" if fix else ""
+        self.write(f"{PREFIX} FAILED: {what}{tail}\n")
+
+
+def open_consoles(cmdline: str, *, is_init: bool) -> Console:
+    """The console for this run: stdout, plus (as init) every console= but the last.
+
+    The last `console=` already is /dev/console, which init's stdout points at; writing it
+    again would double every line there.
+    """
+    extra: list[TextIO] = []
+    if is_init:
+        for path in console_devices(cmdline)[:-1]:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError as exc:
+                print(f"{PREFIX} console {path} cannot be opened ({exc.strerror}); "
+                      "continuing without it", flush=True)
+                continue
+            extra.append(open(fd, "w", buffering=1, encoding="utf-8",  # noqa: SIM115
+                              errors="replace"))
+    return Console(None, extra)
+
+
+def tee_std(console: Console) -> None:
+    """Send Python's own stdout/stderr (progress lines, tracebacks) to every console."""
+    if console.extra:
+        primary = console.primary
+        console._primary = primary  # pin it: sys.stdout is about to become a tee itself
+        sys.stdout = Console(primary, console.extra)  # type: ignore[assignment]
+        sys.stderr = sys.stdout  # type: ignore[assignment]
