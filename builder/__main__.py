@@ -1,0 +1,99 @@
+"""`python -m builder COMMAND`: what `make initrd` and an admin run on the boot server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = Path("build/tftpboot")
+
+
+def _cache_default() -> Path:
+    """Outside the git tree, so `make clean` does not throw away a 70 MB kernel download."""
+    if env := os.environ.get("HERDCAST_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "herdcast"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m builder",
+        description="Build herdcast's PXE boot files (kernel, initramfs, pxelinux) from "
+        "Debian packages.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("initrd", help="build the TFTP root: pxelinux, vmlinuz, initrd.img")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="TFTP root to write (default: %(default)s)")
+    p.add_argument("--work", type=Path, default=Path("build/work"),
+                   help="scratch directory: frozen agent, initrd root (default: %(default)s)")
+    p.add_argument("--cache", type=Path, default=_cache_default(),
+                   help="where the kernel package is downloaded and unpacked "
+                   "(default: $HERDCAST_CACHE or ~/.cache/herdcast)")
+    p.add_argument("--kernel", type=Path,
+                   help="use this vmlinuz instead of Debian's package (needs --modules-dir)")
+    p.add_argument("--modules-dir", type=Path,
+                   help="the kernel's /lib/modules/VERSION directory (with --kernel)")
+    p.add_argument("--modules", default="",
+                   help="comma list; +NAME adds to the generic driver set, NAME alone narrows "
+                   "it to the names given (dependencies are always added). A name may be a "
+                   "module (e1000e) or a tree under kernel/ (drivers/net/ethernet/intel)")
+    p.add_argument("--level", type=int, default=19, help="zstd level 1-22 (default: 19)")
+    p.add_argument("--python", type=Path, default=Path(sys.executable),
+                   help="the Python that freezes the agent (default: this one)")
+
+    p = sub.add_parser("node", help="write pxelinux.cfg/01-<mac> from the default")
+    p.add_argument("mac", help="the node's MAC, e.g. 52:54:00:12:34:56")
+    p.add_argument("params", nargs="*", metavar="key=value",
+                   help="boot parameters to change, e.g. umode=snd udpcparam=broadcast")
+    p.add_argument("--tftp-root", type=Path, default=DEFAULT_OUT,
+                   help="TFTP root holding pxelinux.cfg/ (default: %(default)s)")
+
+    sub.add_parser("demo", help="boot a few VMs in a private PXE lab and clone a disk")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "node":
+        from builder.pxelinux import PxeConfigError, write_node_config
+
+        try:
+            path = write_node_config(args.tftp_root, args.mac, args.params)
+        except PxeConfigError as exc:
+            print(f"builder node: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+        return 0
+    if args.command == "initrd":
+        from builder.errors import BuildError
+        from builder.initrd import build_tftpboot
+
+        try:
+            report = build_tftpboot(args)
+        except BuildError as exc:
+            print(f"builder initrd: {exc}", file=sys.stderr)
+            return 2
+        print(report.summary())
+        return 0
+    if args.command == "demo":
+        try:
+            from builder.demo import main as demo_main
+        except ImportError:
+            print("builder demo: not available yet (builder/demo.py)", file=sys.stderr)
+            return 2
+        return demo_main([])
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""pxelinux.cfg files: the `default` every node boots, and per-node `01-<mac>` copies.
+
+The per-node file is made the way udpcast's tutorial makes it by hand ("cp default 01-<mac>,
+then edit"): read the default, change some key=value parameters on the append line of the
+label that boots, write it under the name pxelinux looks for first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+#: What a receiver needs to image itself unattended; udpcast's names and defaults.
+RECEIVER_PARAMS: list[tuple[str, str]] = [
+    ("initrd", "initrd.img"),
+    ("auto", "yes"),
+    ("umode", "rcv"),
+    ("disk", "/dev/sda"),
+    ("compr", "none"),
+    ("port", "9000"),
+    ("dhcp", "yes"),
+    ("netmodule", "AUTO"),
+    ("diskmodule", "AUTO"),
+    ("post", "poweroff"),
+    ("udpcparam", ""),
+]
+#: Kernel messages on screen and serial; the last console (serial) becomes /dev/console, so
+#: a lab VM's serial log shows the agent too.
+CONSOLE = "console=tty0 console=ttyS0,115200"
+
+_MAC = re.compile(r"^(?:01[-:])?([0-9a-f]{2})([-:]?)([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})"
+                  r"\2([0-9a-f]{2})\2([0-9a-f]{2})$")
+_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
+_APPEND = re.compile(r"^(\s*append\s+)(.*)$", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*label\s+(\S+)", re.IGNORECASE)
+_DEFAULT = re.compile(r"^\s*default\s+(\S+)", re.IGNORECASE)
+
+
+class PxeConfigError(ValueError):
+    """A MAC address or parameter the user gave is not usable; the message says which."""
+
+
+def _append(params: Iterable[tuple[str, str]]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params)
+
+
+def default_config() -> str:
+    """The pxelinux.cfg/default `make initrd` writes: a receiver that boots after 5 s, and a
+    sender label to pick at the prompt (`sender`) when this machine holds the master disk."""
+    receiver = _append(RECEIVER_PARAMS)
+    sender = _append((k, "snd" if k == "umode" else v) for k, v in RECEIVER_PARAMS)
+    return f"""\
+# herdcast: written by `make initrd` (python -m builder initrd).
+# Per node: python -m builder node MAC key=value ...  (writes pxelinux.cfg/01-<mac>)
+SERIAL 0 115200
+DEFAULT receiver
+PROMPT 1
+TIMEOUT 50
+SAY herdcast: booting "receiver" in 5 s; type "sender" to send this machine's disk instead.
+
+LABEL receiver
+  KERNEL vmlinuz
+  APPEND {receiver} {CONSOLE}
+  IPAPPEND 2
+
+LABEL sender
+  KERNEL vmlinuz
+  APPEND {sender} {CONSOLE}
+  IPAPPEND 2
+"""
+
+
+def mac_file_name(mac: str) -> str:
+    """`01-aa-bb-cc-dd-ee-ff`, the first name pxelinux tries (01 = Ethernet)."""
+    match = _MAC.match(mac.strip().lower())
+    if not match:
+        raise PxeConfigError(
+            f"MAC {mac!r}: expected six hex pairs like 52:54:00:12:34:56 or 52-54-00-12-34-56"
+        )
+    octets = [g for i, g in enumerate(match.groups()) if i != 1]
+    if int(octets[0], 16) & 1:
+        raise PxeConfigError(f"MAC {mac!r}: a multicast address cannot be a node's NIC")
+    return "01-" + "-".join(octets)
+
+
+def parse_assignments(items: Iterable[str]) -> list[tuple[str, str]]:
+    """`key=value` strings from the command line; the value may be empty (`udpcparam=`)."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.match(key):
+            raise PxeConfigError(f"parameter {item!r}: expected key=value, e.g. umode=snd")
+        if any(c.isspace() for c in value) or '"' in value:
+            raise PxeConfigError(
+                f"parameter {key}: value {value!r} has blanks or quotes, which the kernel"
+                " command line cannot carry; give a single word"
+            )
+        out.append((key, value))
+    return out
+
+
+def _edit_append(line: str, changes: list[tuple[str, str]]) -> str:
+    """Replace `key=...` words in place, append the keys that were not there."""
+    match = _APPEND.match(line)
+    assert match
+    words = match.group(2).split()
+    pending = dict(changes)
+    for i, word in enumerate(words):
+        key = word.partition("=")[0]
+        if key in pending:
+            words[i] = f"{key}={pending.pop(key)}"
+    words += [f"{k}={v}" for k, v in pending.items()]
+    return match.group(1) + " ".join(words)
+
+
+def node_config(default_text: str, changes: list[tuple[str, str]]) -> str:
+    """The default config with `changes` applied to the append line of the label that boots
+    by default (the other labels stay as they are, still selectable at the prompt)."""
+    lines = default_text.splitlines()
+    target = next((m.group(1) for m in map(_DEFAULT.match, lines) if m), None)
+    label = None
+    edited = False
+    for i, line in enumerate(lines):
+        if m := _LABEL.match(line):
+            label = m.group(1)
+        elif _APPEND.match(line) and (label == target or target is None) and not edited:
+            lines[i] = _edit_append(line, changes)
+            edited = True
+    if not edited:
+        raise PxeConfigError("pxelinux.cfg/default has no APPEND line for its DEFAULT label")
+    return "\n".join(lines) + "\n"
+
+
+def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str]) -> Path:
+    """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked
+    before anything is written."""
+    name = mac_file_name(mac)
+    changes = parse_assignments(assignments)
+    default = Path(tftp_root) / "pxelinux.cfg" / "default"
+    if not default.is_file():
+        raise PxeConfigError(
+            f"{default} not found: run `make initrd` first, or pass --tftp-root DIR"
+        )
+    text = node_config(default.read_text(), changes)
+    target = default.with_name(name)
+    target.write_text(text)
+    return target

@@ -1,0 +1,134 @@
+"""pxelinux.cfg/default and the per-node 01-<mac> files `python -m builder node` writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder import pxelinux
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _labels(text: str) -> dict[str, list[str]]:
+    """label -> its lines (lower-cased keyword first)."""
+    labels: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if words and words[0].lower() == "label":
+            current = words[1]
+            labels[current] = []
+        elif current and words:
+            labels[current].append(line.strip())
+    return labels
+
+
+def _append_words(lines: list[str]) -> list[str]:
+    (append,) = [line for line in lines if line.lower().startswith("append ")]
+    return append.split()[1:]
+
+
+def test_default_boots_an_unattended_receiver_with_ipappend_2():
+    text = pxelinux.default_config()
+    assert "SERIAL 0 115200" in text.splitlines()
+    assert "DEFAULT receiver" in text.splitlines()
+    labels = _labels(text)
+    words = _append_words(labels["receiver"])
+    expected = "initrd=initrd.img auto=yes umode=rcv disk=/dev/sda compr=none port=9000 dhcp=yes"
+    expected += " netmodule=AUTO diskmodule=AUTO post=poweroff udpcparam="
+    expected = expected.split(" ")
+    assert words[: len(expected)] == expected
+    assert "IPAPPEND 2" in labels["receiver"]
+    assert "KERNEL vmlinuz" in labels["receiver"]
+
+
+def test_default_has_a_sender_label_that_differs_only_in_umode():
+    labels = _labels(pxelinux.default_config())
+    rcv, snd = _append_words(labels["receiver"]), _append_words(labels["sender"])
+    assert "umode=snd" in snd
+    assert [w for w in snd if w != "umode=snd"] == [w for w in rcv if w != "umode=rcv"]
+    assert "IPAPPEND 2" in labels["sender"]
+
+
+@pytest.mark.parametrize(
+    "mac",
+    ["52:54:00:12:34:5A", "52-54-00-12-34-5a", "52540012345a", "01-52-54-00-12-34-5a"],
+)
+def test_mac_spellings_give_the_name_pxelinux_looks_for(mac):
+    assert pxelinux.mac_file_name(mac) == "01-52-54-00-12-34-5a"
+
+
+@pytest.mark.parametrize(
+    "mac", ["52:54:00:12:34", "52:54:00:12:34:zz", "52:54-00:12:34:56", "", "01:00:5e:00:00:01"]
+)
+def test_bad_macs_are_refused_with_the_parameter_named(mac):
+    with pytest.raises(pxelinux.PxeConfigError, match="MAC"):
+        pxelinux.mac_file_name(mac)
+
+
+def test_node_config_changes_only_the_default_label_and_adds_new_keys():
+    text = pxelinux.node_config(
+        pxelinux.default_config(), [("umode", "snd"), ("udpcparam", "broadcast"), ("ip", "x")]
+    )
+    labels = _labels(text)
+    words = _append_words(labels["receiver"])
+    assert "umode=snd" in words and "umode=rcv" not in words
+    assert "udpcparam=broadcast" in words and "udpcparam=" not in words
+    assert words[-1] == "ip=x"
+    assert _append_words(labels["sender"]) == _append_words(_labels(pxelinux.default_config())[
+        "sender"])
+
+
+@pytest.mark.parametrize("arg", ["umode", "=snd", "udpcparam=a b", 'disk="/dev/sda"', "1x=2"])
+def test_bad_assignments_are_refused(arg):
+    with pytest.raises(pxelinux.PxeConfigError, match="parameter"):
+        pxelinux.parse_assignments([arg])
+
+
+def _builder(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_cli_node_writes_the_mac_file_from_the_default(tmp_path):
+    cfg = tmp_path / "tftp" / "pxelinux.cfg"
+    cfg.mkdir(parents=True)
+    (cfg / "default").write_text(pxelinux.default_config())
+    proc = _builder("node", "--tftp-root", str(tmp_path / "tftp"), "52:54:00:AB:CD:EF",
+                    "umode=snd", "udpcparam=broadcast", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = cfg / "01-52-54-00-ab-cd-ef"
+    words = _append_words(_labels(written.read_text())["receiver"])
+    assert "umode=snd" in words and "udpcparam=broadcast" in words
+    assert str(written) in proc.stdout
+
+
+def test_cli_node_bad_input_gives_one_line_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "tftp" / "pxelinux.cfg"
+    cfg.mkdir(parents=True)
+    (cfg / "default").write_text(pxelinux.default_config())
+    for args in (["nonsense-mac", "umode=snd"], ["52:54:00:ab:cd:ef", "umode"]):
+        proc = _builder("node", "--tftp-root", str(tmp_path / "tftp"), *args, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in cfg.iterdir()) == ["default"]
+
+
+def test_cli_node_without_a_default_says_to_build_first(tmp_path):
+    proc = _builder("node", "--tftp-root", str(tmp_path), "52:54:00:ab:cd:ef", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "make initrd" in proc.stderr
+
+
+def test_cli_help_lists_the_commands(tmp_path):
+    proc = _builder("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for command in ("initrd", "node"):
+        assert command in proc.stdout
