@@ -1,0 +1,131 @@
+"""agent.fec against udpcast's own FEC packets (captured) and as an erasure code."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from conftest import SHARED
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pcap import read_udp
+
+from agent import fec
+from agent.protocol import DATA_HEADER, FEC_HEADER, HEADER_SIZE, Op, opcode
+
+FIX = SHARED / "fixtures"
+BLOCKSIZE = 1456
+
+
+def _capture_slices(pcap, source: bytes, first: int):
+    """(slices {slice_no: (offset, bytes)}, FEC packets [(header, payload)]) of one session
+    of a capture, the slice offsets worked out from the DATA packets' slice sizes."""
+    sizes, fecs = {}, []
+    for d in read_udp(pcap)[first:]:
+        op = opcode(d.payload)
+        if op == Op.DATA:
+            h = DATA_HEADER.unpack_from(d.payload)
+            sizes[h[2]] = h[5]
+        elif op == Op.FEC:
+            fecs.append((FEC_HEADER.unpack_from(d.payload), d.payload[HEADER_SIZE:]))
+        elif op == Op.DISCONNECT and sizes:
+            break
+    slices, offset = {}, 0
+    for no in sorted(sizes):
+        slices[no] = (offset, sizes[no])
+        offset += sizes[no]
+    assert offset == len(source)  # the capture holds the whole stream
+    return slices, fecs
+
+
+def _blocks(source: bytes, offset: int, nbytes: int) -> list[bytes]:
+    return [source[offset + i: offset + min(i + BLOCKSIZE, nbytes)]
+            for i in range(0, nbytes, BLOCKSIZE)]
+
+
+CAPTURES = [
+    (FIX / "udpcast-20120424" / "sessions.pcap", FIX / "udpcast-20120424" / "source.bin", 547),
+    (FIX / "udpcast-scenarios" / "run3_snd.pcap", FIX / "udpcast-scenarios" / "source.bin", 0),
+]
+
+
+@pytest.mark.parametrize("pcap,source,first", CAPTURES, ids=["session3", "run3"])
+def test_encode_matches_udpcast_fec_packets(pcap, source, first):
+    data = source.read_bytes()
+    slices, fecs = _capture_slices(pcap, data, first)
+    checked = 0
+    for (_, stripes, slice_no, fec_no, _, nbytes), payload in fecs[:160]:
+        if nbytes == 0 or slice_no not in slices:
+            continue  # the async end marker carries no data
+        blocks = _blocks(data, *slices[slice_no])
+        stripe, r = fec_no % stripes, fec_no // stripes
+        members = fec.stripe_blocks(len(blocks), stripes, stripe)
+        if not members:
+            continue  # FEC of an empty stripe is stale memory in udpcast
+        assert len(payload) == BLOCKSIZE
+        assert fec.encode_stripe([blocks[i] for i in members], r + 1, BLOCKSIZE)[r] == payload
+        checked += 1
+    assert checked >= 50
+
+
+@pytest.mark.parametrize("pcap,source,first", CAPTURES, ids=["session3", "run3"])
+def test_captured_fec_repairs_lost_blocks(pcap, source, first):
+    data = source.read_bytes()
+    slices, fecs = _capture_slices(pcap, data, first)
+    slice_no = next(no for no, (_, n) in slices.items() if n >= 64 * BLOCKSIZE)
+    offset, nbytes = slices[slice_no]
+    blocks = _blocks(data, offset, nbytes)
+    stripes = next(h[1] for h, _ in fecs if h[2] == slice_no)
+    rng = random.Random(7)
+    for stripe in range(2):
+        members = fec.stripe_blocks(len(blocks), stripes, stripe)
+        received = {h[3] // stripes: p for h, p in fecs
+                    if h[2] == slice_no and h[3] % stripes == stripe}
+        assert len(received) == 8
+        lost = set(rng.sample(range(len(members)), 8 - stripe))  # as many as there are FEC
+        stripe_data = [None if j in lost else blocks[i] for j, i in enumerate(members)]
+        # use the last FEC blocks, not the first, to exercise any-subset decoding
+        fec_subset = dict(sorted(received.items())[-len(lost):])
+        repaired = fec.decode_stripe(stripe_data, fec_subset, BLOCKSIZE)
+        assert set(repaired) == lost
+        for j in lost:
+            original = blocks[members[j]]
+            assert repaired[j][:len(original)] == original
+
+
+def test_too_few_fec_blocks_is_an_error():
+    blocks = [os.urandom(BLOCKSIZE) for _ in range(4)]
+    parity = fec.encode_stripe(blocks, 1, BLOCKSIZE)
+    with pytest.raises(ValueError, match="only 1 FEC"):
+        fec.decode_stripe([None, None, blocks[2], blocks[3]], {0: parity[0]}, BLOCKSIZE)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 20), redundancy=st.integers(1, 8), seed=st.integers(0, 2**32))
+def test_any_erasures_up_to_redundancy_are_repaired(k, redundancy, seed):
+    rng = random.Random(seed)
+    size = 64
+    blocks = [rng.randbytes(size) for _ in range(k)]
+    blocks[-1] = blocks[-1][: rng.randint(1, size)]  # a short last block, zero-padded
+    parity = fec.encode_stripe(blocks, redundancy, size)
+    lost = set(rng.sample(range(k), min(k, rng.randint(1, redundancy))))
+    rows = rng.sample(range(redundancy), len(lost))
+    repaired = fec.decode_stripe([None if j in lost else b for j, b in enumerate(blocks)],
+                                 {r: parity[r] for r in rows}, size)
+    for j in lost:
+        assert repaired[j] == blocks[j].ljust(size, b"\0")
+
+
+def test_encode_slice_numbers_fec_blocks_like_udpcast():
+    blocks = [bytes([i]) * 100 for i in range(10)]
+    out = fec.encode_slice(blocks, stripes=4, redundancy=2, blocksize=100)
+    assert [no for no, _ in out] == [0, 1, 2, 3, 4, 5, 6, 7]
+    short = fec.encode_slice(blocks[:1], stripes=4, redundancy=2, blocksize=100)
+    assert [no for no, _ in short] == [0, 4]  # empty stripes get no FEC
+
+
+def test_field_arithmetic():
+    for a in range(1, 256):
+        assert fec.gf_mul(a, fec.gf_inv(a)) == 1
+    assert fec.gf_mul(0x80, 2) == 0x1D  # reduction by 0x11D
