@@ -1,0 +1,162 @@
+"""What the sender reads: the file, stdin, a --pipe command's stdout, optionally compressed.
+
+The stream is cut into slices by a reader thread that fills preallocated slice buffers
+(`SliceBuffer`, shared with the batch sender) with readinto, so reading the next slice from
+disk overlaps sending the current one, and nothing is allocated per slice. The sha256 of the
+stream as sent on the wire (after --pipe and --compress) is computed there too: hashlib
+releases the GIL on large buffers, so it costs the network thread nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import shlex
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from agent.send_batch import SliceBuffer
+
+
+class InputError(RuntimeError):
+    """The input cannot be opened or read: the message names it and the fix."""
+
+
+@dataclass
+class Input:
+    """An opened input stream and what is needed to close it and to read it again."""
+
+    stream: BinaryIO
+    rereadable: bool  # a regular file or block device given with -f, no --pipe
+    closers: list = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def close(self) -> None:
+        """Close the stream, the pipe command and the file, newest first."""
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                closer()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+
+
+def open_input(path: str | None, pipe: str | None, compress: str | None) -> Input:
+    """Open `path` (stdin when None), run it through `pipe` and `compress` as udp-sender and
+    herdcast do. Raises InputError with a one-line reason."""
+    closers: list = []
+    if path is None:
+        raw: BinaryIO = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+        rereadable = False
+    else:
+        try:
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by Input.close
+        except OSError as exc:
+            raise InputError(f"--file {path}: cannot open: {exc.strerror}") from exc
+        mode = os.fstat(raw.fileno()).st_mode
+        rereadable = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+    closers.append(raw.close)
+    proc = None
+    stream: BinaryIO = raw
+    if pipe:
+        argv = shlex.split(pipe)
+        if not argv:
+            raise InputError("--pipe: empty command (example: --pipe 'gzip -c')")
+        try:
+            proc = subprocess.Popen(argv, stdin=raw, stdout=subprocess.PIPE)
+        except OSError as exc:
+            for closer in closers:
+                closer()
+            raise InputError(f"--pipe {pipe!r}: cannot run {argv[0]}: {exc.strerror}") from exc
+        stream = proc.stdout
+        closers.append(proc.stdout.close)
+        rereadable = False
+    if compress:
+        from agent.compress import compressing_reader
+
+        stream = compressing_reader(stream, compress)
+        closers.append(stream.close)
+    return Input(stream, rereadable, closers, proc)
+
+
+EOF = object()  # what next_slice returns once the stream has ended
+
+
+class SliceReader:
+    """A thread filling slice buffers from the stream, hashing what it read.
+
+    `next_slice` hands out (buffer, nbytes) in stream order; `release` gives a buffer back
+    once every receiver has its slice. A short read means end of stream.
+    """
+
+    def __init__(self, stream: BinaryIO, buffers: list[SliceBuffer], slice_bytes: int) -> None:
+        self.stream = stream
+        self.slice_bytes = slice_bytes
+        self.free: queue.Queue = queue.Queue()
+        self.full: queue.Queue = queue.Queue()
+        for buf in buffers:
+            self.free.put(buf)
+        self.sha = hashlib.sha256()
+        self.total = 0
+        self.finished = False  # the whole stream has been read and hashed
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="herdcast-reader", daemon=True)
+        self._thread.start()
+
+    def _fill(self, buf: SliceBuffer) -> int:
+        view = buf.view
+        filled = 0
+        while filled < self.slice_bytes:
+            n = self.stream.readinto(view[filled:self.slice_bytes])
+            if not n:
+                break
+            filled += n
+        return filled
+
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                buf = self.free.get()
+                if buf is None:
+                    return
+                n = self._fill(buf)
+                if n:
+                    self.sha.update(buf.view[:n])
+                    self.total += n
+                if n < self.slice_bytes:
+                    self.finished = True
+                if n:
+                    self.full.put((buf, n))
+                else:
+                    self.free.put(buf)
+                if n < self.slice_bytes:
+                    self.full.put(EOF)
+                    return
+        except Exception as exc:  # reported to the network thread, which stops cleanly
+            self.full.put(InputError(f"reading the input failed: {exc}"))
+
+    def next_slice(self, timeout: float = 0.0):
+        """(buffer, nbytes), EOF, or None when the reader is not done with the next slice."""
+        try:
+            item = self.full.get(timeout=timeout) if timeout > 0 else self.full.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, InputError):
+            raise item
+        return item
+
+    def release(self, buf: SliceBuffer) -> None:
+        """Give a buffer back for the next slice."""
+        self.free.put(buf)
+
+    def stop(self) -> None:
+        """Let the thread end (it is a daemon: a blocked read does not hold the exit)."""
+        self._stop = True
+        self.free.put(None)

@@ -1,0 +1,371 @@
+"""One round of a transfer: slices out, REQACK rounds, retransmissions, the end slice.
+
+The stream is cut into slices of up to 1024 blocks, numbered from 0; the end is an empty
+slice (REQACK with 0 bytes). After a slice's data the sender asks REQACK(slice, rxmit,
+readySet); each receiver not yet in readySet answers OK or RETRANSMIT(bitmap of blocks it
+has). Once everybody answered the round, the union of missing blocks is resent and the next
+round asked; a round nobody finishes answering times out (the timeout doubles up to 1 s, so
+a live sender repeats REQACK at least every second) and a receiver silent for more than
+--retries-until-drop rounds is dropped. In full duplex slice n+1 goes out while slice n
+awaits its answers; half duplex waits.
+
+One thread does all network work. It never blocks on the input (a reader thread fills the
+next slice) and sends data with sendmmsg in paced bursts (agent.send_rate).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from agent.options import SendOptions
+from agent.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
+from agent.send_batch import SliceBuffer, send_blocks
+from agent.send_input import EOF, SliceReader
+from agent.send_rate import Pacer, congested_blocks
+from agent.send_session import Network, Participant, SendError, Table, reply
+
+MIN_TIMEOUT = 0.02
+MAX_TIMEOUT = 1.0
+DIGEST_WAIT = 3.0
+
+
+@dataclass
+class Slice:
+    """A slice in flight."""
+
+    buf: SliceBuffer | None
+    no: int
+    nbytes: int
+    nblocks: int
+    sent: int = 0  # blocks of the first pass sent
+    rxmit: int = 0  # round being asked
+    ok: int = 0  # bitmap (int) of slots that answered OK
+    answered: set = field(default_factory=set)  # IPs that answered the current round
+    missing: int = 0  # union of blocks missing, current round
+    asked_at: float | None = None  # when the current round's REQACK went out
+    runs: list = field(default_factory=list)  # (first, count) still to resend
+    timeouts: int = 0
+    congested: int = 0  # most blocks one receiver lost in runs, first round
+
+    @property
+    def end(self) -> bool:
+        """The empty slice that ends the stream."""
+        return self.nbytes == 0
+
+
+@dataclass
+class Stats:
+    """Counters for the progress line, the final report and the benchmark."""
+
+    data_packets: int = 0
+    rexmit_packets: int = 0
+    reqacks: int = 0
+    bytes_sent: int = 0  # payload bytes of first passes
+
+
+def _runs(bits: int, limit: int) -> list[tuple[int, int]]:
+    """Runs of set bits below `limit` as (first, count)."""
+    out = []
+    i = 0
+    while i < limit:
+        if bits >> i & 1:
+            j = i
+            while j < limit and bits >> j & 1:
+                j += 1
+            out.append((i, j - i))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+class Transfer:
+    """Sends one round's stream to the participants in `table`."""
+
+    def __init__(self, net: Network, table: Table, opts: SendOptions, reader: SliceReader,
+                 pacer: Pacer, progress, stats: Stats, late: dict, rereadable: bool) -> None:
+        self.net = net
+        self.table = table
+        self.opts = opts
+        self.reader = reader
+        self.pacer = pacer
+        self.progress = progress
+        self.stats = stats
+        self.late = late  # ip -> (addr, caps) of receivers that asked after the start
+        self.rereadable = rereadable and opts.late_join
+        self.ring = 1 if opts.duplex == "half" else 2
+        self.inflight: list[Slice] = []
+        self.next_no = 0
+        self.end_queued = False
+        self.done = False
+        self.answer_time = 0.01
+        self.digest: bytes | None = None
+        self.total = 0
+
+    # ------------------------------------------------------------------ messages
+
+    def _find(self, no: int) -> Slice | None:
+        for s in self.inflight:
+            if s.no == no:
+                return s
+        return None
+
+    def handle(self, op: Op, msg, addr: tuple[str, int]) -> None:
+        """One message from the network, during the round or its digest wait."""
+        ip = addr[0]
+        p = self.table.participants.get(ip)
+        if op == Op.HC_DIGEST:
+            self._digest(ip, addr, msg)
+            return
+        if op == Op.CONNECT_REQ:
+            if p is not None:
+                reply(self.net, p, addr)
+            else:
+                self._late(ip, addr, msg.capabilities)
+            return
+        if p is None:
+            return
+        p.silent = 0
+        if op == Op.OK:
+            s = self._find(msg.slice_no)
+            if s is not None:
+                s.ok |= 1 << p.slot
+                s.answered.add(ip)
+                if s.end:
+                    p.finished = True
+        elif op == Op.RETRANSMIT:
+            s = self._find(msg.slice_no)
+            if s is None or s.ok >> p.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
+                return  # an answer to an older round: the receiver answers the new one
+            have = int.from_bytes(msg.received, "little")
+            missing = ~have & ((1 << s.nblocks) - 1)
+            s.missing |= missing
+            s.answered.add(ip)
+            p.report.retransmissions += missing.bit_count()
+            if s.rxmit == 0 and missing:
+                s.congested = max(s.congested, congested_blocks(missing, s.nblocks))
+        elif op == Op.DISCONNECT and not p.finished:
+            # a finished receiver leaving is the normal end: it stays for its verdict
+            self.table.remove(ip, "disconnected")
+            print(f"herdcast send: receiver {ip} disconnected mid-transfer",
+                  file=sys.stderr, flush=True)
+
+    def _late(self, ip: str, addr: tuple[str, int], caps: int) -> None:
+        """A CONNECT_REQ after the start: queue it for another round, or say it missed."""
+        herdcast = bool(caps & Cap.HERDCAST)
+        if self.rereadable:
+            if ip not in self.late:
+                print(f"herdcast send: receiver {ip} joined late: it gets the next round",
+                      file=sys.stderr, flush=True)
+            self.late[ip] = (addr, caps)
+            status = LateStatus.NEXT_ROUND
+        else:
+            status = LateStatus.MISSED
+        if herdcast:
+            current = self.inflight[0].no if self.inflight else self.next_no
+            self.net.send(build(Op.HC_LATE, status=int(status), slice_no=current), addr)
+
+    def _digest(self, ip: str, addr: tuple[str, int], msg) -> None:
+        """Answer every HC_DIGEST (idempotent) and note the verdict in the table."""
+        if self.digest is None:
+            return  # cannot happen before the end slice; the receiver repeats it
+        agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
+        self.net.send(build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=self.total),
+                      addr)
+        p = self.table.participants.get(ip)
+        report = p.report if p is not None else self.table.reports.get(ip)
+        if report is None:
+            return
+        if p is not None:
+            p.digest = (msg.total_bytes, msg.sha256)
+        report.digest = msg.sha256.hex()
+        report.bytes = msg.total_bytes
+        if report.status in ("ok", "no-digest", "digest-mismatch"):
+            report.status = "ok" if agreed else "digest-mismatch"
+
+    # ------------------------------------------------------------------ slices
+
+    def _reqack(self, s: Slice, now: float) -> None:
+        ready = s.ok.to_bytes(BITMAP_BYTES, "little")
+        self.net.send(build(Op.REQACK, slice_no=s.no, slice_bytes=s.nbytes, rxmit=s.rxmit,
+                            ready_set=ready), self.net.dest)
+        self.stats.reqacks += 1
+        s.asked_at = now
+        s.answered = set()
+        s.missing = 0
+
+    def _timeout(self, s: Slice) -> float:
+        base = max(MIN_TIMEOUT, 2.5 * self.answer_time)
+        return min(MAX_TIMEOUT, base * (2 ** min(s.timeouts, 10)))
+
+    def _next_round(self, s: Slice, now: float) -> None:
+        """Resend what the answers asked for, then ask the next round."""
+        s.runs = _runs(s.missing, s.nblocks)
+        s.rxmit += 1
+        s.asked_at = None
+        if not s.runs:
+            self._reqack(s, now)
+
+    def _check(self, now: float) -> None:
+        """Finish slices everybody OK'd, close answered rounds, time out silent ones."""
+        participants = self.table.participants
+        all_slots = 0
+        for p in participants.values():
+            all_slots |= 1 << p.slot
+        for s in list(self.inflight):
+            if s.asked_at is None:
+                continue
+            if s.ok & all_slots == all_slots:
+                self._complete(s)
+                continue
+            pending = [p for p in participants.values()
+                       if not s.ok >> p.slot & 1 and p.ip not in s.answered]
+            if not pending:
+                self.answer_time = 0.8 * self.answer_time + 0.2 * (now - s.asked_at)
+                s.timeouts = 0
+                self._next_round(s, now)
+            elif now - s.asked_at >= self._timeout(s):
+                s.timeouts += 1
+                for p in pending:
+                    p.silent += 1
+                    if p.silent > self.opts.retries_until_drop:
+                        self.table.remove(p.ip, "dropped")
+                        print(f"herdcast send: dropping receiver {p.ip}: no answer to "
+                              f"{p.silent} requests", file=sys.stderr, flush=True)
+                if self.table.participants:
+                    self._next_round(s, now)
+
+    def _complete(self, s: Slice) -> None:
+        self.inflight.remove(s)
+        for p in self.table.participants.values():
+            p.report.bytes += s.nbytes
+        if s.buf is not None:
+            self.pacer.feedback(s.nblocks, s.congested)
+            self.reader.release(s.buf)
+        if s.end:
+            self.done = True
+
+    def _start_slice(self) -> bool:
+        """Take the next slice from the reader if the ring has room; False if none ready."""
+        if self.end_queued or len(self.inflight) >= self.ring:
+            return False
+        item = self.reader.next_slice()
+        if item is None:
+            return False
+        if item is EOF:
+            self.digest = self.reader.sha.digest()
+            self.total = self.reader.total
+            s = Slice(None, self.next_no, 0, 0)
+            self.inflight.append(s)
+            self.end_queued = True
+            self._reqack(s, time.monotonic())
+            return True
+        buf, nbytes = item
+        nblocks = buf.prepare(self.next_no, nbytes)
+        self.inflight.append(Slice(buf, self.next_no, nbytes, nblocks))
+        self.next_no += 1
+        return True
+
+    def _work(self) -> tuple[Slice, int, int, bool] | None:
+        """The next blocks to send: retransmissions first, oldest slice first."""
+        for s in self.inflight:
+            if s.runs:
+                first, count = s.runs[0]
+                return s, first, count, True
+        for s in self.inflight:
+            if s.buf is not None and s.sent < s.nblocks:
+                return s, s.sent, s.nblocks - s.sent, False
+        return None
+
+    def _send(self, s: Slice, first: int, count: int, rexmit: bool, now: float) -> float:
+        """Send what the pacer allows; returns how long to wait when it allows nothing."""
+        n = self.pacer.grant(count, now)
+        if n == 0:
+            return self.pacer.wait(count)
+        sent = send_blocks(self.net.fd, s.buf, first, n)
+        if rexmit:
+            self.stats.rexmit_packets += sent
+            f, c = s.runs[0]
+            if sent >= c:
+                s.runs.pop(0)
+            else:
+                s.runs[0] = (f + sent, c - sent)
+            if not s.runs:
+                self._reqack(s, time.monotonic())
+        else:
+            self.stats.data_packets += sent
+            s.sent += sent
+            self.stats.bytes_sent += min(s.nbytes, s.sent * s.buf.blocksize) - \
+                min(s.nbytes, (s.sent - sent) * s.buf.blocksize)
+            if s.sent >= s.nblocks:
+                self._reqack(s, time.monotonic())
+        return 0.0
+
+    def _next_deadline(self, now: float) -> float:
+        deadline = now + 0.05
+        for s in self.inflight:
+            if s.asked_at is not None:
+                deadline = min(deadline, s.asked_at + self._timeout(s))
+        return deadline
+
+    def run(self) -> None:
+        """Send the whole stream and the end slice; returns once every participant OK'd it."""
+        net = self.net
+        while not self.done:
+            now = time.monotonic()
+            for op, msg, addr in net.receive(0):
+                self.handle(op, msg, addr)
+            if not self.table.participants:
+                raise SendError("every receiver was dropped or disconnected before the end")
+            self._check(now)
+            if self.done:
+                break
+            self.progress.update(self.stats.bytes_sent, retransmitted=self.stats.rexmit_packets,
+                                 sent=self.stats.data_packets + self.stats.rexmit_packets,
+                                 receivers=len(self.table.participants))
+            job = self._work()
+            if job is not None:
+                wait = self._send(*job, now)
+                if wait > 0:
+                    if wait > 0.002:
+                        for op, msg, addr in net.receive(wait):
+                            self.handle(op, msg, addr)
+                    else:
+                        time.sleep(wait)
+                continue
+            if self._start_slice():
+                continue
+            timeout = max(0.0, self._next_deadline(now) - time.monotonic())
+            if not self.end_queued and len(self.inflight) < self.ring:
+                timeout = min(timeout, 0.001)  # the reader is filling the next slice
+            for op, msg, addr in net.receive(timeout):
+                self.handle(op, msg, addr)
+
+    def wait_digests(self) -> None:
+        """After the end slice: give herdcast receivers up to 3 s to report their digest."""
+        deadline = time.monotonic() + DIGEST_WAIT
+        while time.monotonic() < deadline:
+            waiting = [p for p in self.table.participants.values()
+                       if p.herdcast and p.digest is None]
+            if not waiting:
+                return
+            for op, msg, addr in self.net.receive(0.05):
+                self.handle(op, msg, addr)
+
+    def finish_reports(self) -> None:
+        """Settle each remaining participant's row."""
+        for p in self.table.participants.values():
+            r = p.report
+            if r.status != "ok":
+                continue
+            if p.herdcast and p.digest is None:
+                r.status = "no-digest"
+
+
+def participants_summary(table: Table) -> str:
+    """'3 receivers (2 herdcast)' for log lines."""
+    ps: list[Participant] = list(table.participants.values())
+    hc = sum(p.herdcast for p in ps)
+    return f"{len(ps)} receiver(s) ({hc} herdcast, {len(ps) - hc} stock)"

@@ -1,0 +1,186 @@
+"""`herdcast send`: udp-sender's behaviour, plus a digest table and late-join rounds.
+
+The pieces: agent.send_session (sockets, participants, start triggers), agent.send_input
+(input, pipe, compression, slice reader thread), agent.send_transfer (slices, REQACK rounds,
+retransmissions), agent.send_rate (pacing), agent.send_batch (sendmmsg) and
+agent.send_report (the final table). This module strings them together into rounds: the
+first for the receivers present at the start, then one more for each batch of receivers
+that asked to join while a round was running (when the input can be read again).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+
+from agent.options import SendOptions
+from agent.result import TransferResult
+from agent.send_batch import Destination, SliceBuffer
+from agent.send_input import Input, InputError, SliceReader, open_input
+from agent.send_rate import Pacer
+from agent.send_report import format_table, verdict
+from agent.send_session import Network, SendError, Table, wait_for_start
+from agent.send_transfer import Stats, Transfer, participants_summary
+
+LATE_HELLO_INTERVAL = 0.5
+LATE_CONNECT_WAIT = 10.0
+MAX_ROUNDS = 16
+
+
+def _progress(opts: SendOptions, total: int | None):
+    try:
+        from agent.progress import Progress
+    except ImportError:  # pragma: no cover - progress.py is another engineer's module
+        class Progress:  # type: ignore[no-redef]
+            def __init__(self, *a, **k) -> None:
+                pass
+
+            def update(self, *a, **k) -> None:
+                pass
+
+            def close(self, final_line=None) -> None:
+                if final_line:
+                    print(final_line, file=sys.stderr)
+    return Progress("send", total=total, enabled=not opts.no_progress)
+
+
+def _unsupported(opts: SendOptions) -> str | None:
+    if opts.fec is not None:
+        return ("--fec is not supported yet: drop it (herdcast retransmits lost blocks, "
+                "and its rate follows the receivers)")
+    if opts.async_:
+        return "--async is not supported yet: drop it (herdcast needs the return channel)"
+    return None
+
+
+def _input_size(opts: SendOptions) -> int | None:
+    if opts.file is None or opts.pipe or opts.compress:
+        return None
+    try:
+        st = os.stat(opts.file)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _data_address(net: Network, table: Table, opts: SendOptions) -> str:
+    """Where DATA and REQACK go: broadcast, one receiver point-to-point, or the group."""
+    if opts.broadcast:
+        return net.nif.broadcast or net.control
+    if len(table.participants) == 1 and opts.pointopoint is not False:
+        return next(iter(table.participants.values())).ip
+    return net.advertised
+
+
+def _slice_blocks(opts: SendOptions) -> int:
+    if opts.default_slice_size:
+        return max(opts.min_slice_size, min(opts.default_slice_size, opts.max_slice_size))
+    return opts.max_slice_size
+
+
+def send(opts: SendOptions) -> TransferResult:
+    """Send opts.file (or stdin) to the receivers that connect; never raises on bad input,
+    a dead network or a receiver's fault: the result says what went wrong."""
+    started = time.monotonic()
+    problem = _unsupported(opts)
+    if problem:
+        return TransferResult(ok=False, error=problem)
+    try:
+        net = Network(opts)
+    except SendError as exc:
+        return TransferResult(ok=False, error=str(exc))
+    inp: Input | None = None
+    table = Table()
+    stats = Stats()
+    result = TransferResult(ok=False)
+    try:
+        inp = open_input(opts.file, opts.pipe, opts.compress)
+        keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
+                    and sys.stdin.isatty())
+        print(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
+              f"{net.control}", file=sys.stderr, flush=True)
+        why = wait_for_start(net, table, opts, keyboard=keyboard)
+        started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
+        dest = Destination()
+        blocks = _slice_blocks(opts)
+        ring = 1 if opts.duplex == "half" else 2
+        buffers = [SliceBuffer(opts.blocksize, dest, blocks) for _ in range(ring + 1)]
+        progress = _progress(opts, _input_size(opts))
+        late: dict = {}
+        served: set[str] = set()
+        for round_no in range(MAX_ROUNDS):
+            data_ip = _data_address(net, table, opts)
+            dest.set(data_ip, net.port)
+            net.dest = dest.address
+            print(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
+                  f"{data_ip}", file=sys.stderr, flush=True)
+            pacer = Pacer(opts.blocksize, opts.max_bitrate, table.min_rcvbuf())
+            reader = SliceReader(inp.stream, buffers, blocks * opts.blocksize)
+            transfer = Transfer(net, table, opts, reader, pacer, progress, stats, late,
+                                inp.rereadable)
+            try:
+                transfer.run()
+                transfer.wait_digests()
+            finally:
+                reader.stop()
+            transfer.finish_reports()
+            if round_no == 0:
+                result.bytes = transfer.total
+                result.sha256 = transfer.digest.hex() if transfer.digest else None
+            served |= set(table.participants)
+            if not late:
+                break
+            # another round for the receivers that asked while this one ran
+            expected = set(late) - served
+            late.clear()
+            if not expected:
+                break
+            inp.close()
+            inp = open_input(opts.file, opts.pipe, opts.compress)
+            # a fresh reader needs the old one's buffers back
+            buffers = [SliceBuffer(opts.blocksize, dest, blocks) for _ in range(ring + 1)]
+            table.participants = {}
+            print(f"herdcast send: another round for {len(expected)} late receiver(s): "
+                  f"{', '.join(sorted(expected))}", file=sys.stderr, flush=True)
+            why = wait_for_start(net, table, opts, keyboard=False, expect=expected,
+                                 on_other=lambda ip, e=expected, s=served: ip in e or ip not in s,
+                                 hello_interval=LATE_HELLO_INTERVAL,
+                                 give_up=LATE_CONNECT_WAIT)
+            if not table.participants:
+                for ip in expected:
+                    table.reports.setdefault(ip, _missing_report(ip))
+                break
+        progress.close()
+        result.seconds = time.monotonic() - started
+        result.receivers = list(table.reports.values())
+        result.ok, result.error = verdict(result.receivers)
+    except (SendError, InputError, OSError) as exc:
+        result.ok = False
+        result.error = str(exc)
+        result.receivers = list(table.reports.values())
+        result.seconds = time.monotonic() - started
+    finally:
+        if inp is not None:
+            inp.close()
+        net.close()
+    result.stats = stats  # type: ignore[attr-defined]
+    return result
+
+
+def _missing_report(ip: str):
+    from agent.result import ReceiverReport
+
+    return ReceiverReport(ip, status="dropped")
+
+
+def run_sender(opts: SendOptions) -> int:
+    """The `herdcast send` command: send, print the receivers table, return the exit code."""
+    result = send(opts)
+    stats = getattr(result, "stats", None)
+    if result.receivers or stats is not None and stats.data_packets:
+        print(format_table(result, stats), file=sys.stderr, flush=True)
+    if not result.ok:
+        print(f"herdcast send: {result.error}", file=sys.stderr, flush=True)
+    return result.exit_code
