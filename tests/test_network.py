@@ -1,0 +1,149 @@
+"""agent.network in namespaces of our own: static, DHCP (dnsmasq), BOOTIF, no carrier."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.network import NetworkError, broadcast_of, prefixlen_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_broadcast_and_prefix():
+    assert broadcast_of("192.168.1.20", 24) == "192.168.1.255"
+    assert broadcast_of("10.0.5.1", 16) == "10.0.255.255"
+    assert prefixlen_of("255.255.255.0", "10.0.0.1") == 24
+    assert prefixlen_of("20", "10.0.0.1") == 20
+    assert prefixlen_of(None, "10.1.2.3") == 8
+    assert prefixlen_of(None, "192.168.0.3") == 24
+    with pytest.raises(NetworkError, match="netmask=255.0.255.0"):
+        prefixlen_of("255.0.255.0", "10.0.0.1")
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+
+@contextlib.contextmanager
+def pair(server_ip: str = "10.66.0.1/24", client_mac: str = "02:00:00:00:66:02",
+         peer_up: bool = True):
+    """Namespace `node` (eth0 and eth1, unconfigured and down) cabled to `srv`."""
+    tag = uuid.uuid4().hex[:6]
+    node, srv = f"hcnode{tag}", f"hcsrv{tag}"
+    sh("ip", "netns", "add", node)
+    try:
+        sh("ip", "netns", "add", srv)
+        sh("ip", "-n", node, "link", "add", "eth0", "address", client_mac, "type", "veth",
+           "peer", "name", "eth0", "netns", srv)
+        # a second NIC, its cable end down: no carrier
+        sh("ip", "-n", node, "link", "add", "eth1", "address", "02:00:00:00:66:03", "type",
+           "veth", "peer", "name", "eth9", "netns", srv)
+        sh("ip", "-n", srv, "addr", "add", server_ip, "brd", "+", "dev", "eth0")
+        if peer_up:
+            sh("ip", "-n", srv, "link", "set", "eth0", "up")
+        sh("ip", "-n", srv, "link", "set", "lo", "up")
+        yield node, srv
+    finally:
+        sh("ip", "netns", "delete", srv, check=False)
+        sh("ip", "netns", "delete", node, check=False)
+
+
+def run_in(ns: str, code: str, timeout: float = 60) -> dict:
+    """Run agent.network code in namespace `ns`; it prints one JSON object."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
+                           textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+SETUP = """
+    import dataclasses, json
+    from agent.network import NetworkError, setup_network
+    try:
+        cfg = setup_network(say=lambda s: None, {args})
+        print(json.dumps(dataclasses.asdict(cfg)))
+    except NetworkError as exc:
+        print(json.dumps({{"error": str(exc)}}))
+"""
+
+
+def addr_show(ns: str) -> str:
+    return sh("ip", "-n", ns, "-4", "addr", "show", "dev", "eth0").stdout
+
+
+@pytest.mark.netns
+def test_static_address_gets_broadcast_and_gateway():
+    with pair() as (node, srv):
+        cfg = run_in(node, SETUP.format(args="dhcp=False, ip='10.66.0.7', "
+                                             "netmask='255.255.255.0', gateway='10.66.0.1'"))
+        assert cfg["ifname"] == "eth0" and cfg["method"] == "static"
+        assert "inet 10.66.0.7/24 brd 10.66.0.255" in addr_show(node)
+        routes = sh("ip", "-n", node, "route", "show", "default").stdout
+        assert "default via 10.66.0.1 dev eth0" in routes
+        assert sh("ip", "netns", "exec", node, "ping", "-c1", "-W2", "10.66.0.1",
+                  check=False).returncode == 0
+
+
+@pytest.mark.netns
+def test_bootif_picks_the_nic_by_mac():
+    with pair() as (node, srv):
+        sh("ip", "-n", srv, "link", "set", "eth9", "up")  # eth1 has carrier too
+        cfg = run_in(node, SETUP.format(args="dhcp=False, ip='10.66.0.8', netmask='24', "
+                                             "mac='02:00:00:00:66:03', carrier_timeout=5"))
+        assert cfg["ifname"] == "eth1", "BOOTIF wins over the first NIC with carrier"
+        missing = run_in(node, SETUP.format(args="dhcp=False, ip='10.66.0.8', "
+                                                 "mac='02:aa:bb:cc:dd:ee'"))
+        assert "BOOTIF MAC 02:aa:bb:cc:dd:ee" in missing["error"]
+
+
+@pytest.mark.netns
+def test_no_carrier_fails_within_the_timeout():
+    with pair(peer_up=False) as (node, srv):
+        sh("ip", "-n", node, "link", "del", "eth1")
+        start = time.monotonic()
+        out = run_in(node, SETUP.format(args="dhcp=False, ip='10.66.0.9', "
+                                             "carrier_timeout=1.5"))
+        assert "no carrier on eth0" in out["error"]
+        assert time.monotonic() - start < 20
+
+
+@pytest.mark.netns
+def test_dhcp_needs_a_static_address_otherwise():
+    with pair() as (node, srv):
+        out = run_in(node, SETUP.format(args="dhcp=False"))
+        assert "ip=" in out["error"]
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq (dnsmasq-base)")
+def test_dhcp_lease_from_dnsmasq(tmp_path):
+    with pair() as (node, srv):
+        dnsmasq = subprocess.Popen(
+            ["ip", "netns", "exec", srv, "dnsmasq", "--no-daemon", "--port=0",
+             "--conf-file=/dev/null", "--bind-interfaces", "--interface=eth0",
+             "--dhcp-range=10.66.0.50,10.66.0.60,255.255.255.0,1h",
+             "--dhcp-option=option:router,10.66.0.1",
+             f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'pid'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            cfg = run_in(node, SETUP.format(args="dhcp=True, dhcp_timeout=20"), timeout=60)
+        finally:
+            dnsmasq.kill()
+            dnsmasq.wait(timeout=10)
+        assert cfg.get("method") == "dhcp", cfg
+        assert cfg["ip"].startswith("10.66.0.5") or cfg["ip"] == "10.66.0.60"
+        assert cfg["broadcast"] == "10.66.0.255"
+        assert cfg["gateway"] == "10.66.0.1"
+        assert cfg["server"] == "10.66.0.1"
+        assert f"inet {cfg['ip']}/24 brd 10.66.0.255" in addr_show(node)
