@@ -1,0 +1,271 @@
+"""Slice assembly: udpcast's receiver state machine without sockets.
+
+The stream is cut into slices numbered 0, 1, 2, ... of up to 1024 blocks; DATA packets carry
+(slice, block, slice bytes) and the byte offset of a block is the sum of the earlier slices'
+sizes plus block*blocksize. The sender keeps at most two slices in flight, so a receiver
+still missing part of slice w can only see slices w and w+1: a packet for w+2 means the
+sender gave up on us ("dropped by sender").
+
+Kept free of sockets so the capture-replay tests drive exactly the code the receiver runs.
+Buffers are preallocated (a pool of whole-slice buffers) and recycled through a queue: the
+network side takes a free buffer for each new slice, the writer gives it back once the slice
+is on disk, which is also the back-pressure between the network and a slow disk or pipe.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+
+from agent import fec
+from agent.protocol import BITMAP_BYTES, MAX_SLICE_SIZE, Op, build
+
+DEFAULT_BUFFERS = 6
+
+
+class TransferAborted(RuntimeError):
+    """The transfer cannot complete for this receiver; the message says why."""
+
+
+class DroppedBySender(TransferAborted):
+    """The sender moved two slices past one we have not completed."""
+
+
+class MissedStart(TransferAborted):
+    """The first packets seen belong to a transfer already well under way."""
+
+
+class Slice:
+    """One preallocated slice buffer and what is known about its blocks."""
+
+    __slots__ = ("buf", "mv", "received", "slice_no", "nbytes", "nblocks", "count",
+                 "fec_stripes", "fec_blocks", "fec_count")
+
+    def __init__(self, blocksize: int) -> None:
+        self.buf = bytearray(MAX_SLICE_SIZE * blocksize)
+        self.mv = memoryview(self.buf)
+        self.received = bytearray(BITMAP_BYTES)  # LSB-first, the RETRANSMIT map as sent
+        self.reset(-1)
+
+    def reset(self, slice_no: int) -> None:
+        """Make the buffer describe a fresh, empty slice."""
+        self.slice_no = slice_no
+        self.nbytes: int | None = None
+        self.nblocks = 0
+        self.count = 0
+        self.received[:] = bytes(BITMAP_BYTES)
+        self.fec_stripes = 0
+        self.fec_blocks: dict[int, dict[int, bytes]] | None = None
+        self.fec_count = 0
+
+    @property
+    def data(self) -> memoryview:
+        """The slice's bytes (valid once it is complete)."""
+        return self.mv[: self.nbytes or 0]
+
+
+class Assembler:
+    """Feeds DATA/FEC/REQACK to slices and hands completed slices, in order, to `sink`.
+
+    `sink(slice)` is called for each completed data slice in stream order; whoever consumes
+    it calls `release(slice)` when done with the bytes (possibly from another thread).
+    """
+
+    def __init__(self, blocksize: int, sink: Callable[[Slice], None],
+                 buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0) -> None:
+        if not 1 <= blocksize <= 65507 - 16:
+            raise TransferAborted(f"sender announced an impossible block size {blocksize}")
+        self.blocksize = blocksize
+        self.max_bytes = MAX_SLICE_SIZE * blocksize
+        self.sink = sink
+        self.free: queue.Queue[Slice] = queue.Queue()
+        for _ in range(max(buffers, 3)):
+            self.free.put(Slice(blocksize))
+        self.buffer_wait = buffer_wait
+        self.active: dict[int, Slice] = {}
+        self.next_slice = 0  # every slice below this one has been handed to the sink
+        self.top = -1  # highest slice number started
+        self.ended = False  # the empty end slice was reached with everything before it
+        self.delivered_bytes = 0
+        self.started = False
+        self.ignored = 0  # packets that failed validation (bad sizes, mismatches)
+
+    # --- slice bookkeeping --------------------------------------------------------------
+
+    def release(self, s: Slice) -> None:
+        """Give a slice buffer back once its bytes are written."""
+        self.free.put(s)
+
+    def _new(self, slice_no: int) -> Slice:
+        try:
+            s = self.free.get(timeout=self.buffer_wait)
+        except queue.Empty:
+            raise TransferAborted("the output did not take data for "
+                                  f"{self.buffer_wait:.0f} s (disk or pipe stuck)") from None
+        s.reset(slice_no)
+        self.active[slice_no] = s
+        return s
+
+    def _slice(self, slice_no: int) -> Slice | None:
+        """The slice a packet refers to, started if new; None for a slice already done."""
+        s = self.active.get(slice_no)
+        if s is not None:
+            return s
+        if slice_no < self.next_slice or self.ended:
+            return None
+        if slice_no > self.next_slice + 1:
+            if not self.started and self.next_slice == 0:
+                raise MissedStart(f"the transfer was already at slice {slice_no} when this "
+                                  "receiver first heard it")
+            raise DroppedBySender(f"dropped by sender: it sent slice {slice_no} while slice "
+                                  f"{self.next_slice} is still incomplete here")
+        self.started = True
+        for no in range(self.top + 1, slice_no + 1):
+            if no >= self.next_slice and no not in self.active:
+                self._new(no)
+        self.top = max(self.top, slice_no)
+        return self.active[slice_no]
+
+    def _set_bytes(self, s: Slice, nbytes: int) -> bool:
+        """Record the slice size; False if it contradicts what the slice already said."""
+        if s.nbytes is None:
+            if nbytes > self.max_bytes:
+                return False
+            s.nbytes = nbytes
+            s.nblocks = (nbytes + self.blocksize - 1) // self.blocksize
+            return True
+        return s.nbytes == nbytes
+
+    def _complete(self, s: Slice) -> bool:
+        if s.nbytes is None:
+            return False
+        if s.count == s.nblocks:
+            return True
+        if not s.fec_blocks or s.count + s.fec_count < s.nblocks:
+            return False
+        return all(self._stripe_missing(s, st) <= len(s.fec_blocks.get(st, ()))
+                   for st in range(min(s.fec_stripes, s.nblocks)))
+
+    def _stripe_missing(self, s: Slice, stripe: int) -> int:
+        rcv = s.received
+        return sum(1 for b in range(stripe, s.nblocks, s.fec_stripes)
+                   if not rcv[b >> 3] & (1 << (b & 7)))
+
+    def _repair(self, s: Slice) -> None:
+        """Rebuild lost blocks from the FEC blocks (slice known to be repairable)."""
+        bs = self.blocksize
+        assert s.fec_blocks is not None and s.nbytes is not None
+        pad = s.nblocks * bs - s.nbytes  # the code counts the short last block zero-padded
+        if pad:
+            s.mv[s.nbytes:s.nbytes + pad] = bytes(pad)
+        for stripe, fec_blocks in s.fec_blocks.items():
+            members = fec.stripe_blocks(s.nblocks, s.fec_stripes, stripe)
+            rcv = s.received
+            data = [s.mv[b * bs:(b + 1) * bs] if rcv[b >> 3] & (1 << (b & 7)) else None
+                    for b in members]
+            if all(d is not None for d in data):
+                continue
+            for j, block in fec.decode_stripe(data, fec_blocks, bs).items():
+                b = members[j]
+                end = min((b + 1) * bs, s.nbytes)
+                s.mv[b * bs:end] = block[:end - b * bs]
+                rcv[b >> 3] |= 1 << (b & 7)
+                s.count += 1
+
+    def _advance(self) -> None:
+        """Hand every completed slice at the head of the stream to the sink."""
+        while True:
+            s = self.active.get(self.next_slice)
+            if s is None or not self._complete(s):
+                return
+            if s.count < s.nblocks:
+                self._repair(s)
+            del self.active[self.next_slice]
+            self.next_slice += 1
+            if s.nbytes == 0:
+                self.ended = True
+                self.release(s)
+                for other in self.active.values():
+                    self.release(other)
+                self.active.clear()
+                return
+            self.delivered_bytes += s.nbytes or 0
+            self.sink(s)
+
+    # --- packets ------------------------------------------------------------------------
+
+    def on_data(self, slice_no: int, block_no: int, nbytes: int, payload: memoryview) -> None:
+        """A DATA packet (header fields already unpacked; payload after the header)."""
+        bs = self.blocksize
+        start = block_no * bs
+        if nbytes == 0 or start >= nbytes or nbytes > self.max_bytes:
+            self.ignored += 1
+            return
+        s = self._slice(slice_no)
+        if s is None:
+            return
+        if s.nbytes != nbytes and not self._set_bytes(s, nbytes):
+            self.ignored += 1
+            return
+        rcv = s.received
+        bit = 1 << (block_no & 7)
+        if rcv[block_no >> 3] & bit:
+            return
+        size = nbytes - start
+        if size > bs:
+            size = bs
+        if len(payload) < size:
+            self.ignored += 1
+            return
+        s.mv[start:start + size] = payload[:size]
+        rcv[block_no >> 3] |= bit
+        s.count += 1
+        if (s.count == s.nblocks or s.fec_blocks) and slice_no == self.next_slice:
+            self._advance()
+
+    def on_fec(self, stripes: int, slice_no: int, fec_no: int, nbytes: int,
+               payload: memoryview) -> None:
+        """A FEC packet: kept until the slice can be repaired."""
+        bs = self.blocksize
+        if stripes == 0 or len(payload) < bs or nbytes > self.max_bytes:
+            self.ignored += 1
+            return
+        s = self._slice(slice_no)
+        if s is None:
+            return
+        if not self._set_bytes(s, nbytes):
+            self.ignored += 1
+            return
+        if nbytes == 0:  # async FEC end marker
+            self._advance()
+            return
+        if s.fec_stripes == 0:
+            s.fec_stripes = stripes
+            s.fec_blocks = {}
+        elif s.fec_stripes != stripes:
+            self.ignored += 1
+            return
+        stripe, r = fec_no % stripes, fec_no // stripes
+        if stripe >= s.nblocks or r >= 128:
+            return  # udpcast sends stale memory as FEC of empty stripes
+        assert s.fec_blocks is not None
+        blocks = s.fec_blocks.setdefault(stripe, {})
+        if r not in blocks:
+            blocks[r] = bytes(payload[:bs])
+            s.fec_count += 1
+            if slice_no == self.next_slice:
+                self._advance()
+
+    def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes:
+        """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send."""
+        s = self._slice(slice_no)
+        if s is None:
+            return build(Op.OK, slice_no=slice_no)
+        if not self._set_bytes(s, nbytes):
+            self.ignored += 1
+            return build(Op.OK, slice_no=slice_no) if self._complete(s) else build(
+                Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))
+        if self._complete(s):
+            self._advance()
+            return build(Op.OK, slice_no=slice_no)
+        return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))
