@@ -181,14 +181,29 @@ class ModuleLoad:
         return [*modprobe, self.name, *self.params]
 
 
+def device_class(modalias: str) -> str | None:
+    """"net" or "disk" for the buses whose modalias says so (PCI class, virtio device id),
+    so netmodparm=/diskmodparm= reach the driver of a NIC/disk found with AUTO."""
+    if modalias.startswith("pci:"):
+        cls = modalias.partition("bc")[2][:2].upper()
+        return {"02": "net", "01": "disk"}.get(cls)
+    if modalias.startswith("virtio:"):
+        return {"d00000001": "net", "d00000002": "disk", "d00000008": "disk"}.get(
+            modalias[len("virtio:"):].partition("v")[0])
+    return None
+
+
 def plan_loads(devices: Iterable[Device], aliases: list[tuple[str, str]],
-               skip: set[str], params: dict[str, list[str]] | None = None) -> list[ModuleLoad]:
+               skip: set[str], params: dict[str, list[str]] | None = None,
+               class_params: dict[str, list[str]] | None = None) -> list[ModuleLoad]:
     """What to modprobe for these devices, skipping modules already loaded or tried.
 
-    Without a modules.alias to consult, the modalias itself is handed to modprobe, which
-    resolves it (busybox's and kmod's both do).
+    `params` go to a module by name; `class_params` ("net"/"disk") to the modules of
+    network/storage devices. Without a modules.alias to consult, the modalias itself is
+    handed to modprobe, which resolves it (busybox's and kmod's both do).
     """
     params = {normalize(k): v for k, v in (params or {}).items()}
+    class_params = class_params or {}
     plan: list[ModuleLoad] = []
     seen = set(skip)
     for dev in devices:
@@ -198,7 +213,8 @@ def plan_loads(devices: Iterable[Device], aliases: list[tuple[str, str]],
             if key in seen:
                 continue
             seen.add(key)
-            plan.append(ModuleLoad(name, list(params.get(key, [])),
+            extra = params.get(key) or class_params.get(device_class(dev.modalias) or "", [])
+            plan.append(ModuleLoad(name, list(extra),
                                    f"{dev.subsystem or 'device'} {dev.modalias}",
                                    by_alias=not aliases))
     return plan
@@ -206,11 +222,11 @@ def plan_loads(devices: Iterable[Device], aliases: list[tuple[str, str]],
 
 def named_loads(netmodule: str | None, netmodparm: str | None, diskmodule: str | None,
                 diskmodparm: str | None) -> list[ModuleLoad]:
-    """The modules netmodule=/diskmodule= name (AUTO or empty: none, modalias decides)."""
+    """The modules netmodule=/diskmodule= name (AUTO, NONE or empty: none)."""
     loads = []
     for module, parm, what in ((netmodule, netmodparm, "netmodule="),
                                (diskmodule, diskmodparm, "diskmodule=")):
-        if module and module.upper() != "AUTO":
+        if module and module.upper() not in ("AUTO", "NONE"):
             loads.append(ModuleLoad(module, shlex.split(parm or ""), what))
     return loads
 
@@ -308,6 +324,13 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     tried = loaded_modules(proc_root) | builtin_modules(modules_dir)
     named = named_loads(netmodule, netmodparm, diskmodule, diskmodparm)
     params = {normalize(load.name): load.params for load in named}
+    class_params = {}
+    for cls, module, parm in (("net", netmodule, netmodparm), ("disk", diskmodule, diskmodparm)):
+        if (module or "AUTO").upper() == "AUTO" and parm:
+            class_params[cls] = shlex.split(parm)
+    by_modalias = not all((m or "").upper() == "NONE" for m in (netmodule, diskmodule))
+    if not by_modalias:
+        report.notes.append("netmodule=NONE and no disk module: loading nothing by modalias")
     run_loads([n for n in named if normalize(n.name) not in tried], modprobe, report)
     tried |= {normalize(n.name) for n in named}
 
@@ -319,8 +342,10 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
             report.notes.append("libudev not loadable: walking sysfs and polling instead")
 
     def one_pass() -> int:
+        if not by_modalias:
+            return 0
         devices = udev_modaliases(context) if context is not None else walk_modaliases(sys_root)
-        loads = plan_loads(devices, aliases, tried, params)
+        loads = plan_loads(devices, aliases, tried, params, class_params)
         tried.update(normalize(x.name) for x in loads)
         run_loads(loads, modprobe, report)
         report.passes += 1

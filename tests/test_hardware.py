@@ -57,7 +57,7 @@ FAKE_MODPROBE = textwrap.dedent("""
         net.mkdir(parents=True)
         (net / "address").write_text("52:54:00:12:34:56\\n")
     elif name == "virtio_blk":
-        (sysfs / "class/block/vda").mkdir(parents=True)
+        (sysfs / "class/block/vdq").mkdir(parents=True)
     elif name == "broken":
         print("modprobe: FATAL: Module broken not found", file=sys.stderr)
         sys.exit(1)
@@ -133,6 +133,26 @@ def test_named_modules_carry_their_parameters():
     assert named_loads(None, None, "auto", None) == []
 
 
+def test_auto_params_reach_the_driver_of_the_device_class():
+    aliases = [("virtio:d00000001v*", "virtio_net"), ("virtio:d00000002v*", "virtio_blk"),
+               ("pci:v00008086d*sv*sd*bc0Csc03i*", "uhci_hcd")]
+    devices = [Device("/a", "virtio", "virtio:d00000001v00001AF4"),
+               Device("/b", "virtio", "virtio:d00000002v00001AF4"),
+               Device("/c", "pci", "pci:v00008086d00002934sv0sd0bc0Csc03i00")]
+    plan = plan_loads(devices, aliases, set(), None, {"net": ["napi=1"], "disk": ["mq=2"]})
+    assert [(p.name, p.params) for p in plan] == [
+        ("virtio_net", ["napi=1"]), ("virtio_blk", ["mq=2"]), ("uhci_hcd", [])]
+
+
+def test_none_loads_nothing_by_modalias(fake):
+    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
+                          modules_dir=fake["modules"], modprobe=fake["modprobe"],
+                          netmodule="NONE", diskmodule="NONE", timeout=0.5,
+                          say=lambda s: None)
+    assert report.loaded == [] and not fake["log"].exists()
+    assert report.disk is None
+
+
 def test_params_reach_a_module_found_by_modalias():
     plan = plan_loads([Device("/sys/x", "pci", "pci:v00008086d0000100Esv0sd0bc02sc00i00")],
                       [("pci:v00008086d0000100Esv*sd*bc*sc*i*", "e1000")], set(),
@@ -142,23 +162,23 @@ def test_params_reach_a_module_found_by_modalias():
 
 def test_passes_until_virtio_devices_have_drivers(fake):
     said = []
-    report = load_drivers(disk="/dev/vda", sys_root=fake["sys"], proc_root=fake["proc"],
+    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
                           modules_dir=fake["modules"], modprobe=fake["modprobe"],
                           timeout=10, say=said.append)
     assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
     assert report.nics == [("eth0", "52:54:00:12:34:56")]
-    assert report.disk == "/dev/vda"
+    assert report.disk == "/dev/vdq"
     assert report.passes >= 2
     assert "serial8250" not in fake["log"].read_text(), "built-in modules are not modprobed"
 
 
 def test_named_module_first_with_params_and_failures_reported(fake):
-    report = load_drivers(disk="/dev/vda", sys_root=fake["sys"], proc_root=fake["proc"],
+    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
                           modules_dir=fake["modules"], modprobe=fake["modprobe"],
                           netmodule="broken", netmodparm="io=0x300", timeout=10)
     assert fake["log"].read_text().splitlines()[0] == "broken io=0x300"
     assert report.failed == ["broken io=0x300: modprobe: FATAL: Module broken not found"]
-    assert report.disk == "/dev/vda"
+    assert report.disk == "/dev/vdq"
 
 
 def test_missing_disk_gives_up_at_the_timeout(fake):
