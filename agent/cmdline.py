@@ -48,10 +48,12 @@ class _Bad(Exception):
 
 
 def shown(name: str, value: str) -> str:
-    """`name=value` as the user would write it on the append line (quoted if it has spaces)."""
+    """`name=value` as the user would write it on the append line: quoted if it has spaces,
+    control characters escaped so the message stays one line."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in value)
     if any(c in value for c in _KERNEL_SPACE):
-        return f'{name}="{value}"'
-    return f"{name}={value}"
+        return f'{name}="{text}"'
+    return f"{name}={text}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +641,7 @@ def _static(ip: _IpValue, values: dict[str, object], given: dict[str, str]
     iface = ipaddress.IPv4Interface(f"{ip.address}/{prefix}")
     net = iface.network
     if prefix <= 30 and iface.ip in (net.network_address, net.broadcast_address):
-        raise CmdlineError(f"{shown('ip', given['ip'])}: is the subnet's network or broadcast "
+        raise CmdlineError(f"{shown('ip', given['ip'])}: the subnet's network or broadcast "
                            f"address with netmask {_dotted(prefix)}; use a host address")
     gateway = values.get("gateway") or (ip.pxe.gateway if ip.pxe else None)
     if gateway is not None and ipaddress.IPv4Address(gateway) not in net:

@@ -1,0 +1,130 @@
+"""`herdcast plan`: what a node would do with a kernel command line, touching nothing.
+
+An admin writes a pxelinux append line once and boots a whole room with it; a typo found
+after the first node powered off costs an hour. `herdcast plan --cmdline '...'` runs the very
+parser the node runs (agent.cmdline) and prints the decisions it leads to, without loading
+modules, configuring a NIC or opening a disk. The node prints the same block on its console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from agent.cmdline import BootConfig, CmdlineError, parse_cmdline
+
+PROC_CMDLINE = "/proc/cmdline"
+
+
+def _modules(kind: str, module: str, parm: str, enabled: bool = True) -> str:
+    if not enabled:
+        return f"none loaded (enable{kind.capitalize()}module=no)"
+    parms = f" with {parm}" if parm else ""
+    if module == "AUTO":
+        return f"AUTO: the modules of the devices found (udev modalias){parms}"
+    if module == "NONE":
+        return f"none loaded ({kind}module=NONE: built into the kernel)"
+    return f"modprobe {module}{parms}"
+
+
+def _network(cfg: BootConfig) -> str:
+    if cfg.dhcp:
+        return f"DHCP, waiting up to {cfg.dhcptimeout} s for a lease"
+    gateway = f"gateway {cfg.gateway}" if cfg.gateway else "no gateway"
+    return f"static {cfg.ip}/{cfg.prefixlen} (netmask {cfg.netmask}), {gateway}"
+
+
+def transfer_command(cfg: BootConfig) -> list[str]:
+    """The `herdcast send|receive ...` command the node runs (in-process)."""
+    return ["herdcast", "send" if cfg.sending else "receive", *cfg.transfer_argv()]
+
+
+def describe(cfg: BootConfig) -> list[str]:
+    """The plan as short labelled lines, for `herdcast plan` and the node's console."""
+    if cfg.sending:
+        mode = f"send: {cfg.disk} is read whole and multicast (umode=snd)"
+    else:
+        mode = f"receive: {cfg.disk} is overwritten with the image (umode=rcv)"
+    nic = (f"the NIC with MAC {cfg.bootif_mac} (BOOTIF)" if cfg.bootif_mac
+           else "the first interface with carrier (no BOOTIF)")
+    rows = [
+        ("mode", mode),
+        ("start", "unattended (auto=yes)" if cfg.auto
+         else "after Enter on the console (auto=no)"),
+        ("disk", f"{cfg.disk}, driver: "
+         + _modules("disk", cfg.diskmodule, cfg.diskmodparm, cfg.enable_diskmodule)),
+        ("nic", f"{nic}, waiting up to {cfg.hwtimeout} s"),
+        ("nic driver", _modules("net", cfg.netmodule, cfg.netmodparm)),
+        ("network", _network(cfg)),
+    ]
+    if cfg.ip_from_pxelinux is not None:
+        p = cfg.ip_from_pxelinux
+        rows.append(("pxelinux ip", f"client {p.client or '-'}, server {p.server or '-'}, "
+                     f"gateway {p.gateway or '-'}, netmask {p.netmask or '-'}"
+                     + ("" if not cfg.dhcp else " (not used: dhcp=yes)")))
+    rows += [
+        ("compression", cfg.compr if cfg.compr != "none" else "none (compr=none)"),
+        ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
+        ("transfer", shlex.join(transfer_command(cfg))),
+        ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),
+    ]
+    if cfg.console:
+        rows.append(("console", ", ".join(cfg.console)))
+    if cfg.lang or cfg.kbmap:
+        rows.append(("lang/kbmap", f"{cfg.lang or '-'}/{cfg.kbmap or '-'} (accepted; "
+                     "messages are English, the kernel keymap is kept)"))
+    width = max(len(label) for label, _ in rows)
+    return [f"  {label:<{width}}  {text}" for label, text in rows]
+
+
+def as_json(cfg: BootConfig) -> dict:
+    """The plan as JSON: keys are the parameter names, values typed; plus `mode` and
+    `transfer` (the command the node runs)."""
+    d = cfg.as_json()
+    d["mode"] = "send" if cfg.sending else "receive"
+    d["nic"] = "BOOTIF" if cfg.bootif_mac else "first with carrier"
+    d["transfer"] = transfer_command(cfg)
+    return d
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="herdcast plan",
+        description="Print what a herdcast node would do with a kernel command line, "
+                    "touching no hardware. Parameters: kernel-cmdline.md.")
+    p.add_argument("--cmdline", metavar="TEXT",
+                   help=f"the kernel command line to check (default: read {PROC_CMDLINE})")
+    p.add_argument("--cmdline-file", metavar="PATH", default=PROC_CMDLINE,
+                   help=f"read the command line from PATH (default {PROC_CMDLINE})")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`herdcast plan`: 0 with the plan on stdout, 2 with one line on stderr if it is bad."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage or help
+        return int(exc.code or 0)
+    text = args.cmdline
+    if text is None:
+        try:
+            with open(args.cmdline_file, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as exc:
+            print(f"herdcast plan: cannot read {args.cmdline_file}: {exc.strerror}; "
+                  "give the line with --cmdline", file=sys.stderr)
+            return 2
+    try:
+        cfg = parse_cmdline(text)
+    except CmdlineError as exc:
+        print(f"herdcast plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(as_json(cfg), indent=2))
+    else:
+        print("herdcast node plan (nothing touched):")
+        print("\n".join(describe(cfg)))
+    return 0

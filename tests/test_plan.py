@@ -1,0 +1,128 @@
+"""`herdcast plan` through the real console entry point: text, JSON, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.cli import main
+
+RECEIVER = ("initrd=initrd.img auto=yes umode=rcv disk=/dev/nvme0n1 compr=gzip port=9002 "
+            "BOOTIF=01-52-54-00-12-34-56 ip=10.0.0.5:10.0.0.1:10.0.0.1:255.255.255.0 "
+            'netmodule=e1000e netmodparm="copybreak=0" console=ttyS0,115200 console=tty0 '
+            "post=reboot")
+SENDER = ('auto=yes umode=snd udpcparam="--min-receivers 4 broadcast" dhcp=no ip=10.0.0.2/24 '
+          "gateway=10.0.0.1 enableDiskmodule=no")
+
+
+def _plan(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["plan", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_plan_text_receiver(capsys):
+    rc, out, err = _plan(capsys, "--cmdline", RECEIVER)
+    assert rc == 0 and err == ""
+    assert "receive: /dev/nvme0n1 is overwritten" in out
+    assert "unattended (auto=yes)" in out
+    assert "the NIC with MAC 52:54:00:12:34:56 (BOOTIF)" in out
+    assert "modprobe e1000e with copybreak=0" in out
+    assert "DHCP, waiting up to 30 s" in out
+    assert "server 10.0.0.1" in out and "(not used: dhcp=yes)" in out
+    assert ("herdcast receive --file /dev/nvme0n1 --portbase 9002 --nokbd --compress gz"
+            in out)
+    assert "UDP 9002 (receivers) and 9003 (sender)" in out
+    assert "reboot on success, wait on failure" in out
+    assert "ttyS0,115200, tty0" in out
+
+
+def test_plan_text_sender(capsys):
+    rc, out, _ = _plan(capsys, "--cmdline", SENDER)
+    assert rc == 0
+    assert "send: /dev/sda is read whole" in out
+    assert "the first interface with carrier (no BOOTIF)" in out
+    assert "static 10.0.0.2/24 (netmask 255.255.255.0), gateway 10.0.0.1" in out
+    assert "none loaded (enableDiskmodule=no)" in out
+    assert "herdcast send --file /dev/sda --portbase 9000 --nokbd --min-receivers 4 --broadcast" \
+        in out
+    assert "poweroff on success" in out
+
+
+def test_plan_asks_for_enter_without_auto(capsys):
+    _, out, _ = _plan(capsys, "--cmdline", "umode=rcv")
+    assert "after Enter on the console (auto=no)" in out
+
+
+def test_plan_json_is_typed(capsys):
+    rc, out, err = _plan(capsys, "--cmdline", RECEIVER, "--json")
+    assert rc == 0 and err == ""
+    plan = json.loads(out)
+    assert plan["umode"] == "rcv" and plan["mode"] == "receive"
+    assert plan["port"] == 9002 and plan["auto"] is True and plan["dhcp"] is True
+    assert plan["disk"] == "/dev/nvme0n1" and plan["compr"] == "gz"
+    assert plan["bootif"] == "52:54:00:12:34:56"
+    assert plan["udpcparam"] == [] and plan["netmodule"] == "e1000e"
+    assert plan["diskmodule"] == "AUTO" and plan["enableDiskmodule"] is True
+    assert plan["post"] == "reboot" and plan["onfail"] == "wait"
+    assert plan["console"] == ["ttyS0,115200", "tty0"]
+    assert plan["pxe_ip"]["server"] == "10.0.0.1" and plan["ip"] is None
+    assert plan["transfer"][:2] == ["herdcast", "receive"]
+    assert plan["transfer_argv"] == ["--file", "/dev/nvme0n1", "--portbase", "9002", "--nokbd",
+                                     "--compress", "gz"]
+
+
+def test_plan_json_static_and_udpcparam_list(capsys):
+    _, out, _ = _plan(capsys, "--cmdline", SENDER, "--json")
+    plan = json.loads(out)
+    assert plan["udpcparam"] == ["--min-receivers", "4", "--broadcast"]
+    assert (plan["ip"], plan["netmask"], plan["prefixlen"], plan["gateway"]) == \
+        ("10.0.0.2", "255.255.255.0", 24, "10.0.0.1")
+    assert plan["dhcp"] is False and plan["bootif"] is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("umode=xmit", "umode=xmit: not a mode; use umode=snd or umode=rcv"),
+    ("umode=rcv compr=rar", "compr=rar: not a compression"),
+    ("umode=rcv port=99999", "port=99999: out of range; use port=1..65534 (default 9000)"),
+    ("umode=rcv port=abc", "port=abc: not a number"),
+    ("umode=rcv disk=", "disk=: empty"),
+    ("umode=rcv dhcp=maybe", "dhcp=maybe: not yes or no"),
+    ("auto=yes", "umode: missing"),
+])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_plan_bad_parameter_exits_2_with_one_line(capsys, bad, message, as_json):
+    rc, out, err = _plan(capsys, "--cmdline", bad, *(["--json"] if as_json else []))
+    assert rc == 2 and out == ""
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert err.startswith(f"herdcast plan: {message}")
+
+
+def test_plan_reads_a_cmdline_file(capsys, tmp_path):
+    path = tmp_path / "cmdline"
+    path.write_text("BOOT_IMAGE=/vmlinuz root=/dev/ram0 umode=snd compr=zstd\n")
+    rc, out, _ = _plan(capsys, "--cmdline-file", str(path), "--json")
+    assert rc == 0 and json.loads(out)["compr"] == "zstd"
+
+
+def test_plan_unreadable_cmdline_file(capsys, tmp_path):
+    rc, out, err = _plan(capsys, "--cmdline-file", str(tmp_path / "missing"))
+    assert rc == 2 and out == ""
+    assert err.startswith("herdcast plan: cannot read ") and err.count("\n") == 1
+
+
+def test_plan_defaults_to_proc_cmdline(capsys, monkeypatch, tmp_path):
+    import agent.plan
+
+    assert agent.plan.PROC_CMDLINE == "/proc/cmdline"
+    fake = tmp_path / "proc_cmdline"
+    fake.write_text("quiet umode=rcv disk=/dev/vdb\n")
+    monkeypatch.setattr(agent.plan, "PROC_CMDLINE", str(fake))
+    rc, out, _ = _plan(capsys, "--json")
+    assert rc == 0 and json.loads(out)["disk"] == "/dev/vdb"
+
+
+def test_plan_usage_error_returns_2(capsys):
+    rc, _, err = _plan(capsys, "--bogus")
+    assert rc == 2 and "usage: herdcast plan" in err
