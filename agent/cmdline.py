@@ -107,6 +107,12 @@ def canonical_name(key: str) -> str:
     return _BY_LOWER.get(key.lower(), key)
 
 
+def consoles(text: str) -> list[str]:
+    """Every `console=` value, in order; never raises, so a node can show a bad command
+    line's error on the consoles that command line names."""
+    return [v for k, v in _tokens(text) if canonical_name(k) == "console" and v]
+
+
 def split_cmdline(text: str) -> dict[str, str]:
     """The command line as `{key: value}`; the last of a repeated key wins.
 
@@ -268,7 +274,8 @@ def _ip(value: str) -> _IpValue:
     if value == "" or value.lower() in _KERNEL_AUTOCONF:
         return _IpValue()
     if ":" in value:
-        parts = value.split(":")
+        # pxelinux writes 0.0.0.0 for what the lease did not give (no router: gateway 0.0.0.0)
+        parts = ["" if p == "0.0.0.0" else p for p in value.split(":")]
         if len(parts) < 4:
             raise _Bad(f"colon form needs at least client:server:gateway:netmask; {_IP_FIX}")
         for i, label in enumerate(_PXE_FIELDS):
@@ -396,7 +403,8 @@ _BY_LOWER = {name.lower(): name for name in PARAMETERS}
 class BootConfig:
     """What the node will do, typed and validated. Static addressing (`ip`, `netmask`,
     `gateway`) is the effective one: set only with dhcp=no, merged from ip=/netmask=/gateway=
-    and pxelinux's colon-form ip=; `pxe_ip` keeps what pxelinux wrote either way."""
+    and pxelinux's colon-form ip=; `ip_from_pxelinux` (JSON `pxe_ip`) keeps what pxelinux
+    wrote either way."""
 
     umode: str
     auto: bool = False
@@ -558,7 +566,6 @@ def parse_cmdline(text: str) -> BootConfig:
     """Parse and validate a kernel command line; raises CmdlineError for the first bad
     parameter (in command-line order), then for the first failed check across parameters."""
     given = split_cmdline(text)
-    consoles = [v for k, v in _tokens(text) if canonical_name(k) == "console" and v]
     values: dict[str, object] = {}
     for name, raw in given.items():
         if name in PARAMETERS and not PARAMETERS[name].repeatable:
@@ -615,7 +622,7 @@ def parse_cmdline(text: str) -> BootConfig:
         dhcptimeout=int(values["dhcptimeout"]),  # type: ignore[call-overload]
         bootif_mac=values.get("BOOTIF"),  # type: ignore[arg-type]
         ip_from_pxelinux=ip.pxe,
-        console=consoles,
+        console=consoles(text),
     )
     try:
         transfer_options(cfg)

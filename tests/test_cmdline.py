@@ -11,6 +11,7 @@ from agent.cmdline import (
     BootConfig,
     CmdlineError,
     PxeIp,
+    consoles,
     parse_cmdline,
     split_cmdline,
 )
@@ -210,6 +211,16 @@ def test_pxelinux_ip_without_dhcp_is_the_static_address():
                                                   "192.168.1.254")
     cfg = parse_cmdline(f"umode=rcv dhcp=no {PXE} netmask=16 gateway=192.168.7.1")
     assert (cfg.netmask, cfg.gateway) == ("255.255.0.0", "192.168.7.1")
+
+
+def test_pxelinux_zero_fields_mean_not_given():
+    cfg = parse_cmdline("umode=rcv dhcp=no ip=10.0.0.5:0.0.0.0:0.0.0.0:255.255.255.0")
+    assert (cfg.ip, cfg.gateway, cfg.ip_from_pxelinux.server) == ("10.0.0.5", None, None)
+
+
+def test_consoles_never_raise():
+    assert consoles('umode=xmit console=ttyS0,115200n8 "console=tty0" console=') == \
+        ["ttyS0,115200n8", "tty0"]
 
 
 def test_kernel_ip_with_hostname_and_device():
