@@ -1,0 +1,169 @@
+"""Where received bytes go: a file or device, stdout, a `--pipe` filter, a decompressor;
+and the writer thread that moves completed slices there.
+
+The writer runs beside the network loop so disk or pipe writes (and hashing, which releases
+the GIL) overlap packet reception. Each completed slice is written with one os.write of a
+contiguous memoryview and its buffer handed back to the slice pool. The digest is taken of
+the bytes as they came off the wire (before --compress decompression), which is what the
+sender hashes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import shlex
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+
+from agent.options import ReceiveOptions
+
+
+class OutputError(RuntimeError):
+    """The output cannot be opened or written; the message names it and the fix."""
+
+
+def check_target(path: str | None) -> None:
+    """Fail before any network traffic if the output clearly cannot be opened."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"--file {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise OutputError(f"--file {path}: is a directory; give a file or device")
+
+
+class Output:
+    """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
+
+    def __init__(self, opts: ReceiveOptions) -> None:
+        self.path = opts.file or "(stdout)"
+        self.sync = opts.sync
+        self.proc: subprocess.Popen | None = None
+        self.decoder = None
+        if opts.file is None:
+            self.fd = os.dup(1)
+        else:
+            flags = os.O_WRONLY | os.O_CREAT
+            try:
+                st = os.stat(opts.file)
+                is_device = stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
+            except FileNotFoundError:
+                is_device = False
+            if not is_device:
+                flags |= os.O_TRUNC  # a shorter image must not leave the old file's tail
+            if opts.sync:
+                flags |= os.O_SYNC
+            try:
+                self.fd = os.open(opts.file, flags, 0o644)
+            except OSError as exc:
+                raise OutputError(f"--file {opts.file}: cannot open for writing: "
+                                  f"{exc.strerror}") from exc
+        self.target_fd = self.fd
+        if opts.pipe:
+            argv = shlex.split(opts.pipe)
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.fd)
+            except OSError as exc:
+                os.close(self.fd)
+                raise OutputError(f"--pipe {opts.pipe!r}: cannot run {argv[0]}: "
+                                  f"{exc.strerror}") from exc
+            self.target_fd = self.proc.stdin.fileno()
+        self._write: Callable[[memoryview], None] = self._write_fd
+        if opts.compress:
+            from agent.compress import decompressing_writer
+
+            self._raw = open(self.target_fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
+            self.decoder = decompressing_writer(self._raw, opts.compress)
+            self._write = self.decoder.write
+
+    def _write_fd(self, data: memoryview) -> None:
+        fd = self.target_fd
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+
+    def write(self, data: memoryview) -> None:
+        """Write all of `data` (raises OSError / CompressError)."""
+        self._write(data)
+
+    def finish(self) -> None:
+        """Flush everything through the decompressor and pipe, fsync, close; raises
+        OutputError if any stage failed."""
+        try:
+            if self.decoder is not None:
+                self.decoder.close()
+            if self.proc is not None:
+                self.proc.stdin.close()
+                rc = self.proc.wait(timeout=120)
+                if rc != 0:
+                    raise OutputError(f"--pipe command exited with status {rc}")
+            with contextlib.suppress(OSError):  # stdout may be a pipe: nothing to sync
+                os.fsync(self.fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: {exc}") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release everything without waiting for success (abort path)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+class SliceWriter(threading.Thread):
+    """Writes completed slices in order, hashing them; gives each buffer back via `release`.
+
+    After a write error it keeps consuming (and releasing) slices without writing, so the
+    network side never blocks on a dead writer; the error is reported through `error`.
+    """
+
+    def __init__(self, output: Output, release: Callable) -> None:
+        super().__init__(name="herdcast-writer", daemon=True)
+        self.output = output
+        self.release = release
+        self.queue: queue.Queue = queue.Queue()
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.error: str | None = None
+
+    def __call__(self, s) -> None:
+        """The assembler's sink: queue a completed slice."""
+        self.queue.put(s)
+
+    def run(self) -> None:
+        while True:
+            s = self.queue.get()
+            if s is None:
+                return
+            try:
+                if self.error is None:
+                    data = s.data
+                    self.sha256.update(data)
+                    self.output.write(data)
+                    self.bytes += len(data)
+            except Exception as exc:  # noqa: BLE001 - any failure ends the transfer cleanly
+                self.error = f"writing {self.output.path} failed: {exc}"
+            finally:
+                self.release(s)
+
+    def drain(self, timeout: float) -> bool:
+        """Stop after the queued slices; True if the thread finished in time."""
+        self.queue.put(None)
+        self.join(timeout)
+        return not self.is_alive()
