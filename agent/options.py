@@ -9,6 +9,7 @@ only the program name.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -19,6 +20,10 @@ MAX_BLOCKSIZE = 1456  # a bigger datagram is IP-fragmented at MTU 1500 and lost 
 
 class OptionError(ValueError):
     """A bad option value: the message names the option and the fix, on one line."""
+
+    def __init__(self, message: str) -> None:
+        # User text can hold newlines; the console shows one line per error.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,29 @@ def parse_size(text: str, *, option: str, binary: bool = False) -> int:
     """A count with an optional k/m/g suffix (×1000, or ×1024 when `binary`)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
     if not m:
-        raise OptionError(f"{option}: {text!r} is not a number (examples: 500000, 800k, 1g)")
+        raise OptionError(f"{option}: {text[:40]!r} is not a number (examples: 500000, 800k, 1g)")
     base = 1024 if binary else 1000
     scale = {"": 1, "k": base, "m": base**2, "g": base**3}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+    try:
+        value = int(float(m.group(1)) * scale)
+    except (OverflowError, ValueError):
+        value = -1
+    if not 0 < value < 2**63:
+        raise OptionError(f"{option}: {text[:40]!r} out of range (examples: 500000, 800k, 1g)")
+    return value
+
+
+def _check_ipv4(option: str, text: str | None, *, multicast: bool = False) -> None:
+    """An IPv4 address option: one line naming the option when it is not one."""
+    if text is None:
+        return
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise OptionError(f"{option}: {text!r} is not an IPv4 address "
+                          "(e.g. 239.192.1.2)") from None
+    if multicast and not address.is_multicast:
+        raise OptionError(f"{option}: {text} is not a multicast group (224.0.0.0/4)")
 
 
 def parse_fec(text: str) -> FecSpec:
@@ -218,6 +242,7 @@ def _check_common(ns: argparse.Namespace) -> None:
         raise OptionError(f"--portbase: {ns.portbase} out of range (1..65534; default 9000)")
     if not 1 <= ns.ttl <= 255:
         raise OptionError(f"--ttl: {ns.ttl} out of range (1..255)")
+    _check_ipv4("--mcast-rdv-address", ns.mcast_rdv_address)
     if ns.file_arg is not None:
         if ns.file is not None:
             raise OptionError(f"give the file once: --file {ns.file} and {ns.file_arg}")
@@ -240,6 +265,7 @@ def parse_send_args(argv: list[str]) -> SendOptions:
     ns = send_parser().parse_args(argv)
     _check_unsupported(ns)
     _check_common(ns)
+    _check_ipv4("--mcast-data-address", ns.mcast_data_address, multicast=True)
     ns.blocksize -= ns.blocksize % 4
     if not 64 <= ns.blocksize <= MAX_BLOCKSIZE:
         raise OptionError(f"--blocksize: {ns.blocksize} out of range (64..{MAX_BLOCKSIZE}; "

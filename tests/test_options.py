@@ -1,0 +1,78 @@
+"""udpcast's option names and meanings, and one-line errors for bad values."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.options import (
+    UNSUPPORTED,
+    FecSpec,
+    OptionError,
+    parse_fec,
+    parse_receive_args,
+    parse_send_args,
+    parse_size,
+)
+
+
+def test_udp_sender_style_arguments():
+    o = parse_send_args(["-f", "img", "--portbase", "9002", "--max-bitrate", "800m",
+                         "--min-receivers=4", "--max-wait", "60", "--broadcast",
+                         "--fec", "8x8/128", "--nokbd", "--half-duplex"])
+    assert (o.file, o.portbase, o.max_bitrate, o.min_receivers, o.max_wait) == (
+        "img", 9002, 800_000_000, 4, 60.0)
+    assert o.broadcast and o.nokbd and o.duplex == "half"
+    assert o.fec == FecSpec(8, 8, 128)
+
+
+def test_bare_file_argument_and_blocksize_rounding():
+    o = parse_send_args(["img", "--blocksize", "1023"])
+    assert o.file == "img" and o.blocksize == 1020
+
+
+def test_receiver_arguments():
+    o = parse_receive_args(["-f", "out", "--receive-timeout", "5", "--exit-wait", "100",
+                            "--sync", "--rcvbuf", "4M", "--compress", "zstd"])
+    assert (o.file, o.receive_timeout, o.exit_wait, o.sync, o.rcvbuf, o.compress) == (
+        "out", 5.0, 100, True, 4 * 1024 * 1024, "zstd")
+    assert parse_receive_args(["--compress", "none"]).compress is None
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--portbase", "70000"], "--portbase"),
+    (["--max-bitrate", "fast"], "--max-bitrate"),
+    (["--max-bitrate", "9" * 400], "--max-bitrate"),
+    (["--mcast-data-address", "10.0.0.1"], "--mcast-data-address"),
+    (["--mcast-rdv-address", "1"], "--mcast-rdv-address"),
+    (["--fec", "8x999"], "--fec"),
+    (["--blocksize", "9000"], "--blocksize"),
+    (["--async"], "--async"),
+    (["--rate-governor", "x.so"], "--rate-governor"),
+    (["--min-receivers", "-1"], "--min-receivers"),
+])
+def test_bad_send_options_name_the_option(argv, option):
+    with pytest.raises(OptionError) as err:
+        parse_send_args(argv)
+    assert option in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_unsupported_option_is_refused_with_its_reason():
+    for opt, why in UNSUPPORTED.items():
+        with pytest.raises(OptionError, match="not supported"):
+            parse_send_args([opt])
+        assert why
+
+
+def test_size_suffixes():
+    assert parse_size("1g", option="x") == 10**9
+    assert parse_size("4k", option="x", binary=True) == 4096
+    assert parse_fec("4") == FecSpec(8, 4, 128)
+
+
+@given(st.lists(st.text(max_size=20), max_size=6))
+def test_any_argv_parses_or_fails_with_option_error(argv):
+    for parse in (parse_send_args, parse_receive_args):
+        try:
+            parse(argv)
+        except OptionError as exc:
+            assert "\n" not in str(exc)
