@@ -118,7 +118,7 @@ def power(action: str, out: TextIO | None = None) -> None:
     if action not in ("poweroff", "reboot"):
         raise ValueError(f"power action {action!r}: use poweroff or reboot")
     if not is_init():
-        print(f"herdcast: post={action}: not init (PID {os.getpid()}), so not doing it",
+        print(f"herdcast: {action}: not init (PID {os.getpid()}), so not doing it",
               file=out, flush=True)
         return
     print(f"herdcast: {'powering off' if action == 'poweroff' else 'rebooting'}", file=out,
@@ -131,7 +131,8 @@ def power(action: str, out: TextIO | None = None) -> None:
 
 
 def post_action(action: str, out: TextIO | None = None) -> None:
-    """Do what post= says after the transfer. Returns only when not init."""
+    """Do what post= (after success) or onfail= (after a failure) says. Returns only when
+    not init: tests and servers get the exit status instead."""
     out = out or sys.stdout
     if action in ("poweroff", "reboot"):
         power(action, out)
@@ -139,19 +140,11 @@ def post_action(action: str, out: TextIO | None = None) -> None:
             return
         sleep_forever(out)
     if not is_init():
-        print(f"herdcast: post={action}: not init, so returning instead", file=out, flush=True)
+        print(f"herdcast: {action}: not init, so returning instead", file=out, flush=True)
         return
     if action == "shell":
         rescue_shell(out)
-    sleep_forever(out, "done; waiting (post=wait): power the node off when you like")
-
-
-def failed(out: TextIO | None = None) -> None:
-    """After a failure: in init mode the admin gets a rescue shell (or a wait), never a
-    power-off that would hide the failure; elsewhere return so the exit status tells."""
-    if not is_init():
-        return
-    rescue_shell(out)
+    sleep_forever(out, "waiting (wait): power the node off when you like")
 
 
 def run_guarded(main: Callable[[], int], out: TextIO | None = None) -> int:

@@ -1,0 +1,266 @@
+"""`herdcast node`: what the initramfs /init runs, from /proc/cmdline to a cloned disk.
+
+The steps read top to bottom, each one printing one line the admin can act on:
+cmdline -> config -> hardware -> network -> disk -> transfer -> result -> post action.
+Nothing touches a disk before the command line, the transfer options and the disk itself
+have been checked; a bad parameter stops the node with one line naming it.
+
+As PID 1 the node forks the agent under agent.pid1's reaper and never exits. Run by hand
+(tests, a server) it does the same steps with the test switches below and returns the exit
+status instead of powering anything off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from agent import pid1
+from agent.console import Console, open_consoles, tee_std
+
+FAIL_ACTION = "wait"  # before the command line is parsed there is no onfail= to follow
+
+
+class NodeFailure(Exception):
+    """One step failed: `what` failed, `fix` says what to change."""
+
+    def __init__(self, what: str, fix: str | None = None, rc: int = 1) -> None:
+        super().__init__(what)
+        self.what, self.fix, self.rc = what, fix, rc
+
+
+@dataclass
+class NodeArgs:
+    """`herdcast node`'s own switches: all for running it outside an initramfs."""
+
+    cmdline: str | None
+    root: str
+    disk: str | None
+    no_hardware: bool
+    no_network: bool
+    no_post: bool
+
+
+def parse_args(argv: list[str]) -> NodeArgs:
+    """The test switches; an initramfs runs `herdcast node` with none of them."""
+    p = argparse.ArgumentParser(prog="herdcast node", description=(
+        "The initramfs init: read the kernel command line, load drivers, configure the "
+        "network, and send or receive the disk. The switches are for tests."))
+    p.add_argument("--cmdline", help="use TEXT instead of /proc/cmdline")
+    p.add_argument("--root", default="/", help="read proc/cmdline under DIR")
+    p.add_argument("--disk", help="use PATH instead of disk= (a file-backed disk)")
+    p.add_argument("--no-hardware", action="store_true", help="load no modules")
+    p.add_argument("--no-network", action="store_true",
+                   help="use the interfaces as they are configured")
+    p.add_argument("--no-post", action="store_true",
+                   help="do no post=/onfail= action, just exit with the status")
+    ns = p.parse_args(argv)
+    return NodeArgs(ns.cmdline, ns.root, ns.disk, ns.no_hardware, ns.no_network, ns.no_post)
+
+
+def read_cmdline(args: NodeArgs) -> str:
+    """--cmdline, else ROOT/proc/cmdline."""
+    if args.cmdline is not None:
+        return args.cmdline
+    path = os.path.join(args.root, "proc/cmdline")
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        raise NodeFailure(f"cannot read {path}: {exc.strerror}",
+                          "is /proc mounted? (herdcast node mounts it when it is PID 1)") from exc
+
+
+def load_config(text: str):
+    """The validated BootConfig; a bad parameter is one line naming it."""
+    from agent.cmdline import CmdlineError, parse_cmdline
+
+    try:
+        return parse_cmdline(text)
+    except CmdlineError as exc:
+        raise NodeFailure(f"boot parameter {exc}",
+                          "fix the append line in pxelinux.cfg (check it with "
+                          "`herdcast plan --cmdline '...'`)", rc=2) from exc
+
+
+def transfer_options(cfg, disk: str):
+    """The send/receive options the node runs, with --file pointing at `disk`."""
+    from agent.cmdline import transfer_argv
+    from agent.options import OptionError, parse_receive_args, parse_send_args
+
+    argv = transfer_argv(cfg)
+    argv[argv.index("--file") + 1] = disk
+    parse = parse_send_args if cfg.sending else parse_receive_args
+    try:
+        return parse(argv)
+    except OptionError as exc:
+        raise NodeFailure(f"udpcparam: {exc}", "fix udpcparam= on the append line", rc=2) \
+            from exc
+
+
+def confirm(cfg, con: Console) -> None:
+    """auto=no: the admin presses Enter at the console before anything is written."""
+    if cfg.auto:
+        return
+    con.say("auto=no: press Enter to start the transfer (auto=yes runs unattended)")
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line:
+        raise NodeFailure("auto=no, but there is no console input to confirm with",
+                          "set auto=yes to run unattended")
+
+
+def hardware_step(cfg, disk: str, con: Console) -> None:
+    """Load drivers until the NIC and the disk are there."""
+    from agent.hardware import load_drivers
+
+    report = load_drivers(
+        disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
+        diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
+        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say)
+    for note in report.notes:
+        con.say(note)
+    con.say(f"modules loaded: {', '.join(report.loaded) or 'none'}"
+            f" ({report.passes} passes, {report.seconds:.1f} s)")
+    for failure in report.failed:
+        con.say(f"modprobe failed: {failure}")
+    con.say(f"NICs: {', '.join(f'{n} {m}' for n, m in report.nics) or 'none'}")
+    if not report.nics or (cfg.bootif_mac and cfg.bootif_mac not in
+                           [m for _, m in report.nics]):
+        want = f"the NIC with MAC {cfg.bootif_mac} (BOOTIF)" if cfg.bootif_mac else "a NIC"
+        raise NodeFailure(f"no {want} appeared within {cfg.hwtimeout} s",
+                          "set netmodule= to its driver (and netmodparm=), or hwtimeout=")
+    if report.disk is None:
+        raise NodeFailure(f"disk {disk} did not appear within {cfg.hwtimeout} s",
+                          "check disk=, or set diskmodule= to its driver")
+    con.say(f"disk {disk} present")
+
+
+def network_step(cfg, opts, args: NodeArgs, con: Console) -> None:
+    """Bring up and address the NIC; the transfer then uses exactly that interface."""
+    from agent.network import NetworkError, existing_config, setup_network
+
+    try:
+        if args.no_network:
+            net = existing_config(opts.interface)
+        else:
+            net = setup_network(dhcp=cfg.dhcp, ip=cfg.ip, netmask=cfg.netmask,
+                                gateway=cfg.gateway, mac=cfg.bootif_mac,
+                                carrier_timeout=cfg.hwtimeout, dhcp_timeout=cfg.dhcptimeout,
+                                say=con.say)
+    except NetworkError as exc:
+        raise NodeFailure(f"network: {exc}") from exc
+    con.say(f"network: {net.describe()}")
+    if opts.interface is None:
+        opts.interface = net.ifname
+
+
+def disk_step(cfg, opts, con: Console) -> None:
+    """Receiver: refuse a mounted or too small disk before writing; sender: measure it."""
+    from agent.disk import DiskError, check_receive_target, check_send_source
+
+    try:
+        if cfg.sending:
+            disk = check_send_source(opts.file)
+            con.say(f"disk {opts.file}: {disk.size} bytes to send")
+        else:
+            disk = check_receive_target(opts.file, getattr(opts, "expected_size", None),
+                                        file_is_disk=True)
+            con.say(f"disk {opts.file}: {disk.size} bytes, not in use; it will be "
+                    "overwritten")
+    except DiskError as exc:
+        raise NodeFailure(str(exc)) from exc
+
+
+def transfer_step(cfg, opts, con: Console):
+    """Run herdcast send/receive in this process; returns its TransferResult."""
+    try:
+        if cfg.sending:
+            from agent.sender import send as run
+        else:
+            from agent.receiver import receive as run
+    except ImportError as exc:
+        raise NodeFailure(f"this herdcast lacks the {'sender' if cfg.sending else 'receiver'} "
+                          f"({exc})", "rebuild the initramfs with make initrd") from exc
+    con.say(f"{'sending' if cfg.sending else 'receiving'} {opts.file} on port "
+            f"{opts.portbase}" + (f", compression {opts.compress}" if opts.compress else ""))
+    return run(opts)
+
+
+def report_result(cfg, opts, result, con: Console) -> None:
+    """The line the admin looks for: SUCCESS with bytes, time and digest, or FAILED."""
+    verb = "sent" if cfg.sending else "received"
+    if result.ok:
+        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        for r in result.receivers:
+            con.say(f"receiver {r.address}: {r.status}, {r.bytes} bytes"
+                    + (f", sha256 {r.digest}" if r.digest else ""))
+        con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "
+                f"({rate:.1f} MB/s), sha256 {result.sha256 or 'unknown'}")
+        return
+    if cfg.sending:
+        raise NodeFailure(f"send: {result.error or 'failed'}",
+                          "the receivers' disks are incomplete; fix it and boot them again")
+    raise NodeFailure(f"receive: {result.error or 'failed'} after {result.bytes} bytes",
+                      f"disk {opts.file} is INCOMPLETE, do not boot from it; fix the cause "
+                      "and image this node again")
+
+
+def run(args: NodeArgs) -> int:
+    """The node's steps; returns the exit status (in init mode the post action never
+    returns). Every failure is one FAILED line on the console, then onfail=."""
+    text = ""
+    con = Console()
+    action, rc = FAIL_ACTION, 1
+    cfg = None
+    try:
+        text = read_cmdline(args)
+        con = open_consoles(text, is_init=pid1.is_init())
+        if pid1.is_init():
+            tee_std(con)
+        from agent import __version__
+
+        con.say(f"herdcast node {__version__} (PID {os.getpid()})")
+        cfg = load_config(text)
+        action = cfg.onfail
+        disk = args.disk or cfg.disk
+        opts = transfer_options(cfg, disk)
+        con.say(f"{'sender' if cfg.sending else 'receiver'}: disk {disk}, port {cfg.port}, "
+                f"compression {cfg.compr}, post={cfg.post}, onfail={cfg.onfail}")
+        if not args.no_hardware:
+            hardware_step(cfg, disk, con)
+        network_step(cfg, opts, args, con)
+        disk_step(cfg, opts, con)
+        confirm(cfg, con)
+        started = time.monotonic()
+        result = transfer_step(cfg, opts, con)
+        if not result.seconds:
+            result.seconds = time.monotonic() - started
+        report_result(cfg, opts, result, con)
+        action, rc = cfg.post, 0
+    except NodeFailure as exc:
+        con.fail(exc.what, exc.fix)
+        rc = exc.rc
+    except Exception as exc:  # noqa: BLE001 - init must report, not die
+        con.fail(f"internal error {type(exc).__name__}: {exc}",
+                 "this is a herdcast bug; the console log above shows where")
+        import traceback
+
+        traceback.print_exc(file=con)
+        rc = 70
+    if args.no_post:
+        con.say(f"--no-post: skipping {'post' if rc == 0 else 'onfail'}={action}")
+        return rc
+    con.say(f"{'post' if rc == 0 else 'onfail'}={action}")
+    pid1.post_action(action, con)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `herdcast node`; as PID 1 it never returns."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if os.getpid() == 1:
+        pid1.supervise(lambda: run(args))
+    return run(args)
