@@ -197,8 +197,9 @@ def report_result(cfg, opts, result, con: Console) -> None:
         for r in result.receivers:
             con.say(f"receiver {r.address}: {r.status}, {r.bytes} bytes"
                     + (f", sha256 {r.digest}" if r.digest else ""))
+        what = f"sha256 of the {opts.compress} stream" if opts.compress else "sha256"
         con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "
-                f"({rate:.1f} MB/s), sha256 {result.sha256 or 'unknown'}")
+                f"({rate:.1f} MB/s), {what} {result.sha256 or 'unknown'}")
         return
     if cfg.sending:
         raise NodeFailure(f"send: {result.error or 'failed'}",

@@ -40,6 +40,7 @@ EARLY_MOUNTS = [
 ]
 
 POST_ACTIONS = ("poweroff", "reboot", "shell", "wait")
+DEFAULT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 _init_mode = False
 
@@ -170,6 +171,7 @@ def supervise(main: Callable[[], int], out: TextIO | None = None) -> NoReturn:
     """
     global _init_mode
     out = out or sys.stdout
+    os.environ.setdefault("PATH", DEFAULT_PATH)  # the kernel starts init without one
     mount_early(out=out)
     try:
         pid = os.fork()
