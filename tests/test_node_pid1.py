@@ -7,8 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +128,46 @@ def test_supervise_as_pid1_reaps_and_never_exits(tmp_path):
     assert "subprocess rc seen by the agent: 7" in text
     assert "the agent ended (exit status 3)" in text
     assert text.count("starting a rescue shell") >= 2, text
+
+
+NODE_AS_INIT = textwrap.dedent("""
+    import os, sys
+    assert os.getpid() == 1, "refusing: not PID 1 of a private PID namespace"
+    from agent.node import main
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root for a private PID namespace")
+def test_node_as_pid1_reports_a_bad_cmdline_on_every_console_and_stays_up():
+    """As init: one FAILED line on stdout (/dev/console) and on the other console=, then
+    onfail=wait keeps the node up instead of the kernel panicking."""
+    serial = Path("/dev/shm") / f"hc-console-{uuid.uuid4().hex[:8]}"  # survives our /tmp mount
+    serial.write_text("")
+    cmdline = f"console={serial} console=tty0 umode=xmit auto=yes"
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            ["unshare", "--pid", "--mount", "--propagation", "private", "--kill-child",
+             sys.executable, "-c", NODE_AS_INIT, "--cmdline", cmdline, "--no-hardware",
+             "--no-network"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent)
+        text = ""
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and "waiting" not in text:
+                time.sleep(0.1)
+                out.seek(0)
+                text = out.read()
+            time.sleep(0.5)
+            assert proc.poll() is None, f"init exited: {text}"
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            on_serial = serial.read_text()
+            serial.unlink()
+    failed = [line for line in text.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "umode=xmit" in failed[0], text
+    assert "onfail=wait" in text
+    assert failed[0] in on_serial.splitlines(), on_serial
