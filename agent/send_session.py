@@ -41,6 +41,8 @@ class Participant:
     report: ReceiverReport
     silent: int = 0  # consecutive REQACK rounds it did not answer
     finished: bool = False  # OK'd the end slice
+    left: bool = False  # said DISCONNECT after finishing
+    heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
     digest: tuple[int, bytes] | None = None
 
     @property

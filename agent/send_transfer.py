@@ -99,6 +99,7 @@ class Transfer:
         self.inflight: list[Slice] = []
         self.next_no = 0
         self.end_queued = False
+        self.eof = False  # the reader reached the end of the stream
         self.done = False
         self.answer_time = 0.01
         self.digest: bytes | None = None
@@ -128,6 +129,7 @@ class Transfer:
         if p is None:
             return
         p.silent = 0
+        p.heard = True
         if op == Op.OK:
             s = self._find(msg.slice_no)
             if s is not None:
@@ -146,11 +148,22 @@ class Transfer:
             p.report.retransmissions += missing.bit_count()
             if s.rxmit == 0 and missing:
                 s.congested = max(s.congested, congested_blocks(missing, s.nblocks))
-        elif op == Op.DISCONNECT and not p.finished:
+        elif op == Op.DISCONNECT and (p.finished or self.end_queued):
+            # the end slice goes out only once every data slice is complete, so a receiver
+            # leaving now has everything: its OK for the end slice was lost
+            p.finished = p.left = True
+            self._end_ok(p)
+        elif op == Op.DISCONNECT:
             # a finished receiver leaving is the normal end: it stays for its verdict
             self.table.remove(ip, "disconnected")
             print(f"herdcast send: receiver {ip} disconnected mid-transfer",
                   file=sys.stderr, flush=True)
+
+    def _end_ok(self, p: Participant) -> None:
+        for s in self.inflight:
+            if s.end:
+                s.ok |= 1 << p.slot
+                s.answered.add(p.ip)
 
     def _late(self, ip: str, addr: tuple[str, int], caps: int) -> None:
         """A CONNECT_REQ after the start: queue it for another round, or say it missed."""
@@ -229,6 +242,8 @@ class Transfer:
             elif now - s.asked_at >= self._timeout(s):
                 s.timeouts += 1
                 for p in pending:
+                    if not p.heard:  # its CONNECT_REPLY may be lost: it waits for one
+                        reply(self.net, p, p.addr)
                     p.silent += 1
                     if p.silent > self.opts.retries_until_drop:
                         self.table.remove(p.ip, "dropped")
@@ -251,10 +266,15 @@ class Transfer:
         """Take the next slice from the reader if the ring has room; False if none ready."""
         if self.end_queued or len(self.inflight) >= self.ring:
             return False
-        item = self.reader.next_slice()
+        item = EOF if self.eof else self.reader.next_slice()
         if item is None:
             return False
         if item is EOF:
+            # A stock receiver OKs a REQACK for a slice it has not started (it takes it for
+            # an empty one), so the end slice waits until every data slice is complete.
+            self.eof = True
+            if self.inflight:
+                return False
             self.digest = self.reader.sha.digest()
             self.total = self.reader.total
             s = Slice(None, self.next_no, 0, 0)
@@ -338,17 +358,18 @@ class Transfer:
             if self._start_slice():
                 continue
             timeout = max(0.0, self._next_deadline(now) - time.monotonic())
-            if not self.end_queued and len(self.inflight) < self.ring:
+            if not self.eof and len(self.inflight) < self.ring:
                 timeout = min(timeout, 0.001)  # the reader is filling the next slice
             for op, msg, addr in net.receive(timeout):
                 self.handle(op, msg, addr)
 
     def wait_digests(self) -> None:
-        """After the end slice: give herdcast receivers up to 3 s to report their digest."""
+        """After the end slice: give herdcast receivers up to 3 s to report their digest,
+        and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost)."""
         deadline = time.monotonic() + DIGEST_WAIT
         while time.monotonic() < deadline:
             waiting = [p for p in self.table.participants.values()
-                       if p.herdcast and p.digest is None]
+                       if p.herdcast and not p.left]
             if not waiting:
                 return
             for op, msg, addr in self.net.receive(0.05):

@@ -1,0 +1,251 @@
+"""`herdcast send` against Debian's stock udp-receiver (and herdcast receive) in namespaces.
+
+Each test starts the receivers first, then the sender with --min-receivers, and checks every
+output byte for byte, the sender's exit code and its receivers table. Sizes stay small and
+every wait has a timeout, so a hang fails the test instead of holding the suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDCAST = [sys.executable, "-m", "agent"]
+ODD_SIZE = 3_000_001
+
+needs_udpcast = pytest.mark.skipif(shutil.which("udp-receiver") is None,
+                                   reason="Debian package udpcast not installed")
+
+
+def herdcast_receiver_ready() -> bool:
+    """Whether the receiver engineer's `herdcast receive` has landed."""
+    return (ROOT / "agent" / "receiver.py").exists()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
+    src = tmp_path / "source.bin"
+    src.write_bytes(os.urandom(size))
+    return src
+
+
+def stock_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen(["udp-receiver", "--nokbd", "--interface", "eth0", "-f", str(out),
+                       *extra], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+
+def herdcast_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen([*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface", "eth0",
+                       "-f", str(out), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                      stderr=log.open("wb"))
+
+
+def sender(host, log: Path, *args: str) -> subprocess.Popen:
+    return host.popen([*HERDCAST, "send", "--nokbd", "--no-progress", "--interface", "eth0",
+                       *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=log.open("wb"))
+
+
+def wait(proc: subprocess.Popen, timeout: float = 60) -> int:
+    return proc.wait(timeout=timeout)
+
+
+def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=(),
+                recv_args=()) -> tuple[int, str, list[Path], list[int]]:
+    """Receivers on hosts 1.., sender on host 0; returns (sender rc, its log, outputs, rcs)."""
+    outs, procs = [], []
+    for i, host in enumerate(lab.hosts[1:], start=1):
+        out = tmp_path / f"out{i}.bin"
+        log = tmp_path / f"recv{i}.log"
+        start = herdcast_receiver if i in herdcast_hosts else stock_receiver
+        procs.append(start(host, out, log, *recv_args))
+        outs.append(out)
+    time.sleep(0.3)
+    slog = tmp_path / "send.log"
+    snd = sender(lab.hosts[0], slog, "--min-receivers", str(len(outs)), "-f", str(src),
+                 *send_args)
+    rc = wait(snd)
+    rcs = [wait(p, 30) for p in procs]
+    return rc, slog.read_text(), outs, rcs
+
+
+@needs_udpcast
+@pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
+def test_stock_and_herdcast_receivers_get_identical_bytes(tmp_path, mode):
+    src = make_source(tmp_path)
+    hc = (3,) if herdcast_receiver_ready() else ()
+    with NetLab(4, net=81) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, *mode, herdcast_hosts=hc)
+    assert rc == 0, log
+    assert rcs == [0, 0, 0], log
+    for out in outs:
+        assert out.stat().st_size == ODD_SIZE
+        assert sha(out) == sha(src), out
+    assert "complete, no digest (stock receiver)" in log
+    if mode:
+        assert "data to 10.81.0.255" in log
+
+
+@needs_udpcast
+def test_single_receiver_gets_data_point_to_point(tmp_path):
+    src = make_source(tmp_path, 200_003)
+    with NetLab(2, net=82) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src)
+    assert rc == 0 and rcs == [0], log
+    assert "data to 10.82.0.11" in log
+    assert sha(outs[0]) == sha(src)
+
+
+@needs_udpcast
+def test_stock_receiver_unpacks_compressed_stream(tmp_path):
+    src = tmp_path / "source.bin"
+    src.write_bytes(os.urandom(500_000) + bytes(1_500_001))  # compressible, odd size
+    with NetLab(2, net=83) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, "--compress", "gz",
+                                         recv_args=("--pipe", "gzip -dc"))
+    assert rc == 0 and rcs == [0], log
+    assert sha(outs[0]) == sha(src)
+
+
+@needs_udpcast
+def test_sender_pipe_feeds_the_command_output(tmp_path):
+    src = make_source(tmp_path, 400_001)
+    with NetLab(2, net=84) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, "--pipe", "gzip -c -1",
+                                         recv_args=("--pipe", "gzip -dc"))
+    assert rc == 0 and rcs == [0], log
+    assert sha(outs[0]) == sha(src)
+
+
+@needs_udpcast
+def test_five_percent_loss_on_one_link(tmp_path):
+    src = make_source(tmp_path, 2_000_001)
+    with NetLab(3, net=85) as lab:
+        lab.hosts[1].drop_udp(5)
+        rc, log, outs, rcs = run_session(lab, tmp_path, src)
+    assert rc == 0 and rcs == [0, 0], log
+    for out in outs:
+        assert sha(out) == sha(src)
+
+
+@needs_udpcast
+def test_thirty_percent_loss_on_every_link(tmp_path):
+    src = make_source(tmp_path, 600_001)
+    with NetLab(3, net=86) as lab:
+        for host in lab.hosts:
+            host.drop_udp(30, dport=9000)
+        lab.hosts[0].drop_udp(30, dport=9001)
+        # a lost HELLO or CONNECT_REQ would stall the start, as with udpcast: repeat HELLO
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, "--rexmit-hello-interval", "100")
+    assert rc == 0 and rcs == [0, 0], log
+    for out in outs:
+        assert sha(out) == sha(src)
+
+
+@needs_udpcast
+def test_killed_receiver_is_dropped_and_the_rest_finish(tmp_path):
+    src = make_source(tmp_path, 6_000_001)
+    with NetLab(4, net=87) as lab:
+        outs, procs = [], []
+        for i, host in enumerate(lab.hosts[1:], start=1):
+            outs.append(tmp_path / f"out{i}.bin")
+            procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = sender(lab.hosts[0], slog, "--min-receivers", "3", "-f", str(src),
+                     "--max-bitrate", "40m", "--retries-until-drop", "10")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not outs[1].exists()
+                                               or outs[1].stat().st_size < 1_000_000):
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGKILL)  # ip netns exec execs: this is udp-receiver
+        rc = wait(snd, 60)
+        rcs = [wait(procs[0], 30), wait(procs[2], 30)]
+    log = slog.read_text()
+    assert rc != 0, log
+    assert rcs == [0, 0], log
+    assert sha(outs[0]) == sha(src) and sha(outs[2]) == sha(src)
+    dropped = [line for line in log.splitlines() if "DROPPED" in line]
+    assert len(dropped) == 1 and lab.hosts[2].ip in dropped[0], log
+
+
+@needs_udpcast
+def test_garbage_datagrams_do_not_disturb_a_transfer(tmp_path):
+    src = make_source(tmp_path, 4_000_001)
+    noise = (
+        "import os, random, socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n"
+        "r = random.Random(7); end = time.time() + 3\n"
+        "while time.time() < end:\n"
+        "    n = r.choice([0, 1, 2, 4, 8, 12, 16, 140, 144, 1472, r.randrange(1500)])\n"
+        "    d = bytearray(os.urandom(n))\n"
+        "    if n >= 2 and r.random() < 0.5:\n"
+        "        d[0:2] = r.choice([0, 1, 2, 4, 6, 8, 9, 0x4801]).to_bytes(2, 'big')\n"
+        "    if d[:2] == bytes([0, 3]): d[1] = 5  # a well-formed CONNECT_REQ would join\n"
+        "    for a in SENDERS: s.sendto(bytes(d), (a, 9001))\n"
+        "    time.sleep(0.0005)\n"
+    )
+    with NetLab(4, net=88) as lab:
+        outs, procs = [], []
+        for i, host in enumerate(lab.hosts[1:3], start=1):
+            outs.append(tmp_path / f"out{i}.bin")
+            procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
+                     "--max-bitrate", "20m")
+        senders = f"SENDERS = [{lab.hosts[0].ip!r}, '10.88.0.255']\n"
+        junk = lab.hosts[3].popen([sys.executable, "-c", senders + noise])
+        rc = wait(snd)
+        rcs = [wait(p, 30) for p in procs]
+        wait(junk, 10)
+    log = slog.read_text()
+    assert rc == 0 and rcs == [0, 0], log
+    for out in outs:
+        assert sha(out) == sha(src)
+
+
+def test_start_timeout_without_receivers_fails_clearly(tmp_path):
+    src = make_source(tmp_path, 1000)
+    with NetLab(1, net=89) as lab:
+        slog = tmp_path / "send.log"
+        t0 = time.monotonic()
+        rc = wait(sender(lab.hosts[0], slog, "--min-receivers", "1", "--start-timeout", "1",
+                         "-f", str(src)), 20)
+        elapsed = time.monotonic() - t0
+    log = slog.read_text()
+    assert rc == 1, log
+    assert "--start-timeout" in log and "herdcast send:" in log
+    assert elapsed < 10
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--fec", "8x8/128"], "--fec"),
+    (["--async", "--max-bitrate", "10m"], "--async"),
+    (["--rate-governor", "x.so"], "--rate-governor"),
+    (["--streaming"], "--streaming"),
+])
+def test_unsupported_options_fail_clearly(tmp_path, args, word):
+    src = make_source(tmp_path, 1000)
+    with NetLab(1, net=90) as lab:
+        proc = lab.hosts[0].run(*HERDCAST, "send", "--nokbd", "-f", str(src), *args,
+                                check=False, timeout=20)
+    assert proc.returncode in (1, 2)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and word in lines[-1] and "not supported" in lines[-1], proc.stderr
