@@ -147,3 +147,35 @@ def test_dhcp_lease_from_dnsmasq(tmp_path):
         assert cfg["gateway"] == "10.66.0.1"
         assert cfg["server"] == "10.66.0.1"
         assert f"inet {cfg['ip']}/24 brd 10.66.0.255" in addr_show(node)
+
+
+def _node(ns: str, cmdline: str, disk: Path) -> subprocess.CompletedProcess:
+    """`herdcast node` up to the go-ahead (auto=no with no console input stops it there)."""
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "node",
+                           "--cmdline", cmdline, "--no-hardware", "--disk", str(disk)],
+                          capture_output=True, text=True, timeout=90, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.netns
+def test_node_configures_static_network_from_the_cmdline(tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    with pair() as (node, srv):
+        proc = _node(node, "umode=rcv auto=no dhcp=no ip=10.66.0.7 netmask=255.255.255.0 "
+                           "BOOTIF=01-02-00-00-00-66-02 hwtimeout=5", disk)
+        assert "network: eth0 (02:00:00:00:66:02) 10.66.0.7/24 broadcast 10.66.0.255 by " \
+               "static" in proc.stdout, proc.stdout + proc.stderr
+        assert "inet 10.66.0.7/24 brd 10.66.0.255" in addr_show(node)
+        assert "set auto=yes" in proc.stdout  # stopped at the go-ahead, nothing sent
+
+
+@pytest.mark.netns
+def test_node_without_carrier_says_what_to_check(tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    with pair(peer_up=False) as (node, srv):
+        proc = _node(node, "umode=rcv auto=yes dhcp=no ip=10.66.0.7/24 hwtimeout=1", disk)
+        failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
+        assert proc.returncode != 0
+        assert len(failed) == 1 and "no carrier" in failed[0] and "cable" in failed[0]
