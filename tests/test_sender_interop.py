@@ -249,3 +249,68 @@ def test_unsupported_options_fail_clearly(tmp_path, args, word):
     assert proc.returncode in (1, 2)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and word in lines[-1] and "not supported" in lines[-1], proc.stderr
+
+
+needs_herdcast_receiver = pytest.mark.skipif(not herdcast_receiver_ready(),
+                                             reason="herdcast receive not there yet")
+
+
+@needs_herdcast_receiver
+def test_digest_table_agreed_with_herdcast_receivers(tmp_path):
+    src = make_source(tmp_path, 1_000_003)
+    with NetLab(3, net=92) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, herdcast_hosts=(1, 2))
+    assert rc == 0 and rcs == [0, 0], log
+    rows = [line for line in log.splitlines() if line.strip().startswith("10.92.0.")]
+    assert len(rows) == 2 and all("digest agreed" in row for row in rows), log
+    assert all(" 1000003 " in row for row in rows), log
+    for out in outs:
+        assert sha(out) == sha(src)
+
+
+@needs_herdcast_receiver
+def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
+    src = make_source(tmp_path, 4_000_001)
+    with NetLab(3, net=93) as lab:
+        first, late = tmp_path / "first.bin", tmp_path / "late.bin"
+        p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+                     "--max-bitrate", "16m")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not first.exists()
+                                               or first.stat().st_size < 500_000):
+            time.sleep(0.05)
+        assert first.exists() and first.stat().st_size < 4_000_001, "started too late"
+        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log")
+        rc = wait(snd, 60)
+        rcs = [wait(p1, 30), wait(p2, 30)]
+    log = slog.read_text()
+    assert rc == 0 and rcs == [0, 0], log + (tmp_path / "r2.log").read_text()
+    assert "another round" in log
+    assert sha(first) == sha(src) and sha(late) == sha(src)
+
+
+@needs_herdcast_receiver
+def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_path):
+    src = make_source(tmp_path, 3_000_001)
+    with NetLab(3, net=94) as lab:
+        first, late = tmp_path / "first.bin", tmp_path / "late.bin"
+        p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+                     "--max-bitrate", "16m", "--no-late-join")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not first.exists()
+                                               or first.stat().st_size < 300_000):
+            time.sleep(0.05)
+        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log")
+        rc2 = wait(p2, 30)
+        rc = wait(snd, 60)
+        rc1 = wait(p1, 30)
+    assert rc == 0 and rc1 == 0, slog.read_text()
+    assert rc2 == 1
+    assert "restart the sender" in (tmp_path / "r2.log").read_text()
+    assert sha(first) == sha(src)
