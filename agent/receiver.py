@@ -69,6 +69,16 @@ class Session:
     passive: bool
 
 
+def _plausible(op: Op, msg) -> bool:
+    """Sanity checks on negotiation messages, which arrive before the kernel filters by
+    sender: a stray datagram must not pass for a sender's HELLO or CONNECT_REPLY."""
+    if op in (Op.CONNECT_REPLY, Op.HELLO, Op.HELLO_NEW):
+        return (msg.capabilities & Cap.STOCK == Cap.STOCK
+                and 1 <= msg.blocksize <= 65507 - HEADER_SIZE
+                and (op != Op.CONNECT_REPLY or msg.client_number < 1024))
+    return True
+
+
 def _info(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -171,6 +181,8 @@ class Receiver:
                     if parsed is None:
                         continue
                     op, msg = parsed
+                    if not _plausible(op, msg):
+                        continue
                     last_activity = time.monotonic()
                     if op == Op.CONNECT_REPLY:
                         if msg.client_number < 0:
@@ -262,9 +274,9 @@ class Receiver:
     def _handle(self, n: int) -> None:
         """One datagram from the sender (already in self.scratch)."""
         scratch = self.scratch
-        if n < HEADER_SIZE:
-            return
         op = scratch[0] << 8 | scratch[1]
+        if n < HEADER_SIZE and op != _HC_DIGEST_ACK:  # HC_DIGEST_ACK is 12 bytes
+            return
         if op == _DATA:
             h = DATA_HEADER.unpack_from(scratch)
             self.assembler.on_data(h[2], h[3], h[5], self.mv[HEADER_SIZE:n])

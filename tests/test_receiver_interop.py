@@ -1,0 +1,227 @@
+"""`herdcast receive` against Debian's stock udp-sender (and beside stock udp-receiver), in
+network namespaces; plus herdcast-to-herdcast extensions (digest table, late join).
+
+Receivers start first, then the sender with --min-receivers. Every wait has a timeout and
+NetLab kills whatever is left at the end, so a hang fails a test instead of holding the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(150),
+              pytest.mark.skipif(shutil.which("udp-sender") is None,
+                                 reason="Debian package udpcast not installed")]
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDCAST = [sys.executable, "-m", "agent"]
+ODD_SIZE = 3_000_001
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
+    src = tmp_path / "source.bin"
+    src.write_bytes(os.urandom(size))
+    return src
+
+
+def hc_receive(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen([*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface",
+                       "eth0", "-f", str(out), *extra], cwd=ROOT, stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+
+def stock_receive(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen(["udp-receiver", "--nokbd", "--interface", "eth0", "-f", str(out),
+                       *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=log.open("wb"))
+
+
+def stock_send(host, src: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen(["udp-sender", "--nokbd", "--interface", "eth0", "-f", str(src),
+                       *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=log.open("wb"))
+
+
+def hc_send(host, src: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return host.popen([*HERDCAST, "send", "--nokbd", "--no-progress", "--interface", "eth0",
+                       "-f", str(src), *extra], cwd=ROOT, stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+
+def wait(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{proc.args} did not finish in {timeout} s; log:\n{log.read_text()}")
+
+
+def settle() -> None:
+    """Let receivers bind and send their CONNECT_REQ before the sender starts."""
+    time.sleep(1.0)
+
+
+@pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
+def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode):
+    src = source(tmp_path)
+    with NetLab(4, net=81) as lab:
+        h0, h1, h2, h3 = lab.hosts
+        outs = [tmp_path / f"out{i}.bin" for i in range(3)]
+        logs = [tmp_path / f"r{i}.log" for i in range(3)]
+        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1]),
+                     stock_receive(h3, outs[2], logs[2])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "3", *mode)
+        assert wait(snd, slog) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 20) == 0, log.read_text()
+    for out in outs:
+        assert out.stat().st_size == ODD_SIZE
+        assert sha(out) == sha(src)
+    text = logs[0].read_text()
+    assert "Transfer complete" in text and sha(src) in text  # herdcast prints the sha256
+    assert "Transfer complete" in slog.read_text()
+
+
+@pytest.mark.parametrize("fec", ["8x8/128", None], ids=["fec", "nofec"])
+def test_five_percent_loss_on_one_receiver(tmp_path, fec):
+    src = source(tmp_path)
+    with NetLab(3, net=82) as lab:
+        h0, h1, h2 = lab.hosts
+        h1.drop_udp(5)
+        outs = [tmp_path / "lossy.bin", tmp_path / "clean.bin"]
+        logs = [tmp_path / "lossy.log", tmp_path / "clean.log"]
+        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "2",
+                         *(["--fec", fec] if fec else []))
+        assert wait(snd, slog) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 20) == 0, log.read_text()
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+
+
+def test_async_fec_alone_repairs_loss(tmp_path):
+    """No return channel: only FEC packets can fill the 5% holes."""
+    src = source(tmp_path, 1_000_003)
+    with NetLab(2, net=83) as lab:
+        h0, h1 = lab.hosts
+        h1.drop_udp(5)
+        out, log = tmp_path / "out.bin", tmp_path / "r.log"
+        rcv = hc_receive(h1, out, log)
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--async", "--max-bitrate", "20m", "--fec",
+                         "8x16/64", "--autostart", "2")
+        assert wait(snd, slog) == 0, slog.read_text()
+        assert wait(rcv, log, 20) == 0, log.read_text()
+    assert sha(out) == sha(src)
+
+
+GARBAGE = r"""
+import os, random, socket, sys, time
+targets = sys.argv[1:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("0.0.0.0", 9001))  # the sender's port, to get past the port filter
+rng = random.Random(5)
+end = time.monotonic() + 8
+while time.monotonic() < end:
+    size = rng.choice([0, 1, 2, 3, 4, 8, 12, 16, 17, 28, 32, 140, 144, 1472, rng.randint(0, 1472)])
+    data = bytearray(os.urandom(size))
+    if size >= 2 and rng.random() < 0.7:
+        op = rng.choice([0, 1, 2, 3, 4, 6, 7, 8, 9, 11, 0x500, 0x4801, 0x4802, 0x4803])
+        data[0:2] = op.to_bytes(2, "big")
+    for t in targets:
+        try:
+            s.sendto(bytes(data), (t, 9000))
+        except OSError:
+            pass
+    time.sleep(0.001)
+"""
+
+
+def test_garbage_datagrams_do_not_break_a_transfer(tmp_path):
+    src = source(tmp_path)
+    with NetLab(4, net=84) as lab:
+        h0, h1, h2, h3 = lab.hosts
+        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "2", "--max-bitrate", "10m")
+        deadline = time.monotonic() + 20
+        while not outs[0].exists() or outs[0].stat().st_size == 0:
+            assert time.monotonic() < deadline, logs[0].read_text()
+            time.sleep(0.05)
+        junk = h3.popen([sys.executable, "-c", GARBAGE, h1.ip, h2.ip, "10.84.0.255",
+                         "234.84.0.10"], stderr=subprocess.DEVNULL)
+        assert wait(snd, slog) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 20) == 0, log.read_text()
+        assert junk.poll() is None, "the garbage generator should still be running"
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+
+
+def test_killed_sender_makes_the_receiver_fail_clearly(tmp_path):
+    src = source(tmp_path, 6_000_001)
+    with NetLab(2, net=85) as lab:
+        h0, h1 = lab.hosts
+        out, log = tmp_path / "out.bin", tmp_path / "r.log"
+        rcv = hc_receive(h1, out, log, "--receive-timeout", "3")
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "8m")
+        deadline = time.monotonic() + 20
+        while out.exists() is False or out.stat().st_size == 0:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        snd.kill()
+        killed = time.monotonic()
+        rc = wait(rcv, log, 15)
+        elapsed = time.monotonic() - killed
+    text = log.read_text()
+    assert rc == 1, text
+    assert "herdcast receive:" in text and "mid-transfer" in text and "incomplete" in text
+    assert elapsed < 10
+
+
+def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path):
+    src = source(tmp_path, 6_000_001)
+    with NetLab(3, net=86) as lab:
+        h0, h1, h2 = lab.hosts
+        first = stock_receive(h1, tmp_path / "first.bin", tmp_path / "first.log")
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "1", "--broadcast",
+                         "--max-bitrate", "8m")
+        deadline = time.monotonic() + 20
+        first_out = tmp_path / "first.bin"
+        while not first_out.exists() or first_out.stat().st_size == 0:
+            assert time.monotonic() < deadline, slog.read_text()
+            time.sleep(0.1)
+        late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
+        late = hc_receive(h2, late_out, late_log)
+        rc = wait(late, late_log, 15)
+        assert wait(snd, slog, 30) == 0
+        assert wait(first, tmp_path / "first.log", 20) == 0
+    text = late_log.read_text()
+    assert rc == 1, text
+    assert "missed" in text and "start" in text
+    assert not late_out.exists() or late_out.stat().st_size == 0  # never a partial image
