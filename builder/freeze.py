@@ -1,0 +1,100 @@
+"""Freeze the agent with PyInstaller, onedir: a directory with the `herdcast` executable.
+
+Onedir rather than onefile: onefile unpacks ~17 MB into /tmp at every start (slow under
+TCG, and it needs a writable /tmp before the agent has mounted one). The freeze is cached
+by a hash of the agent's sources and the freezing interpreter, so rebuilding an initrd for
+other modules does not re-run PyInstaller (about a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from builder.errors import BuildError
+
+REPO = Path(__file__).resolve().parent.parent
+RTHOOK = Path(__file__).with_name("rthook_libs.py")
+NAME = "herdcast"
+#: Libraries opened with ctypes at run time, which PyInstaller's analysis cannot see.
+CTYPES_LIBS = ("libudev.so.1",)
+LIB_DIRS = (Path("/lib/x86_64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu"))
+#: Imports made with computed names (plugins) that PyInstaller must be told about.
+COLLECT = ("agent", "pyroute2")
+HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c")
+#: Never imported on a node; each would drag megabytes in (ssl: libssl, tkinter: Tk).
+EXCLUDE = ("tkinter", "zstandard.backend_cffi", "cffi", "pytest", "hypothesis", "builder",
+           "setuptools", "pip", "PyInstaller", "pydoc", "unittest")
+
+ENTRY = '''\
+"""Frozen entry point: `herdcast COMMAND`, the same dispatcher as the console script."""
+import sys
+
+from agent.cli import main
+
+sys.exit(main())
+'''
+
+
+def _find_lib(soname: str) -> Path:
+    for directory in LIB_DIRS:
+        if (directory / soname).exists():
+            return directory / soname
+    raise BuildError(f"{soname} not found in {', '.join(map(str, LIB_DIRS))}: "
+                     "run scripts/install-deps (libudev1)")
+
+
+def source_hash(python: Path) -> str:
+    """What the frozen tree depends on: agent sources, this module, the hook, the Python."""
+    digest = hashlib.sha256(str(python).encode())
+    files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK]
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
+    argv = [str(python), "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir",
+            "--console", "--name", NAME, "--log-level", "WARN",
+            "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
+            "--specpath", str(work), "--paths", str(REPO),
+            "--runtime-hook", str(RTHOOK)]
+    for package in COLLECT:
+        argv += ["--collect-submodules", package]
+    for module in HIDDEN:
+        argv += ["--hidden-import", module]
+    for module in EXCLUDE:
+        argv += ["--exclude-module", module]
+    for soname in CTYPES_LIBS:
+        argv += ["--add-binary", f"{_find_lib(soname)}:."]
+    return argv + [str(entry)]
+
+
+def freeze(python: Path, work: Path) -> Path:
+    """The onedir tree (dist/herdcast, holding the `herdcast` executable and _internal/)."""
+    work = work.resolve()
+    python = Path(os.path.abspath(python))  # not resolve(): a venv's python is a symlink
+    dist = work / "dist" / NAME
+    stamp = work / "stamp"
+    wanted = source_hash(python)
+    if (dist / NAME).is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return dist
+    if not python.exists():
+        raise BuildError(f"--python {python}: no such interpreter (make venv creates .venv)")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    entry = work / "herdcast_entry.py"
+    entry.write_text(ENTRY)
+    argv = pyinstaller_argv(python, work, entry)
+    try:
+        proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise BuildError("PyInstaller took over 15 minutes") from None
+    if proc.returncode or not (dist / NAME).is_file():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise BuildError(f"PyInstaller failed (is it installed in {python}?):\n{tail}")
+    stamp.write_text(wanted)
+    return dist

@@ -1,0 +1,218 @@
+"""Assemble the initramfs root, pack it (cpio newc + zstd) and lay out the TFTP root.
+
+The root holds: /init (a few lines of shell that exec the frozen agent as `herdcast node`),
+the agent under /opt/herdcast, busybox with its applets for a rescue shell, kmod's modprobe,
+the shared libraries all of them load, and the chosen kernel modules with fresh depmod
+indexes. Layout is merged-/usr like Debian's, so /lib64/ld-linux-x86-64.so.2 (the loader
+path compiled into every program) and /lib/x86_64-linux-gnu (where ldd finds libraries)
+both resolve.
+
+libudev (opened by pyudev with ctypes) is bundled in the frozen tree and found through the
+runtime hook builder/rthook_libs.py, which answers ctypes.util.find_library from the
+bundle and the library directories (an initramfs has no ldconfig). We also ship
+/etc/ld.so.cache made by `ldconfig -r`, so the dynamic loader does not have to probe.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import time
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from builder import cpio, freeze, kernel, libs, modules, pxelinux
+from builder.errors import BuildError
+
+AGENT_DIR = "opt/herdcast"
+BUSYBOX = Path("/bin/busybox")
+KMOD = Path("/usr/bin/kmod")
+KMOD_TOOLS = ("modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod")
+PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
+LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+MARKER = "herdcast-init: starting the agent"
+
+INIT = f"""#!/bin/sh
+# herdcast initramfs init: mount the kernel file systems, then become the agent.
+# The agent (herdcast node, PID 1 from here on) reads /proc/cmdline and never exits.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+echo "{MARKER} ($(uname -r))"
+if [ -x /{AGENT_DIR}/herdcast ]; then
+    exec /{AGENT_DIR}/herdcast node
+fi
+echo "herdcast-init: /{AGENT_DIR}/herdcast is missing; rescue shell (exit powers off)"
+/bin/sh
+exec poweroff -f
+"""
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
+GROUP = "root:x:0:\n"
+
+
+@dataclass
+class Report:
+    """What bench/initrd prints and `make initrd` shows at the end."""
+
+    out: Path
+    kernel_version: str
+    initrd_bytes: int
+    uncompressed_bytes: int
+    files: int
+    module_count: int
+    seconds: float
+
+    def summary(self) -> str:
+        mib = self.initrd_bytes / 2**20
+        return (f"{self.out}: kernel {self.kernel_version}, initrd.img {mib:.1f} MiB "
+                f"({self.uncompressed_bytes / 2**20:.1f} MiB unpacked), {self.files} files, "
+                f"{self.module_count} modules, built in {self.seconds:.1f} s")
+
+
+def _layout(root: Path) -> None:
+    """Merged-/usr skeleton: /bin, /sbin, /lib, /lib64 are links into /usr."""
+    for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "dev", "proc", "sys", "run",
+              "tmp", "etc", "root", "mnt", "var", AGENT_DIR):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        (root / name).symlink_to(f"usr/{name}")
+    (root / "etc" / "passwd").write_text(PASSWD)
+    (root / "etc" / "group").write_text(GROUP)
+    (root / "etc" / "mtab").symlink_to("/proc/self/mounts")
+
+
+def _install_busybox(root: Path) -> None:
+    if libs.ldd(BUSYBOX):
+        raise BuildError(f"{BUSYBOX} is not static: install busybox-static (scripts/install-deps)")
+    shutil.copyfile(BUSYBOX, root / "usr/bin/busybox")
+    (root / "usr/bin/busybox").chmod(0o755)
+    listing = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+    for applet in listing:
+        name = applet.rsplit("/", 1)[-1]
+        if name in KMOD_TOOLS or name == "busybox":
+            continue
+        rel = applet if applet.startswith("usr/") else f"usr/{applet}"
+        link = root / rel
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/usr/bin/busybox")
+
+
+def _install_kmod(root: Path) -> None:
+    shutil.copyfile(KMOD, root / "usr/bin/kmod")
+    (root / "usr/bin/kmod").chmod(0o755)
+    for tool in KMOD_TOOLS:
+        (root / "usr/sbin" / tool).symlink_to("/usr/bin/kmod")
+
+
+def _strip_debug(tree: Path) -> None:
+    """Some wheels ship unstripped extensions (zstandard's is 11 MB with debug info)."""
+    for path in sorted(tree.rglob("*")):
+        if path.is_file() and not path.is_symlink() and libs.is_elf(path) \
+                and b".debug_info" in path.read_bytes():
+            subprocess.run(["strip", "--strip-debug", str(path)], check=True, timeout=120)
+
+
+def _dedupe(agent: Path, root: Path) -> None:
+    """A library both in the frozen tree and copied for another program (libcrypto for
+    kmod) is kept once: the frozen copy becomes a link to the system one."""
+    for path in sorted(agent.rglob("*.so*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        for libdir in ("usr/lib/x86_64-linux-gnu", "usr/lib64"):
+            twin = root / libdir / path.name
+            if twin.is_file() and twin.read_bytes() == path.read_bytes():
+                path.unlink()
+                path.symlink_to(f"/{libdir}/{path.name}")
+                break
+
+
+def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str]) -> None:
+    """Fill `root` (emptied first) with everything the initramfs holds."""
+    if root.exists():
+        shutil.rmtree(root)
+    _layout(root)
+    agent = root / AGENT_DIR
+    shutil.copytree(frozen, agent, symlinks=True, dirs_exist_ok=True)
+    _strip_debug(agent)
+    _install_busybox(root)
+    _install_kmod(root)
+    programs = [KMOD] + [p for p in sorted(agent.rglob("*"))
+                         if p.is_file() and not p.is_symlink() and libs.is_elf(p)]
+    libs.copy_into(root, libs.closure(programs, bundled=[agent]))
+    _dedupe(agent, root)
+    modules.install(kern.modules_dir, kern.version, chosen, root)
+    init = root / "init"
+    init.write_text(INIT)
+    init.chmod(0o755)
+    subprocess.run(["ldconfig", "-r", str(root)], check=True, timeout=120, capture_output=True)
+
+
+def pack(root: Path, level: int, mtime: int) -> tuple[bytes, int, int]:
+    """(zstd-compressed newc archive, uncompressed size, entry count). /dev/console and
+    /dev/null are added as device nodes so the kernel has a console before /init runs."""
+    entries = cpio.entries_from_tree(root) + [
+        cpio.chardev("dev/console", 5, 1),
+        cpio.chardev("dev/null", 1, 3, perm=0o666),
+    ]
+    raw = io.BytesIO()
+    count = cpio.write_archive(entries, raw, mtime=mtime)
+    data = raw.getvalue()
+    # threads=0: single-threaded, one frame; the bytes depend only on the input and level.
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0)
+    return compressor.compress(data), len(data), count
+
+
+def _check_args(args: Namespace) -> None:
+    """Everything the user can get wrong, checked before any download or write."""
+    if not 1 <= args.level <= 22:
+        raise BuildError(f"--level {args.level}: zstd levels are 1 to 22")
+    if bool(args.kernel) != bool(args.modules_dir):
+        raise BuildError("--kernel and --modules-dir go together (image and its modules)")
+    modules.parse_spec(args.modules)
+    for path in (PXELINUX, LDLINUX, BUSYBOX, KMOD):
+        if not path.is_file():
+            raise BuildError(f"{path} missing: run scripts/install-deps")
+
+
+def get_kernel(args: Namespace) -> kernel.Kernel:
+    if args.kernel:
+        kern = kernel.host_kernel(args.kernel, args.modules_dir)
+    else:
+        kern = kernel.debian_kernel(args.cache)
+    kernel.check_rd_zstd(kern)
+    return kern
+
+
+def build_tftpboot(args: Namespace) -> Report:
+    """`python -m builder initrd`: kernel, modules, frozen agent -> args.out (TFTP root).
+    Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten."""
+    started = time.monotonic()
+    _check_args(args)
+    kern = get_kernel(args)
+    chosen = modules.select(kern.modules_dir, args.modules)
+    work = Path(args.work)
+    frozen = freeze.freeze(args.python, work / "freeze")
+    root = work / "root"
+    assemble_root(root, frozen, kern, chosen)
+    blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch())
+
+    out = Path(args.out)
+    (out / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
+    tmp = out / "initrd.img.tmp"
+    tmp.write_bytes(blob)
+    os.replace(tmp, out / "initrd.img")
+    shutil.copyfile(kern.vmlinuz, out / "vmlinuz")
+    shutil.copyfile(PXELINUX, out / "pxelinux.0")
+    shutil.copyfile(LDLINUX, out / "ldlinux.c32")
+    (out / "pxelinux.cfg" / "default").write_text(pxelinux.default_config())
+    return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
+                  time.monotonic() - started)

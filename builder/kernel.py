@@ -1,0 +1,145 @@
+"""Where the kernel comes from: Debian's current linux-image package, or the host's files.
+
+Debian's package is fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a
+cache outside the git tree: no root, nothing installed into /boot, and the 70 MB download
+happens once. Either way we check that the image and the modules are the same version
+(a mismatch boots, then loads no driver) and that the kernel can unpack a zstd initramfs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError
+
+META_PACKAGE = "linux-image-amd64"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel image and its full modules tree (lib/modules/VERSION, with modules.dep)."""
+
+    version: str
+    vmlinuz: Path
+    modules_dir: Path
+    config: Path | None
+
+
+def bzimage_version(vmlinuz: Path) -> str:
+    """The release string (`uname -r`) an x86 bzImage carries in its setup header."""
+    with open(vmlinuz, "rb") as f:
+        head = f.read(0x10000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        raise BuildError(f"{vmlinuz}: not an x86 bzImage kernel (no HdrS setup header)")
+    offset = struct.unpack_from("<H", head, 0x20E)[0] + 0x200
+    raw = head[offset : offset + 256].split(b"\0", 1)[0]
+    if not raw:
+        raise BuildError(f"{vmlinuz}: setup header has no kernel version string")
+    return raw.decode(errors="replace").split()[0]
+
+
+def check_rd_zstd(kernel: Kernel) -> None:
+    """Refuse to build an initrd the kernel cannot unpack (it would panic at boot)."""
+    if kernel.config is None:
+        return
+    text = kernel.config.read_text(errors="replace")
+    if not re.search(r"^CONFIG_RD_ZSTD=y$", text, re.MULTILINE):
+        raise BuildError(
+            f"{kernel.config}: CONFIG_RD_ZSTD is not set, so this kernel cannot unpack a zstd "
+            "initramfs; use a kernel built with it (Debian's has it)"
+        )
+
+
+def check_versions(kernel: Kernel) -> None:
+    image = bzimage_version(kernel.vmlinuz)
+    if image != kernel.version:
+        raise BuildError(
+            f"kernel {kernel.vmlinuz} is {image} but modules {kernel.modules_dir} are "
+            f"{kernel.version}; pass the modules directory of the same version"
+        )
+
+
+def host_kernel(vmlinuz: Path, modules_dir: Path) -> Kernel:
+    """--kernel/--modules-dir: files already on this machine (e.g. /boot, /lib/modules/V)."""
+    if not vmlinuz.is_file():
+        raise BuildError(f"--kernel {vmlinuz}: no such file")
+    if not (modules_dir / "kernel").is_dir():
+        raise BuildError(f"--modules-dir {modules_dir}: no kernel/ subdirectory; expected "
+                         "/lib/modules/VERSION")
+    version = modules_dir.resolve().name
+    config = next((p for p in (vmlinuz.parent / f"config-{version}",
+                               modules_dir / "build" / ".config") if p.is_file()), None)
+    kernel = Kernel(version, vmlinuz, modules_dir, config)
+    check_versions(kernel)
+    return kernel
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None, timeout: int = 900) -> str:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise BuildError(f"{argv[0]} not found: run scripts/install-deps") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{what}: {argv[0]} took over {timeout} s") from None
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BuildError(f"{what}: {last}")
+    return proc.stdout
+
+
+def debian_package_name() -> str:
+    """linux-image-6.1.0-NN-amd64: what the linux-image-amd64 meta package depends on now."""
+    out = _run(["apt-cache", "depends", META_PACKAGE],
+               f"looking up {META_PACKAGE} (run apt-get update, or pass --kernel/--modules-dir)")
+    match = re.search(r"Depends:\s*(linux-image-\S+)", out)
+    if not match:
+        raise BuildError(f"apt-cache depends {META_PACKAGE}: no linux-image dependency listed")
+    return match.group(1)
+
+
+def debian_kernel(cache: Path, package: str | None = None) -> Kernel:
+    """Download (once) and unpack (once) Debian's kernel package into `cache`; run depmod on
+    the full tree (the package ships no modules.dep) so module dependencies can be read."""
+    package = package or debian_package_name()
+    version = package.removeprefix("linux-image-")
+    tree = cache / "kernel" / package
+    modules_dir = tree / "lib" / "modules" / version
+    if not (modules_dir / "modules.dep").is_file():
+        debs = cache / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        found = sorted(debs.glob(f"{package}_*.deb"))
+        if not found:
+            _run(["apt-get", "download", package], f"downloading {package}", cwd=debs)
+            found = sorted(debs.glob(f"{package}_*.deb"))
+        if not found:
+            raise BuildError(f"apt-get download {package} left no .deb in {debs}")
+        scratch = tree.with_name(tree.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        _run(["dpkg-deb", "-x", str(found[-1]), str(scratch)], f"unpacking {found[-1].name}")
+        _run(["depmod", "-b", str(scratch), version], f"depmod for {version}")
+        shutil.rmtree(tree, ignore_errors=True)
+        scratch.rename(tree)
+    vmlinuz = tree / "boot" / f"vmlinuz-{version}"
+    config = tree / "boot" / f"config-{version}"
+    kernel = Kernel(version, vmlinuz, modules_dir, config if config.is_file() else None)
+    check_versions(kernel)
+    return kernel
+
+
+def find_cached_kernel(cache: Path) -> Kernel | None:
+    """A kernel already unpacked in the cache, without touching the network (for tests)."""
+    for tree in sorted((cache / "kernel").glob("linux-image-*"), reverse=True):
+        if tree.name.endswith(".partial"):
+            continue
+        version = tree.name.removeprefix("linux-image-")
+        modules_dir = tree / "lib" / "modules" / version
+        if (modules_dir / "modules.dep").is_file():
+            config = tree / "boot" / f"config-{version}"
+            return Kernel(version, tree / "boot" / f"vmlinuz-{version}", modules_dir,
+                          config if config.is_file() else None)
+    return None

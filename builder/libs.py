@@ -1,0 +1,81 @@
+"""The shared libraries a set of ELF programs needs, found with ldd, copied into a root.
+
+PyInstaller bundles most of the agent's libraries, but not the C library and loader, nor
+the libraries of the other programs we ship (kmod); and its bootloader and extension
+modules find their libraries through the system search path, not the bundle (the
+bootloader links libz.so.1 from the system). ldd reports exactly what the dynamic loader
+would load, including the loader itself, so its answer is the list to copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from builder.errors import BuildError
+
+_ARROW = re.compile(r"^\s*(\S+)\s+=>\s+(\S+)\s+\(0x[0-9a-f]+\)")
+_DIRECT = re.compile(r"^\s*(/\S+)\s+\(0x[0-9a-f]+\)")
+_NOT_FOUND = re.compile(r"^\s*(\S+)\s+=>\s+not found")
+
+
+def is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def ldd(path: Path) -> list[Path]:
+    """Absolute paths of the libraries `path` loads (loader included); [] for a static
+    program. No LD_LIBRARY_PATH: the answer is what the loader finds on the target, where
+    the only search path is the system one (and the program's own RPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    proc = subprocess.run(["ldd", str(path)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    text = proc.stdout + proc.stderr
+    if "not a dynamic executable" in text or "statically linked" in text:
+        return []
+    if proc.returncode:
+        raise BuildError(f"ldd {path}: {text.strip()}")
+    missing = [m.group(1) for line in text.splitlines() if (m := _NOT_FOUND.match(line))]
+    if missing:
+        raise BuildError(f"{path} needs {', '.join(missing)}, not found on this machine")
+    found: list[Path] = []
+    for line in text.splitlines():
+        if m := _ARROW.match(line):
+            found.append(Path(m.group(2)))
+        elif m := _DIRECT.match(line):
+            found.append(Path(m.group(1)))
+    return found
+
+
+def closure(programs: Iterable[Path], bundled: Iterable[Path] = ()) -> list[Path]:
+    """Every system library the ELF files in `programs` load. Libraries found inside a
+    `bundled` directory (through the program's RPATH) travel with it and are left out."""
+    bundled = [Path(b).resolve() for b in bundled]
+    needed: set[Path] = set()
+    for program in programs:
+        for lib in ldd(program):
+            if not any(lib.resolve().is_relative_to(b) for b in bundled):
+                needed.add(lib)
+    return sorted(needed)
+
+
+def copy_into(root: Path, libs: Iterable[Path]) -> list[Path]:
+    """Copy each library to the same path under `root`, as a regular file even when the
+    host path is a symlink (ldd names the soname link, which is what the loader opens)."""
+    placed = []
+    for lib in libs:
+        target = root / str(lib).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copyfile(lib.resolve(), target)
+            target.chmod(0o755)
+        placed.append(target)
+    return placed

@@ -1,0 +1,158 @@
+"""Which kernel modules go into the initrd: a generic driver set, closed over dependencies.
+
+One initrd should boot most machines, so the default set is every Ethernet driver plus the
+common disk controllers. Dependencies come from the full tree's modules.dep (hard) and
+modules.softdep (e.g. r8169 needs the `realtek` PHY driver, which nothing links against);
+depmod then regenerates modules.dep/modules.alias for the subset we copy, so modprobe by
+modalias inside the initrd sees only what is there.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError
+
+#: The generic driver set. A word with a slash is a tree under kernel/; otherwise a module.
+GENERIC: tuple[str, ...] = (
+    # network
+    "drivers/net/ethernet", "virtio_net", "virtio_pci",
+    # SATA/PATA (ahci and every libata driver), NVMe, virtio, SCSI disks and RAID HBAs
+    "drivers/ata", "nvme", "virtio_blk", "virtio_scsi", "sd_mod",
+    "mpt3sas", "megaraid_sas", "hpsa", "smartpqi",
+    # SD/eMMC
+    "drivers/mmc/host", "mmc_block",
+    # USB sticks and disks, with the host controllers that reach them
+    "usb_storage", "uas", "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd",
+)
+_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
+
+
+def module_name(relpath: str) -> str:
+    """kernel/drivers/usb/storage/usb-storage.ko -> usb_storage (modprobe's spelling)."""
+    return _SUFFIX.sub("", relpath.rsplit("/", 1)[-1]).replace("-", "_")
+
+
+@dataclass
+class ModuleIndex:
+    """The full tree's dependency graph, keyed by path relative to lib/modules/VERSION."""
+
+    deps: dict[str, list[str]]
+    by_name: dict[str, str]
+    soft: dict[str, list[str]]
+    aliases: dict[str, str]
+    builtin: set[str]
+
+    @classmethod
+    def load(cls, modules_dir: Path) -> ModuleIndex:
+        dep_file = modules_dir / "modules.dep"
+        if not dep_file.is_file():
+            raise BuildError(f"{dep_file} missing: run `depmod -b ROOT VERSION` on the tree")
+        deps: dict[str, list[str]] = {}
+        for line in dep_file.read_text().splitlines():
+            mod, _, rest = line.partition(":")
+            if mod:
+                deps[mod] = rest.split()
+        by_name = {module_name(path): path for path in deps}
+        soft: dict[str, list[str]] = {}
+        softdep = modules_dir / "modules.softdep"
+        if softdep.is_file():
+            for line in softdep.read_text().splitlines():
+                words = line.split()
+                if len(words) > 2 and words[0] == "softdep":
+                    soft.setdefault(words[1].replace("-", "_"), []).extend(
+                        w for w in words[2:] if not w.endswith(":")
+                    )
+        aliases: dict[str, str] = {}
+        alias_file = modules_dir / "modules.alias"
+        if alias_file.is_file():
+            for line in alias_file.read_text().splitlines():
+                words = line.split()
+                if len(words) == 3 and words[0] == "alias" and not set("*?[") & set(words[1]):
+                    aliases.setdefault(words[1], words[2].replace("-", "_"))
+        builtin_file = modules_dir / "modules.builtin"
+        builtin = {module_name(p) for p in builtin_file.read_text().split()} \
+            if builtin_file.is_file() else set()
+        return cls(deps, by_name, soft, aliases, builtin)
+
+    def resolve(self, word: str) -> list[str]:
+        """The module paths a --modules word names; [] for a built-in module."""
+        word = word.strip().strip("/")
+        if "/" in word:
+            prefix = word if word.startswith("kernel/") else f"kernel/{word}"
+            found = [p for p in self.deps if p.startswith(prefix + "/")]
+        else:
+            name = word.replace("-", "_")
+            if name in self.builtin:
+                return []
+            name = self.aliases.get(word, name)
+            found = [self.by_name[name]] if name in self.by_name else []
+        if not found:
+            raise BuildError(
+                f"--modules: no module or kernel/ tree named {word!r} in this kernel"
+            )
+        return found
+
+    def closure(self, roots: Iterable[str]) -> list[str]:
+        """`roots` plus everything they need, hard and soft dependencies, sorted."""
+        todo = list(roots)
+        seen: set[str] = set()
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            todo.extend(self.deps.get(path, []))
+            for soft in self.soft.get(module_name(path), []):
+                target = self.aliases.get(soft, soft.replace("-", "_"))
+                if target in self.by_name:
+                    todo.append(self.by_name[target])
+        return sorted(seen)
+
+
+def parse_spec(spec: str) -> list[str]:
+    """--modules: `+a,+b` adds to GENERIC; `a,b` narrows to just a and b (may mix: `a,+b`)."""
+    words = [w.strip() for w in spec.split(",") if w.strip()]
+    narrow = [w for w in words if not w.startswith("+")]
+    extra = [w[1:] for w in words if w.startswith("+")]
+    if any(not w for w in extra):
+        raise BuildError("--modules: '+' must be followed by a module name")
+    return (narrow or list(GENERIC)) + extra
+
+
+def select(modules_dir: Path, spec: str = "") -> list[str]:
+    """Module paths (relative to modules_dir) the initrd gets for a --modules spec."""
+    index = ModuleIndex.load(modules_dir)
+    roots: list[str] = []
+    for word in parse_spec(spec):
+        roots += index.resolve(word)
+    return index.closure(roots)
+
+
+def install(modules_dir: Path, version: str, chosen: list[str], root: Path) -> Path:
+    """Copy `chosen` into root/lib/modules/VERSION and regenerate its indexes with depmod."""
+    dest = root / "lib" / "modules" / version
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in chosen:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(modules_dir / rel, target)
+    wanted = {_SUFFIX.sub(".ko", rel) for rel in chosen}
+    order = modules_dir / "modules.order"
+    if order.is_file():
+        kept = [line for line in order.read_text().splitlines()
+                if _SUFFIX.sub(".ko", line) in wanted]
+        (dest / "modules.order").write_text("".join(f"{line}\n" for line in kept))
+    for name in ("modules.builtin", "modules.builtin.modinfo"):
+        if (modules_dir / name).is_file():
+            shutil.copyfile(modules_dir / name, dest / name)
+    proc = subprocess.run(["depmod", "-b", str(root), version], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode:
+        raise BuildError(f"depmod -b {root} {version}: {proc.stderr.strip()}")
+    return dest

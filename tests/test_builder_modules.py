@@ -1,0 +1,140 @@
+"""Module selection: dependency closure (hard and soft), --modules, depmod on the subset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder import kernel, modules
+from builder.errors import BuildError
+
+VERSION = "6.1.0-99-test"
+DEP = """\
+kernel/drivers/net/ethernet/intel/e1000/e1000.ko:
+kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko: kernel/drivers/ptp/ptp.ko \
+kernel/drivers/pps/pps_core.ko
+kernel/drivers/ptp/ptp.ko: kernel/drivers/pps/pps_core.ko
+kernel/drivers/pps/pps_core.ko:
+kernel/drivers/net/ethernet/realtek/r8169.ko: kernel/drivers/net/phy/libphy.ko
+kernel/drivers/net/phy/libphy.ko:
+kernel/drivers/net/phy/realtek.ko: kernel/drivers/net/phy/libphy.ko
+kernel/drivers/net/wireless/foo/wifi.ko:
+kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko
+kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libahci.ko kernel/drivers/ata/libata.ko \
+kernel/drivers/scsi/scsi_mod.ko
+kernel/drivers/ata/libahci.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko
+kernel/drivers/scsi/scsi_mod.ko:
+kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko
+kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/scsi_mod.ko
+kernel/crypto/crc32c_generic.ko:
+"""
+
+
+@pytest.fixture()
+def fake_tree(tmp_path) -> Path:
+    """A modules tree with only the index files (the .ko files are empty)."""
+    mdir = tmp_path / "lib" / "modules" / VERSION
+    mdir.mkdir(parents=True)
+    (mdir / "modules.dep").write_text(DEP)
+    (mdir / "modules.softdep").write_text(
+        "# Soft dependencies\nsoftdep r8169 pre: realtek\nsoftdep libcrc32c pre: crc32c\n"
+    )
+    (mdir / "modules.alias").write_text(
+        "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\nalias crc32c crc32c_generic\n"
+    )
+    (mdir / "modules.builtin").write_text("kernel/drivers/nvme/host/nvme.ko\n")
+    for line in DEP.splitlines():
+        ko = mdir / line.split(":")[0]
+        ko.parent.mkdir(parents=True, exist_ok=True)
+        ko.write_bytes(b"")
+    return mdir
+
+
+def _names(paths: list[str]) -> set[str]:
+    return {modules.module_name(p) for p in paths}
+
+
+def test_module_names_use_underscores_and_drop_the_suffix():
+    assert modules.module_name("kernel/drivers/usb/storage/usb-storage.ko") == "usb_storage"
+    assert modules.module_name("kernel/a/b/e1000e.ko.xz") == "e1000e"
+
+
+def test_a_module_brings_its_dependencies(fake_tree):
+    assert _names(modules.select(fake_tree, "e1000e")) == {"e1000e", "ptp", "pps_core"}
+
+
+def test_soft_dependencies_are_followed(fake_tree):
+    # r8169 needs the realtek PHY driver, which only its softdep names
+    assert _names(modules.select(fake_tree, "r8169")) == {"r8169", "libphy", "realtek"}
+
+
+def test_a_tree_selects_every_module_under_it(fake_tree):
+    chosen = _names(modules.select(fake_tree, "drivers/ata"))
+    assert chosen == {"ahci", "libahci", "libata", "scsi_mod"}
+
+
+def test_plus_adds_to_a_narrow_list_and_dashes_match_underscores(fake_tree):
+    chosen = _names(modules.select(fake_tree, "e1000,+usb_storage,sd-mod"))
+    assert chosen == {"e1000", "usb_storage", "sd_mod", "scsi_mod"}
+
+
+def test_builtin_modules_are_satisfied_without_a_file(fake_tree):
+    assert modules.select(fake_tree, "nvme") == []
+
+
+def test_plus_alone_keeps_the_generic_set():
+    assert modules.parse_spec("+foo") == [*modules.GENERIC, "foo"]
+    assert modules.parse_spec("") == list(modules.GENERIC)
+    assert modules.parse_spec("a, b") == ["a", "b"]
+
+
+@pytest.mark.parametrize("spec", ["nosuchmod", "drivers/nosuchdir", "e1000,+"])
+def test_unknown_names_are_refused(fake_tree, spec):
+    with pytest.raises(BuildError, match="--modules"):
+        modules.select(fake_tree, spec)
+
+
+def test_a_tree_without_modules_dep_is_refused(tmp_path):
+    with pytest.raises(BuildError, match="modules.dep"):
+        modules.select(tmp_path, "e1000")
+
+
+def _real_kernel() -> kernel.Kernel | None:
+    from builder.__main__ import _cache_default
+
+    return kernel.find_cached_kernel(_cache_default())
+
+
+@pytest.mark.skipif(_real_kernel() is None, reason="Debian kernel not in the cache yet "
+                    "(python -m builder initrd downloads it)")
+def test_generic_set_on_the_real_kernel_has_the_drivers_a_fleet_needs():
+    kern = _real_kernel()
+    chosen = _names(modules.select(kern.modules_dir))
+    for name in ("e1000", "e1000e", "igb", "r8169", "realtek", "tg3", "virtio_net",
+                 "virtio_pci", "ahci", "ata_piix", "nvme", "nvme_core", "virtio_blk",
+                 "virtio_scsi", "sd_mod", "scsi_mod", "mpt3sas", "megaraid_sas", "hpsa",
+                 "smartpqi", "sdhci_pci", "mmc_block", "usb_storage", "xhci_pci"):
+        assert name in chosen, name
+    assert not any(n.startswith("iwl") for n in chosen)  # wireless stays out
+
+
+@pytest.mark.skipif(_real_kernel() is None, reason="Debian kernel not in the cache yet")
+@pytest.mark.skipif(shutil.which("depmod") is None, reason="kmod's depmod not installed")
+def test_install_copies_the_subset_and_depmod_indexes_only_it(tmp_path):
+    kern = _real_kernel()
+    chosen = modules.select(kern.modules_dir, "igb")
+    assert _names(chosen) == {"igb", "dca", "i2c_algo_bit"}
+    dest = modules.install(kern.modules_dir, kern.version, chosen, tmp_path / "root")
+    for rel in chosen:
+        assert (dest / rel).read_bytes() == (kern.modules_dir / rel).read_bytes()
+    dep = (dest / "modules.dep").read_text()
+    igb = next(line for line in dep.splitlines() if "/igb.ko:" in line)
+    assert sorted(igb.split(":")[1].split()) == ["kernel/drivers/dca/dca.ko",
+                                                 "kernel/drivers/i2c/algos/i2c-algo-bit.ko"]
+    assert len(dep.splitlines()) == 3
+    aliases = (dest / "modules.alias").read_text()
+    assert "pci:v00008086d000010C9" in aliases  # an igb (82576) PCI id
+    assert " e1000 " not in aliases.replace("\n", " ")
+    assert (dest / "modules.dep.bin").is_file() and (dest / "modules.builtin.bin").is_file()
