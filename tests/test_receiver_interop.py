@@ -225,3 +225,75 @@ def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path
     assert rc == 1, text
     assert "missed" in text and "start" in text
     assert not late_out.exists() or late_out.stat().st_size == 0  # never a partial image
+
+
+# --- herdcast receive with herdcast send: the capability-gated extensions -------------
+
+
+def _wait_for_bytes(path: Path, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_size == 0:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def test_herdcast_pair_confirms_digests_in_the_senders_table(tmp_path):
+    src = source(tmp_path)
+    with NetLab(3, net=87) as lab:
+        h0, h1, h2 = lab.hosts
+        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = hc_send(h0, src, slog, "--min-receivers", "2")
+        assert wait(snd, slog) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 20) == 0, log.read_text()
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+    table = slog.read_text()
+    for host in (h1, h2):
+        row = next(line for line in table.splitlines() if host.ip in line and "digest" in line)
+        assert "agreed" in row and str(ODD_SIZE) in row
+
+
+@pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
+def test_late_receiver_gets_the_whole_image_in_a_next_round(tmp_path, mode):
+    src = source(tmp_path, 4_000_001)
+    with NetLab(3, net=88) as lab:
+        h0, h1, h2 = lab.hosts
+        first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
+        first = hc_receive(h1, first_out, first_log)
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = hc_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "16m", *mode)
+        _wait_for_bytes(first_out, first_log)
+        late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
+        late = hc_receive(h2, late_out, late_log)
+        assert wait(snd, slog, 60) == 0, slog.read_text()
+        assert wait(first, first_log, 20) == 0, first_log.read_text()
+        assert wait(late, late_log, 20) == 0, late_log.read_text()
+    assert "joined late: waiting for the next round" in late_log.read_text()
+    assert sha(first_out) == sha(late_out) == sha(src)
+
+
+def test_late_receiver_told_clearly_when_no_next_round(tmp_path):
+    src = source(tmp_path, 4_000_001)
+    with NetLab(3, net=89) as lab:
+        h0, h1, h2 = lab.hosts
+        first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
+        first = hc_receive(h1, first_out, first_log)
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = hc_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "16m",
+                      "--no-late-join")
+        _wait_for_bytes(first_out, first_log)
+        late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
+        late = hc_receive(h2, late_out, late_log)
+        rc = wait(late, late_log, 15)
+        assert wait(snd, slog, 60) == 0, slog.read_text()
+        assert wait(first, first_log, 20) == 0
+    text = late_log.read_text()
+    assert rc == 1, text
+    assert "herdcast receive: the transfer started without this receiver" in text
+    assert not late_out.exists() or late_out.stat().st_size == 0
