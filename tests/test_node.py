@@ -13,6 +13,7 @@ import importlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,46 @@ def test_too_small_disk_fails_and_never_looks_finished(lab3, tmp_path, herdcast_
     assert "onfail=wait" in out
     rc2, out2 = outs[1]
     assert rc2 == 0 and digest(tmp_path / "big.img") == digest(src), out2
+
+
+@pytest.mark.netns
+@needs_transfer
+def test_lossy_network_still_clones_identically(lab3, tmp_path, herdcast_argv):
+    lab3.hosts[1].drop_udp(5, dport=9400)
+    src, dst, sender, outs = _clone(lab3, tmp_path, herdcast_argv, size=2 * MiB + 3)
+    assert sender.returncode == 0, sender.stdout + sender.stderr + str(outs)
+    for (rc, out), path in zip(outs, dst, strict=True):
+        assert rc == 0, out
+        assert digest(path) == digest(src)
+
+
+@pytest.mark.netns
+@needs_transfer
+def test_sender_killed_mid_transfer_leaves_receivers_failed(lab3, tmp_path, herdcast_argv):
+    """The sender node dies: each receiver node says FAILED/INCOMPLETE, never SUCCESS."""
+    src = image(tmp_path / "src.img", 24 * MiB)
+    lab3.hosts[0].shape("20mbit")  # ~10 s of transfer: time to pull the plug
+    dst = [tmp_path / f"dst{i}.img" for i in (1, 2)]
+    receivers = [lab3.hosts[i].popen(
+        node_argv(herdcast_argv, "umode=rcv auto=yes port=9400 "
+                  'udpcparam="--start-timeout 60 --receive-timeout 3"', dst[i - 1]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL) for i in (1, 2)]
+    sender = lab3.hosts[0].popen(
+        node_argv(herdcast_argv, 'umode=snd auto=yes port=9400 '
+                  'udpcparam="--min-receivers 2 --max-wait 30"', src),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            p.stat().st_size > 2 * MiB for p in dst if p.exists()):
+        time.sleep(0.1)
+    sender.kill()
+    sender.communicate(timeout=30)
+    for proc, path in zip(receivers, dst, strict=True):
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode != 0, out
+        assert "SUCCESS" not in out
+        lines = failed_lines(out)
+        assert len(lines) == 1 and "INCOMPLETE" in lines[0], out
+        assert path.stat().st_size < src.stat().st_size
