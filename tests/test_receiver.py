@@ -1,0 +1,100 @@
+"""`herdcast receive` options and outputs: bad input fails clearly without touching disk or
+network; --start-timeout; --pipe and --compress outputs (in namespaces)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from netlab import NetLab
+
+from agent.options import parse_receive_args
+from agent.receiver import receive, run_receiver
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDCAST = [sys.executable, "-m", "agent"]
+
+
+def test_ignore_lost_data_is_refused_clearly(tmp_path, capsys):
+    opts = parse_receive_args(["--nokbd", "-Z", "-f", str(tmp_path / "out")])
+    assert run_receiver(opts) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("herdcast receive: --ignore-lost-data is not supported")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_in_missing_directory_fails_before_the_network(tmp_path):
+    target = tmp_path / "nope" / "out.bin"
+    result = receive(parse_receive_args(["--nokbd", "-f", str(target),
+                                         "--interface", "no-such-if0"]))
+    assert not result.ok and "directory" in result.error and "does not exist" in result.error
+    assert not target.parent.exists()
+
+
+def test_unknown_interface_is_named(tmp_path):
+    result = receive(parse_receive_args(["--nokbd", "-f", str(tmp_path / "o"),
+                                         "--interface", "no-such-if0"]))
+    assert not result.ok and "--interface no-such-if0" in result.error
+    assert not (tmp_path / "o").exists()
+
+
+def _run(host, argv, log: Path, **kw) -> subprocess.Popen:
+    return host.popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stderr=log.open("wb"), **kw)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_start_timeout_without_sender(tmp_path):
+    with NetLab(1, net=94) as lab:
+        log = tmp_path / "r.log"
+        t0 = time.monotonic()
+        proc = _run(lab.hosts[0], [*HERDCAST, "receive", "--nokbd", "--interface", "eth0",
+                                   "--start-timeout", "1", "-f", str(tmp_path / "o")], log)
+        rc = proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+    text = log.read_text()
+    assert rc == 1, text
+    assert "herdcast receive: no sender answered within --start-timeout 1 s" in text
+    assert elapsed < 15
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("udp-sender") is None, reason="udpcast not installed")
+def test_pipe_and_compress_outputs(tmp_path):
+    """A stock `udp-sender --pipe 'gzip -c'` stream unpacked by --pipe 'gzip -dc' on one
+    herdcast receiver and by the in-process --compress gz on another; a third writes the
+    compressed stream to stdout."""
+    raw = os.urandom(500_000) + bytes(1_000_001)  # compressible, odd size
+    src = tmp_path / "src.bin"
+    src.write_bytes(raw)
+    with NetLab(4, net=95) as lab:
+        h0, h1, h2, h3 = lab.hosts
+        common = [*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface", "eth0"]
+        piped, inproc, stdout = (tmp_path / n for n in ("piped.bin", "inproc.bin", "gz.bin"))
+        logs = [tmp_path / f"r{i}.log" for i in range(3)]
+        procs = [
+            _run(h1, [*common, "--pipe", "gzip -dc", "-f", str(piped)], logs[0]),
+            _run(h2, [*common, "--compress", "gz", "-f", str(inproc), "--sync"], logs[1]),
+            _run(h3, common, logs[2], stdout=stdout.open("wb")),
+        ]
+        time.sleep(1)
+        slog = tmp_path / "s.log"
+        snd = _run(h0, ["udp-sender", "--nokbd", "--interface", "eth0", "--min-receivers",
+                        "3", "--pipe", "gzip -c", "-f", str(src)], slog,
+                   stdout=subprocess.DEVNULL)
+        assert snd.wait(timeout=60) == 0, slog.read_text()
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=20) == 0, log.read_text()
+    digest = hashlib.sha256(raw).hexdigest()
+    assert hashlib.sha256(piped.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(inproc.read_bytes()).hexdigest() == digest
+    assert gzip.decompress(stdout.read_bytes()) == raw
+    assert "Transfer complete" in logs[2].read_text()
