@@ -188,7 +188,7 @@ def _clone(lab, tmp_path, herdcast_argv, compr: str = "none", size: int = 3 * Mi
 
 @pytest.mark.netns
 @needs_transfer
-@pytest.mark.parametrize("compr", ["none", "gz"])
+@pytest.mark.parametrize("compr", ["none", "gz", "zstd"])
 def test_one_sender_two_receivers_identical_disks(lab3, tmp_path, herdcast_argv, compr):
     src, dst, sender, outs = _clone(lab3, tmp_path, herdcast_argv, compr)
     assert sender.returncode == 0, sender.stdout + sender.stderr + str(outs)
