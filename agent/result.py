@@ -23,7 +23,7 @@ class TransferResult:
     ok: bool
     bytes: int = 0
     seconds: float = 0.0
-    sha256: str | None = None  # hex digest of the (uncompressed) stream sent or written
+    sha256: str | None = None  # hex digest of the stream on the wire (after --compress)
     error: str | None = None
     receivers: list[ReceiverReport] = field(default_factory=list)
 
