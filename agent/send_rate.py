@@ -15,7 +15,7 @@ import time
 
 WIRE_OVERHEAD = 16 + 8 + 20 + 14  # DATA header, UDP, IPv4, Ethernet: what a link carries
 UNLIMITED = 10e9  # bits/s when no --max-bitrate: the feedback finds the real ceiling
-INITIAL = 600e6
+INITIAL = 800e6
 FLOOR = 16e6
 SKB_TRUESIZE = 2304  # what one ~1.5 KB datagram costs in a receiver's socket buffer
 
@@ -58,9 +58,9 @@ class Pacer:
             return
         loss = congested / blocks
         if loss > 0.002:
-            self.rate = max(self.floor, self.rate * max(0.5, 1.0 - 1.5 * loss - 0.05))
+            self.rate = max(self.floor, self.rate * max(0.5, 1.0 - 1.5 * loss - 0.03))
         elif self.rate < self.cap:
-            self.rate = min(self.cap, self.rate * 1.08 + 2e6)
+            self.rate = min(self.cap, self.rate * 1.15 + 2e6)
 
 
 def congested_blocks(missing: int, nblocks: int, min_run: int = 3) -> int:

@@ -15,6 +15,7 @@ next slice) and sends data with sendmmsg in paced bursts (agent.send_rate).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from agent.send_session import Network, Participant, SendError, Table, reply
 MIN_TIMEOUT = 0.02
 MAX_TIMEOUT = 1.0
 DIGEST_WAIT = 3.0
+DEBUG = bool(os.environ.get("HERDCAST_DEBUG"))
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Stats:
     rexmit_packets: int = 0
     reqacks: int = 0
     bytes_sent: int = 0  # payload bytes of first passes
+    pace_wait: float = 0.0  # HERDCAST_DEBUG only: seconds waited for the pacer,
+    reader_wait: float = 0.0  # for the reader thread,
+    ack_wait: float = 0.0  # and for answers with the ring full
+    send_time: float = 0.0  # in sendmmsg
 
 
 def _runs(bits: int, limit: int) -> list[tuple[int, int]]:
@@ -130,6 +136,11 @@ class Transfer:
             return
         p.silent = 0
         p.heard = True
+        if DEBUG and op in (Op.OK, Op.RETRANSMIT) and msg.slice_no < 4:
+            print(f"t={time.monotonic():.4f} {ip} {op.name} slice={msg.slice_no} "
+                  f"rxmit={getattr(msg, 'rxmit', '-')} "
+                  f"inflight={[(x.no, x.rxmit, x.sent) for x in self.inflight]}",
+                  file=sys.stderr)
         if op == Op.OK:
             s = self._find(msg.slice_no)
             if s is not None:
@@ -258,6 +269,10 @@ class Transfer:
             p.report.bytes += s.nbytes
         if s.buf is not None:
             self.pacer.feedback(s.nblocks, s.congested)
+            if DEBUG:
+                print(f"slice {s.no} done t={time.monotonic():.3f} rounds={s.rxmit} "
+                      f"congested={s.congested} rate={self.pacer.rate / 1e6:.0f}M "
+                      f"answer={self.answer_time * 1000:.1f}ms", file=sys.stderr)
             self.reader.release(s.buf)
         if s.end:
             self.done = True
@@ -304,7 +319,12 @@ class Transfer:
         n = self.pacer.grant(count, now)
         if n == 0:
             return self.pacer.wait(count)
-        sent = send_blocks(self.net.fd, s.buf, first, n)
+        if DEBUG:
+            t0 = time.monotonic()
+            sent = send_blocks(self.net.fd, s.buf, first, n)
+            self.stats.send_time += time.monotonic() - t0
+        else:
+            sent = send_blocks(self.net.fd, s.buf, first, n)
         if rexmit:
             self.stats.rexmit_packets += sent
             f, c = s.runs[0]
@@ -333,6 +353,8 @@ class Transfer:
     def run(self) -> None:
         """Send the whole stream and the end slice; returns once every participant OK'd it."""
         net = self.net
+        if DEBUG:
+            print(f"round start t={time.monotonic():.3f}", file=sys.stderr)
         while not self.done:
             now = time.monotonic()
             for op, msg, addr in net.receive(0):
@@ -348,6 +370,8 @@ class Transfer:
             job = self._work()
             if job is not None:
                 wait = self._send(*job, now)
+                if DEBUG:
+                    self.stats.pace_wait += wait
                 if wait > 0:
                     if wait > 0.002:
                         for op, msg, addr in net.receive(wait):
@@ -360,13 +384,21 @@ class Transfer:
             timeout = max(0.0, self._next_deadline(now) - time.monotonic())
             if not self.eof and len(self.inflight) < self.ring:
                 timeout = min(timeout, 0.001)  # the reader is filling the next slice
+                if DEBUG:
+                    self.stats.reader_wait += timeout
+            elif DEBUG:
+                self.stats.ack_wait -= time.monotonic()
             for op, msg, addr in net.receive(timeout):
                 self.handle(op, msg, addr)
+            if DEBUG and not (not self.eof and len(self.inflight) < self.ring):
+                self.stats.ack_wait += time.monotonic()
 
     def wait_digests(self) -> None:
         """After the end slice: give herdcast receivers up to 3 s to report their digest,
         and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost)."""
         deadline = time.monotonic() + DIGEST_WAIT
+        if DEBUG:
+            print(f"end slice done t={time.monotonic():.3f} {self.stats}", file=sys.stderr)
         while time.monotonic() < deadline:
             waiting = [p for p in self.table.participants.values()
                        if p.herdcast and not p.left]
