@@ -92,12 +92,14 @@ EOF = object()  # what next_slice returns once the stream has ended
 class SliceReader:
     """A thread filling slice buffers from the stream, hashing what it read.
 
-    `next_slice` hands out (buffer, nbytes) in stream order; `release` gives a buffer back
+    `next_slice` hands out (buffer, nbytes, fec) in stream order; `release` gives a buffer back
     once every receiver has its slice. A short read means end of stream.
     """
 
-    def __init__(self, stream: BinaryIO, buffers: list[SliceBuffer], slice_bytes: int) -> None:
+    def __init__(self, stream: BinaryIO, buffers: list[SliceBuffer], slice_bytes: int,
+                 fec=None) -> None:
         self.stream = stream
+        self.fec = fec  # (buffer, nbytes) -> FEC blocks, computed here, off the network thread
         self.slice_bytes = slice_bytes
         self.free: queue.Queue = queue.Queue()
         self.full: queue.Queue = queue.Queue()
@@ -133,7 +135,7 @@ class SliceReader:
                 if n < self.slice_bytes:
                     self.finished = True
                 if n:
-                    self.full.put((buf, n))
+                    self.full.put((buf, n, self.fec(buf, n) if self.fec else None))
                 else:
                     self.free.put(buf)
                 if n < self.slice_bytes:
@@ -143,7 +145,8 @@ class SliceReader:
             self.full.put(InputError(f"reading the input failed: {exc}"))
 
     def next_slice(self, timeout: float = 0.0):
-        """(buffer, nbytes), EOF, or None when the reader is not done with the next slice."""
+        """(buffer, nbytes, fec blocks or None), EOF, or None when the reader is not done with
+        the next slice."""
         try:
             item = self.full.get(timeout=timeout) if timeout > 0 else self.full.get_nowait()
         except queue.Empty:

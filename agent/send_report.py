@@ -46,6 +46,9 @@ def format_table(result: TransferResult, stats=None) -> str:
         share = 100 * stats.rexmit_packets / stats.data_packets
         summary += (f", {stats.data_packets} data packets, {stats.rexmit_packets} "
                     f"retransmitted ({share:.2f}%)")
+        if getattr(stats, "fec_packets", 0):
+            summary += f", {stats.fec_packets} FEC blocks"
+
     if result.sha256:
         summary += f", sha256 {result.sha256}"
     lines.append(summary)

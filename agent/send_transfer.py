@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from agent.options import SendOptions
 from agent.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
 from agent.send_batch import SliceBuffer, send_blocks
+from agent.send_fec import send_fec_block
 from agent.send_input import EOF, SliceReader
 from agent.send_rate import Pacer, congested_blocks
 from agent.send_session import Network, Participant, SendError, Table, reply
@@ -50,6 +51,7 @@ class Slice:
     runs: list = field(default_factory=list)  # (first, count) still to resend
     timeouts: int = 0
     congested: int = 0  # most blocks one receiver lost in runs, first round
+    fec: list = field(default_factory=list)  # (fecBlockNo, payload) to send after the data
 
     @property
     def end(self) -> bool:
@@ -65,6 +67,7 @@ class Stats:
     rexmit_packets: int = 0
     reqacks: int = 0
     bytes_sent: int = 0  # payload bytes of first passes
+    fec_packets: int = 0
     pace_wait: float = 0.0  # HERDCAST_DEBUG only: seconds waited for the pacer,
     reader_wait: float = 0.0  # for the reader thread,
     ack_wait: float = 0.0  # and for answers with the ring full
@@ -297,9 +300,9 @@ class Transfer:
             self.end_queued = True
             self._reqack(s, time.monotonic())
             return True
-        buf, nbytes = item
+        buf, nbytes, fec_blocks = item
         nblocks = buf.prepare(self.next_no, nbytes)
-        self.inflight.append(Slice(buf, self.next_no, nbytes, nblocks))
+        self.inflight.append(Slice(buf, self.next_no, nbytes, nblocks, fec=fec_blocks or []))
         self.next_no += 1
         return True
 
@@ -310,12 +313,14 @@ class Transfer:
                 first, count = s.runs[0]
                 return s, first, count, True
         for s in self.inflight:
-            if s.buf is not None and s.sent < s.nblocks:
+            if s.buf is not None and (s.sent < s.nblocks or s.fec):
                 return s, s.sent, s.nblocks - s.sent, False
         return None
 
     def _send(self, s: Slice, first: int, count: int, rexmit: bool, now: float) -> float:
         """Send what the pacer allows; returns how long to wait when it allows nothing."""
+        if not rexmit and count == 0:
+            return self._send_fec(s, now)
         n = self.pacer.grant(count, now)
         if n == 0:
             return self.pacer.wait(count)
@@ -339,8 +344,22 @@ class Transfer:
             s.sent += sent
             self.stats.bytes_sent += min(s.nbytes, s.sent * s.buf.blocksize) - \
                 min(s.nbytes, (s.sent - sent) * s.buf.blocksize)
-            if s.sent >= s.nblocks:
+            if s.sent >= s.nblocks and not s.fec:
                 self._reqack(s, time.monotonic())
+        return 0.0
+
+    def _send_fec(self, s: Slice, now: float) -> float:
+        """FEC blocks after the slice's data (paced like data), then its REQACK."""
+        n = self.pacer.grant(len(s.fec), now)
+        if n == 0:
+            return self.pacer.wait(len(s.fec))
+        for fec_no, payload in s.fec[:n]:
+            send_fec_block(self.net.main, self.net.dest, self.opts.fec.stripes, s.no,
+                           s.nbytes, fec_no, payload)
+        self.stats.fec_packets += n
+        del s.fec[:n]
+        if not s.fec:
+            self._reqack(s, time.monotonic())
         return 0.0
 
     def _next_deadline(self, now: float) -> float:

@@ -18,6 +18,7 @@ import time
 from agent.options import SendOptions
 from agent.result import TransferResult
 from agent.send_batch import Destination, SliceBuffer
+from agent.send_fec import slice_encoder
 from agent.send_input import Input, InputError, SliceReader, open_input
 from agent.send_rate import Pacer
 from agent.send_report import format_table, verdict
@@ -47,9 +48,6 @@ def _progress(opts: SendOptions, total: int | None):
 
 
 def _unsupported(opts: SendOptions) -> str | None:
-    if opts.fec is not None:
-        return ("--fec is not supported yet: drop it (herdcast retransmits lost blocks, "
-                "and its rate follows the receivers)")
     if opts.async_:
         return "--async is not supported yet: drop it (herdcast needs the return channel)"
     return None
@@ -75,6 +73,8 @@ def _data_address(net: Network, table: Table, opts: SendOptions) -> str:
 
 
 def _slice_blocks(opts: SendOptions) -> int:
+    if opts.fec is not None:  # udpcast: stripes x stripe size, at most 1024
+        return min(1024, opts.fec.stripes * opts.fec.stripesize)
     if opts.default_slice_size:
         return max(opts.min_slice_size, min(opts.default_slice_size, opts.max_slice_size))
     return opts.max_slice_size
@@ -117,7 +117,8 @@ def send(opts: SendOptions) -> TransferResult:
             print(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
                   f"{data_ip}", file=sys.stderr, flush=True)
             pacer = Pacer(opts.blocksize, opts.max_bitrate, table.min_rcvbuf())
-            reader = SliceReader(inp.stream, buffers, blocks * opts.blocksize)
+            encoder = slice_encoder(opts.fec, opts.blocksize) if opts.fec else None
+            reader = SliceReader(inp.stream, buffers, blocks * opts.blocksize, encoder)
             transfer = Transfer(net, table, opts, reader, pacer, progress, stats, late,
                                 inp.rereadable)
             try:

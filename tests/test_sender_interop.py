@@ -236,7 +236,6 @@ def test_start_timeout_without_receivers_fails_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("args, word", [
-    (["--fec", "8x8/128"], "--fec"),
     (["--async", "--max-bitrate", "10m"], "--async"),
     (["--rate-governor", "x.so"], "--rate-governor"),
     (["--streaming"], "--streaming"),
@@ -314,3 +313,17 @@ def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_pat
     assert rc2 == 1
     assert "restart the sender" in (tmp_path / "r2.log").read_text()
     assert sha(first) == sha(src)
+
+
+@needs_udpcast
+def test_fec_blocks_repair_losses_for_stock_and_herdcast_receivers(tmp_path):
+    src = make_source(tmp_path, 2_500_001)
+    hc = (2,) if herdcast_receiver_ready() else ()
+    with NetLab(3, net=98) as lab:
+        lab.hosts[1].drop_udp(3)
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, "--fec", "8x4/128",
+                                         herdcast_hosts=hc)
+    assert rc == 0 and rcs == [0, 0], log
+    for out in outs:
+        assert sha(out) == sha(src)
+    assert "FEC" in log
