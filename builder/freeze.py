@@ -73,6 +73,15 @@ def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
     return argv + [str(entry)]
 
 
+def _reproducible_env() -> dict[str, str]:
+    """A fixed hash seed: PyInstaller orders base_library.zip by iterating a set, so the
+    archive (and the initrd) changed from one freeze to the next without it."""
+    env = dict(os.environ)
+    env["PYTHONHASHSEED"] = "0"
+    env.setdefault("SOURCE_DATE_EPOCH", "0")
+    return env
+
+
 def freeze(python: Path, work: Path) -> Path:
     """The onedir tree (dist/herdcast, holding the `herdcast` executable and _internal/)."""
     work = work.resolve()
@@ -90,7 +99,8 @@ def freeze(python: Path, work: Path) -> Path:
     entry.write_text(ENTRY)
     argv = pyinstaller_argv(python, work, entry)
     try:
-        proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900,
+                              env=_reproducible_env())
     except subprocess.TimeoutExpired:
         raise BuildError("PyInstaller took over 15 minutes") from None
     if proc.returncode or not (dist / NAME).is_file():

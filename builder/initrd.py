@@ -15,6 +15,7 @@ bundle and the library directories (an initramfs has no ldconfig). We also ship
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -156,19 +157,55 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
     subprocess.run(["ldconfig", "-r", str(root)], check=True, timeout=120, capture_output=True)
 
 
-def pack(root: Path, level: int, mtime: int) -> tuple[bytes, int, int]:
-    """(zstd-compressed newc archive, uncompressed size, entry count). /dev/console and
-    /dev/null are added as device nodes so the kernel has a console before /init runs."""
+#: Members that change with every edit of the agent (the bootloader carries the PYZ with all
+#: Python code). They form a second, small archive, so an agent change recompresses ~4 MB
+#: instead of ~75 MB; the kernel unpacks concatenated compressed archives one after another.
+VOLATILE = (f"{AGENT_DIR}/herdcast",)
+
+
+def _compress(raw: bytes, level: int, cache: Path | None) -> bytes:
+    """zstd, single-threaded (one frame; bytes depend only on input and level), memoised
+    in `cache` by the input's hash because level 19 takes a minute for the modules."""
+    key = f"{hashlib.sha256(raw).hexdigest()}-{level}.zst"
+    if cache is not None and (cache / key).is_file():
+        return (cache / key).read_bytes()
+    blob = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0).compress(raw)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f"{key}.tmp{os.getpid()}"
+        tmp.write_bytes(blob)
+        os.replace(tmp, cache / key)
+    return blob
+
+
+def prune_cache(cache: Path, keep: int = 6) -> None:
+    """Drop all but the newest compressed segments."""
+    if cache.is_dir():
+        old = sorted(cache.glob("*.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in old[keep:]:
+            path.unlink(missing_ok=True)
+
+
+def pack(root: Path, level: int, mtime: int, cache: Path | None = None
+         ) -> tuple[bytes, int, int]:
+    """(initrd bytes, uncompressed size, entry count): two zstd-compressed newc archives,
+    the stable bulk and the VOLATILE members. /dev/console and /dev/null are added as
+    device nodes so the kernel has a console before /init runs."""
     entries = cpio.entries_from_tree(root) + [
         cpio.chardev("dev/console", 5, 1),
         cpio.chardev("dev/null", 1, 3, perm=0o666),
     ]
-    raw = io.BytesIO()
-    count = cpio.write_archive(entries, raw, mtime=mtime)
-    data = raw.getvalue()
-    # threads=0: single-threaded, one frame; the bytes depend only on the input and level.
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0)
-    return compressor.compress(data), len(data), count
+    stable = [e for e in entries if e.name not in VOLATILE]
+    volatile = [e for e in entries if e.name in VOLATILE]
+    blob, unpacked = b"", 0
+    for part in (stable, volatile):
+        if not part:
+            continue
+        raw = io.BytesIO()
+        cpio.write_archive(part, raw, mtime=mtime)
+        unpacked += raw.tell()
+        blob += _compress(raw.getvalue(), level, cache)
+    return blob, unpacked, len(entries)
 
 
 def _check_args(args: Namespace) -> None:
@@ -203,7 +240,9 @@ def build_tftpboot(args: Namespace) -> Report:
     frozen = freeze.freeze(args.python, work / "freeze")
     root = work / "root"
     assemble_root(root, frozen, kern, chosen)
-    blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch())
+    zcache = work / "zstd-cache"
+    blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch(), zcache)
+    prune_cache(zcache)
 
     out = Path(args.out)
     (out / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
