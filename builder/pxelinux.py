@@ -33,6 +33,7 @@ _MAC = re.compile(r"^(?:01[-:])?([0-9a-f]{2})([-:]?)([0-9a-f]{2})\2([0-9a-f]{2})
                   r"\2([0-9a-f]{2})\2([0-9a-f]{2})$")
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 _APPEND = re.compile(r"^(\s*append\s+)(.*)$", re.IGNORECASE)
+_WORD = re.compile(r'[^\s"]*"[^"]*"\S*|\S+')  # a word, or key="a quoted value"
 _LABEL = re.compile(r"^\s*label\s+(\S+)", re.IGNORECASE)
 _DEFAULT = re.compile(r"^\s*default\s+(\S+)", re.IGNORECASE)
 
@@ -91,11 +92,13 @@ def parse_assignments(items: Iterable[str]) -> list[tuple[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not _KEY.match(key):
             raise PxeConfigError(f"parameter {item!r}: expected key=value, e.g. umode=snd")
-        if any(c.isspace() for c in value) or '"' in value:
+        if '"' in value or "\n" in value:
             raise PxeConfigError(
-                f"parameter {key}: value {value!r} has blanks or quotes, which the kernel"
-                " command line cannot carry; give a single word"
+                f"parameter {key}: value {value!r} has a quote or newline, which the kernel"
+                " command line cannot carry"
             )
+        if any(c.isspace() for c in value):
+            value = f'"{value}"'  # the kernel keeps a double-quoted value whole
         out.append((key, value))
     return out
 
@@ -104,7 +107,7 @@ def _edit_append(line: str, changes: list[tuple[str, str]]) -> str:
     """Replace `key=...` words in place, append the keys that were not there."""
     match = _APPEND.match(line)
     assert match
-    words = match.group(2).split()
+    words = _WORD.findall(match.group(2))
     pending = dict(changes)
     for i, word in enumerate(words):
         key = word.partition("=")[0]

@@ -83,7 +83,19 @@ def test_node_config_changes_only_the_default_label_and_adds_new_keys():
         "sender"])
 
 
-@pytest.mark.parametrize("arg", ["umode", "=snd", "udpcparam=a b", 'disk="/dev/sda"', "1x=2"])
+def test_values_with_blanks_are_quoted_and_replaced_whole():
+    changes = pxelinux.parse_assignments(["udpcparam=--min-receivers 4 --max-wait 60"])
+    assert changes == [("udpcparam", '"--min-receivers 4 --max-wait 60"')]
+    once = pxelinux.node_config(pxelinux.default_config(), changes)
+    twice = pxelinux.node_config(once, [("udpcparam", "broadcast"), ("umode", "snd")])
+    words = _append_words(_labels(twice)["receiver"])
+    assert "udpcparam=broadcast" in words and "umode=snd" in words
+    assert not any("--min-receivers" in w or w in ("4", "60") for w in words)
+    words = _append_words(_labels(once)["receiver"])
+    assert 'udpcparam="--min-receivers' in words
+
+
+@pytest.mark.parametrize("arg", ["umode", "=snd", 'udpcparam=a"b', 'disk="/dev/sda"', "1x=2"])
 def test_bad_assignments_are_refused(arg):
     with pytest.raises(pxelinux.PxeConfigError, match="parameter"):
         pxelinux.parse_assignments([arg])
