@@ -101,6 +101,7 @@ class Receiver:
         self.assembler: Assembler | None = None
         self.tty_state = None
         self.disconnect_due = False
+        self.joined: set[str] = set()
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class Receiver:
         last_activity = now
         suspect: tuple[str, float] | None = None  # a sender seen mid-transfer, and when
         late_sender: str | None = None
+        hellos: dict[str, Session] = {}  # senders whose HELLO we answered
         while True:
             now = time.monotonic()
             timeout = next_req - now
@@ -198,6 +200,9 @@ class Receiver:
                         target = (ip, port)
                         self._connect_req(target)
                         next_req = time.monotonic() + CONNECT_RETRY
+                        hellos[ip] = Session((ip, port), -1, msg.blocksize, msg.mcast_addr,
+                                             msg.capabilities, False)
+                        self._join_data_group(msg.mcast_addr)
                     elif op == Op.HC_LATE:
                         if msg.status == LateStatus.MISSED:
                             raise ReceiveError(
@@ -206,6 +211,13 @@ class Receiver:
                         if msg.status == LateStatus.NEXT_ROUND and late_sender != ip:
                             _info("joined late: waiting for the next round")
                             late_sender, suspect, target = ip, None, (ip, port)
+                    elif op in (Op.DATA, Op.FEC, Op.REQACK) and ip in hellos and (
+                            ip != late_sender):
+                        # we answered its HELLO but the CONNECT_REPLY was lost: the sender
+                        # counts us in, so follow its transfer (client number unknown:
+                        # answer every REQACK, which udpcast senders accept)
+                        _info(f"no CONNECT_REPLY from {ip} (lost?): following its transfer")
+                        return hellos[ip]
                     elif (op in (Op.DATA, Op.FEC, Op.REQACK) and ip != late_sender
                           and suspect is None):
                         suspect = (ip, time.monotonic())
@@ -230,18 +242,24 @@ class Receiver:
         """Join the data group and tie every socket to the sender."""
         self.session = session
         self.disconnect_due = True
-        group = session.group
-        _info(f"Connected as #{session.client_number} to {session.sender[0]}")
-        if (group not in ("0.0.0.0", self.nif.ip, self.control)
-                and netif.is_multicast(group)):
-            _info(f"Listening to multicast on {group}")
-            s = netif.udp_socket(group, self.port, rcvbuf=self.rcvbuf)
-            netif.join_group(s, group, self.nif)
-            s.setblocking(False)
-            self.sel.register(s, selectors.EVENT_READ)
-            self.socks.append(s)
+        if session.client_number >= 0:
+            _info(f"Connected as #{session.client_number} to {session.sender[0]}")
+        self._join_data_group(session.group)
         for s in self.socks:
             s.connect(session.sender)  # from now on the kernel drops rogue datagrams
+
+    def _join_data_group(self, group: str) -> None:
+        """Listen on the data group (once), unless it is no group, ours or the control."""
+        if (group in self.joined or group in ("0.0.0.0", self.nif.ip, self.control)
+                or not netif.is_multicast(group)):
+            return
+        self.joined.add(group)
+        _info(f"Listening to multicast on {group}")
+        s = netif.udp_socket(group, self.port, rcvbuf=self.rcvbuf)
+        netif.join_group(s, group, self.nif)
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ)
+        self.socks.append(s)
 
     def _keyboard(self) -> bool:
         """udpcast's keyboard start: a key on a terminal stdin sends GO."""
@@ -285,7 +303,8 @@ class Receiver:
             if parsed is None:
                 return
             msg = parsed[1]
-            if bitmap_test(msg.ready_set, self.session.client_number):
+            clnr = self.session.client_number
+            if clnr >= 0 and bitmap_test(msg.ready_set, clnr):
                 return  # already answered OK for this slice
             self._pending_answer = True
             self._send(self.assembler.on_reqack(msg.slice_no, msg.slice_bytes, msg.rxmit))

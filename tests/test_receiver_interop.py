@@ -297,3 +297,27 @@ def test_late_receiver_told_clearly_when_no_next_round(tmp_path):
     assert rc == 1, text
     assert "herdcast receive: the transfer started without this receiver" in text
     assert not late_out.exists() or late_out.stat().st_size == 0
+
+
+def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
+    """A lost CONNECT_REPLY must not leave a receiver behind: herdcast repeats its
+    CONNECT_REQ, and a receiver that answered the HELLO follows the transfer when the reply
+    never comes. HELLO is repeated (udpcast's own advice): a receiver that never hears of
+    the sender cannot know the data group."""
+    src = source(tmp_path, 200_001)  # udpcast's REQACK timeouts grow to 1 s: keep it short
+    with NetLab(3, net=90) as lab:
+        h0, h1, h2 = lab.hosts
+        for host in (h1, h2):
+            host.drop_udp(30)
+        h0.drop_udp(30, dport=9001)
+        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = stock_send(h0, src, slog, "--min-receivers", "2", "--rexmit-hello-interval",
+                         "100")
+        assert wait(snd, slog, 110) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 30) == 0, log.read_text()
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
