@@ -98,3 +98,38 @@ def test_pipe_and_compress_outputs(tmp_path):
     assert hashlib.sha256(inproc.read_bytes()).hexdigest() == digest
     assert gzip.decompress(stdout.read_bytes()) == raw
     assert "Transfer complete" in logs[2].read_text()
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("udp-sender") is None, reason="udpcast not installed")
+def test_keypress_on_a_terminal_sends_go(tmp_path):
+    """Without --nokbd and with a terminal on stdin, a key starts the transfer (GO), as
+    udp-receiver does; the stock sender here has no other start trigger."""
+    import pty
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(200_003))
+    out, log, slog = tmp_path / "out.bin", tmp_path / "r.log", tmp_path / "s.log"
+    with NetLab(2, net=97) as lab:
+        h0, h1 = lab.hosts
+        snd = h0.popen(["udp-sender", "--nokbd", "--interface", "eth0", "-f", str(src)],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=slog.open("wb"))
+        master, slave = pty.openpty()
+        rcv = h1.popen([*HERDCAST, "receive", "--no-progress", "--interface", "eth0", "-f",
+                        str(out)], cwd=ROOT, stdin=slave, stdout=subprocess.DEVNULL,
+                       stderr=log.open("wb"))
+        os.close(slave)
+        deadline = time.monotonic() + 20
+        while "Press any key" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert snd.poll() is None and not out.stat().st_size  # nothing starts by itself
+        os.write(master, b"x")
+        assert rcv.wait(timeout=20) == 0, log.read_text()
+        assert snd.wait(timeout=20) == 0, slog.read_text()
+        os.close(master)
+    assert "Sending go signal" in log.read_text()
+    assert out.read_bytes() == src.read_bytes()
