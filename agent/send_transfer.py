@@ -30,6 +30,7 @@ from agent.send_session import Network, Participant, SendError, Table, reply
 
 MIN_TIMEOUT = 0.02
 MAX_TIMEOUT = 1.0
+END_TIMEOUT = 0.15
 DIGEST_WAIT = 3.0
 DEBUG = bool(os.environ.get("HERDCAST_DEBUG"))
 
@@ -225,7 +226,10 @@ class Transfer:
 
     def _timeout(self, s: Slice) -> float:
         base = max(MIN_TIMEOUT, 2.5 * self.answer_time)
-        return min(MAX_TIMEOUT, base * (2 ** min(s.timeouts, 10)))
+        # Receivers that OK'd the end slice stay only while REQACKs keep coming (--exit-wait,
+        # 500 ms by default): ask often enough that a lost OK is asked again before they go.
+        cap = END_TIMEOUT if s.end else MAX_TIMEOUT
+        return min(cap, base * (2 ** min(s.timeouts, 10)))
 
     def _next_round(self, s: Slice, now: float) -> None:
         """Resend what the answers asked for, then ask the next round."""
@@ -256,7 +260,7 @@ class Transfer:
             elif now - s.asked_at >= self._timeout(s):
                 s.timeouts += 1
                 for p in pending:
-                    if not p.heard:  # its CONNECT_REPLY may be lost: it waits for one
+                    if not p.heard and p.silent >= 1:  # its CONNECT_REPLY may be lost
                         reply(self.net, p, p.addr)
                     p.silent += 1
                     if p.silent > self.opts.retries_until_drop:

@@ -62,7 +62,16 @@ def sender(host, log: Path, *args: str) -> subprocess.Popen:
 
 
 def wait(proc: subprocess.Popen, timeout: float = 60) -> int:
-    return proc.wait(timeout=timeout)
+    """The exit code, or "timeout" (the lab kills it) so the assertion shows the logs."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+
+
+def logs(tmp_path: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                     for p in sorted(tmp_path.glob("*.log")))
 
 
 def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=(),
@@ -81,7 +90,7 @@ def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=
                  *send_args)
     rc = wait(snd)
     rcs = [wait(p, 30) for p in procs]
-    return rc, slog.read_text(), outs, rcs
+    return rc, logs(tmp_path), outs, rcs
 
 
 @needs_udpcast
