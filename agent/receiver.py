@@ -79,8 +79,15 @@ def _plausible(op: Op, msg) -> bool:
     return True
 
 
+_log_file = None  # --log: udpcast appends its messages to this file too
+
+
 def _info(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+    if _log_file is not None:
+        with contextlib.suppress(OSError):
+            _log_file.write(text + "\n")
+            _log_file.flush()
 
 
 class Receiver:
@@ -496,11 +503,25 @@ def receive(opts: ReceiveOptions) -> TransferResult:
 
 def run_receiver(opts: ReceiveOptions) -> int:
     """`herdcast receive`: run, print the outcome on stderr, return the exit status."""
-    result = receive(opts)
-    if not result.ok:
-        print(f"herdcast receive: {result.error}", file=sys.stderr, flush=True)
-        return 1
-    rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
-    _info(f"Transfer complete: {human_bytes(result.bytes)} ({result.bytes} bytes) in "
-          f"{result.seconds:.2f} s, {rate:.1f} MB/s, sha256 {result.sha256}")
-    return 0
+    global _log_file
+    if opts.log:
+        try:
+            _log_file = open(opts.log, "a")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            print(f"herdcast receive: --log {opts.log}: {exc.strerror}", file=sys.stderr)
+            return 1
+    try:
+        result = receive(opts)
+        if not result.ok:
+            print(f"herdcast receive: {result.error}", file=sys.stderr, flush=True)
+            if _log_file is not None:
+                _log_file.write(f"herdcast receive: {result.error}\n")
+            return 1
+        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        _info(f"Transfer complete: {human_bytes(result.bytes)} ({result.bytes} bytes) in "
+              f"{result.seconds:.2f} s, {rate:.1f} MB/s, sha256 {result.sha256}")
+        return 0
+    finally:
+        if _log_file is not None:
+            _log_file.close()
+            _log_file = None

@@ -30,6 +30,15 @@ def test_ignore_lost_data_is_refused_clearly(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_log_file_gets_the_messages_too(tmp_path, capsys):
+    log = tmp_path / "receiver.log"
+    opts = parse_receive_args(["--nokbd", "--log", str(log), "-f", str(tmp_path / "o"),
+                               "--interface", "no-such-if0"])
+    assert run_receiver(opts) == 1
+    assert "herdcast receive: --interface no-such-if0" in log.read_text()
+    assert "no-such-if0" in capsys.readouterr().err
+
+
 def test_output_in_missing_directory_fails_before_the_network(tmp_path):
     target = tmp_path / "nope" / "out.bin"
     result = receive(parse_receive_args(["--nokbd", "-f", str(target),
