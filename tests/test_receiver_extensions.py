@@ -1,0 +1,119 @@
+"""The receiver's side of herdcast's extensions and of udpcast's abort rules, against a
+scripted sender (a few lines of Python speaking the protocol) in a namespace lab: the
+behaviours a well-behaved sender never triggers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAKE_SENDER = r"""
+import socket, sys, time
+sys.path.insert(0, sys.argv[3])
+from agent.protocol import Cap, Op, build, parse
+mode, bcast = sys.argv[1], sys.argv[2]
+BS, DATA = 1000, bytes(range(256)) * 10  # 2560 bytes: blocks of 1000, 1000, 560
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("0.0.0.0", 9001))
+s.settimeout(0.2)
+caps = Cap.STOCK | Cap.HERDCAST
+end = time.monotonic() + 30
+peer = None
+while peer is None and time.monotonic() < end:
+    try:
+        data, addr = s.recvfrom(2048)
+    except socket.timeout:
+        s.sendto(build(Op.HELLO, capabilities=caps, mcast_addr="0.0.0.0", blocksize=BS),
+                 (bcast, 9000))
+        continue
+    p = parse(data)
+    if p and p[0] == Op.CONNECT_REQ:
+        peer = addr
+s.sendto(build(Op.CONNECT_REPLY, client_number=0, blocksize=BS, capabilities=caps,
+               mcast_addr="0.0.0.0"), peer)
+time.sleep(0.3)
+
+def data(slice_no, block, nbytes=len(DATA)):
+    chunk = DATA[block * BS:(block + 1) * BS]
+    return build(Op.DATA, slice_no=slice_no, block_no=block, slice_bytes=nbytes) + chunk
+
+def ask(slice_no, nbytes):
+    while time.monotonic() < end:
+        s.sendto(build(Op.REQACK, slice_no=slice_no, slice_bytes=nbytes, rxmit=0,
+                       ready_set=bytes(128)), peer)
+        try:
+            answer = parse(s.recvfrom(2048)[0])
+        except socket.timeout:
+            continue
+        if answer and answer[0] == Op.OK and answer[1].slice_no == slice_no:
+            return
+
+if mode == "skip":
+    s.sendto(data(0, 0), peer)
+    time.sleep(0.2)
+    s.sendto(data(2, 0), peer)  # two slices ahead: the receiver was dropped
+    time.sleep(2)
+    sys.exit(0)
+for block in range(3):
+    s.sendto(data(0, block), peer)
+ask(0, len(DATA))
+ask(1, 0)
+while time.monotonic() < end:
+    try:
+        p = parse(s.recvfrom(2048)[0])
+    except socket.timeout:
+        continue
+    if p and p[0] == Op.HC_DIGEST and mode == "mismatch":
+        s.sendto(build(Op.HC_DIGEST_ACK, agreed=0, total_bytes=p[1].total_bytes), peer)
+    if p and p[0] == Op.DISCONNECT:
+        break
+"""
+
+
+def run(tmp_path: Path, mode: str) -> tuple[int, str, Path, float]:
+    with NetLab(2, net=98) as lab:
+        h0, h1 = lab.hosts
+        out, log = tmp_path / "out.bin", tmp_path / "r.log"
+        rcv = h1.popen([sys.executable, "-m", "agent", "receive", "--nokbd", "--no-progress",
+                        "--interface", "eth0", "-f", str(out)], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=log.open("wb"))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        snd = h0.popen([sys.executable, "-c", FAKE_SENDER, mode, "10.98.0.255", str(ROOT)],
+                       stderr=(tmp_path / "s.log").open("wb"))
+        rc = rcv.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        snd.wait(timeout=30)
+    return rc, log.read_text(), out, elapsed
+
+
+def test_digest_mismatch_fails_the_receiver(tmp_path):
+    rc, text, out, _ = run(tmp_path, "mismatch")
+    assert rc == 1, text
+    assert "herdcast receive: image digest differs from the sender's" in text
+    assert out.read_bytes() == bytes(range(256)) * 10  # written, but reported corrupt
+
+
+def test_unconfirmed_digest_fails_after_a_bounded_wait(tmp_path):
+    rc, text, _, elapsed = run(tmp_path, "silent")
+    assert rc == 1, text
+    assert "herdcast receive: sender did not confirm the digest" in text
+    assert elapsed < 20
+
+
+def test_data_two_slices_ahead_means_dropped_by_sender(tmp_path):
+    rc, text, _, _ = run(tmp_path, "skip")
+    assert rc == 1, text
+    assert "herdcast receive: dropped by sender" in text
