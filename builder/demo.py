@@ -56,7 +56,16 @@ def node_config(tftp: Path, mac: str, params: dict[str, str]) -> Path:
     does with `python -m builder node MAC key=value ...`."""
     from builder.pxelinux import write_node_config
 
-    return write_node_config(tftp, mac, params)
+    return write_node_config(tftp, mac, [f"{k}={v}" for k, v in params.items()])
+
+
+def lab_default(tftp: Path) -> None:
+    """In the lab a failed node powers off (onfail=poweroff) instead of waiting for a
+    person, so a broken run ends in seconds and its console log says why."""
+    from builder.pxelinux import node_config
+
+    default = tftp / "pxelinux.cfg" / "default"
+    default.write_text(node_config(default.read_text(), [("onfail", "poweroff")]))
 
 
 def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path]]:
@@ -80,6 +89,7 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
     with PxeLab(tftp_src, workdir) as lab:
+        lab_default(lab.tftp)
         nodes = [lab.add_node(name, nic, bus, disk) for name, nic, bus, _, disk in fleet]
         for node, (_, _, _, role, _) in zip(nodes, fleet, strict=True):
             if role == "snd":
@@ -149,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout)
     print()
     print(table(results, args.size_mib))
-    sender_disk = results[0].node.disk
-    hostname = read_partition_file(results[1].node.disk, "/etc/hostname")
-    print(f"\n{results[1].node.name}: /etc/hostname on its ext4 partition reads "
-          f"{hostname!r}; sender disk {sender_disk}")
+    if results[1].ok:
+        hostname = read_partition_file(results[1].node.disk, "/etc/hostname")
+        print(f"\n{results[1].node.name}: /etc/hostname on its ext4 partition reads "
+              f"{hostname!r}")
     print(f"total {time.monotonic() - started:.1f} s; consoles in {args.workdir}")
     return 0 if all(r.ok for r in results) else 1
