@@ -69,6 +69,7 @@ class Report:
     files: int
     module_count: int
     seconds: float
+    phases: dict[str, float]
 
     def summary(self) -> str:
         mib = self.initrd_bytes / 2**20
@@ -233,16 +234,25 @@ def build_tftpboot(args: Namespace) -> Report:
     """`python -m builder initrd`: kernel, modules, frozen agent -> args.out (TFTP root).
     Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten."""
     started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = time.monotonic() - started - sum(phases.values())
+
     _check_args(args)
     kern = get_kernel(args)
     chosen = modules.select(kern.modules_dir, args.modules)
+    phase("kernel")
     work = Path(args.work)
     frozen = freeze.freeze(args.python, work / "freeze")
+    phase("freeze")
     root = work / "root"
     assemble_root(root, frozen, kern, chosen)
+    phase("assemble")
     zcache = work / "zstd-cache"
     blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch(), zcache)
     prune_cache(zcache)
+    phase("pack")
 
     out = Path(args.out)
     (out / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
@@ -254,4 +264,4 @@ def build_tftpboot(args: Namespace) -> Report:
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
     (out / "pxelinux.cfg" / "default").write_text(pxelinux.default_config())
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
-                  time.monotonic() - started)
+                  time.monotonic() - started, phases)
