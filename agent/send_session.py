@@ -9,6 +9,7 @@ so one stock receiver does not switch off herdcast's extensions for the others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -187,9 +188,39 @@ def _keyboard_ready() -> bool:
     return bool(select.select([sys.stdin], [], [], 0)[0])
 
 
+@contextlib.contextmanager
+def _cbreak(enabled: bool):
+    """Any key (not just Enter) starts, as udpcast's console does; the terminal is restored."""
+    if not enabled:
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    try:
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+    except (OSError, termios.error):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def wait_for_start(net: Network, table: Table, opts: SendOptions, *, keyboard: bool,
-                   on_other=None, expect: set[str] | None = None,
-                   hello_interval: float | None = None, give_up: float | None = None) -> str:
+                   **kwargs) -> str:
+    """Negotiate until a start trigger fires; see `_wait_for_start`."""
+    with _cbreak(keyboard):
+        return _wait_for_start(net, table, opts, keyboard=keyboard, **kwargs)
+
+
+def _wait_for_start(net: Network, table: Table, opts: SendOptions, *, keyboard: bool,
+                    on_other=None, expect: set[str] | None = None,
+                    hello_interval: float | None = None, give_up: float | None = None) -> str:
     """Negotiate until a start trigger fires; returns what started it.
 
     Triggers (udpcast's, checked every 50 ms instead of every 2 s): GO from any host, a key

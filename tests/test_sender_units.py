@@ -1,0 +1,93 @@
+"""Unit tests of the sender's pieces that need no network: slice buffers, pacing, the
+retransmission bookkeeping and the final verdict."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from agent.options import parse_send_args
+from agent.protocol import DATA_HEADER, HEADER_SIZE, Op
+from agent.result import ReceiverReport
+from agent.send_batch import Destination, SliceBuffer
+from agent.send_input import EOF, SliceReader
+from agent.send_rate import Pacer, congested_blocks
+from agent.send_report import verdict
+from agent.send_transfer import _runs
+from agent.sender import send
+
+
+def test_prepare_writes_one_data_header_per_block_and_a_short_last_block():
+    buf = SliceBuffer(1456, Destination(), blocks=8)
+    assert buf.prepare(7, 3 * 1456 + 100) == 4
+    headers = [DATA_HEADER.unpack_from(buf.header_view, i * HEADER_SIZE) for i in range(4)]
+    assert headers == [(int(Op.DATA), 0, 7, i, 0, 3 * 1456 + 100) for i in range(4)]
+    assert buf.iov[7].iov_len == 100 and buf.iov[5].iov_len == 1456
+    buf.prepare(8, 8 * 1456)  # the short block from before is full length again
+    assert buf.iov[7].iov_len == 1456 and buf.block_len(7) == 1456
+
+
+def test_reader_cuts_the_stream_into_slices_and_hashes_it():
+    data = bytes(range(256)) * 40  # 10240 bytes: two full 4096-byte slices and 2048
+    buffers = [SliceBuffer(1024, Destination(), blocks=4) for _ in range(3)]
+    reader = SliceReader(io.BytesIO(data), buffers, 4096)
+    got = []
+    while True:
+        item = reader.next_slice(timeout=5)
+        if item is EOF:
+            break
+        buf, n, fec = item
+        got.append(bytes(buf.view[:n]))
+        reader.release(buf)
+    assert [len(g) for g in got] == [4096, 4096, 2048] and b"".join(got) == data
+    assert reader.sha.digest() == hashlib.sha256(data).digest() and reader.total == 10240
+
+
+def test_runs_and_congestion_count_consecutive_losses():
+    missing = 0b1110_0000_0101 | (1 << 20)
+    assert _runs(missing, 32) == [(0, 1), (2, 1), (9, 3), (20, 1)]
+    assert congested_blocks(missing, 32) == 3  # only the run of three looks like overrun
+
+
+def test_pacer_slows_down_on_overrun_and_speeds_up_on_clean_slices():
+    p = Pacer(1456, None, 212992)
+    assert 4 <= p.burst <= 64
+    start = p.rate
+    p.feedback(1024, 200)
+    assert p.rate < start
+    slowed = p.rate
+    for _ in range(5):
+        p.feedback(1024, 0)
+    assert p.rate > slowed
+
+
+def test_pacer_never_exceeds_max_bitrate():
+    p = Pacer(1456, 10_000_000)
+    for _ in range(50):
+        p.feedback(1024, 0)
+    assert p.rate == 10_000_000
+
+
+def test_pacer_grants_at_most_a_burst_then_asks_to_wait():
+    p = Pacer(1456, 8_000_000)
+    now = p.last
+    first = p.grant(1000, now)
+    assert 0 < first <= p.burst
+    assert p.grant(1000, now) == 0 and p.wait(10) > 0
+
+
+def test_verdict_fails_on_any_dropped_or_disagreeing_receiver():
+    ok = ReceiverReport("10.0.0.1", 10, digest="ab")
+    stock = ReceiverReport("10.0.0.2", 10)
+    assert verdict([ok, stock]) == (True, None)
+    bad, why = verdict([ok, ReceiverReport("10.0.0.3", 5, status="dropped")])
+    assert not bad and "10.0.0.3" in why
+    assert verdict([])[0] is False
+
+
+@pytest.mark.parametrize("argv", [["--async", "--max-bitrate", "10m"]])
+def test_unsupported_mode_is_refused_before_touching_the_network(argv):
+    result = send(parse_send_args(["--nokbd", *argv]))
+    assert not result.ok and "not supported" in result.error
