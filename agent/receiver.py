@@ -29,6 +29,7 @@ from agent.protocol import (
     DATA_HEADER,
     FEC_HEADER,
     HEADER_SIZE,
+    MAX_SLICE_SIZE,
     Cap,
     LateStatus,
     Op,
@@ -37,7 +38,7 @@ from agent.protocol import (
     parse,
 )
 from agent.recv_output import Output, OutputError, SliceWriter, check_target
-from agent.recv_slices import Assembler, MissedStart, TransferAborted
+from agent.recv_slices import DEFAULT_BUFFERS, Assembler, MissedStart, TransferAborted
 from agent.result import TransferResult
 
 DEFAULT_RCVBUF = 4 << 20  # the largest single throughput factor (performance-notes)
@@ -49,6 +50,7 @@ DIGEST_TIMEOUT = 5.0
 EXIT_WAIT_CAP = 5.0  # extra bound on the exit wait if REQACKs keep coming
 WRITER_TIMEOUT = 120.0
 SCRATCH = 65536
+BUFFER_BUDGET = 48 << 20  # slice buffers beyond 3 only while they fit (big --blocksize)
 _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
 
@@ -365,7 +367,9 @@ class Receiver:
         self.session = session
         self.disconnect_due = True  # the sender counts us in from CONNECT_REPLY on
         self.output = Output(opts)
-        self.assembler = Assembler(session.blocksize, lambda s: self.writer(s))
+        slice_bytes = MAX_SLICE_SIZE * session.blocksize
+        buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
+        self.assembler = Assembler(session.blocksize, lambda s: self.writer(s), buffers)
         self.writer = SliceWriter(self.output, self.assembler.release)
         self.writer.start()
         self.attach(session)
