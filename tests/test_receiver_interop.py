@@ -321,3 +321,21 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 30) == 0, log.read_text()
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
+
+
+def test_herdcast_fec_with_loss_and_a_stock_receiver_beside(tmp_path):
+    src = source(tmp_path)
+    with NetLab(3, net=99) as lab:
+        h0, h1, h2 = lab.hosts
+        h1.drop_udp(5)
+        outs = [tmp_path / "lossy.bin", tmp_path / "stock.bin"]
+        logs = [tmp_path / "lossy.log", tmp_path / "stock.log"]
+        receivers = [hc_receive(h1, outs[0], logs[0]), stock_receive(h2, outs[1], logs[1])]
+        settle()
+        slog = tmp_path / "sender.log"
+        snd = hc_send(h0, src, slog, "--min-receivers", "2", "--fec", "8x8/128")
+        assert wait(snd, slog) == 0, slog.read_text()
+        for proc, log in zip(receivers, logs, strict=True):
+            assert wait(proc, log, 20) == 0, log.read_text()
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+    assert "FEC blocks" in slog.read_text()
