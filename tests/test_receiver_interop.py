@@ -73,18 +73,20 @@ def settle() -> None:
     time.sleep(1.0)
 
 
-@pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
-def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode):
+@pytest.mark.parametrize("mode,both", [([], []), (["--broadcast"], []), ([], ["--ttl", "2"])],
+                         ids=["multicast", "broadcast", "ttl2-rdv-224.0.0.1"])
+def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode, both):
     src = source(tmp_path)
     with NetLab(4, net=81) as lab:
         h0, h1, h2, h3 = lab.hosts
         outs = [tmp_path / f"out{i}.bin" for i in range(3)]
         logs = [tmp_path / f"r{i}.log" for i in range(3)]
-        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1]),
-                     stock_receive(h3, outs[2], logs[2])]
+        receivers = [hc_receive(h1, outs[0], logs[0], *both),
+                     hc_receive(h2, outs[1], logs[1], *both),
+                     stock_receive(h3, outs[2], logs[2], *both)]
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "3", *mode)
+        snd = stock_send(h0, src, slog, "--min-receivers", "3", *mode, *both)
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 20) == 0, log.read_text()
