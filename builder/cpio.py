@@ -168,16 +168,19 @@ def source_date_epoch(default: int = 0) -> int:
 
 
 def read_archive(blob: bytes) -> Iterator[tuple[dict, str, bytes]]:
-    """(header fields, name, data) for each member before the trailer: for tests and for
-    inspecting a built initrd (bench/initrd counts files with it)."""
+    """(header fields, name, data) for each member, across concatenated archives as the
+    kernel reads them (zero padding between them is skipped); trailers are not yielded.
+    For tests and for inspecting a built initrd."""
     pos = 0
-    while True:
+    while pos < len(blob):
+        if blob[pos] == 0:
+            pos += 1
+            continue
         header = NEWC_HEADER.parse(blob[pos : pos + HEADER_SIZE])
         pos += HEADER_SIZE
         name = blob[pos : pos + header.namesize - 1].decode()
         pos += header.namesize + len(_pad(HEADER_SIZE + header.namesize))
         data = blob[pos : pos + header.filesize]
         pos += header.filesize + len(_pad(header.filesize))
-        if name == TRAILER:
-            return
-        yield dict(header), name, data
+        if name != TRAILER:
+            yield dict(header), name, data

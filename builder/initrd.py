@@ -209,6 +209,12 @@ def pack(root: Path, level: int, mtime: int, cache: Path | None = None
     return blob, unpacked, len(entries)
 
 
+def unpack(blob: bytes) -> bytes:
+    """The concatenated cpio archives inside an initrd.img (every zstd frame)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob), read_across_frames=True)
+    return reader.read()
+
+
 def _check_args(args: Namespace) -> None:
     """Everything the user can get wrong, checked before any download or write."""
     if not 1 <= args.level <= 22:
