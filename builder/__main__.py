@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list; +NAME adds to the generic driver set, NAME alone narrows "
                    "it to the names given (dependencies are always added). A name may be a "
                    "module (e1000e) or a tree under kernel/ (drivers/net/ethernet/intel)")
+    p.add_argument("--firmware", type=Path, default=Path("/lib/firmware"),
+                   help="take the firmware files the chosen modules ask for from here, when "
+                   "present (Debian's firmware-* packages); `none` to leave it out "
+                   "(default: %(default)s)")
     p.add_argument("--level", type=int, default=19, help="zstd level 1-22 (default: 19)")
     p.add_argument("--python", type=Path, default=Path(sys.executable),
                    help="the Python that freezes the agent (default: this one)")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import zstandard
 
-from builder import cpio, freeze, kernel, libs, modules, pxelinux
+from builder import cpio, firmware, freeze, kernel, libs, modules, pxelinux
 from builder.errors import BuildError
 
 AGENT_DIR = "opt/herdcast"
@@ -70,12 +70,15 @@ class Report:
     module_count: int
     seconds: float
     phases: dict[str, float]
+    firmware_found: int = 0
+    firmware_wanted: int = 0
 
     def summary(self) -> str:
         mib = self.initrd_bytes / 2**20
         return (f"{self.out}: kernel {self.kernel_version}, initrd.img {mib:.1f} MiB "
                 f"({self.uncompressed_bytes / 2**20:.1f} MiB unpacked), {self.files} files, "
-                f"{self.module_count} modules, built in {self.seconds:.1f} s")
+                f"{self.module_count} modules, firmware {self.firmware_found} of "
+                f"{self.firmware_wanted} files, built in {self.seconds:.1f} s")
 
 
 def _layout(root: Path) -> None:
@@ -137,8 +140,10 @@ def _dedupe(agent: Path, root: Path) -> None:
                 break
 
 
-def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str]) -> None:
-    """Fill `root` (emptied first) with everything the initramfs holds."""
+def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str],
+                  firmware_dir: Path | None = None) -> tuple[int, int]:
+    """Fill `root` (emptied first) with everything the initramfs holds; returns firmware
+    (files found, files wanted)."""
     if root.exists():
         shutil.rmtree(root)
     _layout(root)
@@ -152,10 +157,12 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
     libs.copy_into(root, libs.closure(programs, bundled=[agent]))
     _dedupe(agent, root)
     modules.install(kern.modules_dir, kern.version, chosen, root)
+    fw = firmware.install(kern.modules_dir, chosen, firmware_dir, root)
     init = root / "init"
     init.write_text(INIT)
     init.chmod(0o755)
     subprocess.run(["ldconfig", "-r", str(root)], check=True, timeout=120, capture_output=True)
+    return fw
 
 
 #: Members that change with every edit of the agent (the bootloader carries the PYZ with all
@@ -253,7 +260,9 @@ def build_tftpboot(args: Namespace) -> Report:
     frozen = freeze.freeze(args.python, work / "freeze")
     phase("freeze")
     root = work / "root"
-    assemble_root(root, frozen, kern, chosen)
+    fw_dir = getattr(args, "firmware", None)
+    fw = assemble_root(root, frozen, kern, chosen, None if fw_dir in (None, Path("none"))
+                       else fw_dir)
     phase("assemble")
     zcache = work / "zstd-cache"
     blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch(), zcache)
@@ -270,4 +279,4 @@ def build_tftpboot(args: Namespace) -> Report:
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
     (out / "pxelinux.cfg" / "default").write_text(pxelinux.default_config())
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
-                  time.monotonic() - started, phases)
+                  time.monotonic() - started, phases, *fw)

@@ -138,3 +138,24 @@ def test_install_copies_the_subset_and_depmod_indexes_only_it(tmp_path):
     assert "pci:v00008086d000010C9" in aliases  # an igb (82576) PCI id
     assert " e1000 " not in aliases.replace("\n", " ")
     assert (dest / "modules.dep.bin").is_file() and (dest / "modules.builtin.bin").is_file()
+
+
+def test_firmware_the_modules_ask_for_is_copied_when_the_host_has_it(tmp_path):
+    from builder import firmware
+
+    mdir = tmp_path / "mods"
+    (mdir / "kernel").mkdir(parents=True)
+    (mdir / "kernel" / "nic.ko").write_bytes(
+        b"\x7fELF...\0license=GPL\0firmware=vendor/nic-a.bin\0firmware=nic-b.bin\0author=x\0"
+    )
+    (mdir / "kernel" / "plain.ko").write_bytes(b"\x7fELF\0license=GPL\0")
+    assert firmware.wanted(mdir / "kernel" / "nic.ko") == ["nic-b.bin", "vendor/nic-a.bin"]
+    fw = tmp_path / "firmware"
+    (fw / "vendor").mkdir(parents=True)
+    (fw / "vendor" / "nic-a.bin.zst").write_bytes(b"blob")
+    root = tmp_path / "root"
+    chosen = ["kernel/nic.ko", "kernel/plain.ko"]
+    assert firmware.install(mdir, chosen, fw, root) == (1, 2)
+    assert (root / "lib/firmware/vendor/nic-a.bin.zst").read_bytes() == b"blob"
+    assert firmware.install(mdir, chosen, tmp_path / "absent", tmp_path / "r2") == (0, 2)
+    assert not (tmp_path / "r2").exists()
