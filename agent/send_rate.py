@@ -60,7 +60,7 @@ class Pacer:
         if loss > 0.002:
             self.rate = max(self.floor, self.rate * max(0.5, 1.0 - 1.5 * loss - 0.03))
         elif self.rate < self.cap:
-            self.rate = min(self.cap, self.rate * 1.15 + 2e6)
+            self.rate = min(self.cap, self.rate * 1.05 + 2e6)
 
 
 def congested_blocks(missing: int, nblocks: int, min_run: int = 3) -> int:

@@ -31,6 +31,7 @@ from agent.send_session import Network, Participant, SendError, Table, reply
 MIN_TIMEOUT = 0.02
 MAX_TIMEOUT = 1.0
 END_TIMEOUT = 0.15
+END_SILENT_ROUNDS = 20  # x END_TIMEOUT: a receiver with all the data is gone, not lagging
 DIGEST_WAIT = 3.0
 DEBUG = bool(os.environ.get("HERDCAST_DEBUG"))
 
@@ -263,7 +264,15 @@ class Transfer:
                     if not p.heard and p.silent >= 1:  # its CONNECT_REPLY may be lost
                         reply(self.net, p, p.addr)
                     p.silent += 1
-                    if p.silent > self.opts.retries_until_drop:
+                    if s.end and p.silent > min(END_SILENT_ROUNDS,
+                                                self.opts.retries_until_drop):
+                        # it OK'd every data slice, so it has every byte; its OK for the end
+                        # marker and its DISCONNECT were lost, and it left after --exit-wait
+                        print(f"herdcast send: receiver {p.ip} went quiet after OK'ing all its "
+                              "data: counted as finished", file=sys.stderr, flush=True)
+                        p.finished = p.left = True
+                        self._end_ok(p)
+                    elif p.silent > self.opts.retries_until_drop:
                         self.table.remove(p.ip, "dropped")
                         print(f"herdcast send: dropping receiver {p.ip}: no answer to "
                               f"{p.silent} requests", file=sys.stderr, flush=True)

@@ -11,10 +11,12 @@ that asked to join while a round was running (when the input can be read again).
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
 import time
 
+from agent import netif
 from agent.options import SendOptions
 from agent.result import TransferResult
 from agent.send_batch import Destination, SliceBuffer
@@ -28,6 +30,7 @@ from agent.send_transfer import Stats, Transfer, participants_summary
 LATE_HELLO_INTERVAL = 0.5
 LATE_CONNECT_WAIT = 10.0
 MAX_ROUNDS = 16
+SO_SNDBUFFORCE = 32
 
 
 def _progress(opts: SendOptions, total: int | None):
@@ -70,6 +73,15 @@ def _data_address(net: Network, table: Table, opts: SendOptions) -> str:
     if len(table.participants) == 1 and opts.pointopoint is not False:
         return next(iter(table.participants.values())).ip
     return net.advertised
+
+
+def _size_send_buffer(net: Network, table: Table, opts: SendOptions) -> None:
+    """Without --sendbuf: when every receiver has a big socket buffer (herdcast's 4 MiB),
+    let more packets be in flight so a receiver descheduled for a moment does not stall the
+    sender (each multicast packet holds send-buffer room until every receiver read it)."""
+    smallest = table.min_rcvbuf()
+    if opts.sendbuf is None and smallest and smallest >= 1 << 20:
+        netif.set_buffer(net.main, socket.SO_SNDBUF, SO_SNDBUFFORCE, min(2 << 20, smallest // 4))
 
 
 def _slice_blocks(opts: SendOptions) -> int:
@@ -116,6 +128,7 @@ def send(opts: SendOptions) -> TransferResult:
             net.dest = dest.address
             print(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
                   f"{data_ip}", file=sys.stderr, flush=True)
+            _size_send_buffer(net, table, opts)
             pacer = Pacer(opts.blocksize, opts.max_bitrate, table.min_rcvbuf())
             encoder = slice_encoder(opts.fec, opts.blocksize) if opts.fec else None
             reader = SliceReader(inp.stream, buffers, blocks * opts.blocksize, encoder)
