@@ -373,3 +373,20 @@ def test_autostart_and_half_duplex(tmp_path):
     assert rc == 0 and rrc == 0, logs(tmp_path)
     assert "starting (--autostart)" in logs(tmp_path)
     assert sha(out) == sha(src)
+
+
+@needs_udpcast
+def test_input_from_stdin(tmp_path):
+    src = make_source(tmp_path, 700_001)
+    with NetLab(2, net=101) as lab:
+        out = tmp_path / "out1.bin"
+        rcv = stock_receiver(lab.hosts[1], out, tmp_path / "recv1.log")
+        time.sleep(0.3)
+        with src.open("rb") as stdin:
+            snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--no-progress",
+                                      "--interface", "eth0", "--min-receivers", "1"],
+                                     cwd=ROOT, stdin=stdin, stdout=subprocess.DEVNULL,
+                                     stderr=(tmp_path / "send.log").open("wb"))
+            rc, rrc = wait(snd, 30), wait(rcv, 30)
+    assert rc == 0 and rrc == 0, logs(tmp_path)
+    assert sha(out) == sha(src)
