@@ -63,6 +63,8 @@ class Network:
             raise SendError(str(exc)) from exc
         self.port = opts.portbase
         self.blocksize = opts.blocksize
+        # async: no return channel; receivers go passive on seeing the bit in HELLO
+        self.caps = SENDER_CAPS | (Cap.ASYNC if opts.async_ else 0)
         self.sockets: list[socket.socket] = []
         try:
             self.main = netif.udp_socket(self.nif.ip, self.port + 1, broadcast=True,
@@ -137,7 +139,7 @@ class Network:
 
     def hello(self) -> None:
         """Announce the sender to the control address (receivers answer CONNECT_REQ)."""
-        self.send(build(Op.HELLO, capabilities=SENDER_CAPS, mcast_addr=self.advertised,
+        self.send(build(Op.HELLO, capabilities=self.caps, mcast_addr=self.advertised,
                         blocksize=self.blocksize), (self.control, self.port))
 
 
@@ -180,7 +182,7 @@ class Table:
 def reply(net: Network, p: Participant | None, addr: tuple[str, int]) -> None:
     """CONNECT_REPLY: the slot (-1 when the table is full), block size, caps and group."""
     net.send(build(Op.CONNECT_REPLY, client_number=p.slot if p else -1,
-                   blocksize=net.blocksize, capabilities=SENDER_CAPS,
+                   blocksize=net.blocksize, capabilities=net.caps,
                    mcast_addr=net.advertised), addr)
 
 
@@ -231,7 +233,7 @@ def _wait_for_start(net: Network, table: Table, opts: SendOptions, *, keyboard: 
     start = time.monotonic()
     interval = hello_interval
     if interval is None:
-        ms = opts.rexmit_hello_interval or (1000 if opts.autostart else 0)
+        ms = opts.rexmit_hello_interval or (1000 if opts.autostart or opts.async_ else 0)
         interval = ms / 1000 if ms else None
     net.hello()
     hellos = 0
@@ -291,7 +293,7 @@ def _wait_for_start(net: Network, table: Table, opts: SendOptions, *, keyboard: 
             hellos += 1
             next_hello = now + interval
             if expect is None and opts.autostart and hellos >= opts.autostart:
-                if n:
+                if n or opts.async_:
                     return "--autostart"
                 raise SendError(f"no receiver connected after --autostart {opts.autostart} "
                                 "HELLOs: start the receivers, or raise --autostart")

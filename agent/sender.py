@@ -19,6 +19,7 @@ import time
 from agent import netif
 from agent.options import SendOptions
 from agent.result import TransferResult
+from agent.send_async import send_async
 from agent.send_batch import Destination, SliceBuffer
 from agent.send_fec import slice_encoder
 from agent.send_input import Input, InputError, SliceReader, open_input
@@ -51,8 +52,9 @@ def _progress(opts: SendOptions, total: int | None):
 
 
 def _unsupported(opts: SendOptions) -> str | None:
-    if opts.async_:
-        return "--async is not supported yet: drop it (herdcast needs the return channel)"
+    if opts.async_ and opts.fec is None:
+        print("herdcast send: warning: --async without --fec: any lost packet corrupts the "
+              "receivers' copy (add --fec 8x8/128)", file=sys.stderr)
     return None
 
 
@@ -70,7 +72,7 @@ def _data_address(net: Network, table: Table, opts: SendOptions) -> str:
     """Where DATA and REQACK go: broadcast, one receiver point-to-point, or the group."""
     if opts.broadcast:
         return net.nif.broadcast or net.control
-    if len(table.participants) == 1 and opts.pointopoint is not False:
+    if len(table.participants) == 1 and opts.pointopoint is not False and not opts.async_:
         return next(iter(table.participants.values())).ip
     return net.advertised
 
@@ -87,6 +89,8 @@ def _size_send_buffer(net: Network, table: Table, opts: SendOptions) -> None:
 def _slice_blocks(opts: SendOptions) -> int:
     if opts.fec is not None:  # udpcast: stripes x stripe size, at most 1024
         return min(1024, opts.fec.stripes * opts.fec.stripesize)
+    if opts.async_:
+        return 1024
     if opts.default_slice_size:
         return max(opts.min_slice_size, min(opts.default_slice_size, opts.max_slice_size))
     return opts.max_slice_size
@@ -132,6 +136,17 @@ def send(opts: SendOptions) -> TransferResult:
             pacer = Pacer(opts.blocksize, opts.max_bitrate, table.min_rcvbuf())
             encoder = slice_encoder(opts.fec, opts.blocksize) if opts.fec else None
             reader = SliceReader(inp.stream, buffers, blocks * opts.blocksize, encoder)
+            if opts.async_:
+                try:
+                    total, digest = send_async(net, opts, reader, progress, stats)
+                finally:
+                    reader.stop()
+                progress.close()
+                result.bytes, result.sha256 = total, digest.hex()
+                result.ok = True
+                result.seconds = time.monotonic() - started
+                result.stats = stats  # type: ignore[attr-defined]
+                return result
             transfer = Transfer(net, table, opts, reader, pacer, progress, stats, late,
                                 inp.rereadable)
             try:

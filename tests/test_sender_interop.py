@@ -246,7 +246,6 @@ def test_start_timeout_without_receivers_fails_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("args, word", [
-    (["--async", "--max-bitrate", "10m"], "--async"),
     (["--rate-governor", "x.so"], "--rate-governor"),
     (["--streaming"], "--streaming"),
 ])
@@ -390,3 +389,22 @@ def test_input_from_stdin(tmp_path):
             rc, rrc = wait(snd, 30), wait(rcv, 30)
     assert rc == 0 and rrc == 0, logs(tmp_path)
     assert sha(out) == sha(src)
+
+
+@needs_udpcast
+def test_async_with_fec_reaches_passive_stock_receivers(tmp_path):
+    src = make_source(tmp_path, 1_200_001)
+    with NetLab(3, net=102) as lab:
+        outs, procs = [], []
+        for i, host in enumerate(lab.hosts[1:], start=1):
+            outs.append(tmp_path / f"out{i}.bin")
+            procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
+        time.sleep(0.3)
+        snd = sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--async",
+                     "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "2",
+                     "--rexmit-hello-interval", "200")
+        rc = wait(snd, 30)
+        rcs = [wait(p, 30) for p in procs]
+    assert rc == 0 and rcs == [0, 0], logs(tmp_path)
+    for out in outs:
+        assert sha(out) == sha(src)

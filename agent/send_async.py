@@ -1,0 +1,71 @@
+"""`herdcast send --async`: udpcast's one-way mode, for networks without a return channel.
+
+Receivers that see CAP_ASYNC in HELLO go passive: nobody acknowledges, nothing is
+retransmitted, so the sender paces every packet at --max-bitrate (mandatory) and relies on
+--fec to repair losses. The stream ends as udpcast ends it: with FEC, one round of FEC
+packets whose slice size is 0; without, an empty-slice REQACK sent twice. There is no
+receivers table: a one-way sender cannot know who got what.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.options import SendOptions
+from agent.protocol import BITMAP_BYTES, Op, build
+from agent.send_batch import send_blocks
+from agent.send_fec import send_fec_block
+from agent.send_input import EOF, SliceReader
+from agent.send_rate import Pacer
+from agent.send_session import Network
+from agent.send_transfer import Stats
+
+
+def _paced(pacer: Pacer, want: int) -> int:
+    """Block until the pacer lets some of `want` packets go; returns how many."""
+    while True:
+        n = pacer.grant(want, time.monotonic())
+        if n:
+            return n
+        time.sleep(pacer.wait(want))
+
+
+def send_async(net: Network, opts: SendOptions, reader: SliceReader, progress,
+               stats: Stats) -> tuple[int, bytes]:
+    """Send the whole stream one way; returns (bytes, sha256)."""
+    pacer = Pacer(opts.blocksize, opts.max_bitrate)
+    slice_no = 0
+    while True:
+        item = None
+        while item is None:
+            item = reader.next_slice(timeout=0.5)
+        if item is EOF:
+            break
+        buf, nbytes, fec_blocks = item
+        nblocks = buf.prepare(slice_no, nbytes)
+        sent = 0
+        while sent < nblocks:
+            n = _paced(pacer, nblocks - sent)
+            sent += send_blocks(net.fd, buf, sent, n)
+        stats.data_packets += nblocks
+        stats.bytes_sent += nbytes
+        for fec_no, payload in fec_blocks or ():
+            _paced(pacer, 1)
+            send_fec_block(net.main, net.dest, opts.fec.stripes, slice_no, nbytes, fec_no,
+                           payload)
+            stats.fec_packets += 1
+        reader.release(buf)
+        slice_no += 1
+        progress.update(stats.bytes_sent, sent=stats.data_packets)
+    if opts.fec is not None:
+        empty = bytes(opts.blocksize)
+        for fec_no in range(opts.fec.stripes * opts.fec.redundancy):
+            _paced(pacer, 1)
+            send_fec_block(net.main, net.dest, opts.fec.stripes, slice_no, 0, fec_no, empty)
+    else:
+        end = build(Op.REQACK, slice_no=slice_no, slice_bytes=0, rxmit=0,
+                    ready_set=bytes(BITMAP_BYTES))
+        for _ in range(2):
+            net.send(end, net.dest)
+            time.sleep(0.01)
+    return reader.total, reader.sha.digest()
