@@ -29,6 +29,7 @@ import zstandard
 
 from builder import cpio, firmware, freeze, kernel, libs, modules, pxelinux
 from builder.errors import BuildError
+from builder.lock import locked
 
 AGENT_DIR = "opt/herdcast"
 BUSYBOX = Path("/bin/busybox")
@@ -245,14 +246,20 @@ def get_kernel(args: Namespace) -> kernel.Kernel:
 
 def build_tftpboot(args: Namespace) -> Report:
     """`python -m builder initrd`: kernel, modules, frozen agent -> args.out (TFTP root).
-    Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten."""
+    Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten. Builds that
+    share a work directory run one after the other."""
+    _check_args(args)
+    with locked(Path(args.work) / ".lock"):
+        return _build(args)
+
+
+def _build(args: Namespace) -> Report:
     started = time.monotonic()
     phases: dict[str, float] = {}
 
     def phase(name: str) -> None:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
-    _check_args(args)
     kern = get_kernel(args)
     chosen = modules.select(kern.modules_dir, args.modules)
     phase("kernel")

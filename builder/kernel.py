@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.lock import locked
 
 META_PACKAGE = "linux-image-amd64"
 
@@ -106,6 +107,11 @@ def debian_kernel(cache: Path, package: str | None = None) -> Kernel:
     """Download (once) and unpack (once) Debian's kernel package into `cache`; run depmod on
     the full tree (the package ships no modules.dep) so module dependencies can be read."""
     package = package or debian_package_name()
+    with locked(cache / ".lock"):
+        return _debian_kernel(cache, package)
+
+
+def _debian_kernel(cache: Path, package: str) -> Kernel:
     version = package.removeprefix("linux-image-")
     tree = cache / "kernel" / package
     modules_dir = tree / "lib" / "modules" / version

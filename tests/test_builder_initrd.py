@@ -88,6 +88,27 @@ def test_cli_bad_option_is_one_line_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_builds_sharing_a_work_dir_wait_for_each_other(tmp_path):
+    import threading
+    import time
+
+    from builder.lock import locked
+
+    order: list[str] = []
+
+    def second() -> None:
+        with locked(tmp_path / ".lock"):
+            order.append("second")
+
+    with locked(tmp_path / ".lock"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first done")
+    thread.join(timeout=10)
+    assert order == ["first done", "second"]
+
+
 # ----------------------------------------------------------------------------- the real build
 
 
