@@ -126,15 +126,27 @@ def _debian_kernel(cache: Path, package: str) -> Kernel:
             raise BuildError(f"apt-get download {package} left no .deb in {debs}")
         scratch = tree.with_name(tree.name + ".partial")
         shutil.rmtree(scratch, ignore_errors=True)
+        scratch.parent.mkdir(parents=True, exist_ok=True)
         _run(["dpkg-deb", "-x", str(found[-1]), str(scratch)], f"unpacking {found[-1].name}")
         _run(["depmod", "-b", str(scratch), version], f"depmod for {version}")
         shutil.rmtree(tree, ignore_errors=True)
         scratch.rename(tree)
+        _prune(cache, package)
     vmlinuz = tree / "boot" / f"vmlinuz-{version}"
     config = tree / "boot" / f"config-{version}"
     kernel = Kernel(version, vmlinuz, modules_dir, config if config.is_file() else None)
     check_versions(kernel)
     return kernel
+
+
+def _prune(cache: Path, keep: str) -> None:
+    """Drop older kernels (400 MB unpacked each) once a newer one is in place."""
+    for tree in (cache / "kernel").glob("linux-image-*"):
+        if tree.name != keep:
+            shutil.rmtree(tree, ignore_errors=True)
+    for deb in (cache / "debs").glob("linux-image-*.deb"):
+        if not deb.name.startswith(f"{keep}_"):
+            deb.unlink(missing_ok=True)
 
 
 def find_cached_kernel(cache: Path) -> Kernel | None:

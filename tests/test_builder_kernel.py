@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,32 @@ def test_copy_into_places_libraries_at_their_path_as_files(tmp_path):
     for src, dst in zip(kmod_libs, placed, strict=True):
         assert dst == tmp_path / str(src).lstrip("/")
         assert not dst.is_symlink() and dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("depmod") is None,
+                    reason="needs dpkg-deb and depmod")
+def test_debian_kernel_unpacks_a_cached_deb_once_and_indexes_its_modules(tmp_path):
+    """No network: the .deb is already in the cache, as after a first download."""
+    version = "6.1.0-99-amd64"
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{version}\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: test <t@example.org>\nDescription: fake kernel\n"
+    )
+    (pkg / "boot").mkdir()
+    _bzimage(pkg / "boot" / f"vmlinuz-{version}", version)
+    (pkg / "boot" / f"config-{version}").write_text("CONFIG_RD_ZSTD=y\n")
+    (pkg / "lib" / "modules" / version / "kernel").mkdir(parents=True)
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    deb = cache / "debs" / f"linux-image-{version}_1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(deb)], check=True,
+                   capture_output=True, timeout=60)
+    kern = kernel.debian_kernel(cache, f"linux-image-{version}")
+    assert kern.version == version and kern.vmlinuz.is_file()
+    assert (kern.modules_dir / "modules.dep").is_file()
+    kernel.check_rd_zstd(kern)
+    deb.unlink()  # a second call must not need the .deb (nor the network)
+    assert kernel.debian_kernel(cache, f"linux-image-{version}") == kern
+    assert kernel.find_cached_kernel(cache) == kern
