@@ -48,6 +48,12 @@ if os.environ.get("HERDCAST_FREEZE_CHECK"):
             importlib.import_module(info.name)
     for name in ("pyudev", "pyroute2", "pyroute2.dhcp.client", "construct", "zstandard"):
         importlib.import_module(name)
+    import ctypes.util
+
+    import pyudev
+
+    pyudev.Context()  # loads libudev through ctypes, as the node does
+    print(f"freeze check: libudev is {ctypes.util.find_library('udev')}")
     print("freeze check: ok")
     sys.exit(0)
 

@@ -169,6 +169,9 @@ def test_programs_in_the_initrd_run_with_only_its_own_libraries(tftpboot, tmp_pa
 
     check = run("/opt/herdcast/herdcast")
     assert "freeze check: ok" in check.stdout, check.stderr[-2000:]
+    # no ldconfig or gcc in there: the runtime hook found the bundled libudev
+    assert not (dest / "usr/sbin/ldconfig").exists()
+    assert "libudev is /opt/herdcast/_internal/libudev.so.1" in check.stdout, check.stdout
     assert run("/usr/sbin/modprobe", "--version").returncode == 0
     assert run("/bin/sh", "-c", "echo shell-ok").stdout.strip() == "shell-ok"
     udev = run("/opt/herdcast/herdcast", "plan", "--help")
