@@ -15,7 +15,6 @@ from builder.labdisk import read_partition_file
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 
-@pytest.mark.xfail(reason="integration pending: builder initrd + node agent", strict=False)
 def test_fleet_clones_over_pxe(tmp_path):
     tftpboot = ensure_tftpboot()
     lines: list[str] = []
