@@ -13,7 +13,7 @@ import time
 
 from agent.options import SendOptions
 from agent.protocol import BITMAP_BYTES, Op, build
-from agent.send_batch import send_blocks
+from agent.send_batch import send_blocks, send_blocks_gso
 from agent.send_fec import send_fec_block
 from agent.send_input import EOF, SliceReader
 from agent.send_rate import Pacer
@@ -46,7 +46,8 @@ def send_async(net: Network, opts: SendOptions, reader: SliceReader, progress,
         sent = 0
         while sent < nblocks:
             n = _paced(pacer, nblocks - sent)
-            sent += send_blocks(net.fd, buf, sent, n)
+            sent += send_blocks_gso(net.fd, buf, sent, n) if net.gso else send_blocks(
+                net.fd, buf, sent, n)
         stats.data_packets += nblocks
         stats.bytes_sent += nbytes
         for fec_no, payload in fec_blocks or ():

@@ -21,6 +21,7 @@ from agent import netif
 from agent.options import SendOptions
 from agent.protocol import MAX_CLIENTS, Cap, Op, build, default_data_group, parse
 from agent.result import ReceiverReport
+from agent.send_batch import enable_gso
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
 CHECK_INTERVAL = 0.05  # how often start triggers are looked at (udpcast: up to 2 s)
@@ -84,6 +85,8 @@ class Network:
                             f"({self.nif.ip}) port {self.port + 1}: {exc.strerror or exc} "
                             "(try another --portbase)") from exc
         self.fd = self.main.fileno()
+        self.gso = not os.environ.get("HERDCAST_NO_GSO") and enable_gso(self.main,
+                                                                         opts.blocksize)
         self.dest: tuple[str, int] = (self.control, self.port)  # data address, set at start
         if opts.broadcast:
             self.advertised = self.nif.broadcast or self.control
@@ -260,7 +263,7 @@ def _wait_for_start(net: Network, table: Table, opts: SendOptions, *, keyboard: 
                 if p is not None and first_connect is None:
                     first_connect = last_message
             elif op == Op.GO:
-                if expect is None:
+                if expect is None and (table.participants or opts.async_):
                     return "GO"
             elif op == Op.DISCONNECT:
                 table.remove(ip, "disconnected")

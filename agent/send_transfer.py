@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from agent.options import SendOptions
 from agent.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
-from agent.send_batch import SliceBuffer, send_blocks
+from agent.send_batch import SliceBuffer, disable_gso, send_blocks, send_blocks_gso
 from agent.send_fec import send_fec_block
 from agent.send_input import EOF, SliceReader
 from agent.send_rate import Pacer, congested_blocks
@@ -54,6 +54,7 @@ class Slice:
     timeouts: int = 0
     congested: int = 0  # most blocks one receiver lost in runs, first round
     fec: list = field(default_factory=list)  # (fecBlockNo, payload) to send after the data
+    heard: set = field(default_factory=set)  # IPs that answered any round of it
 
     @property
     def end(self) -> bool:
@@ -151,10 +152,13 @@ class Transfer:
             if s is not None:
                 s.ok |= 1 << p.slot
                 s.answered.add(ip)
+                s.heard.add(ip)
                 if s.end:
                     p.finished = True
         elif op == Op.RETRANSMIT:
             s = self._find(msg.slice_no)
+            if s is not None:
+                s.heard.add(ip)
             if s is None or s.ok >> p.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
                 return  # an answer to an older round: the receiver answers the new one
             have = int.from_bytes(msg.received, "little")
@@ -297,6 +301,13 @@ class Transfer:
         """Take the next slice from the reader if the ring has room; False if none ready."""
         if self.end_queued or len(self.inflight) >= self.ring:
             return False
+        first = self.inflight[0] if self.inflight else None
+        if first is not None and first.no == 0 and not set(self.table.participants) <= first.heard:
+            # A receiver that joined the group a moment late may have missed all of slice 0;
+            # stock udp-receiver aborts ("Previous slice size not known") if slice 1 then
+            # arrives before a REQACK told it slice 0's size. Pipelining starts once
+            # everybody answered slice 0.
+            return False
         item = EOF if self.eof else self.reader.next_slice()
         if item is None:
             return False
@@ -337,12 +348,10 @@ class Transfer:
         n = self.pacer.grant(count, now)
         if n == 0:
             return self.pacer.wait(count)
+        t0 = time.monotonic() if DEBUG else 0.0
+        sent = self._send_blocks(s.buf, first, n)
         if DEBUG:
-            t0 = time.monotonic()
-            sent = send_blocks(self.net.fd, s.buf, first, n)
             self.stats.send_time += time.monotonic() - t0
-        else:
-            sent = send_blocks(self.net.fd, s.buf, first, n)
         if rexmit:
             self.stats.rexmit_packets += sent
             f, c = s.runs[0]
@@ -360,6 +369,17 @@ class Transfer:
             if s.sent >= s.nblocks and not s.fec:
                 self._reqack(s, time.monotonic())
         return 0.0
+
+    def _send_blocks(self, buf: SliceBuffer, first: int, count: int) -> int:
+        if self.net.gso:
+            try:
+                return send_blocks_gso(self.net.fd, buf, first, count)
+            except OSError as exc:  # this path cannot segment: one datagram per block
+                self.net.gso = False
+                disable_gso(self.net.main)
+                if DEBUG:
+                    print(f"GSO off: {exc}", file=sys.stderr)
+        return send_blocks(self.net.fd, buf, first, count)
 
     def _send_fec(self, s: Slice, now: float) -> float:
         """FEC blocks after the slice's data (paced like data), then its REQACK."""

@@ -221,6 +221,9 @@ def test_garbage_datagrams_do_not_disturb_a_transfer(tmp_path):
         snd = sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
                      "--max-bitrate", "20m")
         senders = f"SENDERS = [{lab.hosts[0].ip!r}, '10.88.0.255']\n"
+        deadline = time.monotonic() + 20  # garbage during the transfer, not the negotiation
+        while time.monotonic() < deadline and "starting" not in slog.read_text():
+            time.sleep(0.02)
         junk = lab.hosts[3].popen([sys.executable, "-c", senders + noise])
         rc = wait(snd)
         rcs = [wait(p, 30) for p in procs]
@@ -401,7 +404,7 @@ def test_async_with_fec_reaches_passive_stock_receivers(tmp_path):
             procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
         time.sleep(0.3)
         snd = sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--async",
-                     "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "2",
+                     "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "5",
                      "--rexmit-hello-interval", "200")
         rc = wait(snd, 30)
         rcs = [wait(p, 30) for p in procs]
