@@ -61,11 +61,13 @@ def node_config(tftp: Path, mac: str, params: dict[str, str]) -> Path:
 
 def lab_default(tftp: Path) -> None:
     """In the lab a failed node powers off (onfail=poweroff) instead of waiting for a
-    person, so a broken run ends in seconds and its console log says why."""
+    person, so a broken run ends in seconds and its console log says why; and nobody types
+    at the pxelinux prompt, so it does not wait the default's 5 s for a label."""
     from builder.pxelinux import node_config
 
     default = tftp / "pxelinux.cfg" / "default"
-    default.write_text(node_config(default.read_text(), [("onfail", "poweroff")]))
+    text = node_config(default.read_text(), [("onfail", "poweroff")])
+    default.write_text(re.sub(r"(?im)^TIMEOUT\s+\d+$", "TIMEOUT 1", text))
 
 
 def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path]]:
