@@ -115,6 +115,14 @@ ConnectReply = Struct(  # 32 bytes, sender -> receiver unicast
     "mcast_addr" / McastAddr,
 )
 
+# herdcast extension: to a receiver that advertised Cap.HERDCAST the sender's CONNECT_REPLY
+# carries the image size after udpcast's 32 bytes, so the receiver can refuse a disk too
+# small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin).
+ConnectReplyHc = Struct(
+    *ConnectReply.subcons,
+    "image_size" / Int64ub,
+)
+
 Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 
@@ -212,6 +220,25 @@ def build(op: Op, **fields) -> bytes:
     values = {"opcode": int(op), "reserved": 0, "reserved2": 0}
     values.update(fields)
     return msg.build(values)
+
+
+def image_size(datagram: bytes | memoryview) -> int | None:
+    """The image size a herdcast sender appended to CONNECT_REPLY; None if absent/0."""
+    if len(datagram) < ConnectReplyHc.sizeof() or opcode(datagram) != Op.CONNECT_REPLY:
+        return None
+    try:
+        return ConnectReplyHc.parse(bytes(datagram[:ConnectReplyHc.sizeof()])).image_size or None
+    except (ConstructError, ValueError):
+        return None
+
+
+def build_connect_reply(*, image_size: int | None = None, **fields) -> bytes:
+    """CONNECT_REPLY; with `image_size` (herdcast receivers only) the extended form."""
+    if image_size is None:
+        return build(Op.CONNECT_REPLY, **fields)
+    values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size}
+    values.update(fields)
+    return ConnectReplyHc.build(values)
 
 
 def opcode(datagram: bytes | memoryview) -> int | None:

@@ -35,9 +35,16 @@ from agent.protocol import (
     Op,
     bitmap_test,
     build,
+    image_size,
     parse,
 )
-from agent.recv_output import Output, OutputError, SliceWriter, check_target
+from agent.recv_output import (
+    Output,
+    OutputError,
+    SliceWriter,
+    check_image_fits,
+    check_target,
+)
 from agent.recv_slices import DEFAULT_BUFFERS, Assembler, MissedStart, TransferAborted
 from agent.result import TransferResult
 
@@ -69,6 +76,7 @@ class Session:
     group: str
     capabilities: int
     passive: bool
+    image_size: int | None = None  # herdcast senders tell it in CONNECT_REPLY
 
 
 def _plausible(op: Op, msg) -> bool:
@@ -200,7 +208,8 @@ class Receiver:
                             raise ReceiveError(f"sender {ip} refused us: its table of 1024 "
                                                "receivers is full")
                         return Session((ip, port), msg.client_number, msg.blocksize,
-                                       msg.mcast_addr, msg.capabilities, False)
+                                       msg.mcast_addr, msg.capabilities, False,
+                                       image_size(self.mv[:n]))
                     if op in (Op.HELLO, Op.HELLO_NEW):
                         if msg.capabilities & Cap.NEW_GEN and (msg.capabilities & Cap.ASYNC
                                                                or opts.passive):
@@ -366,6 +375,7 @@ class Receiver:
         opts = self.opts
         self.session = session
         self.disconnect_due = True  # the sender counts us in from CONNECT_REPLY on
+        check_image_fits(opts.file, session.image_size)
         self.output = Output(opts)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
@@ -376,7 +386,8 @@ class Receiver:
         self.digest_ack = None
         self._pending_answer = False
         kbd = self._keyboard()
-        progress = Progress("receive", total=opts.expected_size, enabled=not opts.no_progress)
+        progress = Progress("receive", total=opts.expected_size or session.image_size,
+                            enabled=not opts.no_progress)
         self.progress = progress
         silence = opts.receive_timeout or DEAD_SENDER_TIMEOUT
         self._drain_before_connect()

@@ -38,6 +38,21 @@ def check_target(path: str | None) -> None:
         raise OutputError(f"--file {path}: is a directory; give a file or device")
 
 
+def check_image_fits(path: str | None, image_size: int | None) -> None:
+    """Refuse, before writing a byte, a block device smaller than the image the sender
+    announced (a regular file just grows)."""
+    if path is None or not image_size:
+        return
+    from agent.disk import DiskError, check_size, probe
+
+    try:
+        disk = probe(path)
+        if disk.is_block:
+            check_size(disk, image_size)
+    except DiskError as exc:
+        raise OutputError(str(exc)) from None
+
+
 class Output:
     """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
 

@@ -339,3 +339,20 @@ def test_assembler_survives_bogus_fields(packets):
 
 def test_bitmap_helpers_are_lsb_first():
     assert bitmap_from([0, 9], 2) == b"\x01\x02"
+
+
+def test_connect_reply_image_size_extension():
+    """A herdcast sender appends the image size to CONNECT_REPLY for herdcast receivers;
+    the first 32 bytes stay udpcast's, so the stock parse still reads them."""
+    from agent.protocol import build_connect_reply, image_size
+
+    fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
+                  mcast_addr="233.254.0.10")
+    plain = build_connect_reply(**fields)
+    extended = build_connect_reply(image_size=3_000_001, **fields)
+    assert len(plain) == 32 and len(extended) == 40
+    assert extended[:32] == plain
+    assert parse(extended) == parse(plain)
+    assert image_size(extended) == 3_000_001
+    assert image_size(plain) is None
+    assert image_size(build_connect_reply(image_size=0, **fields)) is None
