@@ -297,9 +297,16 @@ class Transfer:
         if s.end:
             self.done = True
 
+    def _ring_has_room(self) -> bool:
+        return not self.inflight or self.next_no - self.inflight[0].no < self.ring
+
     def _start_slice(self) -> bool:
         """Take the next slice from the reader if the ring has room; False if none ready."""
-        if self.end_queued or len(self.inflight) >= self.ring:
+        # Slice n+2 waits until slice n is complete, even when n+1 completed first: a
+        # receiver still missing part of slice n takes slice n+2 for being dropped
+        # (udp-receiver: "Dropped by server") and aborts.
+        if self.end_queued or (self.inflight
+                               and self.next_no - self.inflight[0].no >= self.ring):
             return False
         first = self.inflight[0] if self.inflight else None
         if first is not None and first.no == 0 and not set(self.table.participants) <= first.heard:
@@ -434,7 +441,7 @@ class Transfer:
             if self._start_slice():
                 continue
             timeout = max(0.0, self._next_deadline(now) - time.monotonic())
-            if not self.eof and len(self.inflight) < self.ring:
+            if not self.eof and self._ring_has_room():
                 timeout = min(timeout, 0.001)  # the reader is filling the next slice
                 if DEBUG:
                     self.stats.reader_wait += timeout
@@ -442,7 +449,7 @@ class Transfer:
                 self.stats.ack_wait -= time.monotonic()
             for op, msg, addr in net.receive(timeout):
                 self.handle(op, msg, addr)
-            if DEBUG and not (not self.eof and len(self.inflight) < self.ring):
+            if DEBUG and not (not self.eof and self._ring_has_room()):
                 self.stats.ack_wait += time.monotonic()
 
     def wait_digests(self) -> None:
