@@ -8,14 +8,15 @@ import io
 
 import pytest
 
-from agent.options import OptionError, parse_send_args
+from agent.options import OptionError, SendOptions, parse_send_args
 from agent.protocol import DATA_HEADER, HEADER_SIZE, Op
 from agent.result import ReceiverReport
 from agent.send_batch import Destination, SliceBuffer
 from agent.send_input import EOF, SliceReader
 from agent.send_rate import Pacer, congested_blocks
 from agent.send_report import verdict
-from agent.send_transfer import _runs
+from agent.send_session import Table
+from agent.send_transfer import Stats, Transfer, _runs
 
 
 def test_prepare_writes_one_data_header_per_block_and_a_short_last_block():
@@ -89,3 +90,26 @@ def test_verdict_fails_on_any_dropped_or_disagreeing_receiver():
 def test_async_needs_a_rate_and_is_refused_without_one():
     with pytest.raises(OptionError, match="--max-bitrate"):
         parse_send_args(["--async"])
+
+
+class _Reader:
+    """Hands out full slices of one buffer forever (the ring logic never reads them)."""
+
+    def __init__(self) -> None:
+        self.buf = SliceBuffer(1024, Destination(), blocks=4)
+
+    def next_slice(self, timeout: float = 0.0):
+        return self.buf, 4096, None
+
+    def release(self, buf) -> None:
+        pass
+
+
+def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
+    t = Transfer(None, Table(), SendOptions(), _Reader(), None, None, Stats(), {}, False)
+    assert t._start_slice() and t._start_slice()
+    assert [s.no for s in t.inflight] == [0, 1]
+    t.inflight.remove(t.inflight[1])  # slice 1 answered OK by everybody, slice 0 not yet
+    assert not t._start_slice()
+    t.inflight.clear()  # slice 0 done as well
+    assert t._start_slice() and t.inflight[0].no == 2
