@@ -16,6 +16,7 @@ import time
 WIRE_OVERHEAD = 16 + 8 + 20 + 14  # DATA header, UDP, IPv4, Ethernet: what a link carries
 UNLIMITED = 10e9  # bits/s when no --max-bitrate: the feedback finds the real ceiling
 INITIAL = 800e6
+INITIAL_BIG_BUFFERS = 2e9
 FLOOR = 16e6
 SKB_TRUESIZE = 2304  # what one ~1.5 KB datagram costs in a receiver's socket buffer
 
@@ -27,7 +28,9 @@ class Pacer:
                  min_rcvbuf: int | None = None) -> None:
         self.packet_bits = (blocksize + WIRE_OVERHEAD) * 8
         self.cap = float(max_bitrate) if max_bitrate else UNLIMITED
-        self.rate = self.cap if max_bitrate else INITIAL
+        # receivers with big buffers (herdcast's) absorb a fast start; stock ones start lower
+        initial = INITIAL_BIG_BUFFERS if min_rcvbuf and min_rcvbuf >= 1 << 20 else INITIAL
+        self.rate = self.cap if max_bitrate else initial
         self.floor = min(FLOOR, self.cap)
         # a burst must fit a receiver's socket buffer several times over
         burst = (min_rcvbuf // SKB_TRUESIZE // 3) if min_rcvbuf else 64

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 
 from agent import netif
 from agent.options import SendOptions
-from agent.protocol import MAX_CLIENTS, Cap, Op, build, default_data_group, parse
+from agent.protocol import (
+    MAX_CLIENTS,
+    Cap,
+    Op,
+    build,
+    build_connect_reply,
+    default_data_group,
+    parse,
+)
 from agent.result import ReceiverReport
 from agent.send_batch import enable_gso
 
@@ -88,6 +96,7 @@ class Network:
         self.gso = not os.environ.get("HERDCAST_NO_GSO") and enable_gso(self.main,
                                                                          opts.blocksize)
         self.dest: tuple[str, int] = (self.control, self.port)  # data address, set at start
+        self.image_size: int | None = None  # bytes a receiver will write, when known
         if opts.broadcast:
             self.advertised = self.nif.broadcast or self.control
         else:
@@ -184,9 +193,12 @@ class Table:
 
 def reply(net: Network, p: Participant | None, addr: tuple[str, int]) -> None:
     """CONNECT_REPLY: the slot (-1 when the table is full), block size, caps and group."""
-    net.send(build(Op.CONNECT_REPLY, client_number=p.slot if p else -1,
-                   blocksize=net.blocksize, capabilities=net.caps,
-                   mcast_addr=net.advertised), addr)
+    fields = dict(client_number=p.slot if p else -1, blocksize=net.blocksize,
+                  capabilities=net.caps, mcast_addr=net.advertised)
+    if p is not None and p.herdcast:  # herdcast receivers also learn the image size
+        net.send(build_connect_reply(image_size=net.image_size or 0, **fields), addr)
+    else:
+        net.send(build(Op.CONNECT_REPLY, **fields), addr)
 
 
 def _keyboard_ready() -> bool:

@@ -59,10 +59,14 @@ def _unsupported(opts: SendOptions) -> str | None:
 
 
 def _input_size(opts: SendOptions) -> int | None:
-    if opts.file is None or opts.pipe or opts.compress:
+    """Bytes of the input file or block device (None for stdin or --pipe)."""
+    if opts.file is None or opts.pipe:
         return None
     try:
         st = os.stat(opts.file)
+        if stat.S_ISBLK(st.st_mode):
+            with open(opts.file, "rb") as f:
+                return f.seek(0, os.SEEK_END)
     except OSError:
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
@@ -117,13 +121,14 @@ def send(opts: SendOptions) -> TransferResult:
                     and sys.stdin.isatty())
         print(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
               f"{net.control}", file=sys.stderr, flush=True)
-        why = wait_for_start(net, table, opts, keyboard=keyboard)
-        started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
+        # buffers are built while waiting, so the first packet leaves right at the start
         dest = Destination()
         blocks = _slice_blocks(opts)
         ring = 1 if opts.duplex == "half" else 2
         buffers = [SliceBuffer(opts.blocksize, dest, blocks) for _ in range(ring + 1)]
-        progress = _progress(opts, _input_size(opts))
+        why = wait_for_start(net, table, opts, keyboard=keyboard)
+        started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
+        progress = _progress(opts, None if opts.compress else _input_size(opts))
         late: dict = {}
         served: set[str] = set()
         for round_no in range(MAX_ROUNDS):
