@@ -35,6 +35,7 @@ class Pacer:
         # a burst must fit a receiver's socket buffer several times over
         burst = (min_rcvbuf // SKB_TRUESIZE // 3) if min_rcvbuf else 64
         self.burst = max(4, min(64, burst))
+        self.min_batch = max(1, self.burst // 2)
         self.tokens = float(self.burst)
         self.last = time.monotonic()
 
@@ -44,15 +45,18 @@ class Pacer:
         self.last = now
 
     def grant(self, want: int, now: float) -> int:
-        """How many of `want` packets may go now (taken from the bucket)."""
+        """How many of `want` packets may go now (taken from the bucket); 0 until at least
+        half a burst (or all of `want`) is there, so each send call carries a batch."""
         self._refill(now)
+        if self.tokens < min(want, self.min_batch):
+            return 0
         n = min(want, self.burst, int(self.tokens))
         self.tokens -= n
         return n
 
     def wait(self, want: int) -> float:
-        """Seconds until `min(want, burst)` packets may go."""
-        need = min(want, self.burst) - self.tokens
+        """Seconds until grant(want) returns packets."""
+        need = min(want, self.min_batch) - self.tokens
         return max(0.0, need * self.packet_bits / self.rate)
 
     def feedback(self, blocks: int, congested: int) -> None:
