@@ -63,6 +63,8 @@ def mount_early(mounts=EARLY_MOUNTS, out: TextIO | None = None) -> list[str]:
     for source, target, fstype, flags, data in mounts:
         if os.path.ismount(target):
             continue
+        if fstype == "tmpfs" and os.path.isdir(target) and os.listdir(target):
+            continue  # never hide files: an initramfs has these empty
         os.makedirs(target, exist_ok=True)
         rc = libc.mount(source.encode(), target.encode(), fstype.encode(), flags,
                         data.encode() if data else None)
