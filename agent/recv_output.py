@@ -41,8 +41,8 @@ def check_target(path: str | None) -> None:
 def check_image_fits(path: str | None, image_size: int | None) -> None:
     """Refuse, before writing a byte, a block device smaller than the image the sender
     announced (a regular file just grows)."""
-    if path is None or not image_size:
-        return
+    if path is None or not image_size or not os.path.exists(path):
+        return  # a new regular file just grows
     from agent.disk import DiskError, check_size, probe
 
     try:

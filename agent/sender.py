@@ -117,6 +117,8 @@ def send(opts: SendOptions) -> TransferResult:
     result = TransferResult(ok=False)
     try:
         inp = open_input(opts.file, opts.pipe, opts.compress)
+        # what a receiver writes (decompressed): herdcast receivers check their disk with it
+        net.image_size = _input_size(opts)
         keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
                     and sys.stdin.isatty())
         print(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
@@ -128,7 +130,7 @@ def send(opts: SendOptions) -> TransferResult:
         buffers = [SliceBuffer(opts.blocksize, dest, blocks) for _ in range(ring + 1)]
         why = wait_for_start(net, table, opts, keyboard=keyboard)
         started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
-        progress = _progress(opts, None if opts.compress else _input_size(opts))
+        progress = _progress(opts, None if opts.compress else net.image_size)
         late: dict = {}
         served: set[str] = set()
         for round_no in range(MAX_ROUNDS):

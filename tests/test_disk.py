@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from loopdev import loop_device, needs_loop
 
 from agent.disk import (
     Disk,
@@ -21,25 +20,6 @@ from agent.disk import (
 )
 
 MiB = 1024 * 1024
-
-
-def _can_loop() -> bool:
-    return os.geteuid() == 0 and shutil.which("losetup") is not None and \
-        os.path.exists("/dev/loop-control")
-
-
-needs_loop = pytest.mark.skipif(not _can_loop(), reason="needs root and loop devices")
-
-
-@contextlib.contextmanager
-def loop_device(backing: Path):
-    """Attach `backing` to a free loop device, detach it afterwards."""
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
-                         text=True, timeout=20, check=True).stdout.strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], timeout=20, check=False)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopdev import loop_device, needs_loop
 
 MiB = 1024 * 1024
 TEST_SWITCHES = ["--no-hardware", "--no-network"]
@@ -33,14 +34,6 @@ HAVE_TRANSFER = _works("agent.sender", "send") and _works("agent.receiver", "rec
 needs_transfer = pytest.mark.xfail(
     not HAVE_TRANSFER, strict=False,
     reason="agent.sender.send / agent.receiver.receive are not importable")
-
-
-def _can_loop() -> bool:
-    return os.geteuid() == 0 and shutil.which("losetup") is not None and \
-        os.path.exists("/dev/loop-control")
-
-
-needs_loop = pytest.mark.skipif(not _can_loop(), reason="needs root and loop devices")
 
 
 def digest(path: Path) -> str:
@@ -67,16 +60,6 @@ def run_node(host, argv, timeout: float = 60) -> subprocess.CompletedProcess:
 
 def failed_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if "FAILED" in line]
-
-
-@contextlib.contextmanager
-def loop_device(backing: Path):
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
-                         text=True, timeout=20, check=True).stdout.strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], timeout=20, check=False)
 
 
 # ------------------------------------------------------------------------- no network needed

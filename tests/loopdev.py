@@ -1,0 +1,31 @@
+"""Loop devices for tests that need a real block device (size checks, mounted disks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def can_loop() -> bool:
+    """Whether this process may attach loop devices."""
+    return os.geteuid() == 0 and shutil.which("losetup") is not None and \
+        os.path.exists("/dev/loop-control")
+
+
+needs_loop = pytest.mark.skipif(not can_loop(), reason="needs root and loop devices")
+
+
+@contextlib.contextmanager
+def loop_device(backing: Path):
+    """Attach `backing` to a free loop device, detach it afterwards."""
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                         text=True, timeout=20, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], timeout=20, check=False)

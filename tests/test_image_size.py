@@ -1,0 +1,46 @@
+"""herdcast's image-size extension: a herdcast sender tells herdcast receivers the image
+size in CONNECT_REPLY, and a receiver refuses a disk too small for it before writing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from loopdev import loop_device, needs_loop
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
+
+
+@needs_loop
+def test_receiver_refuses_a_too_small_disk_before_writing(lab3, herdcast_argv, tmp_path):
+    sender, small_host, big_host = lab3.hosts
+    src = tmp_path / "image"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 1))
+    small = tmp_path / "small.img"
+    small.write_bytes(b"\xa5" * (1024 * 1024))
+    before = small.read_bytes()
+    out = tmp_path / "big.out"
+    with loop_device(small) as dev:
+        receivers = [
+            small_host.popen([*herdcast_argv, "receive", "--nokbd", "--no-progress", "-f", dev,
+                              "--start-timeout", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            big_host.popen([*herdcast_argv, "receive", "--nokbd", "--no-progress", "-f",
+                            str(out), "--start-timeout", "30"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        ]
+        send = sender.popen([*herdcast_argv, "send", "--nokbd", "--no-progress", "-f",
+                             str(src), "--min-receivers", "2", "--retries-until-drop", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, small_err = receivers[0].communicate(timeout=60)
+        receivers[1].communicate(timeout=60)
+        _, send_err = send.communicate(timeout=60)
+    assert receivers[0].returncode != 0
+    assert "smaller than the image" in small_err, small_err
+    assert str(3 * 1024 * 1024 + 1) in small_err
+    assert small.read_bytes() == before  # nothing written
+    assert receivers[1].returncode == 0
+    assert out.read_bytes() == src.read_bytes()
+    assert send.returncode != 0  # the refused receiver left: the table says so
+    assert small_host.ip in send_err, send_err
