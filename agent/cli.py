@@ -20,27 +20,20 @@ commands:
 """
 
 
-def _send(argv: list[str]) -> int:
-    from agent.options import OptionError, parse_send_args
+def _transfer(side: str, argv: list[str]) -> int:
+    """`herdcast send` / `herdcast receive`: parse udpcast's options, then run that side."""
+    from agent import options
 
+    parse = options.parse_send_args if side == "send" else options.parse_receive_args
     try:
-        opts = parse_send_args(argv)
-    except OptionError as exc:
-        print(f"herdcast send: {exc}", file=sys.stderr)
+        opts = parse(argv)
+    except options.OptionError as exc:
+        print(f"herdcast {side}: {exc}", file=sys.stderr)
         return 2
-    from agent.sender import run_sender
+    if side == "send":
+        from agent.sender import run_sender
 
-    return run_sender(opts)
-
-
-def _receive(argv: list[str]) -> int:
-    from agent.options import OptionError, parse_receive_args
-
-    try:
-        opts = parse_receive_args(argv)
-    except OptionError as exc:
-        print(f"herdcast receive: {exc}", file=sys.stderr)
-        return 2
+        return run_sender(opts)
     from agent.receiver import run_receiver
 
     return run_receiver(opts)
@@ -58,7 +51,12 @@ def _node(argv: list[str]) -> int:
     return node_main(argv)
 
 
-COMMANDS = {"send": _send, "receive": _receive, "plan": _plan, "node": _node}
+COMMANDS = {
+    "send": lambda argv: _transfer("send", argv),
+    "receive": lambda argv: _transfer("receive", argv),
+    "plan": _plan,
+    "node": _node,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

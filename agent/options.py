@@ -159,7 +159,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises OptionError instead of exiting, so callers choose how to fail."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise OptionError(f"{self.prog}: {message}")
+        raise OptionError(message)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

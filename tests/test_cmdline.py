@@ -288,7 +288,7 @@ def test_udpcparam_words(umode, udpcparam, expected):
     ("rcv", "--he", "udpcparam=--he: --he is not a transfer option"),
     ("snd", "-h", "udpcparam=-h: -h is not a transfer option"),
     ("snd", "/dev/sdb", "udpcparam=/dev/sdb: '/dev/sdb' is not an option of herdcast send"),
-    ("snd", '"--min-receivers x"', 'udpcparam="--min-receivers x": herdcast send: argument'),
+    ("snd", '"--min-receivers x"', 'udpcparam="--min-receivers x": argument -C/--min-receivers'),
     ("snd", "--async", "udpcparam=--async: --async needs --max-bitrate"),
     ("snd", '"--max-bitrate ' + "9" * 400 + '"', 'udpcparam="--max-bitrate 999'),
     ("snd", '"--fec \'8x8"', "udpcparam=\"--fec '8x8\": unbalanced quotes"),

@@ -7,8 +7,6 @@ NetLab kills whatever is left at the end, so a hang fails a test instead of hold
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -17,49 +15,19 @@ from pathlib import Path
 
 import pytest
 from netlab import NetLab
+from peers import (
+    ODD_SIZE,
+    herdcast_receiver,
+    herdcast_sender,
+    make_source,
+    sha,
+    stock_receiver,
+    stock_sender,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150),
               pytest.mark.skipif(shutil.which("udp-sender") is None,
                                  reason="Debian package udpcast not installed")]
-
-ROOT = Path(__file__).resolve().parent.parent
-HERDCAST = [sys.executable, "-m", "agent"]
-ODD_SIZE = 3_000_001
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
-    src = tmp_path / "source.bin"
-    src.write_bytes(os.urandom(size))
-    return src
-
-
-def hc_receive(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen([*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface",
-                       "eth0", "-f", str(out), *extra], cwd=ROOT, stdin=subprocess.DEVNULL,
-                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-
-
-def stock_receive(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen(["udp-receiver", "--nokbd", "--interface", "eth0", "-f", str(out),
-                       *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                      stderr=log.open("wb"))
-
-
-def stock_send(host, src: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen(["udp-sender", "--nokbd", "--interface", "eth0", "-f", str(src),
-                       *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                      stderr=log.open("wb"))
-
-
-def hc_send(host, src: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen([*HERDCAST, "send", "--nokbd", "--no-progress", "--interface", "eth0",
-                       "-f", str(src), *extra], cwd=ROOT, stdin=subprocess.DEVNULL,
-                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-
 
 def wait(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
     try:
@@ -76,17 +44,17 @@ def settle() -> None:
 @pytest.mark.parametrize("mode,both", [([], []), (["--broadcast"], []), ([], ["--ttl", "2"])],
                          ids=["multicast", "broadcast", "ttl2-rdv-224.0.0.1"])
 def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode, both):
-    src = source(tmp_path)
+    src = make_source(tmp_path)
     with NetLab(4, net=81) as lab:
         h0, h1, h2, h3 = lab.hosts
         outs = [tmp_path / f"out{i}.bin" for i in range(3)]
         logs = [tmp_path / f"r{i}.log" for i in range(3)]
-        receivers = [hc_receive(h1, outs[0], logs[0], *both),
-                     hc_receive(h2, outs[1], logs[1], *both),
-                     stock_receive(h3, outs[2], logs[2], *both)]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0], *both),
+                     herdcast_receiver(h2, outs[1], logs[1], *both),
+                     stock_receiver(h3, outs[2], logs[2], *both)]
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "3", *mode, *both)
+        snd = stock_sender(h0, src, slog, "--min-receivers", "3", *mode, *both)
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 20) == 0, log.read_text()
@@ -100,16 +68,17 @@ def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode, both):
 
 @pytest.mark.parametrize("fec", ["8x8/128", None], ids=["fec", "nofec"])
 def test_five_percent_loss_on_one_receiver(tmp_path, fec):
-    src = source(tmp_path)
+    src = make_source(tmp_path)
     with NetLab(3, net=82) as lab:
         h0, h1, h2 = lab.hosts
         h1.drop_udp(5)
         outs = [tmp_path / "lossy.bin", tmp_path / "clean.bin"]
         logs = [tmp_path / "lossy.log", tmp_path / "clean.log"]
-        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
+                     herdcast_receiver(h2, outs[1], logs[1])]
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "2",
+        snd = stock_sender(h0, src, slog, "--min-receivers", "2",
                          *(["--fec", fec] if fec else []))
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
@@ -119,15 +88,15 @@ def test_five_percent_loss_on_one_receiver(tmp_path, fec):
 
 def test_async_fec_alone_repairs_loss(tmp_path):
     """No return channel: only FEC packets can fill the 5% holes."""
-    src = source(tmp_path, 1_000_003)
+    src = make_source(tmp_path, 1_000_003)
     with NetLab(2, net=83) as lab:
         h0, h1 = lab.hosts
         h1.drop_udp(5)
         out, log = tmp_path / "out.bin", tmp_path / "r.log"
-        rcv = hc_receive(h1, out, log)
+        rcv = herdcast_receiver(h1, out, log)
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--async", "--max-bitrate", "20m", "--fec",
+        snd = stock_sender(h0, src, slog, "--async", "--max-bitrate", "20m", "--fec",
                          "8x16/64", "--autostart", "2")
         assert wait(snd, slog) == 0, slog.read_text()
         assert wait(rcv, log, 20) == 0, log.read_text()
@@ -159,15 +128,16 @@ while time.monotonic() < end:
 
 
 def test_garbage_datagrams_do_not_break_a_transfer(tmp_path):
-    src = source(tmp_path)
+    src = make_source(tmp_path)
     with NetLab(4, net=84) as lab:
         h0, h1, h2, h3 = lab.hosts
         outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
+                     herdcast_receiver(h2, outs[1], logs[1])]
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "2", "--max-bitrate", "10m")
+        snd = stock_sender(h0, src, slog, "--min-receivers", "2", "--max-bitrate", "10m")
         deadline = time.monotonic() + 20
         while not outs[0].exists() or outs[0].stat().st_size == 0:
             assert time.monotonic() < deadline, logs[0].read_text()
@@ -182,14 +152,14 @@ def test_garbage_datagrams_do_not_break_a_transfer(tmp_path):
 
 
 def test_killed_sender_makes_the_receiver_fail_clearly(tmp_path):
-    src = source(tmp_path, 6_000_001)
+    src = make_source(tmp_path, 6_000_001)
     with NetLab(2, net=85) as lab:
         h0, h1 = lab.hosts
         out, log = tmp_path / "out.bin", tmp_path / "r.log"
-        rcv = hc_receive(h1, out, log, "--receive-timeout", "3")
+        rcv = herdcast_receiver(h1, out, log, "--receive-timeout", "3")
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "8m")
+        snd = stock_sender(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
         while out.exists() is False or out.stat().st_size == 0:
             assert time.monotonic() < deadline, log.read_text()
@@ -205,13 +175,13 @@ def test_killed_sender_makes_the_receiver_fail_clearly(tmp_path):
 
 
 def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path):
-    src = source(tmp_path, 6_000_001)
+    src = make_source(tmp_path, 6_000_001)
     with NetLab(3, net=86) as lab:
         h0, h1, h2 = lab.hosts
-        first = stock_receive(h1, tmp_path / "first.bin", tmp_path / "first.log")
+        first = stock_receiver(h1, tmp_path / "first.bin", tmp_path / "first.log")
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "1", "--broadcast",
+        snd = stock_sender(h0, src, slog, "--min-receivers", "1", "--broadcast",
                          "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
         first_out = tmp_path / "first.bin"
@@ -219,7 +189,7 @@ def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path
             assert time.monotonic() < deadline, slog.read_text()
             time.sleep(0.1)
         late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
-        late = hc_receive(h2, late_out, late_log)
+        late = herdcast_receiver(h2, late_out, late_log)
         rc = wait(late, late_log, 15)
         assert wait(snd, slog, 30) == 0
         assert wait(first, tmp_path / "first.log", 20) == 0
@@ -240,15 +210,16 @@ def _wait_for_bytes(path: Path, log: Path, timeout: float = 20) -> None:
 
 
 def test_herdcast_pair_confirms_digests_in_the_senders_table(tmp_path):
-    src = source(tmp_path)
+    src = make_source(tmp_path)
     with NetLab(3, net=87) as lab:
         h0, h1, h2 = lab.hosts
         outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
+                     herdcast_receiver(h2, outs[1], logs[1])]
         settle()
         slog = tmp_path / "sender.log"
-        snd = hc_send(h0, src, slog, "--min-receivers", "2")
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2")
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 20) == 0, log.read_text()
@@ -261,17 +232,18 @@ def test_herdcast_pair_confirms_digests_in_the_senders_table(tmp_path):
 
 @pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
 def test_late_receiver_gets_the_whole_image_in_a_next_round(tmp_path, mode):
-    src = source(tmp_path, 4_000_001)
+    src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=88) as lab:
         h0, h1, h2 = lab.hosts
         first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
-        first = hc_receive(h1, first_out, first_log)
+        first = herdcast_receiver(h1, first_out, first_log)
         settle()
         slog = tmp_path / "sender.log"
-        snd = hc_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "16m", *mode)
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
+                              "16m", *mode)
         _wait_for_bytes(first_out, first_log)
         late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
-        late = hc_receive(h2, late_out, late_log)
+        late = herdcast_receiver(h2, late_out, late_log)
         assert wait(snd, slog, 60) == 0, slog.read_text()
         assert wait(first, first_log, 20) == 0, first_log.read_text()
         assert wait(late, late_log, 20) == 0, late_log.read_text()
@@ -280,18 +252,18 @@ def test_late_receiver_gets_the_whole_image_in_a_next_round(tmp_path, mode):
 
 
 def test_late_receiver_told_clearly_when_no_next_round(tmp_path):
-    src = source(tmp_path, 4_000_001)
+    src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=89) as lab:
         h0, h1, h2 = lab.hosts
         first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
-        first = hc_receive(h1, first_out, first_log)
+        first = herdcast_receiver(h1, first_out, first_log)
         settle()
         slog = tmp_path / "sender.log"
-        snd = hc_send(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "16m",
-                      "--no-late-join")
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
+                              "16m", "--no-late-join")
         _wait_for_bytes(first_out, first_log)
         late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
-        late = hc_receive(h2, late_out, late_log)
+        late = herdcast_receiver(h2, late_out, late_log)
         rc = wait(late, late_log, 15)
         assert wait(snd, slog, 60) == 0, slog.read_text()
         assert wait(first, first_log, 20) == 0
@@ -306,7 +278,7 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
     CONNECT_REQ, and a receiver that answered the HELLO follows the transfer when the reply
     never comes. HELLO is repeated (udpcast's own advice): a receiver that never hears of
     the sender cannot know the data group."""
-    src = source(tmp_path, 200_001)  # udpcast's REQACK timeouts grow to 1 s: keep it short
+    src = make_source(tmp_path, 200_001)  # udpcast's REQACK timeouts grow to 1 s: keep it short
     with NetLab(3, net=90) as lab:
         h0, h1, h2 = lab.hosts
         for host in (h1, h2):
@@ -314,10 +286,11 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
         h0.drop_udp(30, dport=9001)
         outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [hc_receive(h1, outs[0], logs[0]), hc_receive(h2, outs[1], logs[1])]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
+                     herdcast_receiver(h2, outs[1], logs[1])]
         settle()
         slog = tmp_path / "sender.log"
-        snd = stock_send(h0, src, slog, "--min-receivers", "2", "--rexmit-hello-interval",
+        snd = stock_sender(h0, src, slog, "--min-receivers", "2", "--rexmit-hello-interval",
                          "100")
         assert wait(snd, slog, 110) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
@@ -326,16 +299,16 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
 
 
 def test_herdcast_fec_with_loss_and_a_stock_receiver_beside(tmp_path):
-    src = source(tmp_path)
+    src = make_source(tmp_path)
     with NetLab(3, net=99) as lab:
         h0, h1, h2 = lab.hosts
         h1.drop_udp(5)
         outs = [tmp_path / "lossy.bin", tmp_path / "stock.bin"]
         logs = [tmp_path / "lossy.log", tmp_path / "stock.log"]
-        receivers = [hc_receive(h1, outs[0], logs[0]), stock_receive(h2, outs[1], logs[1])]
+        receivers = [herdcast_receiver(h1, outs[0], logs[0]), stock_receiver(h2, outs[1], logs[1])]
         settle()
         slog = tmp_path / "sender.log"
-        snd = hc_send(h0, src, slog, "--min-receivers", "2", "--fec", "8x8/128")
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2", "--fec", "8x8/128")
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 20) == 0, log.read_text()

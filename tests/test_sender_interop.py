@@ -7,7 +7,6 @@ every wait has a timeout, so a hang fails the test instead of holding the suite.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -18,47 +17,21 @@ from pathlib import Path
 
 import pytest
 from netlab import NetLab
+from peers import (
+    HERDCAST,
+    ODD_SIZE,
+    ROOT,
+    herdcast_receiver,
+    herdcast_sender,
+    make_source,
+    sha,
+    stock_receiver,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
-ROOT = Path(__file__).resolve().parent.parent
-HERDCAST = [sys.executable, "-m", "agent"]
-ODD_SIZE = 3_000_001
-
 needs_udpcast = pytest.mark.skipif(shutil.which("udp-receiver") is None,
                                    reason="Debian package udpcast not installed")
-
-
-def herdcast_receiver_ready() -> bool:
-    """Whether the receiver engineer's `herdcast receive` has landed."""
-    return (ROOT / "agent" / "receiver.py").exists()
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def make_source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
-    src = tmp_path / "source.bin"
-    src.write_bytes(os.urandom(size))
-    return src
-
-
-def stock_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen(["udp-receiver", "--nokbd", "--interface", "eth0", "-f", str(out),
-                       *extra], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-
-
-def herdcast_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return host.popen([*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface", "eth0",
-                       "-f", str(out), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                      stderr=log.open("wb"))
-
-
-def sender(host, log: Path, *args: str) -> subprocess.Popen:
-    return host.popen([*HERDCAST, "send", "--nokbd", "--no-progress", "--interface", "eth0",
-                       *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                      stderr=log.open("wb"))
 
 
 def wait(proc: subprocess.Popen, timeout: float = 60) -> int:
@@ -86,7 +59,7 @@ def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=
         outs.append(out)
     time.sleep(0.3)
     slog = tmp_path / "send.log"
-    snd = sender(lab.hosts[0], slog, "--min-receivers", str(len(outs)), "-f", str(src),
+    snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", str(len(outs)), "-f", str(src),
                  *send_args)
     rc = wait(snd)
     rcs = [wait(p, 30) for p in procs]
@@ -97,7 +70,7 @@ def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=
 @pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
 def test_stock_and_herdcast_receivers_get_identical_bytes(tmp_path, mode):
     src = make_source(tmp_path)
-    hc = (3,) if herdcast_receiver_ready() else ()
+    hc = (3,)
     with NetLab(4, net=81) as lab:
         rc, log, outs, rcs = run_session(lab, tmp_path, src, *mode, herdcast_hosts=hc)
     assert rc == 0, log
@@ -177,7 +150,7 @@ def test_killed_receiver_is_dropped_and_the_rest_finish(tmp_path):
             procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        snd = sender(lab.hosts[0], slog, "--min-receivers", "3", "-f", str(src),
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "3", "-f", str(src),
                      "--max-bitrate", "40m", "--retries-until-drop", "10")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not outs[1].exists()
@@ -218,7 +191,7 @@ def test_garbage_datagrams_do_not_disturb_a_transfer(tmp_path):
             procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        snd = sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
                      "--max-bitrate", "20m")
         senders = f"SENDERS = [{lab.hosts[0].ip!r}, '10.88.0.255']\n"
         deadline = time.monotonic() + 20  # garbage during the transfer, not the negotiation
@@ -239,8 +212,8 @@ def test_start_timeout_without_receivers_fails_clearly(tmp_path):
     with NetLab(1, net=89) as lab:
         slog = tmp_path / "send.log"
         t0 = time.monotonic()
-        rc = wait(sender(lab.hosts[0], slog, "--min-receivers", "1", "--start-timeout", "1",
-                         "-f", str(src)), 20)
+        rc = wait(herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1",
+                                  "--start-timeout", "1", "-f", str(src)), 20)
         elapsed = time.monotonic() - t0
     log = slog.read_text()
     assert rc == 1, log
@@ -262,11 +235,6 @@ def test_unsupported_options_fail_clearly(tmp_path, args, word):
     assert lines and word in lines[-1] and "not supported" in lines[-1], proc.stderr
 
 
-needs_herdcast_receiver = pytest.mark.skipif(not herdcast_receiver_ready(),
-                                             reason="herdcast receive not there yet")
-
-
-@needs_herdcast_receiver
 def test_digest_table_agreed_with_herdcast_receivers(tmp_path):
     src = make_source(tmp_path, 1_000_003)
     with NetLab(3, net=92) as lab:
@@ -279,7 +247,6 @@ def test_digest_table_agreed_with_herdcast_receivers(tmp_path):
         assert sha(out) == sha(src)
 
 
-@needs_herdcast_receiver
 def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
     src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=93) as lab:
@@ -287,7 +254,7 @@ def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
         p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        snd = sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
                      "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not first.exists()
@@ -303,7 +270,6 @@ def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
     assert sha(first) == sha(src) and sha(late) == sha(src)
 
 
-@needs_herdcast_receiver
 def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_path):
     src = make_source(tmp_path, 3_000_001)
     with NetLab(3, net=94) as lab:
@@ -311,7 +277,7 @@ def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_pat
         p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        snd = sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
                      "--max-bitrate", "8m", "--no-late-join")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not first.exists()
@@ -330,7 +296,7 @@ def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_pat
 @needs_udpcast
 def test_fec_blocks_repair_losses_for_stock_and_herdcast_receivers(tmp_path):
     src = make_source(tmp_path, 2_500_001)
-    hc = (2,) if herdcast_receiver_ready() else ()
+    hc = (2,)
     with NetLab(3, net=98) as lab:
         lab.hosts[1].drop_udp(3)
         rc, log, outs, rcs = run_session(lab, tmp_path, src, "--fec", "8x4/128",
@@ -349,7 +315,7 @@ def test_go_from_any_host_starts_the_transfer(tmp_path):
         rcv = stock_receiver(lab.hosts[1], out, tmp_path / "recv1.log")
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        snd = sender(lab.hosts[0], slog, "-f", str(src), "--start-timeout", "20")
+        snd = herdcast_sender(lab.hosts[0], slog, "-f", str(src), "--start-timeout", "20")
         time.sleep(1.0)
         assert snd.poll() is None, "started without a trigger"
         assert not out.exists() or out.stat().st_size == 0
@@ -369,7 +335,8 @@ def test_autostart_and_half_duplex(tmp_path):
         out = tmp_path / "out1.bin"
         rcv = stock_receiver(lab.hosts[1], out, tmp_path / "recv1.log")
         time.sleep(0.3)
-        snd = sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--autostart", "1",
+        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--autostart",
+                              "1",
                      "--half-duplex", "--rexmit-hello-interval", "300")
         rc, rrc = wait(snd, 30), wait(rcv, 30)
     assert rc == 0 and rrc == 0, logs(tmp_path)
@@ -403,7 +370,7 @@ def test_async_with_fec_reaches_passive_stock_receivers(tmp_path):
             outs.append(tmp_path / f"out{i}.bin")
             procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
         time.sleep(0.3)
-        snd = sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--async",
+        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--async",
                      "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "5",
                      "--rexmit-hello-interval", "200")
         rc = wait(snd, 30)

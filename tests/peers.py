@@ -1,0 +1,58 @@
+"""Launching udpcast and herdcast peers in lab hosts: one place for the interop tests.
+
+Every launcher runs its program on `eth0` without a keyboard, with stdout discarded and
+stderr in `log` (the tests show the logs when an assertion fails).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDCAST = [sys.executable, "-m", "agent"]
+ODD_SIZE = 3_000_001  # not a multiple of the block size: the last block is partial
+
+
+def sha(path: Path) -> str:
+    """sha256 of a file, hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
+    """An incompressible source file of `size` bytes."""
+    src = tmp_path / "source.bin"
+    src.write_bytes(os.urandom(size))
+    return src
+
+
+def _start(host, argv: list[str], log: Path) -> subprocess.Popen:
+    return host.popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=log.open("wb"))
+
+
+def stock_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """Debian's udp-receiver writing `out`."""
+    return _start(host, ["udp-receiver", "--nokbd", "--interface", "eth0", "-f", str(out),
+                         *extra], log)
+
+
+def herdcast_receiver(host, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """`herdcast receive` writing `out`."""
+    return _start(host, [*HERDCAST, "receive", "--nokbd", "--no-progress", "--interface",
+                         "eth0", "-f", str(out), *extra], log)
+
+
+def stock_sender(host, src: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """Debian's udp-sender reading `src`."""
+    return _start(host, ["udp-sender", "--nokbd", "--interface", "eth0", "-f", str(src),
+                         *extra], log)
+
+
+def herdcast_sender(host, log: Path, *args: str) -> subprocess.Popen:
+    """`herdcast send` with `args` (the input is among them, or stdin)."""
+    return _start(host, [*HERDCAST, "send", "--nokbd", "--no-progress", "--interface",
+                         "eth0", *args], log)
