@@ -79,7 +79,7 @@ def test_five_percent_loss_on_one_receiver(tmp_path, fec):
         settle()
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "2",
-                         *(["--fec", fec] if fec else []))
+                           *(["--fec", fec] if fec else []))
         assert wait(snd, slog) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 20) == 0, log.read_text()
@@ -97,7 +97,7 @@ def test_async_fec_alone_repairs_loss(tmp_path):
         settle()
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--async", "--max-bitrate", "20m", "--fec",
-                         "8x16/64", "--autostart", "2")
+                           "8x16/64", "--autostart", "2")
         assert wait(snd, slog) == 0, slog.read_text()
         assert wait(rcv, log, 20) == 0, log.read_text()
     assert sha(out) == sha(src)
@@ -182,7 +182,7 @@ def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path
         settle()
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "1", "--broadcast",
-                         "--max-bitrate", "8m")
+                           "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
         first_out = tmp_path / "first.bin"
         while not first_out.exists() or first_out.stat().st_size == 0:
@@ -230,23 +230,31 @@ def test_herdcast_pair_confirms_digests_in_the_senders_table(tmp_path):
         assert "agreed" in row and str(ODD_SIZE) in row
 
 
+def _late_join(lab, tmp_path: Path, src: Path, *send_args: str, late_wait: float = 20):
+    """h1 receives from the start of a slow herdcast send on h0, h2 joins once data flows.
+    Returns (late receiver's rc, its output, its log, the first receiver's output)."""
+    h0, h1, h2 = lab.hosts
+    first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
+    first = herdcast_receiver(h1, first_out, first_log)
+    settle()
+    slog = tmp_path / "sender.log"
+    snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
+                          "16m", *send_args)
+    _wait_for_bytes(first_out, first_log)
+    late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
+    late = herdcast_receiver(h2, late_out, late_log)
+    rc = wait(late, late_log, late_wait)
+    assert wait(snd, slog, 60) == 0, slog.read_text()
+    assert wait(first, first_log, 20) == 0, first_log.read_text()
+    return rc, late_out, late_log, first_out
+
+
 @pytest.mark.parametrize("mode", [[], ["--broadcast"]], ids=["multicast", "broadcast"])
 def test_late_receiver_gets_the_whole_image_in_a_next_round(tmp_path, mode):
     src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=88) as lab:
-        h0, h1, h2 = lab.hosts
-        first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
-        first = herdcast_receiver(h1, first_out, first_log)
-        settle()
-        slog = tmp_path / "sender.log"
-        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
-                              "16m", *mode)
-        _wait_for_bytes(first_out, first_log)
-        late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
-        late = herdcast_receiver(h2, late_out, late_log)
-        assert wait(snd, slog, 60) == 0, slog.read_text()
-        assert wait(first, first_log, 20) == 0, first_log.read_text()
-        assert wait(late, late_log, 20) == 0, late_log.read_text()
+        rc, late_out, late_log, first_out = _late_join(lab, tmp_path, src, *mode)
+    assert rc == 0, late_log.read_text()
     assert "joined late: waiting for the next round" in late_log.read_text()
     assert sha(first_out) == sha(late_out) == sha(src)
 
@@ -254,19 +262,8 @@ def test_late_receiver_gets_the_whole_image_in_a_next_round(tmp_path, mode):
 def test_late_receiver_told_clearly_when_no_next_round(tmp_path):
     src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=89) as lab:
-        h0, h1, h2 = lab.hosts
-        first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
-        first = herdcast_receiver(h1, first_out, first_log)
-        settle()
-        slog = tmp_path / "sender.log"
-        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
-                              "16m", "--no-late-join")
-        _wait_for_bytes(first_out, first_log)
-        late_out, late_log = tmp_path / "late.bin", tmp_path / "late.log"
-        late = herdcast_receiver(h2, late_out, late_log)
-        rc = wait(late, late_log, 15)
-        assert wait(snd, slog, 60) == 0, slog.read_text()
-        assert wait(first, first_log, 20) == 0
+        rc, late_out, late_log, _ = _late_join(lab, tmp_path, src, "--no-late-join",
+                                               late_wait=15)
     text = late_log.read_text()
     assert rc == 1, text
     assert "herdcast receive: the transfer started without this receiver" in text
@@ -291,7 +288,7 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
         settle()
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "2", "--rexmit-hello-interval",
-                         "100")
+                           "100")
         assert wait(snd, slog, 110) == 0, slog.read_text()
         for proc, log in zip(receivers, logs, strict=True):
             assert wait(proc, log, 30) == 0, log.read_text()

@@ -60,7 +60,7 @@ def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=
     time.sleep(0.3)
     slog = tmp_path / "send.log"
     snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", str(len(outs)), "-f", str(src),
-                 *send_args)
+                          *send_args)
     rc = wait(snd)
     rcs = [wait(p, 30) for p in procs]
     return rc, logs(tmp_path), outs, rcs
@@ -151,7 +151,7 @@ def test_killed_receiver_is_dropped_and_the_rest_finish(tmp_path):
         time.sleep(0.3)
         slog = tmp_path / "send.log"
         snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "3", "-f", str(src),
-                     "--max-bitrate", "40m", "--retries-until-drop", "10")
+                              "--max-bitrate", "40m", "--retries-until-drop", "10")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not outs[1].exists()
                                                or outs[1].stat().st_size < 1_000_000):
@@ -192,7 +192,7 @@ def test_garbage_datagrams_do_not_disturb_a_transfer(tmp_path):
         time.sleep(0.3)
         slog = tmp_path / "send.log"
         snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
-                     "--max-bitrate", "20m")
+                              "--max-bitrate", "20m")
         senders = f"SENDERS = [{lab.hosts[0].ip!r}, '10.88.0.255']\n"
         deadline = time.monotonic() + 20  # garbage during the transfer, not the negotiation
         while time.monotonic() < deadline and "starting" not in slog.read_text():
@@ -255,7 +255,7 @@ def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
         time.sleep(0.3)
         slog = tmp_path / "send.log"
         snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                     "--max-bitrate", "8m")
+                              "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not first.exists()
                                                or first.stat().st_size < 500_000):
@@ -278,7 +278,7 @@ def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_pat
         time.sleep(0.3)
         slog = tmp_path / "send.log"
         snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                     "--max-bitrate", "8m", "--no-late-join")
+                              "--max-bitrate", "8m", "--no-late-join")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not first.exists()
                                                or first.stat().st_size < 300_000):
@@ -335,9 +335,9 @@ def test_autostart_and_half_duplex(tmp_path):
         out = tmp_path / "out1.bin"
         rcv = stock_receiver(lab.hosts[1], out, tmp_path / "recv1.log")
         time.sleep(0.3)
-        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--autostart",
-                              "1",
-                     "--half-duplex", "--rexmit-hello-interval", "300")
+        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src),
+                              "--autostart", "1", "--half-duplex",
+                              "--rexmit-hello-interval", "300")
         rc, rrc = wait(snd, 30), wait(rcv, 30)
     assert rc == 0 and rrc == 0, logs(tmp_path)
     assert "starting (--autostart)" in logs(tmp_path)
@@ -371,8 +371,8 @@ def test_async_with_fec_reaches_passive_stock_receivers(tmp_path):
             procs.append(stock_receiver(host, outs[-1], tmp_path / f"recv{i}.log"))
         time.sleep(0.3)
         snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "-f", str(src), "--async",
-                     "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "5",
-                     "--rexmit-hello-interval", "200")
+                              "--max-bitrate", "100m", "--fec", "8x8/128", "--autostart", "5",
+                              "--rexmit-hello-interval", "200")
         rc = wait(snd, 30)
         rcs = [wait(p, 30) for p in procs]
     assert rc == 0 and rcs == [0, 0], logs(tmp_path)
