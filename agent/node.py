@@ -166,8 +166,8 @@ def disk_step(cfg, opts, con: Console) -> None:
             disk = check_send_source(opts.file)
             con.say(f"disk {opts.file}: {disk.size} bytes to send")
         else:
-            disk = check_receive_target(opts.file, getattr(opts, "expected_size", None),
-                                        file_is_disk=True)
+            # the image size is known only once the sender answers: the receiver checks it
+            disk = check_receive_target(opts.file, file_is_disk=True)
             con.say(f"disk {opts.file}: {disk.size} bytes, not in use; it will be "
                     "overwritten")
     except DiskError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_PORTBASE = 9000
 DEFAULT_BLOCKSIZE = 1456
@@ -87,8 +87,6 @@ class ReceiveOptions(CommonOptions):
     rcvbuf: int | None = None
     passive: bool = False
     ignore_lost_data: bool = False
-    expected_size: int | None = None  # herdcast: refuse a target smaller than the image
-    extra: dict = field(default_factory=dict)
 
 
 # udpcast options herdcast recognises but does not implement: each fails with this reason.

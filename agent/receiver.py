@@ -386,8 +386,7 @@ class Receiver:
         self.digest_ack = None
         self._pending_answer = False
         kbd = self._keyboard()
-        progress = Progress("receive", total=opts.expected_size or session.image_size,
-                            enabled=not opts.no_progress)
+        progress = Progress("receive", total=session.image_size, enabled=not opts.no_progress)
         self.progress = progress
         silence = opts.receive_timeout or DEAD_SENDER_TIMEOUT
         self._drain_before_connect()
