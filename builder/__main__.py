@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                    "present (Debian's firmware-* packages); `none` to leave it out "
                    "(default: %(default)s)")
     p.add_argument("--level", type=int, default=19, help="zstd level 1-22 (default: 19)")
+    p.add_argument("--http-url", metavar="URL",
+                   help="have pxelinux fetch vmlinuz and initrd.img from URL (e.g. "
+                   "http://10.0.0.1/herdcast, a web server over this TFTP root) instead of "
+                   "TFTP: several times faster. Works with iPXE ROMs as is; with other PXE "
+                   "ROMs, set the DHCP boot file to lpxelinux.0")
     p.add_argument("--python", type=Path, default=Path(sys.executable),
                    help="the Python that freezes the agent (default: this one)")
 

@@ -59,14 +59,18 @@ def node_config(tftp: Path, mac: str, params: dict[str, str]) -> Path:
     return write_node_config(tftp, mac, [f"{k}={v}" for k, v in params.items()])
 
 
-def lab_default(tftp: Path) -> None:
+def lab_default(tftp: Path, http_url: str | None = None) -> None:
     """In the lab a failed node powers off (onfail=poweroff) instead of waiting for a
     person, so a broken run ends in seconds and its console log says why; and nobody types
-    at the pxelinux prompt, so it does not wait the default's 5 s for a label."""
-    from builder.pxelinux import node_config
+    at the pxelinux prompt, so it does not wait the default's 5 s for a label. With
+    `http_url` the kernel and initrd come over HTTP, as `make initrd HTTP_URL=...` writes
+    it (TFTP's lock-step blocks cost four TCG guests about a minute)."""
+    from builder.pxelinux import boot_files_over_http, node_config
 
     default = tftp / "pxelinux.cfg" / "default"
     text = node_config(default.read_text(), [("onfail", "poweroff")])
+    if http_url:
+        text = boot_files_over_http(text, http_url)
     default.write_text(re.sub(r"(?im)^TIMEOUT\s+\d+$", "TIMEOUT 1", text))
 
 
@@ -85,13 +89,14 @@ def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path
 
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
-            show=print) -> list[NodeResult]:
-    """Boot the fleet, wait for every node to power off, and compare the disks."""
+            show=print, http: bool = True) -> list[NodeResult]:
+    """Boot the fleet, wait for every node to power off, and compare the disks. `http`:
+    kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP)."""
     fleet = prepare(workdir, size_mib)
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
-    with PxeLab(tftp_src, workdir) as lab:
-        lab_default(lab.tftp)
+    with PxeLab(tftp_src, workdir, http=http) as lab:
+        lab_default(lab.tftp, lab.http_url if http else None)
         nodes = [lab.add_node(name, nic, bus, disk) for name, nic, bus, _, disk in fleet]
         for node, (_, _, _, role, _) in zip(nodes, fleet, strict=True):
             if role == "snd":
@@ -152,13 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo")
     p.add_argument("--size-mib", type=int, default=64)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--tftp-only", action="store_true",
+                   help="fetch the kernel and initrd over TFTP too, as without --http-url")
     args = p.parse_args(argv)
     if not (args.tftpboot / "initrd.img").exists():
         print(f"demo: {args.tftpboot}/initrd.img is missing: run `make initrd` first",
               file=sys.stderr)
         return 2
     started = time.monotonic()
-    results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout)
+    results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout,
+                      http=not args.tftp_only)
     print()
     print(table(results, args.size_mib))
     if results[1].ok:

@@ -36,6 +36,8 @@ BUSYBOX = Path("/bin/busybox")
 KMOD = Path("/usr/bin/kmod")
 KMOD_TOOLS = ("modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod")
 PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
+#: pxelinux with its own TCP/IP stack: fetches http:// names on any PXE ROM (--http-url).
+LPXELINUX = Path("/usr/lib/PXELINUX/lpxelinux.0")
 LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 MARKER = "herdcast-init: starting the agent"
 
@@ -230,7 +232,12 @@ def _check_args(args: Namespace) -> None:
     if bool(args.kernel) != bool(args.modules_dir):
         raise BuildError("--kernel and --modules-dir go together (image and its modules)")
     modules.parse_spec(args.modules)
-    for path in (PXELINUX, LDLINUX, BUSYBOX, KMOD):
+    if getattr(args, "http_url", None):
+        try:
+            pxelinux.check_http_url(args.http_url)
+        except pxelinux.PxeConfigError as exc:
+            raise BuildError(str(exc)) from None
+    for path in (PXELINUX, LPXELINUX, LDLINUX, BUSYBOX, KMOD):
         if not path.is_file():
             raise BuildError(f"{path} missing: run scripts/install-deps")
 
@@ -283,7 +290,9 @@ def _build(args: Namespace) -> Report:
     os.replace(tmp, out / "initrd.img")
     shutil.copyfile(kern.vmlinuz, out / "vmlinuz")
     shutil.copyfile(PXELINUX, out / "pxelinux.0")
+    shutil.copyfile(LPXELINUX, out / "lpxelinux.0")
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
-    (out / "pxelinux.cfg" / "default").write_text(pxelinux.default_config())
+    (out / "pxelinux.cfg" / "default").write_text(
+        pxelinux.default_config(getattr(args, "http_url", None)))
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
                   time.monotonic() - started, phases, *fw)

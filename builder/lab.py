@@ -1,5 +1,5 @@
-"""A virtual PXE lab on one machine: a namespace with a bridge, dnsmasq (DHCP + TFTP) and
-qemu VMs that PXE-boot the TFTP root `make initrd` made.
+"""A virtual PXE lab on one machine: a namespace with a bridge, dnsmasq (DHCP + TFTP), a web
+server over the same TFTP root, and qemu VMs that PXE-boot the TFTP root `make initrd` made.
 
 Everything lives in a network namespace this module creates and deletes: the bridge, the
 taps, dnsmasq and the VMs. Nothing reaches the machine's real interfaces. Used by the
@@ -13,12 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SUBNET = "10.99.0"  # inside the lab namespace only
 BRIDGE_IP = f"{SUBNET}.1"
+HTTP_PORT = 80
 
 
 class LabError(RuntimeError):
@@ -60,8 +62,10 @@ class PxeLab:
     workdir: Path
     name: str = ""
     memory_mb: int = 512
+    http: bool = True  # also serve the TFTP root over HTTP (see http_url)
     nodes: list[Node] = field(default_factory=list)
     _dnsmasq: subprocess.Popen | None = None
+    _http: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or f"hcpxe{os.getpid() % 100000}"
@@ -109,9 +113,23 @@ class PxeLab:
         )
         with open(self.workdir / "dnsmasq.log", "w") as log:
             self._dnsmasq = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        if self.http:
+            argv = self._ns(sys.executable, "-m", "http.server", str(HTTP_PORT),
+                            "--bind", BRIDGE_IP, "--directory", str(self.tftp))
+            with open(self.workdir / "http.log", "w") as log:
+                self._http = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(0.3)
         if self._dnsmasq.poll() is not None:
             raise LabError(f"dnsmasq exited: see {self.workdir / 'dnsmasq.log'}")
+        if self._http is not None and self._http.poll() is not None:
+            raise LabError(f"the web server exited: see {self.workdir / 'http.log'}")
+
+    @property
+    def http_url(self) -> str:
+        """Where the VMs find the TFTP root over HTTP (for `make initrd --http-url`)."""
+        if not self.http:
+            raise LabError("this lab serves no HTTP (http=False)")
+        return f"http://{BRIDGE_IP}" + (f":{HTTP_PORT}" if HTTP_PORT != 80 else "")
 
     # -- nodes -------------------------------------------------------------------------------
     def add_node(self, name: str, nic: str, bus: str, disk: Path) -> Node:
@@ -167,8 +185,8 @@ class PxeLab:
 
     def close(self) -> None:
         """Stop every VM and dnsmasq this lab started, then delete the namespace."""
-        procs = [n.proc for n in self.nodes if n.proc] + ([self._dnsmasq] if self._dnsmasq
-                                                          else [])
+        procs = [n.proc for n in self.nodes if n.proc]
+        procs += [p for p in (self._dnsmasq, self._http) if p is not None]
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

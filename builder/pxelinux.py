@@ -46,11 +46,55 @@ def _append(params: Iterable[tuple[str, str]]) -> str:
     return " ".join(f"{k}={v}" for k, v in params)
 
 
-def default_config() -> str:
+def check_http_url(url: str) -> str:
+    """The base URL the kernel and initrd are fetched from, without a trailing slash.
+
+    pxelinux fetches `http://` names through iPXE's PXE extensions (qemu's and many NICs'
+    ROMs) or, booted as lpxelinux.0, through its own TCP/IP stack on any PXE ROM. Over TCP
+    the 30 MB of boot files come in a fraction of TFTP's lock-step 1408-byte blocks.
+    """
+    url = url.strip().rstrip("/")
+    if not re.match(r"^http://[^/\s\"]+(/[^\s\"]*)?$", url):
+        raise PxeConfigError(
+            f"--http-url {url!r}: expected http://HOST[:PORT][/PATH], e.g. "
+            "http://10.0.0.1/herdcast (pxelinux speaks neither https nor ftp here)"
+        )
+    return url
+
+
+def boot_files_over_http(config_text: str, url: str) -> str:
+    """A pxelinux config with its kernel and initrd names made into `url`/NAME, so the
+    big boot files come over HTTP while pxelinux.0 and pxelinux.cfg/ stay on TFTP."""
+    base = check_http_url(url)
+    out = []
+    for line in config_text.splitlines():
+        if m := re.match(r"^(\s*kernel\s+)(\S+)\s*$", line, re.IGNORECASE):
+            line = m.group(1) + _http_name(m.group(2), base)
+        elif _APPEND.match(line):
+            line = re.sub(r"(?<!\S)initrd=(\S+)",
+                          lambda w: "initrd=" + ",".join(_http_name(n, base)
+                                                        for n in w.group(1).split(",")),
+                          line)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _http_name(name: str, base: str) -> str:
+    """`base/name` for a TFTP-relative file name; a name that is already a URL stays."""
+    return name if "://" in name else f"{base}/{name.lstrip('/')}"
+
+
+def default_config(http_url: str | None = None) -> str:
     """The pxelinux.cfg/default `make initrd` writes: a receiver that boots after 5 s, and a
-    sender label to pick at the prompt (`sender`) when this machine holds the master disk."""
+    sender label to pick at the prompt (`sender`) when this machine holds the master disk.
+    With `http_url` the kernel and initrd are fetched from there (see check_http_url)."""
     receiver = _append(RECEIVER_PARAMS)
     sender = _append((k, "snd" if k == "umode" else v) for k, v in RECEIVER_PARAMS)
+    text = _default_text(receiver, sender)
+    return boot_files_over_http(text, http_url) if http_url else text
+
+
+def _default_text(receiver: str, sender: str) -> str:
     return f"""\
 # herdcast: written by `make initrd` (python -m builder initrd).
 # Per node: python -m builder node MAC key=value ...  (writes pxelinux.cfg/01-<mac>)

@@ -71,6 +71,7 @@ def _args(**kw) -> argparse.Namespace:
     (dict(level=0), "--level"),
     (dict(kernel=Path("/boot/vmlinuz")), "--modules-dir"),
     (dict(modules="e1000,+"), "--modules"),
+    (dict(http_url="https://10.0.0.1/"), "--http-url"),
 ])
 def test_bad_options_are_refused_before_any_work(kw, match):
     with pytest.raises(BuildError, match=match):
@@ -120,7 +121,8 @@ def members(tftpboot):  # noqa: F811
 
 @pytest.mark.slow
 def test_tftp_root_has_everything_pxelinux_needs(tftpboot):  # noqa: F811
-    for name in ("pxelinux.0", "ldlinux.c32", "vmlinuz", "initrd.img", "pxelinux.cfg/default"):
+    for name in ("pxelinux.0", "lpxelinux.0", "ldlinux.c32", "vmlinuz", "initrd.img",
+                 "pxelinux.cfg/default"):
         assert (tftpboot / name).is_file(), name
     assert "IPAPPEND 2" in (tftpboot / "pxelinux.cfg" / "default").read_text()
 

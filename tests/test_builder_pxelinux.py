@@ -54,6 +54,45 @@ def test_default_has_a_sender_label_that_differs_only_in_umode():
     assert "IPAPPEND 2" in labels["sender"]
 
 
+def test_http_url_fetches_kernel_and_initrd_over_http_in_every_label():
+    text = pxelinux.default_config("http://10.0.0.1/herdcast/")
+    for label in ("receiver", "sender"):
+        lines = _labels(text)[label]
+        assert "KERNEL http://10.0.0.1/herdcast/vmlinuz" in lines
+        words = _append_words(lines)
+        assert words[0] == "initrd=http://10.0.0.1/herdcast/initrd.img"
+        assert "disk=/dev/sda" in words and "IPAPPEND 2" in lines
+    # the rest of the file (prompt, serial) is the TFTP default's
+    assert [w for w in text.splitlines() if "http" not in w] == [
+        w for w in pxelinux.default_config().splitlines() if "vmlinuz" not in w
+        and "initrd=" not in w]
+
+
+def test_boot_files_over_http_leaves_urls_and_other_words_alone():
+    text = ("DEFAULT a\nLABEL a\n  kernel linux\n  append initrd=/one.img,two.img "
+            "xinitrd=keep quiet\nLABEL b\n  KERNEL http://other/vmlinuz\n")
+    out = pxelinux.boot_files_over_http(text, "http://h:8080")
+    assert "  kernel http://h:8080/linux" in out.splitlines()
+    assert "  append initrd=http://h:8080/one.img,http://h:8080/two.img xinitrd=keep quiet" \
+        in out.splitlines()
+    assert "  KERNEL http://other/vmlinuz" in out.splitlines()
+    assert pxelinux.boot_files_over_http(out, "http://h:8080") == out
+
+
+def test_per_node_files_keep_the_http_names():
+    default = pxelinux.default_config("http://10.0.0.1")
+    node = pxelinux.node_config(default, [("umode", "snd")])
+    words = _append_words(_labels(node)["receiver"])
+    assert words[0] == "initrd=http://10.0.0.1/initrd.img" and "umode=snd" in words
+
+
+@pytest.mark.parametrize("url", ["https://10.0.0.1/x", "10.0.0.1/x", "http://", "ftp://h/x",
+                                 "http://h/a b"])
+def test_bad_http_urls_are_refused_naming_the_option(url):
+    with pytest.raises(pxelinux.PxeConfigError, match="--http-url"):
+        pxelinux.check_http_url(url)
+
+
 @pytest.mark.parametrize(
     "mac",
     ["52:54:00:12:34:5A", "52-54-00-12-34-5a", "52540012345a", "01-52-54-00-12-34-5a"],

@@ -6,6 +6,8 @@ has its own 01-<mac> for disk=. Every VM powers off by itself; every receiver's 
 equal the sender's, and a file reads back from a receiver's ext4 partition.
 """
 
+import time
+
 import pytest
 from conftest import ensure_tftpboot
 
@@ -28,3 +30,30 @@ def test_fleet_clones_over_pxe(tmp_path):
         assert r.sha256 == golden, f"{r.node.name} disk differs from the sender's:\n{report}"
     receiver = results[1].node.disk
     assert read_partition_file(receiver, "/etc/hostname") == GOLDEN_FILES["etc/hostname"]
+
+
+def test_a_node_boots_the_plain_tftp_root(tmp_path):
+    """Without --http-url everything comes over TFTP, as on most admins' networks: one VM
+    loads vmlinuz and initrd.img through pxelinux.0 and starts the agent."""
+    from builder.demo import lab_default
+    from builder.initrd import MARKER
+    from builder.lab import PxeLab, console_text
+    from builder.labdisk import make_junk_disk
+
+    tftpboot = ensure_tftpboot()
+    disk = tmp_path / "disk.img"
+    make_junk_disk(disk, 8, seed=1)
+    with PxeLab(tftpboot, tmp_path / "lab", http=False) as lab:
+        lab_default(lab.tftp)
+        assert "http://" not in (lab.tftp / "pxelinux.cfg" / "default").read_text()
+        node = lab.add_node("tftp-only", "e1000", "sata", disk)
+        lab.boot(node)
+        deadline = time.monotonic() + 240
+        while MARKER not in console_text(node) and time.monotonic() < deadline:
+            assert node.proc.poll() is None, console_text(node)[-2000:]
+            time.sleep(1)
+        text = console_text(node)
+    assert MARKER in text, text[-2000:]
+    # pxelinux names what it loads; TFTP names are relative, HTTP ones are URLs
+    assert "Loading vmlinuz" in text and "Loading initrd.img" in text
+    assert "Loading http://" not in text
