@@ -19,6 +19,8 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCGIFADDR = 0x8915
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFNETMASK = 0x891B
+_SIOCGIFMTU = 0x8921
+IP_UDP_HEADERS = 20 + 8
 _SIOCGIFHWADDR = 0x8927
 _IFF_UP = 0x1
 _IFF_BROADCAST = 0x2
@@ -88,6 +90,15 @@ def list_interfaces() -> list[NetIf]:
                 mac = "00:00:00:00:00:00"
             result.append(NetIf(name, index, ip, netmask, broadcast, flags, mac))
     return result
+
+
+def mtu_of(name: str) -> int:
+    """The interface's MTU; 1500 (Ethernet's) when the kernel does not say."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            return struct.unpack_from("i", _ioctl(s, _SIOCGIFMTU, name), 16)[0]
+        except OSError:
+            return 1500
 
 
 def _rank(nif: NetIf) -> tuple:

@@ -14,8 +14,11 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_PORTBASE = 9000
-DEFAULT_BLOCKSIZE = 1456
-MAX_BLOCKSIZE = 1456  # a bigger datagram is IP-fragmented at MTU 1500 and lost as a whole
+DEFAULT_BLOCKSIZE = 1456  # udpcast's: what one 1500-byte Ethernet frame carries
+# The largest block a UDP datagram carries (65507 bytes less the 16-byte DATA header). The
+# sender also keeps each block within its interface's MTU (agent.send_session.Network): a
+# datagram IP fragments is lost whole when any fragment is.
+MAX_BLOCKSIZE = 65488
 
 
 class OptionError(ValueError):
@@ -56,7 +59,7 @@ class CommonOptions:
 class SendOptions(CommonOptions):
     """What `udp-sender` takes."""
 
-    blocksize: int = DEFAULT_BLOCKSIZE
+    blocksize: int | None = None  # None: the largest the interface's MTU carries
     mcast_data_address: str | None = None
     broadcast: bool = False
     max_bitrate: int | None = None  # bits per second
@@ -184,7 +187,7 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
                 allow_abbrev=True)
     _common(p)
     p.add_argument("file_arg", nargs="?", help=argparse.SUPPRESS)
-    p.add_argument("-b", "--blocksize", type=int, default=DEFAULT_BLOCKSIZE)
+    p.add_argument("-b", "--blocksize", type=int, default=None)
     p.add_argument("-m", "--mcast-data-address", "--mcast-address")
     p.add_argument("-B", "--broadcast", action="store_true")
     p.add_argument("-r", "--max-bitrate")
@@ -264,10 +267,11 @@ def parse_send_args(argv: list[str]) -> SendOptions:
     _check_unsupported(ns)
     _check_common(ns)
     _check_ipv4("--mcast-data-address", ns.mcast_data_address, multicast=True)
-    ns.blocksize -= ns.blocksize % 4
-    if not 64 <= ns.blocksize <= MAX_BLOCKSIZE:
-        raise OptionError(f"--blocksize: {ns.blocksize} out of range (64..{MAX_BLOCKSIZE}; "
-                          "larger datagrams fragment and are lost whole)")
+    if ns.blocksize is not None:
+        ns.blocksize -= ns.blocksize % 4
+        if not 64 <= ns.blocksize <= MAX_BLOCKSIZE:
+            raise OptionError(f"--blocksize: {ns.blocksize} out of range (64..{MAX_BLOCKSIZE},"
+                              " and at most what the interface's MTU carries)")
     ns.max_bitrate = (parse_size(ns.max_bitrate, option="--max-bitrate")
                       if ns.max_bitrate is not None else None)
     ns.sendbuf = (parse_size(ns.sendbuf, option="--sendbuf", binary=True)

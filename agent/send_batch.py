@@ -94,7 +94,8 @@ class SliceBuffer:
         self.dest_addr = ctypes.addressof(dest.raw)
         # UDP GSO: one message per run of up to GSO_BLOCKS blocks, its iovecs the run's
         # header/payload pairs, which the kernel cuts back into one datagram per block
-        self.gso_msgs = (_MMsgHdr * (MAX_SLICE_SIZE // GSO_BLOCKS + 2))()
+        self.gso_blocks = gso_blocks(blocksize)
+        self.gso_msgs = (_MMsgHdr * (blocks // self.gso_blocks + 2))()
         self.gso_addr = ctypes.addressof(self.gso_msgs)
         self._short = -1  # block whose payload length prepare() shortened
         self.slice_no = -1
@@ -130,11 +131,17 @@ UDP_SEGMENT = 103
 GSO_BLOCKS = 40  # blocks per GSO message: 40 x 1472 stays under the 64 KiB datagram limit
 
 
+def gso_blocks(blocksize: int) -> int:
+    """Blocks per GSO message: up to GSO_BLOCKS, as many as one 65507-byte UDP payload
+    holds (7 jumbo-frame blocks)."""
+    return max(1, min(GSO_BLOCKS, 65507 // (HEADER_SIZE + blocksize)))
+
+
 def enable_gso(sock: socket.socket, blocksize: int) -> bool:
     """Ask the kernel to cut messages longer than one packet into packets (UDP GSO, Linux
     4.18+): a run of blocks then crosses the IP stack and the bridge once instead of once
     per block, which is most of a sender's CPU time. Shorter messages are unaffected."""
-    if GSO_BLOCKS * (HEADER_SIZE + blocksize) > 65507:
+    if gso_blocks(blocksize) < 2:
         return False
     try:
         sock.setsockopt(SOL_UDP, UDP_SEGMENT, HEADER_SIZE + blocksize)
@@ -160,7 +167,7 @@ def send_blocks_gso(fd: int, buf: SliceBuffer, first: int, count: int) -> int:
     start = first
     end = first + count
     while start < end:
-        k = min(GSO_BLOCKS, end - start)
+        k = min(buf.gso_blocks, end - start)
         hdr = msgs[n].msg_hdr
         hdr.msg_name = buf.dest_addr
         hdr.msg_namelen = 16
@@ -177,7 +184,7 @@ def send_blocks_gso(fd: int, buf: SliceBuffer, first: int, count: int) -> int:
                 time.sleep(0.0002)
                 continue
             if done:
-                return min(count, done * GSO_BLOCKS)
+                return min(count, done * buf.gso_blocks)
             raise OSError(err, os.strerror(err))
         done += r
     return count

@@ -21,6 +21,14 @@ FLOOR = 16e6
 SKB_TRUESIZE = 2304  # what one ~1.5 KB datagram costs in a receiver's socket buffer
 
 
+def truesize(blocksize: int) -> int:
+    """What one datagram of `blocksize` costs in a receiver's socket buffer: 2304 bytes for
+    an Ethernet-sized one; a jumbo frame's buffer is the next power of two above it."""
+    if blocksize <= 1472:
+        return SKB_TRUESIZE
+    return 1 << (blocksize + 1024 - 1).bit_length()
+
+
 class Pacer:
     """Token bucket in packets; `rate` in bits/s on the wire."""
 
@@ -33,7 +41,7 @@ class Pacer:
         self.rate = self.cap if max_bitrate else initial
         self.floor = min(FLOOR, self.cap)
         # a burst must fit a receiver's socket buffer several times over
-        burst = (min_rcvbuf // SKB_TRUESIZE // 3) if min_rcvbuf else 64
+        burst = (min_rcvbuf // truesize(blocksize) // 3) if min_rcvbuf else 64
         self.burst = max(4, min(64, burst))
         self.min_batch = max(1, self.burst // 2)
         self.tokens = float(self.burst)

@@ -10,6 +10,7 @@ that asked to join while a round was running (when the input can be read again).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import stat
@@ -111,6 +112,7 @@ def send(opts: SendOptions) -> TransferResult:
         net = Network(opts)
     except SendError as exc:
         return TransferResult(ok=False, error=str(exc))
+    opts = dataclasses.replace(opts, blocksize=net.blocksize)  # what the MTU allows
     inp: Input | None = None
     table = Table()
     stats = Stats()
@@ -138,7 +140,7 @@ def send(opts: SendOptions) -> TransferResult:
             dest.set(data_ip, net.port)
             net.dest = dest.address
             print(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
-                  f"{data_ip}", file=sys.stderr, flush=True)
+                  f"{data_ip} in {opts.blocksize}-byte blocks", file=sys.stderr, flush=True)
             _size_send_buffer(net, table, opts)
             pacer = Pacer(opts.blocksize, opts.max_bitrate, table.min_rcvbuf())
             encoder = slice_encoder(opts.fec, opts.blocksize) if opts.fec else None

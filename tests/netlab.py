@@ -73,6 +73,7 @@ class NetLab:
 
     hosts_count: int
     net: int = 77
+    mtu: int = 1500  # 9000: jumbo frames on every veth and the bridge
     prefix: str = ""
     hosts: list[Host] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -106,6 +107,8 @@ class NetLab:
             self.namespaces.append(ns)
             sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name",
                f"p{i}", "netns", bridge_ns)
+            sh("ip", "-n", bridge_ns, "link", "set", f"p{i}", "mtu", str(self.mtu))
+            sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu))
             sh("ip", "-n", bridge_ns, "link", "set", f"p{i}", "master", "br0", "up")
             ip = f"10.{self.net}.0.{10 + i}"
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "brd", "+", "dev", "eth0")

@@ -45,7 +45,7 @@ def test_receiver_arguments():
     (["--mcast-data-address", "10.0.0.1"], "--mcast-data-address"),
     (["--mcast-rdv-address", "1"], "--mcast-rdv-address"),
     (["--fec", "8x999"], "--fec"),
-    (["--blocksize", "9000"], "--blocksize"),
+    (["--blocksize", "70000"], "--blocksize"),
     (["--async"], "--async"),
     (["--rate-governor", "x.so"], "--rate-governor"),
     (["--min-receivers", "-1"], "--min-receivers"),

@@ -84,6 +84,28 @@ def test_stock_and_herdcast_receivers_get_identical_bytes(tmp_path, mode):
 
 
 @needs_udpcast
+def test_jumbo_frames_carry_bigger_blocks_to_stock_and_herdcast_receivers(tmp_path):
+    """At MTU 9000 the sender fills each frame (8956-byte blocks, a sixth of the packets)
+    and stock udp-receiver takes them as well as herdcast's."""
+    src = make_source(tmp_path, 3_000_017)
+    with NetLab(3, net=103, mtu=9000) as lab:
+        rc, log, outs, rcs = run_session(lab, tmp_path, src, herdcast_hosts=(2,))
+    assert rc == 0 and rcs == [0, 0], log
+    assert "in 8956-byte blocks" in log
+    for out in outs:
+        assert sha(out) == sha(src), out
+
+
+@needs_udpcast
+def test_a_block_bigger_than_the_mtu_is_refused_with_the_fix(tmp_path):
+    src = make_source(tmp_path, 10_000)
+    with NetLab(2, net=104) as lab:
+        rc, log, _, _ = run_session(lab, tmp_path, src, "--blocksize", "2000")
+    assert rc != 0
+    assert "--blocksize 2000" in log and "MTU 1500" in log and "--blocksize 1456" in log
+
+
+@needs_udpcast
 def test_single_receiver_gets_data_point_to_point(tmp_path):
     src = make_source(tmp_path, 200_003)
     with NetLab(2, net=82) as lab:

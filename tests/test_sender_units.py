@@ -11,11 +11,11 @@ import pytest
 from agent.options import OptionError, SendOptions, parse_send_args
 from agent.protocol import DATA_HEADER, HEADER_SIZE, Op
 from agent.result import ReceiverReport
-from agent.send_batch import Destination, SliceBuffer
+from agent.send_batch import Destination, SliceBuffer, gso_blocks
 from agent.send_input import EOF, SliceReader
-from agent.send_rate import Pacer, congested_blocks
+from agent.send_rate import Pacer, congested_blocks, truesize
 from agent.send_report import verdict
-from agent.send_session import Table
+from agent.send_session import SendError, Table, block_size_for
 from agent.send_transfer import Stats, Transfer, _runs
 
 
@@ -113,3 +113,40 @@ def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
     assert not t._start_slice()
     t.inflight.clear()  # slice 0 done as well
     assert t._start_slice() and t.inflight[0].no == 2
+
+
+@pytest.mark.parametrize("wanted, mtu, expected", [
+    (None, 1500, 1456),  # udpcast's default is what Ethernet's MTU carries
+    (None, 9000, 8956),  # jumbo frames: a sixth of the packets
+    (None, 65536, 8956),  # loopback: no bigger than a jumbo frame's (slice memory)
+    (30000, 65536, 30000),
+    (1000, 1500, 1000),
+    (8956, 9000, 8956),
+])
+def test_block_size_follows_the_mtu_unless_given(wanted, mtu, expected):
+    assert block_size_for(wanted, "eth0", mtu) == expected
+
+
+def test_block_size_over_the_mtu_is_refused_with_the_largest_that_fits():
+    with pytest.raises(SendError, match=r"--blocksize 1460: .*eth0's MTU 1500.*--blocksize 1456"):
+        block_size_for(1460, "eth0", 1500)
+    with pytest.raises(SendError, match="MTU 100"):
+        block_size_for(None, "eth0", 100)
+
+
+def test_gso_messages_stay_within_one_udp_datagram():
+    for bs in (1456, 4000, 8956, 32000):
+        n = gso_blocks(bs)
+        assert n * (HEADER_SIZE + bs) <= 65507
+        assert (n + 1) * (HEADER_SIZE + bs) > 65507 or n == 40
+    assert gso_blocks(8956) == 7
+    assert SliceBuffer(8956, Destination(), 64).gso_blocks == 7
+
+
+def test_jumbo_bursts_are_sized_by_their_bigger_buffers():
+    assert truesize(1456) == 2304
+    assert truesize(8956) == 16384
+    small = Pacer(1456, min_rcvbuf=212992)
+    jumbo = Pacer(8956, min_rcvbuf=212992)
+    assert jumbo.burst * truesize(8956) * 3 <= 212992 or jumbo.burst == 4
+    assert jumbo.burst < small.burst
