@@ -133,7 +133,7 @@ def test_dhcp_lease_from_dnsmasq(tmp_path):
             ["ip", "netns", "exec", srv, "dnsmasq", "--no-daemon", "--port=0",
              "--conf-file=/dev/null", "--bind-interfaces", "--interface=eth0",
              "--dhcp-range=10.66.0.50,10.66.0.60,255.255.255.0,1h",
-             "--dhcp-option=option:router,10.66.0.1",
+             "--dhcp-option=option:router,10.66.0.1", "--dhcp-option=option:mtu,9000",
              f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'pid'}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -147,6 +147,9 @@ def test_dhcp_lease_from_dnsmasq(tmp_path):
         assert cfg["gateway"] == "10.66.0.1"
         assert cfg["server"] == "10.66.0.1"
         assert f"inet {cfg['ip']}/24 brd 10.66.0.255" in addr_show(node)
+        # the jumbo-frame MTU of option 26 is on the NIC, so the sender fills it
+        assert cfg["mtu"] == 9000 and cfg["note"] is None
+        assert " mtu 9000 " in addr_show(node)
 
 
 def _node(ns: str, cmdline: str, disk: Path) -> subprocess.CompletedProcess:
@@ -179,3 +182,40 @@ def test_node_without_carrier_says_what_to_check(tmp_path):
         failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
         assert proc.returncode != 0
         assert len(failed) == 1 and "no carrier" in failed[0] and "cable" in failed[0]
+
+
+class _FakeIpr:
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self.calls: list[dict] = []
+
+    def link(self, cmd: str, **kw) -> None:
+        if self.refuse:
+            raise OSError("Invalid argument")
+        self.calls.append(kw)
+
+
+class _Lease:
+    def __init__(self, mtu) -> None:
+        self._mtu = mtu
+
+    @property
+    def mtu(self):
+        if self._mtu is None:
+            raise LookupError("no option 26")
+        return self._mtu
+
+
+def test_dhcp_mtu_is_applied_or_explained():
+    from agent.network import Link, _apply_mtu
+
+    link = Link(3, "eth0", "02:00:00:00:00:01", True, True, 1)
+    ok = _FakeIpr(refuse=False)
+    assert _apply_mtu(ok, link, _Lease(9000)) == (9000, None)
+    assert ok.calls == [{"index": 3, "mtu": 9000}]
+    assert _apply_mtu(ok, link, _Lease(None)) == (None, None)
+    mtu, note = _apply_mtu(ok, link, _Lease(100))
+    assert mtu is None and "MTU 100" in note
+    mtu, note = _apply_mtu(_FakeIpr(refuse=True), link, _Lease(9000))
+    assert mtu is None and "eth0 refused" in note and "9000" in note
+    assert len(ok.calls) == 1  # nothing set for a missing or absurd MTU
