@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 import sys
@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from agent.hardware import (
+    AliasTable,
     Device,
     ModuleLoad,
-    _find_library_fallback,
+    Uevent,
+    bus_modaliases,
     load_drivers,
     modules_for,
     named_loads,
     plan_loads,
     read_aliases,
-    walk_modaliases,
 )
 
 ALIASES = """\
@@ -32,52 +33,85 @@ alias virtio:d00000002v* virtio_blk
 alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
 alias pci:v00008086d00002922sv*sd*bc01sc06i* ahci
 alias pci:v*d*sv*sd*bc01sc06i01* ahci
+alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel
 """
 
-# A modprobe stand-in: logs its argv; loading a driver makes the devices it would create.
+# A modprobe stand-in, one name or several with -a: logs its argv (without -q), lists what
+# it loads in the fake /proc/modules, makes the devices the driver would create, and, when
+# FAKE_EVENTS is set, writes their add uevents there as the kernel would send them.
 FAKE_MODPROBE = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
     from pathlib import Path
     sysfs, log = Path(os.environ["FAKE_SYS"]), Path(os.environ["FAKE_LOG"])
     args = [a for a in sys.argv[1:] if a != "-q"]
     with log.open("a") as f:
         f.write(" ".join(args) + "\\n")
-    name = args[0]
-    def dev(path, alias=None, subsystem=None):
+    names = args[1:] if args[0] == "-a" else args[:1]
+    def event(devpath, subsystem, alias=None):
+        if os.environ.get("FAKE_EVENTS"):
+            props = {"ACTION": "add", "DEVPATH": devpath, "SUBSYSTEM": subsystem}
+            if alias:
+                props["MODALIAS"] = alias
+            with open(os.environ["FAKE_EVENTS"], "a") as f:
+                f.write(json.dumps(["add@" + devpath, props]) + "\\n")
+    def dev(path, bus, alias):
         d = sysfs / "devices" / path
         d.mkdir(parents=True, exist_ok=True)
-        if alias:
-            (d / "modalias").write_text(alias + "\\n")
-        return d
-    if name == "virtio_pci":
-        dev("pci0000:00/0000:00:03.0/virtio0", "virtio:d00000001v00001AF4")
-        dev("pci0000:00/0000:00:04.0/virtio1", "virtio:d00000002v00001AF4")
-    elif name == "virtio_net":
-        net = sysfs / "class/net/eth0"
+        (d / "modalias").write_text(alias + "\\n")
+        (sysfs / "bus" / bus / "devices").mkdir(parents=True, exist_ok=True)
+        (sysfs / "bus" / bus / "devices" / d.name).symlink_to(d)
+        event("/devices/" + path, bus, alias)
+    def nic(name, mac):
+        net = sysfs / "class/net" / name
         net.mkdir(parents=True)
-        (net / "address").write_text("52:54:00:12:34:56\\n")
-    elif name == "virtio_blk":
-        (sysfs / "class/block/vdq").mkdir(parents=True)
-    elif name == "broken":
-        print("modprobe: FATAL: Module broken not found", file=sys.stderr)
-        sys.exit(1)
+        (net / "address").write_text(mac + "\\n")
+        (net / "type").write_text("1\\n")
+        event("/devices/virtual/net/" + name, "net")
+    failed = False
+    for name in names:
+        if name == "virtio_pci":
+            dev("pci0000:00/0000:00:03.0/virtio0", "virtio", "virtio:d00000001v00001AF4")
+            dev("pci0000:00/0000:00:04.0/virtio1", "virtio", "virtio:d00000002v00001AF4")
+        elif name == "virtio_net":
+            nic("eth0", "52:54:00:12:34:56")
+        elif name == "virtio_blk":
+            (sysfs / "class/block/vdq").mkdir(parents=True)
+            event("/devices/virtual/block/vdq", "block")
+        elif name in ("broken", "e1000"):
+            if len(names) == 1:
+                print(f"modprobe: FATAL: Module {name} not found", file=sys.stderr)
+            failed = True
+            continue
+        with Path(os.environ["FAKE_PROC"], "modules").open("a") as f:
+            f.write(f"{name} 16384 0 - Live 0x0\\n")
+    sys.exit(1 if failed else 0)
 """)
 
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    """A sysfs with two virtio PCI functions and a loopback, and a modules dir."""
+    """A sysfs with two virtio PCI functions, a platform device and a loopback, and a
+    modules dir."""
     sysfs = tmp_path / "sys"
+    (sysfs / "bus/pci/devices").mkdir(parents=True)
     for slot in ("03", "04"):
         d = sysfs / f"devices/pci0000:00/0000:00:{slot}.0"
         d.mkdir(parents=True)
         (d / "modalias").write_text(
             f"pci:v00001AF4d0000100{int(slot) - 3}sv00001AF4sd00000001bc02sc00i00\n")
-        (d / "subsystem").symlink_to("../../../bus/pci")
+        (sysfs / "bus/pci/devices" / d.name).symlink_to(d)
     (sysfs / "devices/platform/serial8250").mkdir(parents=True)
     (sysfs / "devices/platform/serial8250/modalias").write_text("platform:serial8250\n")
+    (sysfs / "bus/platform/devices").mkdir(parents=True)
+    (sysfs / "bus/platform/devices/serial8250").symlink_to(sysfs / "devices/platform/serial8250")
+    (sysfs / "devices/system/cpu").mkdir(parents=True)
+    (sysfs / "devices/system/cpu/modalias").write_text(
+        "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0094\n")
+    (sysfs / "bus/cpu/devices").mkdir(parents=True)
+    (sysfs / "bus/cpu/devices/cpu0").symlink_to(sysfs / "devices/system/cpu")
     (sysfs / "class/net/lo").mkdir(parents=True)
     (sysfs / "class/net/lo/address").write_text("00:00:00:00:00:00\n")
+    (sysfs / "class/net/lo/type").write_text("772\n")
     (sysfs / "class/block").mkdir(parents=True)
     modules = tmp_path / "modules"
     modules.mkdir()
@@ -91,8 +125,17 @@ def fake(tmp_path, monkeypatch):
     log = tmp_path / "modprobe.log"
     monkeypatch.setenv("FAKE_SYS", str(sysfs))
     monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_PROC", str(proc))
+    monkeypatch.delenv("FAKE_EVENTS", raising=False)
     return {"sys": str(sysfs), "modules": str(modules), "proc": str(proc), "log": log,
-            "modprobe": [sys.executable, str(script)]}
+            "modprobe": [sys.executable, str(script)], "tmp": tmp_path}
+
+
+def run(fake, **kw):
+    """load_drivers on the fake tree (no uevent socket unless `uevents` is given)."""
+    kw.setdefault("say", lambda s: None)
+    return load_drivers(sys_root=fake["sys"], proc_root=fake["proc"],
+                        modules_dir=fake["modules"], modprobe=fake["modprobe"], **kw)
 
 
 def test_alias_wildcards_match_like_kmod():
@@ -105,19 +148,49 @@ def test_alias_wildcards_match_like_kmod():
     assert modules_for("usb:v046Dp0825", aliases) == []
 
 
-def test_walk_finds_modaliases_with_subsystem(fake):
-    devices = walk_modaliases(fake["sys"])
-    assert [d.modalias.split("sv")[0] for d in devices] == [
-        "pci:v00001AF4d00001000", "pci:v00001AF4d00001001", "platform:serial8250"]
-    assert devices[0].subsystem == "pci"
+def test_alias_table_matches_what_a_scan_of_every_pattern_matches(fake):
+    """The prefix index finds exactly the modules, in file order, that trying every
+    pattern finds, including patterns whose wildcard comes early (pci:v*...)."""
+    table = read_aliases(fake["modules"])
+    assert isinstance(table, AliasTable)
+    plain = [tuple(alias) for alias in table]
+    for modalias in ("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
+                     "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+                     "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc06i01",
+                     "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
+                     "virtio:d00000002v00001AF4", "virtio:d00000003v00001AF4", "", "p"):
+        assert modules_for(modalias, table) == modules_for(modalias, plain), modalias
+    assert modules_for("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc06i01", table) \
+        == ["ahci"]
+
+
+def test_bus_scan_finds_modaliases_with_subsystem(fake):
+    devices = bus_modaliases(fake["sys"])
+    assert [(d.subsystem, d.modalias.split("sv")[0]) for d in devices] == [
+        ("cpu", "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0094"),
+        ("pci", "pci:v00001AF4d00001000"), ("pci", "pci:v00001AF4d00001001"),
+        ("platform", "platform:serial8250")]
+    assert bus_modaliases(str(fake["tmp"] / "nosys")) == []
 
 
 def test_plan_skips_loaded_and_repeats_nothing(fake):
-    devices = walk_modaliases(fake["sys"])
+    devices = bus_modaliases(fake["sys"])
     aliases = read_aliases(fake["modules"])
     plan = plan_loads(devices, aliases, skip=set())
-    assert [p.name for p in plan] == ["virtio_pci"], "two devices, one module, once"
+    assert [p.name for p in plan] == ["virtio_pci"], \
+        "two devices, one module, once; no CPU-feature module"
     assert plan_loads(devices, aliases, skip={"virtio_pci"}) == []
+
+
+def test_cpu_features_ask_for_no_module():
+    aliases = [("cpu:type:x86,ven*fam*mod*:feature:*0094*", "crc32c_intel"),
+               ("x86cpu:vendor:*:family:*:model:*:feature:*0094*", "crc32c_intel")]
+    devices = [Device("/sys/devices/system/cpu", "cpu",
+                      "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0094"),
+               Device("/sys/devices/system/cpu/cpu0", "cpu",
+                      "x86cpu:vendor:0000:family:0006:model:003F:feature:,0094")]
+    assert plan_loads(devices, aliases, skip=set()) == []
+    assert plan_loads(devices, [], skip=set()) == [], "not handed to modprobe either"
 
 
 def test_plan_without_alias_table_hands_modalias_to_modprobe():
@@ -145,10 +218,7 @@ def test_auto_params_reach_the_driver_of_the_device_class():
 
 
 def test_none_loads_nothing_by_modalias(fake):
-    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
-                          modules_dir=fake["modules"], modprobe=fake["modprobe"],
-                          netmodule="NONE", diskmodule="NONE", timeout=0.5,
-                          say=lambda s: None)
+    report = run(fake, disk="/dev/vdq", netmodule="NONE", diskmodule="NONE", timeout=0.5)
     assert report.loaded == [] and not fake["log"].exists()
     assert report.disk is None
 
@@ -161,21 +231,34 @@ def test_params_reach_a_module_found_by_modalias():
 
 
 def test_passes_until_virtio_devices_have_drivers(fake):
-    said = []
-    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
-                          modules_dir=fake["modules"], modprobe=fake["modprobe"],
-                          timeout=10, say=said.append)
+    upped = []
+    report = run(fake, disk="/dev/vdq", timeout=10, link_up=upped.append)
     assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
     assert report.nics == [("eth0", "52:54:00:12:34:56")]
     assert report.disk == "/dev/vdq"
-    assert report.passes >= 2
-    assert "serial8250" not in fake["log"].read_text(), "built-in modules are not modprobed"
+    assert report.passes == 2
+    log = fake["log"].read_text()
+    assert log.splitlines() == ["virtio_pci", "-a virtio_net virtio_blk"], \
+        "the modules of one pass go to one modprobe"
+    assert "serial8250" not in log, "built-in modules are not modprobed"
+    assert upped == ["eth0"], "the NIC is brought up by the hardware step"
+
+
+def test_a_failure_in_a_batch_is_run_alone_for_its_message(fake):
+    devices = [Device("/a", "pci", "pci:v00008086d0000100Esv0sd0bc02sc00i00"),
+               Device("/b", "pci", "pci:v00001AF4d00001000sv0sd0bc02sc00i00")]
+    from agent.hardware import HardwareReport, run_loads
+
+    report = HardwareReport()
+    run_loads(plan_loads(devices, read_aliases(fake["modules"]), set()), fake["modprobe"],
+              report, fake["proc"])
+    assert fake["log"].read_text().splitlines() == ["-a e1000 virtio_pci", "e1000"]
+    assert report.loaded == ["virtio_pci"]
+    assert report.failed == ["e1000: modprobe: FATAL: Module e1000 not found"]
 
 
 def test_named_module_first_with_params_and_failures_reported(fake):
-    report = load_drivers(disk="/dev/vdq", sys_root=fake["sys"], proc_root=fake["proc"],
-                          modules_dir=fake["modules"], modprobe=fake["modprobe"],
-                          netmodule="broken", netmodparm="io=0x300", timeout=10)
+    report = run(fake, disk="/dev/vdq", netmodule="broken", netmodparm="io=0x300", timeout=10)
     assert fake["log"].read_text().splitlines()[0] == "broken io=0x300"
     assert report.failed == ["broken io=0x300: modprobe: FATAL: Module broken not found"]
     assert report.disk == "/dev/vdq"
@@ -183,43 +266,96 @@ def test_named_module_first_with_params_and_failures_reported(fake):
 
 def test_missing_disk_gives_up_at_the_timeout(fake):
     said = []
-    report = load_drivers(disk="/dev/sdz", sys_root=fake["sys"], proc_root=fake["proc"],
-                          modules_dir=fake["modules"], modprobe=fake["modprobe"],
-                          timeout=1.0, say=said.append)
+    report = run(fake, disk="/dev/sdz", timeout=1.0, say=said.append)
     assert report.disk is None
     assert 0.9 < report.seconds < 5
     assert any("disk /dev/sdz" in s for s in said)
 
 
 def test_bootif_mac_must_be_the_nic_found(fake):
-    report = load_drivers(mac="52:54:00:aa:bb:cc", sys_root=fake["sys"],
-                          proc_root=fake["proc"], modules_dir=fake["modules"],
-                          modprobe=fake["modprobe"], timeout=1.0, say=lambda s: None)
+    upped = []
+    report = run(fake, mac="52:54:00:aa:bb:cc", timeout=1.0, link_up=upped.append)
     assert report.nics == [("eth0", "52:54:00:12:34:56")]
     assert report.seconds >= 0.9, "kept waiting for the BOOTIF NIC"
+    assert upped == [], "a NIC other than BOOTIF's stays down"
 
 
-def test_find_library_fallback_finds_libudev_without_ldconfig():
-    find = _find_library_fallback(lambda name: None)
-    path = find("udev")
-    assert path is not None and "libudev.so" in path and os.path.exists(path)
-    assert find("herdcast-no-such-library") is None
+def test_bootif_nic_is_brought_up(fake):
+    upped = []
+    report = run(fake, mac="52:54:00:12:34:56", disk="/dev/vdq", timeout=10,
+                 link_up=upped.append)
+    assert report.nics == [("eth0", "52:54:00:12:34:56")] and upped == ["eth0"]
 
 
-def test_pyudev_imports_when_find_library_fails():
-    """As in an initramfs: no ldconfig, no gcc, so ctypes.util.find_library returns None."""
-    code = textwrap.dedent("""
-        import ctypes.util
-        ctypes.util.find_library = lambda name: None
-        from agent.hardware import import_pyudev
-        pyudev = import_pyudev()
-        assert pyudev is not None
-        print(len(list(pyudev.Context().list_devices(subsystem="net"))) >= 1)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "True"
+def test_link_up_failure_is_a_note_not_fatal(fake):
+    def refuse(name: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    report = run(fake, disk="/dev/vdq", timeout=10, link_up=refuse)
+    assert report.disk == "/dev/vdq"
+    assert report.notes == ["cannot bring eth0 up yet: Operation not permitted"]
+
+
+class FileUevents:
+    """The uevent socket's stand-in: the fake modprobe writes the kernel's events to a file,
+    read back as the datagrams the kernel sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen, self.lost = path, 0, False
+
+    def receive(self, timeout: float) -> list[Uevent]:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        new, self.seen = lines[self.seen:], len(lines)
+        events = []
+        for line in new:
+            header, props = json.loads(line)
+            data = "\0".join([header, *(f"{k}={v}" for k, v in props.items())]) + "\0"
+            events.append(Uevent.parse(data.encode()))
+        return events
+
+
+def test_uevents_load_the_drivers_of_announced_devices_without_rescanning(fake, monkeypatch):
+    events = fake["tmp"] / "events"
+    monkeypatch.setenv("FAKE_EVENTS", str(events))
+
+    class Unannounced(FileUevents):
+        """After the first scan, a device appears without an event: only a rescan of
+        sysfs would find it."""
+
+        def receive(self, timeout: float) -> list[Uevent]:
+            d = Path(fake["sys"], "devices/unannounced")
+            if not d.exists():
+                d.mkdir()
+                (d / "modalias").write_text("pci:v00008086d00002922sv0sd0bc01sc06i01\n")
+                (Path(fake["sys"]) / "bus/pci/devices/unannounced").symlink_to(d)
+            return super().receive(timeout)
+
+    report = run(fake, disk="/dev/vdq", timeout=10, uevents=Unannounced(events),
+                 link_up=lambda n: None)
+    assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
+    assert report.passes == 2 and report.disk == "/dev/vdq"
+    assert "ahci" not in fake["log"].read_text()
+
+
+def test_lost_uevents_mean_a_rescan(fake):
+    class Overflowed(FileUevents):
+        def receive(self, timeout: float) -> list[Uevent]:
+            self.lost = True  # as after ENOBUFS: the events of virtio_pci are gone
+            return []
+
+    report = run(fake, disk="/dev/vdq", timeout=10,
+                 uevents=Overflowed(fake["tmp"] / "none"), link_up=lambda n: None)
+    assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
+    assert report.disk == "/dev/vdq"
+
+
+def test_uevent_parse():
+    event = Uevent.parse(b"add@/devices/pci0000:00/0000:00:02.0\0ACTION=add\0"
+                         b"SUBSYSTEM=pci\0MODALIAS=pci:v00008086d0000100E\0SEQNUM=7\0")
+    assert event == Uevent("add", "/devices/pci0000:00/0000:00:02.0",
+                           {"ACTION": "add", "SUBSYSTEM": "pci",
+                            "MODALIAS": "pci:v00008086d0000100E", "SEQNUM": "7"})
+    assert Uevent.parse(b"libudev\0\xfe\xed\xca\xfe") is None, "udevd's format is not ours"
 
 
 WAIT_FOR_UEVENT = textwrap.dedent("""
