@@ -63,6 +63,7 @@ class PxeLab:
     name: str = ""
     memory_mb: int = 512
     http: bool = True  # also serve the TFTP root over HTTP (see http_url)
+    mtu: int = 9000  # jumbo frames on the lab LAN, announced by DHCP (option 26)
     nodes: list[Node] = field(default_factory=list)
     _dnsmasq: subprocess.Popen | None = None
     _http: subprocess.Popen | None = None
@@ -98,6 +99,7 @@ class PxeLab:
         _sh("ip", "netns", "add", self.name)
         _sh("ip", "-n", self.name, "link", "set", "lo", "up")
         _sh("ip", "-n", self.name, "link", "add", "br0", "type", "bridge")
+        _sh("ip", "-n", self.name, "link", "set", "br0", "mtu", str(self.mtu))
         _sh("ip", "-n", self.name, "addr", "add", f"{BRIDGE_IP}/24", "brd", "+", "dev", "br0")
         # An IPv6 prefix with router advertisements stops iPXE waiting ~14 s for them.
         _sh("ip", "-n", self.name, "addr", "add", "fd00:88::254/64", "dev", "br0", "nodad")
@@ -109,7 +111,8 @@ class PxeLab:
             "--dhcp-boot=pxelinux.0", "--enable-tftp", f"--tftp-root={self.tftp}",
             f"--dhcp-leasefile={self.workdir / 'leases'}",
             "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
-            "--dhcp-option=encap:175,176,1b", "--log-dhcp",
+            "--dhcp-option=encap:175,176,1b", f"--dhcp-option=option:mtu,{self.mtu}",
+            "--log-dhcp",
         )
         with open(self.workdir / "dnsmasq.log", "w") as log:
             self._dnsmasq = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -143,7 +146,8 @@ class PxeLab:
         """Power the VM on: PXE boot from its NIC, console to a log file."""
         tap = f"tap{self.nodes.index(node)}"
         _sh("ip", "-n", self.name, "tuntap", "add", tap, "mode", "tap")
-        _sh("ip", "-n", self.name, "link", "set", tap, "master", "br0", "up")
+        _sh("ip", "-n", self.name, "link", "set", tap, "mtu", str(self.mtu), "master", "br0",
+            "up")
         node.console = self.workdir / f"{node.name}.console.log"
         if node.bus == "virtio":
             disk = ["-drive", f"file={node.disk},if=virtio,format=raw"]
