@@ -91,6 +91,9 @@ def _size_send_buffer(net: Network, table: Table, opts: SendOptions) -> None:
         netif.set_buffer(net.main, socket.SO_SNDBUF, SO_SNDBUFFORCE, min(2 << 20, smallest // 4))
 
 
+SLICE_BYTES = 1024 * 1456  # udpcast's default slice: 1024 Ethernet-sized blocks
+
+
 def _slice_blocks(opts: SendOptions) -> int:
     if opts.fec is not None:  # udpcast: stripes x stripe size, at most 1024
         return min(1024, opts.fec.stripes * opts.fec.stripesize)
@@ -98,7 +101,10 @@ def _slice_blocks(opts: SendOptions) -> int:
         return 1024
     if opts.default_slice_size:
         return max(opts.min_slice_size, min(opts.default_slice_size, opts.max_slice_size))
-    return opts.max_slice_size
+    # Automatic: slices of udpcast's ~1.5 MB whatever the block size. Jumbo-frame blocks
+    # would otherwise make 9 MB slices, and the pace (agent.send_rate) is adjusted once per
+    # slice: a 64 MiB image would give it 7 chances to find the receivers' speed.
+    return max(opts.min_slice_size, min(opts.max_slice_size, SLICE_BYTES // opts.blocksize))
 
 
 def send(opts: SendOptions) -> TransferResult:

@@ -150,3 +150,12 @@ def test_jumbo_bursts_are_sized_by_their_bigger_buffers():
     jumbo = Pacer(8956, min_rcvbuf=212992)
     assert jumbo.burst * truesize(8956) * 3 <= 212992 or jumbo.burst == 4
     assert jumbo.burst < small.burst
+
+
+def test_automatic_slices_keep_udpcasts_size_in_bytes():
+    from agent.sender import _slice_blocks
+
+    assert _slice_blocks(SendOptions(blocksize=1456)) == 1024
+    assert _slice_blocks(SendOptions(blocksize=8956)) == 166  # ~1.5 MB, not 9 MB
+    assert _slice_blocks(SendOptions(blocksize=8956, max_slice_size=100)) == 100
+    assert _slice_blocks(SendOptions(blocksize=8956, default_slice_size=512)) == 512
