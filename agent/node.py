@@ -13,10 +13,8 @@ status instead of powering anything off.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -112,25 +110,6 @@ def confirm(cfg, con: Console) -> None:
     if not line:
         raise NodeFailure("auto=no, but there is no console input to confirm with",
                           "set auto=yes to run unattended")
-
-
-def preimport_network(dhcp: bool) -> threading.Thread:
-    """Import the network step's modules in a background thread, started before the
-    hardware step: pyroute2's import is ~2 s of CPU under TCG, and the hardware step spends
-    about that long with the CPU idle, waiting for the disk to probe and the NIC's carrier.
-    A failed import is left for the network step to report; the import lock makes that
-    step wait for an import still running rather than do it twice."""
-
-    def run() -> None:
-        for name in ("agent.network", *(("pyroute2.dhcp.client",) if dhcp else ())):
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the network step imports it again and says why
-                return
-
-    thread = threading.Thread(target=run, name="preimport-network", daemon=True)
-    thread.start()
-    return thread
 
 
 def hardware_step(cfg, disk: str, con: Console) -> None:
@@ -251,8 +230,6 @@ def run(args: NodeArgs) -> int:
         opts = transfer_options(cfg, disk)
         con.say(f"{'sender' if cfg.sending else 'receiver'}: disk {disk}, port {cfg.port}, "
                 f"compression {cfg.compr}, post={cfg.post}, onfail={cfg.onfail}")
-        if not args.no_network:
-            preimport_network(cfg.dhcp and not cfg.ip)
         if not args.no_hardware:
             hardware_step(cfg, disk, con)
         network_step(cfg, opts, args, con)

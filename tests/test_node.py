@@ -13,7 +13,6 @@ import importlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -276,26 +275,3 @@ def test_sender_killed_mid_transfer_leaves_receivers_failed(lab3, tmp_path, herd
         lines = failed_lines(out)
         assert len(lines) == 1 and "INCOMPLETE" in lines[0], out
         assert path.stat().st_size < src.stat().st_size
-
-
-PREIMPORT = """
-import sys
-from agent.node import preimport_network
-assert "pyroute2" not in sys.modules
-preimport_network({dhcp}).join(timeout=60)
-print(sorted(m for m in ("agent.network", "pyroute2", "pyroute2.dhcp.client")
-             if m in sys.modules))
-"""
-
-
-@pytest.mark.parametrize("dhcp, imported", [
-    (True, ["agent.network", "pyroute2", "pyroute2.dhcp.client"]),
-    (False, ["agent.network", "pyroute2"]),
-])
-def test_network_modules_are_imported_in_the_background(dhcp, imported):
-    """The network step's imports happen while the hardware step waits for devices."""
-    proc = subprocess.run([sys.executable, "-c", PREIMPORT.format(dhcp=dhcp)],
-                          capture_output=True, text=True, timeout=90,
-                          cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(imported)
