@@ -4,15 +4,17 @@ There is no udevd in the initramfs, so the agent does its job: every device on a
 sysfs with a modalias gets the modules modules.alias maps it to, loaded by modprobe (kmod's
 or busybox's, both resolve dependencies through modules.dep). Loading a driver creates new
 devices (virtio_pci makes the virtio devices that need virtio_net and virtio_blk; ahci makes
-the SCSI disk that needs sd_mod), so the kernel's uevents are read from a netlink socket
-opened before the first scan: each device added with a MODALIAS gets its driver as soon as
-the event arrives, with no rescan of sysfs and no sleeping. Without that socket (a fake
-sysfs in tests, a kernel without it) sysfs is scanned again in passes instead.
+the SCSI disk that needs sd_mod), so the kernel's uevents are watched with pyudev (a
+libudev Monitor on the kernel's netlink group) started before the first scan: each device
+added with a MODALIAS gets its driver as soon as the event arrives, with no rescan of sysfs
+and no sleeping. Without pyudev (libudev not loadable, a fake sysfs in tests) sysfs is
+scanned again in passes instead.
 
 Under TCG every process and every sysfs read costs: the first scan reads only
-/sys/bus/*/devices/*/modalias (driver-bound devices are on a bus), the modules of one scan go
-to a single `modprobe -a`, and a NIC is brought up as soon as its driver made it, so its
-carrier negotiation (about 2 s on e1000) overlaps with the disk probing.
+/sys/bus/*/devices/*/modalias (driver-bound devices are on a bus; see bus_modaliases for
+why not pyudev's enumeration), the modules of one scan go to a single `modprobe -a`, and a
+NIC is brought up as soon as its driver made it, so its carrier negotiation (about 2 s on
+e1000) overlaps with the disk probing.
 
 `netmodule=`/`diskmodule=` name a module to load (with `netmodparm=`/`diskmodparm=`) when
 the NIC's driver is not found by modalias (ISA cards, a driver the alias table lacks).
@@ -28,18 +30,20 @@ import errno
 import fcntl
 import fnmatch
 import functools
+import glob
 import os
 import platform
 import re
-import select
 import shlex
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 # --------------------------------------------------------------------------- planning
 
@@ -71,7 +75,12 @@ def bus_modaliases(sys_root: str = "/sys") -> list[Device]:
 
     Drivers bind to bus devices only; the class devices a walk of /sys/devices also finds
     (input, dmi) ask for no NIC or disk driver. Under TCG this read of ~50 files took
-    0.15 s where a walk of /sys/devices took 0.6 s and libudev's enumeration 1 s.
+    0.08-0.23 s where a walk of /sys/devices took 0.6 s.
+
+    This one scan is not pyudev's (the monitor is): libudev's enumeration builds a device
+    per sysfs entry and parses its whole uevent file, so even restricted to the buses
+    (Enumerator.match_subsystem for each of /sys/bus/*, match_property MODALIAS) it took
+    0.27-0.75 s under TCG, unrestricted 0.45-0.96 s, for the same ~50 modaliases.
     """
     found = []
     bus = Path(sys_root, "bus")
@@ -399,78 +408,121 @@ def wanted_found(sys_root: str, disk: str | None, mac: str | None) -> tuple[bool
     return nic_ok, disk_present(disk, sys_root)
 
 
-NETLINK_KOBJECT_UEVENT = 15
-_KERNEL_GROUP = 1  # the kernel's own uevents (udevd re-broadcasts on group 2)
+#: Where libudev.so.1 is looked for when ctypes.util.find_library cannot find it.
+LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+                "/lib", "/usr/lib")
+
+
+def find_library_on_disk(name: str, dirs: Iterable[str | None] | None = None) -> str | None:
+    """The path of lib{name}.so (or its shortest lib{name}.so.N soname) in the frozen bundle,
+    next to the executable, on LD_LIBRARY_PATH or in LIBRARY_DIRS; None if none is there.
+
+    ctypes.util.find_library asks `ldconfig -p`, gcc or ld; an initramfs has none of them,
+    so it answers None and pyudev refuses to load libudev, though dlopen would find it.
+    """
+    if dirs is None:
+        dirs = [getattr(sys, "_MEIPASS", None), os.path.dirname(sys.executable),
+                *os.environ.get("LD_LIBRARY_PATH", "").split(":"), *LIBRARY_DIRS]
+    for directory in dirs:
+        if not directory:
+            continue
+        hits = sorted(glob.glob(os.path.join(directory, f"lib{name}.so*")), key=len)
+        if hits:
+            return hits[0]
+    return None
+
+
+def import_pyudev() -> ModuleType:
+    """pyudev, its lookup of libudev made to work without ldconfig (ImportError if not).
+
+    The frozen agent's runtime hook (builder/rthook_libs.py) already fixes
+    ctypes.util.find_library; this covers an agent run any other way in an initramfs. Only
+    pyudev's own lookup is changed, and only to fill in where the stock one fails.
+    """
+    import pyudev
+    import pyudev._ctypeslib.utils as pyudev_utils
+
+    stock = pyudev_utils.find_library
+    if not getattr(stock, "herdcast_fallback", False):
+        def find_library(name: str) -> str | None:
+            return stock(name) or find_library_on_disk(name)
+
+        find_library.herdcast_fallback = True  # type: ignore[attr-defined]
+        pyudev_utils.find_library = find_library
+    return pyudev
 
 
 @dataclass(frozen=True)
 class Uevent:
-    """One kernel uevent: "add@/devices/..." and its KEY=value lines."""
+    """What the hardware step needs of one kernel uevent (a pyudev.Device from a Monitor)."""
 
     action: str
-    devpath: str
-    props: dict[str, str]
+    syspath: str
+    subsystem: str
+    modalias: str
 
     @classmethod
-    def parse(cls, data: bytes) -> Uevent | None:
-        """A kernel uevent datagram, or None for anything else."""
-        header, *lines = data.split(b"\0")
-        action, at, devpath = header.decode(errors="replace").partition("@")
-        if not at:
-            return None
-        props = {}
-        for line in lines:
-            key, eq, value = line.decode(errors="replace").partition("=")
-            if eq:
-                props[key] = value
-        return cls(action, devpath, props)
+    def of(cls, device) -> Uevent:
+        """From a pyudev.Device: MODALIAS and SUBSYSTEM are the event's own properties (a
+        device from the monitor is not re-read from sysfs)."""
+        return cls(device.action or "", device.sys_path, device.subsystem or "",
+                   device.properties.get("MODALIAS", ""))
 
 
-class UeventSocket:
-    """The kernel's uevents, read from netlink without libudev.
+class UdevEvents:
+    """The kernel's uevents, through pyudev's Monitor (libudev's netlink socket).
 
-    Opened before the first scan, so a device added while modprobe runs is never missed:
-    its event waits in the socket's buffer. Should the buffer overflow (ENOBUFS), `lost`
-    is set and the caller rescans sysfs.
+    source="kernel": no udevd runs in the initramfs to re-broadcast them. The monitor is
+    started before the first scan, so a device added while modprobe runs is never missed:
+    its event waits in the socket's buffer. Should the buffer overflow (libudev's receive
+    fails with ENOBUFS), `lost` is set and the caller rescans sysfs.
     """
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                  NETLINK_KOBJECT_UEVENT)
-        with contextlib.suppress(OSError):  # SO_RCVBUFFORCE: past rmem_max, as root
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)
-        self.sock.bind((0, _KERNEL_GROUP))
+    def __init__(self, monitor) -> None:
+        self.monitor = monitor
         self.lost = False
 
+    @classmethod
+    def open(cls) -> UdevEvents:
+        """A started kernel-uevent monitor; ImportError or OSError when libudev or the
+        netlink socket is not to be had."""
+        pyudev = import_pyudev()
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+        with contextlib.suppress(OSError):  # past rmem_max needs root (SO_RCVBUFFORCE)
+            monitor.set_receive_buffer_size(4 << 20)
+        monitor.start()
+        return cls(monitor)
+
     def receive(self, timeout: float) -> list[Uevent]:
-        """The events that arrive within `timeout` (all already queued, without waiting,
-        once the first is there)."""
+        """The events that arrive within `timeout`, and once the first is there, all those
+        already queued (without waiting), so they go to one modprobe."""
         events: list[Uevent] = []
         wait = max(0.0, timeout)
-        while select.select([self.sock], [], [], wait)[0]:
-            wait = 0.0
+        while True:
             try:
-                data = self.sock.recv(1 << 16)
+                device = self.monitor.poll(timeout=wait)
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                self.lost = True
+                self.lost, wait = True, 0.0
                 continue
-            event = Uevent.parse(data)
-            if event is not None:
-                events.append(event)
-        return events
+            if device is None:
+                return events
+            events.append(Uevent.of(device))
+            wait = 0.0
 
     def close(self) -> None:
-        self.sock.close()
+        """Drop the monitor: libudev closes its socket when pyudev unrefs it, rather than
+        leaving it to fill up with the events of the rest of the run."""
+        self.monitor = None
 
 
-def open_uevents() -> UeventSocket | None:
-    """The uevent socket, or None where netlink is not there (then sysfs is polled)."""
+def open_uevents() -> tuple[UdevEvents | None, str]:
+    """The uevent monitor, or None and why (then sysfs is scanned in passes)."""
     try:
-        return UeventSocket()
-    except OSError:
-        return None
+        return UdevEvents.open(), ""
+    except (ImportError, OSError) as exc:
+        return None, str(exc) or type(exc).__name__
 
 
 def load_drivers(*, disk: str | None = None, mac: str | None = None,
@@ -478,7 +530,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
                  diskmodule: str | None = None, diskmodparm: str | None = None,
                  timeout: float = 30.0, sys_root: str = "/sys", proc_root: str = "/proc",
                  modules_dir: str | None = None, modprobe: list[str] | None = None,
-                 uevents: UeventSocket | None = None,
+                 uevents: UdevEvents | None = None,
                  link_up: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
                  max_passes: int = 8) -> HardwareReport:
@@ -487,7 +539,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     Named modules first (they may be what creates the devices), then one pass over the
     devices on the buses, then a pass for each batch of devices the kernel announces, until
     both devices are there. Each NIC the network step may use is brought up (`link_up`) as
-    soon as it exists. For the real /sys the uevent socket and the ioctl are the defaults;
+    soon as it exists. For the real /sys a pyudev monitor and the ioctl are the defaults;
     with another `sys_root` (a fake tree) and no `uevents`, sysfs is scanned in passes.
     """
     start = time.monotonic()
@@ -496,11 +548,11 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     modules_dir = modules_dir or f"/lib/modules/{platform.release()}"
     modprobe = modprobe or modprobe_command()
     real = sys_root == "/sys"
-    own_socket = uevents is None and real
-    if own_socket:
-        uevents = open_uevents()
+    own_monitor = uevents is None and real
+    if own_monitor:
+        uevents, why = open_uevents()
         if uevents is None:
-            report.notes.append("no uevent socket: scanning sysfs in passes instead")
+            report.notes.append(f"no uevents from pyudev ({why}): scanning sysfs in passes")
     if link_up is None and real:
         link_up = set_link_up
     aliases = read_aliases(modules_dir)
@@ -550,8 +602,8 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
         if uevents is not None and uevents.lost:
             uevents.lost = False
             return None
-        return [Device(sys_root + e.devpath, e.props.get("SUBSYSTEM", ""), e.props["MODALIAS"])
-                for e in events if e.action == "add" and e.props.get("MODALIAS")]
+        return [Device(e.syspath, e.subsystem, e.modalias)
+                for e in events if e.action == "add" and e.modalias]
 
     try:
         loaded_some = one_pass()
@@ -580,7 +632,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
             one_pass(from_events(uevents.receive(0)))
             bring_up_nics()
     finally:
-        if own_socket and uevents is not None:
+        if own_monitor and uevents is not None:
             uevents.close()
     report.nics = nics(sys_root)
     report.disk = disk if disk_ok and disk else None

@@ -1,7 +1,9 @@
-"""agent.hardware: modalias -> module planning on a fake sysfs, passes, uevent waiting."""
+"""agent.hardware: modalias -> module planning on a fake sysfs, passes, uevents through
+pyudev's monitor."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,11 +19,15 @@ from agent.hardware import (
     AliasTable,
     Device,
     ModuleLoad,
+    UdevEvents,
     Uevent,
     bus_modaliases,
+    find_library_on_disk,
+    import_pyudev,
     load_drivers,
     modules_for,
     named_loads,
+    open_uevents,
     plan_loads,
     read_aliases,
 )
@@ -296,66 +303,117 @@ def test_link_up_failure_is_a_note_not_fatal(fake):
     assert report.notes == ["cannot bring eth0 up yet: Operation not permitted"]
 
 
-class FileUevents:
-    """The uevent socket's stand-in: the fake modprobe writes the kernel's events to a file,
-    read back as the datagrams the kernel sends."""
+def udev_device(action: str, devpath: str, props: dict[str, str]) -> SimpleNamespace:
+    """What pyudev's Monitor.poll returns, as far as the hardware step reads it."""
+    return SimpleNamespace(action=action, sys_path="/sys" + devpath,
+                           subsystem=props.get("SUBSYSTEM"), properties=props)
+
+
+class FileMonitor:
+    """pyudev's kernel Monitor stand-in: the fake modprobe writes the kernel's events to a
+    file, handed out one per poll as pyudev does; `timeouts` records each poll's."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.seen, self.lost = path, 0, False
+        self.path, self.seen, self.timeouts = path, 0, []
 
-    def receive(self, timeout: float) -> list[Uevent]:
+    def poll(self, timeout: float | None = None):
+        self.timeouts.append(timeout)
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        new, self.seen = lines[self.seen:], len(lines)
-        events = []
-        for line in new:
-            header, props = json.loads(line)
-            data = "\0".join([header, *(f"{k}={v}" for k, v in props.items())]) + "\0"
-            events.append(Uevent.parse(data.encode()))
-        return events
+        if self.seen == len(lines):
+            return None
+        header, props = json.loads(lines[self.seen])
+        self.seen += 1
+        action, _, devpath = header.partition("@")
+        return udev_device(action, devpath, props)
 
 
 def test_uevents_load_the_drivers_of_announced_devices_without_rescanning(fake, monkeypatch):
     events = fake["tmp"] / "events"
     monkeypatch.setenv("FAKE_EVENTS", str(events))
 
-    class Unannounced(FileUevents):
+    class Unannounced(FileMonitor):
         """After the first scan, a device appears without an event: only a rescan of
         sysfs would find it."""
 
-        def receive(self, timeout: float) -> list[Uevent]:
+        def poll(self, timeout: float | None = None):
             d = Path(fake["sys"], "devices/unannounced")
             if not d.exists():
                 d.mkdir()
                 (d / "modalias").write_text("pci:v00008086d00002922sv0sd0bc01sc06i01\n")
                 (Path(fake["sys"]) / "bus/pci/devices/unannounced").symlink_to(d)
-            return super().receive(timeout)
+            return super().poll(timeout)
 
-    report = run(fake, disk="/dev/vdq", timeout=10, uevents=Unannounced(events),
+    report = run(fake, disk="/dev/vdq", timeout=10, uevents=UdevEvents(Unannounced(events)),
                  link_up=lambda n: None)
     assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
     assert report.passes == 2 and report.disk == "/dev/vdq"
+    assert fake["log"].read_text().splitlines() == ["virtio_pci", "-a virtio_net virtio_blk"], \
+        "the two virtio devices announced together go to one modprobe"
     assert "ahci" not in fake["log"].read_text()
 
 
 def test_lost_uevents_mean_a_rescan(fake):
-    class Overflowed(FileUevents):
-        def receive(self, timeout: float) -> list[Uevent]:
-            self.lost = True  # as after ENOBUFS: the events of virtio_pci are gone
-            return []
+    class Overflowed(FileMonitor):
+        def poll(self, timeout: float | None = None):
+            if len(self.timeouts) < 3:  # as libudev after ENOBUFS: virtio_pci's events gone
+                self.timeouts.append(timeout)
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            return super().poll(timeout)
 
     report = run(fake, disk="/dev/vdq", timeout=10,
-                 uevents=Overflowed(fake["tmp"] / "none"), link_up=lambda n: None)
+                 uevents=UdevEvents(Overflowed(fake["tmp"] / "none")), link_up=lambda n: None)
     assert report.loaded == ["virtio_pci", "virtio_net", "virtio_blk"]
     assert report.disk == "/dev/vdq"
 
 
-def test_uevent_parse():
-    event = Uevent.parse(b"add@/devices/pci0000:00/0000:00:02.0\0ACTION=add\0"
-                         b"SUBSYSTEM=pci\0MODALIAS=pci:v00008086d0000100E\0SEQNUM=7\0")
-    assert event == Uevent("add", "/devices/pci0000:00/0000:00:02.0",
-                           {"ACTION": "add", "SUBSYSTEM": "pci",
-                            "MODALIAS": "pci:v00008086d0000100E", "SEQNUM": "7"})
-    assert Uevent.parse(b"libudev\0\xfe\xed\xca\xfe") is None, "udevd's format is not ours"
+def test_receive_waits_for_the_first_event_then_takes_the_queued_ones(tmp_path):
+    events = tmp_path / "events"
+    events.write_text("".join(json.dumps([f"add@/devices/d{i}", {
+        "ACTION": "add", "SUBSYSTEM": "virtio", "MODALIAS": f"virtio:d0000000{i}v00001AF4"}])
+        + "\n" for i in (1, 2)))
+    monitor = FileMonitor(events)
+    got = UdevEvents(monitor).receive(0.5)
+    assert got == [Uevent("add", "/sys/devices/d1", "virtio", "virtio:d00000001v00001AF4"),
+                   Uevent("add", "/sys/devices/d2", "virtio", "virtio:d00000002v00001AF4")]
+    assert monitor.timeouts == [0.5, 0.0, 0.0], "only the first poll waits"
+    assert UdevEvents(FileMonitor(tmp_path / "none")).receive(0.3) == []
+
+
+def test_a_device_without_modalias_is_an_event_without_one():
+    event = Uevent.of(udev_device("add", "/devices/virtual/net/eth0", {"SUBSYSTEM": "net"}))
+    assert event == Uevent("add", "/sys/devices/virtual/net/eth0", "net", "")
+
+
+def test_a_monitor_error_other_than_overflow_is_raised():
+    class Broken:
+        def poll(self, timeout: float | None = None):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    events = UdevEvents(Broken())
+    with pytest.raises(OSError):
+        events.receive(0.1)
+    assert not events.lost
+
+
+def test_library_found_on_disk_prefers_the_soname(tmp_path):
+    (tmp_path / "libudev.so.1.7.5").write_bytes(b"")
+    (tmp_path / "libudev.so.1").symlink_to("libudev.so.1.7.5")
+    assert find_library_on_disk("udev", [None, str(tmp_path / "no"), str(tmp_path)]) \
+        == str(tmp_path / "libudev.so.1")
+    assert find_library_on_disk("udevx", [str(tmp_path)]) is None
+
+
+@pytest.mark.skipif(find_library_on_disk("udev") is None, reason="needs libudev1")
+def test_pyudev_finds_libudev_without_ldconfig(monkeypatch):
+    """In an initramfs ctypes.util.find_library finds nothing; pyudev's lookup then falls
+    back to the library directories, and without libudev there the agent polls sysfs."""
+    pyudev_utils = pytest.importorskip("pyudev._ctypeslib.utils")
+    monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
+    assert import_pyudev().Context() is not None
+    monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
+    monkeypatch.setattr("agent.hardware.LIBRARY_DIRS", ())
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    assert open_uevents() == (None, "No library named udev")
 
 
 WAIT_FOR_UEVENT = textwrap.dedent("""
@@ -368,6 +426,7 @@ WAIT_FOR_UEVENT = textwrap.dedent("""
     threading.Thread(target=plug).start()
     r = load_drivers(mac="02:00:00:00:00:42", modules_dir="/nonexistent",
                      modprobe=["true"], timeout=15, say=print)
+    print("notes", r.notes)
     print("found", sorted(r.nics), round(r.seconds, 1))
 """)
 
@@ -375,7 +434,8 @@ WAIT_FOR_UEVENT = textwrap.dedent("""
 @pytest.mark.netns
 @pytest.mark.skipif(not shutil.which("ip"), reason="needs iproute2")
 def test_uevent_wait_sees_a_nic_plugged_later():
-    """The kernel's add uevent, in a namespace of our own, ends the wait."""
+    """The kernel's add uevent, from pyudev's monitor in a namespace of our own, ends the
+    wait (no fallback to polling sysfs)."""
     ns = f"hchw{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
     try:
@@ -386,6 +446,8 @@ def test_uevent_wait_sees_a_nic_plugged_later():
         subprocess.run(["ip", "netns", "delete", ns], timeout=20, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "waiting up to 15 s for the NIC" in proc.stdout
+    assert "notes [" in proc.stdout and "pyudev" not in proc.stdout, \
+        "the monitor opened: no fallback to polling passes"
     found = proc.stdout.strip().splitlines()[-1]
     assert "('v0', '02:00:00:00:00:42')" in found
     assert float(found.split()[-1]) < 10
