@@ -2,10 +2,10 @@
 
 The root holds: /init (a few lines of shell that exec the frozen agent as `herdcast node`),
 the agent under /opt/herdcast, busybox with its applets for a rescue shell, kmod's modprobe,
-the shared libraries all of them load, and the chosen kernel modules with fresh depmod
-indexes. Layout is merged-/usr like Debian's, so /lib64/ld-linux-x86-64.so.2 (the loader
-path compiled into every program) and /lib/x86_64-linux-gnu (where ldd finds libraries)
-both resolve.
+the shared libraries all of them load, and the chosen kernel modules (.ko.xz, which kmod
+decompresses; see builder/modules.py) with fresh depmod indexes. Layout is
+merged-/usr like Debian's, so /lib64/ld-linux-x86-64.so.2 (the loader path compiled into
+every program) and /lib/x86_64-linux-gnu (where ldd finds libraries) both resolve.
 
 libudev (opened by pyudev with ctypes) is bundled in the frozen tree and found through the
 runtime hook builder/rthook_libs.py, which answers ctypes.util.find_library from the
@@ -144,9 +144,10 @@ def _dedupe(agent: Path, root: Path) -> None:
 
 
 def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str],
-                  firmware_dir: Path | None = None) -> tuple[int, int]:
+                  firmware_dir: Path | None = None, module_cache: Path | None = None
+                  ) -> tuple[int, int]:
     """Fill `root` (emptied first) with everything the initramfs holds; returns firmware
-    (files found, files wanted)."""
+    (files found, files wanted). Modules are xz-compressed, memoised in `module_cache`."""
     if root.exists():
         shutil.rmtree(root)
     _layout(root)
@@ -159,7 +160,7 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
                          if p.is_file() and not p.is_symlink() and libs.is_elf(p)]
     libs.copy_into(root, libs.closure(programs, bundled=[agent]))
     _dedupe(agent, root)
-    modules.install(kern.modules_dir, kern.version, chosen, root)
+    modules.install(kern.modules_dir, kern.version, chosen, root, module_cache)
     fw = firmware.install(kern.modules_dir, chosen, firmware_dir, root)
     init = root / "init"
     init.write_text(INIT)
@@ -275,8 +276,10 @@ def _build(args: Namespace) -> Report:
     phase("freeze")
     root = work / "root"
     fw_dir = getattr(args, "firmware", None)
+    mcache = work / "module-cache"
     fw = assemble_root(root, frozen, kern, chosen, None if fw_dir in (None, Path("none"))
-                       else fw_dir)
+                       else fw_dir, mcache)
+    modules.prune_cache(mcache)
     phase("assemble")
     zcache = work / "zstd-cache"
     blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch(), zcache)

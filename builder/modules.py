@@ -5,14 +5,28 @@ common disk controllers. Dependencies come from the full tree's modules.dep (har
 modules.softdep (e.g. r8169 needs the `realtek` PHY driver, which nothing links against);
 depmod then regenerates modules.dep/modules.alias for the subset we copy, so modprobe by
 modalias inside the initrd sees only what is there.
+
+Modules go in xz-compressed (`.ko.xz`): the kernel unpacks the whole initramfs into tmpfs at
+every boot, and the plain .ko files were 46 of its 76 MB; kmod (+XZ) decompresses in user
+space the few a node loads. xz rather than zstd: 1.1 MB less to send over TFTP per node
+(9.7 MB against 10.8 MB for the generic set) for ~50 ms more decompression on the host per
+boot. The compressed files are cached by content, so only a new kernel pays the ~30 s.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import lzma
+import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +45,13 @@ GENERIC: tuple[str, ...] = (
     "usb_storage", "uas", "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd",
 )
 _SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
+#: What install() appends to a plain .ko.
+COMPRESSED_SUFFIX = ".xz"
+#: xz -9 without BCJ (the x86 filter makes relocatable modules 6% larger) and CRC32, the
+#: check the kernel's own module compression uses; the dictionary is sized per file.
+XZ_PRESET = 9
+#: Cache files unused this long are dropped (a kernel two updates old).
+CACHE_DAYS = 30
 
 
 def module_name(relpath: str) -> str:
@@ -134,14 +155,80 @@ def select(modules_dir: Path, spec: str = "") -> list[str]:
     return index.closure(roots)
 
 
-def install(modules_dir: Path, version: str, chosen: list[str], root: Path) -> Path:
-    """Copy `chosen` into root/lib/modules/VERSION and regenerate its indexes with depmod."""
+@functools.cache
+def _liblzma_version() -> str:
+    """liblzma's version, part of the cache key: another encoder may give other bytes, and a
+    cached build must equal a build from scratch."""
+    name = ctypes.util.find_library("lzma")
+    if name is None:
+        return "unknown"
+    lib = ctypes.CDLL(name)
+    lib.lzma_version_string.restype = ctypes.c_char_p
+    return lib.lzma_version_string().decode()
+
+
+def xz(data: bytes) -> bytes:
+    """One module as .ko.xz. The dictionary is the smallest power of two holding the file
+    (preset 9's 64 MiB would gain nothing and makes liblzma reserve 64 MiB on the node)."""
+    dict_size = min(64 << 20, max(4096, 1 << (len(data) - 1).bit_length()))
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=[
+        {"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": dict_size}])
+
+
+def compress_cached(data: bytes, cache: Path | None) -> bytes:
+    """xz(data), memoised in `cache` by the content's hash (the generic set takes ~30 s of
+    CPU; a rebuild for an agent edit must not pay it again)."""
+    if cache is None:
+        return xz(data)
+    key = f"{hashlib.sha256(data).hexdigest()}-xz{XZ_PRESET}-{_liblzma_version()}.xz"
+    path = cache / key
+    if path.is_file():
+        os.utime(path)  # recently used: kept by prune_cache
+        return path.read_bytes()
+    blob = xz(data)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"{key}.tmp{os.getpid()}.{id(data)}"
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    return blob
+
+
+def prune_cache(cache: Path, days: float = CACHE_DAYS) -> None:
+    """Drop compressed modules no build used for `days` (another kernel's)."""
+    if cache.is_dir():
+        limit = time.time() - days * 86400
+        for path in cache.glob("*.xz"):
+            if path.stat().st_mtime < limit:
+                path.unlink(missing_ok=True)
+
+
+def installed_name(rel: str) -> str:
+    """Where a module of the source tree lands in the initrd: plain .ko gets .xz, a module
+    the tree already ships compressed (.ko.zst, .ko.xz) keeps its name and bytes."""
+    return rel + COMPRESSED_SUFFIX if rel.endswith(".ko") else rel
+
+
+def _copy_module(src: Path, target: Path, cache: Path | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if src.name.endswith(".ko"):
+        target.write_bytes(compress_cached(src.read_bytes(), cache))
+    else:
+        shutil.copyfile(src, target)
+
+
+def install(modules_dir: Path, version: str, chosen: list[str], root: Path,
+            cache: Path | None = None) -> Path:
+    """Copy `chosen` (xz-compressed, see installed_name) into root/lib/modules/VERSION and
+    regenerate its indexes with depmod, which reads compressed modules and lists them by
+    their .ko.xz names in modules.dep. Two threads (lzma releases the GIL; the build
+    machine has two cores); each file's bytes do not depend on the order."""
     dest = root / "lib" / "modules" / version
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in chosen:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(modules_dir / rel, target)
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        for done in [pool.submit(_copy_module, modules_dir / rel, dest / installed_name(rel),
+                                 cache) for rel in chosen]:
+            done.result()
+    # modules.order keeps the .ko names: depmod matches them with the suffix stripped
     wanted = {_SUFFIX.sub(".ko", rel) for rel in chosen}
     order = modules_dir / "modules.order"
     if order.is_file():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import lzma
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -128,12 +131,16 @@ def test_install_copies_the_subset_and_depmod_indexes_only_it(tmp_path):
     assert _names(chosen) == {"igb", "dca", "i2c_algo_bit"}
     dest = modules.install(kern.modules_dir, kern.version, chosen, tmp_path / "root")
     for rel in chosen:
-        assert (dest / rel).read_bytes() == (kern.modules_dir / rel).read_bytes()
+        assert not (dest / rel).exists()  # only the compressed module is shipped
+        packed = (dest / f"{rel}.xz").read_bytes()
+        assert lzma.decompress(packed) == (kern.modules_dir / rel).read_bytes()
+        assert len(packed) < (kern.modules_dir / rel).stat().st_size / 2
     dep = (dest / "modules.dep").read_text()
-    igb = next(line for line in dep.splitlines() if "/igb.ko:" in line)
-    assert sorted(igb.split(":")[1].split()) == ["kernel/drivers/dca/dca.ko",
-                                                 "kernel/drivers/i2c/algos/i2c-algo-bit.ko"]
+    igb = next(line for line in dep.splitlines() if "/igb.ko.xz:" in line)
+    assert sorted(igb.split(":")[1].split()) == [
+        "kernel/drivers/dca/dca.ko.xz", "kernel/drivers/i2c/algos/i2c-algo-bit.ko.xz"]
     assert len(dep.splitlines()) == 3
+    # depmod read the compressed files: the aliases below come from inside them
     aliases = (dest / "modules.alias").read_text()
     assert "pci:v00008086d000010C9" in aliases  # an igb (82576) PCI id
     assert " e1000 " not in aliases.replace("\n", " ")
@@ -159,3 +166,77 @@ def test_firmware_the_modules_ask_for_is_copied_when_the_host_has_it(tmp_path):
     assert (root / "lib/firmware/vendor/nic-a.bin.zst").read_bytes() == b"blob"
     assert firmware.install(mdir, chosen, tmp_path / "absent", tmp_path / "r2") == (0, 2)
     assert not (tmp_path / "r2").exists()
+
+
+def test_compressed_modules_are_cached_by_content_and_identical_either_way(tmp_path):
+    data = b"\x7fELF module" + bytes(range(256)) * 64
+    cache = tmp_path / "cache"
+    fresh = modules.compress_cached(data, None)
+    stored = modules.compress_cached(data, cache)
+    assert fresh == stored == modules.compress_cached(data, cache)
+    assert lzma.decompress(fresh) == data
+    assert len(list(cache.glob("*.xz"))) == 1
+    # a different module gets its own entry, not the first one's bytes
+    other = modules.compress_cached(data + b"!", cache)
+    assert lzma.decompress(other) == data + b"!"
+    assert len(list(cache.glob("*.xz"))) == 2
+
+
+def test_a_cached_module_is_read_from_the_cache(tmp_path):
+    data = b"\x7fELF module" * 100
+    cache = tmp_path / "cache"
+    modules.compress_cached(data, cache)
+    (entry,) = cache.glob("*.xz")
+    marker = modules.xz(b"planted")
+    entry.write_bytes(marker)
+    assert modules.compress_cached(data, cache) == marker
+
+
+def test_prune_drops_only_entries_unused_for_a_month(tmp_path):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    modules.compress_cached(b"old", cache)
+    (old,) = cache.glob("*.xz")
+    modules.compress_cached(b"new", cache)
+    (new,) = set(cache.glob("*.xz")) - {old}
+    stale = time.time() - (modules.CACHE_DAYS + 1) * 86400
+    os.utime(old, (stale, stale))
+    modules.prune_cache(cache)
+    assert not old.exists() and new.exists()
+
+
+def test_the_xz_dictionary_fits_the_module_not_preset_9s_64_mib(tmp_path):
+    """liblzma on the node reserves the header's dictionary size for every module; the
+    check is CRC32 (what the kernel's own module compression writes)."""
+    if shutil.which("xz") is None:
+        pytest.skip("xz not installed")
+    packed = tmp_path / "m.ko.xz"
+    packed.write_bytes(modules.xz(b"a" * 300_000))
+    listing = subprocess.run(["xz", "--robot", "--list", "-vv", str(packed)],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    block = next(line.split("\t") for line in listing.splitlines() if line.startswith("block"))
+    assert block[-1] == "--lzma2=dict=512KiB"
+    assert "CRC32" in block
+
+
+def test_install_names_plain_modules_xz_and_keeps_precompressed_ones(fake_tree, tmp_path):
+    (fake_tree / "kernel/drivers/ata/ahci.ko").write_bytes(b"plain module")
+    zst = "kernel/extra/vendor.ko.zst"
+    (fake_tree / zst).parent.mkdir(parents=True)
+    (fake_tree / zst).write_bytes(b"already compressed")
+    (fake_tree / "modules.order").write_text(
+        "kernel/drivers/ata/ahci.ko\nkernel/extra/vendor.ko\nkernel/crypto/crc32c_generic.ko\n")
+    assert modules.installed_name("kernel/a.ko") == "kernel/a.ko.xz"
+    assert modules.installed_name(zst) == zst
+    root = tmp_path / "root"
+    with contextlib.suppress(BuildError):  # depmod may refuse the fake (non-ELF) modules
+        modules.install(fake_tree, VERSION, ["kernel/drivers/ata/ahci.ko", zst], root)
+    dest = root / "lib" / "modules" / VERSION
+    assert lzma.decompress((dest / "kernel/drivers/ata/ahci.ko.xz").read_bytes()) \
+        == b"plain module"
+    assert (dest / zst).read_bytes() == b"already compressed"
+    # modules.order keeps .ko names (depmod strips the suffix to match them)
+    assert (dest / "modules.order").read_text() == \
+        "kernel/drivers/ata/ahci.ko\nkernel/extra/vendor.ko\n"
