@@ -25,10 +25,18 @@ LIB_DIRS = (Path("/lib/x86_64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu"))
 #: Imports made with computed names (plugins) that PyInstaller must be told about.
 COLLECT = ("agent", "pyroute2")
 HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c")
-#: Never imported on a node; each would drag megabytes in (ssl: libssl, tkinter: Tk).
-#: (Not unittest: pyroute2 imports it.)
+#: Never imported on a node; each would drag megabytes in (tkinter: Tk).
+#: Not unittest, ssl or sqlite3: `import pyroute2` imports all three (its __init__ imports
+#: NDB, whose schema imports sqlite3, and IPRoute's socket imports probe_msg, which
+#: imports ssl), so libssl and libsqlite3 stay while the agent uses pyroute2.
 EXCLUDE = ("tkinter", "zstandard.backend_cffi", "cffi", "pytest", "hypothesis", "builder",
            "setuptools", "pip", "PyInstaller")
+#: Extensions nothing on a node imports, and whose absence the stdlib expects (each import
+#: of them is guarded, or there is a pure-Python fallback): readline (with libreadline and
+#: libtinfo: pdb/cmd/code only), _decimal (decimal falls back to _pydecimal) and the CJK
+#: codecs (an unknown encoding becomes LookupError). 1.9 MB less to unpack per boot.
+EXCLUDE_OPTIONAL = ("readline", "_decimal", "_multibytecodec", "_codecs_cn", "_codecs_hk",
+                    "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw")
 
 ENTRY = '''\
 """Frozen entry point: `herdcast COMMAND`, the same dispatcher as the console script."""
@@ -91,7 +99,7 @@ def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
         argv += ["--collect-submodules", package]
     for module in HIDDEN:
         argv += ["--hidden-import", module]
-    for module in EXCLUDE:
+    for module in EXCLUDE + EXCLUDE_OPTIONAL:
         argv += ["--exclude-module", module]
     for soname in CTYPES_LIBS:
         argv += ["--add-binary", f"{_find_lib(soname)}:."]

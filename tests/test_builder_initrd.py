@@ -110,6 +110,39 @@ def test_builds_sharing_a_work_dir_wait_for_each_other(tmp_path):
     assert order == ["first done", "second"]
 
 
+def _freeze_check_without(blocked: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """The frozen program's import check (freeze.ENTRY), run by this interpreter with the
+    `blocked` modules made unimportable, as if PyInstaller had left them out."""
+    from builder import freeze
+
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n" + freeze.ENTRY)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "HERDCAST_FREEZE_CHECK": "1",
+                                                      "PYTHONPATH": str(ROOT)})
+
+
+def test_the_extensions_left_out_of_the_freeze_are_never_needed():
+    from builder import freeze
+
+    argv = freeze.pyinstaller_argv(Path(sys.executable), Path("/tmp/w"), Path("e.py"))
+    excluded = {argv[i + 1] for i, a in enumerate(argv) if a == "--exclude-module"}
+    assert set(freeze.EXCLUDE_OPTIONAL) <= excluded
+    proc = _freeze_check_without(freeze.EXCLUDE_OPTIONAL)
+    assert freeze.CHECK_OK in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["ssl", "sqlite3"])
+def test_libssl_and_libsqlite3_stay_because_pyroute2_imports_them(module):
+    """If this starts failing, pyroute2 no longer needs the module: add it to
+    freeze.EXCLUDE_OPTIONAL (libssl 0.7 MB, libsqlite3 1.4 MB)."""
+    from builder import freeze
+
+    assert module not in freeze.EXCLUDE + freeze.EXCLUDE_OPTIONAL
+    proc = _freeze_check_without((module,))
+    assert freeze.CHECK_OK not in proc.stdout
+    assert f"import of {module} halted" in proc.stderr
+
+
 # ----------------------------------------------------------------------------- the real build
 
 
@@ -148,7 +181,12 @@ def test_initrd_holds_init_agent_tools_libraries_and_modules(members):
     listed = [line.split(":")[0] for line in members[deps[0]][1].decode().splitlines()]
     assert len(listed) > 150  # the full generic driver set
     for rel in listed:
+        assert rel.endswith(".ko.xz"), rel  # compressed: half the bytes for the kernel to unpack
         assert f"{moddir}/{rel}" in members, rel
+    assert not [n for n in members if n.endswith(".ko")]
+    # stdlib extensions left out on purpose, and the libraries only they needed
+    assert not [n for n in members if "_codecs_" in n or "readline" in n or "_decimal" in n]
+    assert "usr/lib/x86_64-linux-gnu/libtinfo.so.6" not in members
     aliases = members[f"{moddir}/modules.alias"][1].decode()
     assert "pci:v00008086d0000100Esv*sd*bc*sc*i* e1000" in aliases
     assert " virtio_blk" in aliases and " nvme" in aliases and " ahci" in aliases
