@@ -1,5 +1,6 @@
-"""agent.hardware: modalias -> module planning on a fake sysfs, passes, uevents through
-pyudev's monitor."""
+"""agent.hardware and what it uses: modalias -> module planning on a fake sysfs
+(agent.modalias), modprobe runs (agent.modprobe), passes, uevents through pyudev's monitor
+(agent.uevents)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.hardware import (
-    AliasTable,
-    Device,
-    ModuleLoad,
-    UdevEvents,
-    Uevent,
-    bus_modaliases,
-    find_library_on_disk,
-    import_pyudev,
-    load_drivers,
-    modules_for,
-    named_loads,
-    open_uevents,
-    plan_loads,
-    read_aliases,
-)
+from agent.hardware import HardwareReport, load_drivers
+from agent.modalias import AliasTable, Device, bus_modaliases, modules_for, plan_loads, read_aliases
+from agent.modprobe import ModuleLoad, named_loads, run_loads
+from agent.uevents import UdevEvents, Uevent, find_library_on_disk, import_pyudev, open_uevents
 
 ALIASES = """\
 # Aliases extracted from modules themselves.
@@ -254,8 +243,6 @@ def test_passes_until_virtio_devices_have_drivers(fake):
 def test_a_failure_in_a_batch_is_run_alone_for_its_message(fake):
     devices = [Device("/a", "pci", "pci:v00008086d0000100Esv0sd0bc02sc00i00"),
                Device("/b", "pci", "pci:v00001AF4d00001000sv0sd0bc02sc00i00")]
-    from agent.hardware import HardwareReport, run_loads
-
     report = HardwareReport()
     run_loads(plan_loads(devices, read_aliases(fake["modules"]), set()), fake["modprobe"],
               report, fake["proc"])
@@ -411,7 +398,7 @@ def test_pyudev_finds_libudev_without_ldconfig(monkeypatch):
     monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
     assert import_pyudev().Context() is not None
     monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
-    monkeypatch.setattr("agent.hardware.LIBRARY_DIRS", ())
+    monkeypatch.setattr("agent.uevents.LIBRARY_DIRS", ())
     monkeypatch.setenv("LD_LIBRARY_PATH", "")
     assert open_uevents() == (None, "No library named udev")
 
