@@ -6,6 +6,7 @@ for pyudev or pyroute2, and a frozen node does not pay for the builder.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 USAGE = """usage: herdcast COMMAND [options]
@@ -20,10 +21,21 @@ commands:
 """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service manager stopping us), raised where the program is so the
+    clean-up of Ctrl-C runs too: a receiver says DISCONNECT, so its sender drops it at once
+    instead of waiting for it, and a terminal left in raw mode is restored."""
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    raise Terminated
+
+
 def _transfer(side: str, argv: list[str]) -> int:
     """`herdcast send` / `herdcast receive`: parse udpcast's options, then run that side."""
     from agent import options
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     parse = options.parse_send_args if side == "send" else options.parse_receive_args
     try:
         opts = parse(argv)
@@ -76,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return command(argv[1:])
+    except Terminated:
+        print(f"herdcast {argv[0]}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"herdcast {argv[0]}: interrupted", file=sys.stderr)
         return 130

@@ -162,6 +162,33 @@ def test_thirty_percent_loss_on_every_link(tmp_path):
         assert sha(out) == sha(src)
 
 
+def test_terminated_receiver_says_disconnect_and_is_dropped_at_once(tmp_path):
+    """SIGTERM runs the receiver's Ctrl-C clean-up: it says DISCONNECT, so the sender drops
+    it mid-transfer instead of waiting for it, and it exits 143 saying why."""
+    src = make_source(tmp_path, 3_000_001)
+    with NetLab(3, net=105) as lab:
+        outs = [tmp_path / "out1.bin", tmp_path / "out2.bin"]
+        rcv = [herdcast_receiver(host, out, tmp_path / f"recv{i}.log")
+               for i, (host, out) in enumerate(zip(lab.hosts[1:], outs, strict=True), 1)]
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "2", "-f", str(src),
+                              "--max-bitrate", "4m")
+        deadline = time.monotonic() + 30
+        while not outs[0].exists() or outs[0].stat().st_size == 0:
+            assert time.monotonic() < deadline, logs(tmp_path)
+            time.sleep(0.1)
+        rcv[0].send_signal(signal.SIGTERM)
+        assert wait(rcv[0], 10) == 143, logs(tmp_path)
+        rc = wait(snd)
+        assert wait(rcv[1], 30) == 0, logs(tmp_path)
+    log = logs(tmp_path)
+    assert "herdcast receive: terminated" in log
+    assert "receiver 10.105.0.11 disconnected mid-transfer" in log
+    assert rc != 0  # a dropped receiver fails the sender's verdict
+    assert sha(outs[1]) == sha(src)
+
+
 @needs_udpcast
 def test_killed_receiver_is_dropped_and_the_rest_finish(tmp_path):
     src = make_source(tmp_path, 6_000_001)
