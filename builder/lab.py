@@ -153,6 +153,8 @@ class PxeLab:
         _sh("ip", "-n", self.name, "link", "set", tap, "mtu", str(self.mtu), "master", "br0",
             "up")
         node.console = self.workdir / f"{node.name}.console.log"
+        # a console kept from the last run (build/demo/) must not be read as this one's
+        node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
             disk = ["-drive", f"file={node.disk},if=virtio,format=raw"]
         else:
