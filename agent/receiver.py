@@ -398,6 +398,7 @@ class Receiver:
                 last_rx = time.monotonic()
                 if not started and (asm.started or self._pending_answer):
                     started = True
+                    _info("Transfer started: first data from the sender")
                     if kbd:
                         self._restore_tty()
             elif started or opts.start_timeout:

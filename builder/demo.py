@@ -36,8 +36,8 @@ FLEET = [
 ]
 # What the node agent prints; the demo shows the latest such line per node.
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
-_FIRST_DATA = re.compile(r"herdcast[^\n]*(?:receiving|sending|started|connected)",
-                         re.IGNORECASE)
+# The moment data flows: the sender's start line, a receiver's first-data line.
+_FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data")
 
 
 @dataclass

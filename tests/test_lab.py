@@ -32,3 +32,13 @@ def test_boot_starts_from_a_fresh_console_on_the_jumbo_lan(tmp_path, monkeypatch
     (argv,) = started
     assert argv[argv.index("-cpu") + 1] == "qemu64"
     assert f"e1000,netdev=n0,mac={node.mac}" in argv
+
+
+def test_first_data_is_when_data_flows_not_when_a_node_starts_waiting():
+    from builder.demo import _FIRST_DATA
+
+    waiting = ["herdcast: receiving /dev/sda on port 9000", "herdcast: sending /dev/vda on port "
+               "9000", "Connected as #1 to 10.99.0.168", "Listening to multicast on 233.255.0.1"]
+    assert not any(_FIRST_DATA.search(line) for line in waiting)
+    assert _FIRST_DATA.search("herdcast send: starting (3 receiver(s) connected): 3 receivers")
+    assert _FIRST_DATA.search("Transfer started: first data from the sender")

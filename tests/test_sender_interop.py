@@ -79,6 +79,7 @@ def test_stock_and_herdcast_receivers_get_identical_bytes(tmp_path, mode):
         assert out.stat().st_size == ODD_SIZE
         assert sha(out) == sha(src), out
     assert "complete, no digest (stock receiver)" in log
+    assert "Transfer started: first data from the sender" in log  # herdcast's receiver
     if mode:
         assert "data to 10.81.0.255" in log
 
