@@ -41,23 +41,45 @@ def settle() -> None:
     time.sleep(1.0)
 
 
+def start_receivers(tmp_path: Path, *specs) -> tuple[list[Path], list[Path], list]:
+    """Start one receiver per spec `(launcher, host, name, *extra args)`, writing NAME.bin
+    and logging to NAME.log, then let them settle; returns (outputs, logs, processes)."""
+    outs, logs, procs = [], [], []
+    for launcher, host, name, *extra in specs:
+        outs.append(tmp_path / f"{name}.bin")
+        logs.append(tmp_path / f"{name}.log")
+        procs.append(launcher(host, outs[-1], logs[-1], *extra))
+    settle()
+    return outs, logs, procs
+
+
+def finish(snd: subprocess.Popen, slog: Path, procs: list, logs: list[Path],
+           sender_timeout: float = 60, receiver_timeout: float = 20) -> None:
+    """The sender, then every receiver, must exit 0 in time; a failure shows its log."""
+    assert wait(snd, slog, sender_timeout) == 0, slog.read_text()
+    for proc, log in zip(procs, logs, strict=True):
+        assert wait(proc, log, receiver_timeout) == 0, log.read_text()
+
+
+def _wait_for_bytes(path: Path, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_size == 0:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("mode,both", [([], []), (["--broadcast"], []), ([], ["--ttl", "2"])],
                          ids=["multicast", "broadcast", "ttl2-rdv-224.0.0.1"])
 def test_stock_sender_feeds_herdcast_and_stock_receivers(tmp_path, mode, both):
     src = make_source(tmp_path)
     with NetLab(4, net=81) as lab:
         h0, h1, h2, h3 = lab.hosts
-        outs = [tmp_path / f"out{i}.bin" for i in range(3)]
-        logs = [tmp_path / f"r{i}.log" for i in range(3)]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0], *both),
-                     herdcast_receiver(h2, outs[1], logs[1], *both),
-                     stock_receiver(h3, outs[2], logs[2], *both)]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "r0", *both), (herdcast_receiver, h2, "r1", *both),
+            (stock_receiver, h3, "r2", *both))
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "3", *mode, *both)
-        assert wait(snd, slog) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
     for out in outs:
         assert out.stat().st_size == ODD_SIZE
         assert sha(out) == sha(src)
@@ -72,17 +94,12 @@ def test_five_percent_loss_on_one_receiver(tmp_path, fec):
     with NetLab(3, net=82) as lab:
         h0, h1, h2 = lab.hosts
         h1.drop_udp(5)
-        outs = [tmp_path / "lossy.bin", tmp_path / "clean.bin"]
-        logs = [tmp_path / "lossy.log", tmp_path / "clean.log"]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
-                     herdcast_receiver(h2, outs[1], logs[1])]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "lossy"), (herdcast_receiver, h2, "clean"))
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "2",
                            *(["--fec", fec] if fec else []))
-        assert wait(snd, slog) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
 
 
@@ -92,14 +109,11 @@ def test_async_fec_alone_repairs_loss(tmp_path):
     with NetLab(2, net=83) as lab:
         h0, h1 = lab.hosts
         h1.drop_udp(5)
-        out, log = tmp_path / "out.bin", tmp_path / "r.log"
-        rcv = herdcast_receiver(h1, out, log)
-        settle()
+        (out,), logs, receivers = start_receivers(tmp_path, (herdcast_receiver, h1, "out"))
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--async", "--max-bitrate", "20m", "--fec",
                            "8x16/64", "--autostart", "2")
-        assert wait(snd, slog) == 0, slog.read_text()
-        assert wait(rcv, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
     assert sha(out) == sha(src)
 
 
@@ -131,22 +145,14 @@ def test_garbage_datagrams_do_not_break_a_transfer(tmp_path):
     src = make_source(tmp_path)
     with NetLab(4, net=84) as lab:
         h0, h1, h2, h3 = lab.hosts
-        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
-        logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
-                     herdcast_receiver(h2, outs[1], logs[1])]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "a"), (herdcast_receiver, h2, "b"))
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "2", "--max-bitrate", "10m")
-        deadline = time.monotonic() + 20
-        while not outs[0].exists() or outs[0].stat().st_size == 0:
-            assert time.monotonic() < deadline, logs[0].read_text()
-            time.sleep(0.05)
+        _wait_for_bytes(outs[0], logs[0])
         junk = h3.popen([sys.executable, "-c", GARBAGE, h1.ip, h2.ip, "10.84.0.255",
                          "234.84.0.10"], stderr=subprocess.DEVNULL)
-        assert wait(snd, slog) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
         assert junk.poll() is None, "the garbage generator should still be running"
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
 
@@ -202,27 +208,15 @@ def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path
 # --- herdcast receive with herdcast send: the capability-gated extensions -------------
 
 
-def _wait_for_bytes(path: Path, log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or path.stat().st_size == 0:
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-
-
 def test_herdcast_pair_confirms_digests_in_the_senders_table(tmp_path):
     src = make_source(tmp_path)
     with NetLab(3, net=87) as lab:
         h0, h1, h2 = lab.hosts
-        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
-        logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
-                     herdcast_receiver(h2, outs[1], logs[1])]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "a"), (herdcast_receiver, h2, "b"))
         slog = tmp_path / "sender.log"
         snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2")
-        assert wait(snd, slog) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
     table = slog.read_text()
     for host in (h1, h2):
@@ -281,17 +275,12 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
         for host in (h1, h2):
             host.drop_udp(30)
         h0.drop_udp(30, dport=9001)
-        outs = [tmp_path / "a.bin", tmp_path / "b.bin"]
-        logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0]),
-                     herdcast_receiver(h2, outs[1], logs[1])]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "a"), (herdcast_receiver, h2, "b"))
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "2", "--rexmit-hello-interval",
                            "100")
-        assert wait(snd, slog, 110) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 30) == 0, log.read_text()
+        finish(snd, slog, receivers, logs, sender_timeout=110, receiver_timeout=30)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
 
 
@@ -300,14 +289,10 @@ def test_herdcast_fec_with_loss_and_a_stock_receiver_beside(tmp_path):
     with NetLab(3, net=99) as lab:
         h0, h1, h2 = lab.hosts
         h1.drop_udp(5)
-        outs = [tmp_path / "lossy.bin", tmp_path / "stock.bin"]
-        logs = [tmp_path / "lossy.log", tmp_path / "stock.log"]
-        receivers = [herdcast_receiver(h1, outs[0], logs[0]), stock_receiver(h2, outs[1], logs[1])]
-        settle()
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "lossy"), (stock_receiver, h2, "stock"))
         slog = tmp_path / "sender.log"
         snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2", "--fec", "8x8/128")
-        assert wait(snd, slog) == 0, slog.read_text()
-        for proc, log in zip(receivers, logs, strict=True):
-            assert wait(proc, log, 20) == 0, log.read_text()
+        finish(snd, slog, receivers, logs)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
     assert "FEC blocks" in slog.read_text()
