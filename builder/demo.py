@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.lab import Node, PxeLab, console_text
+from builder.lab import LAB_MTU, Node, PxeLab, console_text
 from builder.labdisk import make_junk_disk, make_sender_disk, read_partition_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path
 
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
-            show=print, http: bool = True, mtu: int = 9000) -> list[NodeResult]:
+            show=print, http: bool = True, mtu: int = LAB_MTU) -> list[NodeResult]:
     """Boot the fleet, wait for every node to power off, and compare the disks. `http`:
     kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP); `mtu`:
     the lab LAN's, which DHCP hands the nodes (9000: jumbo frames, 8956-byte blocks)."""
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--tftp-only", action="store_true",
                    help="fetch the kernel and initrd over TFTP too, as without --http-url")
-    p.add_argument("--mtu", type=int, default=9000,
+    p.add_argument("--mtu", type=int, default=LAB_MTU,
                    help="the lab LAN's MTU, handed out by DHCP (default: %(default)s, jumbo "
                    "frames; 1500 for plain Ethernet)")
     args = p.parse_args(argv)

@@ -21,6 +21,7 @@ from pathlib import Path
 SUBNET = "10.99.0"  # inside the lab namespace only
 BRIDGE_IP = f"{SUBNET}.1"
 HTTP_PORT = 80
+LAB_MTU = 9000  # jumbo frames on the lab LAN, announced by DHCP (option 26)
 
 
 class LabError(RuntimeError):
@@ -63,7 +64,7 @@ class PxeLab:
     name: str = ""
     memory_mb: int = 512
     http: bool = True  # also serve the TFTP root over HTTP (see http_url)
-    mtu: int = 9000  # jumbo frames on the lab LAN, announced by DHCP (option 26)
+    mtu: int = LAB_MTU
     # qemu's default TCG model. `max` advertises ERMS and AVX2, so the guest's kernel and
     # libc copy with `rep movsb` and hash with AVX2 code, which TCG emulates far slower than
     # plain x86-64: a TCG receiver took 64 MiB at 8 MB/s with `max`, 17 MB/s with qemu64.
@@ -136,7 +137,7 @@ class PxeLab:
         """Where the VMs find the TFTP root over HTTP (for `make initrd --http-url`)."""
         if not self.http:
             raise LabError("this lab serves no HTTP (http=False)")
-        return f"http://{BRIDGE_IP}" + (f":{HTTP_PORT}" if HTTP_PORT != 80 else "")
+        return f"http://{BRIDGE_IP}:{HTTP_PORT}"
 
     # -- nodes -------------------------------------------------------------------------------
     def add_node(self, name: str, nic: str, bus: str, disk: Path) -> Node:
