@@ -33,7 +33,7 @@ def _on_sigterm(signum: int, frame) -> None:
 
 def _transfer(side: str, argv: list[str]) -> int:
     """`herdcast send` / `herdcast receive`: parse udpcast's options, then run that side."""
-    from agent import options
+    from agent.transfer import options
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     parse = options.parse_send_args if side == "send" else options.parse_receive_args
@@ -43,22 +43,22 @@ def _transfer(side: str, argv: list[str]) -> int:
         print(f"herdcast {side}: {exc}", file=sys.stderr)
         return 2
     if side == "send":
-        from agent.sender import run_sender
+        from agent.transfer.send.sender import run_sender
 
         return run_sender(opts)
-    from agent.receiver import run_receiver
+    from agent.transfer.receive.receiver import run_receiver
 
     return run_receiver(opts)
 
 
 def _plan(argv: list[str]) -> int:
-    from agent.plan import main as plan_main
+    from agent.boot.plan import main as plan_main
 
     return plan_main(argv)
 
 
 def _node(argv: list[str]) -> int:
-    from agent.node import main as node_main
+    from agent.boot.node import main as node_main
 
     return node_main(argv)
 

@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["demo"]:  # builder/demo.py parses its own options
-        from builder.demo import main as demo_main
+    if argv[:1] == ["demo"]:  # builder/lab/demo.py parses its own options
+        from builder.lab.demo import main as demo_main
 
         return demo_main(argv[1:])
     parser = _parser()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cmdline import (
+from agent.boot.cmdline import (
     PARAMETERS,
     BootConfig,
     CmdlineError,
@@ -15,7 +15,7 @@ from agent.cmdline import (
     parse_cmdline,
     split_cmdline,
 )
-from agent.options import ReceiveOptions, SendOptions
+from agent.transfer.options import ReceiveOptions, SendOptions
 
 TUTORIAL = ("load_ramdisk=1 initrd=initrd root=01:00 auto=yes lang=US kbmap=US netmodule=AUTO "
             "netmodparm= dhcp=yes port=9000 enableDiskmodule=yes diskmodule=AUTO diskmodparm= "

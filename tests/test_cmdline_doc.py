@@ -1,4 +1,4 @@
-"""kernel-cmdline.md is the user's contract: it and agent.cmdline.PARAMETERS must agree on the
+"""kernel-cmdline.md is the user's contract: it and agent.boot.cmdline.PARAMETERS must agree on the
 names, the defaults, the accepted words and the exact error for each documented bad value."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cmdline import PARAMETERS, BootConfig, CmdlineError, parse_cmdline
+from agent.boot.cmdline import PARAMETERS, BootConfig, CmdlineError, parse_cmdline
 
 DOC = Path(__file__).resolve().parent.parent / "kernel-cmdline.md"
 CODE = re.compile(r"`([^`]*)`")

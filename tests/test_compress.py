@@ -1,4 +1,4 @@
-"""agent.compress: round-trips, and the stock tools reading what herdcast writes."""
+"""agent.transfer.compress: round-trips, and the stock tools reading what herdcast writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import zstandard
 
-from agent.compress import CODECS, CompressError, compressing_reader, decompressing_writer
+from agent.transfer.compress import CODECS, CompressError, compressing_reader, decompressing_writer
 
 STOCK = {"gz": ["gzip", "-dc"], "lzop": ["lzop", "-dc"], "zstd": ["zstd", "-dc"]}
 STOCK_COMPRESS = {"gz": ["gzip", "-c"], "lzop": ["lzop", "-c"], "zstd": ["zstd", "-c", "-q"]}

@@ -1,4 +1,4 @@
-"""agent.disk: refusals happen before writing, sizes come from the kernel."""
+"""agent.hw.disk: refusals happen before writing, sizes come from the kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from loopdev import loop_device, needs_loop
 
-from agent.disk import (
+from agent.hw.disk import (
     Disk,
     DiskError,
     check_receive_target,

@@ -1,4 +1,4 @@
-"""agent.fec against udpcast's own FEC packets (captured) and as an erasure code."""
+"""agent.udpcast.fec against udpcast's own FEC packets (captured) and as an erasure code."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcap import read_udp
 
-from agent import fec
-from agent.protocol import DATA_HEADER, FEC_HEADER, HEADER_SIZE, Op, opcode
+from agent.udpcast import fec
+from agent.udpcast.protocol import DATA_HEADER, FEC_HEADER, HEADER_SIZE, Op, opcode
 
 FIX = SHARED / "fixtures"
 BLOCKSIZE = 1456

@@ -1,6 +1,6 @@
-"""agent.hardware and what it uses: modalias -> module planning on a fake sysfs
-(agent.modalias), modprobe runs (agent.modprobe), passes, uevents through pyudev's monitor
-(agent.uevents)."""
+"""agent.hw.drivers and what it uses: modalias -> module planning on a fake sysfs
+(agent.hw.modalias), modprobe runs (agent.hw.modprobe), passes, uevents through pyudev's monitor
+(agent.hw.uevents)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.hardware import HardwareReport, load_drivers
-from agent.modalias import AliasTable, Device, bus_modaliases, modules_for, plan_loads, read_aliases
-from agent.modprobe import ModuleLoad, named_loads, run_loads
-from agent.uevents import UdevEvents, Uevent, find_library_on_disk, import_pyudev, open_uevents
+from agent.hw.drivers import HardwareReport, load_drivers
+from agent.hw.modalias import (
+    AliasTable,
+    Device,
+    bus_modaliases,
+    modules_for,
+    plan_loads,
+    read_aliases,
+)
+from agent.hw.modprobe import ModuleLoad, named_loads, run_loads
+from agent.hw.uevents import UdevEvents, Uevent, find_library_on_disk, import_pyudev, open_uevents
 
 ALIASES = """\
 # Aliases extracted from modules themselves.
@@ -398,14 +405,14 @@ def test_pyudev_finds_libudev_without_ldconfig(monkeypatch):
     monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
     assert import_pyudev().Context() is not None
     monkeypatch.setattr(pyudev_utils, "find_library", lambda name: None)
-    monkeypatch.setattr("agent.uevents.LIBRARY_DIRS", ())
+    monkeypatch.setattr("agent.hw.uevents.LIBRARY_DIRS", ())
     monkeypatch.setenv("LD_LIBRARY_PATH", "")
     assert open_uevents() == (None, "No library named udev")
 
 
 WAIT_FOR_UEVENT = textwrap.dedent("""
     import subprocess, threading, time
-    from agent.hardware import load_drivers
+    from agent.hw.drivers import load_drivers
     def plug():
         time.sleep(1.0)
         subprocess.run(["ip", "link", "add", "v0", "address", "02:00:00:00:00:42",

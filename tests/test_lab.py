@@ -1,12 +1,12 @@
-"""builder.lab without VMs: what a boot asks of `ip` and qemu (the real lab runs in
+"""builder.lab.vms without VMs: what a boot asks of `ip` and qemu (the real lab runs in
 test_pxe_lab.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from builder import lab as labmod
-from builder.lab import PxeLab
+from builder.lab import vms as labmod
+from builder.lab.vms import PxeLab
 
 
 class _Proc:
@@ -35,7 +35,7 @@ def test_boot_starts_from_a_fresh_console_on_the_jumbo_lan(tmp_path, monkeypatch
 
 
 def test_first_data_is_when_data_flows_not_when_a_node_starts_waiting():
-    from builder.demo import _FIRST_DATA
+    from builder.lab.demo import _FIRST_DATA
 
     waiting = ["herdcast: receiving /dev/sda on port 9000", "herdcast: sending /dev/vda on port "
                "9000", "Connected as #1 to 10.99.0.168", "Listening to multicast on 233.255.0.1"]

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from builder.labdisk import Mbr, make_junk_disk, make_sender_disk, read_partition_file
+from builder.lab.disks import Mbr, make_junk_disk, make_sender_disk, read_partition_file
 
 pytestmark = pytest.mark.skipif(not shutil.which("mke2fs") or not shutil.which("debugfs"),
                                 reason="e2fsprogs not installed (scripts/install-deps)")

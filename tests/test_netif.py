@@ -3,7 +3,7 @@
 import pytest
 from netlab import NetLab
 
-from agent import netif
+from agent.net import netif
 
 
 def test_loopback_ranks_last_and_spec_errors_name_the_option():

@@ -1,4 +1,4 @@
-"""agent.network in namespaces of our own: static, DHCP (dnsmasq), BOOTIF, no carrier."""
+"""agent.net.network in namespaces of our own: static, DHCP (dnsmasq), BOOTIF, no carrier."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.network import NetworkError, broadcast_of, prefixlen_of
+from agent.net.network import NetworkError, broadcast_of, prefixlen_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ def pair(server_ip: str = "10.66.0.1/24", client_mac: str = "02:00:00:00:66:02",
 
 
 def run_in(ns: str, code: str, timeout: float = 60) -> dict:
-    """Run agent.network code in namespace `ns`; it prints one JSON object."""
+    """Run agent.net.network code in namespace `ns`; it prints one JSON object."""
     proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
                            textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
@@ -69,7 +69,7 @@ def run_in(ns: str, code: str, timeout: float = 60) -> dict:
 
 SETUP = """
     import dataclasses, json
-    from agent.network import NetworkError, setup_network
+    from agent.net.network import NetworkError, setup_network
     try:
         cfg = setup_network(say=lambda s: None, {args})
         print(json.dumps(dataclasses.asdict(cfg)))
@@ -207,7 +207,7 @@ class _Lease:
 
 
 def test_dhcp_mtu_is_applied_or_explained():
-    from agent.network import Link, _apply_mtu
+    from agent.net.network import Link, _apply_mtu
 
     link = Link(3, "eth0", "02:00:00:00:00:01", True, True, 1)
     ok = _FakeIpr(refuse=False)

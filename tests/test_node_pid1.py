@@ -1,4 +1,4 @@
-"""agent.pid1 and agent.console: init duties, and never powering off outside init."""
+"""agent.boot.pid1 and agent.boot.console: init duties, and never powering off outside init."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import pid1
-from agent.console import Console, console_devices, open_consoles
+from agent.boot import pid1
+from agent.boot.console import Console, console_devices, open_consoles
 
 
 def test_console_devices_from_cmdline():
@@ -89,7 +89,7 @@ def test_find_shell():
 
 SUPERVISED = textwrap.dedent("""
     import os, subprocess, sys, time
-    from agent import pid1
+    from agent.boot import pid1
     assert os.getpid() == 1, "refusing: not PID 1 of a private PID namespace"
     def main():
         print("agent is init mode:", pid1.is_init(), flush=True)
@@ -133,7 +133,7 @@ def test_supervise_as_pid1_reaps_and_never_exits(tmp_path):
 NODE_AS_INIT = textwrap.dedent("""
     import os, sys
     assert os.getpid() == 1, "refusing: not PID 1 of a private PID namespace"
-    from agent.node import main
+    from agent.boot.node import main
     main(sys.argv[1:])
 """)
 

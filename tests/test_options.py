@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.options import (
+from agent.transfer.options import (
     UNSUPPORTED,
     FecSpec,
     OptionError,

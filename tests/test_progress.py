@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from agent import progress
-from agent.progress import Progress
+from agent.transfer import progress
+from agent.transfer.progress import Progress
 
 
 class FakeTty(io.StringIO):

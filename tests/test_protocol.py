@@ -1,4 +1,4 @@
-"""agent.protocol against golden bytes from stock udpcast 20120424 captures, plus property
+"""agent.udpcast.protocol against golden bytes from stock udpcast 20120424 captures, plus property
 tests; and the receiver's slice assembly replaying captured sessions (no sockets)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcap import read_udp
 
-from agent import protocol
-from agent.protocol import (
+from agent.transfer.receive.slices import Assembler, DroppedBySender, MissedStart
+from agent.udpcast import protocol
+from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
     HEADER_SIZE,
@@ -25,7 +26,6 @@ from agent.protocol import (
     build,
     parse,
 )
-from agent.recv_slices import Assembler, DroppedBySender, MissedStart
 
 FIX = SHARED / "fixtures"
 SESSIONS = FIX / "udpcast-20120424" / "sessions.pcap"
@@ -344,7 +344,7 @@ def test_bitmap_helpers_are_lsb_first():
 def test_connect_reply_image_size_extension():
     """A herdcast sender appends the image size to CONNECT_REPLY for herdcast receivers;
     the first 32 bytes stay udpcast's, so the stock parse still reads them."""
-    from agent.protocol import build_connect_reply, image_size
+    from agent.udpcast.protocol import build_connect_reply, image_size
 
     fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
                   mcast_addr="233.254.0.10")

@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import ensure_tftpboot
 
-from builder.demo import GOLDEN_FILES, run_lab
-from builder.labdisk import read_partition_file
+from builder.lab.demo import GOLDEN_FILES, run_lab
+from builder.lab.disks import read_partition_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -35,10 +35,10 @@ def test_fleet_clones_over_pxe(tmp_path):
 def test_a_node_boots_the_plain_tftp_root(tmp_path):
     """Without --http-url everything comes over TFTP, as on most admins' networks: one VM
     loads vmlinuz and initrd.img through pxelinux.0 and starts the agent."""
-    from builder.demo import lab_default
     from builder.initrd import MARKER
-    from builder.lab import PxeLab, console_text
-    from builder.labdisk import make_junk_disk
+    from builder.lab.demo import lab_default
+    from builder.lab.disks import make_junk_disk
+    from builder.lab.vms import PxeLab, console_text
 
     tftpboot = ensure_tftpboot()
     disk = tmp_path / "disk.img"

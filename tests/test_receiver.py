@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from netlab import NetLab
 
-from agent.options import parse_receive_args
-from agent.receiver import receive, run_receiver
+from agent.transfer.options import parse_receive_args
+from agent.transfer.receive.receiver import receive, run_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDCAST = [sys.executable, "-m", "agent"]

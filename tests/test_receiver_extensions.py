@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_SENDER = r"""
 import socket, sys, time
 sys.path.insert(0, sys.argv[3])
-from agent.protocol import Cap, Op, build, parse
+from agent.udpcast.protocol import Cap, Op, build, parse
 mode, bcast = sys.argv[1], sys.argv[2]
 BS, DATA = 1000, bytes(range(256)) * 10  # 2560 bytes: blocks of 1000, 1000, 560
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

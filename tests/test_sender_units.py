@@ -8,15 +8,15 @@ import io
 
 import pytest
 
-from agent.options import OptionError, SendOptions, parse_send_args
-from agent.protocol import DATA_HEADER, HEADER_SIZE, Op
-from agent.result import ReceiverReport
-from agent.send_batch import Destination, SliceBuffer, gso_blocks
-from agent.send_input import EOF, SliceReader
-from agent.send_rate import Pacer, congested_blocks, truesize
-from agent.send_report import verdict
-from agent.send_session import SendError, Table, block_size_for
-from agent.send_transfer import Stats, Transfer, _runs
+from agent.transfer.options import OptionError, SendOptions, parse_send_args
+from agent.transfer.result import ReceiverReport
+from agent.transfer.send.batch import Destination, SliceBuffer, gso_blocks
+from agent.transfer.send.pacer import Pacer, congested_blocks, truesize
+from agent.transfer.send.reader import EOF, SliceReader
+from agent.transfer.send.report import verdict
+from agent.transfer.send.rounds import Stats, Transfer, _runs
+from agent.transfer.send.session import SendError, Table, block_size_for
+from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, Op
 
 
 def test_prepare_writes_one_data_header_per_block_and_a_short_last_block():
@@ -153,7 +153,7 @@ def test_jumbo_bursts_are_sized_by_their_bigger_buffers():
 
 
 def test_automatic_slices_keep_udpcasts_size_in_bytes():
-    from agent.sender import _slice_blocks
+    from agent.transfer.send.sender import _slice_blocks
 
     assert _slice_blocks(SendOptions(blocksize=1456)) == 1024
     assert _slice_blocks(SendOptions(blocksize=8956)) == 166  # ~1.5 MB, not 9 MB

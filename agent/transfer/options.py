@@ -16,7 +16,7 @@ from dataclasses import dataclass
 DEFAULT_PORTBASE = 9000
 DEFAULT_BLOCKSIZE = 1456  # udpcast's: what one 1500-byte Ethernet frame carries
 # The largest block a UDP datagram carries (65507 bytes less the 16-byte DATA header). The
-# sender also keeps each block within its interface's MTU (agent.send_session.Network): a
+# sender also keeps each block within its interface's MTU (agent.transfer.send.session.Network): a
 # datagram IP fragments is lost whole when any fragment is.
 MAX_BLOCKSIZE = 65488
 
@@ -52,7 +52,7 @@ class CommonOptions:
     no_progress: bool = False
     start_timeout: float | None = None
     log: str | None = None
-    compress: str | None = None  # herdcast: in-process codec (agent.compress): gz, lzop, zstd
+    compress: str | None = None  # herdcast: in-process codec (transfer.compress)
 
 
 @dataclass

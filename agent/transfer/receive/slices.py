@@ -17,8 +17,8 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable
 
-from agent import fec
-from agent.protocol import BITMAP_BYTES, MAX_SLICE_SIZE, Op, build
+from agent.udpcast import fec
+from agent.udpcast.protocol import BITMAP_BYTES, MAX_SLICE_SIZE, Op, build
 
 DEFAULT_BUFFERS = 6
 

@@ -7,7 +7,7 @@ was dropped, left early, disagreed, or (a herdcast peer) never reported its dige
 
 from __future__ import annotations
 
-from agent.result import ReceiverReport, TransferResult
+from agent.transfer.result import ReceiverReport, TransferResult
 
 STATUS_TEXT = {
     "ok": "digest agreed",

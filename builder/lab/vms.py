@@ -3,7 +3,7 @@ server over the same TFTP root, and qemu VMs that PXE-boot the TFTP root `make i
 
 Everything lives in a network namespace this module creates and deletes: the bridge, the
 taps, dnsmasq and the VMs. Nothing reaches the machine's real interfaces. Used by the
-end-to-end test (tests/test_pxe_lab.py), `make demo` (builder/demo.py) and bench/pxe.
+end-to-end test (tests/test_pxe_lab.py), `make demo` (builder/lab/demo.py) and bench/pxe.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.hardware import HardwareReport
+    from agent.hw.drivers import HardwareReport
 
 
 def normalize(module: str) -> str:

@@ -5,7 +5,7 @@ cmdline -> config -> hardware -> network -> disk -> transfer -> result -> post a
 Nothing touches a disk before the command line, the transfer options and the disk itself
 have been checked; a bad parameter stops the node with one line naming it.
 
-As PID 1 the node forks the agent under agent.pid1's reaper and never exits. Run by hand
+As PID 1 the node forks the agent under agent.boot.pid1's reaper and never exits. Run by hand
 (tests, a server) it does the same steps with the test switches below and returns the exit
 status instead of powering anything off.
 """
@@ -18,8 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from agent import pid1
-from agent.console import Console, open_consoles, tee_std
+from agent.boot import pid1
+from agent.boot.console import Console, open_consoles, tee_std
 
 FAIL_ACTION = "wait"  # before the command line is parsed there is no onfail= to follow
 
@@ -76,7 +76,7 @@ def read_cmdline(args: NodeArgs) -> str:
 
 def load_config(text: str):
     """The validated BootConfig; a bad parameter is one line naming it."""
-    from agent.cmdline import CmdlineError, parse_cmdline
+    from agent.boot.cmdline import CmdlineError, parse_cmdline
 
     try:
         return parse_cmdline(text)
@@ -88,8 +88,8 @@ def load_config(text: str):
 
 def transfer_options(cfg, disk: str):
     """The send/receive options the node runs, with --file pointing at `disk`."""
-    from agent.cmdline import transfer_argv
-    from agent.options import OptionError, parse_receive_args, parse_send_args
+    from agent.boot.cmdline import transfer_argv
+    from agent.transfer.options import OptionError, parse_receive_args, parse_send_args
 
     argv = transfer_argv(cfg)
     argv[argv.index("--file") + 1] = disk
@@ -114,7 +114,7 @@ def confirm(cfg, con: Console) -> None:
 
 def hardware_step(cfg, disk: str, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
-    from agent.hardware import load_drivers
+    from agent.hw.drivers import load_drivers
 
     report = load_drivers(
         disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
@@ -140,7 +140,7 @@ def hardware_step(cfg, disk: str, con: Console) -> None:
 
 def network_step(cfg, opts, args: NodeArgs, con: Console) -> None:
     """Bring up and address the NIC; the transfer then uses exactly that interface."""
-    from agent.network import NetworkError, existing_config, setup_network
+    from agent.net.network import NetworkError, existing_config, setup_network
 
     try:
         if args.no_network:
@@ -159,7 +159,7 @@ def network_step(cfg, opts, args: NodeArgs, con: Console) -> None:
 
 def disk_step(cfg, opts, con: Console) -> None:
     """Receiver: refuse a mounted or too small disk before writing; sender: measure it."""
-    from agent.disk import DiskError, check_receive_target, check_send_source
+    from agent.hw.disk import DiskError, check_receive_target, check_send_source
 
     try:
         if cfg.sending:
@@ -178,9 +178,9 @@ def transfer_step(cfg, opts, con: Console):
     """Run herdcast send/receive in this process; returns its TransferResult."""
     try:
         if cfg.sending:
-            from agent.sender import send as run
+            from agent.transfer.send.sender import send as run
         else:
-            from agent.receiver import receive as run
+            from agent.transfer.receive.receiver import receive as run
     except ImportError as exc:
         raise NodeFailure(f"this herdcast lacks the {'sender' if cfg.sending else 'receiver'} "
                           f"({exc})", "rebuild the initramfs with make initrd") from exc

@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 
-from agent.protocol import DATA_HEADER, HEADER_SIZE, MAX_SLICE_SIZE, Op
+from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_SLICE_SIZE, Op
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg

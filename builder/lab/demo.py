@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.lab import LAB_MTU, Node, PxeLab, console_text
-from builder.labdisk import make_junk_disk, make_sender_disk, read_partition_file
+from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
+from builder.lab.vms import LAB_MTU, Node, PxeLab, console_text
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_FILES = {

@@ -7,7 +7,7 @@ Phases, as udpcast's receiver runs them:
    answered (udpcast sends one and hangs if it is lost), and recognises a transfer that
    started without it.
 2. transfer: every socket is connect()ed to the sender's IP:port, so the kernel drops rogue
-   datagrams; packets go to agent.recv_slices, completed slices to the writer thread.
+   datagrams; packets go to agent.transfer.receive.slices, completed slices to the writer thread.
 3. end: the empty slice is OK'd; the output flushed; with a herdcast sender the digest is
    confirmed; repeated REQACKs are answered until --exit-wait of quiet; DISCONNECT.
 """
@@ -22,10 +22,19 @@ import sys
 import time
 from dataclasses import dataclass
 
-from agent import netif
-from agent.options import ReceiveOptions
-from agent.progress import Progress, human_bytes
-from agent.protocol import (
+from agent.net import netif
+from agent.transfer.options import ReceiveOptions
+from agent.transfer.progress import Progress, human_bytes
+from agent.transfer.receive.output import (
+    Output,
+    OutputError,
+    SliceWriter,
+    check_image_fits,
+    check_target,
+)
+from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart, TransferAborted
+from agent.transfer.result import TransferResult
+from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
     HEADER_SIZE,
@@ -38,15 +47,6 @@ from agent.protocol import (
     image_size,
     parse,
 )
-from agent.recv_output import (
-    Output,
-    OutputError,
-    SliceWriter,
-    check_image_fits,
-    check_target,
-)
-from agent.recv_slices import DEFAULT_BUFFERS, Assembler, MissedStart, TransferAborted
-from agent.result import TransferResult
 
 DEFAULT_RCVBUF = 4 << 20  # the largest single throughput factor (performance-notes)
 DEAD_SENDER_TIMEOUT = 30.0  # silence mid-transfer when no --receive-timeout is given

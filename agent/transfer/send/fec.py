@@ -1,6 +1,6 @@
 """FEC blocks for `herdcast send --fec SxR/Z`, in udpcast's wire format.
 
-After a slice's data the sender adds R redundancy blocks per stripe (agent.fec, the
+After a slice's data the sender adds R redundancy blocks per stripe (agent.udpcast.fec, the
 receiver engineer's codec: Rizzo's Cauchy code, what stock udp-receiver decodes), numbered
 s + r*S, each a FEC packet: header (op 9, stripes, slice, fecBlockNo, slice bytes) plus a
 full block. They are computed by the reader thread as soon as a slice is read, so the
@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from agent import fec
-from agent.options import FecSpec
-from agent.protocol import FEC_HEADER, Op
-from agent.send_batch import SliceBuffer
+from agent.transfer.options import FecSpec
+from agent.transfer.send.batch import SliceBuffer
+from agent.udpcast import fec
+from agent.udpcast.protocol import FEC_HEADER, Op
 
 
 def slice_encoder(spec: FecSpec, blocksize: int):

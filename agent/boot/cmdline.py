@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from agent.options import (
+from agent.transfer.options import (
     OptionError,
     ReceiveOptions,
     SendOptions,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 
-from agent.options import SendOptions
-from agent.protocol import BITMAP_BYTES, Op, build
-from agent.send_batch import send_blocks, send_blocks_gso
-from agent.send_fec import send_fec_block
-from agent.send_input import EOF, SliceReader
-from agent.send_rate import Pacer
-from agent.send_session import Network
-from agent.send_transfer import Stats
+from agent.transfer.options import SendOptions
+from agent.transfer.send.batch import send_blocks, send_blocks_gso
+from agent.transfer.send.fec import send_fec_block
+from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.reader import EOF, SliceReader
+from agent.transfer.send.rounds import Stats
+from agent.transfer.send.session import Network
+from agent.udpcast.protocol import BITMAP_BYTES, Op, build
 
 
 def _paced(pacer: Pacer, want: int) -> int:

@@ -17,9 +17,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from agent import netif
-from agent.options import SendOptions
-from agent.protocol import (
+from agent.net import netif
+from agent.transfer.options import SendOptions
+from agent.transfer.result import ReceiverReport
+from agent.transfer.send.batch import enable_gso
+from agent.udpcast.protocol import (
     HEADER_SIZE,
     MAX_CLIENTS,
     Cap,
@@ -29,8 +31,6 @@ from agent.protocol import (
     default_data_group,
     parse,
 )
-from agent.result import ReceiverReport
-from agent.send_batch import enable_gso
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
 CHECK_INTERVAL = 0.05  # how often start triggers are looked at (udpcast: up to 2 s)

@@ -20,7 +20,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from agent.options import ReceiveOptions
+from agent.transfer.options import ReceiveOptions
 
 
 class OutputError(RuntimeError):
@@ -43,7 +43,7 @@ def check_image_fits(path: str | None, image_size: int | None) -> None:
     announced (a regular file just grows)."""
     if path is None or not image_size or not os.path.exists(path):
         return  # a new regular file just grows
-    from agent.disk import DiskError, check_size, probe
+    from agent.hw.disk import DiskError, check_size, probe
 
     try:
         disk = probe(path)
@@ -91,7 +91,7 @@ class Output:
             self.target_fd = self.proc.stdin.fileno()
         self._write: Callable[[memoryview], None] = self._write_fd
         if opts.compress:
-            from agent.compress import decompressing_writer
+            from agent.transfer.compress import decompressing_writer
 
             self._raw = open(self.target_fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
             self.decoder = decompressing_writer(self._raw, opts.compress)

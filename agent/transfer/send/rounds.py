@@ -10,7 +10,7 @@ a live sender repeats REQACK at least every second) and a receiver silent for mo
 awaits its answers; half duplex waits.
 
 One thread does all network work. It never blocks on the input (a reader thread fills the
-next slice) and sends data with sendmmsg in paced bursts (agent.send_rate).
+next slice) and sends data with sendmmsg in paced bursts (agent.transfer.send.pacer).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from agent.options import SendOptions
-from agent.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
-from agent.send_batch import SliceBuffer, disable_gso, send_blocks, send_blocks_gso
-from agent.send_fec import send_fec_block
-from agent.send_input import EOF, SliceReader
-from agent.send_rate import Pacer, congested_blocks
-from agent.send_session import Network, Participant, SendError, Table, reply
+from agent.transfer.options import SendOptions
+from agent.transfer.send.batch import SliceBuffer, disable_gso, send_blocks, send_blocks_gso
+from agent.transfer.send.fec import send_fec_block
+from agent.transfer.send.pacer import Pacer, congested_blocks
+from agent.transfer.send.reader import EOF, SliceReader
+from agent.transfer.send.session import Network, Participant, SendError, Table, reply
+from agent.udpcast.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
 
 MIN_TIMEOUT = 0.02
 MAX_TIMEOUT = 1.0

@@ -2,7 +2,7 @@
 
 An admin writes a pxelinux append line once and boots a whole room with it; a typo found
 after the first node powered off costs an hour. `herdcast plan --cmdline '...'` runs the very
-parser the node runs (agent.cmdline) and prints the decisions it leads to, without loading
+parser the node runs (agent.boot.cmdline) and prints the decisions it leads to, without loading
 modules, configuring a NIC or opening a disk. The node prints the same block on its console.
 """
 
@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 
-from agent.cmdline import BootConfig, CmdlineError, parse_cmdline
+from agent.boot.cmdline import BootConfig, CmdlineError, parse_cmdline
 
 PROC_CMDLINE = "/proc/cmdline"
 

@@ -1,11 +1,11 @@
 """`herdcast send`: udp-sender's behaviour, plus a digest table and late-join rounds.
 
-The pieces: agent.send_session (sockets, participants, start triggers), agent.send_input
-(input, pipe, compression, slice reader thread), agent.send_transfer (slices, REQACK rounds,
-retransmissions), agent.send_rate (pacing), agent.send_batch (sendmmsg) and
-agent.send_report (the final table). This module strings them together into rounds: the
-first for the receivers present at the start, then one more for each batch of receivers
-that asked to join while a round was running (when the input can be read again).
+The pieces, all in this package: session (sockets, participants, start triggers), reader
+(input, pipe, compression, slice reader thread), rounds (slices, REQACK rounds,
+retransmissions), pacer (pacing), batch (sendmmsg) and report (the final table). This
+module strings them together into rounds: the first for the receivers present at the
+start, then one more for each batch of receivers that asked to join while a round was
+running (when the input can be read again).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import stat
 import sys
 import time
 
-from agent import netif
-from agent.options import SendOptions
-from agent.result import TransferResult
-from agent.send_async import send_async
-from agent.send_batch import Destination, SliceBuffer
-from agent.send_fec import slice_encoder
-from agent.send_input import Input, InputError, SliceReader, open_input
-from agent.send_rate import Pacer
-from agent.send_report import format_table, verdict
-from agent.send_session import Network, SendError, Table, wait_for_start
-from agent.send_transfer import Stats, Transfer, participants_summary
+from agent.net import netif
+from agent.transfer.options import SendOptions
+from agent.transfer.result import TransferResult
+from agent.transfer.send.batch import Destination, SliceBuffer
+from agent.transfer.send.fec import slice_encoder
+from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
+from agent.transfer.send.report import format_table, verdict
+from agent.transfer.send.rounds import Stats, Transfer, participants_summary
+from agent.transfer.send.session import Network, SendError, Table, wait_for_start
+from agent.transfer.send.streaming import send_async
 
 LATE_HELLO_INTERVAL = 0.5
 LATE_CONNECT_WAIT = 10.0
@@ -37,7 +37,7 @@ SO_SNDBUFFORCE = 32
 
 def _progress(opts: SendOptions, total: int | None):
     try:
-        from agent.progress import Progress
+        from agent.transfer.progress import Progress
     except ImportError:  # pragma: no cover - progress.py is another engineer's module
         class Progress:  # type: ignore[no-redef]
             def __init__(self, *a, **k) -> None:
@@ -102,7 +102,7 @@ def _slice_blocks(opts: SendOptions) -> int:
     if opts.default_slice_size:
         return max(opts.min_slice_size, min(opts.default_slice_size, opts.max_slice_size))
     # Automatic: slices of udpcast's ~1.5 MB whatever the block size. Jumbo-frame blocks
-    # would otherwise make 9 MB slices, and the pace (agent.send_rate) is adjusted once per
+    # would otherwise make 9 MB slices, and the pace (send.pacer) is adjusted once per
     # slice: a 64 MiB image would give it 7 chances to find the receivers' speed.
     return max(opts.min_slice_size, min(opts.max_slice_size, SLICE_BYTES // opts.blocksize))
 
@@ -214,7 +214,7 @@ def send(opts: SendOptions) -> TransferResult:
 
 
 def _missing_report(ip: str):
-    from agent.result import ReceiverReport
+    from agent.transfer.result import ReceiverReport
 
     return ReceiverReport(ip, status="dropped")
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.modprobe import ModuleLoad, normalize
+from agent.hw.modprobe import ModuleLoad, normalize
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Drivers for the node's NIC and disk: modalias -> modprobe, then wait for the devices.
 
 There is no udevd in the initramfs, so the agent does its job: every device on a bus in
-sysfs with a modalias gets the modules modules.alias maps it to (agent.modalias), loaded by
-modprobe (agent.modprobe). Loading a driver creates new devices, so the kernel's uevents
-are watched with pyudev (agent.uevents) started before the first scan: each device added
+sysfs with a modalias gets the modules modules.alias maps it to (agent.hw.modalias), loaded by
+modprobe (agent.hw.modprobe). Loading a driver creates new devices, so the kernel's uevents
+are watched with pyudev (agent.hw.uevents) started before the first scan: each device added
 with a MODALIAS gets its driver as soon as the event arrives, with no rescan of sysfs and no
 sleeping. Without pyudev (libudev not loadable, a fake sysfs in tests) sysfs is scanned
 again in passes instead.
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.modalias import Device, bus_modaliases, plan_loads, read_aliases
-from agent.modprobe import (
+from agent.hw.modalias import Device, bus_modaliases, plan_loads, read_aliases
+from agent.hw.modprobe import (
     builtin_modules,
     loaded_modules,
     modprobe_command,
@@ -37,7 +37,7 @@ from agent.modprobe import (
     normalize,
     run_loads,
 )
-from agent.uevents import UdevEvents, Uevent, open_uevents
+from agent.hw.uevents import UdevEvents, Uevent, open_uevents
 
 
 @dataclass

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from agent.send_batch import SliceBuffer
+from agent.transfer.send.batch import SliceBuffer
 
 
 class InputError(RuntimeError):
@@ -79,7 +79,7 @@ def open_input(path: str | None, pipe: str | None, compress: str | None) -> Inpu
         closers.append(proc.stdout.close)
         rereadable = False
     if compress:
-        from agent.compress import compressing_reader
+        from agent.transfer.compress import compressing_reader
 
         stream = compressing_reader(stream, compress)
         closers.append(stream.close)
