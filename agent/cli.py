@@ -15,6 +15,7 @@ commands:
   send      send a file or disk by multicast (udp-sender's options)
   receive   receive a file or disk by multicast (udp-receiver's options)
   plan      print what a node would do with a kernel command line, touching nothing
+  image     map, capture, restore and inspect used-block images (no network)
   node      the initramfs init: read /proc/cmdline and image this node unattended
 
 `herdcast COMMAND --help` lists a command's options.
@@ -57,6 +58,17 @@ def _plan(argv: list[str]) -> int:
     return plan_main(argv)
 
 
+def _image(argv: list[str]) -> int:
+    from agent.errors import HerdcastError
+    from agent.image.commands import main as image_main
+
+    try:
+        return image_main(argv)
+    except HerdcastError as exc:
+        print(f"herdcast image: {exc}", file=sys.stderr)
+        return 1
+
+
 def _node(argv: list[str]) -> int:
     from agent.boot.node import main as node_main
 
@@ -67,6 +79,7 @@ COMMANDS = {
     "send": lambda argv: _transfer("send", argv),
     "receive": lambda argv: _transfer("receive", argv),
     "plan": _plan,
+    "image": _image,
     "node": _node,
 }
 

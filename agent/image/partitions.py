@@ -1,0 +1,132 @@
+"""The partition table of a disk: MBR and GPT, declared once with construct.
+
+A used-block map needs only where each partition starts and ends; the regions outside
+partitions (boot code, the GPT headers and entries at both ends, gaps where a boot loader may
+hide its core) are always sent whole. Anything this module cannot read with confidence (a
+bad GPT checksum, an extended partition's chain) is reported as one opaque region, which the
+caller sends whole: a map may send too much, never too little.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import uuid
+from dataclasses import dataclass
+
+from construct import Array, Bytes, Const, Int8ul, Int32ul, Int64ul, Struct
+
+from agent.image.extents import Extent
+
+MbrEntry = Struct(
+    "status" / Int8ul,  # 0x80 = bootable
+    "chs_first" / Bytes(3),
+    "type" / Int8ul,  # 0x83 Linux, 0x07 NTFS/exFAT, 0x0c FAT32, 0xee GPT protective, ...
+    "chs_last" / Bytes(3),
+    "lba_first" / Int32ul,
+    "sectors" / Int32ul,
+)
+
+Mbr = Struct(
+    "bootstrap" / Bytes(446),
+    "partitions" / Array(4, MbrEntry),
+    "signature" / Const(b"\x55\xaa"),
+)
+
+GptHeader = Struct(
+    "signature" / Const(b"EFI PART"),
+    "revision" / Int32ul,
+    "header_size" / Int32ul,
+    "header_crc" / Int32ul,
+    "reserved" / Int32ul,
+    "current_lba" / Int64ul,
+    "backup_lba" / Int64ul,
+    "first_usable" / Int64ul,
+    "last_usable" / Int64ul,
+    "disk_guid" / Bytes(16),
+    "entries_lba" / Int64ul,
+    "entry_count" / Int32ul,
+    "entry_size" / Int32ul,
+    "entries_crc" / Int32ul,
+)
+
+GptEntry = Struct(
+    "type_guid" / Bytes(16),
+    "unique_guid" / Bytes(16),
+    "first_lba" / Int64ul,
+    "last_lba" / Int64ul,  # inclusive
+    "attributes" / Int64ul,
+    "name" / Bytes(72),  # UTF-16LE
+)
+
+MBR_EXTENDED = (0x05, 0x0F, 0x85)
+MBR_PROTECTIVE = 0xEE
+MAX_GPT_ENTRIES = 1024  # far above the 128 every tool writes; bounds what a bad header costs
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: `number` as Linux names it (sda1 = 1), its byte range, its type."""
+
+    number: int
+    extent: Extent
+    kind: str  # "mbr:83", "gpt:<type guid>"
+    opaque: bool = False  # not to be looked into (an extended partition's chain)
+
+
+class _Disk:
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset) if offset < self.size else b""
+
+
+def read_partitions(fd: int, size: int) -> tuple[str, list[Partition]]:
+    """("gpt" | "mbr" | "none", partitions) of the disk open on `fd` (`size` bytes)."""
+    disk = _Disk(fd, size)
+    head = disk.read(0, 512)
+    if len(head) < 512 or head[510:512] != b"\x55\xaa":
+        return "none", []
+    mbr = Mbr.parse(head)
+    if any(p.type == MBR_PROTECTIVE for p in mbr.partitions):
+        for sector in (512, 4096):
+            parts = _gpt(disk, sector)
+            if parts is not None:
+                return "gpt", parts
+        # a protective MBR without a readable GPT: nothing to trust but the whole disk
+        return "none", []
+    return "mbr", [
+        Partition(i + 1, Extent(p.lba_first * 512, p.sectors * 512), f"mbr:{p.type:02x}",
+                  opaque=p.type in MBR_EXTENDED)
+        for i, p in enumerate(mbr.partitions) if p.type and p.sectors
+    ]
+
+
+def _gpt(disk: _Disk, sector: int) -> list[Partition] | None:
+    raw = disk.read(sector, sector)
+    if raw[:8] != b"EFI PART":
+        return None
+    header = GptHeader.parse(raw)
+    if not 92 <= header.header_size <= sector:
+        return None
+    body = bytearray(raw[:header.header_size])
+    body[16:20] = bytes(4)
+    if binascii.crc32(body) != header.header_crc:
+        return None
+    if not 128 <= header.entry_size <= 4096 or header.entry_count > MAX_GPT_ENTRIES:
+        return None
+    table = disk.read(header.entries_lba * sector, header.entry_count * header.entry_size)
+    if len(table) < header.entry_count * header.entry_size or \
+            binascii.crc32(table) != header.entries_crc:
+        return None
+    out = []
+    for i in range(header.entry_count):
+        entry = GptEntry.parse(table[i * header.entry_size:(i + 1) * header.entry_size])
+        if entry.type_guid == bytes(16) or entry.last_lba < entry.first_lba:
+            continue
+        start = entry.first_lba * sector
+        length = (entry.last_lba + 1 - entry.first_lba) * sector
+        out.append(Partition(i + 1, Extent(start, length),
+                             f"gpt:{uuid.UUID(bytes_le=entry.type_guid)}"))
+    return out

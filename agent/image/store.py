@@ -1,0 +1,100 @@
+"""Image files kept on a server: the image stream as it crossed the wire, compression and all.
+
+A stored image is the exact byte stream a herdcast sender sends (optionally compressed), so
+capturing is writing what arrives and deploying is sending the file: no re-encoding, and the
+file is about the size of the disk's data. Its compression is known from the first bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from agent.errors import HerdcastError
+from agent.image.stream import Decoder, is_image
+
+# The first bytes of each codec's stream (agent.transfer.compress writes these formats).
+CODEC_MAGICS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gz", b"\x89LZO\x00": "lzop"}
+
+
+class ImageFileError(HerdcastError):
+    """A file that is not a herdcast image, or a damaged one."""
+
+
+def codec_of(head: bytes) -> str | None:
+    """The compression a stream starts with, or None for an uncompressed one."""
+    for magic, codec in CODEC_MAGICS.items():
+        if head.startswith(magic):
+            return codec
+    return None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `herdcast image info` prints."""
+
+    path: str
+    file_bytes: int
+    codec: str | None
+    disk_size: int
+    records: int
+    data_bytes: int
+    zero_bytes: int
+    blank_bytes: int
+    sha256: str  # of the file's bytes: the digest a sender of this file reports
+
+    def lines(self) -> list[str]:
+        ratio = self.file_bytes / self.disk_size if self.disk_size else 0.0
+        return [f"image {self.path}: herdcast image, compression {self.codec or 'none'}",
+                f"  disk size   {self.disk_size} bytes",
+                f"  used        {self.data_bytes + self.zero_bytes} bytes in {self.records} "
+                f"extents, {self.zero_bytes} of them zeros (not stored)",
+                f"  blank       {self.blank_bytes} bytes (not stored)",
+                f"  file        {self.file_bytes} bytes ({100 * ratio:.1f}% of the disk)",
+                f"  sha256      {self.sha256}"]
+
+
+def read_info(path: str) -> ImageInfo:
+    """Read the whole file once: its layout, and that it is complete and well-formed."""
+    from agent.transfer.compress import decompressing_writer
+
+    blank = [0]
+    decoder = Decoder(lambda offset, data: None, lambda offset, length: None,
+                      lambda offset, length: blank.__setitem__(0, blank[0] + length))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(64)
+        codec = codec_of(head)
+        sink: BinaryIO = _Feed(decoder)
+        if codec:
+            sink = decompressing_writer(sink, codec)
+        elif not is_image(head):
+            raise ImageFileError(f"{path}: not a herdcast image",
+                                 "capture one with herdcast receive -f FILE from a herdcast "
+                                 "sender, or herdcast image capture")
+        size = 0
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            sink.write(chunk)
+            size += len(chunk)
+        if codec:
+            sink.close()
+    decoder.finish()
+    return ImageInfo(path, size, codec, decoder.disk_size, decoder.records,
+                     decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest())
+
+
+class _Feed(io.RawIOBase):
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.decoder.feed(b)
+        return len(b)
