@@ -1,26 +1,26 @@
-"""`python -m builder COMMAND`: what `make initrd` and an admin run on the boot server."""
+"""`python -m builder COMMAND`: what `make initrd` and an admin run on the boot server.
+
+Every failure is one line, `python -m builder: what -- fix`, never a traceback: the whole
+HerdcastError family is caught here, once. Exit status 2 when what was asked is wrong
+(checked before any work), 1 when the work itself failed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from agent.errors import HerdcastError
+from builder.config import BuildConfig, default_cache
+
+PROG = "python -m builder"
 DEFAULT_OUT = Path("build/tftpboot")
-
-
-def _cache_default() -> Path:
-    """Outside the git tree, so `make clean` does not throw away a 70 MB kernel download."""
-    if env := os.environ.get("HERDCAST_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "herdcast"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m builder",
+        prog=PROG,
         description="Build herdcast's PXE boot files (kernel, initramfs, pxelinux) from "
         "Debian packages.",
     )
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="TFTP root to write (default: %(default)s)")
     p.add_argument("--work", type=Path, default=Path("build/work"),
                    help="scratch directory: frozen agent, initrd root (default: %(default)s)")
-    p.add_argument("--cache", type=Path, default=_cache_default(),
+    p.add_argument("--cache", type=Path, default=default_cache(),
                    help="where the kernel package is downloaded and unpacked "
                    "(default: $HERDCAST_CACHE or ~/.cache/herdcast)")
     p.add_argument("--kernel", type=Path,
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list; +NAME adds to the generic driver set, NAME alone narrows "
                    "it to the names given (dependencies are always added). A name may be a "
                    "module (e1000e) or a tree under kernel/ (drivers/net/ethernet/intel)")
-    p.add_argument("--firmware", type=Path, default=Path("/lib/firmware"),
+    p.add_argument("--firmware", default="/lib/firmware",
                    help="take the firmware files the chosen modules ask for from here, when "
                    "present (Debian's firmware-* packages); `none` to leave it out "
                    "(default: %(default)s)")
@@ -67,40 +67,61 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_config(args: argparse.Namespace) -> BuildConfig:
+    """The one place the command line becomes the typed, checked BuildConfig."""
+    from builder.cpio import source_date_epoch
+
+    return BuildConfig(
+        out=args.out, work=args.work, cache=args.cache, kernel=args.kernel,
+        modules_dir=args.modules_dir, modules=args.modules,
+        firmware=None if args.firmware == "none" else Path(args.firmware),
+        level=args.level, http_url=args.http_url, python=args.python,
+        mtime=source_date_epoch(),
+    )
+
+
+def _fail(error: HerdcastError, status: int) -> int:
+    print(f"{PROG}: {error}", file=sys.stderr)
+    return status
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:  # builder/lab/demo.py parses its own options
         from builder.lab.demo import main as demo_main
 
         return demo_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     if args.command == "node":
-        from builder.pxelinux import PxeConfigError, write_node_config
+        from builder.pxelinux import write_node_config
 
         try:
             path = write_node_config(args.tftp_root, args.mac, args.params)
-        except PxeConfigError as exc:
-            print(f"builder node: {exc}", file=sys.stderr)
-            return 2
+        except HerdcastError as exc:  # a bad MAC or parameter, no default to start from
+            return _fail(exc, 2)
         print(f"wrote {path}")
         return 0
     if args.command == "initrd":
-        from builder.errors import BuildError
         from builder.initrd import build_tftpboot
 
         try:
-            report = build_tftpboot(args)
-        except BuildError as exc:
-            print(f"builder initrd: {exc}", file=sys.stderr)
-            return 2
-        print(report.summary())
+            cfg = build_config(args)
+        except HerdcastError as exc:
+            return _fail(exc, 2)
+        print(build_tftpboot(cfg).summary())
         return 0
-    parser.error(f"unknown command {args.command}")
+    parser.print_help()
     return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except HerdcastError as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

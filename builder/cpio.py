@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 from construct import Bytes, Const, ExprAdapter, Struct
 
+from builder.errors import BuildError
+
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 
@@ -49,7 +51,7 @@ NEWC_HEADER = Struct(
 HEADER_SIZE = NEWC_HEADER.sizeof()  # 110
 
 
-class CpioError(ValueError):
+class CpioError(BuildError):
     """An entry cannot be archived; the message names the entry."""
 
 

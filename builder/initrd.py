@@ -21,13 +21,13 @@ import os
 import shutil
 import subprocess
 import time
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
 from builder import cpio, firmware, freeze, kernel, libs, modules, pxelinux
+from builder.config import BuildConfig
 from builder.errors import BuildError
 from builder.lock import locked
 
@@ -226,67 +226,63 @@ def unpack(blob: bytes) -> bytes:
     return reader.read()
 
 
-def _check_args(args: Namespace) -> None:
-    """Everything the user can get wrong, checked before any download or write."""
-    if not 1 <= args.level <= 22:
-        raise BuildError(f"--level {args.level}: zstd levels are 1 to 22")
-    if bool(args.kernel) != bool(args.modules_dir):
-        raise BuildError("--kernel and --modules-dir go together (image and its modules)")
-    modules.parse_spec(args.modules)
-    if getattr(args, "http_url", None):
-        try:
-            pxelinux.check_http_url(args.http_url)
-        except pxelinux.PxeConfigError as exc:
-            raise BuildError(str(exc)) from None
+def check_tools() -> None:
+    """The host programs and boot loader files the build copies, before any work."""
     for path in (PXELINUX, LPXELINUX, LDLINUX, BUSYBOX, KMOD):
         if not path.is_file():
-            raise BuildError(f"{path} missing: run scripts/install-deps")
+            raise BuildError(f"{path} missing", "run scripts/install-deps (as root)")
 
 
-def get_kernel(args: Namespace) -> kernel.Kernel:
-    if args.kernel:
-        kern = kernel.host_kernel(args.kernel, args.modules_dir)
+def get_kernel(cfg: BuildConfig) -> kernel.Kernel:
+    if cfg.kernel is not None and cfg.modules_dir is not None:
+        kern = kernel.host_kernel(cfg.kernel, cfg.modules_dir)
     else:
-        kern = kernel.debian_kernel(args.cache)
+        kern = kernel.debian_kernel(cfg.cache)
     kernel.check_rd_zstd(kern)
     return kern
 
 
-def build_tftpboot(args: Namespace) -> Report:
-    """`python -m builder initrd`: kernel, modules, frozen agent -> args.out (TFTP root).
+def build_tftpboot(cfg: BuildConfig) -> Report:
+    """`python -m builder initrd`: kernel, modules, frozen agent -> cfg.out (TFTP root).
     Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten. Builds that
     share a work directory run one after the other."""
-    _check_args(args)
-    with locked(Path(args.work) / ".lock"):
-        return _build(args)
+    check_tools()
+    try:
+        with locked(cfg.work / ".lock"):
+            return _build(cfg)
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or b"")
+        tail = (tail.decode(errors="replace") if isinstance(tail, bytes) else tail).strip()
+        raise BuildError(f"{' '.join(map(str, exc.cmd))} failed (exit {exc.returncode})"
+                         + (f": {tail.splitlines()[-1]}" if tail else "")) from None
+    except OSError as exc:  # a full disk, a read-only --out, a file that vanished
+        raise BuildError(f"the build stopped: {exc}") from None
 
 
-def _build(args: Namespace) -> Report:
+def _build(cfg: BuildConfig) -> Report:
     started = time.monotonic()
     phases: dict[str, float] = {}
 
     def phase(name: str) -> None:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
-    kern = get_kernel(args)
-    chosen = modules.select(kern.modules_dir, args.modules)
+    kern = get_kernel(cfg)
+    chosen = modules.select(kern.modules_dir, cfg.modules)
     phase("kernel")
-    work = Path(args.work)
-    frozen = freeze.freeze(args.python, work / "freeze")
+    work = cfg.work
+    frozen = freeze.freeze(cfg.python, work / "freeze")
     phase("freeze")
     root = work / "root"
-    fw_dir = getattr(args, "firmware", None)
     mcache = work / "module-cache"
-    fw = assemble_root(root, frozen, kern, chosen, None if fw_dir in (None, Path("none"))
-                       else fw_dir, mcache)
+    fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache)
     modules.prune_cache(mcache)
     phase("assemble")
     zcache = work / "zstd-cache"
-    blob, unpacked, count = pack(root, args.level, cpio.source_date_epoch(), zcache)
+    blob, unpacked, count = pack(root, cfg.level, cfg.mtime, zcache)
     prune_cache(zcache)
     phase("pack")
 
-    out = Path(args.out)
+    out = cfg.out
     (out / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
     tmp = out / "initrd.img.tmp"
     tmp.write_bytes(blob)
@@ -296,6 +292,6 @@ def _build(args: Namespace) -> Report:
     shutil.copyfile(LPXELINUX, out / "lpxelinux.0")
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
     (out / "pxelinux.cfg" / "default").write_text(
-        pxelinux.default_config(getattr(args, "http_url", None)))
+        pxelinux.default_config(cfg.http_url))
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
                   time.monotonic() - started, phases, *fw)

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from builder.errors import BuildError
+
 #: What a receiver needs to image itself unattended; udpcast's names and defaults.
 RECEIVER_PARAMS: list[tuple[str, str]] = [
     ("initrd", "initrd.img"),
@@ -38,7 +40,7 @@ _LABEL = re.compile(r"^\s*label\s+(\S+)", re.IGNORECASE)
 _DEFAULT = re.compile(r"^\s*default\s+(\S+)", re.IGNORECASE)
 
 
-class PxeConfigError(ValueError):
+class PxeConfigError(BuildError):
     """A MAC address or parameter the user gave is not usable; the message says which."""
 
 
@@ -161,35 +163,70 @@ def _edit_append(line: str, changes: list[tuple[str, str]]) -> str:
     return match.group(1) + " ".join(words)
 
 
+def _boot_append(lines: list[str]) -> int:
+    """Index of the APPEND line of the label that boots by default (the first label's when
+    there is no DEFAULT line)."""
+    target = next((m.group(1) for m in map(_DEFAULT.match, lines) if m), None)
+    label = None
+    for i, line in enumerate(lines):
+        if m := _LABEL.match(line):
+            label = m.group(1)
+        elif _APPEND.match(line) and (label == target or target is None):
+            return i
+    raise PxeConfigError("pxelinux.cfg/default has no APPEND line for its DEFAULT label",
+                         "rebuild it with `make initrd`")
+
+
 def node_config(default_text: str, changes: list[tuple[str, str]]) -> str:
     """The default config with `changes` applied to the append line of the label that boots
     by default (the other labels stay as they are, still selectable at the prompt)."""
     lines = default_text.splitlines()
-    target = next((m.group(1) for m in map(_DEFAULT.match, lines) if m), None)
-    label = None
-    edited = False
-    for i, line in enumerate(lines):
-        if m := _LABEL.match(line):
-            label = m.group(1)
-        elif _APPEND.match(line) and (label == target or target is None) and not edited:
-            lines[i] = _edit_append(line, changes)
-            edited = True
-    if not edited:
-        raise PxeConfigError("pxelinux.cfg/default has no APPEND line for its DEFAULT label")
+    i = _boot_append(lines)
+    lines[i] = _edit_append(lines[i], changes)
     return "\n".join(lines) + "\n"
 
 
+def boot_append_line(config_text: str) -> str:
+    """The parameters the default label hands the kernel (without `append`)."""
+    lines = config_text.splitlines()
+    match = _APPEND.match(lines[_boot_append(lines)])
+    assert match
+    return match.group(2)
+
+
+def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
+    """What a node would make of `append`, checked by the agent's own parser
+    (agent.boot.cmdline), so `compr=rar` is refused here and not at boot. A `changed` key
+    that is no herdcast parameter but nearly one (`umod`) is refused too: the kernel would
+    ignore it, and a sender meant by `umod=snd` would boot as a receiver."""
+    import difflib
+
+    from agent.boot.cmdline import PARAMETERS, CmdlineError, parse_cmdline
+
+    names = {name.lower(): name for name in PARAMETERS}
+    for key in changed:
+        if key.lower() not in names and (near := difflib.get_close_matches(
+                key.lower(), list(names), n=1, cutoff=0.75)):
+            raise PxeConfigError(f"parameter {key}: not a herdcast parameter",
+                                 f"did you mean {names[near[0]]}? (see kernel-cmdline.md)")
+    try:
+        parse_cmdline(append)
+    except CmdlineError as exc:
+        raise PxeConfigError(str(exc), "nothing written") from None
+
+
 def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str]) -> Path:
-    """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked
-    before anything is written."""
+    """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked,
+    and the resulting boot line parsed as the node will parse it, before anything is
+    written."""
     name = mac_file_name(mac)
     changes = parse_assignments(assignments)
     default = Path(tftp_root) / "pxelinux.cfg" / "default"
     if not default.is_file():
-        raise PxeConfigError(
-            f"{default} not found: run `make initrd` first, or pass --tftp-root DIR"
-        )
+        raise PxeConfigError(f"{default} not found",
+                             "run `make initrd` first, or pass --tftp-root DIR")
     text = node_config(default.read_text(), changes)
+    check_boot_line(boot_append_line(text), [k for k, _ in changes])
     target = default.with_name(name)
     target.write_text(text)
     return target

@@ -3,7 +3,6 @@ the same inputs give the same bytes."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import stat
@@ -15,7 +14,7 @@ import pytest
 from test_boot import tftpboot  # noqa: F401  (module fixture: build/tftpboot, or skip)
 
 from builder import cpio, initrd
-from builder.__main__ import _cache_default
+from builder.config import BuildConfig, default_cache
 from builder.errors import BuildError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +60,6 @@ def test_pack_is_reproducible_and_the_cache_gives_the_same_bytes(tmp_path):
     assert initrd.pack(root, level=3, mtime=6)[0] != first
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = dict(out=Path("x"), work=Path("w"), cache=Path("c"), kernel=None, modules_dir=None,
-                modules="", level=19, python=Path(sys.executable))
-    return argparse.Namespace(**{**base, **kw})
-
-
 @pytest.mark.parametrize("kw, match", [
     (dict(level=0), "--level"),
     (dict(kernel=Path("/boot/vmlinuz")), "--modules-dir"),
@@ -75,18 +68,78 @@ def _args(**kw) -> argparse.Namespace:
 ])
 def test_bad_options_are_refused_before_any_work(kw, match):
     with pytest.raises(BuildError, match=match):
-        initrd._check_args(_args(**kw))
+        BuildConfig(out=Path("x"), work=Path("w"), **kw)
+
+
+def test_the_config_is_frozen_and_normalised():
+    import dataclasses
+
+    cfg = BuildConfig(out=Path("x"), work=Path("w"), http_url="http://10.0.0.1/herdcast/")
+    assert cfg.http_url == "http://10.0.0.1/herdcast" and cfg.cache == default_cache()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.level = 3  # type: ignore[misc]
+
+
+def test_every_builder_error_is_a_herdcast_error():
+    from agent.errors import HerdcastError
+    from builder.cpio import CpioError
+    from builder.lab.vms import LabError
+    from builder.pxelinux import PxeConfigError
+
+    for cls in (CpioError, PxeConfigError, LabError):
+        assert issubclass(cls, BuildError)
+    assert issubclass(BuildError, HerdcastError)
+    assert str(BuildError("x missing", "install x")) == "x missing -- install x"
+
+
+def _cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("python -m builder: "), proc.stderr
+    return proc.stderr
 
 
 def test_cli_bad_option_is_one_line_and_writes_nothing(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "builder", "initrd", "--level", "30", "--out", "o", "--work", "w"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = _cli("initrd", "--level", "30", "--out", "o", "--work", "w", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "--level" in proc.stderr
+    assert "--level" in _one_line(proc)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_source_date_epoch_is_one_line_before_any_work(tmp_path):
+    proc = _cli("initrd", "--out", "o", "--work", "w", cwd=tmp_path,
+                SOURCE_DATE_EPOCH="yesterday")
+    assert proc.returncode == 2
+    assert "SOURCE_DATE_EPOCH='yesterday'" in _one_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_lab_error_is_one_line(tmp_path, monkeypatch, capsys):
+    """A LabError (here: qemu missing) ends `python -m builder demo` with one line, exit 1."""
+    from builder.__main__ import main
+    from builder.lab import vms
+
+    (tmp_path / "initrd.img").write_bytes(b"")
+    monkeypatch.setattr(vms.shutil, "which", lambda tool: None)
+    status = main(["demo", "--tftpboot", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == "python -m builder: qemu-system-x86_64 is not installed -- run " \
+        "scripts/install-deps (as root)\n"
+    assert not (tmp_path / "w").exists()  # refused before any disk image was made
+
+
+def test_cli_demo_without_an_initrd_says_to_build_first(tmp_path, capsys):
+    from builder.__main__ import main
+
+    assert main(["demo", "--tftpboot", str(tmp_path)]) == 1
+    assert "run `make initrd` first" in capsys.readouterr().err
 
 
 def test_builds_sharing_a_work_dir_wait_for_each_other(tmp_path):
@@ -239,8 +292,8 @@ def test_same_inputs_give_the_same_initrd(tftpboot, tmp_path):  # noqa: F811
         images, stamps = [], []
         for n in (1, 2):
             work = tmp_path / f"work{_attempt}{n}"
-            args = _args(out=tmp_path / f"out{n}", work=work, cache=_cache_default(), level=1)
-            initrd.build_tftpboot(args)
+            cfg = BuildConfig(out=tmp_path / f"out{n}", work=work, level=1)
+            initrd.build_tftpboot(cfg)
             images.append((tmp_path / f"out{n}" / "initrd.img").read_bytes())
             stamps.append((work / "freeze" / "stamp").read_text())
             shutil.rmtree(work)

@@ -105,9 +105,9 @@ def test_a_tree_without_modules_dep_is_refused(tmp_path):
 
 
 def _real_kernel() -> kernel.Kernel | None:
-    from builder.__main__ import _cache_default
+    from builder.config import default_cache
 
-    return kernel.find_cached_kernel(_cache_default())
+    return kernel.find_cached_kernel(default_cache())
 
 
 @pytest.mark.skipif(_real_kernel() is None, reason="Debian kernel not in the cache yet "

@@ -183,3 +183,33 @@ def test_cli_help_lists_the_commands(tmp_path):
     assert proc.returncode == 0
     for command in ("initrd", "node"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["compr=rar"], "compr=rar: not a compression"),
+    (["port=70000"], "port=70000"),
+    (["udpcparam=--min-receivers 4"], "herdcast send only"),  # the default label receives
+    (["umod=snd"], "did you mean umode"),
+    (["enableDiskModul=no"], "did you mean enableDiskmodule"),
+])
+def test_cli_node_refuses_a_line_the_node_would_refuse(tmp_path, args, match):
+    """The merged boot line is parsed by the agent's own parser before anything is written:
+    a bad value fails here, not on the node's console at boot."""
+    cfg = tmp_path / "tftp" / "pxelinux.cfg"
+    cfg.mkdir(parents=True)
+    (cfg / "default").write_text(pxelinux.default_config())
+    proc = _builder("node", "--tftp-root", str(tmp_path / "tftp"), "52:54:00:ab:cd:ef", *args,
+                    cwd=tmp_path)
+    assert proc.returncode == 2
+    assert match in proc.stderr
+    assert proc.stderr.startswith("python -m builder: ") and proc.stderr.count("\n") == 1
+    assert sorted(p.name for p in cfg.iterdir()) == ["default"]
+
+
+def test_node_keeps_kernel_parameters_it_does_not_know(tmp_path):
+    (tmp_path / "pxelinux.cfg").mkdir()
+    (tmp_path / "pxelinux.cfg" / "default").write_text(pxelinux.default_config())
+    written = pxelinux.write_node_config(tmp_path, "52:54:00:ab:cd:ef", [
+        "umode=snd", "udpcparam=--min-receivers 4", "net.ifnames=0", "nomodeset=1"])
+    words = _append_words(_labels(written.read_text())["receiver"])
+    assert "net.ifnames=0" in words and "nomodeset=1" in words and "umode=snd" in words

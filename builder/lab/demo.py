@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
-from builder.lab.vms import LAB_MTU, Node, PxeLab, console_text
+from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_FILES = {
@@ -93,6 +92,7 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     """Boot the fleet, wait for every node to power off, and compare the disks. `http`:
     kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP); `mtu`:
     the lab LAN's, which DHCP hands the nodes (9000: jumbo frames, 8956-byte blocks)."""
+    check_tools()
     fleet = prepare(workdir, size_mib)
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                    "frames; 1500 for plain Ethernet)")
     args = p.parse_args(argv)
     if not (args.tftpboot / "initrd.img").exists():
-        print(f"demo: {args.tftpboot}/initrd.img is missing: run `make initrd` first",
-              file=sys.stderr)
-        return 2
+        raise LabError(f"{args.tftpboot}/initrd.img is missing", "run `make initrd` first")
     started = time.monotonic()
     results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout,
                       http=not args.tftp_only, mtu=args.mtu)

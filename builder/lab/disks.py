@@ -13,6 +13,8 @@ from pathlib import Path
 
 from construct import Array, Bytes, Const, Int8ul, Int32ul, Struct
 
+from builder.lab.vms import LabError
+
 SECTOR = 512
 
 PartitionEntry = Struct(
@@ -34,6 +36,17 @@ _EMPTY = {"status": 0, "chs_first": bytes(3), "type": 0, "chs_last": bytes(3),
           "lba_first": 0, "sectors": 0}
 
 
+def _run(argv: list[str]) -> bytes:
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"{argv[0]}: {exc}", "run scripts/install-deps (as root)") from None
+    if proc.returncode:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        raise LabError(f"{' '.join(argv[:2])} ...: exit {proc.returncode}: {last}")
+    return proc.stdout
+
+
 def _pattern(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -51,9 +64,8 @@ def make_sender_disk(path: Path, size_mib: int, files: dict[str, bytes],
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
         fs = Path(tmp) / "part.img"
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), "-E",
-                        "root_owner=0:0", str(fs), f"{part_mib}M"], check=True,
-                       capture_output=True, timeout=60)
+        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), "-E", "root_owner=0:0",
+              str(fs), f"{part_mib}M"])
         entry = dict(_EMPTY, status=0x80, type=0x83, lba_first=2048,
                      sectors=part_mib * 1024 * 1024 // SECTOR)
         mbr = Mbr.build({"bootstrap": bytes(446),
@@ -80,6 +92,4 @@ def read_partition_file(disk: Path, name: str, partition: int = 0) -> bytes:
     with tempfile.NamedTemporaryFile(suffix=".img") as part:
         part.write(raw[start:start + length])
         part.flush()
-        proc = subprocess.run(["debugfs", "-R", f"cat {name}", part.name],
-                              capture_output=True, timeout=60, check=True)
-    return proc.stdout
+        return _run(["debugfs", "-R", f"cat {name}", part.name])

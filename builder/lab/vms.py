@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.errors import BuildError
+
 SUBNET = "10.99.0"  # inside the lab namespace only
 BRIDGE_IP = f"{SUBNET}.1"
 HTTP_PORT = 80
 LAB_MTU = 9000  # jumbo frames on the lab LAN, announced by DHCP (option 26)
 
 
-class LabError(RuntimeError):
+class LabError(BuildError):
     """The lab could not be set up; the message says which step and why."""
 
 
@@ -46,6 +48,17 @@ class Node:
     def guest_disk(self) -> str:
         """The device name the guest kernel gives this disk."""
         return "/dev/vda" if self.bus == "virtio" else "/dev/sda"
+
+
+#: What the lab runs: VMs, DHCP+TFTP, namespaces, and the lab disks' file system tools.
+TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "mke2fs", "debugfs")
+
+
+def check_tools() -> None:
+    """Every program the lab needs is installed (before any disk is made)."""
+    for tool in TOOLS:
+        if not shutil.which(tool):
+            raise LabError(f"{tool} is not installed", "run scripts/install-deps (as root)")
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -94,9 +107,7 @@ class PxeLab:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def _setup(self) -> None:
-        for tool in ("qemu-system-x86_64", "dnsmasq", "ip"):
-            if not shutil.which(tool):
-                raise LabError(f"{tool} is not installed (scripts/install-deps installs it)")
+        check_tools()
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.tftp.exists():
             shutil.rmtree(self.tftp)
