@@ -6,15 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boot.cmdline import (
-    PARAMETERS,
-    BootConfig,
-    CmdlineError,
-    PxeIp,
-    consoles,
-    parse_cmdline,
-    split_cmdline,
-)
+from agent.boot.addressing import PxeIp
+from agent.boot.cmdline import BootConfig, parse_cmdline
+from agent.boot.params import PARAMETERS, consoles, split_cmdline
+from agent.boot.tokens import CmdlineError
 from agent.transfer.options import ReceiveOptions, SendOptions
 
 TUTORIAL = ("load_ramdisk=1 initrd=initrd root=01:00 auto=yes lang=US kbmap=US netmodule=AUTO "

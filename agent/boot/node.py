@@ -76,7 +76,8 @@ def read_cmdline(args: NodeArgs) -> str:
 
 def load_config(text: str):
     """The validated BootConfig; a bad parameter is one line naming it."""
-    from agent.boot.cmdline import CmdlineError, parse_cmdline
+    from agent.boot.cmdline import parse_cmdline
+    from agent.boot.tokens import CmdlineError
 
     try:
         return parse_cmdline(text)

@@ -13,7 +13,8 @@ import json
 import shlex
 import sys
 
-from agent.boot.cmdline import BootConfig, CmdlineError, parse_cmdline
+from agent.boot.cmdline import BootConfig, parse_cmdline
+from agent.boot.tokens import CmdlineError
 
 PROC_CMDLINE = "/proc/cmdline"
 
