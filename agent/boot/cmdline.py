@@ -13,7 +13,6 @@ given and what is allowed. The pieces, in reading order:
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import asdict, dataclass, field
 
 from agent.boot.addressing import PxeIp, mask, static_addressing
@@ -70,20 +69,6 @@ class BootConfig:
         return None if self.compr == "none" else self.compr
 
     @property
-    def netmodparm_args(self) -> list[str]:
-        return shlex.split(self.netmodparm)
-
-    @property
-    def diskmodparm_args(self) -> list[str]:
-        return shlex.split(self.diskmodparm)
-
-    def transfer_argv(self) -> list[str]:
-        return transfer_argv(self)
-
-    def transfer_options(self) -> SendOptions | ReceiveOptions:
-        return transfer_options(self)
-
-    @property
     def udpcparam_options(self) -> SendOptions | ReceiveOptions:
         """The send/receive options udpcparam= alone gives (parse_cmdline checked that it
         parses); the node sets disk=, port= and compr= on them as typed values."""
@@ -96,19 +81,7 @@ class BootConfig:
         d["bootif"] = d.pop("bootif_mac")
         d["pxe_ip"] = d.pop("ip_from_pxelinux")
         d["prefixlen"] = self.prefixlen
-        d["transfer_argv"] = self.transfer_argv()
         return d
-
-
-def transfer_argv(cfg: BootConfig) -> list[str]:
-    argv = ["--file", cfg.disk, "--portbase", str(cfg.port), "--nokbd"]
-    if cfg.compr != "none":
-        argv += ["--compress", cfg.compr]
-    return argv + list(cfg.udpcparam)
-
-
-def transfer_options(cfg: BootConfig) -> SendOptions | ReceiveOptions:
-    return parse_udpcparam(transfer_argv(cfg), cfg.umode)
 
 
 def _convert(param: Param, value: str) -> object:
