@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from agent.boot.addressing import PxeIp
 from agent.boot.cmdline import BootConfig, parse_cmdline
 from agent.boot.node import run_options
-from agent.boot.params import PARAMETERS, consoles, split_cmdline
+from agent.boot.params import PARAMETERS, split_cmdline
 from agent.boot.plan import transfer_argv
-from agent.boot.tokens import CmdlineError
+from agent.boot.tokens import CmdlineError, consoles
 from agent.hw.modprobe import named_loads
 from agent.transfer.options import (
     ReceiveOptions,

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from agent.boot.addressing import PxeIp, mask, static_addressing
-from agent.boot.params import PARAMETERS, Param, consoles, split_cmdline
-from agent.boot.tokens import BadValue, CmdlineError, shown
+from agent.boot.params import PARAMETERS, Param, split_cmdline
+from agent.boot.tokens import BadValue, CmdlineError, consoles, shown
 from agent.boot.udpcparam import option_words, parse_udpcparam
 from agent.transfer.options import OptionError, ReceiveOptions, SendOptions
 

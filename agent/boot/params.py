@@ -197,12 +197,6 @@ def canonical_name(key: str) -> str:
     return _BY_LOWER.get(key.lower(), key)
 
 
-def consoles(text: str) -> list[str]:
-    """Every `console=` value, in order; never raises, so a node can show a bad command
-    line's error on the consoles that command line names."""
-    return [v for k, v in tokens(text) if canonical_name(k) == "console" and v]
-
-
 def split_cmdline(text: str) -> dict[str, str]:
     """The command line as `{key: value}`; the last of a repeated key wins.
 

@@ -70,3 +70,11 @@ def tokens(text: str) -> list[tuple[str, str | None]]:
                 value = value[:-1]
         out.append((key, value))
     return out
+
+
+def consoles(text: str) -> list[str]:
+    """Every `console=` value, in order (the key matched case-insensitively, as all of our
+    parameters are). Here rather than with the other parameters so the node's console,
+    opened before anything else, needs nothing but this module; and it never raises, so a
+    bad command line's error shows on the consoles that command line names."""
+    return [v for k, v in tokens(text) if k.lower() == "console" and v]

@@ -17,12 +17,9 @@ parameters, so the step runs in tests on a fake tree.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import shlex
-import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +27,7 @@ from pathlib import Path
 
 from agent.hw.modalias import Device, bus_modaliases, plan_loads, read_aliases
 from agent.hw.modprobe import (
+    LoadResult,
     builtin_modules,
     loaded_modules,
     modprobe_command,
@@ -38,19 +36,24 @@ from agent.hw.modprobe import (
     run_loads,
 )
 from agent.hw.uevents import UdevEvents, Uevent, open_uevents
+from agent.net.netif import ARPHRD_ETHER, set_link_up
 
 
 @dataclass
-class HardwareReport:
-    """What the hardware step did, for the console."""
+class HardwareReport(LoadResult):
+    """What the hardware step did, for the console: the modprobes (`loaded`, `failed`) and
+    what they made appear."""
 
-    loaded: list[str] = field(default_factory=list)  # "virtio_net" or "e1000 debug=3"
-    failed: list[str] = field(default_factory=list)  # "name: modprobe's message"
     nics: list[tuple[str, str]] = field(default_factory=list)  # (name, mac)
     disk: str | None = None
     passes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def add(self, result: LoadResult) -> None:
+        """Count in one batch of modprobes."""
+        self.loaded += result.loaded
+        self.failed += result.failed
 
 
 def nics(sys_root: str = "/sys") -> list[tuple[str, str]]:
@@ -65,22 +68,6 @@ def nics(sys_root: str = "/sys") -> list[tuple[str, str]]:
             mac = ""
         out.append((d.name, mac))
     return out
-
-
-ARPHRD_ETHER = 1
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
-def set_link_up(ifname: str) -> None:
-    """`ip link set IFNAME up` by ioctl: no pyroute2 import in the hardware step."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH", ifname.encode()[:15], 0)
-        flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
-        if not flags & _IFF_UP:
-            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS,
-                        struct.pack("16sH", ifname.encode()[:15], flags | _IFF_UP))
 
 
 def nics_to_bring_up(sys_root: str, mac: str | None) -> list[str]:
@@ -154,8 +141,8 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     by_modalias = not all((m or "").upper() == "NONE" for m in (netmodule, diskmodule))
     if not by_modalias:
         report.notes.append("netmodule=NONE and no disk module: loading nothing by modalias")
-    run_loads([n for n in named if normalize(n.name) not in tried], modprobe, report,
-              proc_root)
+    report.add(run_loads([n for n in named if normalize(n.name) not in tried], modprobe,
+                         proc_root))
     tried |= {normalize(n.name) for n in named}
     upped: set[str] = set()
 
@@ -179,7 +166,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
         loads = plan_loads(devices, aliases, tried, params, class_params)
         if loads:
             tried.update(normalize(x.name) for x in loads)
-            run_loads(loads, modprobe, report, proc_root)
+            report.add(run_loads(loads, modprobe, proc_root))
             report.passes += 1
         return len(loads)
 

@@ -15,7 +15,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
+ARPHRD_ETHER = 1  # an interface's type (sysfs class/net/X/type, netlink ifi_type): Ethernet
 _SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
 _SIOCGIFADDR = 0x8915
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFNETMASK = 0x891B
@@ -58,6 +60,17 @@ class NetIf:
 
 def _ioctl(sock: socket.socket, request: int, name: str) -> bytes:
     return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name.encode()[:15]))
+
+
+def set_link_up(ifname: str) -> None:
+    """`ip link set IFNAME up` by ioctl: the hardware step brings a NIC up as soon as its
+    driver made it (carrier negotiation then overlaps the disk probing) without importing
+    pyroute2."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack_from("H", _ioctl(s, _SIOCGIFFLAGS, ifname), 16)[0]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS,
+                        struct.pack("16sH", ifname.encode()[:15], flags | _IFF_UP))
 
 
 def _addr(raw: bytes) -> str:

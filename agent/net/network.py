@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-ARPHRD_ETHER = 1
+from agent.net.netif import ARPHRD_ETHER
 
 
 class NetworkError(RuntimeError):
