@@ -23,7 +23,7 @@ def test_control_address_needs_broadcast():
 
 @pytest.mark.netns
 def test_select_in_namespace_prefers_eth0_with_broadcast():
-    code = ("from agent import netif; n = netif.select_interface(); "
+    code = ("from agent.net import netif; n = netif.select_interface(); "
             "print(n.name, n.ip, n.broadcast, n.usable)")
     import sys
     with NetLab(1) as lab:
