@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 
 from agent.boot.cmdline import BootConfig, parse_cmdline
 from agent.boot.tokens import CmdlineError
@@ -116,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """`herdcast plan`: 0 with the plan on stdout, 2 with one line on stderr if it is bad."""
+    """`herdcast plan`: 0 with the plan on stdout. A bad line raises CmdlineError, which
+    `herdcast` shows as one line with exit status 2."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
@@ -127,14 +127,9 @@ def main(argv: list[str]) -> int:
             with open(args.cmdline_file, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError as exc:
-            print(f"herdcast plan: cannot read {args.cmdline_file}: {exc.strerror}; "
-                  "give the line with --cmdline", file=sys.stderr)
-            return 2
-    try:
-        cfg = parse_cmdline(text)
-    except CmdlineError as exc:
-        print(f"herdcast plan: {exc}", file=sys.stderr)
-        return 2
+            raise CmdlineError(f"cannot read {args.cmdline_file}: {exc.strerror}",
+                               "give the line with --cmdline") from exc
+    cfg = parse_cmdline(text)
     if args.json:
         print(json.dumps(as_json(cfg), indent=2))
     else:

@@ -19,10 +19,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import HerdcastError
+
 BLKGETSIZE64 = 0x80081272
 
 
-class DiskError(RuntimeError):
+class DiskError(HerdcastError, RuntimeError):
     """The disk cannot be used: the message names the disk, the reason and what to change."""
 
 

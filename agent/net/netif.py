@@ -15,6 +15,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from agent.errors import HerdcastError
+
 ARPHRD_ETHER = 1  # an interface's type (sysfs class/net/X/type, netlink ifi_type): Ethernet
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -35,7 +37,7 @@ _SO_SNDBUFFORCE = 32
 DEFAULT_RDV_ADDRESS = "224.0.0.1"
 
 
-class InterfaceError(RuntimeError):
+class InterfaceError(HerdcastError, RuntimeError):
     """No usable interface: the message says which and what to pass instead."""
 
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from agent.errors import HerdcastError
 from agent.net.netif import ARPHRD_ETHER
 
 
-class NetworkError(RuntimeError):
+class NetworkError(HerdcastError, RuntimeError):
     """No network: the message says what failed and which parameter to change."""
 
 
