@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from agent.errors import HerdcastError
 from agent.net.netif import ARPHRD_ETHER
+from agent.net.netlink import IPRoute
 
 
 class NetworkError(HerdcastError, RuntimeError):
