@@ -2,8 +2,9 @@
 
 Interface facts come from the kernel's ioctls rather than pyroute2: the transfer needs only
 name, address, broadcast and flags, and this keeps `herdcast send` light on a server and in
-the initramfs. Socket set-up lives here once for both sides (bind, SO_REUSEADDR — udpcast's
-missing one is a known complaint — multicast joins, big receive buffers).
+the initramfs. Socket set-up lives here once for both sides: bind with SO_REUSEADDR (so a
+receiver restarted at once, or a second one on the same host, can bind the port again),
+multicast joins, big receive buffers.
 """
 
 from __future__ import annotations
