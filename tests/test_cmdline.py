@@ -304,6 +304,10 @@ def test_udpcparam_words(umode, udpcparam, expected):
     ("snd", '"--fec \'8x8"', "udpcparam=\"--fec '8x8\": unbalanced quotes"),
     ("rcv", "--min-receivers=4", "udpcparam=--min-receivers=4: --min-receivers is an option of "
                                  "herdcast send only"),
+    ("rcv", "--ignore-lost-data", "udpcparam=--ignore-lost-data: --ignore-lost-data cannot be "
+                                  "honoured on a node"),
+    ("rcv", "-Z", "udpcparam=-Z: --ignore-lost-data cannot be honoured on a node"),
+    ("rcv", "ignore-lost", "udpcparam=ignore-lost: --ignore-lost-data cannot be honoured"),
 ])
 def test_udpcparam_refused(umode, udpcparam, start):
     assert _error(f"umode={umode} udpcparam={udpcparam}").startswith(start)

@@ -61,6 +61,7 @@ def failed_lines(out: str) -> list[str]:
     ("umode=rcv dhcp=maybe", "dhcp=maybe"),
     ("auto=yes", "umode"),
     ("umode=rcv udpcparam=--portbase=9002", "udpcparam"),
+    ("umode=rcv udpcparam=--ignore-lost-data", "udpcparam=--ignore-lost-data"),
 ])
 def test_bad_cmdline_is_one_line_and_touches_no_disk(tmp_path, herdcast_argv, bad, parameter):
     disk = image(tmp_path / "disk.img", 64 * 1024)

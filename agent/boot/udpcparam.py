@@ -26,6 +26,8 @@ from agent.transfer.options import (
 # Options udpcparam may not carry, because a dedicated parameter sets them.
 _DEDICATED = {"file": "disk=", "file_arg": "disk=", "portbase": "port=", "compress": "compr=",
               "pipe": "compr= (herdcast compresses in-process)", "help": None}
+# Options a node cannot honour, refused at boot rather than after drivers, network and disk.
+_NOT_ON_A_NODE = {"ignore_lost_data": "a disk with holes must never look finished"}
 
 
 def split_words(value: str) -> list[str]:
@@ -92,6 +94,9 @@ def option_words(words: list[str], umode: str) -> list[str]:
                 raise BadValue(f"{option} is not allowed in udpcparam; set {instead} instead"
                                if instead else f"{option} is not a transfer option; "
                                "give options such as --min-receivers 4")
+            if dest in _NOT_ON_A_NODE:
+                raise BadValue(f"{action.option_strings[-1]} cannot be honoured on a node "
+                               f"({_NOT_ON_A_NODE[dest]}); drop it")
             expects_value = action.nargs not in (0, "?") and not attached
         out.append(word)
     return out
