@@ -165,17 +165,19 @@ def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
     return net
 
 
-def disk_step(cfg: BootConfig, con: Console) -> None:
-    """Receiver: refuse a disk in use before writing; sender: measure it. A DiskError says
-    what to change on its own."""
+def disk_step(cfg: BootConfig, args: NodeArgs, con: Console) -> None:
+    """Receiver: refuse a disk in use before writing; sender: measure it. disk= must be a
+    block device; a file given by --disk (the test switch) stands in for one. A DiskError
+    says what to change on its own."""
     from agent.hw.disk import check_receive_target, check_send_source
 
+    block_only = args.disk is None
     if cfg.sending:
-        disk = check_send_source(cfg.disk)
+        disk = check_send_source(cfg.disk, block_only=block_only)
         con.say(f"disk {cfg.disk}: {disk.size} bytes to send")
     else:
         # the image size is known only once the sender answers: the receiver checks it
-        disk = check_receive_target(cfg.disk, file_is_disk=True)
+        disk = check_receive_target(cfg.disk, file_is_disk=True, block_only=block_only)
         con.say(f"disk {cfg.disk}: {disk.size} bytes, not in use; it will be overwritten")
 
 
@@ -235,11 +237,15 @@ def run(args: NodeArgs) -> int:
         con.say("plan:")
         for line in describe(cfg):
             con.say(line)
+        if args.disk is None:  # /dev/null or the like: say so before drivers and network
+            from agent.hw.disk import check_is_disk
+
+            check_is_disk(cfg.disk)
         if not args.no_hardware:
             hardware_step(cfg, con)
         net = network_step(cfg, args, con)
         opts = run_options(cfg, net.ifname)
-        disk_step(cfg, con)
+        disk_step(cfg, args, con)
         confirm(cfg, con)
         started = time.monotonic()
         result = transfer_step(cfg, opts, con)
