@@ -128,7 +128,8 @@ def hardware_step(cfg: BootConfig, con: Console) -> None:
     report = load_drivers(
         disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
         diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
-        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say)
+        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say,
+        dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
     for note in report.notes:
         con.say(note)
     con.say(f"modules loaded: {', '.join(report.loaded) or 'none'}"

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.hw.disklinks import make_disk_links
 from agent.hw.modalias import Device, bus_modaliases, plan_loads, read_aliases
 from agent.hw.modprobe import (
     LoadResult,
@@ -84,18 +85,25 @@ def nics_to_bring_up(sys_root: str, mac: str | None) -> list[str]:
     return out
 
 
-def disk_present(disk: str | None, sys_root: str = "/sys") -> bool:
-    """Whether disk= exists yet (devtmpfs creates /dev nodes as the driver registers)."""
+def disk_present(disk: str | None, sys_root: str = "/sys", dev_root: str | None = None
+                 ) -> bool:
+    """Whether disk= exists yet (devtmpfs creates /dev nodes as the driver registers). With
+    `dev_root` (no udevd: the initramfs) a missing DEV_ROOT/disk/by-id|by-path name is made
+    from sysfs first, as udev would have made it."""
     if not disk:
         return True
+    if dev_root is not None and disk.startswith(os.path.join(dev_root, "disk", "")) \
+            and not os.path.exists(disk):
+        make_disk_links(sys_root, dev_root)
     return os.path.exists(disk) or Path(sys_root, "class/block", os.path.basename(disk)).exists()
 
 
-def wanted_found(sys_root: str, disk: str | None, mac: str | None) -> tuple[bool, bool]:
+def wanted_found(sys_root: str, disk: str | None, mac: str | None,
+                 dev_root: str | None = None) -> tuple[bool, bool]:
     """(NIC found, disk found): the BOOTIF MAC's NIC if given, else any NIC."""
     found = nics(sys_root)
     nic_ok = any(m == mac.lower() for _, m in found) if mac else bool(found)
-    return nic_ok, disk_present(disk, sys_root)
+    return nic_ok, disk_present(disk, sys_root, dev_root)
 
 
 def load_drivers(*, disk: str | None = None, mac: str | None = None,
@@ -106,7 +114,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
                  uevents: UdevEvents | None = None,
                  link_up: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
-                 max_passes: int = 8) -> HardwareReport:
+                 max_passes: int = 8, dev_root: str | None = None) -> HardwareReport:
     """Load drivers until the NIC (BOOTIF's if `mac`) and `disk` exist, or `timeout`.
 
     Named modules first (they may be what creates the devices), then one pass over the
@@ -114,6 +122,8 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     both devices are there. Each NIC the network step may use is brought up (`link_up`) as
     soon as it exists. For the real /sys a pyudev monitor and the ioctl are the defaults;
     with another `sys_root` (a fake tree) and no `uevents`, sysfs is scanned in passes.
+    `dev_root` (the initramfs's /dev, which no udevd fills) gets /dev/disk/by-id and by-path
+    links made from sysfs when `disk` is one of them.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -181,7 +191,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     try:
         loaded_some = one_pass()
         bring_up_nics()
-        nic_ok, disk_ok = wanted_found(sys_root, disk, mac)
+        nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
         waited_note = False
         while not (nic_ok and disk_ok) and time.monotonic() < deadline:
             if uevents is not None:
@@ -193,7 +203,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
                 loaded_some = (one_pass() if report.passes < max_passes * 4 else 0)
                 quiet = not loaded_some
             bring_up_nics()
-            nic_ok, disk_ok = wanted_found(sys_root, disk, mac)
+            nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
             if quiet and not (nic_ok and disk_ok) and not waited_note:
                 say(f"waiting up to {timeout:.0f} s for "
                     f"{'the NIC' if not nic_ok else ''}"
