@@ -1,13 +1,19 @@
 """The `herdcast` console command: send, receive, plan, node.
 
 Subcommands import their module only when run, so `herdcast send` on a server does not pay
-for pyudev or pyroute2, and a frozen node does not pay for the builder.
+for pyudev or pyroute2, and a frozen node does not pay for the builder. A failure the user
+can act on (any HerdcastError) ends a command with one line, `herdcast COMMAND: error`, and
+exit status 2 for a bad option or boot parameter, 1 for anything else; a traceback means a
+bug. The node reports its own failures on its consoles and follows onfail=.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+
+from agent.errors import HerdcastError
+from agent.say import say
 
 USAGE = """usage: herdcast COMMAND [options]
 
@@ -38,11 +44,7 @@ def _transfer(side: str, argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     parse = options.parse_send_args if side == "send" else options.parse_receive_args
-    try:
-        opts = parse(argv)
-    except options.OptionError as exc:
-        print(f"herdcast {side}: {exc}", file=sys.stderr)
-        return 2
+    opts = parse(argv)
     if side == "send":
         from agent.transfer.send.sender import run_sender
 
@@ -84,6 +86,18 @@ COMMANDS = {
 }
 
 
+def _exit_status(exc: Exception) -> int | None:
+    """For a failure the user can act on: 2 for a bad option or boot parameter (as
+    argparse's usage errors), 1 otherwise. None for anything else: a bug, whose traceback
+    is wanted."""
+    from agent.boot.tokens import CmdlineError
+    from agent.transfer.options import OptionError
+
+    if isinstance(exc, (OptionError, CmdlineError)):  # OptionError: until it is a HerdcastError
+        return 2
+    return 1 if isinstance(exc, HerdcastError) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,13 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"herdcast: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr, end="")
+        say(f"herdcast: unknown command {argv[0]!r}")
+        print(USAGE, file=sys.stderr, end="")
         return 2
     try:
         return command(argv[1:])
     except Terminated:
-        print(f"herdcast {argv[0]}: terminated", file=sys.stderr)
+        say(f"herdcast {argv[0]}: terminated")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"herdcast {argv[0]}: interrupted", file=sys.stderr)
+        say(f"herdcast {argv[0]}: interrupted")
         return 130
+    except Exception as exc:
+        status = _exit_status(exc)
+        if status is None:
+            raise
+        say(f"herdcast {argv[0]}: {exc}")
+        return status

@@ -6,16 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boot.cmdline import (
-    PARAMETERS,
-    BootConfig,
-    CmdlineError,
-    PxeIp,
-    consoles,
-    parse_cmdline,
-    split_cmdline,
+from agent.boot.addressing import PxeIp
+from agent.boot.cmdline import BootConfig, parse_cmdline
+from agent.boot.node import run_options
+from agent.boot.params import PARAMETERS, split_cmdline
+from agent.boot.plan import transfer_argv
+from agent.boot.tokens import CmdlineError, consoles
+from agent.hw.modprobe import named_loads
+from agent.transfer.options import (
+    ReceiveOptions,
+    SendOptions,
+    parse_receive_args,
+    parse_send_args,
 )
-from agent.transfer.options import ReceiveOptions, SendOptions
 
 TUTORIAL = ("load_ramdisk=1 initrd=initrd root=01:00 auto=yes lang=US kbmap=US netmodule=AUTO "
             "netmodparm= dhcp=yes port=9000 enableDiskmodule=yes diskmodule=AUTO diskmodparm= "
@@ -64,13 +67,13 @@ def test_tutorial_append_line_parses():
     assert (cfg.auto, cfg.umode, cfg.disk, cfg.port, cfg.dhcp) == (True, "rcv", "/dev/sda", 9000,
                                                                   True)
     assert (cfg.lang, cfg.kbmap, cfg.netmodule, cfg.diskmodule) == ("US", "US", "AUTO", "AUTO")
-    assert cfg.transfer_argv() == ["--file", "/dev/sda", "--portbase", "9000", "--nokbd"]
+    assert transfer_argv(cfg) == ["--file", "/dev/sda", "--portbase", "9000", "--nokbd"]
 
 
 def test_tutorial_sender_broadcast_is_an_option():
     cfg = parse_cmdline(TUTORIAL.replace("umode=rcv udpcparam=", "umode=snd udpcparam=broadcast"))
     assert cfg.udpcparam == ["--broadcast"]
-    opts = cfg.transfer_options()
+    opts = run_options(cfg, interface=None)
     assert isinstance(opts, SendOptions) and opts.broadcast and opts.nokbd
 
 
@@ -82,12 +85,12 @@ def test_tutorial_sender_broadcast_is_an_option():
     ("lang=FR", "lang", "FR"), ("lang=", "lang", None), ("kbmap=de_CH", "kbmap", "de_CH"),
     ("netmodule=auto", "netmodule", "AUTO"), ("netmodule=e1000e", "netmodule", "e1000e"),
     ("netmodule=NONE", "netmodule", "NONE"),
-    ('netmodparm="debug=2 copybreak=0"', "netmodparm_args", ["debug=2", "copybreak=0"]),
+    ('netmodparm="debug=2 copybreak=0"', "netmodparm", "debug=2 copybreak=0"),
     ("dhcp=no ip=10.0.0.5/24", "dhcp", False), ("dhcp=true", "dhcp", True),
     ("port=9002", "port", 9002), ("port=1", "port", 1), ("port=65534", "port", 65534),
     ("port=9001", "port", 9001),
     ("enableDiskModule=no", "enable_diskmodule", False),
-    ("diskmodule=ahci", "diskmodule", "ahci"), ("diskmodparm=x=1", "diskmodparm_args", ["x=1"]),
+    ("diskmodule=ahci", "diskmodule", "ahci"), ("diskmodparm=x=1", "diskmodparm", "x=1"),
     ("disk=/dev/nvme0n1", "disk", "/dev/nvme0n1"),
     ("disk=/dev/disk/by-path/pci-0000:00:1f.2-ata-1", "disk",
      "/dev/disk/by-path/pci-0000:00:1f.2-ata-1"),
@@ -104,6 +107,13 @@ def test_tutorial_sender_broadcast_is_an_option():
 def test_good_value(text, attr, expected):
     cfg = parse_cmdline(f"umode=rcv {text}")
     assert getattr(cfg, attr) == expected
+
+
+def test_modparm_reaches_modprobe_as_words():
+    cfg = parse_cmdline('umode=rcv netmodule=e1000e netmodparm="debug=2 copybreak=0" '
+                        "diskmodule=ahci diskmodparm=x=1")
+    loads = named_loads(cfg.netmodule, cfg.netmodparm, cfg.diskmodule, cfg.diskmodparm)
+    assert [load.params for load in loads] == [["debug=2", "copybreak=0"], ["x=1"]]
 
 
 def test_defaults_when_absent():
@@ -294,6 +304,10 @@ def test_udpcparam_words(umode, udpcparam, expected):
     ("snd", '"--fec \'8x8"', "udpcparam=\"--fec '8x8\": unbalanced quotes"),
     ("rcv", "--min-receivers=4", "udpcparam=--min-receivers=4: --min-receivers is an option of "
                                  "herdcast send only"),
+    ("rcv", "--ignore-lost-data", "udpcparam=--ignore-lost-data: --ignore-lost-data cannot be "
+                                  "honoured on a node"),
+    ("rcv", "-Z", "udpcparam=-Z: --ignore-lost-data cannot be honoured on a node"),
+    ("rcv", "ignore-lost", "udpcparam=ignore-lost: --ignore-lost-data cannot be honoured"),
 ])
 def test_udpcparam_refused(umode, udpcparam, start):
     assert _error(f"umode={umode} udpcparam={udpcparam}").startswith(start)
@@ -302,12 +316,31 @@ def test_udpcparam_refused(umode, udpcparam, start):
 def test_transfer_argv_and_options():
     cfg = parse_cmdline('umode=rcv disk=/dev/vda port=9010 compr=lzo '
                         'udpcparam="--receive-timeout 30"')
-    assert cfg.transfer_argv() == ["--file", "/dev/vda", "--portbase", "9010", "--nokbd",
-                                   "--compress", "lzop", "--receive-timeout", "30"]
-    opts = cfg.transfer_options()
+    assert transfer_argv(cfg) == ["--file", "/dev/vda", "--portbase", "9010", "--nokbd",
+                                  "--compress", "lzop", "--receive-timeout", "30"]
+    opts = run_options(cfg, interface=None)
     assert isinstance(opts, ReceiveOptions)
     assert (opts.file, opts.portbase, opts.compress, opts.nokbd, opts.receive_timeout) == \
         ("/dev/vda", 9010, "lzop", True, 30.0)
+
+
+@pytest.mark.parametrize("text", [
+    "umode=rcv", "umode=snd compr=zstd port=9100 udpcparam=broadcast",
+    'umode=rcv disk=/dev/vdb compr=gz udpcparam="--receive-timeout 30 --sync"',
+    'umode=snd udpcparam="--min-receivers 4 --interface eth1 --fec 8x8/128"',
+])
+def test_the_plans_command_is_what_the_node_runs(text):
+    """The plan shows the transfer as a command line; the node builds its options as
+    values. Both must say the same: parsing the shown command gives the node's options."""
+    cfg = parse_cmdline(text)
+    parse = parse_send_args if cfg.sending else parse_receive_args
+    assert parse(transfer_argv(cfg)) == run_options(cfg, interface=None)
+
+
+def test_run_options_take_the_network_steps_interface_unless_udpcparam_names_one():
+    assert run_options(parse_cmdline("umode=rcv"), "eth0").interface == "eth0"
+    cfg = parse_cmdline("umode=rcv udpcparam=--interface=eth1")
+    assert run_options(cfg, "eth0").interface == "eth1"
 
 
 def test_as_json_keys_are_parameter_names():
@@ -341,4 +374,4 @@ def test_any_text_gives_a_config_or_one_cmdline_error(text):
     else:
         assert isinstance(cfg, BootConfig)
         assert cfg.umode in ("snd", "rcv")
-        cfg.transfer_options()  # what the node will run parses too
+        run_options(cfg, interface="eth0")  # what the node will run builds too

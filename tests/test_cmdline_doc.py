@@ -1,4 +1,4 @@
-"""kernel-cmdline.md is the user's contract: it and agent.boot.cmdline.PARAMETERS must agree on the
+"""kernel-cmdline.md is the user's contract: it and agent.boot.params.PARAMETERS must agree on the
 names, the defaults, the accepted words and the exact error for each documented bad value."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.boot.cmdline import PARAMETERS, BootConfig, CmdlineError, parse_cmdline
+from agent.boot.cmdline import BootConfig, parse_cmdline
+from agent.boot.params import PARAMETERS
+from agent.boot.tokens import CmdlineError
 
 DOC = Path(__file__).resolve().parent.parent / "kernel-cmdline.md"
 CODE = re.compile(r"`([^`]*)`")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from loopdev import loop_device, needs_loop
 from agent.hw.disk import (
     Disk,
     DiskError,
+    check_is_disk,
     check_receive_target,
     check_send_source,
     in_use,
@@ -173,3 +175,57 @@ def test_mounted_disk_is_refused(tmp_path):
         with pytest.raises(DiskError, match="mounted on"):
             check_receive_target(str(img), None, file_is_disk=True)
         assert img.read_bytes() == before
+
+
+@pytest.mark.parametrize("path, kind", [("/dev/null", "a character device"),
+                                        ("/dev/zero", "a character device"),
+                                        ("/dev/kmsg", "a character device")])
+def test_a_character_device_is_not_a_disk(path, kind):
+    with pytest.raises(DiskError, match=f"^disk {path}: {kind}, not a block device; set disk="):
+        check_is_disk(path)
+    with pytest.raises(DiskError, match="not a block device"):
+        check_receive_target(path, file_is_disk=True, block_only=True)
+    with pytest.raises(DiskError, match="not a block device"):
+        check_send_source(path, block_only=True)
+
+
+def test_files_and_directories_are_not_disks_but_a_missing_path_may_become_one(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(DiskError, match="a regular file, not a block device"):
+        check_is_disk(str(tmp_path / "f"))
+    with pytest.raises(DiskError, match="a directory, not a block device"):
+        check_is_disk(str(tmp_path))
+    check_is_disk(str(tmp_path / "not-yet"))  # the driver may still be loading
+
+
+def test_a_file_target_is_fine_without_block_only(tmp_path):
+    """`herdcast receive -f FILE` and the node's --disk test switch keep working."""
+    (tmp_path / "f").write_bytes(b"x")
+    assert check_receive_target(str(tmp_path / "f"), file_is_disk=True).size == 1
+
+
+@needs_loop
+def test_block_only_takes_a_block_device(tmp_path):
+    img = tmp_path / "d.img"
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    with loop_device(img) as dev:
+        assert check_receive_target(dev, block_only=True).is_block
+        assert check_send_source(dev, block_only=True).size == MiB
+
+
+@needs_loop
+def test_a_device_held_open_exclusively_is_refused(tmp_path):
+    """What `herdcast receive -f /dev/X` on a server needs as much as a node: the kernel's
+    own in-use test (O_EXCL) catches holders the mount and swap tables do not show."""
+    img = tmp_path / "d.img"
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    with loop_device(img) as dev:
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
+        try:
+            with pytest.raises(DiskError, match=f"disk {dev}: busy"):
+                check_receive_target(dev)
+        finally:
+            os.close(fd)
+        assert check_receive_target(dev).is_block

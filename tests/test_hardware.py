@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.hw.drivers import HardwareReport, load_drivers
+from agent.hw.drivers import load_drivers
 from agent.hw.modalias import (
     AliasTable,
     Device,
@@ -250,9 +250,8 @@ def test_passes_until_virtio_devices_have_drivers(fake):
 def test_a_failure_in_a_batch_is_run_alone_for_its_message(fake):
     devices = [Device("/a", "pci", "pci:v00008086d0000100Esv0sd0bc02sc00i00"),
                Device("/b", "pci", "pci:v00001AF4d00001000sv0sd0bc02sc00i00")]
-    report = HardwareReport()
-    run_loads(plan_loads(devices, read_aliases(fake["modules"]), set()), fake["modprobe"],
-              report, fake["proc"])
+    report = run_loads(plan_loads(devices, read_aliases(fake["modules"]), set()),
+                       fake["modprobe"], fake["proc"])
     assert fake["log"].read_text().splitlines() == ["-a e1000 virtio_pci", "e1000"]
     assert report.loaded == ["virtio_pci"]
     assert report.failed == ["e1000: modprobe: FATAL: Module e1000 not found"]

@@ -19,6 +19,40 @@ from agent.net.network import NetworkError, broadcast_of, prefixlen_of
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _in_a_fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_network_step_imports_only_the_pyroute2_it_uses():
+    """`import pyroute2` runs an __init__ that imports NDB and sqlite3 (seconds of a node's
+    boot under emulation); the network step's imports must not."""
+    proc = _in_a_fresh_python("""
+        import sys
+        import agent.net.network
+        from pyroute2.dhcp.client import AsyncDHCPClient
+        from pyroute2.dhcp.enums.dhcp import Option
+        from pyroute2.dhcp.fsm import State
+        from pyroute2.dhcp.leases import Lease
+        print(sorted(m for m in ("sqlite3", "pyroute2.ndb", "pyroute2.ipdb")
+                     if m in sys.modules))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_pyroute2s_public_names_still_work_after_the_network_step():
+    proc = _in_a_fresh_python("""
+        import agent.net.network
+        import pyroute2
+        from pyroute2 import NDB, IPRoute
+        from pyroute2.iproute.linux import IPRoute as LinuxIPRoute
+        print(NDB.__name__, IPRoute is LinuxIPRoute, pyroute2.IPRoute is IPRoute)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["NDB", "True", "True"]
+
+
 def test_broadcast_and_prefix():
     assert broadcast_of("192.168.1.20", 24) == "192.168.1.255"
     assert broadcast_of("10.0.5.1", 16) == "10.0.255.255"

@@ -61,6 +61,7 @@ def failed_lines(out: str) -> list[str]:
     ("umode=rcv dhcp=maybe", "dhcp=maybe"),
     ("auto=yes", "umode"),
     ("umode=rcv udpcparam=--portbase=9002", "udpcparam"),
+    ("umode=rcv udpcparam=--ignore-lost-data", "udpcparam=--ignore-lost-data"),
 ])
 def test_bad_cmdline_is_one_line_and_touches_no_disk(tmp_path, herdcast_argv, bad, parameter):
     disk = image(tmp_path / "disk.img", 64 * 1024)
@@ -74,6 +75,23 @@ def test_bad_cmdline_is_one_line_and_touches_no_disk(tmp_path, herdcast_argv, ba
     assert parameter in lines[0]
     assert "onfail=wait" in proc.stdout, "the documented failure action is followed"
     assert (digest(disk), disk.stat().st_mtime_ns) == before
+
+
+@pytest.mark.parametrize("umode", ["rcv", "snd"])
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero", "/dev/kmsg"])
+def test_disk_must_be_a_block_device(herdcast_argv, umode, device):
+    """Without the --disk test switch, disk= is the node's disk: a character device is
+    refused with one line before drivers, network or transfer."""
+    proc = subprocess.run([*herdcast_argv, "node", "--cmdline",
+                           f"umode={umode} auto=yes disk={device}", *TEST_SWITCHES, "--no-post"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    lines = failed_lines(proc.stdout + proc.stderr)
+    assert lines == [f"herdcast: FAILED: disk {device}: a character device, not a block "
+                     "device; set disk= to the node's disk, e.g. disk=/dev/sda or "
+                     "disk=/dev/disk/by-id/..."], proc.stdout + proc.stderr
+    assert "network:" not in proc.stdout and "sending" not in proc.stdout \
+        and "receiving" not in proc.stdout
 
 
 def test_node_help_lists_the_test_switches(herdcast_argv):

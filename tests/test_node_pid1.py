@@ -25,6 +25,22 @@ def test_console_devices_from_cmdline():
     assert console_devices("quiet") == []
 
 
+def test_console_devices_split_as_the_kernel_does():
+    assert console_devices('quiet "console=ttyS1,115200" console=null console=') == \
+        ["/dev/ttyS1"]
+
+
+def test_the_kernels_own_console_is_not_opened_again(tmp_path):
+    """A device named twice is the kernel's console when it is named last: opening it
+    again would double every line there, and the other device would be left out."""
+    serial, vga = tmp_path / "ttyS9", tmp_path / "tty9"
+    serial.write_text("")
+    vga.write_text("")
+    con = open_consoles(f"console={serial} console={vga} console={serial}", is_init=True)
+    con.say("once")
+    assert serial.read_text() == "" and vga.read_text() == "herdcast: once\n"
+
+
 def test_console_tees_every_line():
     a, b = io.StringIO(), io.StringIO()
     con = Console(a, [b])

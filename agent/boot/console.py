@@ -19,19 +19,28 @@ import os
 import sys
 from typing import TextIO
 
+from agent.boot.tokens import consoles
+
 PREFIX = "herdcast:"
 
 
+def _device(console: str) -> str | None:
+    """The device of one `console=` value (`ttyS0,115200n8` -> /dev/ttyS0); None for null."""
+    name = console.split(",", 1)[0]
+    if not name or name == "null":
+        return None
+    return name if name.startswith("/") else f"/dev/{name}"
+
+
 def console_devices(cmdline: str) -> list[str]:
-    """Device paths of the `console=` entries, in order (`ttyS0,115200n8` -> /dev/ttyS0)."""
-    devices = []
-    for word in cmdline.split():
-        if word.startswith("console="):
-            name = word[len("console="):].split(",", 1)[0]
-            if name and name not in ("null",):
-                path = name if name.startswith("/") else f"/dev/{name}"
-                if path not in devices:
-                    devices.append(path)
+    """Device paths of the `console=` entries, in order, each once. The entries are read
+    with the kernel's own splitting (agent.boot.tokens.consoles), so a quoted
+    `"console=tty0"` counts as the kernel counts it."""
+    devices: list[str] = []
+    for console in consoles(cmdline):
+        path = _device(console)
+        if path is not None and path not in devices:
+            devices.append(path)
     return devices
 
 
@@ -74,14 +83,17 @@ class Console(io.TextIOBase):
 
 
 def open_consoles(cmdline: str, *, is_init: bool) -> Console:
-    """The console for this run: stdout, plus (as init) every console= but the last.
+    """The console for this run: stdout, plus (as init) every console= device but the
+    kernel's own.
 
-    The last `console=` already is /dev/console, which init's stdout points at; writing it
-    again would double every line there.
+    The device of the last `console=` already is /dev/console, which init's stdout points
+    at (a device named twice is still that one); writing it again would double every line.
     """
     extra: list[TextIO] = []
+    named = consoles(cmdline)
+    own = _device(named[-1]) if named else None
     if is_init:
-        for path in console_devices(cmdline)[:-1]:
+        for path in [d for d in console_devices(cmdline) if d != own]:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
             except OSError as exc:

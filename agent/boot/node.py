@@ -1,9 +1,10 @@
 """`herdcast node`: what the initramfs /init runs, from /proc/cmdline to a cloned disk.
 
 The steps read top to bottom, each one printing one line the admin can act on:
-cmdline -> config -> hardware -> network -> disk -> transfer -> result -> post action.
-Nothing touches a disk before the command line, the transfer options and the disk itself
-have been checked; a bad parameter stops the node with one line naming it.
+cmdline -> config (and its plan, as `herdcast plan` prints it) -> hardware -> network ->
+transfer options -> disk -> transfer -> result -> post action. Nothing touches a disk
+before the command line (udpcparam= included) and the disk itself have been checked; a bad
+parameter stops the node with one line naming it.
 
 As PID 1 the node forks the agent under agent.boot.pid1's reaper and never exits. Run by hand
 (tests, a server) it does the same steps with the test switches below and returns the exit
@@ -13,23 +14,32 @@ status instead of powering anything off.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.boot import pid1
 from agent.boot.console import Console, open_consoles, tee_std
+from agent.errors import HerdcastError
+
+if TYPE_CHECKING:  # imported where used: a broken module still leaves a FAILED line
+    from agent.boot.cmdline import BootConfig
+    from agent.net.network import NetConfig
+    from agent.transfer.options import ReceiveOptions, SendOptions
 
 FAIL_ACTION = "wait"  # before the command line is parsed there is no onfail= to follow
 
 
-class NodeFailure(Exception):
-    """One step failed: `what` failed, `fix` says what to change."""
+class NodeFailure(HerdcastError):
+    """One step failed: `what` failed, `fix` says what to change; `rc` is the exit status
+    (2 for a bad boot parameter, as for a bad option)."""
 
     def __init__(self, what: str, fix: str | None = None, rc: int = 1) -> None:
-        super().__init__(what)
-        self.what, self.fix, self.rc = what, fix, rc
+        super().__init__(what, fix)
+        self.rc = rc
 
 
 @dataclass
@@ -74,34 +84,32 @@ def read_cmdline(args: NodeArgs) -> str:
                           "is /proc mounted? (herdcast node mounts it when it is PID 1)") from exc
 
 
-def load_config(text: str):
-    """The validated BootConfig; a bad parameter is one line naming it."""
-    from agent.boot.cmdline import CmdlineError, parse_cmdline
+def load_config(text: str, disk: str | None = None) -> BootConfig:
+    """The validated BootConfig; a bad parameter is one line naming it. `disk` (the --disk
+    test switch) stands in for disk=."""
+    from agent.boot.cmdline import parse_cmdline
+    from agent.boot.tokens import CmdlineError
 
     try:
-        return parse_cmdline(text)
+        cfg = parse_cmdline(text)
     except CmdlineError as exc:
         raise NodeFailure(f"boot parameter {exc}",
                           "fix the append line in pxelinux.cfg (check it with "
                           "`herdcast plan --cmdline '...'`)", rc=2) from exc
+    return dataclasses.replace(cfg, disk=disk) if disk else cfg
 
 
-def transfer_options(cfg, disk: str):
-    """The send/receive options the node runs, with --file pointing at `disk`."""
-    from agent.boot.cmdline import transfer_argv
-    from agent.transfer.options import OptionError, parse_receive_args, parse_send_args
-
-    argv = transfer_argv(cfg)
-    argv[argv.index("--file") + 1] = disk
-    parse = parse_send_args if cfg.sending else parse_receive_args
-    try:
-        return parse(argv)
-    except OptionError as exc:
-        raise NodeFailure(f"udpcparam: {exc}", "fix udpcparam= on the append line", rc=2) \
-            from exc
+def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | ReceiveOptions:
+    """The options of the transfer this node runs, built once, when the network step has
+    named the interface: udpcparam's options with disk=, port= and compr= set as typed
+    values (no argv is built to be parsed again). An --interface in udpcparam wins."""
+    extra = cfg.udpcparam_options
+    return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
+                               compress=cfg.compression, nokbd=True,
+                               interface=extra.interface or interface)
 
 
-def confirm(cfg, con: Console) -> None:
+def confirm(cfg: BootConfig, con: Console) -> None:
     """auto=no: the admin presses Enter at the console before anything is written."""
     if cfg.auto:
         return
@@ -112,14 +120,16 @@ def confirm(cfg, con: Console) -> None:
                           "set auto=yes to run unattended")
 
 
-def hardware_step(cfg, disk: str, con: Console) -> None:
+def hardware_step(cfg: BootConfig, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
     from agent.hw.drivers import load_drivers
 
+    disk = cfg.disk
     report = load_drivers(
         disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
         diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
-        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say)
+        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say,
+        dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
     for note in report.notes:
         con.say(note)
     con.say(f"modules loaded: {', '.join(report.loaded) or 'none'}"
@@ -138,43 +148,41 @@ def hardware_step(cfg, disk: str, con: Console) -> None:
     con.say(f"disk {disk} present")
 
 
-def network_step(cfg, opts, args: NodeArgs, con: Console) -> None:
+def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
     """Bring up and address the NIC; the transfer then uses exactly that interface."""
     from agent.net.network import NetworkError, existing_config, setup_network
 
     try:
         if args.no_network:
-            net = existing_config(opts.interface)
+            net = existing_config(cfg.udpcparam_options.interface)
         else:
             net = setup_network(dhcp=cfg.dhcp, ip=cfg.ip, netmask=cfg.netmask,
                                 gateway=cfg.gateway, mac=cfg.bootif_mac,
                                 carrier_timeout=cfg.hwtimeout, dhcp_timeout=cfg.dhcptimeout,
                                 say=con.say)
     except NetworkError as exc:
-        raise NodeFailure(f"network: {exc}") from exc
+        raise NodeFailure(f"network: {exc.what}", exc.fix) from exc
     con.say(f"network: {net.describe()}")
-    if opts.interface is None:
-        opts.interface = net.ifname
+    return net
 
 
-def disk_step(cfg, opts, con: Console) -> None:
-    """Receiver: refuse a mounted or too small disk before writing; sender: measure it."""
-    from agent.hw.disk import DiskError, check_receive_target, check_send_source
+def disk_step(cfg: BootConfig, args: NodeArgs, con: Console) -> None:
+    """Receiver: refuse a disk in use before writing; sender: measure it. disk= must be a
+    block device; a file given by --disk (the test switch) stands in for one. A DiskError
+    says what to change on its own."""
+    from agent.hw.disk import check_receive_target, check_send_source
 
-    try:
-        if cfg.sending:
-            disk = check_send_source(opts.file)
-            con.say(f"disk {opts.file}: {disk.size} bytes to send")
-        else:
-            # the image size is known only once the sender answers: the receiver checks it
-            disk = check_receive_target(opts.file, file_is_disk=True)
-            con.say(f"disk {opts.file}: {disk.size} bytes, not in use; it will be "
-                    "overwritten")
-    except DiskError as exc:
-        raise NodeFailure(str(exc)) from exc
+    block_only = args.disk is None
+    if cfg.sending:
+        disk = check_send_source(cfg.disk, block_only=block_only)
+        con.say(f"disk {cfg.disk}: {disk.size} bytes to send")
+    else:
+        # the image size is known only once the sender answers: the receiver checks it
+        disk = check_receive_target(cfg.disk, file_is_disk=True, block_only=block_only)
+        con.say(f"disk {cfg.disk}: {disk.size} bytes, not in use; it will be overwritten")
 
 
-def transfer_step(cfg, opts, con: Console):
+def transfer_step(cfg: BootConfig, opts: SendOptions | ReceiveOptions, con: Console):
     """Run herdcast send/receive in this process; returns its TransferResult."""
     try:
         if cfg.sending:
@@ -189,7 +197,8 @@ def transfer_step(cfg, opts, con: Console):
     return run(opts)
 
 
-def report_result(cfg, opts, result, con: Console) -> None:
+def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, con: Console
+                  ) -> None:
     """The line the admin looks for: SUCCESS with bytes, time and digest, or FAILED."""
     verb = "sent" if cfg.sending else "received"
     if result.ok:
@@ -212,10 +221,8 @@ def report_result(cfg, opts, result, con: Console) -> None:
 def run(args: NodeArgs) -> int:
     """The node's steps; returns the exit status (in init mode the post action never
     returns). Every failure is one FAILED line on the console, then onfail=."""
-    text = ""
     con = Console()
     action, rc = FAIL_ACTION, 1
-    cfg = None
     try:
         text = read_cmdline(args)
         con = open_consoles(text, is_init=pid1.is_init())
@@ -224,26 +231,32 @@ def run(args: NodeArgs) -> int:
         from agent import __version__
 
         con.say(f"herdcast node {__version__} (PID {os.getpid()})")
-        cfg = load_config(text)
+        cfg = load_config(text, args.disk)
         action = cfg.onfail
-        disk = args.disk or cfg.disk
-        opts = transfer_options(cfg, disk)
-        con.say(f"{'sender' if cfg.sending else 'receiver'}: disk {disk}, port {cfg.port}, "
-                f"compression {cfg.compr}, post={cfg.post}, onfail={cfg.onfail}")
+        from agent.boot.plan import describe
+
+        con.say("plan:")
+        for line in describe(cfg):
+            con.say(line)
+        if args.disk is None:  # /dev/null or the like: say so before drivers and network
+            from agent.hw.disk import check_is_disk
+
+            check_is_disk(cfg.disk)
         if not args.no_hardware:
-            hardware_step(cfg, disk, con)
-        network_step(cfg, opts, args, con)
-        disk_step(cfg, opts, con)
+            hardware_step(cfg, con)
+        net = network_step(cfg, args, con)
+        opts = run_options(cfg, net.ifname)
+        disk_step(cfg, args, con)
         confirm(cfg, con)
         started = time.monotonic()
         result = transfer_step(cfg, opts, con)
         if not result.seconds:
-            result.seconds = time.monotonic() - started
+            result = dataclasses.replace(result, seconds=time.monotonic() - started)
         report_result(cfg, opts, result, con)
         action, rc = cfg.post, 0
-    except NodeFailure as exc:
+    except HerdcastError as exc:
         con.fail(exc.what, exc.fix)
-        rc = exc.rc
+        rc = exc.rc if isinstance(exc, NodeFailure) else 1
     except Exception as exc:  # noqa: BLE001 - init must report, not die
         con.fail(f"internal error {type(exc).__name__}: {exc}",
                  "this is a herdcast bug; the console log above shows where")

@@ -4,10 +4,10 @@
 - Reap children: orphans are re-parented to PID 1, and zombies pile up otherwise.
 - Never exit: the kernel panics when init exits, and a panicked node tells the admin nothing.
 
-The reaping is done the way tini and dumb-init do it: PID 1 forks, the child runs the agent,
-and PID 1 only waits for any child. A SIGCHLD handler reaping in the agent's own process
-would steal the exit status of the agent's subprocesses (modprobe, lzop) from `subprocess`,
-which then reports them as successful.
+PID 1 forks, the child runs the agent, and PID 1 does nothing but wait for any child. A
+SIGCHLD handler reaping in the agent's own process would steal the exit status of the
+agent's subprocesses (modprobe, lzop) from `subprocess`, which then reports them as
+successful.
 
 Powering off happens only in init mode. Anything else (tests, a server running
 `herdcast node --cmdline ...`) prints what it would do and returns.

@@ -3,7 +3,8 @@
 An admin writes a pxelinux append line once and boots a whole room with it; a typo found
 after the first node powered off costs an hour. `herdcast plan --cmdline '...'` runs the very
 parser the node runs (agent.boot.cmdline) and prints the decisions it leads to, without loading
-modules, configuring a NIC or opening a disk. The node prints the same block on its console.
+modules, configuring a NIC or opening a disk. The node prints the same lines (`describe`) on
+its console before its first step.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 
-from agent.boot.cmdline import BootConfig, CmdlineError, parse_cmdline
+from agent.boot.cmdline import BootConfig, parse_cmdline
+from agent.boot.tokens import CmdlineError
 
 PROC_CMDLINE = "/proc/cmdline"
 
@@ -36,9 +37,19 @@ def _network(cfg: BootConfig) -> str:
     return f"static {cfg.ip}/{cfg.prefixlen} (netmask {cfg.netmask}), {gateway}"
 
 
+def transfer_argv(cfg: BootConfig) -> list[str]:
+    """The transfer the node runs, written as `herdcast send|receive` options: for the admin
+    to read (and to run on a server), never parsed by the node, which sets disk=, port= and
+    compr= on udpcparam's options as values (agent.boot.node.run_options)."""
+    argv = ["--file", cfg.disk, "--portbase", str(cfg.port), "--nokbd"]
+    if cfg.compression:
+        argv += ["--compress", cfg.compression]
+    return argv + list(cfg.udpcparam)
+
+
 def transfer_command(cfg: BootConfig) -> list[str]:
-    """The `herdcast send|receive ...` command the node runs (in-process)."""
-    return ["herdcast", "send" if cfg.sending else "receive", *cfg.transfer_argv()]
+    """The equivalent `herdcast send|receive ...` command line of the node's transfer."""
+    return ["herdcast", "send" if cfg.sending else "receive", *transfer_argv(cfg)]
 
 
 def describe(cfg: BootConfig) -> list[str]:
@@ -86,6 +97,7 @@ def as_json(cfg: BootConfig) -> dict:
     d["mode"] = "send" if cfg.sending else "receive"
     d["nic"] = "BOOTIF" if cfg.bootif_mac else "first with carrier"
     d["transfer"] = transfer_command(cfg)
+    d["transfer_argv"] = transfer_argv(cfg)
     return d
 
 
@@ -103,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """`herdcast plan`: 0 with the plan on stdout, 2 with one line on stderr if it is bad."""
+    """`herdcast plan`: 0 with the plan on stdout. A bad line raises CmdlineError, which
+    `herdcast` shows as one line with exit status 2."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
@@ -114,14 +127,9 @@ def main(argv: list[str]) -> int:
             with open(args.cmdline_file, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError as exc:
-            print(f"herdcast plan: cannot read {args.cmdline_file}: {exc.strerror}; "
-                  "give the line with --cmdline", file=sys.stderr)
-            return 2
-    try:
-        cfg = parse_cmdline(text)
-    except CmdlineError as exc:
-        print(f"herdcast plan: {exc}", file=sys.stderr)
-        return 2
+            raise CmdlineError(f"cannot read {args.cmdline_file}: {exc.strerror}",
+                               "give the line with --cmdline") from exc
+    cfg = parse_cmdline(text)
     if args.json:
         print(json.dumps(as_json(cfg), indent=2))
     else:

@@ -19,10 +19,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import HerdcastError
+
 BLKGETSIZE64 = 0x80081272
 
 
-class DiskError(RuntimeError):
+class DiskError(HerdcastError, RuntimeError):
     """The disk cannot be used: the message names the disk, the reason and what to change."""
 
 
@@ -177,6 +179,30 @@ def probe(path: str) -> Disk:
     return Disk(path, size, is_block, dev)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISREG, "a regular file"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a device"
+
+
+def check_is_disk(path: str) -> None:
+    """Refuse a `disk=` that exists and is not a block device (/dev/null, /dev/zero,
+    /dev/kmsg...): a receiver would "clone" into it and report SUCCESS, a sender would send
+    nothing or forever. A path that does not exist yet passes: its driver may still load."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DiskError(f"disk {path}: cannot stat: {exc.strerror}") from exc
+    if not stat.S_ISBLK(mode):
+        raise DiskError(f"disk {path}: {_kind(mode)}, not a block device; set disk= to the "
+                        "node's disk, e.g. disk=/dev/sda or disk=/dev/disk/by-id/...")
+
+
 def in_use(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
     """Why writing over `disk` would destroy something live; empty when it is free."""
     reasons = []
@@ -203,14 +229,17 @@ def in_use(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
 
 
 def check_receive_target(path: str, image_size: int | None = None, *, file_is_disk: bool = False,
-                         proc: str = "/proc", sys: str = "/sys") -> Disk:
+                         block_only: bool = False, proc: str = "/proc", sys: str = "/sys"
+                         ) -> Disk:
     """Refuse, before anything is written, a target that is in use or too small.
 
     A regular file that does not exist yet is fine (it is created); a block device must
     exist. With `file_is_disk` (the node: `disk=` names a disk, a file only stands in for
-    one in tests) an existing regular file is a disk of its current size. Returns the
-    probed Disk.
+    one in tests) an existing regular file is a disk of its current size. `block_only`
+    (the node's disk=) refuses anything but a block device. Returns the probed Disk.
     """
+    if block_only:
+        check_is_disk(path)
     if not os.path.exists(path) and not path.startswith("/dev/"):
         return Disk(path, 0, False, None)
     disk = probe(path)
@@ -244,8 +273,11 @@ def _check_exclusive(path: str) -> None:
     os.close(fd)
 
 
-def check_send_source(path: str) -> Disk:
-    """The sender reads the whole device; it must exist and not be empty."""
+def check_send_source(path: str, *, block_only: bool = False) -> Disk:
+    """The sender reads the whole device; it must exist and not be empty. `block_only` (the
+    node's disk=) refuses anything but a block device."""
+    if block_only:
+        check_is_disk(path)
     disk = probe(path)
     if disk.size == 0:
         raise DiskError(f"disk {path}: is empty (0 bytes); set disk= to the disk to send")

@@ -17,19 +17,18 @@ parameters, so the step runs in tests on a fake tree.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import shlex
-import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.hw.disklinks import make_disk_links
 from agent.hw.modalias import Device, bus_modaliases, plan_loads, read_aliases
 from agent.hw.modprobe import (
+    LoadResult,
     builtin_modules,
     loaded_modules,
     modprobe_command,
@@ -38,19 +37,24 @@ from agent.hw.modprobe import (
     run_loads,
 )
 from agent.hw.uevents import UdevEvents, Uevent, open_uevents
+from agent.net.netif import ARPHRD_ETHER, set_link_up
 
 
 @dataclass
-class HardwareReport:
-    """What the hardware step did, for the console."""
+class HardwareReport(LoadResult):
+    """What the hardware step did, for the console: the modprobes (`loaded`, `failed`) and
+    what they made appear."""
 
-    loaded: list[str] = field(default_factory=list)  # "virtio_net" or "e1000 debug=3"
-    failed: list[str] = field(default_factory=list)  # "name: modprobe's message"
     nics: list[tuple[str, str]] = field(default_factory=list)  # (name, mac)
     disk: str | None = None
     passes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def add(self, result: LoadResult) -> None:
+        """Count in one batch of modprobes."""
+        self.loaded += result.loaded
+        self.failed += result.failed
 
 
 def nics(sys_root: str = "/sys") -> list[tuple[str, str]]:
@@ -67,22 +71,6 @@ def nics(sys_root: str = "/sys") -> list[tuple[str, str]]:
     return out
 
 
-ARPHRD_ETHER = 1
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
-def set_link_up(ifname: str) -> None:
-    """`ip link set IFNAME up` by ioctl: no pyroute2 import in the hardware step."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH", ifname.encode()[:15], 0)
-        flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
-        if not flags & _IFF_UP:
-            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS,
-                        struct.pack("16sH", ifname.encode()[:15], flags | _IFF_UP))
-
-
 def nics_to_bring_up(sys_root: str, mac: str | None) -> list[str]:
     """The NICs the network step would choose from: the BOOTIF one when `mac` is given
     (other ports stay down, as the network step leaves them), else every Ethernet NIC."""
@@ -97,18 +85,25 @@ def nics_to_bring_up(sys_root: str, mac: str | None) -> list[str]:
     return out
 
 
-def disk_present(disk: str | None, sys_root: str = "/sys") -> bool:
-    """Whether disk= exists yet (devtmpfs creates /dev nodes as the driver registers)."""
+def disk_present(disk: str | None, sys_root: str = "/sys", dev_root: str | None = None
+                 ) -> bool:
+    """Whether disk= exists yet (devtmpfs creates /dev nodes as the driver registers). With
+    `dev_root` (no udevd: the initramfs) a missing DEV_ROOT/disk/by-id|by-path name is made
+    from sysfs first, as udev would have made it."""
     if not disk:
         return True
+    if dev_root is not None and disk.startswith(os.path.join(dev_root, "disk", "")) \
+            and not os.path.exists(disk):
+        make_disk_links(sys_root, dev_root)
     return os.path.exists(disk) or Path(sys_root, "class/block", os.path.basename(disk)).exists()
 
 
-def wanted_found(sys_root: str, disk: str | None, mac: str | None) -> tuple[bool, bool]:
+def wanted_found(sys_root: str, disk: str | None, mac: str | None,
+                 dev_root: str | None = None) -> tuple[bool, bool]:
     """(NIC found, disk found): the BOOTIF MAC's NIC if given, else any NIC."""
     found = nics(sys_root)
     nic_ok = any(m == mac.lower() for _, m in found) if mac else bool(found)
-    return nic_ok, disk_present(disk, sys_root)
+    return nic_ok, disk_present(disk, sys_root, dev_root)
 
 
 def load_drivers(*, disk: str | None = None, mac: str | None = None,
@@ -119,7 +114,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
                  uevents: UdevEvents | None = None,
                  link_up: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
-                 max_passes: int = 8) -> HardwareReport:
+                 max_passes: int = 8, dev_root: str | None = None) -> HardwareReport:
     """Load drivers until the NIC (BOOTIF's if `mac`) and `disk` exist, or `timeout`.
 
     Named modules first (they may be what creates the devices), then one pass over the
@@ -127,6 +122,8 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     both devices are there. Each NIC the network step may use is brought up (`link_up`) as
     soon as it exists. For the real /sys a pyudev monitor and the ioctl are the defaults;
     with another `sys_root` (a fake tree) and no `uevents`, sysfs is scanned in passes.
+    `dev_root` (the initramfs's /dev, which no udevd fills) gets /dev/disk/by-id and by-path
+    links made from sysfs when `disk` is one of them.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -154,8 +151,8 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     by_modalias = not all((m or "").upper() == "NONE" for m in (netmodule, diskmodule))
     if not by_modalias:
         report.notes.append("netmodule=NONE and no disk module: loading nothing by modalias")
-    run_loads([n for n in named if normalize(n.name) not in tried], modprobe, report,
-              proc_root)
+    report.add(run_loads([n for n in named if normalize(n.name) not in tried], modprobe,
+                         proc_root))
     tried |= {normalize(n.name) for n in named}
     upped: set[str] = set()
 
@@ -179,7 +176,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
         loads = plan_loads(devices, aliases, tried, params, class_params)
         if loads:
             tried.update(normalize(x.name) for x in loads)
-            run_loads(loads, modprobe, report, proc_root)
+            report.add(run_loads(loads, modprobe, proc_root))
             report.passes += 1
         return len(loads)
 
@@ -194,7 +191,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
     try:
         loaded_some = one_pass()
         bring_up_nics()
-        nic_ok, disk_ok = wanted_found(sys_root, disk, mac)
+        nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
         waited_note = False
         while not (nic_ok and disk_ok) and time.monotonic() < deadline:
             if uevents is not None:
@@ -206,7 +203,7 @@ def load_drivers(*, disk: str | None = None, mac: str | None = None,
                 loaded_some = (one_pass() if report.passes < max_passes * 4 else 0)
                 quiet = not loaded_some
             bring_up_nics()
-            nic_ok, disk_ok = wanted_found(sys_root, disk, mac)
+            nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
             if quiet and not (nic_ok and disk_ok) and not waited_note:
                 say(f"waiting up to {timeout:.0f} s for "
                     f"{'the NIC' if not nic_ok else ''}"

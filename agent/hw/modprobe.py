@@ -17,10 +17,6 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from agent.hw.drivers import HardwareReport
 
 
 def normalize(module: str) -> str:
@@ -41,6 +37,14 @@ class ModuleLoad:
         if self.by_alias:
             return [*modprobe, "-q", self.name]
         return [*modprobe, self.name, *self.params]
+
+
+@dataclass
+class LoadResult:
+    """What a batch of modprobes did, for the hardware step's report."""
+
+    loaded: list[str] = field(default_factory=list)  # "virtio_net" or "e1000 debug=3"
+    failed: list[str] = field(default_factory=list)  # "name: modprobe's message"
 
 
 def named_loads(netmodule: str | None, netmodparm: str | None, diskmodule: str | None,
@@ -91,8 +95,8 @@ def _modprobe(argv: list[str], timeout: float) -> tuple[int, str]:
     return proc.returncode, msg[-1] if msg else f"rc={proc.returncode}"
 
 
-def run_loads(loads: list[ModuleLoad], modprobe: list[str], report: HardwareReport,
-              proc_root: str = "/proc", timeout: float = 60) -> None:
+def run_loads(loads: list[ModuleLoad], modprobe: list[str], proc_root: str = "/proc",
+              timeout: float = 60) -> LoadResult:
     """modprobe the planned modules; a failure is noted, never fatal (the NIC may be fine).
 
     The named modules without parameters go to one `modprobe -a -q` (under TCG each modprobe
@@ -100,6 +104,7 @@ def run_loads(loads: list[ModuleLoad], modprobe: list[str], report: HardwareRepo
     module that did not is run again alone for modprobe's own message. Loads with
     parameters, and raw modaliases (no modules.alias), run one modprobe each.
     """
+    report = LoadResult()
     batch = [load for load in loads if not load.params and not load.by_alias]
     if len(batch) < 2:
         batch = []
@@ -117,9 +122,10 @@ def run_loads(loads: list[ModuleLoad], modprobe: list[str], report: HardwareRepo
     for load in loads:
         if id(load) not in batched:
             _run_one(load, modprobe, report, timeout)
+    return report
 
 
-def _run_one(load: ModuleLoad, modprobe: list[str], report: HardwareReport,
+def _run_one(load: ModuleLoad, modprobe: list[str], report: LoadResult,
              timeout: float) -> None:
     label = " ".join([load.name, *load.params])
     rc, msg = _modprobe(load.argv(modprobe), timeout)

@@ -2,8 +2,9 @@
 
 Interface facts come from the kernel's ioctls rather than pyroute2: the transfer needs only
 name, address, broadcast and flags, and this keeps `herdcast send` light on a server and in
-the initramfs. Socket set-up lives here once for both sides (bind, SO_REUSEADDR — udpcast's
-missing one is a known complaint — multicast joins, big receive buffers).
+the initramfs. Socket set-up lives here once for both sides: bind with SO_REUSEADDR (so a
+receiver restarted at once, or a second one on the same host, can bind the port again),
+multicast joins, big receive buffers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from agent.errors import HerdcastError
+
+ARPHRD_ETHER = 1  # an interface's type (sysfs class/net/X/type, netlink ifi_type): Ethernet
 _SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
 _SIOCGIFADDR = 0x8915
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFNETMASK = 0x891B
@@ -33,7 +38,7 @@ _SO_SNDBUFFORCE = 32
 DEFAULT_RDV_ADDRESS = "224.0.0.1"
 
 
-class InterfaceError(RuntimeError):
+class InterfaceError(HerdcastError, RuntimeError):
     """No usable interface: the message says which and what to pass instead."""
 
 
@@ -58,6 +63,17 @@ class NetIf:
 
 def _ioctl(sock: socket.socket, request: int, name: str) -> bytes:
     return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name.encode()[:15]))
+
+
+def set_link_up(ifname: str) -> None:
+    """`ip link set IFNAME up` by ioctl: the hardware step brings a NIC up as soon as its
+    driver made it (carrier negotiation then overlaps the disk probing) without importing
+    pyroute2."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack_from("H", _ioctl(s, _SIOCGIFFLAGS, ifname), 16)[0]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS,
+                        struct.pack("16sH", ifname.encode()[:15], flags | _IFF_UP))
 
 
 def _addr(raw: bytes) -> str:

@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from agent.errors import HerdcastError
+from agent.net.netif import ARPHRD_ETHER
+from agent.net.netlink import IPRoute
 
-ARPHRD_ETHER = 1
 
-
-class NetworkError(RuntimeError):
+class NetworkError(HerdcastError, RuntimeError):
     """No network: the message says what failed and which parameter to change."""
 
 
