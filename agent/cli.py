@@ -22,6 +22,7 @@ commands:
   receive   receive a file or disk by multicast (udp-receiver's options)
   plan      print what a node would do with a kernel command line, touching nothing
   image     map, capture, restore and inspect used-block images (no network)
+  keygen    make an Ed25519 key pair for signed sessions (send --sign-key)
   node      the initramfs init: read /proc/cmdline and image this node unattended
 
 `herdcast COMMAND --help` lists a command's options.
@@ -61,14 +62,25 @@ def _plan(argv: list[str]) -> int:
 
 
 def _image(argv: list[str]) -> int:
-    from agent.errors import HerdcastError
     from agent.image.commands import main as image_main
 
-    try:
-        return image_main(argv)
-    except HerdcastError as exc:
-        print(f"herdcast image: {exc}", file=sys.stderr)
-        return 1
+    return image_main(argv)
+
+
+def _keygen(argv: list[str]) -> int:
+    """`herdcast keygen NAME`: NAME.key (private, for herdcast send --sign-key) and
+    NAME.pub (for make initrd SIGN_PUBKEY= and herdcast receive --trust-key)."""
+    import argparse
+    from pathlib import Path
+
+    from agent.trust.keys import generate
+
+    p = argparse.ArgumentParser(prog="herdcast keygen", description=_keygen.__doc__)
+    p.add_argument("name", help="path prefix of the two files, e.g. /etc/herdcast/fleet")
+    name = p.parse_args(argv).name
+    line = generate(Path(f"{name}.key"), Path(f"{name}.pub"))
+    say(f"herdcast keygen: wrote {name}.key (keep it secret) and {name}.pub: {line}")
+    return 0
 
 
 def _node(argv: list[str]) -> int:
@@ -82,6 +94,7 @@ COMMANDS = {
     "receive": lambda argv: _transfer("receive", argv),
     "plan": _plan,
     "image": _image,
+    "keygen": _keygen,
     "node": _node,
 }
 
