@@ -120,6 +120,13 @@ def confirm(cfg: BootConfig, con: Console) -> None:
                           "set auto=yes to run unattended")
 
 
+def nic_missing(mac: str | None, timeout: int) -> str:
+    """What the hardware step says when the NIC to use is not there."""
+    if mac:
+        return f"the NIC with MAC {mac} (BOOTIF=) did not appear within {timeout} s"
+    return f"no NIC appeared within {timeout} s"
+
+
 def hardware_step(cfg: BootConfig, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
     from agent.hw.drivers import load_drivers
@@ -139,8 +146,7 @@ def hardware_step(cfg: BootConfig, con: Console) -> None:
     con.say(f"NICs: {', '.join(f'{n} {m}' for n, m in report.nics) or 'none'}")
     if not report.nics or (cfg.bootif_mac and cfg.bootif_mac not in
                            [m for _, m in report.nics]):
-        want = f"the NIC with MAC {cfg.bootif_mac} (BOOTIF)" if cfg.bootif_mac else "a NIC"
-        raise NodeFailure(f"no {want} appeared within {cfg.hwtimeout} s",
+        raise NodeFailure(nic_missing(cfg.bootif_mac, cfg.hwtimeout),
                           "set netmodule= to its driver (and netmodparm=), or hwtimeout=")
     if report.disk is None:
         raise NodeFailure(f"disk {disk} did not appear within {cfg.hwtimeout} s",
