@@ -173,14 +173,17 @@ def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
 
 
 def disk_step(cfg: BootConfig, args: NodeArgs, con: Console) -> None:
-    """Receiver: refuse a disk in use before writing; sender: measure it. disk= must be a
+    """Receiver: refuse a disk in use before writing; sender: measure it, and refuse a
+    read-write mounted filesystem on it unless mounted=warn. disk= must be a
     block device; a file given by --disk (the test switch) stands in for one. A DiskError
     says what to change on its own."""
-    from agent.hw.disk import check_receive_target, check_send_source
+    from agent.hw.disk import check_receive_target, check_send_source, send_source_warnings
 
     block_only = args.disk is None
     if cfg.sending:
-        disk = check_send_source(cfg.disk, block_only=block_only)
+        disk = check_send_source(cfg.disk, block_only=block_only, mounted=cfg.mounted)
+        for warning in send_source_warnings(cfg.disk):  # mounted=warn: sent anyway
+            con.say(f"{warning} (mounted=warn)")
         con.say(f"disk {cfg.disk}: {disk.size} bytes to send")
     else:
         # the image size is known only once the sender answers: the receiver checks it
