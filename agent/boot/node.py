@@ -6,9 +6,10 @@ transfer options -> disk -> transfer -> result -> post action. Nothing touches a
 before the command line (udpcparam= included) and the disk itself have been checked; a bad
 parameter stops the node with one line naming it.
 
-As PID 1 the node forks the agent under agent.boot.pid1's reaper and never exits. Run by hand
-(tests, a server) it does the same steps with the test switches below and returns the exit
-status instead of powering anything off.
+As PID 1 the node forks the agent under agent.boot.supervisor and never exits; the agent
+tells PID 1 its onfail= and, at the end, the action it is doing, so PID 1 can follow it if
+the agent dies (OOM killer, crash). Run by hand (tests, a server) it does the same steps
+with the test switches below and returns the exit status instead of powering anything off.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.boot import pid1
+from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
 from agent.errors import HerdcastError
 
@@ -242,6 +243,7 @@ def run(args: NodeArgs) -> int:
         con.say(f"herdcast node {__version__} (PID {os.getpid()})")
         cfg = load_config(text, args.disk)
         action = cfg.onfail
+        supervisor.tell_init("onfail", action)  # PID 1 follows it if this process dies
         from agent.boot.plan import describe
 
         con.say("plan:")
@@ -276,14 +278,17 @@ def run(args: NodeArgs) -> int:
     if args.no_post:
         con.say(f"--no-post: skipping {'post' if rc == 0 else 'onfail'}={action}")
         return rc
-    con.say(f"{'post' if rc == 0 else 'onfail'}={action}")
+    kind = "post" if rc == 0 else "onfail"
+    supervisor.tell_init(kind, action, finished=True)  # nothing is written any more
+    con.say(f"{kind}={action}")
     pid1.post_action(action, con)
     return rc
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `herdcast node`; as PID 1 it never returns."""
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if os.getpid() == 1:
-        pid1.supervise(lambda: run(args))
-    return run(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if os.getpid() == 1:  # everything that can fail runs under PID 1's guard
+        supervisor.init_main(lambda: run(parse_args(argv)),
+                             cmdline=lambda: read_cmdline(parse_args(argv)))
+    return run(parse_args(argv))
