@@ -119,6 +119,11 @@ def _drain() -> None:
 
 
 def _on_signal(signum: int, frame) -> None:
+    with contextlib.suppress(Exception):  # a handler raising would unwind PID 1's work
+        _signalled(signum)
+
+
+def _signalled(signum: int) -> None:
     if signum != signal.SIGINT:
         _say(f"{signal.Signals(signum).name} ignored: PID 1 never exits (post=/onfail= "
              "say what a node does; power it off by hand to stop it)")
