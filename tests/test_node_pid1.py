@@ -342,3 +342,31 @@ def test_node_as_pid1_follows_its_onfail_when_the_agent_is_killed_mid_run(lab3, 
     assert "Ctrl-Alt-Del ignored" in text
     assert "FAILED: the agent was killed by SIGKILL" in text
     assert "herdcast: onfail=shell" in text
+
+
+def test_pid1_finds_the_command_line_without_the_nodes_modules(tmp_path):
+    from agent.boot.initnode import cmdline_of
+
+    assert cmdline_of(["--cmdline", "umode=rcv onfail=shell", "--no-post"]) == \
+        "umode=rcv onfail=shell"
+    assert cmdline_of(["--no-network", "--cmdline=onfail=reboot"]) == "onfail=reboot"
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("onfail=poweroff\n")
+    assert cmdline_of(["--root", str(tmp_path)]) == "onfail=poweroff\n"
+    assert cmdline_of([f"--root={tmp_path / 'none'}"]) == ""
+
+
+@needs_pid_namespace
+def test_a_node_that_cannot_be_imported_is_a_crashed_agent_not_a_panic(tmp_path):
+    """agent.boot.initnode as PID 1 imports the node only in the agent: a broken module
+    (here: made unimportable) is a traceback, a FAILED line and onfail=, and PID 1 stays."""
+    log = tmp_path / "console.log"
+    script = """
+        sys.modules["agent.boot.node"] = None  # import agent.boot.node now fails
+        from agent.boot import initnode
+        initnode.main(["--cmdline", sys.argv[1], "--no-hardware"])
+    """
+    with _pid1(script, "console=tty0 umode=rcv onfail=shell", log):
+        text = _wait_for(log, lambda t: "starting a rescue shell" in t)
+    assert "ModuleNotFoundError" in text or "ImportError" in text, text
+    assert "FAILED: the agent crashed" in text and "herdcast: onfail=shell" in text

@@ -288,7 +288,8 @@ def run(args: NodeArgs) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `herdcast node`; as PID 1 it never returns."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if os.getpid() == 1:  # everything that can fail runs under PID 1's guard
+    if os.getpid() == 1:  # everything that can fail runs under PID 1's guard (and
+        # agent.boot.initnode.main does this before importing this module at all)
         supervisor.init_main(lambda: run(parse_args(argv)),
                              cmdline=lambda: read_cmdline(parse_args(argv)))
     return run(parse_args(argv))
