@@ -17,8 +17,10 @@ from agent.hw.disk import (
     check_receive_target,
     check_send_source,
     in_use,
+    mounted_read_write,
     mounts,
     probe,
+    send_source_warnings,
 )
 
 MiB = 1024 * 1024
@@ -79,6 +81,28 @@ def test_mounted_partition_makes_the_whole_disk_busy(tmp_path):
     sys = _fake_sys(tmp_path)
     reasons = in_use(Disk("/dev/sda", 10**9, True, (8, 0)), proc, sys)
     assert reasons == ["sda2 is mounted on /home"]
+
+
+def test_read_only_mounts_are_told_apart(tmp_path):
+    proc = _fake_proc(tmp_path, "36 25 8:1 / /boot ro,relatime - ext4 /dev/sda1 ro\n"
+                                "37 25 8:2 / /home rw,relatime - ext4 /dev/sda2 ro\n"
+                                "38 25 8:2 / /srv rw,relatime - ext4 /dev/sda2 rw\n")
+    assert [m.read_only for m in mounts(proc)] == [True, True, False]
+    sda = Disk("/dev/sda", 10**9, True, (8, 0))
+    assert mounted_read_write(sda, proc, _fake_sys(tmp_path)) == \
+        ["sda2 is mounted read-write on /srv"]
+
+
+def test_a_read_write_filesystem_on_a_device_built_on_the_disk_counts(tmp_path):
+    """LVM or md on sda1, mounted read-write: reading sda reads that filesystem too."""
+    proc = _fake_proc(tmp_path, "36 25 253:0 / /var rw - xfs /dev/mapper/vg-var rw\n")
+    sys = _fake_sys(tmp_path)
+    dm = Path(sys, "devices/virtual/block/dm-0")
+    dm.mkdir(parents=True)
+    (dm / "dev").write_text("253:0\n")
+    (Path(sys, "dev/block/8:1").resolve() / "holders/dm-0").symlink_to(dm)
+    sda = Disk("/dev/sda", 10**9, True, (8, 0))
+    assert mounted_read_write(sda, proc, sys) == ["dm-0 (on sda1) is mounted read-write on /var"]
 
 
 def test_unrelated_mount_is_not_in_use(tmp_path):
@@ -229,3 +253,29 @@ def test_a_device_held_open_exclusively_is_refused(tmp_path):
         finally:
             os.close(fd)
         assert check_receive_target(dev).is_block
+
+
+@needs_loop
+def test_sender_refuses_a_read_write_mounted_disk_unless_told(tmp_path):
+    img = tmp_path / "fs.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * MiB)
+    with mounted_ext4(img, tmp_path / "mnt") as dev:
+        for path in (dev, str(img)):  # the device, and the file behind the loop device
+            with pytest.raises(DiskError, match="read-write mounted filesystem") as err:
+                check_send_source(path)
+            assert err.value.fix == "unmount it, or set mounted=warn to send it anyway"
+            assert check_send_source(path, mounted="warn").size == 8 * MiB
+            [warning] = send_source_warnings(path)
+            assert warning.startswith(f"warning: {path}: ") and "inconsistent" in warning
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "mnt")], check=True,
+                       timeout=20)
+        assert check_send_source(dev).size == 8 * MiB
+        assert send_source_warnings(dev) == []
+
+
+def test_send_source_warnings_of_a_free_or_missing_disk(tmp_path):
+    f = tmp_path / "disk.img"
+    f.write_bytes(b"x" * 4096)
+    assert send_source_warnings(str(f)) == []
+    assert send_source_warnings(str(tmp_path / "missing")) == []

@@ -36,6 +36,7 @@ def test_plan_text_receiver(capsys):
     assert "UDP 9002 (receivers) and 9003 (sender)" in out
     assert "reboot on success, wait on failure" in out
     assert "ttyS0,115200, tty0" in out
+    assert "mounted" not in out, "mounted= is the sender's"
 
 
 def test_plan_text_sender(capsys):
@@ -48,6 +49,9 @@ def test_plan_text_sender(capsys):
     assert "herdcast send --file /dev/sda --portbase 9000 --nokbd --min-receivers 4 --broadcast" \
         in out
     assert "poweroff on success" in out
+    assert "read-write mounted filesystem on the disk stops the node (mounted=refuse)" in out
+    _, out, _ = _plan(capsys, "--cmdline", f"{SENDER} mounted=WARN")
+    assert "is sent with a warning (mounted=warn)" in out
 
 
 def test_plan_asks_for_enter_without_auto(capsys):

@@ -45,6 +45,7 @@ class BootConfig:
     diskmodparm: str = ""
     disk: str = "/dev/sda"
     compr: str = "none"
+    mounted: str = "refuse"
     udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
     post: str = "poweroff"
     onfail: str = "wait"
@@ -118,6 +119,9 @@ def parse_cmdline(text: str) -> BootConfig:
     except (OptionError, ValueError, ArithmeticError, SystemExit) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CmdlineError(f"{udpcparam}: {reason}") from None
+    if umode == "rcv" and values["mounted"] != "refuse":
+        raise CmdlineError(f"{shown('mounted', given['mounted'])}: a receiver never "
+                           "overwrites a mounted disk; mounted= is for umode=snd, drop it")
     ip = values.get("ip")
     return BootConfig(
         umode=umode,
@@ -136,6 +140,7 @@ def parse_cmdline(text: str) -> BootConfig:
         diskmodparm=str(values["diskmodparm"]),
         disk=str(values["disk"]),
         compr=str(values["compr"]),
+        mounted=str(values["mounted"]),
         udpcparam=words,
         post=str(values["post"]),
         onfail=str(values["onfail"]),

@@ -6,9 +6,10 @@ transfer options -> disk -> transfer -> result -> post action. Nothing touches a
 before the command line (udpcparam= included) and the disk itself have been checked; a bad
 parameter stops the node with one line naming it.
 
-As PID 1 the node forks the agent under agent.boot.pid1's reaper and never exits. Run by hand
-(tests, a server) it does the same steps with the test switches below and returns the exit
-status instead of powering anything off.
+As PID 1 the node forks the agent under agent.boot.supervisor and never exits; the agent
+tells PID 1 its onfail= and, at the end, the action it is doing, so PID 1 can follow it if
+the agent dies (OOM killer, crash). Run by hand (tests, a server) it does the same steps
+with the test switches below and returns the exit status instead of powering anything off.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.boot import pid1
+from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
 from agent.errors import HerdcastError
 
@@ -120,6 +121,13 @@ def confirm(cfg: BootConfig, con: Console) -> None:
                           "set auto=yes to run unattended")
 
 
+def nic_missing(mac: str | None, timeout: int) -> str:
+    """What the hardware step says when the NIC to use is not there."""
+    if mac:
+        return f"the NIC with MAC {mac} (BOOTIF=) did not appear within {timeout} s"
+    return f"no NIC appeared within {timeout} s"
+
+
 def hardware_step(cfg: BootConfig, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
     from agent.hw.drivers import load_drivers
@@ -139,8 +147,7 @@ def hardware_step(cfg: BootConfig, con: Console) -> None:
     con.say(f"NICs: {', '.join(f'{n} {m}' for n, m in report.nics) or 'none'}")
     if not report.nics or (cfg.bootif_mac and cfg.bootif_mac not in
                            [m for _, m in report.nics]):
-        want = f"the NIC with MAC {cfg.bootif_mac} (BOOTIF)" if cfg.bootif_mac else "a NIC"
-        raise NodeFailure(f"no {want} appeared within {cfg.hwtimeout} s",
+        raise NodeFailure(nic_missing(cfg.bootif_mac, cfg.hwtimeout),
                           "set netmodule= to its driver (and netmodparm=), or hwtimeout=")
     if report.disk is None:
         raise NodeFailure(f"disk {disk} did not appear within {cfg.hwtimeout} s",
@@ -167,14 +174,17 @@ def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
 
 
 def disk_step(cfg: BootConfig, args: NodeArgs, con: Console) -> None:
-    """Receiver: refuse a disk in use before writing; sender: measure it. disk= must be a
+    """Receiver: refuse a disk in use before writing; sender: measure it, and refuse a
+    read-write mounted filesystem on it unless mounted=warn. disk= must be a
     block device; a file given by --disk (the test switch) stands in for one. A DiskError
     says what to change on its own."""
-    from agent.hw.disk import check_receive_target, check_send_source
+    from agent.hw.disk import check_receive_target, check_send_source, send_source_warnings
 
     block_only = args.disk is None
     if cfg.sending:
-        disk = check_send_source(cfg.disk, block_only=block_only)
+        disk = check_send_source(cfg.disk, block_only=block_only, mounted=cfg.mounted)
+        for warning in send_source_warnings(cfg.disk):  # mounted=warn: sent anyway
+            con.say(f"{warning} (mounted=warn)")
         con.say(f"disk {cfg.disk}: {disk.size} bytes to send")
     else:
         # the image size is known only once the sender answers: the receiver checks it
@@ -233,6 +243,7 @@ def run(args: NodeArgs) -> int:
         con.say(f"herdcast node {__version__} (PID {os.getpid()})")
         cfg = load_config(text, args.disk)
         action = cfg.onfail
+        supervisor.tell_init("onfail", action)  # PID 1 follows it if this process dies
         from agent.boot.plan import describe
 
         con.say("plan:")
@@ -267,14 +278,18 @@ def run(args: NodeArgs) -> int:
     if args.no_post:
         con.say(f"--no-post: skipping {'post' if rc == 0 else 'onfail'}={action}")
         return rc
-    con.say(f"{'post' if rc == 0 else 'onfail'}={action}")
+    kind = "post" if rc == 0 else "onfail"
+    supervisor.tell_init(kind, action, finished=True)  # nothing is written any more
+    con.say(f"{kind}={action}")
     pid1.post_action(action, con)
     return rc
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `herdcast node`; as PID 1 it never returns."""
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if os.getpid() == 1:
-        pid1.supervise(lambda: run(args))
-    return run(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if os.getpid() == 1:  # everything that can fail runs under PID 1's guard (and
+        # agent.boot.initnode.main does this before importing this module at all)
+        supervisor.init_main(lambda: run(parse_args(argv)),
+                             cmdline=lambda: read_cmdline(parse_args(argv)))
+    return run(parse_args(argv))

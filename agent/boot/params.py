@@ -35,6 +35,7 @@ TIMEOUT_MAX = 86400
 COMPRESSIONS = ("none", *CODECS)
 COMPR_ALIASES = {"gzip": "gz", "lzo": "lzop"}
 UMODES = ("snd", "rcv")
+MOUNTED = ("refuse", "warn")  # a sender's disk with a read-write mounted filesystem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ _PARAM_LIST = [
     Param("umode", _choice("umode", UMODES, {}, "a mode"), None, required=True,
           choices=UMODES),
     Param("udpcparam", split_words, ""),
+    Param("mounted", _choice("mounted", MOUNTED, {}, "a choice"), "refuse", choices=MOUNTED),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

@@ -4,10 +4,10 @@
 - Reap children: orphans are re-parented to PID 1, and zombies pile up otherwise.
 - Never exit: the kernel panics when init exits, and a panicked node tells the admin nothing.
 
-PID 1 forks, the child runs the agent, and PID 1 does nothing but wait for any child. A
-SIGCHLD handler reaping in the agent's own process would steal the exit status of the
-agent's subprocesses (modprobe, lzop) from `subprocess`, which then reports them as
-successful.
+PID 1 forks, the child runs the agent, and PID 1 does nothing but wait for any child
+(agent.boot.supervisor). A SIGCHLD handler reaping in the agent's own process would steal the
+exit status of the agent's subprocesses (modprobe, lzop) from `subprocess`, which then
+reports them as successful.
 
 Powering off happens only in init mode. Anything else (tests, a server running
 `herdcast node --cmdline ...`) prints what it would do and returns.
@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,12 @@ _init_mode = False
 def is_init() -> bool:
     """True in PID 1 and in the agent process PID 1 forked: the only ones that power off."""
     return _init_mode or os.getpid() == 1
+
+
+def set_init_mode() -> None:
+    """In the agent PID 1 forked: act as init (power off, open the console devices)."""
+    global _init_mode
+    _init_mode = True
 
 
 def _libc() -> ctypes.CDLL:
@@ -90,11 +97,29 @@ def find_shell() -> list[str] | None:
 
 
 def sleep_forever(out: TextIO | None = None, message: str | None = None) -> NoReturn:
-    """What init does when nothing else is left: stay alive (the console stays readable)."""
+    """What init does when nothing else is left: stay alive (the console stays readable).
+    PID 1 itself keeps reaping orphans meanwhile."""
     if message:
         print(f"herdcast: {message}", file=out or sys.stdout, flush=True)
     while True:
-        time.sleep(3600)
+        if os.getpid() == 1:
+            reap_all()
+            time.sleep(10)
+        else:
+            time.sleep(3600)
+
+
+def reap_all() -> None:
+    """Reap every child that has exited, without waiting for the others."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
 
 
 def rescue_shell(out: TextIO | None = None) -> NoReturn:
@@ -165,34 +190,6 @@ def run_guarded(main: Callable[[], int], out: TextIO | None = None) -> int:
         return 70
 
 
-def supervise(main: Callable[[], int], out: TextIO | None = None) -> NoReturn:
-    """Be PID 1: mount, fork the agent, reap every child, and never exit.
-
-    The agent does its own post action (it knows post= and the outcome). If it returns
-    anyway, or crashes, PID 1 says so and offers the rescue shell.
-    """
-    global _init_mode
-    out = out or sys.stdout
-    os.environ.setdefault("PATH", DEFAULT_PATH)  # the kernel starts init without one
-    mount_early(out=out)
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        print(f"herdcast: fork failed ({exc}); running the agent as PID 1", file=out, flush=True)
-        _init_mode = True
-        run_guarded(main, out)
-        rescue_shell(out)
-    if pid == 0:
-        _init_mode = True
-        rc = run_guarded(main, out)
-        out.flush()
-        os._exit(rc if isinstance(rc, int) and 0 <= rc < 256 else 1)
-    status = reap_until(pid)
-    print(f"herdcast: the agent ended ({describe_status(status)}); it should have powered "
-          "off or waited", file=out, flush=True)
-    rescue_shell(out)
-
-
 def reap_until(pid: int) -> int:
     """Reap every child (orphans included) until `pid` exits; returns its wait status."""
     while True:
@@ -207,7 +204,12 @@ def reap_until(pid: int) -> int:
 
 
 def describe_status(status: int) -> str:
-    """A wait status in words."""
+    """A wait status in words: `killed by SIGKILL (signal 9)`, `exit status 3`."""
     if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"killed by signal {number}"
+        return f"killed by {name} (signal {number})"
     return f"exit status {os.waitstatus_to_exitcode(status)}"

@@ -77,6 +77,10 @@ def describe(cfg: BootConfig) -> list[str]:
                      + ("" if not cfg.dhcp else " (not used: dhcp=yes)")))
     rows += [
         ("compression", cfg.compr if cfg.compr != "none" else "none (compr=none)"),
+        *([("mounted", "a read-write mounted filesystem on the disk stops the node "
+            "(mounted=refuse)" if cfg.mounted == "refuse" else
+            "a read-write mounted filesystem on the disk is sent with a warning "
+            "(mounted=warn)")] if cfg.sending else []),
         ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
         ("transfer", shlex.join(transfer_command(cfg))),
         ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),

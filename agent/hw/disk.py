@@ -58,6 +58,7 @@ class Mount:
     dev: tuple[int, int]
     mountpoint: str
     source: str
+    read_only: bool = False  # the mount or its filesystem is read-only
 
 
 def mounts(proc: str = "/proc") -> list[Mount]:
@@ -74,13 +75,16 @@ def mounts(proc: str = "/proc") -> list[Mount]:
         if len(f) < 5 or len(r) < 2:
             continue
         major, _, minor = f[2].partition(":")
-        result.append(Mount((int(major), int(minor)), _unescape(f[4]), _unescape(r[1])))
+        ro = "ro" in f[5].split(",") if len(f) > 5 else False
+        ro = ro or (len(r) > 2 and "ro" in r[2].split(","))
+        result.append(Mount((int(major), int(minor)), _unescape(f[4]), _unescape(r[1]), ro))
     if not result:  # no mountinfo (very old kernels, odd test roots): sources only
         try:
             for line in Path(proc, "mounts").read_text().splitlines():
                 f = line.split()
                 if len(f) >= 2:
-                    result.append(Mount((0, 0), _unescape(f[1]), _unescape(f[0])))
+                    ro = len(f) > 3 and "ro" in f[3].split(",")
+                    result.append(Mount((0, 0), _unescape(f[1]), _unescape(f[0]), ro))
         except OSError:
             pass
     return result
@@ -203,29 +207,95 @@ def check_is_disk(path: str) -> None:
                         "node's disk, e.g. disk=/dev/sda or disk=/dev/disk/by-id/...")
 
 
-def in_use(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
-    """Why writing over `disk` would destroy something live; empty when it is free."""
-    reasons = []
+def _stacked(dev: tuple[int, int], sys: str, depth: int = 0) -> dict[tuple[int, int], str]:
+    """Devices built on this one or its partitions, and on those in turn (dm, md, bcache):
+    {(major, minor): "name (on sda1)"}. A filesystem mounted from them reads this disk."""
+    base = _sys_dir(dev, sys)
+    if base is None or depth > 8:
+        return {}
+    found: dict[tuple[int, int], str] = {}
+    for d in [base] + [c for c in base.iterdir() if (c / "partition").exists()]:
+        try:
+            holders = list((d / "holders").iterdir())
+        except OSError:
+            continue
+        for h in holders:
+            try:
+                major, _, minor = (h / "dev").read_text().strip().partition(":")
+            except OSError:
+                continue
+            hdev = (int(major), int(minor))
+            found[hdev] = f"{h.name} (on {d.name})"
+            found.update(_stacked(hdev, sys, depth + 1))
+    return found
+
+
+def _targets(disk: Disk, sys: str) -> tuple[dict[tuple[int, int], str], set[str], list[str]]:
+    """The device numbers that are this disk (itself, its partitions, a loop device on a
+    file) with their names, the paths naming them, and the devices holding them."""
     targets: dict[tuple[int, int], str] = {}
     names = {os.path.realpath(disk.path)}
+    holders: list[str] = []
     if disk.dev is not None:
         targets.update(_family(disk.dev, sys))
-        reasons += _holders(disk.dev, sys)
+        holders += _holders(disk.dev, sys)
     else:
         for name, dev in loop_devices_backed_by(disk.path, sys):
             targets.update({d: f"{n} (loop on {disk.path})" for d, n in _family(dev, sys).items()})
             names.add(f"/dev/{name}")
-            reasons += _holders(dev, sys)
+            holders += _holders(dev, sys)
     names |= {f"/dev/{n.split()[0]}" for n in targets.values()}
+    return targets, names, holders
+
+
+def _mounts_on(targets: dict[tuple[int, int], str], names: set[str], proc: str
+               ) -> list[tuple[str, Mount]]:
+    """(what is mounted, the mount) for every mount of one of `targets`."""
+    found = []
     for m in mounts(proc):
         if m.dev in targets and m.dev != (0, 0):
-            reasons.append(f"{targets[m.dev]} is mounted on {m.mountpoint}")
+            found.append((targets[m.dev], m))
         elif os.path.realpath(m.source) in names or m.source in names:
-            reasons.append(f"{m.source} is mounted on {m.mountpoint}")
+            found.append((m.source, m))
+    return found
+
+
+def in_use(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
+    """Why writing over `disk` would destroy something live; empty when it is free."""
+    targets, names, reasons = _targets(disk, sys)
+    reasons += [f"{what} is mounted on {m.mountpoint}"
+                for what, m in _mounts_on(targets, names, proc)]
     for s in swaps(proc):
         if os.path.realpath(s) in names or s in names:
             reasons.append(f"{s} is in use as swap")
     return list(dict.fromkeys(reasons))
+
+
+def mounted_read_write(disk: Disk, proc: str = "/proc", sys: str = "/sys") -> list[str]:
+    """The read-write filesystems on `disk` (directly, on a partition, through a loop
+    device, or on a dm/md device built on it): while they are mounted, files change as the
+    disk is read, and the image of them may be inconsistent. Empty when there are none."""
+    targets, names, _ = _targets(disk, sys)
+    if disk.dev is not None:
+        targets.update(_stacked(disk.dev, sys))
+    return list(dict.fromkeys(f"{what} is mounted read-write on {m.mountpoint}"
+                              for what, m in _mounts_on(targets, names, proc)
+                              if not m.read_only))
+
+
+def send_source_warnings(path: str, proc: str = "/proc", sys: str = "/sys") -> list[str]:
+    """What `herdcast send -f PATH` should warn about before reading PATH: at most one
+    line, for a disk with a read-write mounted filesystem. A path that cannot be probed
+    gives none (the sender reports that itself)."""
+    try:
+        disk = probe(path)
+    except (DiskError, OSError):
+        return []
+    rw = mounted_read_write(disk, proc, sys)
+    if not rw:
+        return []
+    return [f"warning: {path}: {'; '.join(rw)}: the image may be inconsistent (unmount it "
+            "or remount it read-only first)"]
 
 
 def check_receive_target(path: str, image_size: int | None = None, *, file_is_disk: bool = False,
@@ -273,12 +343,22 @@ def _check_exclusive(path: str) -> None:
     os.close(fd)
 
 
-def check_send_source(path: str, *, block_only: bool = False) -> Disk:
+def check_send_source(path: str, *, block_only: bool = False, mounted: str = "refuse",
+                      proc: str = "/proc", sys: str = "/sys") -> Disk:
     """The sender reads the whole device; it must exist and not be empty. `block_only` (the
-    node's disk=) refuses anything but a block device."""
+    node's disk=) refuses anything but a block device. `mounted` (the node's mounted=):
+    "refuse" raises DiskError for a disk with a read-write mounted filesystem, "warn" lets
+    it through (the caller says send_source_warnings' line)."""
     if block_only:
         check_is_disk(path)
     disk = probe(path)
     if disk.size == 0:
         raise DiskError(f"disk {path}: is empty (0 bytes); set disk= to the disk to send")
+    if mounted == "refuse":
+        rw = mounted_read_write(disk, proc, sys)
+        if rw:
+            raise DiskError(f"disk {path}: refusing to send a disk with a read-write "
+                            f"mounted filesystem: {'; '.join(rw)} (the image may be "
+                            "inconsistent)", "unmount it, or set mounted=warn to send it "
+                            "anyway")
     return disk
