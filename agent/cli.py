@@ -84,7 +84,7 @@ def _keygen(argv: list[str]) -> int:
 
 
 def _node(argv: list[str]) -> int:
-    from agent.boot.node import main as node_main
+    from agent.boot.initnode import main as node_main
 
     return node_main(argv)
 
