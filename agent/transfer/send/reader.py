@@ -21,10 +21,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from agent.errors import HerdcastError
 from agent.transfer.send.batch import SliceBuffer
 
 
-class InputError(RuntimeError):
+class InputError(HerdcastError, RuntimeError):
     """The input cannot be opened or read: the message names it and the fix."""
 
 
