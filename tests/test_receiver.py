@@ -3,6 +3,7 @@ network; --start-timeout; --pipe and --compress outputs (in namespaces)."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -142,3 +143,64 @@ def test_keypress_on_a_terminal_sends_go(tmp_path):
         os.close(master)
     assert "Sending go signal" in log.read_text()
     assert out.read_bytes() == src.read_bytes()
+
+
+# --- the end of the output: fsync and close failures are the disk's, and fail the receive
+
+
+def _written_output(tmp_path):
+    from agent.transfer.options import ReceiveOptions
+    from agent.transfer.receive.output import Output
+
+    out = Output(ReceiveOptions(file=str(tmp_path / "disk.img")))
+    out.write(memoryview(b"image bytes"))
+    return out
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_fsync_failure_fails_the_output_naming_the_disk(tmp_path, monkeypatch, err):
+    from agent.transfer.receive.output import OutputError
+
+    out = _written_output(tmp_path)
+
+    def fsync(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputError, match=f"disk.img: flushing to disk failed: "
+                                          f"{os.strerror(err)}"):
+        out.finish()
+    assert out.fd == -1  # released all the same
+
+
+def test_close_failure_fails_the_output(tmp_path, monkeypatch):
+    from agent.transfer.receive.output import OutputError
+
+    out = _written_output(tmp_path)
+    fd, real_close = out.fd, os.close
+
+    def close(n):
+        real_close(n)
+        if n == fd:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(OutputError, match="disk.img: closing failed"):
+        out.finish()
+
+
+def test_fsync_on_a_pipe_is_nothing_to_sync(tmp_path):
+    from agent.transfer.options import ReceiveOptions
+    from agent.transfer.receive.output import Output
+
+    read, write = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(write, 1)  # the output is stdout, and stdout is a pipe (fsync: EINVAL)
+        out = Output(ReceiveOptions())
+        out.write(memoryview(b"x"))
+        out.finish()
+    finally:
+        os.dup2(saved, 1)
+        for fd in (saved, write, read):
+            os.close(fd)

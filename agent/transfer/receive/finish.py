@@ -1,7 +1,9 @@
 """The end of a receive: the output flushed, the digest confirmed, the exit wait.
 
 After the end slice the writer thread empties its queue and the output is flushed, synced
-and closed (a failure there fails the receive: the image is not on the disk). With a
+and closed. A failure there (EIO or ENOSPC at fsync or close) fails the receive: the image
+is not on the disk. The protocol has no failure message, but a herdcast sender then never
+gets this receiver's digest and counts it failed ("no digest"); a stock one cannot know. With a
 herdcast sender the digest of what was written is confirmed (HC_DIGEST until HC_DIGEST_ACK);
 then, as udpcast, repeated REQACKs are answered until --exit-wait passes without one, so a
 sender whose OK got lost hears it again before we go.
