@@ -18,7 +18,6 @@ from agent.transfer.compress import CODECS
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 DEFAULT_PORTBASE = 9000
-DEFAULT_BLOCKSIZE = 1456  # udpcast's: what one 1500-byte Ethernet frame carries
 # --blocksize is at most MAX_BLOCKSIZE (what one UDP datagram carries after the DATA header).
 # The sender also keeps each block within its interface's MTU (block_size_for in
 # agent.transfer.send.network): a datagram IP fragments is lost whole when any fragment is.

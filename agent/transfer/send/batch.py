@@ -70,7 +70,6 @@ class SliceBuffer:
 
     def __init__(self, blocksize: int, dest: Destination, blocks: int = MAX_SLICE_SIZE) -> None:
         self.blocksize = blocksize
-        self.capacity = blocks
         self.data = (ctypes.c_char * (blocks * blocksize))()
         self.view = memoryview(self.data).cast("B")
         self.headers = (ctypes.c_char * (blocks * HEADER_SIZE))()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.transfer.send.batch import SliceBuffer
+from agent.transfer.send.pacer import congested_blocks
 
 
 @dataclass
@@ -36,6 +37,22 @@ class SliceInFlight:
     def end(self) -> bool:
         """The empty slice that ends the stream."""
         return self.nbytes == 0
+
+    def answered_ok(self, slot: int, ip: str) -> None:
+        """The receiver in `slot` has the whole slice: it is in every further ready set."""
+        self.ok |= 1 << slot
+        self.answered.add(ip)
+        self.heard.add(ip)
+
+    def answered_missing(self, ip: str, received: bytes) -> int:
+        """A RETRANSMIT for the current round: the blocks its bitmap lacks join the round's
+        union (and, in the first round, the congestion estimate). Returns them (int)."""
+        missing = ~int.from_bytes(received, "little") & ((1 << self.nblocks) - 1)
+        self.missing |= missing
+        self.answered.add(ip)
+        if self.rxmit == 0 and missing:
+            self.congested = max(self.congested, congested_blocks(missing, self.nblocks))
+        return missing
 
 
 def runs_of(bits: int, limit: int) -> list[tuple[int, int]]:

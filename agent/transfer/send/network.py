@@ -95,7 +95,6 @@ class Network:
             self._by_fd[s.fileno()] = s
         self._buf = bytearray(2048)
         self._view = memoryview(self._buf)
-        self.garbage = 0
 
     def close(self) -> None:
         """Close every socket."""
@@ -130,10 +129,8 @@ class Network:
                 except OSError:
                     break
                 parsed = parse(self._view[:n])
-                if parsed is None:
-                    self.garbage += 1
-                    continue
-                out.append((parsed[0], parsed[1], addr))
+                if parsed is not None:  # garbage is dropped
+                    out.append((parsed[0], parsed[1], addr))
         return out
 
     def hello(self) -> None:

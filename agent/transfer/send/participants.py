@@ -72,6 +72,20 @@ class Table:
         bufs = [p.rcvbuf for p in self.participants.values() if p.rcvbuf]
         return min(bufs) if bufs else None
 
+    def record_digest(self, ip: str, total_bytes: int, sha256: bytes, agreed: bool) -> None:
+        """A receiver's HC_DIGEST (this round's participant or an earlier round's row): its
+        byte count, digest and verdict go in its row."""
+        p = self.participants.get(ip)
+        report = p.report if p is not None else self.reports.get(ip)
+        if report is None:
+            return
+        if p is not None:
+            p.digest = (total_bytes, sha256)
+        report.digest = sha256.hex()
+        report.bytes = total_bytes
+        if report.status in ("ok", "no-digest", "digest-mismatch"):
+            report.status = "ok" if agreed else "digest-mismatch"
+
     def settle_reports(self) -> None:
         """At a round's end: a herdcast participant that never reported its digest fails
         its row ("no-digest"); the others keep the status their answers gave them."""

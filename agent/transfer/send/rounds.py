@@ -26,7 +26,7 @@ from agent.transfer.result import SendStats
 from agent.transfer.send.fec import send_fec_block
 from agent.transfer.send.inflight import SliceInFlight, runs_of
 from agent.transfer.send.network import SendError
-from agent.transfer.send.pacer import Pacer, congested_blocks
+from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Participant, Table
 from agent.transfer.send.reader import EOF, SliceReader
 from agent.transfer.send.session import SendSession
@@ -97,9 +97,7 @@ class Transfer:
         if op == Op.OK:
             s = self._find(msg.slice_no)
             if s is not None:
-                s.ok |= 1 << p.slot
-                s.answered.add(ip)
-                s.heard.add(ip)
+                s.answered_ok(p.slot, ip)
                 if s.end:
                     p.finished = True
         elif op == Op.RETRANSMIT:
@@ -108,13 +106,7 @@ class Transfer:
                 s.heard.add(ip)
             if s is None or s.ok >> p.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
                 return  # an answer to an older round: the receiver answers the new one
-            have = int.from_bytes(msg.received, "little")
-            missing = ~have & ((1 << s.nblocks) - 1)
-            s.missing |= missing
-            s.answered.add(ip)
-            p.report.retransmissions += missing.bit_count()
-            if s.rxmit == 0 and missing:
-                s.congested = max(s.congested, congested_blocks(missing, s.nblocks))
+            p.report.retransmissions += s.answered_missing(ip, msg.received).bit_count()
         elif op == Op.DISCONNECT and (p.finished or self.end_queued):
             # the end slice goes out only once every data slice is complete, so a receiver
             # leaving now has everything: its OK for the end slice was lost
@@ -126,10 +118,10 @@ class Transfer:
             say(f"herdcast send: receiver {ip} disconnected mid-transfer")
 
     def _end_ok(self, p: Participant) -> None:
+        """Count `p` as having OK'd the end slice (its OK was lost, but it has it all)."""
         for s in self.inflight:
             if s.end:
-                s.ok |= 1 << p.slot
-                s.answered.add(p.ip)
+                s.answered_ok(p.slot, p.ip)
 
     def _late(self, ip: str, addr: tuple[str, int], caps: int) -> None:
         """A CONNECT_REQ after the start: queue it for another round, or say it missed."""
@@ -152,16 +144,7 @@ class Transfer:
         agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
         self.net.send(build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=self.total),
                       addr)
-        p = self.table.participants.get(ip)
-        report = p.report if p is not None else self.table.reports.get(ip)
-        if report is None:
-            return
-        if p is not None:
-            p.digest = (msg.total_bytes, msg.sha256)
-        report.digest = msg.sha256.hex()
-        report.bytes = msg.total_bytes
-        if report.status in ("ok", "no-digest", "digest-mismatch"):
-            report.status = "ok" if agreed else "digest-mismatch"
+        self.table.record_digest(ip, msg.total_bytes, msg.sha256, agreed)
 
     # ------------------------------------------------------------------ slices
 
