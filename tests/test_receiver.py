@@ -204,3 +204,31 @@ def test_fsync_on_a_pipe_is_nothing_to_sync(tmp_path):
         os.dup2(saved, 1)
         for fd in (saved, write, read):
             os.close(fd)
+
+
+def test_a_failure_right_after_connecting_still_says_disconnect(tmp_path):
+    """From CONNECT_REPLY on the sender counts this receiver in: when the output then fails
+    (here a --pipe that cannot run; on a node, a disk too small for the image) the sender
+    must hear DISCONNECT, or it waits for an answer that never comes. Loopback only."""
+    import socket
+
+    from agent.transfer.receive.link import Session
+    from agent.transfer.receive.output import OutputError
+    from agent.transfer.receive.receiver import Receiver
+    from agent.udpcast.protocol import Cap, Op, parse
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    sender.settimeout(5)
+    opts = parse_receive_args(["--nokbd", "-f", str(tmp_path / "out"),
+                               "--pipe", "no-such-command-for-herdcast"])
+    r = Receiver(opts)
+    r.link.ucast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(OutputError, match="cannot run"):
+            r.transfer(Session(sender.getsockname(), 3, 1456, "0.0.0.0", Cap.STOCK, False))
+        r.close()
+        assert parse(sender.recv(64))[0] == Op.DISCONNECT
+    finally:
+        r.link.ucast.close()
+        sender.close()

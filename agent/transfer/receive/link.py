@@ -154,7 +154,7 @@ class Link:
         """Join the data group, tie every socket to the sender, and feed `assembler`."""
         self.session = session
         self.assembler = assembler
-        self.disconnect_due = True  # the sender counts us in from CONNECT_REPLY on
+        self.disconnect_due = True
         if session.client_number >= 0:
             say(f"Connected as #{session.client_number} to {session.sender[0]}")
         self.join_data_group(session.group)

@@ -49,7 +49,10 @@ class Receiver:
         """Receive slices until the end slice; raises ReceiveError/TransferAborted/
         OutputError."""
         opts, link = self.opts, self.link
-        link.disconnect_due = True  # the sender counts us in from CONNECT_REPLY on
+        # the sender counts us in from CONNECT_REPLY on: whatever fails from here (a disk
+        # too small, first of all), the sender must hear our DISCONNECT, or it waits for us
+        link.session = session
+        link.disconnect_due = True
         check_image_fits(opts.file, session.image_size)
         self.output = Output(opts)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
