@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from pcap import read_udp
 
 from agent.udpcast import fec
-from agent.udpcast.protocol import DATA_HEADER, FEC_HEADER, HEADER_SIZE, Op, opcode
+from agent.udpcast.protocol import (
+    DATA_HEADER,
+    FEC_HEADER,
+    HEADER_SIZE,
+    Op,
+    bitmap_test,
+    opcode,
+    parse,
+)
 
 FIX = SHARED / "fixtures"
 BLOCKSIZE = 1456
@@ -129,3 +137,57 @@ def test_field_arithmetic():
     for a in range(1, 256):
         assert fec.gf_mul(a, fec.gf_inv(a)) == 1
     assert fec.gf_mul(0x80, 2) == 0x1D  # reduction by 0x11D
+
+
+# --- the receiver's use of FEC (agent.transfer.receive.slices) -----------------------------
+
+
+def _slice_assembler(blocksize: int):
+    from agent.transfer.receive.slices import Assembler
+
+    out = bytearray()
+
+    def sink(s) -> None:
+        out.extend(s.data)
+        asm.release(s)
+
+    asm = Assembler(blocksize, sink, buffers=3)
+    return asm, out
+
+
+def test_fec_for_stripes_longer_than_the_code_is_dropped_not_a_crash():
+    """One stripe over a 1024-block slice has more data blocks than the code covers (128):
+    its FEC blocks are ignored and the slice waits for retransmission (was an IndexError)."""
+    bs, nblocks = 100, 1024
+    data = os.urandom(bs * nblocks)
+    asm, out = _slice_assembler(bs)
+    for b in range(1, nblocks):  # block 0 lost
+        asm.on_data(0, b, len(data), memoryview(data[b * bs:(b + 1) * bs]))
+    asm.on_fec(1, 0, 0, len(data), memoryview(os.urandom(bs)))
+    assert asm.ignored == 1 and not out
+    op, msg = parse(asm.on_reqack(0, len(data), 0))
+    assert op == Op.RETRANSMIT and not bitmap_test(msg.received, 0)
+    asm.on_data(0, 0, len(data), memoryview(data[:bs]))
+    assert bytes(out) == data
+
+
+def test_fec_blocks_kept_are_capped_at_what_each_stripe_misses():
+    """Memory stays bounded by the losses: FEC blocks for complete stripes are not stored,
+    and a stripe keeps no more of them than it misses data blocks."""
+    bs, stripes, redundancy, nblocks = 100, 8, 8, 64
+    data = os.urandom(bs * nblocks - 37)  # a short last block too
+    blocks = [data[b * bs:(b + 1) * bs] for b in range(nblocks)]
+    asm, out = _slice_assembler(bs)
+    lost = {2, 10, 3}  # two in stripe 2, one in stripe 3
+    for b in range(nblocks):
+        if b not in lost:
+            asm.on_data(0, b, len(data), memoryview(blocks[b]))
+    fec_blocks = fec.encode_slice(blocks, stripes, redundancy, bs)
+    for fec_no, payload in fec_blocks:
+        if fec_no % stripes != 3:  # stripe 3's FEC is lost too: the slice cannot finish yet
+            asm.on_fec(stripes, 0, fec_no, len(data), memoryview(payload))
+    s = asm.active[0]
+    assert {stripe: len(kept) for stripe, kept in s.fec_blocks.items() if kept} == {2: 2}
+    assert s.fec_count == 2 and not out
+    asm.on_data(0, 3, len(data), memoryview(blocks[3]))  # retransmitted: stripe 2 repaired
+    assert bytes(out) == data

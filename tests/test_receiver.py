@@ -3,6 +3,7 @@ network; --start-timeout; --pipe and --compress outputs (in namespaces)."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -142,3 +143,92 @@ def test_keypress_on_a_terminal_sends_go(tmp_path):
         os.close(master)
     assert "Sending go signal" in log.read_text()
     assert out.read_bytes() == src.read_bytes()
+
+
+# --- the end of the output: fsync and close failures are the disk's, and fail the receive
+
+
+def _written_output(tmp_path):
+    from agent.transfer.options import ReceiveOptions
+    from agent.transfer.receive.output import Output
+
+    out = Output(ReceiveOptions(file=str(tmp_path / "disk.img")))
+    out.write(memoryview(b"image bytes"))
+    return out
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_fsync_failure_fails_the_output_naming_the_disk(tmp_path, monkeypatch, err):
+    from agent.transfer.receive.output import OutputError
+
+    out = _written_output(tmp_path)
+
+    def fsync(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputError, match=f"disk.img: flushing to disk failed: "
+                                          f"{os.strerror(err)}"):
+        out.finish()
+    assert out.fd == -1  # released all the same
+
+
+def test_close_failure_fails_the_output(tmp_path, monkeypatch):
+    from agent.transfer.receive.output import OutputError
+
+    out = _written_output(tmp_path)
+    fd, real_close = out.fd, os.close
+
+    def close(n):
+        real_close(n)
+        if n == fd:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(OutputError, match="disk.img: closing failed"):
+        out.finish()
+
+
+def test_fsync_on_a_pipe_is_nothing_to_sync(tmp_path):
+    from agent.transfer.options import ReceiveOptions
+    from agent.transfer.receive.output import Output
+
+    read, write = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(write, 1)  # the output is stdout, and stdout is a pipe (fsync: EINVAL)
+        out = Output(ReceiveOptions())
+        out.write(memoryview(b"x"))
+        out.finish()
+    finally:
+        os.dup2(saved, 1)
+        for fd in (saved, write, read):
+            os.close(fd)
+
+
+def test_a_failure_right_after_connecting_still_says_disconnect(tmp_path):
+    """From CONNECT_REPLY on the sender counts this receiver in: when the output then fails
+    (here a --pipe that cannot run; on a node, a disk too small for the image) the sender
+    must hear DISCONNECT, or it waits for an answer that never comes. Loopback only."""
+    import socket
+
+    from agent.transfer.receive.link import Session
+    from agent.transfer.receive.output import OutputError
+    from agent.transfer.receive.receiver import Receiver
+    from agent.udpcast.protocol import Cap, Op, parse
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    sender.settimeout(5)
+    opts = parse_receive_args(["--nokbd", "-f", str(tmp_path / "out"),
+                               "--pipe", "no-such-command-for-herdcast"])
+    r = Receiver(opts)
+    r.link.ucast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(OutputError, match="cannot run"):
+            r.transfer(Session(sender.getsockname(), 3, 1456, "0.0.0.0", Cap.STOCK, False))
+        r.close()
+        assert parse(sender.recv(64))[0] == Op.DISCONNECT
+    finally:
+        r.link.ucast.close()
+        sender.close()

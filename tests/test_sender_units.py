@@ -9,14 +9,17 @@ import io
 import pytest
 
 from agent.transfer.options import OptionError, SendOptions, parse_send_args
-from agent.transfer.result import ReceiverReport
+from agent.transfer.result import ReceiverReport, SendStats
 from agent.transfer.send.batch import Destination, SliceBuffer, gso_blocks
+from agent.transfer.send.inflight import runs_of
+from agent.transfer.send.network import SendError, block_size_for
 from agent.transfer.send.pacer import Pacer, congested_blocks, truesize
+from agent.transfer.send.participants import Table
 from agent.transfer.send.reader import EOF, SliceReader
 from agent.transfer.send.report import verdict
-from agent.transfer.send.rounds import Stats, Transfer, _runs
-from agent.transfer.send.session import SendError, Table, block_size_for
-from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, Op
+from agent.transfer.send.rounds import Transfer
+from agent.transfer.send.session import SendSession
+from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_UDP_PAYLOAD, Op
 
 
 def test_prepare_writes_one_data_header_per_block_and_a_short_last_block():
@@ -47,7 +50,7 @@ def test_reader_cuts_the_stream_into_slices_and_hashes_it():
 
 def test_runs_and_congestion_count_consecutive_losses():
     missing = 0b1110_0000_0101 | (1 << 20)
-    assert _runs(missing, 32) == [(0, 1), (2, 1), (9, 3), (20, 1)]
+    assert runs_of(missing, 32) == [(0, 1), (2, 1), (9, 3), (20, 1)]
     assert congested_blocks(missing, 32) == 3  # only the run of three looks like overrun
 
 
@@ -106,7 +109,8 @@ class _Reader:
 
 
 def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
-    t = Transfer(None, Table(), SendOptions(), _Reader(), None, None, Stats(), {}, False)
+    session = SendSession(SendOptions(), None, None, 4, Destination())  # no network needed
+    t = Transfer(session, Table(), _Reader(), None, None, SendStats(), {}, False)
     assert t._start_slice() and t._start_slice()
     assert [s.no for s in t.inflight] == [0, 1]
     t.inflight.remove(t.inflight[1])  # slice 1 answered OK by everybody, slice 0 not yet
@@ -137,8 +141,8 @@ def test_block_size_over_the_mtu_is_refused_with_the_largest_that_fits():
 def test_gso_messages_stay_within_one_udp_datagram():
     for bs in (1456, 4000, 8956, 32000):
         n = gso_blocks(bs)
-        assert n * (HEADER_SIZE + bs) <= 65507
-        assert (n + 1) * (HEADER_SIZE + bs) > 65507 or n == 40
+        assert n * (HEADER_SIZE + bs) <= MAX_UDP_PAYLOAD == 65507
+        assert (n + 1) * (HEADER_SIZE + bs) > MAX_UDP_PAYLOAD or n == 40
     assert gso_blocks(8956) == 7
     assert SliceBuffer(8956, Destination(), 64).gso_blocks == 7
 
@@ -153,7 +157,7 @@ def test_jumbo_bursts_are_sized_by_their_bigger_buffers():
 
 
 def test_automatic_slices_keep_udpcasts_size_in_bytes():
-    from agent.transfer.send.sender import _slice_blocks
+    from agent.transfer.send.session import slice_blocks as _slice_blocks
 
     assert _slice_blocks(SendOptions(blocksize=1456)) == 1024
     assert _slice_blocks(SendOptions(blocksize=8956)) == 166  # ~1.5 MB, not 9 MB

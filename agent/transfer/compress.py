@@ -11,6 +11,10 @@ pipe child is one more thing to reap as PID 1. The streams are the stock formats
   well-kept Python binding writes lzop's container format.
 
 Neither wrapper closes the raw stream it wraps: the caller opened it, the caller closes it.
+
+`CODECS` is the one list of codec names: the options' `--compress` choices and the boot
+parameter `compr=` derive from it. This module is imported wherever options are parsed, so
+the zstandard package is imported only when a zstd stream is made.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import zlib
 from typing import BinaryIO
 
-import zstandard
+from agent.errors import HerdcastError
 
 CODECS = ("gz", "lzop", "zstd")
 CHUNK = 1 << 20
@@ -31,7 +35,7 @@ GZIP_LEVEL = 6  # gzip's own default: fast enough to keep up with a gigabit link
 ZSTD_LEVEL = 3
 
 
-class CompressError(IOError):
+class CompressError(HerdcastError, OSError):
     """A stream could not be (de)compressed: the message says which codec and why."""
 
 
@@ -146,6 +150,8 @@ def compressing_reader(raw: BinaryIO, codec: str) -> BinaryIO:
         z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         return io.BufferedReader(_CompressingReader(raw, z.compress, z.flush), CHUNK)
     if codec == "zstd":
+        import zstandard
+
         z = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
         return io.BufferedReader(_CompressingReader(raw, z.compress, z.flush), CHUNK)
     return io.BufferedReader(_ProcessReader(raw, [*lzop_command(), "-c", "-"]), CHUNK)
@@ -162,10 +168,11 @@ class _DecompressingWriter(io.RawIOBase):
     never look like a finished one.
     """
 
-    def __init__(self, raw: BinaryIO, codec: str, new) -> None:
+    def __init__(self, raw: BinaryIO, codec: str, new, errors: tuple[type, ...]) -> None:
         self._raw = raw
         self._codec = codec
         self._new = new
+        self._errors = errors  # what the codec raises on corrupt input
         self._z = new()
         self._started = False  # bytes of the current member seen
 
@@ -186,7 +193,7 @@ class _DecompressingWriter(io.RawIOBase):
                 data = self._z.unused_data
                 self._z = self._new()
                 self._started = False
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except self._errors as exc:
             raise CompressError(f"compression {self._codec}: the stream is corrupt ({exc}); "
                                 f"does the sender use --compress {self._codec} too?") from exc
         return n
@@ -265,8 +272,10 @@ def decompressing_writer(raw: BinaryIO, codec: str) -> BinaryIO:
     raises CompressError if the compressed stream was truncated or corrupt."""
     _check(codec)
     if codec == "gz":
-        return _DecompressingWriter(raw, codec, lambda: zlib.decompressobj(31))
+        return _DecompressingWriter(raw, codec, lambda: zlib.decompressobj(31), (zlib.error,))
     if codec == "zstd":
+        import zstandard
+
         dctx = zstandard.ZstdDecompressor()
-        return _DecompressingWriter(raw, codec, dctx.decompressobj)
+        return _DecompressingWriter(raw, codec, dctx.decompressobj, (zstandard.ZstdError,))
     return _ProcessWriter(raw, [*lzop_command(), "-dc", "-"])

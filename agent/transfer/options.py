@@ -13,20 +13,19 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from agent.errors import HerdcastError
+from agent.transfer.compress import CODECS
+from agent.udpcast.protocol import MAX_BLOCKSIZE
+
 DEFAULT_PORTBASE = 9000
-DEFAULT_BLOCKSIZE = 1456  # udpcast's: what one 1500-byte Ethernet frame carries
-# The largest block a UDP datagram carries (65507 bytes less the 16-byte DATA header). The
-# sender also keeps each block within its interface's MTU (agent.transfer.send.session.Network): a
-# datagram IP fragments is lost whole when any fragment is.
-MAX_BLOCKSIZE = 65488
+# --blocksize is at most MAX_BLOCKSIZE (what one UDP datagram carries after the DATA header).
+# The sender also keeps each block within its interface's MTU (block_size_for in
+# agent.transfer.send.network): a datagram IP fragments is lost whole when any fragment is.
 
 
-class OptionError(ValueError):
-    """A bad option value: the message names the option and the fix, on one line."""
-
-    def __init__(self, message: str) -> None:
-        # User text can hold newlines; the console shows one line per error.
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+class OptionError(HerdcastError, ValueError):
+    """A bad option value: the message names the option and the fix, on one line
+    (HerdcastError escapes any newline the user's text held)."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,15 @@ class FecSpec:
     stripesize: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommonOptions:
-    """Options both sides share (udpcast's `net_config` and `disk_config`)."""
+    """Options both sides share (udpcast's `net_config` and `disk_config`).
+
+    Frozen: the options are what the user asked for, fixed once parsed. What a run finds out
+    (the interface it picked, the block size the MTU allows, the image size) lives in the
+    run's own objects (the sender's `SendSession`, the receiver's `Session`); a changed copy
+    is `dataclasses.replace(opts, ...)`.
+    """
 
     file: str | None = None
     pipe: str | None = None
@@ -55,7 +60,7 @@ class CommonOptions:
     compress: str | None = None  # herdcast: in-process codec (transfer.compress)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SendOptions(CommonOptions):
     """What `udp-sender` takes."""
 
@@ -80,7 +85,7 @@ class SendOptions(CommonOptions):
     late_join: bool = True  # herdcast: serve receivers that miss the start in a further round
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReceiveOptions(CommonOptions):
     """What `udp-receiver` takes."""
 
@@ -173,7 +178,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--nokbd", action="store_true", help="no keyboard start")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-l", "--log")
-    p.add_argument("--compress", choices=["none", "gz", "lzop", "zstd"],
+    p.add_argument("--compress", choices=["none", *CODECS],
                    help="herdcast: compress on the wire (the sender compresses, the receiver "
                         "decompresses); gz and lzop streams are what gzip -dc / lzop -dc read")
     p.add_argument("--license", action="store_true", help=argparse.SUPPRESS)
@@ -255,6 +260,7 @@ def _check_common(ns: argparse.Namespace) -> None:
 
 
 def _fill(cls: type, ns: argparse.Namespace):
+    """The frozen options from the checked namespace (`--compress none` is no codec)."""
     if getattr(ns, "compress", None) == "none":
         ns.compress = None
     names = {f for f in cls.__dataclass_fields__}

@@ -17,6 +17,21 @@ class ReceiverReport:
 
 
 @dataclass
+class SendStats:
+    """The sender's counters, for the progress line, the final report and the benchmark."""
+
+    data_packets: int = 0
+    rexmit_packets: int = 0
+    reqacks: int = 0
+    bytes_sent: int = 0  # payload bytes of first passes
+    fec_packets: int = 0
+    pace_wait: float = 0.0  # HERDCAST_DEBUG only: seconds waited for the pacer,
+    reader_wait: float = 0.0  # for the reader thread,
+    ack_wait: float = 0.0  # and for answers with the ring full
+    send_time: float = 0.0  # in sendmmsg
+
+
+@dataclass
 class TransferResult:
     """How a send or receive ended. `ok` False always comes with a one-line `error`."""
 
@@ -26,6 +41,7 @@ class TransferResult:
     sha256: str | None = None  # hex digest of the stream on the wire (after --compress)
     error: str | None = None
     receivers: list[ReceiverReport] = field(default_factory=list)
+    stats: SendStats | None = None  # the sender's counters (None on the receiving side)
 
     @property
     def exit_code(self) -> int:

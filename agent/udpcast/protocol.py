@@ -1,10 +1,11 @@
 """udpcast's wire protocol, every message declared once with construct.
 
-Layouts are big-endian C structs as udpcast 20120424..20250223 sends them (see
-shared/reference/udpcast-protocol.md, confirmed on captures). Each declaration is used both
-to build and to parse. The per-packet hot path (DATA and FEC headers) uses a `struct.Struct`
-*derived* from the same construct declaration by `fast_header`, so the layout still lives in
-one place while a packet costs one C call instead of a construct parse.
+Layouts are big-endian C structs as udpcast 20120424..20250223 sends them (udpcast's
+protoc.h), checked against the captured sessions tests/test_protocol.py replays. Each
+declaration is used both to build and to parse. The per-packet hot path (DATA and FEC
+headers) uses a `struct.Struct` *derived* from the same construct declaration by
+`fast_header`, so the layout still lives in one place while a packet costs one C call
+instead of a construct parse.
 
 herdcast's own extensions are gated by CAP_HERDCAST: a herdcast peer sets it in CONNECT_REQ
 (receiver) or HELLO/CONNECT_REPLY (sender). Stock udpcast ignores unknown capability bits
@@ -34,6 +35,7 @@ from construct import (
     Struct,
 )
 
+MAX_UDP_PAYLOAD = 65507  # the most one IPv4 UDP datagram carries (65535 - 20 IP - 8 UDP)
 MAX_CLIENTS = 1024  # udpcast's participant table; REQACK/RETRANSMIT bitmaps are this wide
 BITMAP_BYTES = MAX_CLIENTS // 8  # 128
 MAX_SLICE_SIZE = 1024  # blocks per slice (RETRANSMIT's block bitmap is 128 bytes too)
@@ -295,6 +297,9 @@ DATA_HEADER = fast_header(DataHeader)
 # (opcode, stripes, slice_no, fec_block_no, reserved2, slice_bytes)
 FEC_HEADER = fast_header(FecHeader)
 HEADER_SIZE = DATA_HEADER.size  # 16
+# The largest --blocksize: a DATA datagram (header and block) within MAX_UDP_PAYLOAD, a
+# multiple of 4 as udpcast rounds it. 65488.
+MAX_BLOCKSIZE = (MAX_UDP_PAYLOAD - HEADER_SIZE) & ~3
 
 
 def bitmap_set(bitmap: bytearray, n: int) -> None:

@@ -11,6 +11,7 @@ sender hashes too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -20,10 +21,14 @@ import subprocess
 import threading
 from collections.abc import Callable
 
+from agent.errors import HerdcastError
 from agent.transfer.options import ReceiveOptions
 
+# fsync on what cannot be synced (a pipe, a socket, /dev/null): nothing to sync, not a failure
+_NOTHING_TO_SYNC = (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.ENOTTY)
 
-class OutputError(RuntimeError):
+
+class OutputError(HerdcastError, RuntimeError):
     """The output cannot be opened or written; the message names it and the fix."""
 
 
@@ -109,7 +114,11 @@ class Output:
 
     def finish(self) -> None:
         """Flush everything through the decompressor and pipe, fsync, close; raises
-        OutputError if any stage failed."""
+        OutputError if any stage failed.
+
+        An error from fsync or close is the disk saying the data did not land (EIO, ENOSPC
+        on thin or network storage): the image is then not on the disk and the receive must
+        fail, never report success."""
         try:
             if self.decoder is not None:
                 self.decoder.close()
@@ -118,9 +127,19 @@ class Output:
                 rc = self.proc.wait(timeout=120)
                 if rc != 0:
                     raise OutputError(f"--pipe command exited with status {rc}")
-            with contextlib.suppress(OSError):  # stdout may be a pipe: nothing to sync
+            try:
                 os.fsync(self.fd)
-        except OSError as exc:
+            except OSError as exc:
+                if exc.errno not in _NOTHING_TO_SYNC:
+                    raise OutputError(f"{self.path}: flushing to disk failed: "
+                                      f"{exc.strerror or exc}") from exc
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: closing failed: {exc.strerror or exc} (the "
+                                  "last writes may not have landed)") from exc
+        except OSError as exc:  # the decompressor or the pipe
             raise OutputError(f"{self.path}: {exc}") from exc
         finally:
             self.close()
@@ -176,9 +195,3 @@ class SliceWriter(threading.Thread):
                 self.error = f"writing {self.output.path} failed: {exc}"
             finally:
                 self.release(s)
-
-    def drain(self, timeout: float) -> bool:
-        """Stop after the queued slices; True if the thread finished in time."""
-        self.queue.put(None)
-        self.join(timeout)
-        return not self.is_alive()

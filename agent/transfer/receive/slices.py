@@ -17,13 +17,24 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable
 
+from agent.errors import HerdcastError
 from agent.udpcast import fec
-from agent.udpcast.protocol import BITMAP_BYTES, MAX_SLICE_SIZE, Op, build
+from agent.udpcast.protocol import (
+    BITMAP_BYTES,
+    HEADER_SIZE,
+    MAX_SLICE_SIZE,
+    MAX_UDP_PAYLOAD,
+    Op,
+    bitmap_set,
+    bitmap_test,
+    build,
+)
 
 DEFAULT_BUFFERS = 6
+MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
 
-class TransferAborted(RuntimeError):
+class TransferAborted(HerdcastError, RuntimeError):
     """The transfer cannot complete for this receiver; the message says why."""
 
 
@@ -35,8 +46,8 @@ class MissedStart(TransferAborted):
     """The first packets seen belong to a transfer already well under way."""
 
 
-class Slice:
-    """One preallocated slice buffer and what is known about its blocks."""
+class IncomingSlice:
+    """One preallocated slice buffer being filled, and what is known about its blocks."""
 
     __slots__ = ("buf", "mv", "received", "slice_no", "nbytes", "nblocks", "count",
                  "fec_stripes", "fec_blocks", "fec_count")
@@ -71,18 +82,18 @@ class Assembler:
     it calls `release(slice)` when done with the bytes (possibly from another thread).
     """
 
-    def __init__(self, blocksize: int, sink: Callable[[Slice], None],
+    def __init__(self, blocksize: int, sink: Callable[[IncomingSlice], None],
                  buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0) -> None:
-        if not 1 <= blocksize <= 65507 - 16:
+        if not 1 <= blocksize <= MAX_UDP_PAYLOAD - HEADER_SIZE:
             raise TransferAborted(f"sender announced an impossible block size {blocksize}")
         self.blocksize = blocksize
         self.max_bytes = MAX_SLICE_SIZE * blocksize
         self.sink = sink
-        self.free: queue.Queue[Slice] = queue.Queue()
+        self.free: queue.Queue[IncomingSlice] = queue.Queue()
         for _ in range(max(buffers, 3)):
-            self.free.put(Slice(blocksize))
+            self.free.put(IncomingSlice(blocksize))
         self.buffer_wait = buffer_wait
-        self.active: dict[int, Slice] = {}
+        self.active: dict[int, IncomingSlice] = {}
         self.next_slice = 0  # every slice below this one has been handed to the sink
         self.top = -1  # highest slice number started
         self.ended = False  # the empty end slice was reached with everything before it
@@ -92,11 +103,11 @@ class Assembler:
 
     # --- slice bookkeeping --------------------------------------------------------------
 
-    def release(self, s: Slice) -> None:
+    def release(self, s: IncomingSlice) -> None:
         """Give a slice buffer back once its bytes are written."""
         self.free.put(s)
 
-    def _new(self, slice_no: int) -> Slice:
+    def _new(self, slice_no: int) -> IncomingSlice:
         try:
             s = self.free.get(timeout=self.buffer_wait)
         except queue.Empty:
@@ -106,7 +117,7 @@ class Assembler:
         self.active[slice_no] = s
         return s
 
-    def _slice(self, slice_no: int) -> Slice | None:
+    def _slice(self, slice_no: int) -> IncomingSlice | None:
         """The slice a packet refers to, started if new; None for a slice already done."""
         s = self.active.get(slice_no)
         if s is not None:
@@ -126,7 +137,7 @@ class Assembler:
         self.top = max(self.top, slice_no)
         return self.active[slice_no]
 
-    def _set_bytes(self, s: Slice, nbytes: int) -> bool:
+    def _set_bytes(self, s: IncomingSlice, nbytes: int) -> bool:
         """Record the slice size; False if it contradicts what the slice already said."""
         if s.nbytes is None:
             if nbytes > self.max_bytes:
@@ -136,7 +147,7 @@ class Assembler:
             return True
         return s.nbytes == nbytes
 
-    def _complete(self, s: Slice) -> bool:
+    def _complete(self, s: IncomingSlice) -> bool:
         if s.nbytes is None:
             return False
         if s.count == s.nblocks:
@@ -146,12 +157,13 @@ class Assembler:
         return all(self._stripe_missing(s, st) <= len(s.fec_blocks.get(st, ()))
                    for st in range(min(s.fec_stripes, s.nblocks)))
 
-    def _stripe_missing(self, s: Slice, stripe: int) -> int:
+    def _stripe_missing(self, s: IncomingSlice, stripe: int) -> int:
+        """Data blocks of `stripe` not received (FEC packets only: ~7 us a full stripe)."""
         rcv = s.received
         return sum(1 for b in range(stripe, s.nblocks, s.fec_stripes)
-                   if not rcv[b >> 3] & (1 << (b & 7)))
+                   if not bitmap_test(rcv, b))
 
-    def _repair(self, s: Slice) -> None:
+    def _repair(self, s: IncomingSlice) -> None:
         """Rebuild lost blocks from the FEC blocks (slice known to be repairable)."""
         bs = self.blocksize
         assert s.fec_blocks is not None and s.nbytes is not None
@@ -161,7 +173,7 @@ class Assembler:
         for stripe, fec_blocks in s.fec_blocks.items():
             members = fec.stripe_blocks(s.nblocks, s.fec_stripes, stripe)
             rcv = s.received
-            data = [s.mv[b * bs:(b + 1) * bs] if rcv[b >> 3] & (1 << (b & 7)) else None
+            data = [s.mv[b * bs:(b + 1) * bs] if bitmap_test(rcv, b) else None
                     for b in members]
             if all(d is not None for d in data):
                 continue
@@ -169,7 +181,7 @@ class Assembler:
                 b = members[j]
                 end = min((b + 1) * bs, s.nbytes)
                 s.mv[b * bs:end] = block[:end - b * bs]
-                rcv[b >> 3] |= 1 << (b & 7)
+                bitmap_set(rcv, b)
                 s.count += 1
 
     def _advance(self) -> None:
@@ -207,6 +219,8 @@ class Assembler:
         if s.nbytes != nbytes and not self._set_bytes(s, nbytes):
             self.ignored += 1
             return
+        # protocol.bitmap_test/bitmap_set inlined: this runs once per packet, where the
+        # two calls cost ~56 ns (a third of the bookkeeping; measured with timeit)
         rcv = s.received
         bit = 1 << (block_no & 7)
         if rcv[block_no >> 3] & bit:
@@ -239,6 +253,11 @@ class Assembler:
         if nbytes == 0:  # async FEC end marker
             self._advance()
             return
+        if -(-s.nblocks // stripes) > MAX_STRIPE_BLOCKS:
+            # stripes of more data blocks than the code covers: no use (and decoding them
+            # would index past the field), so the slice is repaired by retransmission
+            self.ignored += 1
+            return
         if s.fec_stripes == 0:
             s.fec_stripes = stripes
             s.fec_blocks = {}
@@ -249,12 +268,14 @@ class Assembler:
         if stripe >= s.nblocks or r >= 128:
             return  # udpcast sends stale memory as FEC of empty stripes
         assert s.fec_blocks is not None
-        blocks = s.fec_blocks.setdefault(stripe, {})
-        if r not in blocks:
-            blocks[r] = bytes(payload[:bs])
-            s.fec_count += 1
-            if slice_no == self.next_slice:
-                self._advance()
+        blocks = s.fec_blocks.get(stripe, {})
+        if r in blocks or len(blocks) >= self._stripe_missing(s, stripe):
+            return  # kept: at most as many FEC blocks as the stripe misses (memory bound)
+        blocks[r] = bytes(payload[:bs])
+        s.fec_blocks[stripe] = blocks
+        s.fec_count += 1
+        if slice_no == self.next_slice:
+            self._advance()
 
     def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes:
         """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send."""

@@ -18,7 +18,8 @@ import socket
 import struct
 import time
 
-from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_SLICE_SIZE, Op
+from agent.say import say
+from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_SLICE_SIZE, MAX_UDP_PAYLOAD, Op
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg
@@ -69,7 +70,6 @@ class SliceBuffer:
 
     def __init__(self, blocksize: int, dest: Destination, blocks: int = MAX_SLICE_SIZE) -> None:
         self.blocksize = blocksize
-        self.capacity = blocks
         self.data = (ctypes.c_char * (blocks * blocksize))()
         self.view = memoryview(self.data).cast("B")
         self.headers = (ctypes.c_char * (blocks * HEADER_SIZE))()
@@ -132,9 +132,9 @@ GSO_BLOCKS = 40  # blocks per GSO message: 40 x 1472 stays under the 64 KiB data
 
 
 def gso_blocks(blocksize: int) -> int:
-    """Blocks per GSO message: up to GSO_BLOCKS, as many as one 65507-byte UDP payload
+    """Blocks per GSO message: up to GSO_BLOCKS, as many as one UDP payload (65507 bytes)
     holds (7 jumbo-frame blocks)."""
-    return max(1, min(GSO_BLOCKS, 65507 // (HEADER_SIZE + blocksize)))
+    return max(1, min(GSO_BLOCKS, MAX_UDP_PAYLOAD // (HEADER_SIZE + blocksize)))
 
 
 def enable_gso(sock: socket.socket, blocksize: int) -> bool:
@@ -210,3 +210,32 @@ def send_blocks(fd: int, buf: SliceBuffer, first: int, count: int,
             raise OSError(err, os.strerror(err))
         sent += n
     return sent
+
+
+class BlockSender:
+    """Sends runs of a slice's blocks from one socket: as UDP GSO messages while the kernel
+    takes them, else one datagram per block.
+
+    Some paths accept UDP_SEGMENT at setsockopt time and refuse the first GSO send (a device
+    without checksum offload answers EIO): the sender then turns GSO off for good and sends
+    the same blocks plainly, so the transfer goes on at a lower packet rate instead of
+    failing. The full sender and `--async` both send through here, so both fall back alike.
+    HERDCAST_NO_GSO=1 starts without GSO (A/B benchmarks).
+    """
+
+    def __init__(self, sock: socket.socket, blocksize: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.gso = not os.environ.get("HERDCAST_NO_GSO") and enable_gso(sock, blocksize)
+
+    def send(self, buf: SliceBuffer, first: int, count: int) -> int:
+        """Send blocks first..first+count-1 of `buf`; returns how many went out."""
+        if self.gso:
+            try:
+                return send_blocks_gso(self.fd, buf, first, count)
+            except OSError as exc:
+                self.gso = False
+                disable_gso(self.sock)
+                say(f"herdcast send: UDP GSO refused ({exc.strerror or exc}): sending one "
+                    "datagram per block")
+        return send_blocks(self.fd, buf, first, count)

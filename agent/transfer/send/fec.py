@@ -1,7 +1,7 @@
 """FEC blocks for `herdcast send --fec SxR/Z`, in udpcast's wire format.
 
 After a slice's data the sender adds R redundancy blocks per stripe (agent.udpcast.fec, the
-receiver engineer's codec: Rizzo's Cauchy code, what stock udp-receiver decodes), numbered
+codec the receiver decodes with too: Rizzo's Cauchy code, as stock udp-receiver), numbered
 s + r*S, each a FEC packet: header (op 9, stripes, slice, fecBlockNo, slice bytes) plus a
 full block. They are computed by the reader thread as soon as a slice is read, so the
 network thread only sends them; like udpcast, they are never retransmitted — lost data

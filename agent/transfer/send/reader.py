@@ -21,10 +21,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from agent.errors import HerdcastError
 from agent.transfer.send.batch import SliceBuffer
 
 
-class InputError(RuntimeError):
+class InputError(HerdcastError, RuntimeError):
     """The input cannot be opened or read: the message names it and the fix."""
 
 
@@ -107,7 +108,6 @@ class SliceReader:
             self.free.put(buf)
         self.sha = hashlib.sha256()
         self.total = 0
-        self.finished = False  # the whole stream has been read and hashed
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="herdcast-reader", daemon=True)
         self._thread.start()
@@ -132,9 +132,6 @@ class SliceReader:
                 if n:
                     self.sha.update(buf.view[:n])
                     self.total += n
-                if n < self.slice_bytes:
-                    self.finished = True
-                if n:
                     self.full.put((buf, n, self.fec(buf, n) if self.fec else None))
                 else:
                     self.free.put(buf)

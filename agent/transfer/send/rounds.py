@@ -10,22 +10,26 @@ a live sender repeats REQACK at least every second) and a receiver silent for mo
 awaits its answers; half duplex waits.
 
 One thread does all network work. It never blocks on the input (a reader thread fills the
-next slice) and sends data with sendmmsg in paced bursts (agent.transfer.send.pacer).
+next slice) and sends data with sendmmsg in paced bursts (agent.transfer.send.pacer). The
+slices in flight are `SliceInFlight`s (send.inflight); who takes part is the `Table`
+(send.participants); the interface, block size and data address are the `SendSession`'s.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from dataclasses import dataclass, field
 
-from agent.transfer.options import SendOptions
-from agent.transfer.send.batch import SliceBuffer, disable_gso, send_blocks, send_blocks_gso
+from agent.say import say
+from agent.transfer.progress import Progress
+from agent.transfer.result import SendStats
 from agent.transfer.send.fec import send_fec_block
-from agent.transfer.send.pacer import Pacer, congested_blocks
+from agent.transfer.send.inflight import SliceInFlight, runs_of
+from agent.transfer.send.network import SendError
+from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.participants import Participant, Table
 from agent.transfer.send.reader import EOF, SliceReader
-from agent.transfer.send.session import Network, Participant, SendError, Table, reply
+from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
 
 MIN_TIMEOUT = 0.02
@@ -36,71 +40,15 @@ DIGEST_WAIT = 3.0
 DEBUG = bool(os.environ.get("HERDCAST_DEBUG"))
 
 
-@dataclass
-class Slice:
-    """A slice in flight."""
-
-    buf: SliceBuffer | None
-    no: int
-    nbytes: int
-    nblocks: int
-    sent: int = 0  # blocks of the first pass sent
-    rxmit: int = 0  # round being asked
-    ok: int = 0  # bitmap (int) of slots that answered OK
-    answered: set = field(default_factory=set)  # IPs that answered the current round
-    missing: int = 0  # union of blocks missing, current round
-    asked_at: float | None = None  # when the current round's REQACK went out
-    runs: list = field(default_factory=list)  # (first, count) still to resend
-    timeouts: int = 0
-    congested: int = 0  # most blocks one receiver lost in runs, first round
-    fec: list = field(default_factory=list)  # (fecBlockNo, payload) to send after the data
-    heard: set = field(default_factory=set)  # IPs that answered any round of it
-
-    @property
-    def end(self) -> bool:
-        """The empty slice that ends the stream."""
-        return self.nbytes == 0
-
-
-@dataclass
-class Stats:
-    """Counters for the progress line, the final report and the benchmark."""
-
-    data_packets: int = 0
-    rexmit_packets: int = 0
-    reqacks: int = 0
-    bytes_sent: int = 0  # payload bytes of first passes
-    fec_packets: int = 0
-    pace_wait: float = 0.0  # HERDCAST_DEBUG only: seconds waited for the pacer,
-    reader_wait: float = 0.0  # for the reader thread,
-    ack_wait: float = 0.0  # and for answers with the ring full
-    send_time: float = 0.0  # in sendmmsg
-
-
-def _runs(bits: int, limit: int) -> list[tuple[int, int]]:
-    """Runs of set bits below `limit` as (first, count)."""
-    out = []
-    i = 0
-    while i < limit:
-        if bits >> i & 1:
-            j = i
-            while j < limit and bits >> j & 1:
-                j += 1
-            out.append((i, j - i))
-            i = j
-        else:
-            i += 1
-    return out
-
-
 class Transfer:
     """Sends one round's stream to the participants in `table`."""
 
-    def __init__(self, net: Network, table: Table, opts: SendOptions, reader: SliceReader,
-                 pacer: Pacer, progress, stats: Stats, late: dict, rereadable: bool) -> None:
-        self.net = net
+    def __init__(self, session: SendSession, table: Table, reader: SliceReader, pacer: Pacer,
+                 progress: Progress, stats: SendStats, late: dict, rereadable: bool) -> None:
+        self.session = session
+        self.net = session.net
         self.table = table
-        self.opts = opts
+        self.opts = opts = session.opts
         self.reader = reader
         self.pacer = pacer
         self.progress = progress
@@ -108,7 +56,7 @@ class Transfer:
         self.late = late  # ip -> (addr, caps) of receivers that asked after the start
         self.rereadable = rereadable and opts.late_join
         self.ring = 1 if opts.duplex == "half" else 2
-        self.inflight: list[Slice] = []
+        self.inflight: list[SliceInFlight] = []
         self.next_no = 0
         self.end_queued = False
         self.eof = False  # the reader reached the end of the stream
@@ -119,7 +67,7 @@ class Transfer:
 
     # ------------------------------------------------------------------ messages
 
-    def _find(self, no: int) -> Slice | None:
+    def _find(self, no: int) -> SliceInFlight | None:
         for s in self.inflight:
             if s.no == no:
                 return s
@@ -134,7 +82,7 @@ class Transfer:
             return
         if op == Op.CONNECT_REQ:
             if p is not None:
-                reply(self.net, p, addr)
+                self.session.reply(p, addr)
             else:
                 self._late(ip, addr, msg.capabilities)
             return
@@ -143,16 +91,13 @@ class Transfer:
         p.silent = 0
         p.heard = True
         if DEBUG and op in (Op.OK, Op.RETRANSMIT) and msg.slice_no < 4:
-            print(f"t={time.monotonic():.4f} {ip} {op.name} slice={msg.slice_no} "
-                  f"rxmit={getattr(msg, 'rxmit', '-')} "
-                  f"inflight={[(x.no, x.rxmit, x.sent) for x in self.inflight]}",
-                  file=sys.stderr)
+            say(f"t={time.monotonic():.4f} {ip} {op.name} slice={msg.slice_no} "
+                f"rxmit={getattr(msg, 'rxmit', '-')} "
+                f"inflight={[(x.no, x.rxmit, x.sent) for x in self.inflight]}")
         if op == Op.OK:
             s = self._find(msg.slice_no)
             if s is not None:
-                s.ok |= 1 << p.slot
-                s.answered.add(ip)
-                s.heard.add(ip)
+                s.answered_ok(p.slot, ip)
                 if s.end:
                     p.finished = True
         elif op == Op.RETRANSMIT:
@@ -161,13 +106,7 @@ class Transfer:
                 s.heard.add(ip)
             if s is None or s.ok >> p.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
                 return  # an answer to an older round: the receiver answers the new one
-            have = int.from_bytes(msg.received, "little")
-            missing = ~have & ((1 << s.nblocks) - 1)
-            s.missing |= missing
-            s.answered.add(ip)
-            p.report.retransmissions += missing.bit_count()
-            if s.rxmit == 0 and missing:
-                s.congested = max(s.congested, congested_blocks(missing, s.nblocks))
+            p.report.retransmissions += s.answered_missing(ip, msg.received).bit_count()
         elif op == Op.DISCONNECT and (p.finished or self.end_queued):
             # the end slice goes out only once every data slice is complete, so a receiver
             # leaving now has everything: its OK for the end slice was lost
@@ -176,22 +115,20 @@ class Transfer:
         elif op == Op.DISCONNECT:
             # a finished receiver leaving is the normal end: it stays for its verdict
             self.table.remove(ip, "disconnected")
-            print(f"herdcast send: receiver {ip} disconnected mid-transfer",
-                  file=sys.stderr, flush=True)
+            say(f"herdcast send: receiver {ip} disconnected mid-transfer")
 
     def _end_ok(self, p: Participant) -> None:
+        """Count `p` as having OK'd the end slice (its OK was lost, but it has it all)."""
         for s in self.inflight:
             if s.end:
-                s.ok |= 1 << p.slot
-                s.answered.add(p.ip)
+                s.answered_ok(p.slot, p.ip)
 
     def _late(self, ip: str, addr: tuple[str, int], caps: int) -> None:
         """A CONNECT_REQ after the start: queue it for another round, or say it missed."""
         herdcast = bool(caps & Cap.HERDCAST)
         if self.rereadable:
             if ip not in self.late:
-                print(f"herdcast send: receiver {ip} joined late: it gets the next round",
-                      file=sys.stderr, flush=True)
+                say(f"herdcast send: receiver {ip} joined late: it gets the next round")
             self.late[ip] = (addr, caps)
             status = LateStatus.NEXT_ROUND
         else:
@@ -207,38 +144,29 @@ class Transfer:
         agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
         self.net.send(build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=self.total),
                       addr)
-        p = self.table.participants.get(ip)
-        report = p.report if p is not None else self.table.reports.get(ip)
-        if report is None:
-            return
-        if p is not None:
-            p.digest = (msg.total_bytes, msg.sha256)
-        report.digest = msg.sha256.hex()
-        report.bytes = msg.total_bytes
-        if report.status in ("ok", "no-digest", "digest-mismatch"):
-            report.status = "ok" if agreed else "digest-mismatch"
+        self.table.record_digest(ip, msg.total_bytes, msg.sha256, agreed)
 
     # ------------------------------------------------------------------ slices
 
-    def _reqack(self, s: Slice, now: float) -> None:
+    def _reqack(self, s: SliceInFlight, now: float) -> None:
         ready = s.ok.to_bytes(BITMAP_BYTES, "little")
         self.net.send(build(Op.REQACK, slice_no=s.no, slice_bytes=s.nbytes, rxmit=s.rxmit,
-                            ready_set=ready), self.net.dest)
+                            ready_set=ready), self.session.data_address)
         self.stats.reqacks += 1
         s.asked_at = now
         s.answered = set()
         s.missing = 0
 
-    def _timeout(self, s: Slice) -> float:
+    def _timeout(self, s: SliceInFlight) -> float:
         base = max(MIN_TIMEOUT, 2.5 * self.answer_time)
         # Receivers that OK'd the end slice stay only while REQACKs keep coming (--exit-wait,
         # 500 ms by default): ask often enough that a lost OK is asked again before they go.
         cap = END_TIMEOUT if s.end else MAX_TIMEOUT
         return min(cap, base * (2 ** min(s.timeouts, 10)))
 
-    def _next_round(self, s: Slice, now: float) -> None:
+    def _next_round(self, s: SliceInFlight, now: float) -> None:
         """Resend what the answers asked for, then ask the next round."""
-        s.runs = _runs(s.missing, s.nblocks)
+        s.runs = runs_of(s.missing, s.nblocks)
         s.rxmit += 1
         s.asked_at = None
         if not s.runs:
@@ -266,33 +194,33 @@ class Transfer:
                 s.timeouts += 1
                 for p in pending:
                     if not p.heard and p.silent >= 1:  # its CONNECT_REPLY may be lost
-                        reply(self.net, p, p.addr)
+                        self.session.reply(p, p.addr)
                     p.silent += 1
                     if s.end and p.silent > min(END_SILENT_ROUNDS,
                                                 self.opts.retries_until_drop):
                         # it OK'd every data slice, so it has every byte; its OK for the end
                         # marker and its DISCONNECT were lost, and it left after --exit-wait
-                        print(f"herdcast send: receiver {p.ip} went quiet after OK'ing all its "
-                              "data: counted as finished", file=sys.stderr, flush=True)
+                        say(f"herdcast send: receiver {p.ip} went quiet after OK'ing all its "
+                            "data: counted as finished")
                         p.finished = p.left = True
                         self._end_ok(p)
                     elif p.silent > self.opts.retries_until_drop:
                         self.table.remove(p.ip, "dropped")
-                        print(f"herdcast send: dropping receiver {p.ip}: no answer to "
-                              f"{p.silent} requests", file=sys.stderr, flush=True)
+                        say(f"herdcast send: dropping receiver {p.ip}: no answer to "
+                            f"{p.silent} requests")
                 if self.table.participants:
                     self._next_round(s, now)
 
-    def _complete(self, s: Slice) -> None:
+    def _complete(self, s: SliceInFlight) -> None:
         self.inflight.remove(s)
         for p in self.table.participants.values():
             p.report.bytes += s.nbytes
         if s.buf is not None:
             self.pacer.feedback(s.nblocks, s.congested)
             if DEBUG:
-                print(f"slice {s.no} done t={time.monotonic():.3f} rounds={s.rxmit} "
-                      f"congested={s.congested} rate={self.pacer.rate / 1e6:.0f}M "
-                      f"answer={self.answer_time * 1000:.1f}ms", file=sys.stderr)
+                say(f"slice {s.no} done t={time.monotonic():.3f} rounds={s.rxmit} "
+                    f"congested={s.congested} rate={self.pacer.rate / 1e6:.0f}M "
+                    f"answer={self.answer_time * 1000:.1f}ms")
             self.reader.release(s.buf)
         if s.end:
             self.done = True
@@ -326,18 +254,19 @@ class Transfer:
                 return False
             self.digest = self.reader.sha.digest()
             self.total = self.reader.total
-            s = Slice(None, self.next_no, 0, 0)
+            s = SliceInFlight(None, self.next_no, 0, 0)
             self.inflight.append(s)
             self.end_queued = True
             self._reqack(s, time.monotonic())
             return True
         buf, nbytes, fec_blocks = item
         nblocks = buf.prepare(self.next_no, nbytes)
-        self.inflight.append(Slice(buf, self.next_no, nbytes, nblocks, fec=fec_blocks or []))
+        self.inflight.append(SliceInFlight(buf, self.next_no, nbytes, nblocks,
+                                           fec=fec_blocks or []))
         self.next_no += 1
         return True
 
-    def _work(self) -> tuple[Slice, int, int, bool] | None:
+    def _work(self) -> tuple[SliceInFlight, int, int, bool] | None:
         """The next blocks to send: retransmissions first, oldest slice first."""
         for s in self.inflight:
             if s.runs:
@@ -348,7 +277,7 @@ class Transfer:
                 return s, s.sent, s.nblocks - s.sent, False
         return None
 
-    def _send(self, s: Slice, first: int, count: int, rexmit: bool, now: float) -> float:
+    def _send(self, s: SliceInFlight, first: int, count: int, rexmit: bool, now: float) -> float:
         """Send what the pacer allows; returns how long to wait when it allows nothing."""
         if not rexmit and count == 0:
             return self._send_fec(s, now)
@@ -356,7 +285,7 @@ class Transfer:
         if n == 0:
             return self.pacer.wait(count)
         t0 = time.monotonic() if DEBUG else 0.0
-        sent = self._send_blocks(s.buf, first, n)
+        sent = self.net.blocks.send(s.buf, first, n)
         if DEBUG:
             self.stats.send_time += time.monotonic() - t0
         if rexmit:
@@ -377,25 +306,15 @@ class Transfer:
                 self._reqack(s, time.monotonic())
         return 0.0
 
-    def _send_blocks(self, buf: SliceBuffer, first: int, count: int) -> int:
-        if self.net.gso:
-            try:
-                return send_blocks_gso(self.net.fd, buf, first, count)
-            except OSError as exc:  # this path cannot segment: one datagram per block
-                self.net.gso = False
-                disable_gso(self.net.main)
-                if DEBUG:
-                    print(f"GSO off: {exc}", file=sys.stderr)
-        return send_blocks(self.net.fd, buf, first, count)
-
-    def _send_fec(self, s: Slice, now: float) -> float:
+    def _send_fec(self, s: SliceInFlight, now: float) -> float:
         """FEC blocks after the slice's data (paced like data), then its REQACK."""
         n = self.pacer.grant(len(s.fec), now)
         if n == 0:
             return self.pacer.wait(len(s.fec))
+        dest = self.session.data_address
         for fec_no, payload in s.fec[:n]:
-            send_fec_block(self.net.main, self.net.dest, self.opts.fec.stripes, s.no,
-                           s.nbytes, fec_no, payload)
+            send_fec_block(self.net.main, dest, self.opts.fec.stripes, s.no, s.nbytes, fec_no,
+                           payload)
         self.stats.fec_packets += n
         del s.fec[:n]
         if not s.fec:
@@ -413,7 +332,7 @@ class Transfer:
         """Send the whole stream and the end slice; returns once every participant OK'd it."""
         net = self.net
         if DEBUG:
-            print(f"round start t={time.monotonic():.3f}", file=sys.stderr)
+            say(f"round start t={time.monotonic():.3f}")
         while not self.done:
             now = time.monotonic()
             for op, msg, addr in net.receive(0):
@@ -457,7 +376,7 @@ class Transfer:
         and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost)."""
         deadline = time.monotonic() + DIGEST_WAIT
         if DEBUG:
-            print(f"end slice done t={time.monotonic():.3f} {self.stats}", file=sys.stderr)
+            say(f"end slice done t={time.monotonic():.3f} {self.stats}")
         while time.monotonic() < deadline:
             waiting = [p for p in self.table.participants.values()
                        if p.herdcast and not p.left]
@@ -465,19 +384,3 @@ class Transfer:
                 return
             for op, msg, addr in self.net.receive(0.05):
                 self.handle(op, msg, addr)
-
-    def finish_reports(self) -> None:
-        """Settle each remaining participant's row."""
-        for p in self.table.participants.values():
-            r = p.report
-            if r.status != "ok":
-                continue
-            if p.herdcast and p.digest is None:
-                r.status = "no-digest"
-
-
-def participants_summary(table: Table) -> str:
-    """'3 receivers (2 herdcast)' for log lines."""
-    ps: list[Participant] = list(table.participants.values())
-    hc = sum(p.herdcast for p in ps)
-    return f"{len(ps)} receiver(s) ({hc} herdcast, {len(ps) - hc} stock)"

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import time
 
-from agent.transfer.options import SendOptions
-from agent.transfer.send.batch import send_blocks, send_blocks_gso
+from agent.transfer.progress import Progress
+from agent.transfer.result import SendStats
 from agent.transfer.send.fec import send_fec_block
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.reader import EOF, SliceReader
-from agent.transfer.send.rounds import Stats
-from agent.transfer.send.session import Network
+from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import BITMAP_BYTES, Op, build
 
 
@@ -30,10 +29,11 @@ def _paced(pacer: Pacer, want: int) -> int:
         time.sleep(pacer.wait(want))
 
 
-def send_async(net: Network, opts: SendOptions, reader: SliceReader, progress,
-               stats: Stats) -> tuple[int, bytes]:
+def send_async(session: SendSession, reader: SliceReader, progress: Progress,
+               stats: SendStats) -> tuple[int, bytes]:
     """Send the whole stream one way; returns (bytes, sha256)."""
-    pacer = Pacer(opts.blocksize, opts.max_bitrate)
+    net, opts, dest = session.net, session.opts, session.data_address
+    pacer = Pacer(session.blocksize, opts.max_bitrate)
     slice_no = 0
     while True:
         item = None
@@ -46,27 +46,26 @@ def send_async(net: Network, opts: SendOptions, reader: SliceReader, progress,
         sent = 0
         while sent < nblocks:
             n = _paced(pacer, nblocks - sent)
-            sent += send_blocks_gso(net.fd, buf, sent, n) if net.gso else send_blocks(
-                net.fd, buf, sent, n)
+            sent += net.blocks.send(buf, sent, n)
         stats.data_packets += nblocks
         stats.bytes_sent += nbytes
         for fec_no, payload in fec_blocks or ():
             _paced(pacer, 1)
-            send_fec_block(net.main, net.dest, opts.fec.stripes, slice_no, nbytes, fec_no,
+            send_fec_block(net.main, dest, opts.fec.stripes, slice_no, nbytes, fec_no,
                            payload)
             stats.fec_packets += 1
         reader.release(buf)
         slice_no += 1
         progress.update(stats.bytes_sent, sent=stats.data_packets)
     if opts.fec is not None:
-        empty = bytes(opts.blocksize)
+        empty = bytes(session.blocksize)
         for fec_no in range(opts.fec.stripes * opts.fec.redundancy):
             _paced(pacer, 1)
-            send_fec_block(net.main, net.dest, opts.fec.stripes, slice_no, 0, fec_no, empty)
+            send_fec_block(net.main, dest, opts.fec.stripes, slice_no, 0, fec_no, empty)
     else:
         end = build(Op.REQACK, slice_no=slice_no, slice_bytes=0, rxmit=0,
                     ready_set=bytes(BITMAP_BYTES))
         for _ in range(2):
-            net.send(end, net.dest)
+            net.send(end, dest)
             time.sleep(0.01)
     return reader.total, reader.sha.digest()

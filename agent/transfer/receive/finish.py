@@ -1,0 +1,75 @@
+"""The end of a receive: the output flushed, the digest confirmed, the exit wait.
+
+After the end slice the writer thread empties its queue and the output is flushed, synced
+and closed. A failure there (EIO or ENOSPC at fsync or close) fails the receive: the image
+is not on the disk. The protocol has no failure message, but a herdcast sender then never
+gets this receiver's digest and counts it failed ("no digest"); a stock one cannot know. With a
+herdcast sender the digest of what was written is confirmed (HC_DIGEST until HC_DIGEST_ACK);
+then, as udpcast, repeated REQACKs are answered until --exit-wait passes without one, so a
+sender whose OK got lost hears it again before we go.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.transfer.receive.link import Link, ReceiveError
+from agent.transfer.receive.output import Output, OutputError, SliceWriter
+from agent.udpcast.protocol import Cap, Op, build
+
+DIGEST_INTERVAL = 0.25
+DIGEST_TIMEOUT = 5.0
+EXIT_WAIT_CAP = 5.0  # extra bound on the exit wait if REQACKs keep coming
+WRITER_TIMEOUT = 120.0
+
+
+def finish(link: Link, writer: SliceWriter, output: Output) -> str:
+    """Flush, confirm the digest with a herdcast sender, exit-wait. Returns the hex digest
+    of the received stream; raises OutputError (the disk) or ReceiveError (the sender)."""
+    opts, session = link.opts, link.session
+    deadline = time.monotonic() + WRITER_TIMEOUT
+    writer.queue.put(None)
+    while writer.is_alive():  # keep answering REQACK repeats meanwhile
+        if time.monotonic() > deadline:
+            raise OutputError(f"writing {output.path} did not finish within "
+                              f"{WRITER_TIMEOUT:g} s")
+        link.pump(0.05)
+        writer.join(0.0)
+    if writer.error:
+        raise OutputError(writer.error)
+    output.finish()
+    digest = writer.sha256.digest()
+    if session.capabilities & Cap.HERDCAST and not session.passive:
+        _confirm_digest(link, writer.bytes, digest)
+    # exit wait: answer repeated REQACKs until --exit-wait ms pass without one
+    hard_stop = time.monotonic() + opts.exit_wait / 1000 + EXIT_WAIT_CAP
+    quiet_since = time.monotonic()
+    while True:
+        now = time.monotonic()
+        left = min(quiet_since + opts.exit_wait / 1000, hard_stop) - now
+        if left <= 0:
+            break
+        link.pending_answer = False
+        link.pump(left)
+        if link.pending_answer:
+            quiet_since = time.monotonic()
+    return digest.hex()
+
+
+def _confirm_digest(link: Link, total: int, digest: bytes) -> None:
+    """HC_DIGEST every DIGEST_INTERVAL until the sender's HC_DIGEST_ACK says it agrees."""
+    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest)
+    give_up = time.monotonic() + DIGEST_TIMEOUT
+    while link.digest_ack is None:
+        if time.monotonic() >= give_up:
+            raise ReceiveError(f"sender did not confirm the digest within "
+                               f"{DIGEST_TIMEOUT:g} s (the data was written: "
+                               f"{total} bytes, sha256 {digest.hex()})")
+        link.send(message)
+        next_send = time.monotonic() + DIGEST_INTERVAL
+        while link.digest_ack is None and time.monotonic() < next_send:
+            link.pump(max(next_send - time.monotonic(), 0))
+    if not link.digest_ack.agreed:
+        raise ReceiveError("image digest differs from the sender's: the written data is "
+                           f"corrupt ({total} bytes here, "
+                           f"{link.digest_ack.total_bytes} at the sender)")

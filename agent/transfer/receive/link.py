@@ -1,0 +1,270 @@
+"""The receiver's end of the wire: its sockets, what it sends, and each datagram's dispatch.
+
+udpcast's receiver sockets: ifIP:P (every send leaves from it), bcast:P, the rendezvous
+group:P, and the data group:P once a HELLO or CONNECT_REPLY named it. Once the sender is
+known every socket is connect()ed to it, so the kernel drops rogue datagrams and the
+per-packet path (`handle`) can trust what it reads. Socket failures become a ReceiveError
+that says "network", so they are never mistaken for the disk's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+from dataclasses import dataclass
+
+from agent.errors import HerdcastError
+from agent.net import netif
+from agent.say import say
+from agent.transfer.options import ReceiveOptions
+from agent.transfer.receive.slices import Assembler
+from agent.udpcast.protocol import (
+    DATA_HEADER,
+    FEC_HEADER,
+    HEADER_SIZE,
+    Cap,
+    Op,
+    bitmap_test,
+    build,
+    parse,
+)
+
+# herdcast's default socket buffer: the largest single throughput factor measured (the
+# kernel's ~200 KB default overflows while the writer thread holds the GIL for a moment)
+DEFAULT_RCVBUF = 4 << 20
+SCRATCH = 65536  # more than MAX_UDP_PAYLOAD: any datagram fits
+_DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
+_HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
+
+
+class ReceiveError(HerdcastError, RuntimeError):
+    """The receive failed; the message is the one line the user sees."""
+
+
+@dataclass
+class Session:
+    """What negotiation learned about the sender."""
+
+    sender: tuple[str, int]
+    client_number: int
+    blocksize: int
+    group: str
+    capabilities: int
+    passive: bool
+    image_size: int | None = None  # herdcast senders tell it in CONNECT_REPLY
+
+
+def network_error(what: str, exc: OSError) -> ReceiveError:
+    """A socket call failed: say it is the network, and what was being done."""
+    return ReceiveError(f"network: {what} failed: {exc.strerror or exc}",
+                        "check the interface (-i) and that it is up")
+
+
+class Link:
+    """Sockets, sends, and the dispatch of the sender's datagrams to the assembler."""
+
+    def __init__(self, opts: ReceiveOptions) -> None:
+        self.opts = opts
+        self.port = opts.portbase
+        self.sender_port = opts.portbase + 1
+        self.socks: list[socket.socket] = []
+        self.sel = selectors.DefaultSelector()
+        self.scratch = bytearray(SCRATCH)
+        self.mv = memoryview(self.scratch)
+        self.ucast: socket.socket | None = None
+        self.session: Session | None = None
+        self.assembler: Assembler | None = None
+        self.joined: set[str] = set()
+        self.tty_state = None
+        self.disconnect_due = False  # the sender counts us in: say DISCONNECT at the end
+        self.pending_answer = False  # a REQACK was answered since last cleared
+        self.digest_ack = None  # the sender's HC_DIGEST_ACK, once it came
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Pick the interface and open udpcast's receiver sockets (ifIP:P, bcast:P, rdv:P)."""
+        opts = self.opts
+        self.nif = netif.select_interface(opts.interface)
+        self.control = netif.control_address(self.nif, opts.ttl, opts.mcast_rdv_address)
+        self.rcvbuf = opts.rcvbuf or DEFAULT_RCVBUF
+        try:
+            self.ucast = netif.udp_socket(self.nif.ip, self.port, broadcast=True,
+                                          rcvbuf=self.rcvbuf)
+            self.socks.append(self.ucast)
+            if self.nif.broadcast and self.nif.broadcast != self.nif.ip:
+                self.socks.append(netif.udp_socket(self.nif.broadcast, self.port,
+                                                   rcvbuf=self.rcvbuf))
+            if netif.is_multicast(self.control):
+                netif.set_multicast_sender(self.ucast, self.nif, opts.ttl)
+                rdv = netif.udp_socket(self.control, self.port, rcvbuf=self.rcvbuf)
+                netif.join_group(rdv, self.control, self.nif)
+                self.socks.append(rdv)
+        except OSError as exc:
+            raise network_error(f"opening port {self.port} on {self.nif.name} "
+                                f"({self.nif.ip})", exc) from exc
+        for s in self.socks:
+            s.setblocking(False)
+            self.sel.register(s, selectors.EVENT_READ)
+
+    def close(self) -> None:
+        """Release sockets and terminal mode (idempotent)."""
+        self.restore_tty()
+        with contextlib.suppress(Exception):
+            self.sel.close()
+        for s in self.socks:
+            s.close()
+        self.socks.clear()
+
+    def send(self, data: bytes, dest: tuple[str, int] | None = None) -> None:
+        """One datagram to `dest` (default: the sender); a failed send is a lost datagram."""
+        assert self.ucast is not None
+        dest = dest or (self.session.sender if self.session else None)
+        if dest is None:
+            return
+        with contextlib.suppress(OSError):  # a transient ENOBUFS must not end the transfer
+            self.ucast.sendto(data, dest)
+
+    def connect_req(self, dest: tuple[str, int]) -> None:
+        """CONNECT_REQ with our capabilities and socket buffer (not when --passive)."""
+        if not self.opts.passive:
+            self.send(build(Op.CONNECT_REQ, capabilities=Cap.STOCK | Cap.HERDCAST,
+                            rcvbuf=self.ucast.getsockopt(socket.SOL_SOCKET,
+                                                         socket.SO_RCVBUF)), dest)
+
+    def join_data_group(self, group: str) -> None:
+        """Listen on the data group (once), unless it is no group, ours or the control."""
+        if (group in self.joined or group in ("0.0.0.0", self.nif.ip, self.control)
+                or not netif.is_multicast(group)):
+            return
+        self.joined.add(group)
+        say(f"Listening to multicast on {group}")
+        try:
+            s = netif.udp_socket(group, self.port, rcvbuf=self.rcvbuf)
+            netif.join_group(s, group, self.nif)
+        except OSError as exc:
+            raise network_error(f"joining the data group {group}", exc) from exc
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ)
+        self.socks.append(s)
+
+    def attach(self, session: Session, assembler: Assembler) -> None:
+        """Join the data group, tie every socket to the sender, and feed `assembler`."""
+        self.session = session
+        self.assembler = assembler
+        self.disconnect_due = True
+        if session.client_number >= 0:
+            say(f"Connected as #{session.client_number} to {session.sender[0]}")
+        self.join_data_group(session.group)
+        try:
+            for s in self.socks:
+                s.connect(session.sender)  # from now on the kernel drops rogue datagrams
+        except OSError as exc:
+            raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
+        self._drain_before_connect()
+
+    def disconnect(self) -> None:
+        """udpcast sends DISCONNECT at exit, on success and on abort alike."""
+        if self.disconnect_due and self.session and not self.opts.passive:
+            self.send(build(Op.DISCONNECT))
+        self.disconnect_due = False
+
+    # --- keyboard start -----------------------------------------------------------------
+
+    def keyboard(self) -> bool:
+        """udpcast's keyboard start: a key on a terminal stdin sends GO."""
+        if self.opts.nokbd or self.opts.passive:
+            return False
+        try:
+            if not os.isatty(0):
+                return False
+            import termios
+            import tty
+
+            self.tty_state = termios.tcgetattr(0)
+            tty.setcbreak(0)
+        except (OSError, ImportError):
+            return False
+        self.sel.register(0, selectors.EVENT_READ, "kbd")
+        say("Press any key to start receiving data!")
+        return True
+
+    def restore_tty(self) -> None:
+        """Give the terminal its mode back and stop watching the keyboard."""
+        if self.tty_state is not None:
+            import termios
+
+            with contextlib.suppress(OSError):
+                termios.tcsetattr(0, termios.TCSADRAIN, self.tty_state)
+            self.tty_state = None
+            with contextlib.suppress(Exception):
+                self.sel.unregister(0)
+
+    # --- datagrams from the sender ------------------------------------------------------
+
+    def handle(self, n: int) -> None:
+        """One datagram from the sender (already in self.scratch)."""
+        scratch = self.scratch
+        op = scratch[0] << 8 | scratch[1]
+        if n < HEADER_SIZE and op != _HC_DIGEST_ACK:  # HC_DIGEST_ACK is 12 bytes
+            return
+        if op == _DATA:
+            h = DATA_HEADER.unpack_from(scratch)
+            self.assembler.on_data(h[2], h[3], h[5], self.mv[HEADER_SIZE:n])
+        elif op == _REQACK:
+            parsed = parse(self.mv[:n])
+            if parsed is None:
+                return
+            msg = parsed[1]
+            clnr = self.session.client_number
+            if clnr >= 0 and bitmap_test(msg.ready_set, clnr):
+                return  # already answered OK for this slice
+            self.pending_answer = True
+            self.send(self.assembler.on_reqack(msg.slice_no, msg.slice_bytes, msg.rxmit))
+        elif op == _FEC:
+            h = FEC_HEADER.unpack_from(scratch)
+            self.assembler.on_fec(h[1], h[2], h[3], h[5], self.mv[HEADER_SIZE:n])
+        elif op == _HC_DIGEST_ACK:
+            parsed = parse(self.mv[:n])
+            if parsed is not None:
+                self.digest_ack = parsed[1]
+
+    def pump(self, timeout: float) -> bool:
+        """Wait up to `timeout` for datagrams and handle them all; True if any came."""
+        got = False
+        for key, _ in self.sel.select(timeout):
+            if key.data == "kbd":
+                with contextlib.suppress(OSError):
+                    os.read(0, 64)
+                self.restore_tty()
+                say("Sending go signal")
+                self.send(build(Op.GO))
+                continue
+            recv_into = key.fileobj.recv_into
+            handle = self.handle
+            while True:
+                try:
+                    n = recv_into(self.scratch)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionRefusedError:
+                    continue  # ICMP port unreachable from the sender's host: it is gone
+                except OSError as exc:
+                    raise network_error("receiving from the sender", exc) from exc
+                got = True
+                handle(n)
+        return got
+
+    def _drain_before_connect(self) -> None:
+        """Datagrams queued before connect() were not filtered by the kernel: check their
+        source here, then the fast loop can trust every socket."""
+        for s in self.socks:
+            while True:
+                try:
+                    n, addr = s.recvfrom_into(self.scratch)
+                except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+                    break
+                if addr == self.session.sender:
+                    self.handle(n)

@@ -1,0 +1,125 @@
+"""Finding the sender: CONNECT_REQ until a CONNECT_REPLY (or an async HELLO) says who it is.
+
+As udpcast's receiver: CONNECT_REQ to the control address; a HELLO makes us ask that sender
+directly (an async HELLO, or --passive, makes us a listener that never answers);
+CONNECT_REPLY gives our client number, the block size and the data group. herdcast repeats
+its CONNECT_REQ every second until answered (udpcast sends one and hangs if it is lost), and
+recognises a transfer that started without it: a herdcast sender answers HC_LATE (wait for
+the next round, or restart the sender), a stock one just keeps sending.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.say import say
+from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
+from agent.udpcast.protocol import (
+    HEADER_SIZE,
+    MAX_UDP_PAYLOAD,
+    Cap,
+    LateStatus,
+    Op,
+    image_size,
+    parse,
+)
+
+CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
+MISSED_START_WAIT = 2.0  # how long a running transfer may go on without answering us
+
+
+def _plausible(op: Op, msg) -> bool:
+    """Sanity checks on negotiation messages, which arrive before the kernel filters by
+    sender: a stray datagram must not pass for a sender's HELLO or CONNECT_REPLY."""
+    if op in (Op.CONNECT_REPLY, Op.HELLO, Op.HELLO_NEW):
+        return (msg.capabilities & Cap.STOCK == Cap.STOCK
+                and 1 <= msg.blocksize <= MAX_UDP_PAYLOAD - HEADER_SIZE
+                and (op != Op.CONNECT_REPLY or msg.client_number < 1024))
+    return True
+
+
+def negotiate(link: Link) -> Session:
+    """Find the sender and get connected (or learn that we are late); raises ReceiveError."""
+    opts = link.opts
+    target = (link.control, link.sender_port)
+    link.connect_req(target)
+    now = time.monotonic()
+    next_req = now + CONNECT_RETRY
+    last_activity = now
+    suspect: tuple[str, float] | None = None  # a sender seen mid-transfer, and when
+    late_sender: str | None = None
+    hellos: dict[str, Session] = {}  # senders whose HELLO we answered
+    while True:
+        now = time.monotonic()
+        timeout = next_req - now
+        if opts.start_timeout:
+            timeout = min(timeout, last_activity + opts.start_timeout - now)
+        if suspect:
+            timeout = min(timeout, suspect[1] + MISSED_START_WAIT - now)
+        for key, _ in link.sel.select(max(timeout, 0)):
+            while True:
+                try:
+                    n, (ip, port) = key.fileobj.recvfrom_into(link.scratch)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    raise network_error("waiting for the sender", exc) from exc
+                if port != link.sender_port:
+                    continue
+                parsed = parse(link.mv[:n])
+                if parsed is None:
+                    continue
+                op, msg = parsed
+                if not _plausible(op, msg):
+                    continue
+                last_activity = time.monotonic()
+                if op == Op.CONNECT_REPLY:
+                    if msg.client_number < 0:
+                        raise ReceiveError(f"sender {ip} refused us: its table of 1024 "
+                                           "receivers is full")
+                    return Session((ip, port), msg.client_number, msg.blocksize,
+                                   msg.mcast_addr, msg.capabilities, False,
+                                   image_size(link.mv[:n]))
+                if op in (Op.HELLO, Op.HELLO_NEW):
+                    if msg.capabilities & Cap.NEW_GEN and (msg.capabilities & Cap.ASYNC
+                                                           or opts.passive):
+                        return Session((ip, port), 0, msg.blocksize, msg.mcast_addr,
+                                       msg.capabilities, True)
+                    target = (ip, port)
+                    link.connect_req(target)
+                    next_req = time.monotonic() + CONNECT_RETRY
+                    hellos[ip] = Session((ip, port), -1, msg.blocksize, msg.mcast_addr,
+                                         msg.capabilities, False)
+                    link.join_data_group(msg.mcast_addr)
+                elif op == Op.HC_LATE:
+                    if msg.status == LateStatus.MISSED:
+                        raise ReceiveError(
+                            "the transfer started without this receiver and the sender "
+                            "cannot re-read its input: restart the sender")
+                    if msg.status == LateStatus.NEXT_ROUND and late_sender != ip:
+                        say("joined late: waiting for the next round")
+                        late_sender, suspect, target = ip, None, (ip, port)
+                elif op in (Op.DATA, Op.FEC, Op.REQACK) and ip in hellos and (
+                        ip != late_sender):
+                    # we answered its HELLO but the CONNECT_REPLY was lost: the sender
+                    # counts us in, so follow its transfer (client number unknown:
+                    # answer every REQACK, which udpcast senders accept)
+                    say(f"no CONNECT_REPLY from {ip} (lost?): following its transfer")
+                    return hellos[ip]
+                elif (op in (Op.DATA, Op.FEC, Op.REQACK) and ip != late_sender
+                      and suspect is None):
+                    suspect = (ip, time.monotonic())
+                    link.connect_req((ip, port))  # a herdcast sender answers HC_LATE
+        now = time.monotonic()
+        if suspect and now >= suspect[1] + MISSED_START_WAIT:
+            raise ReceiveError(
+                f"a transfer from {suspect[0]} was already running: this receiver missed "
+                "its start and the sender cannot take it in (stock udp-sender); start "
+                "the receivers before the sender, or restart the sender")
+        if opts.start_timeout and now >= last_activity + opts.start_timeout:
+            raise ReceiveError(f"no sender answered within --start-timeout "
+                               f"{opts.start_timeout:g} s (is udp-sender/herdcast send "
+                               f"running on this network, port {link.port}?)")
+        if now >= next_req:
+            link.connect_req(target)
+            next_req = now + CONNECT_RETRY
