@@ -350,9 +350,22 @@ def test_connect_reply_image_size_extension():
                   mcast_addr="233.254.0.10")
     plain = build_connect_reply(**fields)
     extended = build_connect_reply(image_size=3_000_001, **fields)
-    assert len(plain) == 32 and len(extended) == 40
+    assert len(plain) == 32 and len(extended) == 44  # + image size, codec, 3 padding
     assert extended[:32] == plain
     assert parse(extended) == parse(plain)
     assert image_size(extended) == 3_000_001
     assert image_size(plain) is None
     assert image_size(build_connect_reply(image_size=0, **fields)) is None
+
+
+def test_connect_reply_names_the_compression_for_herdcast_receivers():
+    from agent.udpcast.protocol import build_connect_reply, reply_codec
+
+    fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
+                  mcast_addr="233.254.0.10")
+    assert reply_codec(build_connect_reply(image_size=5, codec="zstd", **fields)) == "zstd"
+    assert reply_codec(build_connect_reply(image_size=5, **fields)) == "none"
+    assert reply_codec(build_connect_reply(**fields)) is None  # stock form: nothing said
+    forged = bytearray(build_connect_reply(image_size=5, **fields))
+    forged[40] = 99
+    assert reply_codec(bytes(forged)) is None

@@ -83,6 +83,7 @@ class SendOptions(CommonOptions):
     max_slice_size: int = 1024
     default_slice_size: int = 0  # 0 = automatic
     late_join: bool = True  # herdcast: serve receivers that miss the start in a further round
+    blocks: str = "used"  # herdcast: "used" sends herdcast receivers the used blocks only
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class ReceiveOptions(CommonOptions):
     rcvbuf: int | None = None
     passive: bool = False
     ignore_lost_data: bool = False
+    # herdcast images: unpacked onto a block device, stored as they came into a file;
+    # True unpacks onto a file too (a file standing for a disk). See agent.image.
+    unpack: bool | None = None
+    blank: str = "keep"  # what unpacking does with the space no image extent covers
 
 
 # udpcast options herdcast recognises but does not implement: each fails with this reason.
@@ -217,6 +222,9 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
     p.add_argument("--no-late-join", dest="late_join", action="store_false",
                    help="herdcast: tell late receivers they missed the start instead of "
                         "serving them in a further round")
+    p.add_argument("--blocks", choices=["used", "all"], default="used",
+                   help="herdcast: to herdcast receivers send only the blocks the disk's "
+                        "filesystems use (default), or all of them")
     return p
 
 
@@ -234,6 +242,13 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
     p.add_argument("-b", "--rcvbuf")
     p.add_argument("-d", "--passive", action="store_true")
     p.add_argument("-Z", "--ignore-lost-data", action="store_true")
+    p.add_argument("--unpack", action="store_const", const=True, default=None,
+                   help="herdcast: write a herdcast image onto --file as onto a disk, even "
+                        "when it is a regular file (a block device always is; a file "
+                        "otherwise stores the image as it came)")
+    p.add_argument("--blank", choices=["keep", "zero", "discard"], default="keep",
+                   help="herdcast: what unpacking an image does with free space: keep it "
+                        "(default), zero it, or discard it (SSD trim)")
     return p
 
 

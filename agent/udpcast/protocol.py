@@ -26,6 +26,7 @@ from construct import (
     ConstructError,
     Container,
     FormatField,
+    Int8ub,
     Int16sb,
     Int16ub,
     Int32sb,
@@ -118,12 +119,17 @@ ConnectReply = Struct(  # 32 bytes, sender -> receiver unicast
 )
 
 # herdcast extension: to a receiver that advertised Cap.HERDCAST the sender's CONNECT_REPLY
-# carries the image size after udpcast's 32 bytes, so the receiver can refuse a disk too
-# small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin).
+# carries, after udpcast's 32 bytes, the image size, so the receiver can refuse a disk too
+# small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin), and
+# the compression of the stream it will send (an index into WIRE_CODECS), so herdcast
+# receivers follow the sender without a matching compr= of their own.
 ConnectReplyHc = Struct(
     *ConnectReply.subcons,
     "image_size" / Int64ub,
+    "codec" / Int8ub,
+    Padding(3),
 )
+WIRE_CODECS = ("none", "gz", "lzop", "zstd")
 
 Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
@@ -224,21 +230,38 @@ def build(op: Op, **fields) -> bytes:
     return msg.build(values)
 
 
-def image_size(datagram: bytes | memoryview) -> int | None:
-    """The image size a herdcast sender appended to CONNECT_REPLY; None if absent/0."""
+def _reply_extension(datagram: bytes | memoryview) -> Container | None:
     if len(datagram) < ConnectReplyHc.sizeof() or opcode(datagram) != Op.CONNECT_REPLY:
         return None
     try:
-        return ConnectReplyHc.parse(bytes(datagram[:ConnectReplyHc.sizeof()])).image_size or None
+        return ConnectReplyHc.parse(bytes(datagram[:ConnectReplyHc.sizeof()]))
     except (ConstructError, ValueError):
         return None
 
 
-def build_connect_reply(*, image_size: int | None = None, **fields) -> bytes:
-    """CONNECT_REPLY; with `image_size` (herdcast receivers only) the extended form."""
+def image_size(datagram: bytes | memoryview) -> int | None:
+    """The image size a herdcast sender appended to CONNECT_REPLY; None if absent/0."""
+    ext = _reply_extension(datagram)
+    return ext.image_size or None if ext is not None else None
+
+
+def reply_codec(datagram: bytes | memoryview) -> str | None:
+    """The compression a herdcast sender announced in CONNECT_REPLY ("none", "gz", ...);
+    None when it announced nothing (a stock sender) or something unknown."""
+    ext = _reply_extension(datagram)
+    if ext is None or ext.codec >= len(WIRE_CODECS):
+        return None
+    return WIRE_CODECS[ext.codec]
+
+
+def build_connect_reply(*, image_size: int | None = None, codec: str | None = None,
+                        **fields) -> bytes:
+    """CONNECT_REPLY; with `image_size` (herdcast receivers only) the extended form, which
+    also names the stream's compression (None: none)."""
     if image_size is None:
         return build(Op.CONNECT_REPLY, **fields)
-    values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size}
+    values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size,
+              "codec": WIRE_CODECS.index(codec or "none")}
     values.update(fields)
     return ConnectReplyHc.build(values)
 

@@ -54,6 +54,7 @@ class Session:
     capabilities: int
     passive: bool
     image_size: int | None = None  # herdcast senders tell it in CONNECT_REPLY
+    codec: str | None = None  # and the stream's compression ("none", "gz", ...)
 
 
 def network_error(what: str, exc: OSError) -> ReceiveError:

@@ -22,6 +22,7 @@ from agent.udpcast.protocol import (
     Op,
     image_size,
     parse,
+    reply_codec,
 )
 
 CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
@@ -79,7 +80,7 @@ def negotiate(link: Link) -> Session:
                                            "receivers is full")
                     return Session((ip, port), msg.client_number, msg.blocksize,
                                    msg.mcast_addr, msg.capabilities, False,
-                                   image_size(link.mv[:n]))
+                                   image_size(link.mv[:n]), reply_codec(link.mv[:n]))
                 if op in (Op.HELLO, Op.HELLO_NEW):
                     if msg.capabilities & Cap.NEW_GEN and (msg.capabilities & Cap.ASYNC
                                                            or opts.passive):

@@ -99,6 +99,7 @@ class SendSession:
         fields = dict(client_number=p.slot if p else -1, blocksize=net.blocksize,
                       capabilities=net.caps, mcast_addr=net.advertised)
         if p is not None and p.herdcast:
-            net.send(build_connect_reply(image_size=self.image_size or 0, **fields), addr)
+            net.send(build_connect_reply(image_size=self.image_size or 0,
+                                         codec=self.opts.compress, **fields), addr)
         else:
             net.send(build(Op.CONNECT_REPLY, **fields), addr)
