@@ -1,6 +1,9 @@
 """Where received bytes go: a file or device, stdout, a `--pipe` filter, a decompressor;
 and the writer thread that moves completed slices there.
 
+A herdcast image (agent.image) is recognised by its first bytes: unpacked onto a block
+device (or a file with --unpack), stored as it came (compressed) into a regular file.
+
 The writer runs beside the network loop so disk or pipe writes (and hashing, which releases
 the GIL) overlap packet reception. Each completed slice is written with one os.write of a
 contiguous memoryview and its buffer handed back to the slice pool. The digest is taken of
@@ -61,18 +64,25 @@ def check_image_fits(path: str | None, image_size: int | None) -> None:
 class Output:
     """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
 
-    def __init__(self, opts: ReceiveOptions) -> None:
+    def __init__(self, opts: ReceiveOptions, codec: str | None = None) -> None:
+        """`codec`: the stream's compression as the sender announced it (herdcast senders),
+        else --compress."""
         self.path = opts.file or "(stdout)"
         self.sync = opts.sync
+        self.codec = codec if codec not in (None, "none") else None
+        self.blank = opts.blank
         self.proc: subprocess.Popen | None = None
         self.decoder = None
+        self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
+        is_block = False
         if opts.file is None:
             self.fd = os.dup(1)
         else:
             flags = os.O_WRONLY | os.O_CREAT
             try:
                 st = os.stat(opts.file)
-                is_device = stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
+                is_block = stat.S_ISBLK(st.st_mode)
+                is_device = is_block or stat.S_ISCHR(st.st_mode)
             except FileNotFoundError:
                 is_device = False
             if not is_device:
@@ -84,6 +94,7 @@ class Output:
             except OSError as exc:
                 raise OutputError(f"--file {opts.file}: cannot open for writing: "
                                   f"{exc.strerror}") from exc
+        self.unpack = opts.unpack if opts.unpack is not None else is_block
         self.target_fd = self.fd
         if opts.pipe:
             argv = shlex.split(opts.pipe)
@@ -95,12 +106,48 @@ class Output:
                                   f"{exc.strerror}") from exc
             self.target_fd = self.proc.stdin.fileno()
         self._write: Callable[[memoryview], None] = self._write_fd
-        if opts.compress:
+        self._held: list[bytes] = []
+        self.sniffer = None
+        if opts.file is not None and not opts.pipe:
+            from agent.image.sniff import HeadSniffer
+
+            self.sniffer = HeadSniffer(self.codec)
+            self._write = self._sniff
+        else:
+            self._choose(image=False)
+
+    def _sniff(self, data: memoryview) -> None:
+        """Hold the first bytes until they tell whether this is a herdcast image."""
+        self._held.append(bytes(data))
+        verdict = self.sniffer.feed(data)
+        if verdict is not None:
+            self._choose(verdict)
+
+    def _choose(self, image: bool) -> None:
+        """Set up the writing path for what the stream is, then replay what was held."""
+        if image and self.unpack:
+            from agent.image.sink import DiskSink
+
+            self.sink = DiskSink(self.target_fd, self.path, self.blank)
+            self.decoder = self.sink
+            if self.codec:
+                from agent.transfer.compress import decompressing_writer
+
+                self.decoder = decompressing_writer(self.sink, self.codec)
+            self._write = self.decoder.write
+        elif image:  # stored as it came, compression and all: `herdcast send -f` sends it
+            self._write = self._write_fd
+        elif self.codec:
             from agent.transfer.compress import decompressing_writer
 
             self._raw = open(self.target_fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
-            self.decoder = decompressing_writer(self._raw, opts.compress)
+            self.decoder = decompressing_writer(self._raw, self.codec)
             self._write = self.decoder.write
+        else:
+            self._write = self._write_fd
+        held, self._held = self._held, []
+        for piece in held:
+            self._write(memoryview(piece))
 
     def _write_fd(self, data: memoryview) -> None:
         fd = self.target_fd
@@ -120,8 +167,12 @@ class Output:
         on thin or network storage): the image is then not on the disk and the receive must
         fail, never report success."""
         try:
+            if self.sniffer is not None and self.sniffer.verdict is None:
+                self._choose(self.sniffer.end())  # a stream shorter than the magic
             if self.decoder is not None:
                 self.decoder.close()
+            if self.sink is not None:
+                self.sink.close()  # the image must have been complete
             if self.proc is not None:
                 self.proc.stdin.close()
                 rc = self.proc.wait(timeout=120)
@@ -139,7 +190,9 @@ class Output:
             except OSError as exc:
                 raise OutputError(f"{self.path}: closing failed: {exc.strerror or exc} (the "
                                   "last writes may not have landed)") from exc
-        except OSError as exc:  # the decompressor or the pipe
+        except (OSError, HerdcastError) as exc:  # the decompressor, the pipe, the image
+            if isinstance(exc, OutputError):
+                raise
             raise OutputError(f"{self.path}: {exc}") from exc
         finally:
             self.close()

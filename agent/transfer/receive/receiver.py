@@ -54,7 +54,7 @@ class Receiver:
         link.session = session
         link.disconnect_due = True
         check_image_fits(opts.file, session.image_size)
-        self.output = Output(opts)
+        self.output = Output(opts, self.codec(session))
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
         asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers)
@@ -93,6 +93,16 @@ class Receiver:
             if self.writer.error:
                 raise OutputError(self.writer.error)
             progress.update(asm.delivered_bytes)
+
+    def codec(self, session: Session) -> str | None:
+        """The stream's compression: what a herdcast sender announced, else --compress."""
+        if session.codec is None:
+            return self.opts.compress
+        announced = None if session.codec == "none" else session.codec
+        if announced != self.opts.compress:
+            say(f"the sender compresses with {announced or 'nothing'}: following it "
+                f"(--compress {self.opts.compress or 'none'} ignored)")
+        return announced
 
     def close(self) -> None:
         """Abort or success alike: progress line ended, DISCONNECT said, writer stopped,

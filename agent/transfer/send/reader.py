@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from agent.errors import HerdcastError
+from agent.image.source import Source
 from agent.transfer.send.batch import SliceBuffer
 
 
@@ -49,10 +50,15 @@ class Input:
                 self.proc.wait(timeout=5)
 
 
-def open_input(path: str | None, pipe: str | None, compress: str | None) -> Input:
+def open_input(path: str | None, pipe: str | None, compress: str | None,
+               source: Source | None = None, as_image: bool = False) -> Input:
     """Open `path` (stdin when None), run it through `pipe` and `compress` as udp-sender and
-    herdcast do. Raises InputError with a one-line reason."""
+    herdcast do. With a `source` that is a disk or a stored image (agent.image.source),
+    `as_image` sends herdcast receivers its image stream, and otherwise the raw disk (a
+    stored image expanded). Raises InputError with a one-line reason."""
     closers: list = []
+    if source is not None and source.kind != "raw" and path is not None and not pipe:
+        return _open_image_source(path, compress, source, as_image)
     if path is None:
         raw: BinaryIO = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
         rereadable = False
@@ -85,6 +91,30 @@ def open_input(path: str | None, pipe: str | None, compress: str | None) -> Inpu
         stream = compressing_reader(stream, compress)
         closers.append(stream.close)
     return Input(stream, rereadable, closers, proc)
+
+
+def _open_image_source(path: str, compress: str | None, source: Source,
+                       as_image: bool) -> Input:
+    from agent.image.source import expanded_stream, image_stream
+
+    try:
+        if as_image:
+            raw = image_stream(path, source)
+        elif source.kind == "stored":
+            raw = expanded_stream(path, source)
+        else:
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by Input.close
+    except (OSError, HerdcastError) as exc:
+        raise InputError(f"--file {path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+                         ) from exc
+    closers: list = [raw.close]
+    stream: BinaryIO = raw
+    if compress and not (as_image and source.kind == "stored"):  # stored: compressed already
+        from agent.transfer.compress import compressing_reader
+
+        stream = compressing_reader(stream, compress)
+        closers.append(stream.close)
+    return Input(stream, True, closers)
 
 
 EOF = object()  # what next_slice returns once the stream has ended

@@ -64,8 +64,13 @@ def send(opts: SendOptions) -> TransferResult:
     table = Table()
     stats = SendStats()
     result = TransferResult(ok=False, stats=stats)
+    source, codec = session.source, session.codec
+    for line in source.describe():
+        say(f"herdcast send: {line}")
     try:
-        inp = open_input(opts.file, opts.pipe, opts.compress)
+        # a disk's image stream is cheap to open: the round reopens it raw if it must
+        opened_as_image = source.kind != "raw"
+        inp = open_input(opts.file, opts.pipe, codec, source, opened_as_image)
         keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
                     and sys.stdin.isatty())
         say(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
@@ -76,14 +81,20 @@ def send(opts: SendOptions) -> TransferResult:
         why = wait_for_start(session, table, keyboard=keyboard)
         started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
         # the image size counts decompressed bytes; with --compress fewer go on the wire
-        progress = Progress("send", total=None if opts.compress else session.image_size,
-                            enabled=not opts.no_progress)
+        progress = Progress("send", total=None if codec or source.kind != "raw"
+                            else session.image_size, enabled=not opts.no_progress)
         late: dict = {}
         served: set[str] = set()
         for round_no in range(MAX_ROUNDS):
             data_ip = session.aim(table)
+            as_image = session.image_round(table)
+            if as_image != opened_as_image:
+                inp.close()
+                inp = open_input(opts.file, opts.pipe, codec, source, as_image)
+                opened_as_image = as_image
             say(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
-                f"{data_ip} in {blocksize}-byte blocks")
+                f"{data_ip} in {blocksize}-byte blocks"
+                + (", herdcast image" if as_image else ""))
             _size_send_buffer(session, table)
             pacer = Pacer(blocksize, opts.max_bitrate, table.min_rcvbuf())
             encoder = slice_encoder(opts.fec, blocksize) if opts.fec else None
@@ -118,7 +129,7 @@ def send(opts: SendOptions) -> TransferResult:
             if not expected:
                 break
             inp.close()
-            inp = open_input(opts.file, opts.pipe, opts.compress)
+            inp = open_input(opts.file, opts.pipe, codec, source, opened_as_image)
             # a fresh reader needs the old one's buffers back
             buffers = _buffers(session, ring)
             table.participants = {}

@@ -12,9 +12,10 @@ import os
 import stat
 from dataclasses import dataclass
 
+from agent.image.source import Source, inspect_source
 from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import Destination
-from agent.transfer.send.network import Network
+from agent.transfer.send.network import Network, SendError
 from agent.transfer.send.participants import Participant, Table
 from agent.udpcast.protocol import Op, build, build_connect_reply
 
@@ -60,13 +61,29 @@ class SendSession:
     image_size: int | None  # bytes a receiver will write, None when unknown (stdin, pipe)
     slice_blocks: int
     dest: Destination  # the data address every prepared DATA message points at
+    source: Source  # raw, a disk's used blocks, or a stored image (agent.image.source)
+    codec: str | None  # the compression on the wire: --compress, or a stored image's
 
     @classmethod
     def open(cls, opts: SendOptions) -> SendSession:
-        """Open the network (raises SendError) and measure the input."""
+        """Look at the input, then open the network (raises SendError)."""
+        source = inspect_source(opts.file, opts.blocks) if not opts.pipe else Source("raw")
+        codec = opts.compress
+        if source.kind == "stored":
+            if opts.compress and opts.compress != source.codec:
+                raise SendError(f"--compress {opts.compress}: {opts.file} is a herdcast image "
+                                f"compressed with {source.codec or 'nothing'}; drop --compress")
+            codec = source.codec
         net = Network(opts)
-        return cls(opts, net, input_size(opts), slice_blocks(opts, net.blocksize),
-                   Destination())
+        size = source.disk_size if source.kind == "stored" else input_size(opts)
+        return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
+                   source, codec)
+
+    def image_round(self, table: Table) -> bool:
+        """Whether this round sends the image stream: a disk or stored image, and every
+        receiver a herdcast one (a stock udp-receiver needs the raw disk)."""
+        return self.source.kind != "raw" and bool(table.participants) and all(
+            p.herdcast for p in table.participants.values())
 
     @property
     def blocksize(self) -> int:
@@ -100,6 +117,6 @@ class SendSession:
                       capabilities=net.caps, mcast_addr=net.advertised)
         if p is not None and p.herdcast:
             net.send(build_connect_reply(image_size=self.image_size or 0,
-                                         codec=self.opts.compress, **fields), addr)
+                                         codec=self.codec, **fields), addr)
         else:
             net.send(build(Op.CONNECT_REPLY, **fields), addr)

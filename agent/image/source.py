@@ -1,0 +1,147 @@
+"""What a sender sends from its `--file`: a raw stream, the used blocks of a disk, or an
+image file kept on a server, and the byte streams for each.
+
+- raw: anything that is not a disk with a partition table (a plain file, stdin, a pipe),
+  or `--blocks all`: every byte, as udpcast sends.
+- used: a disk (device or image file) with a partition table: herdcast receivers get the
+  image stream of its used blocks, stock receivers the raw disk.
+- stored: a herdcast image file (`herdcast receive -f` into a file, or `herdcast image
+  capture`): herdcast receivers get it as it is, stock receivers the disk it expands to.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from agent.errors import HerdcastError
+from agent.image.sink import DiskSink
+from agent.image.store import codec_of
+from agent.image.stream import HEADER_SIZE, Header, StreamReader, encode, is_image
+from agent.image.usedmap import UsedMap, used_map
+from agent.say import say
+
+
+@dataclass(frozen=True)
+class Source:
+    """How a sender's input will be sent, found once before the first round."""
+
+    kind: str  # "raw", "used", "stored"
+    disk_size: int | None = None  # what a receiver's disk must hold (used, stored)
+    umap: UsedMap | None = None
+    codec: str | None = None  # a stored image's compression
+
+    def describe(self) -> list[str]:
+        if self.kind == "used" and self.umap is not None:
+            return [*self.umap.describe(), f"to herdcast receivers: the {self.umap.used_bytes}"
+                    f" used bytes of {self.umap.disk_size} (all-zero runs not sent); to stock"
+                    " udp-receivers: every byte"]
+        if self.kind == "stored":
+            return [f"a herdcast image of a {self.disk_size}-byte disk, compression "
+                    f"{self.codec or 'none'}: sent as it is to herdcast receivers, expanded "
+                    "for stock udp-receivers"]
+        return []
+
+
+def inspect_source(path: str | None, blocks: str = "used") -> Source:
+    """Decide how `path` is sent; never raises for an unreadable input (the reader reports
+    that itself), it is then raw."""
+    if path is None:
+        return Source("raw")
+    try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            return Source("raw")
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return Source("raw")
+    try:
+        stored = _stored_header(path, head)
+    except Exception:  # noqa: BLE001 - zstd, gzip and OS errors alike: a damaged file
+        stored = None  # is sent as it is, byte for byte
+    if stored is not None:
+        return stored
+    if blocks != "used":
+        return Source("raw")
+    try:
+        umap = used_map(path)
+    except (OSError, HerdcastError) as exc:
+        say(f"used blocks of {path} unknown ({exc}): sending every byte")
+        return Source("raw")
+    if umap.scheme == "none" or umap.used_bytes >= umap.disk_size:
+        return Source("raw")
+    return Source("used", umap.disk_size, umap)
+
+
+def _stored_header(path: str, head: bytes) -> Source | None:
+    codec = codec_of(head)
+    with open(path, "rb") as f:
+        if codec == "zstd":
+            import zstandard
+
+            plain = zstandard.ZstdDecompressor().stream_reader(f).read(HEADER_SIZE)
+        elif codec == "gz":
+            import gzip
+
+            plain = gzip.GzipFile(fileobj=f).read(HEADER_SIZE)
+        elif codec is None:
+            plain = head[:HEADER_SIZE]
+        else:
+            return None  # lzop images are not read back here
+    if not is_image(plain) or len(plain) < HEADER_SIZE:
+        return None
+    return Source("stored", Header.parse(plain).disk_size, codec=codec)
+
+
+def image_stream(path: str, source: Source) -> BinaryIO:
+    """The image stream herdcast receivers get (before the wire's compression for `used`;
+    as stored, compression included, for `stored`)."""
+    if source.kind == "stored":
+        return open(path, "rb", buffering=0)  # noqa: SIM115 - the caller's Input closes it
+    assert source.umap is not None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size,
+                                              source.umap.extents)), fd)
+
+
+def expanded_stream(path: str, source: Source) -> BinaryIO:
+    """The raw disk a stored image stands for, for stock receivers: the image is unpacked
+    into a sparse temporary file (free space reads as zeros), which is then read."""
+    import tempfile
+
+    from agent.transfer.compress import decompressing_writer
+
+    tmp = tempfile.TemporaryFile(prefix="herdcast-expanded-")  # noqa: SIM115
+    sink = DiskSink(tmp.fileno(), "(expanded image)", "keep")
+    with open(path, "rb") as f:
+        target = decompressing_writer(sink, source.codec) if source.codec else sink
+        while chunk := f.read(1 << 20):
+            target.write(chunk)
+        target.close()
+        sink.close()
+    tmp.seek(0)
+    return tmp
+
+
+class _ClosingReader(io.RawIOBase):
+    """A reader that closes the disk's descriptor with itself."""
+
+    def __init__(self, inner: StreamReader, fd: int) -> None:
+        super().__init__()
+        self._inner, self._fd = inner, fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._inner.readinto(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
