@@ -46,6 +46,8 @@ class BootConfig:
     disk: str = "/dev/sda"
     compr: str = "none"
     mounted: str = "refuse"
+    blocks: str = "used"
+    blank: str = "keep"
     udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
     post: str = "poweroff"
     onfail: str = "wait"
@@ -122,6 +124,12 @@ def parse_cmdline(text: str) -> BootConfig:
     if umode == "rcv" and values["mounted"] != "refuse":
         raise CmdlineError(f"{shown('mounted', given['mounted'])}: a receiver never "
                            "overwrites a mounted disk; mounted= is for umode=snd, drop it")
+    if umode == "rcv" and values["blocks"] != "used":
+        raise CmdlineError(f"{shown('blocks', given['blocks'])}: blocks= is what a sender "
+                           "sends; for umode=rcv drop it (blank= is the receiver's)")
+    if umode == "snd" and values["blank"] != "keep":
+        raise CmdlineError(f"{shown('blank', given['blank'])}: blank= is what a receiver does "
+                           "with free space; for umode=snd drop it (blocks= is the sender's)")
     ip = values.get("ip")
     return BootConfig(
         umode=umode,
@@ -141,6 +149,8 @@ def parse_cmdline(text: str) -> BootConfig:
         disk=str(values["disk"]),
         compr=str(values["compr"]),
         mounted=str(values["mounted"]),
+        blocks=str(values["blocks"]),
+        blank=str(values["blank"]),
         udpcparam=words,
         post=str(values["post"]),
         onfail=str(values["onfail"]),

@@ -105,9 +105,10 @@ def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | Receive
     named the interface: udpcparam's options with disk=, port= and compr= set as typed
     values (no argv is built to be parsed again). An --interface in udpcparam wins."""
     extra = cfg.udpcparam_options
+    own = {"blocks": cfg.blocks} if cfg.sending else {"blank": cfg.blank}
     return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
                                compress=cfg.compression, nokbd=True,
-                               interface=extra.interface or interface)
+                               interface=extra.interface or interface, **own)
 
 
 def confirm(cfg: BootConfig, con: Console) -> None:

@@ -36,6 +36,8 @@ COMPRESSIONS = ("none", *CODECS)
 COMPR_ALIASES = {"gzip": "gz", "lzo": "lzop"}
 UMODES = ("snd", "rcv")
 MOUNTED = ("refuse", "warn")  # a sender's disk with a read-write mounted filesystem
+BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
+BLANKS = ("keep", "zero", "discard")  # what a receiver does with free space (agent.image)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +178,8 @@ _PARAM_LIST = [
           choices=UMODES),
     Param("udpcparam", split_words, ""),
     Param("mounted", _choice("mounted", MOUNTED, {}, "a choice"), "refuse", choices=MOUNTED),
+    Param("blocks", _choice("blocks", BLOCKS, {}, "a choice"), "used", choices=BLOCKS),
+    Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

@@ -44,6 +44,10 @@ def transfer_argv(cfg: BootConfig) -> list[str]:
     argv = ["--file", cfg.disk, "--portbase", str(cfg.port), "--nokbd"]
     if cfg.compression:
         argv += ["--compress", cfg.compression]
+    if cfg.sending and cfg.blocks != "used":
+        argv += ["--blocks", cfg.blocks]
+    if not cfg.sending and cfg.blank != "keep":
+        argv += ["--blank", cfg.blank]
     return argv + list(cfg.udpcparam)
 
 
@@ -81,6 +85,7 @@ def describe(cfg: BootConfig) -> list[str]:
             "(mounted=refuse)" if cfg.mounted == "refuse" else
             "a read-write mounted filesystem on the disk is sent with a warning "
             "(mounted=warn)")] if cfg.sending else []),
+        _wire(cfg),
         ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
         ("transfer", shlex.join(transfer_command(cfg))),
         ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),
@@ -92,6 +97,19 @@ def describe(cfg: BootConfig) -> list[str]:
                      "messages are English, the kernel keymap is kept)"))
     width = max(len(label) for label, _ in rows)
     return [f"  {label:<{width}}  {text}" for label, text in rows]
+
+
+def _wire(cfg: BootConfig) -> tuple[str, str]:
+    """What crosses the wire: the node prints the byte count once it has read its disk's
+    partition table (agent.image); the plan, touching nothing, can only say which."""
+    if not cfg.sending:
+        return ("image", "a herdcast image is unpacked onto the disk, free space "
+                + {"keep": "kept as it is (blank=keep)", "zero": "zeroed (blank=zero)",
+                   "discard": "discarded (blank=discard)"}[cfg.blank])
+    if cfg.blocks == "all":
+        return ("on the wire", "every byte of the disk (blocks=all)")
+    return ("on the wire", "to herdcast receivers, the blocks the disk's filesystems use "
+            "(blocks=used; the node prints how many); to stock ones, every byte")
 
 
 def as_json(cfg: BootConfig) -> dict:
