@@ -2,7 +2,7 @@
 
 One fleet of every firmware kind: BIOS (pxelinux), UEFI (GRUB) and UEFI with Secure Boot
 on (shim -> Debian's signed GRUB -> Debian's signed kernel), mixing NIC models
-(virtio-net-pci, e1000) and disk buses (virtio, AHCI/SATA). Every node boots its own
+(virtio-net-pci, e1000, vmxnet3) and disk buses (virtio, AHCI/SATA, NVMe). Every node boots its own
 per-MAC file (`python -m builder node`: pxelinux.cfg/01-<mac> for BIOS, its GRUB twin
 grub/grub.cfg-01-<mac> for UEFI), the sender's makes it the sender. Every VM powers off by
 itself; every receiver's disk must equal the sender's, a file reads back from a

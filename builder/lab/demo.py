@@ -32,7 +32,7 @@ GOLDEN_FILES = {
 # (name, NIC model, disk bus, role, firmware); every node gets its own 01-<mac>
 FLEET = [
     ("sender", "virtio-net-pci", "virtio", "snd", "bios"),
-    ("rcv-bios", "e1000", "sata", "rcv", "bios"),
+    ("rcv-bios", "vmxnet3", "nvme", "rcv", "bios"),  # VMware's NIC, an NVMe disk
     ("rcv-uefi", "e1000", "virtio", "rcv", "uefi"),
     ("rcv-secure", "virtio-net-pci", "sata", "rcv", "uefi-secure"),
 ]

@@ -49,8 +49,8 @@ class Node:
 
     name: str
     mac: str
-    nic: str  # qemu device: virtio-net-pci | e1000
-    bus: str  # virtio | sata
+    nic: str  # qemu device: virtio-net-pci | e1000 | vmxnet3 ...
+    bus: str  # virtio | sata | nvme
     disk: Path
     firmware: str = "bios"  # a key of FIRMWARE
     proc: subprocess.Popen | None = None
@@ -61,7 +61,7 @@ class Node:
     @property
     def guest_disk(self) -> str:
         """The device name the guest kernel gives this disk."""
-        return "/dev/vda" if self.bus == "virtio" else "/dev/sda"
+        return {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1"}.get(self.bus, "/dev/sda")
 
 
 #: What the lab runs: VMs, DHCP+TFTP, namespaces, and the lab disks' file system tools.
@@ -232,6 +232,9 @@ class PxeLab:
         node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
             disk = ["-drive", f"file={node.disk},if=virtio,format=raw"]
+        elif node.bus == "nvme":
+            disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
+                    "-device", "nvme,drive=d0,serial=herdcast0"]
         else:
             disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
                     "-device", "ide-hd,drive=d0,bus=ide.0"]
