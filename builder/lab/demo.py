@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.initrd import MARKER
 from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
 from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
 from builder.pxelinux import mac_file_name
@@ -55,6 +56,8 @@ class NodeResult:
     ok: bool
     secure_boot: bool | None = None  # what the kernel said; None: it said nothing
     menu: str | None = None  # the node's own boot menu file it was served, if any
+    kernel: float | None = None  # power-on to the kernel's first line
+    agent: float | None = None  # power-on to the agent's start
 
 
 def node_config(tftp: Path, mac: str, params: dict[str, str]) -> list[Path]:
@@ -115,6 +118,8 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     fleet = prepare(workdir, size_mib)
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
+    kernel_at: dict[str, float] = {}
+    agent_at: dict[str, float] = {}
     with PxeLab(tftp_src, workdir, http=http, mtu=mtu) as lab:
         lab_default(lab.tftp, lab.http_url if http else None)
         nodes = [lab.add_node(name, nic, bus, disk, firmware)
@@ -133,8 +138,13 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         def tick(lab: PxeLab) -> None:
             for node in lab.nodes:
                 text = console_text(node)
+                now = time.monotonic() - node.started
                 if node.name not in first_data and _FIRST_DATA.search(text):
-                    first_data[node.name] = time.monotonic() - node.started
+                    first_data[node.name] = now
+                if node.name not in kernel_at and "Linux version" in text:
+                    kernel_at[node.name] = now
+                if node.name not in agent_at and MARKER in text:
+                    agent_at[node.name] = now
                 lines = _STATUS.findall(text)
                 line = lines[-1].strip()[:100] if lines else "booting"
                 if node.ended is not None:
@@ -156,7 +166,8 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
                                   digest == golden and seconds is not None,
                                   said.group(1) == "enabled" if said else None,
-                                  own_menu(node, served)))
+                                  own_menu(node, served), kernel_at.get(node.name),
+                                  agent_at.get(node.name)))
     return results
 
 
