@@ -113,3 +113,9 @@ class _RunningProc:
 
     def wait(self, timeout=None):
         return 0
+
+
+def test_the_demo_defaults_point_into_the_repository():
+    from builder.lab import demo
+
+    assert (demo.ROOT / "builder" / "lab" / "demo.py").is_file()

@@ -25,7 +25,7 @@ from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_f
 from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
 from builder.pxelinux import mac_file_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (builder/lab/demo.py)
 GOLDEN_FILES = {
     "etc/hostname": b"golden-node\n",
     "etc/herdcast-demo.txt": b"cloned by herdcast\n" * 100,
