@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent.errors import HerdcastError
 from builder.config import BuildConfig, default_cache
+from builder.errors import BuildError
 
 PROG = "python -m builder"
 DEFAULT_OUT = Path("build/tftpboot")
@@ -55,12 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--python", type=Path, default=Path(sys.executable),
                    help="the Python that freezes the agent (default: this one)")
 
-    p = sub.add_parser("node", help="write pxelinux.cfg/01-<mac> from the default")
+    p = sub.add_parser("node", help="write pxelinux.cfg/01-<mac> from the default, and its "
+                       "GRUB twin grub/grub.cfg-01-<mac>")
     p.add_argument("mac", help="the node's MAC, e.g. 52:54:00:12:34:56")
     p.add_argument("params", nargs="*", metavar="key=value",
                    help="boot parameters to change, e.g. umode=snd udpcparam=broadcast")
     p.add_argument("--tftp-root", type=Path, default=DEFAULT_OUT,
                    help="TFTP root holding pxelinux.cfg/ (default: %(default)s)")
+
+    p = sub.add_parser("sync", help="rewrite grub/ from pxelinux.cfg/ after editing it by hand")
+    p.add_argument("--tftp-root", type=Path, default=DEFAULT_OUT,
+                   help="the TFTP root (default: %(default)s)")
 
     sub.add_parser("demo", add_help=False,
                    help="boot four VMs in a private PXE lab and clone a disk (demo --help)")
@@ -93,13 +99,23 @@ def _run(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "node":
-        from builder.pxelinux import write_node_config
+        from builder.bootcfg import write_node
 
         try:
-            path = write_node_config(args.tftp_root, args.mac, args.params)
+            paths = write_node(args.tftp_root, args.mac, args.params)
         except HerdcastError as exc:  # a bad MAC or parameter, no default to start from
             return _fail(exc, 2)
-        print(f"wrote {path}")
+        print("wrote " + " and ".join(map(str, paths)))
+        return 0
+    if args.command == "sync":
+        from builder.bootcfg import sync
+
+        if not (args.tftp_root / "pxelinux.cfg" / "default").is_file():
+            return _fail(BuildError(f"{args.tftp_root}/pxelinux.cfg/default not found",
+                                    "run `make initrd` first, or pass --tftp-root DIR"), 2)
+        paths = sync(args.tftp_root)
+        print(f"wrote {len(paths)} GRUB files in {args.tftp_root}/grub" if paths else
+              f"{args.tftp_root} has no grub/ (built before UEFI support): nothing to do")
         return 0
     if args.command == "initrd":
         from builder.initrd import build_tftpboot

@@ -82,9 +82,25 @@ def _find_lib(soname: str) -> Path:
                      "run scripts/install-deps (libudev1)")
 
 
+def installed(python: Path) -> str:
+    """The distributions `python` has installed (name==version lines): PyInstaller follows
+    optional imports into whatever is there (construct's lazy `cryptography` import adds
+    13 MB once cryptography is installed), so a package installed or upgraded in the venv
+    changes the frozen tree as much as an agent edit does."""
+    code = ("import importlib.metadata as m; print('\\n'.join(sorted("
+            "f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions())))")
+    try:
+        proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout
+
+
 def source_hash(python: Path) -> str:
-    """What the frozen tree depends on: agent sources, this module, the hook, the Python."""
-    digest = hashlib.sha256(str(python).encode())
+    """What the frozen tree depends on: agent sources, this module, the hook, the Python
+    and the packages installed for it."""
+    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode())
     files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import zstandard
 
-from builder import cpio, firmware, freeze, kernel, libs, modules, pxelinux
+from builder import bootcfg, cpio, efi, firmware, freeze, kernel, libs, modules, pxelinux
 from builder.config import BuildConfig
 from builder.errors import BuildError
 from builder.lock import locked
@@ -75,13 +75,18 @@ class Report:
     phases: dict[str, float]
     firmware_found: int = 0
     firmware_wanted: int = 0
+    uefi: efi.EfiBoot | None = None
 
     def summary(self) -> str:
         mib = self.initrd_bytes / 2**20
         return (f"{self.out}: kernel {self.kernel_version}, initrd.img {mib:.1f} MiB "
                 f"({self.uncompressed_bytes / 2**20:.1f} MiB unpacked), {self.files} files, "
                 f"{self.module_count} modules, firmware {self.firmware_found} of "
-                f"{self.firmware_wanted} files, built in {self.seconds:.1f} s")
+                f"{self.firmware_wanted} files, built in {self.seconds:.1f} s"
+                + (f"; UEFI: shim {self.uefi.shim_version}, GRUB {self.uefi.grub_version}, "
+                   + ("kernel signed by Debian" if self.uefi.kernel_signed else
+                      "kernel NOT signed (Secure Boot nodes will refuse it)")
+                   if self.uefi else ""))
 
 
 def _layout(root: Path) -> None:
@@ -291,7 +296,10 @@ def _build(cfg: BuildConfig) -> Report:
     shutil.copyfile(PXELINUX, out / "pxelinux.0")
     shutil.copyfile(LPXELINUX, out / "lpxelinux.0")
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
+    uefi = efi.install(cfg.cache, out, kern.vmlinuz, require_signed_kernel=cfg.kernel is None)
     (out / "pxelinux.cfg" / "default").write_text(
         pxelinux.default_config(cfg.http_url))
+    bootcfg.sync(out)
+    phase("boot files")
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
-                  time.monotonic() - started, phases, *fw)
+                  time.monotonic() - started, phases, *fw, uefi=uefi)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import debs
 from builder.errors import BuildError
-from builder.lock import locked
 
 META_PACKAGE = "linux-image-amd64"
 
@@ -80,23 +79,11 @@ def host_kernel(vmlinuz: Path, modules_dir: Path) -> Kernel:
     return kernel
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None, timeout: int = 900) -> str:
-    try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise BuildError(f"{argv[0]} not found: run scripts/install-deps") from None
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{what}: {argv[0]} took over {timeout} s") from None
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise BuildError(f"{what}: {last}")
-    return proc.stdout
-
-
 def debian_package_name() -> str:
     """linux-image-6.1.0-NN-amd64: what the linux-image-amd64 meta package depends on now."""
-    out = _run(["apt-cache", "depends", META_PACKAGE],
-               f"looking up {META_PACKAGE} (run apt-get update, or pass --kernel/--modules-dir)")
+    out = debs.run(["apt-cache", "depends", META_PACKAGE],
+                   f"looking up {META_PACKAGE} (run apt-get update, or pass "
+                   "--kernel/--modules-dir)")
     match = re.search(r"Depends:\s*(linux-image-\S+)", out)
     if not match:
         raise BuildError(f"apt-cache depends {META_PACKAGE}: no linux-image dependency listed")
@@ -107,46 +94,20 @@ def debian_kernel(cache: Path, package: str | None = None) -> Kernel:
     """Download (once) and unpack (once) Debian's kernel package into `cache`; run depmod on
     the full tree (the package ships no modules.dep) so module dependencies can be read."""
     package = package or debian_package_name()
-    with locked(cache / ".lock"):
-        return _debian_kernel(cache, package)
-
-
-def _debian_kernel(cache: Path, package: str) -> Kernel:
     version = package.removeprefix("linux-image-")
-    tree = cache / "kernel" / package
-    modules_dir = tree / "lib" / "modules" / version
-    if not (modules_dir / "modules.dep").is_file():
-        debs = cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
-            _run(["apt-get", "download", package], f"downloading {package}", cwd=debs)
-            found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
-            raise BuildError(f"apt-get download {package} left no .deb in {debs}")
-        scratch = tree.with_name(tree.name + ".partial")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        _run(["dpkg-deb", "-x", str(found[-1]), str(scratch)], f"unpacking {found[-1].name}")
-        _run(["depmod", "-b", str(scratch), version], f"depmod for {version}")
-        shutil.rmtree(tree, ignore_errors=True)
-        scratch.rename(tree)
-        _prune(cache, package)
-    vmlinuz = tree / "boot" / f"vmlinuz-{version}"
+    tree = debs.unpacked(cache, "kernel", package, finish=lambda root: debs.run(
+        ["depmod", "-b", str(root), version], f"depmod for {version}"))
+    for old in (cache / "kernel").glob("linux-image-*"):  # 400 MB unpacked each
+        if old.name != package and not old.name.endswith(".partial"):
+            shutil.rmtree(old, ignore_errors=True)
+    for deb in (cache / "debs").glob("linux-image-*.deb"):
+        if not deb.name.startswith(f"{package}_"):
+            deb.unlink(missing_ok=True)
     config = tree / "boot" / f"config-{version}"
-    kernel = Kernel(version, vmlinuz, modules_dir, config if config.is_file() else None)
+    kernel = Kernel(version, tree / "boot" / f"vmlinuz-{version}",
+                    tree / "lib" / "modules" / version, config if config.is_file() else None)
     check_versions(kernel)
     return kernel
-
-
-def _prune(cache: Path, keep: str) -> None:
-    """Drop older kernels (400 MB unpacked each) once a newer one is in place."""
-    for tree in (cache / "kernel").glob("linux-image-*"):
-        if tree.name != keep:
-            shutil.rmtree(tree, ignore_errors=True)
-    for deb in (cache / "debs").glob("linux-image-*.deb"):
-        if not deb.name.startswith(f"{keep}_"):
-            deb.unlink(missing_ok=True)
 
 
 def find_cached_kernel(cache: Path) -> Kernel | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuildError
@@ -201,7 +202,9 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
     ignore it, and a sender meant by `umod=snd` would boot as a receiver."""
     import difflib
 
-    from agent.boot.cmdline import PARAMETERS, CmdlineError, parse_cmdline
+    from agent.boot.cmdline import parse_cmdline
+    from agent.boot.params import PARAMETERS
+    from agent.boot.tokens import CmdlineError
 
     names = {name.lower(): name for name in PARAMETERS}
     for key in changed:
@@ -230,3 +233,70 @@ def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str]) -> 
     target = default.with_name(name)
     target.write_text(text)
     return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a config back (for GRUB's twin of each file, builder/grub.py)
+
+
+@dataclass
+class Label:
+    """One LABEL: what it boots and the kernel parameters it hands over."""
+
+    name: str
+    kernel: str | None = None
+    initrds: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)  # APPEND words as written, no initrd=
+    ipappend: int = 0
+
+
+@dataclass
+class Menu:
+    """The part of a pxelinux config that decides what boots, and when."""
+
+    default: str | None = None
+    timeout: int | None = None  # tenths of a second (TIMEOUT)
+    prompt: bool = False
+    labels: list[Label] = field(default_factory=list)
+
+    def booting(self) -> Label | None:
+        """The label pxelinux boots unattended (DEFAULT, else the first)."""
+        named = [lb for lb in self.labels if lb.name == self.default]
+        return named[0] if named else (self.labels[0] if self.labels else None)
+
+
+def parse_menu(text: str) -> Menu:
+    """The directives herdcast's configs use (DEFAULT, TIMEOUT, PROMPT, LABEL, KERNEL or
+    LINUX, APPEND with initrd=, INITRD, IPAPPEND); other lines (SERIAL, SAY, MENU ...)
+    are pxelinux's alone."""
+    menu = Menu()
+    label: Label | None = None
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        key, rest = words[0].lower(), (words[1].strip() if len(words) > 1 else "")
+        if key == "default":
+            menu.default = rest.split()[0] if rest else None
+        elif key == "timeout" and rest.isdigit():
+            menu.timeout = int(rest)
+        elif key == "prompt":
+            menu.prompt = rest == "1"
+        elif key == "label":
+            label = Label(rest)
+            menu.labels.append(label)
+        elif label is None:
+            continue
+        elif key in ("kernel", "linux"):
+            label.kernel = rest
+        elif key == "initrd":
+            label.initrds = rest.split(",")
+        elif key == "ipappend" and rest.isdigit():
+            label.ipappend = int(rest)
+        elif key == "append":
+            for word in _WORD.findall(rest):
+                if word.startswith("initrd="):
+                    label.initrds = word.removeprefix("initrd=").split(",")
+                else:
+                    label.params.append(word)
+    return menu

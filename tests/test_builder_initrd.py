@@ -215,6 +215,21 @@ def test_tftp_root_has_everything_pxelinux_needs(tftpboot):  # noqa: F811
 
 
 @pytest.mark.slow
+def test_tftp_root_has_the_signed_uefi_chain(tftpboot):  # noqa: F811
+    from builder import efi, grub
+
+    for name in ("shimx64.efi", "grubx64.efi", "grub/grub.cfg", "grub/grub.cfg-default",
+                 "grub/x86_64-efi/http.mod"):
+        assert (tftpboot / name).is_file(), name
+    assert efi.signed_by(tftpboot / "shimx64.efi", efi.MICROSOFT)
+    assert efi.signed_by(tftpboot / "grubx64.efi", efi.DEBIAN)
+    assert efi.signed_by(tftpboot / "vmlinuz", efi.DEBIAN)  # linux-image-*, not -unsigned
+    assert (tftpboot / "grub" / "grub.cfg").read_text() == grub.DISPATCHER
+    assert (tftpboot / "grub" / "grub.cfg-default").read_text() == grub.from_pxelinux(
+        (tftpboot / "pxelinux.cfg" / "default").read_text(), "pxelinux.cfg/default")
+
+
+@pytest.mark.slow
 def test_initrd_holds_init_agent_tools_libraries_and_modules(members):
     hdr, init = members["init"]
     assert hdr["mode"] & 0o111 and b"exec /opt/herdcast/herdcast node" in init
@@ -244,6 +259,9 @@ def test_initrd_holds_init_agent_tools_libraries_and_modules(members):
     aliases = members[f"{moddir}/modules.alias"][1].decode()
     assert "pci:v00008086d0000100Esv*sd*bc*sc*i* e1000" in aliases
     assert " virtio_blk" in aliases and " nvme" in aliases and " ahci" in aliases
+    for name in ("vmxnet3", "hv_netvsc", "hv_storvsc", "xen_netfront", "xen_blkfront",
+                 "vmw_pvscsi", "mptsas", "mptspi", "aacraid", "r8152", "cdc_ether"):
+        assert f" {name}\n" in aliases, name
 
 
 @pytest.mark.slow

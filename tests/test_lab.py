@@ -42,3 +42,80 @@ def test_first_data_is_when_data_flows_not_when_a_node_starts_waiting():
     assert not any(_FIRST_DATA.search(line) for line in waiting)
     assert _FIRST_DATA.search("herdcast send: starting (3 receiver(s) connected): 3 receivers")
     assert _FIRST_DATA.search("Transfer started: first data from the sender")
+
+
+def _boot(tmp_path, monkeypatch, firmware: str, nic: str) -> list[str]:
+    started: list[list[str]] = []
+    monkeypatch.setattr(labmod, "_sh", lambda *argv, check=True: None)
+    monkeypatch.setattr(labmod.subprocess, "Popen",
+                        lambda argv, **kw: started.append(argv) or _Proc())
+    lab = PxeLab(Path("unused"), tmp_path, name="hctest")
+    node = lab.add_node("n", nic, "sata", tmp_path / "disk.img", firmware=firmware)
+    lab.boot(node)
+    (argv,) = started
+    return argv
+
+
+def test_a_secure_boot_vm_has_ovmf_secboot_smm_and_its_own_variables(tmp_path, monkeypatch):
+    argv = _boot(tmp_path, monkeypatch, "uefi-secure", "virtio-net-pci")
+    assert argv[argv.index("-machine") + 1] == "q35,smm=on"
+    assert "driver=cfi.pflash01,property=secure,value=on" in argv
+    flash = [a for a in argv if a.startswith("if=pflash")]
+    assert flash[0].endswith("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+    varstore = tmp_path / "n.vars.fd"
+    assert flash[1].endswith(f"file={varstore}")
+    assert varstore.read_bytes() == (labmod.OVMF_DIR / "OVMF_VARS_4M.ms.fd").read_bytes()
+    # OVMF's own virtio-net driver and PXE, not iPXE's unsigned EFI ROM
+    assert any(a.endswith(",bootindex=1,romfile=") for a in argv)
+
+
+def test_a_uefi_vm_keeps_ipxe_and_a_bios_vm_is_unchanged(tmp_path, monkeypatch):
+    argv = _boot(tmp_path, monkeypatch, "uefi", "e1000")
+    assert "file=/usr/share/OVMF/OVMF_CODE_4M.fd" in " ".join(argv)
+    assert argv[argv.index("-machine") + 1] == "q35" and "romfile=" not in " ".join(argv)
+    (tmp_path / "b").mkdir()
+    bios = _boot(tmp_path / "b", monkeypatch, "bios", "e1000")
+    assert "-boot" in bios and not [a for a in bios if "pflash" in a]
+
+
+def test_unknown_firmware_is_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(labmod.LabError, match="firmware"):
+        PxeLab(Path("unused"), tmp_path).add_node("n", "e1000", "sata", tmp_path / "d",
+                                                  firmware="coreboot")
+
+
+def test_dnsmasq_hands_each_client_architecture_its_boot_file(tmp_path, monkeypatch):
+    started: list[list[str]] = []
+    monkeypatch.setattr(labmod, "_sh", lambda *argv, check=True: None)
+    monkeypatch.setattr(labmod.subprocess, "Popen",
+                        lambda argv, **kw: started.append(argv) or _RunningProc())
+    monkeypatch.setattr(labmod.time, "sleep", lambda s: None)
+    src = tmp_path / "src"
+    src.mkdir()
+    with PxeLab(src, tmp_path / "lab", name="hctest", http=False):
+        pass
+    dnsmasq = next(a for a in started if "dnsmasq" in a)
+    assert "--dhcp-match=set:efi-x86_64,option:client-arch,7" in dnsmasq
+    assert "--dhcp-match=set:efi-x86_64,option:client-arch,9" in dnsmasq
+    assert "--dhcp-boot=tag:efi-x86_64,tag:!ipxe,shimx64.efi" in dnsmasq
+    assert "--dhcp-boot=tag:efi-x86_64,tag:ipxe,grubx64.efi" in dnsmasq
+    assert "--dhcp-boot=tag:!efi-x86_64,pxelinux.0" in dnsmasq
+
+
+class _RunningProc:
+    def poll(self):
+        return None
+
+    def send_signal(self, sig):
+        pass
+
+    def wait(self, timeout=None):
+        return 0
+
+
+def test_the_demo_defaults_point_into_the_repository():
+    from builder.lab import demo
+
+    assert (demo.ROOT / "builder" / "lab" / "demo.py").is_file()

@@ -1,9 +1,12 @@
 """End to end: four VMs PXE-boot build/tftpboot and clone the sender's disk, no prompt.
 
-A sender chosen by its own pxelinux.cfg/01-<mac> file, three receivers with junk disks,
-mixing NIC models (virtio-net-pci, e1000) and disk buses (virtio, AHCI/SATA); one receiver
-has its own 01-<mac> for disk=. Every VM powers off by itself; every receiver's disk must
-equal the sender's, and a file reads back from a receiver's ext4 partition.
+One fleet of every firmware kind: BIOS (pxelinux), UEFI (GRUB) and UEFI with Secure Boot
+on (shim -> Debian's signed GRUB -> Debian's signed kernel), mixing NIC models
+(virtio-net-pci, e1000, vmxnet3) and disk buses (virtio, AHCI/SATA, NVMe). Every node boots its own
+per-MAC file (`python -m builder node`: pxelinux.cfg/01-<mac> for BIOS, its GRUB twin
+grub/grub.cfg-01-<mac> for UEFI), the sender's makes it the sender. Every VM powers off by
+itself; every receiver's disk must equal the sender's, a file reads back from a
+receiver's ext4 partition, and the Secure Boot node's kernel says Secure Boot was on.
 """
 
 import time
@@ -11,8 +14,9 @@ import time
 import pytest
 from conftest import ensure_tftpboot
 
-from builder.lab.demo import GOLDEN_FILES, run_lab
+from builder.lab.demo import GOLDEN_FILES, run_lab, table
 from builder.lab.disks import read_partition_file
+from builder.pxelinux import mac_file_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -22,7 +26,8 @@ def test_fleet_clones_over_pxe(tmp_path):
     lines: list[str] = []
     results = run_lab(tftpboot, tmp_path / "lab", size_mib=64, timeout=400,
                       show=lines.append)
-    report = "\n".join(lines)
+    report = "\n".join(lines) + "\n" + table(results, 64)
+    assert {r.node.firmware for r in results} == {"bios", "uefi", "uefi-secure"}
     for r in results:
         assert r.seconds is not None, f"{r.node.name} never powered off:\n{report}"
     golden = results[0].sha256
@@ -30,6 +35,12 @@ def test_fleet_clones_over_pxe(tmp_path):
         assert r.sha256 == golden, f"{r.node.name} disk differs from the sender's:\n{report}"
     receiver = results[1].node.disk
     assert read_partition_file(receiver, "/etc/hostname") == GOLDEN_FILES["etc/hostname"]
+    for r in results:
+        name = mac_file_name(r.node.mac)
+        expected = f"pxelinux.cfg/{name}" if r.node.firmware == "bios" else f"grub/grub.cfg-{name}"
+        assert r.menu == expected, f"{r.node.name} did not boot its own file:\n{report}"
+        if r.node.firmware != "bios":
+            assert r.secure_boot == (r.node.firmware == "uefi-secure"), report
 
 
 def test_a_node_boots_the_plain_tftp_root(tmp_path):

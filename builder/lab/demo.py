@@ -1,12 +1,14 @@
 """`make demo`: the whole mission on one machine, for a person to watch.
 
-Four VMs PXE-boot the TFTP root `make initrd` made: one sender chosen by its own
-`pxelinux.cfg/01-<mac>` file (as the udpcast tutorial does it) whose disk holds an MBR, an
-ext4 partition with known files and data after it, and three receivers with junk on their
-disks, mixing NIC models and disk buses so that netmodule=AUTO and diskmodule=AUTO do real
-work; one receiver has its own `01-<mac>` for its disk=. Every node powers off at the end.
-The run shows each node's progress, ends with a table, keeps the consoles in build/demo/ and
-removes its namespace.
+Four VMs PXE-boot the TFTP root `make initrd` made, one of each firmware kind a fleet has:
+BIOS (SeaBIOS, iPXE, pxelinux), UEFI (OVMF, iPXE's EFI ROM, GRUB) and UEFI with Secure Boot
+on (OVMF with Microsoft's keys: shim, Debian's signed GRUB and kernel). One sender, chosen
+by its own `pxelinux.cfg/01-<mac>` (as the udpcast tutorial does it), whose disk holds an
+MBR, an ext4 partition with known files and data after it; three receivers with junk on
+their disks, mixing NIC models and disk buses so that netmodule=AUTO and diskmodule=AUTO do
+real work. Every node has its own per-MAC file (`python -m builder node`: pxelinux's and
+GRUB's twin) naming its disk. Every node powers off at the end. The run shows each node's
+progress, ends with a table, keeps the consoles in build/demo/ and removes its namespace.
 """
 
 from __future__ import annotations
@@ -18,21 +20,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.initrd import MARKER
 from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
 from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
+from builder.pxelinux import mac_file_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (builder/lab/demo.py)
 GOLDEN_FILES = {
     "etc/hostname": b"golden-node\n",
     "etc/herdcast-demo.txt": b"cloned by herdcast\n" * 100,
 }
-# (name, NIC model, disk bus, role); the sender and the virtio-disk receiver get 01-<mac>
+# (name, NIC model, disk bus, role, firmware); every node gets its own 01-<mac>
 FLEET = [
-    ("sender", "virtio-net-pci", "virtio", "snd"),
-    ("rcv-e1000-sata", "e1000", "sata", "rcv"),
-    ("rcv-virtio-sata", "virtio-net-pci", "sata", "rcv"),
-    ("rcv-e1000-virtio", "e1000", "virtio", "rcv"),
+    ("sender", "virtio-net-pci", "virtio", "snd", "bios"),
+    ("rcv-bios", "vmxnet3", "nvme", "rcv", "bios"),  # VMware's NIC, an NVMe disk
+    ("rcv-uefi", "e1000", "virtio", "rcv", "uefi"),
+    ("rcv-secure", "virtio-net-pci", "sata", "rcv", "uefi-secure"),
 ]
+#: What the kernel logs about Secure Boot (arch/x86/kernel/setup.c), "enabled" or "disabled".
+_SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
 # What the node agent prints; the demo shows the latest such line per node.
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
 # The moment data flows: the sender's start line, a receiver's first-data line.
@@ -48,14 +54,18 @@ class NodeResult:
     first_data: float | None
     sha256: str
     ok: bool
+    secure_boot: bool | None = None  # what the kernel said; None: it said nothing
+    menu: str | None = None  # the node's own boot menu file it was served, if any
+    kernel: float | None = None  # power-on to the kernel's first line
+    agent: float | None = None  # power-on to the agent's start
 
 
-def node_config(tftp: Path, mac: str, params: dict[str, str]) -> Path:
-    """Write pxelinux.cfg/01-<mac> from the default with `params` changed, as an admin
-    does with `python -m builder node MAC key=value ...`."""
-    from builder.pxelinux import write_node_config
+def node_config(tftp: Path, mac: str, params: dict[str, str]) -> list[Path]:
+    """Write pxelinux.cfg/01-<mac> from the default with `params` changed, and its GRUB
+    twin, as an admin does with `python -m builder node MAC key=value ...`."""
+    from builder.bootcfg import write_node
 
-    return write_node_config(tftp, mac, [f"{k}={v}" for k, v in params.items()])
+    return write_node(tftp, mac, [f"{k}={v}" for k, v in params.items()])
 
 
 def lab_default(tftp: Path, http_url: str | None = None) -> None:
@@ -64,6 +74,7 @@ def lab_default(tftp: Path, http_url: str | None = None) -> None:
     at the pxelinux prompt, so it does not wait the default's 5 s for a label. With
     `http_url` the kernel and initrd come over HTTP, as `make initrd HTTP_URL=...` writes
     it (TFTP's lock-step blocks cost four TCG guests about a minute)."""
+    from builder.bootcfg import sync
     from builder.pxelinux import boot_files_over_http, node_config
 
     default = tftp / "pxelinux.cfg" / "default"
@@ -71,20 +82,31 @@ def lab_default(tftp: Path, http_url: str | None = None) -> None:
     if http_url:
         text = boot_files_over_http(text, http_url)
     default.write_text(re.sub(r"(?im)^TIMEOUT\s+\d+$", "TIMEOUT 1", text))
+    sync(tftp)  # GRUB's twins follow
 
 
-def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, Path]]:
+def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, str, Path]]:
     """Make the disk images; returns the fleet with each node's disk path."""
     workdir.mkdir(parents=True, exist_ok=True)
     fleet = []
-    for i, (name, nic, bus, role) in enumerate(FLEET):
+    for i, (name, nic, bus, role, firmware) in enumerate(FLEET):
         disk = workdir / f"{name}.img"
         if role == "snd":
             make_sender_disk(disk, size_mib, GOLDEN_FILES)
         else:
             make_junk_disk(disk, size_mib, seed=100 + i)
-        fleet.append((name, nic, bus, role, disk))
+        fleet.append((name, nic, bus, role, firmware, disk))
     return fleet
+
+
+def own_menu(node: Node, served: list[str]) -> str | None:
+    """The node's per-MAC file among the TFTP files dnsmasq sent (pxelinux's for BIOS,
+    GRUB's for UEFI), or None when it booted a default."""
+    name = mac_file_name(node.mac)
+    for path in served:
+        if path.endswith((f"/pxelinux.cfg/{name}", f"/grub.cfg-{name}")):
+            return path.split("/tftpboot/", 1)[-1]
+    return None
 
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
@@ -96,15 +118,18 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     fleet = prepare(workdir, size_mib)
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
+    kernel_at: dict[str, float] = {}
+    agent_at: dict[str, float] = {}
     with PxeLab(tftp_src, workdir, http=http, mtu=mtu) as lab:
         lab_default(lab.tftp, lab.http_url if http else None)
-        nodes = [lab.add_node(name, nic, bus, disk) for name, nic, bus, _, disk in fleet]
-        for node, (_, _, _, role, _) in zip(nodes, fleet, strict=True):
+        nodes = [lab.add_node(name, nic, bus, disk, firmware)
+                 for name, nic, bus, _, firmware, disk in fleet]
+        for node, (_, _, _, role, _, _) in zip(nodes, fleet, strict=True):
             if role == "snd":
                 node_config(lab.tftp, node.mac, {
                     "umode": "snd", "disk": node.guest_disk,
-                    "udpcparam": f"--min-receivers {receivers} --max-wait 120"})
-            elif node.guest_disk != "/dev/sda":
+                    "udpcparam": f"--min-receivers {receivers} --max-wait 180"})
+            else:
                 node_config(lab.tftp, node.mac, {"disk": node.guest_disk})
         for node in nodes:
             lab.boot(node)
@@ -113,8 +138,13 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         def tick(lab: PxeLab) -> None:
             for node in lab.nodes:
                 text = console_text(node)
+                now = time.monotonic() - node.started
                 if node.name not in first_data and _FIRST_DATA.search(text):
-                    first_data[node.name] = time.monotonic() - node.started
+                    first_data[node.name] = now
+                if node.name not in kernel_at and "Linux version" in text:
+                    kernel_at[node.name] = now
+                if node.name not in agent_at and MARKER in text:
+                    agent_at[node.name] = now
                 lines = _STATUS.findall(text)
                 line = lines[-1].strip()[:100] if lines else "booting"
                 if node.ended is not None:
@@ -126,22 +156,28 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         finished = lab.wait(timeout, on_tick=tick)
         if not finished:
             show(f"timeout: not every node powered off within {timeout:.0f} s")
-    golden = hashlib.sha256(fleet[0][4].read_bytes()).hexdigest()
+        served = lab.tftp_sent()
+    golden = hashlib.sha256(fleet[0][-1].read_bytes()).hexdigest()
     results = []
     for node in nodes:
         digest = hashlib.sha256(node.disk.read_bytes()).hexdigest()
         seconds = node.ended - node.started if node.ended else None
+        said = _SECURE_BOOT.search(console_text(node))
         results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
-                                  digest == golden and seconds is not None))
+                                  digest == golden and seconds is not None,
+                                  said.group(1) == "enabled" if said else None,
+                                  own_menu(node, served), kernel_at.get(node.name),
+                                  agent_at.get(node.name)))
     return results
 
 
 def table(results: list[NodeResult], size_mib: int) -> str:
     """The final table: node, MAC, NIC model, disk bus, bytes, time, digest, OK."""
-    rows = [("node", "MAC", "NIC", "disk bus", "bytes", "time", "first data", "sha256",
-             "OK")]
+    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "bytes", "time", "first data",
+             "sha256", "OK")]
     for r in results:
-        rows.append((r.node.name, r.node.mac, r.node.nic, r.node.bus,
+        firmware = r.node.firmware + (" (SB on)" if r.secure_boot else "")
+        rows.append((r.node.name, firmware, r.node.mac, r.node.nic, r.node.bus,
                      str(size_mib * 1024 * 1024),
                      f"{r.seconds:.1f}s" if r.seconds is not None else "-",
                      f"{r.first_data:.1f}s" if r.first_data is not None else "-",

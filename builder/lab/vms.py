@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.efi import BOOT_FILE as EFI_BOOT_FILE
+from builder.efi import GRUB_FILE as EFI_GRUB_FILE
 from builder.errors import BuildError
 
 SUBNET = "10.99.0"  # inside the lab namespace only
@@ -30,15 +33,26 @@ class LabError(BuildError):
     """The lab could not be set up; the message says which step and why."""
 
 
+#: Per firmware kind: (OVMF code, OVMF variables template) from Debian's ovmf package.
+OVMF_DIR = Path("/usr/share/OVMF")
+FIRMWARE = {
+    "bios": None,  # SeaBIOS, qemu's default, with iPXE's PXE ROM on the NIC
+    "uefi": ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+    # Secure Boot on, Microsoft's keys enrolled (what a PC ships with)
+    "uefi-secure": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
+}
+
+
 @dataclass
 class Node:
-    """One VM: its NIC model, disk bus and disk image."""
+    """One VM: its NIC model, disk bus and disk image, and its firmware."""
 
     name: str
     mac: str
-    nic: str  # qemu device: virtio-net-pci | e1000
-    bus: str  # virtio | sata
+    nic: str  # qemu device: virtio-net-pci | e1000 | vmxnet3 ...
+    bus: str  # virtio | sata | nvme
     disk: Path
+    firmware: str = "bios"  # a key of FIRMWARE
     proc: subprocess.Popen | None = None
     console: Path | None = None
     started: float = 0.0
@@ -47,7 +61,7 @@ class Node:
     @property
     def guest_disk(self) -> str:
         """The device name the guest kernel gives this disk."""
-        return "/dev/vda" if self.bus == "virtio" else "/dev/sda"
+        return {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1"}.get(self.bus, "/dev/sda")
 
 
 #: What the lab runs: VMs, DHCP+TFTP, namespaces, and the lab disks' file system tools.
@@ -124,7 +138,17 @@ class PxeLab:
             "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
             "--interface=br0", "--bind-interfaces",
             f"--dhcp-range={SUBNET}.100,{SUBNET}.200,255.255.255.0,1h",
-            "--dhcp-boot=pxelinux.0", "--enable-tftp", f"--tftp-root={self.tftp}",
+            # client architecture (DHCP option 93): 7 and 9 are x86-64 UEFI. iPXE's EFI ROM
+            # (option 175) gets GRUB itself: shim cannot fetch GRUB through iPXE, and iPXE
+            # runs only with Secure Boot off (when it is on, the firmware refuses GRUB from
+            # iPXE and falls back to its own PXE, which gets shim).
+            "--dhcp-match=set:efi-x86_64,option:client-arch,7",
+            "--dhcp-match=set:efi-x86_64,option:client-arch,9",
+            "--dhcp-match=set:ipxe,175",
+            f"--dhcp-boot=tag:efi-x86_64,tag:!ipxe,{EFI_BOOT_FILE}",
+            f"--dhcp-boot=tag:efi-x86_64,tag:ipxe,{EFI_GRUB_FILE}",
+            "--dhcp-boot=tag:!efi-x86_64,pxelinux.0",
+            "--enable-tftp", f"--tftp-root={self.tftp}",
             f"--dhcp-leasefile={self.workdir / 'leases'}",
             "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
             "--dhcp-option=encap:175,176,1b", f"--dhcp-option=option:mtu,{self.mtu}",
@@ -150,13 +174,52 @@ class PxeLab:
             raise LabError("this lab serves no HTTP (http=False)")
         return f"http://{BRIDGE_IP}:{HTTP_PORT}"
 
+    def tftp_sent(self) -> list[str]:
+        """Every file dnsmasq sent over TFTP so far (absolute paths), in order."""
+        log = self.workdir / "dnsmasq.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return re.findall(r"dnsmasq-tftp(?:\[\d+\])?: sent (\S+) to ", text)
+
     # -- nodes -------------------------------------------------------------------------------
-    def add_node(self, name: str, nic: str, bus: str, disk: Path) -> Node:
+    def add_node(self, name: str, nic: str, bus: str, disk: Path,
+                 firmware: str = "bios") -> Node:
         """Declare a VM; its MAC is derived from its index (52:54:00:99:00:NN)."""
+        if firmware not in FIRMWARE:
+            raise LabError(f"firmware {firmware!r}: expected one of {', '.join(FIRMWARE)}")
         mac = f"52:54:00:99:00:{len(self.nodes) + 1:02x}"
-        node = Node(name, mac, nic, bus, Path(disk))
+        node = Node(name, mac, nic, bus, Path(disk), firmware)
         self.nodes.append(node)
         return node
+
+    def _firmware_args(self, node: Node) -> tuple[list[str], str]:
+        """(qemu arguments, NIC device options) for the node's firmware. UEFI: OVMF's code
+        read-only and a writable copy of its variables per VM. Secure Boot also needs SMM
+        and a secure flash. The NIC keeps qemu's iPXE ROM (efi-e1000.rom, efi-virtio.rom:
+        BIOS and EFI iPXE in one), except a Secure Boot node on virtio-net, which boots
+        OVMF's own virtio-net driver and PXE (romfile= leaves iPXE out) as Secure Boot
+        hardware boots its vendor's signed UEFI driver. The firmware refuses GRUB from
+        unsigned iPXE under Secure Boot and falls back to its own PXE (and shim), which
+        works but costs ~10 s; an e1000 has no OVMF driver, so it has no other way."""
+        kind = FIRMWARE[node.firmware]
+        if kind is None:
+            return ["-machine", "q35", "-boot", "n"], ""
+        code, template = kind
+        for name in kind:
+            if not (OVMF_DIR / name).is_file():
+                raise LabError(f"{OVMF_DIR / name} missing", "run scripts/install-deps "
+                               "(Debian's ovmf package)")
+        varstore = self.workdir / f"{node.name}.vars.fd"
+        shutil.copyfile(OVMF_DIR / template, varstore)
+        args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={varstore}"]
+        if node.firmware == "uefi-secure":
+            args = ["-machine", "q35,smm=on", "-global",
+                    "driver=cfi.pflash01,property=secure,value=on", *args]
+        else:
+            args = ["-machine", "q35", *args]
+        own_driver = node.firmware == "uefi-secure" and node.nic.startswith("virtio")
+        nic = ",bootindex=1" + (",romfile=" if own_driver else "")
+        return args, nic
 
     def boot(self, node: Node) -> None:
         """Power the VM on: PXE boot from its NIC, console to a log file."""
@@ -169,15 +232,19 @@ class PxeLab:
         node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
             disk = ["-drive", f"file={node.disk},if=virtio,format=raw"]
+        elif node.bus == "nvme":
+            disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
+                    "-device", "nvme,drive=d0,serial=herdcast0"]
         else:
             disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
                     "-device", "ide-hd,drive=d0,bus=ide.0"]
+        firmware, nic_opts = self._firmware_args(node)
         argv = self._ns(
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", self.cpu, "-machine", "q35",
+            "qemu-system-x86_64", "-accel", "tcg", "-cpu", self.cpu, *firmware,
             "-m", str(self.memory_mb), "-smp", "1", "-nographic", "-no-reboot",
-            "-boot", "n", "-serial", f"file:{node.console}", "-monitor", "none",
+            "-serial", f"file:{node.console}", "-monitor", "none",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"{node.nic},netdev=n0,mac={node.mac}",
+            "-device", f"{node.nic},netdev=n0,mac={node.mac}{nic_opts}",
             *disk,
         )
         node.started = time.monotonic()
