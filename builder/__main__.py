@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                    "present (Debian's firmware-* packages); `none` to leave it out "
                    "(default: %(default)s)")
     p.add_argument("--level", type=int, default=19, help="zstd level 1-22 (default: 19)")
+    p.add_argument("--trust-key", metavar="FILE.pub", type=Path,
+                   help="nodes accept only senders that sign with this key's private half "
+                   "(herdcast keygen; herdcast send --sign-key): an image nobody else can "
+                   "make them write. Off by default (stock udp-senders keep working)")
     p.add_argument("--http-url", metavar="URL",
                    help="have pxelinux fetch vmlinuz and initrd.img from URL (e.g. "
                    "http://10.0.0.1/herdcast, a web server over this TFTP root) instead of "
@@ -82,6 +86,7 @@ def build_config(args: argparse.Namespace) -> BuildConfig:
         modules_dir=args.modules_dir, modules=args.modules,
         firmware=None if args.firmware == "none" else Path(args.firmware),
         level=args.level, http_url=args.http_url, python=args.python,
+        trust_key=args.trust_key,
         mtime=source_date_epoch(),
     )
 

@@ -38,6 +38,7 @@ class BuildConfig:
     http_url: str | None = None  # boot files over HTTP from here (normalised, no "/" at end)
     python: Path = Path(sys.executable)  # the interpreter that freezes the agent
     mtime: int = 0  # every archive member's mtime ($SOURCE_DATE_EPOCH)
+    trust_key: Path | None = None  # nodes accept only senders signing with its private key
 
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
@@ -48,5 +49,9 @@ class BuildConfig:
         modules.parse_spec(self.modules)
         if self.http_url is not None:
             object.__setattr__(self, "http_url", pxelinux.check_http_url(self.http_url))
+        if self.trust_key is not None:
+            from agent.trust.keys import load_public
+
+            load_public(str(self.trust_key))  # a bad key is refused before any work
         if self.cache == Path():
             object.__setattr__(self, "cache", default_cache())

@@ -40,6 +40,10 @@ EXCLUDE_OPTIONAL = ("readline", "_decimal", "_multibytecodec", "_codecs_cn", "_c
                     "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "sqlite3",
                     "_sqlite3")
 
+#: Only a node built with a trusted key verifies signatures (agent.trust): pyca cryptography
+#: costs 3.7 MB of the initrd, so an unsigned build leaves it out.
+SIGNING_ONLY = ("cryptography",)
+
 ENTRY = '''\
 """Frozen entry point: `herdcast COMMAND`, the same dispatcher as the console script."""
 import os
@@ -97,17 +101,19 @@ def installed(python: Path) -> str:
     return proc.stdout
 
 
-def source_hash(python: Path) -> str:
+def source_hash(python: Path, signing: bool = False) -> str:
     """What the frozen tree depends on: agent sources, this module, the hook, the Python
-    and the packages installed for it."""
-    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode())
+    and the packages installed for it, and whether it verifies signatures."""
+    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode()
+                            + (b"\0signing" if signing else b""))
     files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
+def pyinstaller_argv(python: Path, work: Path, entry: Path, signing: bool = False
+                     ) -> list[str]:
     argv = [str(python), "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir",
             "--console", "--name", NAME, "--log-level", "WARN",
             "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
@@ -117,7 +123,7 @@ def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
         argv += ["--collect-submodules", package]
     for module in HIDDEN:
         argv += ["--hidden-import", module]
-    for module in EXCLUDE + EXCLUDE_OPTIONAL:
+    for module in EXCLUDE + EXCLUDE_OPTIONAL + (() if signing else SIGNING_ONLY):
         argv += ["--exclude-module", module]
     for soname in CTYPES_LIBS:
         argv += ["--add-binary", f"{_find_lib(soname)}:."]
@@ -133,13 +139,14 @@ def _reproducible_env() -> dict[str, str]:
     return env
 
 
-def freeze(python: Path, work: Path) -> Path:
-    """The onedir tree (dist/herdcast, holding the `herdcast` executable and _internal/)."""
+def freeze(python: Path, work: Path, signing: bool = False) -> Path:
+    """The onedir tree (dist/herdcast, holding the `herdcast` executable and _internal/);
+    with `signing`, able to verify signed sessions (pyca cryptography inside)."""
     work = work.resolve()
     python = Path(os.path.abspath(python))  # not resolve(): a venv's python is a symlink
     dist = work / "dist" / NAME
     stamp = work / "stamp"
-    wanted = source_hash(python)
+    wanted = source_hash(python, signing)
     if (dist / NAME).is_file() and stamp.is_file() and stamp.read_text() == wanted:
         return dist
     if not python.exists():
@@ -148,7 +155,7 @@ def freeze(python: Path, work: Path) -> Path:
     work.mkdir(parents=True)
     entry = work / "herdcast_entry.py"
     entry.write_text(ENTRY)
-    argv = pyinstaller_argv(python, work, entry)
+    argv = pyinstaller_argv(python, work, entry, signing)
     try:
         proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900,
                               env=_reproducible_env())

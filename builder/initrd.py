@@ -101,6 +101,21 @@ def _layout(root: Path) -> None:
     (root / "etc" / "mtab").symlink_to("/proc/self/mounts")
 
 
+def _install_partclone(root: Path) -> list[Path]:
+    """partclone's filesystem mappers (agent.image reads their used-block maps), those the
+    host has; a node whose filesystem has none sends that partition whole."""
+    from agent.image.filesystems import PARTCLONE
+
+    found = []
+    for name in sorted(set(PARTCLONE.values())):
+        host = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+        if host:
+            shutil.copyfile(host, root / "usr/sbin" / name)
+            (root / "usr/sbin" / name).chmod(0o755)
+            found.append(Path(host))
+    return found
+
+
 def _install_busybox(root: Path) -> None:
     if libs.ldd(BUSYBOX):
         raise BuildError(f"{BUSYBOX} is not static: install busybox-static (scripts/install-deps)")
@@ -149,8 +164,8 @@ def _dedupe(agent: Path, root: Path) -> None:
 
 
 def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str],
-                  firmware_dir: Path | None = None, module_cache: Path | None = None
-                  ) -> tuple[int, int]:
+                  firmware_dir: Path | None = None, module_cache: Path | None = None,
+                  trust_key: Path | None = None) -> tuple[int, int]:
     """Fill `root` (emptied first) with everything the initramfs holds; returns firmware
     (files found, files wanted). Modules are xz-compressed, memoised in `module_cache`."""
     if root.exists():
@@ -161,7 +176,14 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
     _strip_debug(agent)
     _install_busybox(root)
     _install_kmod(root)
-    programs = [KMOD] + [p for p in sorted(agent.rglob("*"))
+    mappers = _install_partclone(root)
+    if trust_key is not None:
+        from agent.trust import TRUSTED_KEY_PATH
+
+        target = root / TRUSTED_KEY_PATH.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trust_key, target)
+    programs = [KMOD, *mappers] + [p for p in sorted(agent.rglob("*"))
                          if p.is_file() and not p.is_symlink() and libs.is_elf(p)]
     libs.copy_into(root, libs.closure(programs, bundled=[agent]))
     _dedupe(agent, root)
@@ -275,11 +297,13 @@ def _build(cfg: BuildConfig) -> Report:
     chosen = modules.select(kern.modules_dir, cfg.modules)
     phase("kernel")
     work = cfg.work
-    frozen = freeze.freeze(cfg.python, work / "freeze")
+    signing = cfg.trust_key is not None
+    frozen = freeze.freeze(cfg.python, work / ("freeze-signing" if signing else "freeze"),
+                           signing)
     phase("freeze")
     root = work / "root"
     mcache = work / "module-cache"
-    fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache)
+    fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache, cfg.trust_key)
     modules.prune_cache(mcache)
     phase("assemble")
     zcache = work / "zstd-cache"

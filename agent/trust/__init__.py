@@ -5,3 +5,6 @@ private key, and says SUCCESS only for the digest that sender signed.
 construct, like the wire) and signs and verifies it. The receiver's nonce is in every
 statement, so a signature cannot be replayed to another node or another boot.
 """
+
+#: Where a node built with `make initrd TRUST_KEY=...` finds the key it trusts.
+TRUSTED_KEY_PATH = "/etc/herdcast/trusted.pub"
