@@ -10,11 +10,16 @@ Kept free of sockets so the capture-replay tests drive exactly the code the rece
 Buffers are preallocated (a pool of whole-slice buffers) and recycled through a queue: the
 network side takes a free buffer for each new slice, the writer gives it back once the slice
 is on disk, which is also the back-pressure between the network and a slow disk or pipe.
+That back-pressure never silences the receiver: with every buffer held by the writer, data
+for a new slice is dropped and its REQACK answered (after a short wait for a buffer) with
+"nothing received", so a sender sees a slow disk as a live receiver missing blocks, never as
+a dead one to drop (--drop-after).
 """
 
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
@@ -31,6 +36,7 @@ from agent.udpcast.protocol import (
 )
 
 DEFAULT_BUFFERS = 6
+REQACK_BUFFER_WAIT = 0.5  # how long a REQACK waits for a free buffer before answering
 MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
 
@@ -100,6 +106,7 @@ class Assembler:
         self.delivered_bytes = 0
         self.started = False
         self.ignored = 0  # packets that failed validation (bad sizes, mismatches)
+        self.starved_since: float | None = None  # since when no buffer was free
 
     # --- slice bookkeeping --------------------------------------------------------------
 
@@ -107,18 +114,27 @@ class Assembler:
         """Give a slice buffer back once its bytes are written."""
         self.free.put(s)
 
-    def _new(self, slice_no: int) -> IncomingSlice:
+    def _new(self, slice_no: int, wait: float) -> IncomingSlice | None:
+        """A free buffer for a new slice, waiting up to `wait`; None while the writer holds
+        them all (a disk stuck for --buffer_wait seconds aborts)."""
         try:
-            s = self.free.get(timeout=self.buffer_wait)
+            s = self.free.get(timeout=wait) if wait else self.free.get_nowait()
         except queue.Empty:
-            raise TransferAborted("the output did not take data for "
-                                  f"{self.buffer_wait:.0f} s (disk or pipe stuck)") from None
+            now = time.monotonic()
+            if self.starved_since is None:
+                self.starved_since = now
+            elif now - self.starved_since > self.buffer_wait:
+                raise TransferAborted("the output did not take data for "
+                                      f"{self.buffer_wait:.0f} s (disk or pipe stuck)") from None
+            return None
+        self.starved_since = None
         s.reset(slice_no)
         self.active[slice_no] = s
         return s
 
-    def _slice(self, slice_no: int) -> IncomingSlice | None:
-        """The slice a packet refers to, started if new; None for a slice already done."""
+    def _slice(self, slice_no: int, wait: float = 0.0) -> IncomingSlice | None:
+        """The slice a packet refers to, started if new; None for a slice already done, or
+        when no buffer is free for it (the packet is dropped, as lost on the wire)."""
         s = self.active.get(slice_no)
         if s is not None:
             return s
@@ -131,11 +147,11 @@ class Assembler:
             raise DroppedBySender(f"dropped by sender: it sent slice {slice_no} while slice "
                                   f"{self.next_slice} is still incomplete here")
         self.started = True
-        for no in range(self.top + 1, slice_no + 1):
-            if no >= self.next_slice and no not in self.active:
-                self._new(no)
-        self.top = max(self.top, slice_no)
-        return self.active[slice_no]
+        for no in range(max(self.top + 1, self.next_slice), slice_no + 1):
+            if no not in self.active and self._new(no, wait) is None:
+                return None
+            self.top = max(self.top, no)
+        return self.active.get(slice_no)
 
     def _set_bytes(self, s: IncomingSlice, nbytes: int) -> bool:
         """Record the slice size; False if it contradicts what the slice already said."""
@@ -279,7 +295,11 @@ class Assembler:
 
     def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes:
         """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send."""
-        s = self._slice(slice_no)
+        s = self._slice(slice_no, REQACK_BUFFER_WAIT)
+        if s is None and slice_no >= self.next_slice and not self.ended:
+            # no buffer free (the disk is slow): alive, and missing every block of it
+            return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit,
+                         received=bytes(BITMAP_BYTES))
         if s is None:
             return build(Op.OK, slice_no=slice_no)
         if not self._set_bytes(s, nbytes):
