@@ -330,8 +330,11 @@ def test_assembler_survives_bogus_fields(packets):
         try:
             asm.on_data(sno, bno, nbytes, memoryview(payload))
             asm.on_fec(1 + bno % 9, sno, bno, nbytes, memoryview(payload * 2))
-            reply = parse(asm.on_reqack(sno, nbytes, bno))
-            assert reply[0] in (Op.OK, Op.RETRANSMIT)
+            answer = asm.on_reqack(sno, nbytes, bno)
+            if answer is None:  # only an end marker not (yet) at the end of the stream
+                assert nbytes == 0 or asm.contradicted is not None
+                continue
+            assert parse(answer)[0] in (Op.OK, Op.RETRANSMIT)
         except (DroppedBySender, MissedStart):
             break
     assert len(sink.out) == asm.delivered_bytes

@@ -57,7 +57,8 @@ class Receiver:
         self.output = Output(opts)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
-        asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers)
+        asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers,
+                        expected_total=lambda: self.raw_size(session))
         self.writer = SliceWriter(self.output, asm.release)
         self.writer.start()
         link.attach(session, asm)
@@ -93,6 +94,20 @@ class Receiver:
             if self.writer.error:
                 raise OutputError(self.writer.error)
             progress.update(asm.delivered_bytes)
+
+    def raw_size(self, session: Session) -> int | None:
+        """The length the stream's end must agree with, when it is known: a herdcast
+        sender's image size, if the stream is that image raw (not compressed, not a
+        herdcast image, whose decoders fail a truncated stream themselves). None when
+        nothing can be checked: a stock sender announces no length (see finish._check_end
+        for what is checked then)."""
+        codec = session.codec if session.codec is not None else self.opts.compress
+        if not session.image_size or codec not in (None, "none"):
+            return None
+        sniffer = getattr(self.output, "sniffer", None)  # agent.image: an image stream?
+        if sniffer is not None and sniffer.verdict is not False:
+            return None
+        return session.image_size
 
     def close(self) -> None:
         """Abort or success alike: progress line ended, DISCONNECT said, writer stopped,

@@ -89,7 +89,8 @@ class Assembler:
     """
 
     def __init__(self, blocksize: int, sink: Callable[[IncomingSlice], None],
-                 buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0) -> None:
+                 buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0,
+                 expected_total: Callable[[], int | None] | None = None) -> None:
         if not 1 <= blocksize <= MAX_UDP_PAYLOAD - HEADER_SIZE:
             raise TransferAborted(f"sender announced an impossible block size {blocksize}")
         self.blocksize = blocksize
@@ -101,12 +102,15 @@ class Assembler:
         self.buffer_wait = buffer_wait
         self.active: dict[int, IncomingSlice] = {}
         self.next_slice = 0  # every slice below this one has been handed to the sink
-        self.top = -1  # highest slice number started
         self.ended = False  # the empty end slice was reached with everything before it
         self.delivered_bytes = 0
         self.started = False
         self.ignored = 0  # packets that failed validation (bad sizes, mismatches)
         self.starved_since: float | None = None  # since when no buffer was free
+        # the stream's length when known before its end (a herdcast sender's size of a raw
+        # stream): an end marker anywhere else is not the sender's, and is ignored
+        self.expected_total = expected_total
+        self.contradicted: int | None = None  # a slice of data seen after the end marker
 
     # --- slice bookkeeping --------------------------------------------------------------
 
@@ -147,10 +151,9 @@ class Assembler:
             raise DroppedBySender(f"dropped by sender: it sent slice {slice_no} while slice "
                                   f"{self.next_slice} is still incomplete here")
         self.started = True
-        for no in range(max(self.top + 1, self.next_slice), slice_no + 1):
+        for no in range(self.next_slice, slice_no + 1):  # at most two
             if no not in self.active and self._new(no, wait) is None:
                 return None
-            self.top = max(self.top, no)
         return self.active.get(slice_no)
 
     def _set_bytes(self, s: IncomingSlice, nbytes: int) -> bool:
@@ -206,6 +209,11 @@ class Assembler:
             s = self.active.get(self.next_slice)
             if s is None or not self._complete(s):
                 return
+            if s.nbytes == 0 and not self._end_agrees():
+                del self.active[self.next_slice]  # the real slice may still come
+                self.release(s)
+                self.ignored += 1
+                return
             if s.count < s.nblocks:
                 self._repair(s)
             del self.active[self.next_slice]
@@ -220,6 +228,20 @@ class Assembler:
             self.delivered_bytes += s.nbytes or 0
             self.sink(s)
 
+    def _end_agrees(self) -> bool:
+        """Whether an end marker here agrees with the length the sender announced."""
+        want = self.expected_total() if self.expected_total is not None else None
+        return want is None or want == self.delivered_bytes
+
+    def _after_end(self, slice_no: int, nbytes: int) -> bool:
+        """After the end: True for a packet to ignore. Data at or past the end slice means
+        the end marker was not the sender's (a forged one): noted in `contradicted`."""
+        if not self.ended:
+            return False
+        if nbytes and slice_no >= self.next_slice - 1 and self.contradicted is None:
+            self.contradicted = slice_no
+        return True
+
     # --- packets ------------------------------------------------------------------------
 
     def on_data(self, slice_no: int, block_no: int, nbytes: int, payload: memoryview) -> None:
@@ -228,6 +250,8 @@ class Assembler:
         start = block_no * bs
         if nbytes == 0 or start >= nbytes or nbytes > self.max_bytes:
             self.ignored += 1
+            return
+        if self.ended and self._after_end(slice_no, nbytes):
             return
         s = self._slice(slice_no)
         if s is None:
@@ -259,6 +283,8 @@ class Assembler:
         bs = self.blocksize
         if stripes == 0 or len(payload) < bs or nbytes > self.max_bytes:
             self.ignored += 1
+            return
+        if self._after_end(slice_no, nbytes):
             return
         s = self._slice(slice_no)
         if s is None:
@@ -293,8 +319,11 @@ class Assembler:
         if slice_no == self.next_slice:
             self._advance()
 
-    def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes:
-        """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send."""
+    def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes | None:
+        """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send
+        (None: no answer, for an end marker that disagrees with the announced length)."""
+        if self._after_end(slice_no, nbytes) and self.contradicted is not None:
+            return None
         s = self._slice(slice_no, REQACK_BUFFER_WAIT)
         if s is None and slice_no >= self.next_slice and not self.ended:
             # no buffer free (the disk is slow): alive, and missing every block of it
@@ -308,5 +337,7 @@ class Assembler:
                 Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))
         if self._complete(s):
             self._advance()
+            if nbytes == 0 and not self.ended:
+                return None  # an end marker the announced length refutes
             return build(Op.OK, slice_no=slice_no)
         return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))
