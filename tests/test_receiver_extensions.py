@@ -82,7 +82,8 @@ def ask(slice_no, nbytes):
 if mode == "skip":
     s.sendto(data(0, 0), peer)
     time.sleep(0.2)
-    s.sendto(data(2, 0), peer)  # two slices ahead: the receiver was dropped
+    for _ in range(20):  # two slices ahead, on and on: the receiver was dropped
+        s.sendto(data(2, 0), peer)
     time.sleep(2)
     sys.exit(0)
 if mode == "early-end":

@@ -37,6 +37,7 @@ from agent.udpcast.protocol import (
 
 DEFAULT_BUFFERS = 6
 REQACK_BUFFER_WAIT = 0.5  # how long a REQACK waits for a free buffer before answering
+FAR_AHEAD_PACKETS = 16  # packets past slice n+1 (n incomplete) that mean we were dropped
 MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
 
@@ -111,6 +112,7 @@ class Assembler:
         # stream): an end marker anywhere else is not the sender's, and is ignored
         self.expected_total = expected_total
         self.contradicted: int | None = None  # a slice of data seen after the end marker
+        self.far_ahead = 0  # packets for slices past the two we may be sent, since a slice
 
     # --- slice bookkeeping --------------------------------------------------------------
 
@@ -145,6 +147,12 @@ class Assembler:
         if slice_no < self.next_slice or self.ended:
             return None
         if slice_no > self.next_slice + 1:
+            # A sender that left us behind keeps sending far ahead; a forged packet (its
+            # source spoofed as the sender's) is one or a few: ignored until there are many
+            self.far_ahead += 1
+            if self.far_ahead < FAR_AHEAD_PACKETS:
+                self.ignored += 1
+                return None
             if not self.started and self.next_slice == 0:
                 raise MissedStart(f"the transfer was already at slice {slice_no} when this "
                                   "receiver first heard it")
@@ -218,6 +226,7 @@ class Assembler:
                 self._repair(s)
             del self.active[self.next_slice]
             self.next_slice += 1
+            self.far_ahead = 0
             if s.nbytes == 0:
                 self.ended = True
                 self.release(s)
@@ -325,6 +334,8 @@ class Assembler:
         if self._after_end(slice_no, nbytes) and self.contradicted is not None:
             return None
         s = self._slice(slice_no, REQACK_BUFFER_WAIT)
+        if s is None and slice_no > self.next_slice + 1:
+            return None  # a stray (ignored above)
         if s is None and slice_no >= self.next_slice and not self.ended:
             # no buffer free (the disk is slow): alive, and missing every block of it
             return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit,
