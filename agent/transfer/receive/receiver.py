@@ -122,6 +122,19 @@ class Receiver:
             self.output.close()
 
 
+def _check_disk(path: str | None) -> None:
+    """As the node does, before any network traffic: refuse a device that is mounted, used
+    as swap or held by another device (a file that is the backing of one too)."""
+    if path is None:
+        return
+    from agent.hw.disk import DiskError, check_receive_target
+
+    try:
+        check_receive_target(path)
+    except DiskError as exc:
+        raise OutputError(str(exc)) from None
+
+
 def receive(opts: ReceiveOptions) -> TransferResult:
     """Receive one image as udp-receiver would; never raises for transfer failures."""
     start = time.monotonic()
@@ -131,6 +144,7 @@ def receive(opts: ReceiveOptions) -> TransferResult:
     r = Receiver(opts)
     try:
         check_target(opts.file)
+        _check_disk(opts.file)
         r.link.open()
         say(f"UDP receiver for {opts.file or '(stdout)'} at {r.link.nif.ip} on "
             f"{r.link.nif.name}")
