@@ -191,3 +191,74 @@ def test_fec_blocks_kept_are_capped_at_what_each_stripe_misses():
     assert s.fec_count == 2 and not out
     asm.on_data(0, 3, len(data), memoryview(blocks[3]))  # retransmitted: stripe 2 repaired
     assert bytes(out) == data
+
+
+
+def _lossy_slice(rng, nblocks: int, bs: int, short: int, loss: float):
+    data = rng.randbytes(bs * nblocks - min(short, bs - 1))
+    blocks = [data[b * bs:(b + 1) * bs] for b in range(nblocks)]
+    asm, out = _slice_assembler(bs)
+    lost = {b for b in range(nblocks) if rng.random() < loss}
+    for b in range(nblocks):
+        if b not in lost:
+            asm.on_data(0, b, len(data), memoryview(blocks[b]))
+    return data, blocks, asm, out, lost
+
+
+def _retransmit(asm, data: bytes, blocks, nblocks: int) -> None:
+    """Answer the REQACK as a sender would: resend what the RETRANSMIT says is missing."""
+    op, msg = parse(asm.on_reqack(0, len(data), 0))
+    if op == Op.RETRANSMIT:
+        for b in range(nblocks):
+            if not bitmap_test(msg.received, b):
+                asm.on_data(0, b, len(data), memoryview(blocks[b]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(stripes=st.integers(1, 1100), nblocks=st.integers(1, 1024), bs=st.integers(1, 12),
+       redundancy=st.integers(1, 6), short=st.integers(0, 3), seed=st.integers(0, 2**32),
+       loss=st.floats(0, 0.5))
+def test_any_stripe_count_and_slice_size_repairs_or_waits_for_retransmission(
+        stripes, nblocks, bs, redundancy, short, seed, loss):
+    """FEC decoding reached with any stripe count and slice size: a slice whose every
+    stripe lost no more data blocks than FEC blocks arrived is repaired at once; any other
+    (or one whose stripes are longer than the code covers) is completed by retransmission.
+    Always delivered intact, never an exception."""
+    bs *= 4
+    rng = random.Random(seed)
+    data, blocks, asm, out, lost = _lossy_slice(rng, nblocks, bs, short, loss)
+    covered = -(-nblocks // stripes) <= 128
+    got: dict[int, int] = {}
+    if covered:
+        for fec_no, payload in fec.encode_slice(blocks, stripes, redundancy, bs):
+            if rng.random() >= loss:
+                got[fec_no % stripes] = got.get(fec_no % stripes, 0) + 1
+                asm.on_fec(stripes, 0, fec_no, len(data), memoryview(payload))
+    else:  # what a sender would send: the receiver must drop it
+        for fec_no in range(min(stripes, nblocks) * redundancy):
+            asm.on_fec(stripes, 0, fec_no % 65536, len(data), memoryview(rng.randbytes(bs)))
+    repairable = covered and all(
+        sum(b in lost for b in fec.stripe_blocks(nblocks, stripes, st_)) <= got.get(st_, 0)
+        for st_ in range(min(stripes, nblocks)))
+    assert (bytes(out) == data) == repairable or (not lost and bytes(out) == data)
+    _retransmit(asm, data, blocks, nblocks)
+    assert bytes(out) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(nblocks=st.integers(1, 1024), bs=st.integers(1, 12), seed=st.integers(0, 2**32),
+       loss=st.floats(0, 0.5),
+       junk=st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535),
+                               st.integers(0, 2**32 - 1)), max_size=12))
+def test_forged_fec_headers_never_raise(nblocks, bs, seed, loss, junk):
+    """FEC packets with any stripes, block number and slice size (forged, or another
+    sender's) never raise; the slice still completes. (Like DATA, a forged FEC block that
+    fits can spoil a repair: udpcast's stream has no integrity, the digest check catches
+    it.)"""
+    bs *= 4
+    rng = random.Random(seed)
+    data, blocks, asm, out, _ = _lossy_slice(rng, nblocks, bs, 0, loss)
+    for stripes, fec_no, nbytes in junk:
+        asm.on_fec(stripes, 0, fec_no, nbytes, memoryview(rng.randbytes(bs)))
+    _retransmit(asm, data, blocks, nblocks)
+    assert len(out) in (0, len(data))

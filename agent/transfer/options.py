@@ -18,6 +18,10 @@ from agent.transfer.compress import CODECS
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 DEFAULT_PORTBASE = 9000
+# A receiver silent this long is dead (power cut, cable pulled, SIGKILL): a live one, even
+# with a stalled disk, keeps answering REQACKs (agent.transfer.receive.slices), so the others
+# wait seconds for a dead one, not udpcast's minutes of --retries-until-drop 200.
+DEFAULT_DROP_AFTER = 5.0
 # --blocksize is at most MAX_BLOCKSIZE (what one UDP datagram carries after the DATA header).
 # The sender also keeps each block within its interface's MTU (block_size_for in
 # agent.transfer.send.network): a datagram IP fragments is lost whole when any fragment is.
@@ -75,6 +79,9 @@ class SendOptions(CommonOptions):
     max_wait: float | None = None
     autostart: int | None = None
     retries_until_drop: int = 200
+    # herdcast: a receiver that has not answered anything for this long while it owed an
+    # answer is dropped, whatever --retries-until-drop says (0 = no time bound)
+    drop_after: float = DEFAULT_DROP_AFTER
     rexmit_hello_interval: int = 0  # milliseconds, 0 = HELLO only once
     fec: FecSpec | None = None
     async_: bool = False
@@ -212,6 +219,9 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
     p.add_argument("-S", "--autostart", type=int)
     p.add_argument("-T", "--start-timeout", type=float)
     p.add_argument("-R", "--retries-until-drop", type=int, default=200)
+    p.add_argument("--drop-after", type=float, default=DEFAULT_DROP_AFTER, metavar="SECONDS",
+                   help="herdcast: drop a receiver that answered nothing for this long while "
+                        f"asked (default {DEFAULT_DROP_AFTER:g}; 0: only --retries-until-drop)")
     p.add_argument("-H", "--rexmit-hello-interval", type=int, default=0)
     p.add_argument("-F", "--fec")
     p.add_argument("-a", "--async", dest="async_", action="store_true")
@@ -304,6 +314,8 @@ def parse_send_args(argv: list[str]) -> SendOptions:
         value = getattr(ns, name)
         if value is not None and value < 0:
             raise OptionError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
+    if ns.drop_after < 0:
+        raise OptionError(f"--drop-after: must be >= 0 seconds, got {ns.drop_after:g}")
     if not 1 <= ns.min_slice_size <= ns.max_slice_size <= 1024:
         raise OptionError("--min-slice-size/--max-slice-size: need 1 <= min <= max <= 1024")
     return _fill(SendOptions, ns)

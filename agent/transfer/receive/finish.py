@@ -39,6 +39,7 @@ def finish(link: Link, writer: SliceWriter, output: Output) -> str:
         raise OutputError(writer.error)
     output.finish()
     digest = writer.sha256.digest()
+    _check_end(link)
     if session.capabilities & Cap.HERDCAST and not session.passive:
         _confirm_digest(link, writer.bytes, digest)
     # exit wait: answer repeated REQACKs until --exit-wait ms pass without one
@@ -53,12 +54,25 @@ def finish(link: Link, writer: SliceWriter, output: Output) -> str:
         link.pump(left)
         if link.pending_answer:
             quiet_since = time.monotonic()
+        _check_end(link)
     return digest.hex()
+
+
+def _check_end(link: Link) -> None:
+    """Data from the sender for the end slice or later, after its end marker: that marker
+    was not the sender's (forged, or a stray): the image is incomplete. With a stock sender
+    this is all there is to check (it announces no length); it catches a forged end only if
+    the sender sends more before we go (it keeps sending while it has data)."""
+    asm = link.assembler
+    if asm is not None and asm.contradicted is not None:
+        raise ReceiveError(f"the sender went on with slice {asm.contradicted} after an end "
+                           "marker (a forged one?): the image is incomplete")
 
 
 def _confirm_digest(link: Link, total: int, digest: bytes) -> None:
     """HC_DIGEST every DIGEST_INTERVAL until the sender's HC_DIGEST_ACK says it agrees."""
     message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest)
+    link.digest_sent, link.digest_ack = (total, digest), None
     give_up = time.monotonic() + DIGEST_TIMEOUT
     while link.digest_ack is None:
         if time.monotonic() >= give_up:

@@ -81,7 +81,8 @@ class Link:
         self.tty_state = None
         self.disconnect_due = False  # the sender counts us in: say DISCONNECT at the end
         self.pending_answer = False  # a REQACK was answered since last cleared
-        self.digest_ack = None  # the sender's HC_DIGEST_ACK, once it came
+        self.digest_sent: tuple[int, bytes] | None = None  # (total, sha256) in our HC_DIGEST
+        self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -222,14 +223,19 @@ class Link:
             clnr = self.session.client_number
             if clnr >= 0 and bitmap_test(msg.ready_set, clnr):
                 return  # already answered OK for this slice
-            self.pending_answer = True
-            self.send(self.assembler.on_reqack(msg.slice_no, msg.slice_bytes, msg.rxmit))
+            answer = self.assembler.on_reqack(msg.slice_no, msg.slice_bytes, msg.rxmit)
+            if answer is not None:
+                self.pending_answer = True
+                self.send(answer)
         elif op == _FEC:
             h = FEC_HEADER.unpack_from(scratch)
             self.assembler.on_fec(h[1], h[2], h[3], h[5], self.mv[HEADER_SIZE:n])
         elif op == _HC_DIGEST_ACK:
             parsed = parse(self.mv[:n])
-            if parsed is not None:
+            # only an answer to the digest we sent, for the total we sent: an ACK before it
+            # (or naming another total) is not the sender's verdict on what we wrote
+            if parsed is not None and self.digest_sent is not None \
+                    and parsed[1].total_bytes == self.digest_sent[0]:
                 self.digest_ack = parsed[1]
 
     def pump(self, timeout: float) -> bool:

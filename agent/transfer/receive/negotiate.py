@@ -6,6 +6,12 @@ CONNECT_REPLY gives our client number, the block size and the data group. herdca
 its CONNECT_REQ every second until answered (udpcast sends one and hangs if it is lost), and
 recognises a transfer that started without it: a herdcast sender answers HC_LATE (wait for
 the next round, or restart the sender), a stock one just keeps sending.
+
+One stranger's packet does not make it give up: an HC_LATE "missed" counts only once its
+sender has kept saying so for a second (it is asked directly meanwhile), a CONNECT_REPLY
+refusing us (-1: table full) only makes us wait for a slot, and a transfer "already running"
+must be a stream of packets, not one. Once a CONNECT_REPLY is taken, every socket is tied to
+that sender (receive.link) and packets from anybody else are dropped by the kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from agent.udpcast.protocol import (
 
 CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
 MISSED_START_WAIT = 2.0  # how long a running transfer may go on without answering us
+RUNNING_PACKETS = 10  # packets in that time that make it a running transfer, not a stray
 
 
 def _plausible(op: Op, msg) -> bool:
@@ -48,8 +55,12 @@ def negotiate(link: Link) -> Session:
     next_req = now + CONNECT_RETRY
     last_activity = now
     suspect: tuple[str, float] | None = None  # a sender seen mid-transfer, and when
+    suspect_packets = 0
     late_sender: str | None = None
     hellos: dict[str, Session] = {}  # senders whose HELLO we answered
+    missed: dict[str, float] = {}  # senders that said we missed the start, since when
+    asked: dict[str, float] = {}  # when we last asked each of them directly
+    refused: set[str] = set()  # senders that answered "table full"
     while True:
         now = time.monotonic()
         timeout = next_req - now
@@ -76,8 +87,11 @@ def negotiate(link: Link) -> Session:
                 last_activity = time.monotonic()
                 if op == Op.CONNECT_REPLY:
                     if msg.client_number < 0:
-                        raise ReceiveError(f"sender {ip} refused us: its table of 1024 "
-                                           "receivers is full")
+                        if ip not in refused:
+                            refused.add(ip)
+                            say(f"sender {ip} refused us (its table of 1024 receivers is "
+                                "full): waiting for a slot or another sender")
+                        continue
                     return Session((ip, port), msg.client_number, msg.blocksize,
                                    msg.mcast_addr, msg.capabilities, False,
                                    image_size(link.mv[:n]), reply_codec(link.mv[:n]))
@@ -93,7 +107,12 @@ def negotiate(link: Link) -> Session:
                                          msg.capabilities, False)
                     link.join_data_group(msg.mcast_addr)
                 elif op == Op.HC_LATE:
-                    if msg.status == LateStatus.MISSED:
+                    since = missed.setdefault(ip, last_activity)
+                    if msg.status == LateStatus.MISSED and last_activity - since < CONNECT_RETRY:
+                        if last_activity - asked.get(ip, 0.0) >= CONNECT_RETRY / 2:
+                            asked[ip] = last_activity  # it must say so again, to us
+                            link.connect_req((ip, port))
+                    elif msg.status == LateStatus.MISSED:
                         raise ReceiveError(
                             "the transfer started without this receiver and the sender "
                             "cannot re-read its input: restart the sender")
@@ -107,12 +126,19 @@ def negotiate(link: Link) -> Session:
                     # answer every REQACK, which udpcast senders accept)
                     say(f"no CONNECT_REPLY from {ip} (lost?): following its transfer")
                     return hellos[ip]
-                elif (op in (Op.DATA, Op.FEC, Op.REQACK) and ip != late_sender
-                      and suspect is None):
-                    suspect = (ip, time.monotonic())
-                    link.connect_req((ip, port))  # a herdcast sender answers HC_LATE
+                elif op in (Op.DATA, Op.FEC, Op.REQACK) and ip != late_sender:
+                    if suspect is None:
+                        suspect, suspect_packets = (ip, time.monotonic()), 0
+                        link.connect_req((ip, port))  # a herdcast sender answers HC_LATE
+                    if ip == suspect[0]:
+                        suspect_packets += 1
         now = time.monotonic()
-        if suspect and now >= suspect[1] + MISSED_START_WAIT:
+        if suspect and now >= suspect[1] + MISSED_START_WAIT \
+                and suspect_packets < RUNNING_PACKETS:
+            say(f"ignored {suspect_packets} stray packet(s) from {suspect[0]}: no transfer "
+                "is running there")
+            suspect = None
+        elif suspect and now >= suspect[1] + MISSED_START_WAIT:
             raise ReceiveError(
                 f"a transfer from {suspect[0]} was already running: this receiver missed "
                 "its start and the sender cannot take it in (stock udp-sender); start "

@@ -57,7 +57,8 @@ class Receiver:
         self.output = Output(opts, self.codec(session))
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
-        asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers)
+        asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers,
+                        expected_total=lambda: self.raw_size(session))
         self.writer = SliceWriter(self.output, asm.release)
         self.writer.start()
         link.attach(session, asm)
@@ -104,6 +105,20 @@ class Receiver:
                 f"(--compress {self.opts.compress or 'none'} ignored)")
         return announced
 
+    def raw_size(self, session: Session) -> int | None:
+        """The length the stream's end must agree with, when it is known: a herdcast
+        sender's image size, if the stream is that image raw (not compressed, not a
+        herdcast image, whose decoders fail a truncated stream themselves). None when
+        nothing can be checked: a stock sender announces no length (see finish._check_end
+        for what is checked then)."""
+        codec = session.codec if session.codec is not None else self.opts.compress
+        if not session.image_size or codec not in (None, "none"):
+            return None
+        sniffer = getattr(self.output, "sniffer", None)  # agent.image: an image stream?
+        if sniffer is not None and sniffer.verdict is not False:
+            return None
+        return session.image_size
+
     def close(self) -> None:
         """Abort or success alike: progress line ended, DISCONNECT said, writer stopped,
         sockets and output released."""
@@ -117,6 +132,19 @@ class Receiver:
             self.output.close()
 
 
+def _check_disk(path: str | None) -> None:
+    """As the node does, before any network traffic: refuse a device that is mounted, used
+    as swap or held by another device (a file that is the backing of one too)."""
+    if path is None:
+        return
+    from agent.hw.disk import DiskError, check_receive_target
+
+    try:
+        check_receive_target(path)
+    except DiskError as exc:
+        raise OutputError(str(exc)) from None
+
+
 def receive(opts: ReceiveOptions) -> TransferResult:
     """Receive one image as udp-receiver would; never raises for transfer failures."""
     start = time.monotonic()
@@ -126,6 +154,7 @@ def receive(opts: ReceiveOptions) -> TransferResult:
     r = Receiver(opts)
     try:
         check_target(opts.file)
+        _check_disk(opts.file)
         r.link.open()
         say(f"UDP receiver for {opts.file or '(stdout)'} at {r.link.nif.ip} on "
             f"{r.link.nif.name}")

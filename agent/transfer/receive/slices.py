@@ -10,11 +10,16 @@ Kept free of sockets so the capture-replay tests drive exactly the code the rece
 Buffers are preallocated (a pool of whole-slice buffers) and recycled through a queue: the
 network side takes a free buffer for each new slice, the writer gives it back once the slice
 is on disk, which is also the back-pressure between the network and a slow disk or pipe.
+That back-pressure never silences the receiver: with every buffer held by the writer, data
+for a new slice is dropped and its REQACK answered (after a short wait for a buffer) with
+"nothing received", so a sender sees a slow disk as a live receiver missing blocks, never as
+a dead one to drop (--drop-after).
 """
 
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
@@ -31,6 +36,8 @@ from agent.udpcast.protocol import (
 )
 
 DEFAULT_BUFFERS = 6
+REQACK_BUFFER_WAIT = 0.5  # how long a REQACK waits for a free buffer before answering
+FAR_AHEAD_PACKETS = 16  # packets past slice n+1 (n incomplete) that mean we were dropped
 MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
 
@@ -83,7 +90,8 @@ class Assembler:
     """
 
     def __init__(self, blocksize: int, sink: Callable[[IncomingSlice], None],
-                 buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0) -> None:
+                 buffers: int = DEFAULT_BUFFERS, buffer_wait: float = 30.0,
+                 expected_total: Callable[[], int | None] | None = None) -> None:
         if not 1 <= blocksize <= MAX_UDP_PAYLOAD - HEADER_SIZE:
             raise TransferAborted(f"sender announced an impossible block size {blocksize}")
         self.blocksize = blocksize
@@ -95,11 +103,16 @@ class Assembler:
         self.buffer_wait = buffer_wait
         self.active: dict[int, IncomingSlice] = {}
         self.next_slice = 0  # every slice below this one has been handed to the sink
-        self.top = -1  # highest slice number started
         self.ended = False  # the empty end slice was reached with everything before it
         self.delivered_bytes = 0
         self.started = False
         self.ignored = 0  # packets that failed validation (bad sizes, mismatches)
+        self.starved_since: float | None = None  # since when no buffer was free
+        # the stream's length when known before its end (a herdcast sender's size of a raw
+        # stream): an end marker anywhere else is not the sender's, and is ignored
+        self.expected_total = expected_total
+        self.contradicted: int | None = None  # a slice of data seen after the end marker
+        self.far_ahead = 0  # packets for slices past the two we may be sent, since a slice
 
     # --- slice bookkeeping --------------------------------------------------------------
 
@@ -107,35 +120,49 @@ class Assembler:
         """Give a slice buffer back once its bytes are written."""
         self.free.put(s)
 
-    def _new(self, slice_no: int) -> IncomingSlice:
+    def _new(self, slice_no: int, wait: float) -> IncomingSlice | None:
+        """A free buffer for a new slice, waiting up to `wait`; None while the writer holds
+        them all (a disk stuck for --buffer_wait seconds aborts)."""
         try:
-            s = self.free.get(timeout=self.buffer_wait)
+            s = self.free.get(timeout=wait) if wait else self.free.get_nowait()
         except queue.Empty:
-            raise TransferAborted("the output did not take data for "
-                                  f"{self.buffer_wait:.0f} s (disk or pipe stuck)") from None
+            now = time.monotonic()
+            if self.starved_since is None:
+                self.starved_since = now
+            elif now - self.starved_since > self.buffer_wait:
+                raise TransferAborted("the output did not take data for "
+                                      f"{self.buffer_wait:.0f} s (disk or pipe stuck)") from None
+            return None
+        self.starved_since = None
         s.reset(slice_no)
         self.active[slice_no] = s
         return s
 
-    def _slice(self, slice_no: int) -> IncomingSlice | None:
-        """The slice a packet refers to, started if new; None for a slice already done."""
+    def _slice(self, slice_no: int, wait: float = 0.0) -> IncomingSlice | None:
+        """The slice a packet refers to, started if new; None for a slice already done, or
+        when no buffer is free for it (the packet is dropped, as lost on the wire)."""
         s = self.active.get(slice_no)
         if s is not None:
             return s
         if slice_no < self.next_slice or self.ended:
             return None
         if slice_no > self.next_slice + 1:
+            # A sender that left us behind keeps sending far ahead; a forged packet (its
+            # source spoofed as the sender's) is one or a few: ignored until there are many
+            self.far_ahead += 1
+            if self.far_ahead < FAR_AHEAD_PACKETS:
+                self.ignored += 1
+                return None
             if not self.started and self.next_slice == 0:
                 raise MissedStart(f"the transfer was already at slice {slice_no} when this "
                                   "receiver first heard it")
             raise DroppedBySender(f"dropped by sender: it sent slice {slice_no} while slice "
                                   f"{self.next_slice} is still incomplete here")
         self.started = True
-        for no in range(self.top + 1, slice_no + 1):
-            if no >= self.next_slice and no not in self.active:
-                self._new(no)
-        self.top = max(self.top, slice_no)
-        return self.active[slice_no]
+        for no in range(self.next_slice, slice_no + 1):  # at most two
+            if no not in self.active and self._new(no, wait) is None:
+                return None
+        return self.active.get(slice_no)
 
     def _set_bytes(self, s: IncomingSlice, nbytes: int) -> bool:
         """Record the slice size; False if it contradicts what the slice already said."""
@@ -190,10 +217,16 @@ class Assembler:
             s = self.active.get(self.next_slice)
             if s is None or not self._complete(s):
                 return
+            if s.nbytes == 0 and not self._end_agrees():
+                del self.active[self.next_slice]  # the real slice may still come
+                self.release(s)
+                self.ignored += 1
+                return
             if s.count < s.nblocks:
                 self._repair(s)
             del self.active[self.next_slice]
             self.next_slice += 1
+            self.far_ahead = 0
             if s.nbytes == 0:
                 self.ended = True
                 self.release(s)
@@ -204,6 +237,20 @@ class Assembler:
             self.delivered_bytes += s.nbytes or 0
             self.sink(s)
 
+    def _end_agrees(self) -> bool:
+        """Whether an end marker here agrees with the length the sender announced."""
+        want = self.expected_total() if self.expected_total is not None else None
+        return want is None or want == self.delivered_bytes
+
+    def _after_end(self, slice_no: int, nbytes: int) -> bool:
+        """After the end: True for a packet to ignore. Data at or past the end slice means
+        the end marker was not the sender's (a forged one): noted in `contradicted`."""
+        if not self.ended:
+            return False
+        if nbytes and slice_no >= self.next_slice - 1 and self.contradicted is None:
+            self.contradicted = slice_no
+        return True
+
     # --- packets ------------------------------------------------------------------------
 
     def on_data(self, slice_no: int, block_no: int, nbytes: int, payload: memoryview) -> None:
@@ -212,6 +259,8 @@ class Assembler:
         start = block_no * bs
         if nbytes == 0 or start >= nbytes or nbytes > self.max_bytes:
             self.ignored += 1
+            return
+        if self.ended and self._after_end(slice_no, nbytes):
             return
         s = self._slice(slice_no)
         if s is None:
@@ -243,6 +292,8 @@ class Assembler:
         bs = self.blocksize
         if stripes == 0 or len(payload) < bs or nbytes > self.max_bytes:
             self.ignored += 1
+            return
+        if self._after_end(slice_no, nbytes):
             return
         s = self._slice(slice_no)
         if s is None:
@@ -277,9 +328,18 @@ class Assembler:
         if slice_no == self.next_slice:
             self._advance()
 
-    def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes:
-        """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send."""
-        s = self._slice(slice_no)
+    def on_reqack(self, slice_no: int, nbytes: int, rxmit: int) -> bytes | None:
+        """A REQACK not already answered (our bit clear): the OK or RETRANSMIT to send
+        (None: no answer, for an end marker that disagrees with the announced length)."""
+        if self._after_end(slice_no, nbytes) and self.contradicted is not None:
+            return None
+        s = self._slice(slice_no, REQACK_BUFFER_WAIT)
+        if s is None and slice_no > self.next_slice + 1:
+            return None  # a stray (ignored above)
+        if s is None and slice_no >= self.next_slice and not self.ended:
+            # no buffer free (the disk is slow): alive, and missing every block of it
+            return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit,
+                         received=bytes(BITMAP_BYTES))
         if s is None:
             return build(Op.OK, slice_no=slice_no)
         if not self._set_bytes(s, nbytes):
@@ -288,5 +348,7 @@ class Assembler:
                 Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))
         if self._complete(s):
             self._advance()
+            if nbytes == 0 and not self.ended:
+                return None  # an end marker the announced length refutes
             return build(Op.OK, slice_no=slice_no)
         return build(Op.RETRANSMIT, slice_no=slice_no, rxmit=rxmit, received=bytes(s.received))

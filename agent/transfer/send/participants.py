@@ -29,6 +29,22 @@ class Participant:
     left: bool = False  # said DISCONNECT after finishing
     heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
     digest: tuple[int, bytes] | None = None
+    owed_since: float | None = None  # when the oldest request it has not answered went out
+
+    def answered(self) -> None:
+        """Anything it sends proves it alive: its silence counts start again."""
+        self.silent = 0
+        self.heard = True
+        self.owed_since = None
+
+    def asked(self, now: float) -> None:
+        """A REQACK it must answer went out (the first unanswered one starts the clock)."""
+        if self.owed_since is None:
+            self.owed_since = now
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since it was first asked something it has not answered (0: owes nothing)."""
+        return 0.0 if self.owed_since is None else now - self.owed_since
 
     @property
     def herdcast(self) -> bool:

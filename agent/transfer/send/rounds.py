@@ -5,8 +5,9 @@ slice (REQACK with 0 bytes). After a slice's data the sender asks REQACK(slice, 
 readySet); each receiver not yet in readySet answers OK or RETRANSMIT(bitmap of blocks it
 has). Once everybody answered the round, the union of missing blocks is resent and the next
 round asked; a round nobody finishes answering times out (the timeout doubles up to 1 s, so
-a live sender repeats REQACK at least every second) and a receiver silent for more than
---retries-until-drop rounds is dropped. In full duplex slice n+1 goes out while slice n
+a live sender repeats REQACK at least every second) and a receiver is dropped when it has
+answered nothing for --drop-after seconds (5 by default) while asked, or for more than
+--retries-until-drop rounds, whichever comes first. In full duplex slice n+1 goes out while slice n
 awaits its answers; half duplex waits.
 
 One thread does all network work. It never blocks on the input (a reader thread fills the
@@ -88,8 +89,7 @@ class Transfer:
             return
         if p is None:
             return
-        p.silent = 0
-        p.heard = True
+        p.answered()
         if DEBUG and op in (Op.OK, Op.RETRANSMIT) and msg.slice_no < 4:
             say(f"t={time.monotonic():.4f} {ip} {op.name} slice={msg.slice_no} "
                 f"rxmit={getattr(msg, 'rxmit', '-')} "
@@ -153,6 +153,9 @@ class Transfer:
         self.net.send(build(Op.REQACK, slice_no=s.no, slice_bytes=s.nbytes, rxmit=s.rxmit,
                             ready_set=ready), self.session.data_address)
         self.stats.reqacks += 1
+        for p in self.table.participants.values():
+            if not s.ok >> p.slot & 1:
+                p.asked(now)
         s.asked_at = now
         s.answered = set()
         s.missing = 0
@@ -204,10 +207,11 @@ class Transfer:
                             "data: counted as finished")
                         p.finished = p.left = True
                         self._end_ok(p)
-                    elif p.silent > self.opts.retries_until_drop:
+                    elif p.silent > self.opts.retries_until_drop or (
+                            self.opts.drop_after and p.silent_for(now) > self.opts.drop_after):
                         self.table.remove(p.ip, "dropped")
-                        say(f"herdcast send: dropping receiver {p.ip}: no answer to "
-                            f"{p.silent} requests")
+                        say(f"herdcast send: dropping receiver {p.ip}: no answer for "
+                            f"{p.silent_for(now):.1f} s ({p.silent} requests)")
                 if self.table.participants:
                     self._next_round(s, now)
 

@@ -55,6 +55,11 @@ def send(opts: SendOptions) -> TransferResult:
     if opts.async_ and opts.fec is None:
         say("herdcast send: warning: --async without --fec: any lost packet corrupts the "
             "receivers' copy (add --fec 8x8/128)")
+    if opts.file is not None:
+        from agent.hw.disk import send_source_warnings
+
+        for line in send_source_warnings(opts.file):  # a disk mounted read-write
+            say(f"herdcast send: {line}")
     try:
         session = SendSession.open(opts)
     except SendError as exc:
