@@ -213,6 +213,9 @@ class Output:
             self.fd = -1
 
 
+HEAD_BYTES = 16  # enough for agent.image's magic
+
+
 class SliceWriter(threading.Thread):
     """Writes completed slices in order, hashing them; gives each buffer back via `release`.
 
@@ -226,11 +229,15 @@ class SliceWriter(threading.Thread):
         self.release = release
         self.queue: queue.Queue = queue.Queue()
         self.sha256 = hashlib.sha256()
+        self.head = b""  # the stream's first HEAD_BYTES, as queued
         self.bytes = 0
         self.error: str | None = None
 
     def __call__(self, s) -> None:
-        """The assembler's sink: queue a completed slice."""
+        """The assembler's sink: queue a completed slice. The stream's first bytes are kept
+        as they are queued, so the network side can tell an image stream at once."""
+        if len(self.head) < HEAD_BYTES:
+            self.head += bytes(s.data[:HEAD_BYTES - len(self.head)])
         self.queue.put(s)
 
     def run(self) -> None:

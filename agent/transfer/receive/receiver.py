@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from agent.image.stream import is_image
 from agent.net import netif
 from agent.say import log_to, say
 from agent.transfer.options import ReceiveOptions
@@ -114,8 +115,7 @@ class Receiver:
         codec = session.codec if session.codec is not None else self.opts.compress
         if not session.image_size or codec not in (None, "none"):
             return None
-        sniffer = getattr(self.output, "sniffer", None)  # agent.image: an image stream?
-        if sniffer is not None and sniffer.verdict is not False:
+        if self.writer is not None and is_image(self.writer.head):  # agent.image stream
             return None
         return session.image_size
 
