@@ -61,8 +61,8 @@ class SendSession:
     image_size: int | None  # bytes a receiver will write, None when unknown (stdin, pipe)
     slice_blocks: int
     dest: Destination  # the data address every prepared DATA message points at
-    source: Source  # raw, a disk's used blocks, or a stored image (agent.image.source)
-    codec: str | None  # the compression on the wire: --compress, or a stored image's
+    source: Source = Source("raw")  # or a disk's used blocks, or a stored image
+    codec: str | None = None  # the compression on the wire: --compress, or a stored image's
 
     @classmethod
     def open(cls, opts: SendOptions) -> SendSession:
