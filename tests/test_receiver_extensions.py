@@ -41,7 +41,14 @@ while peer is None and time.monotonic() < end:
     if p and p[0] == Op.CONNECT_REQ:
         peer = addr
 reply = dict(client_number=0, blocksize=BS, capabilities=caps, mcast_addr="0.0.0.0")
-if caps & Cap.HERDCAST:  # a herdcast sender announces the image size
+key = None
+if len(sys.argv) > 4:  # a signing sender (test_signed)
+    from agent.trust import keys, statements
+    from agent.udpcast.protocol import HcDigestAckSigned, connect_nonce
+    key, nonce = keys.load_private(sys.argv[4]), connect_nonce(data)
+    signature = statements.sign(key, statements.session_message(nonce, bytes(4), len(DATA)))
+    s.sendto(build_connect_reply(image_size=len(DATA), **reply) + signature, peer)
+elif caps & Cap.HERDCAST:  # a herdcast sender announces the image size
     s.sendto(build_connect_reply(image_size=len(DATA), **reply), peer)
 else:
     s.sendto(build(Op.CONNECT_REPLY, **reply), peer)
@@ -108,6 +115,13 @@ while time.monotonic() < end:
         s.sendto(build(Op.HC_DIGEST_ACK, agreed=0, total_bytes=p[1].total_bytes), peer)
     if p and p[0] == Op.HC_DIGEST and mode == "wrong-total":
         s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes + 1), peer)
+    if p and p[0] == Op.HC_DIGEST and key is not None:
+        t, sha = p[1].total_bytes, p[1].sha256
+        signature = statements.sign(key, statements.result_message(nonce, t, sha))
+        if mode == "forged-signature":
+            signature = bytes(64)
+        s.sendto(HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=1,
+                 total_bytes=t, sha256=sha, signature=signature)), peer)
     if p and p[0] == Op.HC_DIGEST and mode == "early-end":
         s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes), peer)
     if p and p[0] == Op.DISCONNECT:

@@ -109,7 +109,10 @@ class _Reader:
 
 
 def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
-    session = SendSession(SendOptions(), None, None, 4, Destination())  # no network needed
+    from agent.image.source import Source
+
+    session = SendSession(SendOptions(), None, None, 4, Destination(),  # no network needed
+                          Source("raw"), None)
     t = Transfer(session, Table(), _Reader(), None, None, SendStats(), {}, False)
     assert t._start_slice() and t._start_slice()
     assert [s.no for s in t.inflight] == [0, 1]

@@ -91,6 +91,7 @@ class SendOptions(CommonOptions):
     default_slice_size: int = 0  # 0 = automatic
     late_join: bool = True  # herdcast: serve receivers that miss the start in a further round
     blocks: str = "used"  # herdcast: "used" sends herdcast receivers the used blocks only
+    sign_key: str | None = None  # herdcast: Ed25519 private key that signs the session
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class ReceiveOptions(CommonOptions):
     # True unpacks onto a file too (a file standing for a disk). See agent.image.
     unpack: bool | None = None
     blank: str = "keep"  # what unpacking does with the space no image extent covers
+    # herdcast: public key a sender must sign with (default: agent.trust.TRUSTED_KEY_PATH
+    # when that file exists)
+    trust_key: str | None = None
 
 
 # udpcast options herdcast recognises but does not implement: each fails with this reason.
@@ -232,6 +236,9 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
     p.add_argument("--no-late-join", dest="late_join", action="store_false",
                    help="herdcast: tell late receivers they missed the start instead of "
                         "serving them in a further round")
+    p.add_argument("--sign-key", metavar="FILE.key",
+                   help="herdcast: sign the session and its result with this key (herdcast "
+                        "keygen), for receivers that trust only its public key")
     p.add_argument("--blocks", choices=["used", "all"], default="used",
                    help="herdcast: to herdcast receivers send only the blocks the disk's "
                         "filesystems use (default), or all of them")
@@ -256,6 +263,9 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
                    help="herdcast: write a herdcast image onto --file as onto a disk, even "
                         "when it is a regular file (a block device always is; a file "
                         "otherwise stores the image as it came)")
+    p.add_argument("--trust-key", metavar="FILE.pub",
+                   help="herdcast: image only from a sender that signs with this public "
+                        "key's pair (default: /etc/herdcast/trusted.pub if it exists)")
     p.add_argument("--blank", choices=["keep", "zero", "discard"], default="keep",
                    help="herdcast: what unpacking an image does with free space: keep it "
                         "(default), zero it, or discard it (SSD trim)")

@@ -131,6 +131,17 @@ ConnectReplyHc = Struct(
 )
 WIRE_CODECS = ("none", "gz", "lzop", "zstd")
 
+# Signed sessions (agent.trust): a receiver holding a trusted public key appends a fresh
+# nonce to its CONNECT_REQ (stock udp-sender reads the first 12 bytes of what arrives and
+# ignores the rest; only such receivers send it, and they refuse stock senders anyway); a
+# signing sender appends to the extended CONNECT_REPLY its Ed25519 signature of the session
+# statement (nonce, data group, image size) and, to its HC_DIGEST_ACK, the sha256 it sent and
+# its signature of the result statement (nonce, total, sha256).
+NONCE_BYTES = 16
+SIGNATURE_BYTES = 64
+ConnectReqHc = Struct(*ConnectReq.subcons, "nonce" / Bytes(NONCE_BYTES))
+ConnectReplySigned = Struct(*ConnectReplyHc.subcons, "signature" / Bytes(SIGNATURE_BYTES))
+
 Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 
@@ -187,6 +198,13 @@ HcDigestAck = Struct(  # sender -> receiver: 1 = digest agreed, 0 = mismatch
 )
 
 
+HcDigestAckSigned = Struct(  # a signing sender's HC_DIGEST_ACK
+    *HcDigestAck.subcons,
+    "sha256" / Bytes(32),  # what the sender sent
+    "signature" / Bytes(SIGNATURE_BYTES),  # over agent.trust's result statement
+)
+
+
 class LateStatus(IntEnum):
     """What the sender tells a receiver whose CONNECT_REQ arrives mid-transfer."""
 
@@ -230,25 +248,16 @@ def build(op: Op, **fields) -> bytes:
     return msg.build(values)
 
 
-def _reply_extension(datagram: bytes | memoryview) -> Container | None:
-    if len(datagram) < ConnectReplyHc.sizeof() or opcode(datagram) != Op.CONNECT_REPLY:
-        return None
-    try:
-        return ConnectReplyHc.parse(bytes(datagram[:ConnectReplyHc.sizeof()]))
-    except (ConstructError, ValueError):
-        return None
-
-
 def image_size(datagram: bytes | memoryview) -> int | None:
     """The image size a herdcast sender appended to CONNECT_REPLY; None if absent/0."""
-    ext = _reply_extension(datagram)
+    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
     return ext.image_size or None if ext is not None else None
 
 
 def reply_codec(datagram: bytes | memoryview) -> str | None:
     """The compression a herdcast sender announced in CONNECT_REPLY ("none", "gz", ...);
     None when it announced nothing (a stock sender) or something unknown."""
-    ext = _reply_extension(datagram)
+    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
     if ext is None or ext.codec >= len(WIRE_CODECS):
         return None
     return WIRE_CODECS[ext.codec]
@@ -264,6 +273,35 @@ def build_connect_reply(*, image_size: int | None = None, codec: str | None = No
               "codec": WIRE_CODECS.index(codec or "none")}
     values.update(fields)
     return ConnectReplyHc.build(values)
+
+
+def _extension(datagram: bytes | memoryview, op: Op, declaration: Struct) -> Container | None:
+    """`datagram` parsed with the longer herdcast `declaration` of `op`; None if shorter."""
+    size = declaration.sizeof()
+    if len(datagram) < size or opcode(datagram) != op:
+        return None
+    try:
+        return declaration.parse(bytes(datagram[:size]))
+    except (ConstructError, ValueError):
+        return None
+
+
+def connect_nonce(datagram: bytes | memoryview) -> bytes | None:
+    """The nonce a receiver with a trusted key appended to its CONNECT_REQ, or None."""
+    ext = _extension(datagram, Op.CONNECT_REQ, ConnectReqHc)
+    return ext.nonce if ext is not None else None
+
+
+def reply_signature(datagram: bytes | memoryview) -> bytes | None:
+    """A signing sender's signature appended to its CONNECT_REPLY, or None."""
+    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplySigned)
+    return ext.signature if ext is not None else None
+
+
+def signed_result(datagram: bytes | memoryview) -> tuple[bytes, bytes] | None:
+    """(sha256, signature) of a signing sender's HC_DIGEST_ACK, or None."""
+    ext = _extension(datagram, Op.HC_DIGEST_ACK, HcDigestAckSigned)
+    return (ext.sha256, ext.signature) if ext is not None else None
 
 
 def opcode(datagram: bytes | memoryview) -> int | None:

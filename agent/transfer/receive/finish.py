@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from agent.say import say
 from agent.transfer.receive.link import Link, ReceiveError
 from agent.transfer.receive.output import Output, OutputError, SliceWriter
 from agent.udpcast.protocol import Cap, Op, build
@@ -40,7 +41,8 @@ def finish(link: Link, writer: SliceWriter, output: Output) -> str:
     output.finish()
     digest = writer.sha256.digest()
     _check_end(link)
-    if session.capabilities & Cap.HERDCAST and not session.passive:
+    if (session.capabilities & Cap.HERDCAST or link.trust is not None) \
+            and not session.passive:
         _confirm_digest(link, writer.bytes, digest)
     # exit wait: answer repeated REQACKs until --exit-wait ms pass without one
     hard_stop = time.monotonic() + opts.exit_wait / 1000 + EXIT_WAIT_CAP
@@ -76,13 +78,18 @@ def _confirm_digest(link: Link, total: int, digest: bytes) -> None:
     give_up = time.monotonic() + DIGEST_TIMEOUT
     while link.digest_ack is None:
         if time.monotonic() >= give_up:
+            why = link.trust.last_refusal if link.trust is not None else None
             raise ReceiveError(f"sender did not confirm the digest within "
-                               f"{DIGEST_TIMEOUT:g} s (the data was written: "
-                               f"{total} bytes, sha256 {digest.hex()})")
+                               f"{DIGEST_TIMEOUT:g} s"
+                               + (f" with a valid signature ({why})" if why else "")
+                               + f" (the data was written: {total} bytes, sha256 "
+                               f"{digest.hex()})")
         link.send(message)
         next_send = time.monotonic() + DIGEST_INTERVAL
         while link.digest_ack is None and time.monotonic() < next_send:
             link.pump(max(next_send - time.monotonic(), 0))
+    if link.digest_ack.agreed and link.trust is not None:
+        say("the sender's signed result names the bytes written here")
     if not link.digest_ack.agreed:
         raise ReceiveError("image digest differs from the sender's: the written data is "
                            f"corrupt ({total} bytes here, "

@@ -25,6 +25,8 @@ from agent.udpcast.protocol import (
     FEC_HEADER,
     HEADER_SIZE,
     Cap,
+    ConnectReq,
+    ConnectReqHc,
     Op,
     bitmap_test,
     build,
@@ -83,6 +85,7 @@ class Link:
         self.pending_answer = False  # a REQACK was answered since last cleared
         self.digest_sent: tuple[int, bytes] | None = None  # (total, sha256) in our HC_DIGEST
         self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
+        self.trust = None  # receive.trust.Trust: a signed session is required
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -132,9 +135,13 @@ class Link:
     def connect_req(self, dest: tuple[str, int]) -> None:
         """CONNECT_REQ with our capabilities and socket buffer (not when --passive)."""
         if not self.opts.passive:
-            self.send(build(Op.CONNECT_REQ, capabilities=Cap.STOCK | Cap.HERDCAST,
-                            rcvbuf=self.ucast.getsockopt(socket.SOL_SOCKET,
-                                                         socket.SO_RCVBUF)), dest)
+            fields = dict(opcode=int(Op.CONNECT_REQ), reserved=0,
+                          capabilities=Cap.STOCK | Cap.HERDCAST,
+                          rcvbuf=self.ucast.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            if self.trust is None:
+                self.send(ConnectReq.build(fields), dest)
+            else:  # the nonce a signing sender must sign
+                self.send(ConnectReqHc.build(dict(fields, nonce=self.trust.nonce)), dest)
 
     def join_data_group(self, group: str) -> None:
         """Listen on the data group (once), unless it is no group, ours or the control."""
@@ -234,9 +241,17 @@ class Link:
             parsed = parse(self.mv[:n])
             # only an answer to the digest we sent, for the total we sent: an ACK before it
             # (or naming another total) is not the sender's verdict on what we wrote
-            if parsed is not None and self.digest_sent is not None \
-                    and parsed[1].total_bytes == self.digest_sent[0]:
-                self.digest_ack = parsed[1]
+            if parsed is None or self.digest_sent is None \
+                    or parsed[1].total_bytes != self.digest_sent[0]:
+                return
+            ack = parsed[1]
+            if self.trust is not None:  # the verdict must be signed, for what we wrote
+                why, same = self.trust.result_problem(self.mv[:n], *self.digest_sent)
+                if why is not None:
+                    self.trust.last_refusal = why
+                    return
+                ack.agreed = int(ack.agreed and same)
+            self.digest_ack = ack
 
     def pump(self, timeout: float) -> bool:
         """Wait up to `timeout` for datagrams and handle them all; True if any came."""

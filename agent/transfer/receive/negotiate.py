@@ -26,6 +26,7 @@ from agent.udpcast.protocol import (
     Cap,
     LateStatus,
     Op,
+    build,
     image_size,
     parse,
     reply_codec,
@@ -84,6 +85,8 @@ def negotiate(link: Link) -> Session:
                 op, msg = parsed
                 if not _plausible(op, msg):
                     continue
+                if link.trust is not None and ip in link.trust.refused:
+                    continue  # not a sender for us: its chatter is no activity either
                 last_activity = time.monotonic()
                 if op == Op.CONNECT_REPLY:
                     if msg.client_number < 0:
@@ -92,12 +95,22 @@ def negotiate(link: Link) -> Session:
                             say(f"sender {ip} refused us (its table of 1024 receivers is "
                                 "full): waiting for a slot or another sender")
                         continue
+                    if link.trust is not None:
+                        why = link.trust.reply_problem(link.mv[:n], msg)
+                        if why is not None:
+                            link.trust.refuse(ip, why)
+                            link.send(build(Op.DISCONNECT), (ip, port))  # don't wait for us
+                            continue
+                        say(f"sender {ip} signed the session with the trusted key")
                     return Session((ip, port), msg.client_number, msg.blocksize,
                                    msg.mcast_addr, msg.capabilities, False,
                                    image_size(link.mv[:n]), reply_codec(link.mv[:n]))
                 if op in (Op.HELLO, Op.HELLO_NEW):
                     if msg.capabilities & Cap.NEW_GEN and (msg.capabilities & Cap.ASYNC
                                                            or opts.passive):
+                        if link.trust is not None:  # nothing there is signed
+                            link.trust.refuse(ip, "an --async sender cannot sign a session")
+                            continue
                         return Session((ip, port), 0, msg.blocksize, msg.mcast_addr,
                                        msg.capabilities, True)
                     target = (ip, port)
@@ -120,7 +133,7 @@ def negotiate(link: Link) -> Session:
                         say("joined late: waiting for the next round")
                         late_sender, suspect, target = ip, None, (ip, port)
                 elif op in (Op.DATA, Op.FEC, Op.REQACK) and ip in hellos and (
-                        ip != late_sender):
+                        ip != late_sender) and link.trust is None:
                     # we answered its HELLO but the CONNECT_REPLY was lost: the sender
                     # counts us in, so follow its transfer (client number unknown:
                     # answer every REQACK, which udpcast senders accept)
@@ -143,6 +156,11 @@ def negotiate(link: Link) -> Session:
                 f"a transfer from {suspect[0]} was already running: this receiver missed "
                 "its start and the sender cannot take it in (stock udp-sender); start "
                 "the receivers before the sender, or restart the sender")
+        if opts.start_timeout and now >= last_activity + opts.start_timeout \
+                and link.trust is not None and link.trust.refused:
+            raise ReceiveError(f"no sender signing with {link.trust.path} answered within "
+                               f"--start-timeout {opts.start_timeout:g} s (ignored: "
+                               f"{', '.join(sorted(link.trust.refused))})")
         if opts.start_timeout and now >= last_activity + opts.start_timeout:
             raise ReceiveError(f"no sender answered within --start-timeout "
                                f"{opts.start_timeout:g} s (is udp-sender/herdcast send "

@@ -145,6 +145,22 @@ def _check_disk(path: str | None) -> None:
         raise OutputError(str(exc)) from None
 
 
+def _trust(opts: ReceiveOptions):
+    """The signed-session requirement (receive.trust), or None; ReceiveError if the key
+    cannot be read, or cannot be honoured."""
+    from agent.transfer.receive import trust
+    from agent.trust.keys import KeyFileError
+
+    try:
+        required = trust.load(opts)
+    except KeyFileError as exc:
+        raise ReceiveError(exc.what, exc.fix) from None
+    if required is not None and opts.passive:
+        raise ReceiveError(f"--passive cannot verify a signed session ({required.path})",
+                           "drop --passive, or --trust-key")
+    return required
+
+
 def receive(opts: ReceiveOptions) -> TransferResult:
     """Receive one image as udp-receiver would; never raises for transfer failures."""
     start = time.monotonic()
@@ -155,6 +171,7 @@ def receive(opts: ReceiveOptions) -> TransferResult:
     try:
         check_target(opts.file)
         _check_disk(opts.file)
+        r.link.trust = _trust(opts)
         r.link.open()
         say(f"UDP receiver for {opts.file or '(stdout)'} at {r.link.nif.ip} on "
             f"{r.link.nif.name}")

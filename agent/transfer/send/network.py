@@ -17,7 +17,15 @@ from agent.errors import HerdcastError
 from agent.net import netif
 from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import BlockSender
-from agent.udpcast.protocol import HEADER_SIZE, Cap, Op, build, default_data_group, parse
+from agent.udpcast.protocol import (
+    HEADER_SIZE,
+    Cap,
+    Op,
+    build,
+    connect_nonce,
+    default_data_group,
+    parse,
+)
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
 _PEER_GONE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)  # ICMP from a peer
@@ -130,6 +138,8 @@ class Network:
                     break
                 parsed = parse(self._view[:n])
                 if parsed is not None:  # garbage is dropped
+                    if parsed[0] == Op.CONNECT_REQ:  # a receiver that wants a signed session
+                        parsed[1].nonce = connect_nonce(self._view[:n])
                     out.append((parsed[0], parsed[1], addr))
         return out
 

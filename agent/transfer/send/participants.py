@@ -30,6 +30,7 @@ class Participant:
     heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
     digest: tuple[int, bytes] | None = None
     owed_since: float | None = None  # when the oldest request it has not answered went out
+    nonce: bytes | None = None  # from its CONNECT_REQ: it wants a signed session
 
     def answered(self) -> None:
         """Anything it sends proves it alive: its silence counts start again."""
@@ -60,11 +61,12 @@ class Table:
     participants: dict[str, Participant] = field(default_factory=dict)
     reports: dict[str, ReceiverReport] = field(default_factory=dict)  # every round's rows
 
-    def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int) -> Participant | None:
+    def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
+                nonce: bytes | None = None) -> Participant | None:
         """Add (or refresh) a participant; None when all 1024 slots are taken."""
         p = self.participants.get(ip)
         if p is not None:
-            p.addr, p.caps = addr, caps
+            p.addr, p.caps, p.nonce = addr, caps, nonce
             return p
         used = {q.slot for q in self.participants.values()}
         slot = next((i for i in range(MAX_CLIENTS) if i not in used), None)
@@ -72,7 +74,7 @@ class Table:
             return None
         report = self.reports.setdefault(ip, ReceiverReport(ip))
         report.status = "ok"
-        p = Participant(ip, addr, slot, caps, rcvbuf, report)
+        p = Participant(ip, addr, slot, caps, rcvbuf, report, nonce=nonce)
         self.participants[ip] = p
         return p
 

@@ -31,6 +31,7 @@ from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Participant, Table
 from agent.transfer.send.reader import EOF, SliceReader
 from agent.transfer.send.session import SendSession
+from agent.transfer.send.signing import digest_ack
 from agent.udpcast.protocol import BITMAP_BYTES, Cap, LateStatus, Op, build
 
 MIN_TIMEOUT = 0.02
@@ -142,8 +143,9 @@ class Transfer:
         if self.digest is None:
             return  # cannot happen before the end slice; the receiver repeats it
         agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
-        self.net.send(build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=self.total),
-                      addr)
+        p = self.table.participants.get(ip)
+        self.net.send(digest_ack(self.opts.sign_key, p.nonce if p else None, agreed,
+                                 self.total, self.digest), addr)
         self.table.record_digest(ip, msg.total_bytes, msg.sha256, agreed)
 
     # ------------------------------------------------------------------ slices

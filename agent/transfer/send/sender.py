@@ -55,6 +55,14 @@ def send(opts: SendOptions) -> TransferResult:
     if opts.async_ and opts.fec is None:
         say("herdcast send: warning: --async without --fec: any lost packet corrupts the "
             "receivers' copy (add --fec 8x8/128)")
+    if opts.sign_key is not None:
+        from agent.transfer.send.signing import signer
+        from agent.trust.keys import KeyFileError
+
+        try:
+            signer(opts.sign_key)
+        except KeyFileError as exc:
+            return TransferResult(ok=False, error=str(exc))
     if opts.file is not None:
         from agent.hw.disk import send_source_warnings
 

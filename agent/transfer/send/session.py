@@ -17,6 +17,7 @@ from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import Destination
 from agent.transfer.send.network import Network, SendError
 from agent.transfer.send.participants import Participant, Table
+from agent.transfer.send.signing import sign_reply
 from agent.udpcast.protocol import Op, build, build_connect_reply
 
 SLICE_BYTES = 1024 * 1456  # udpcast's default slice: 1024 Ethernet-sized blocks
@@ -116,7 +117,9 @@ class SendSession:
         fields = dict(client_number=p.slot if p else -1, blocksize=net.blocksize,
                       capabilities=net.caps, mcast_addr=net.advertised)
         if p is not None and p.herdcast:
-            net.send(build_connect_reply(image_size=self.image_size or 0,
-                                         codec=self.codec, **fields), addr)
+            reply = build_connect_reply(image_size=self.image_size or 0, codec=self.codec,
+                                        **fields)
+            net.send(sign_reply(self.opts.sign_key, reply, p.nonce, net.advertised,
+                                self.image_size or 0), addr)
         else:
             net.send(build(Op.CONNECT_REPLY, **fields), addr)

@@ -95,7 +95,7 @@ def _negotiate(session: SendSession, table: Table, keyboard: bool, expect: set[s
             if op == Op.CONNECT_REQ:
                 if expect is not None and admit is not None and not admit(ip):
                     continue
-                p = table.connect(ip, addr, msg.capabilities, msg.rcvbuf)
+                p = table.connect(ip, addr, msg.capabilities, msg.rcvbuf, msg.get("nonce"))
                 session.reply(p, addr)
                 if p is not None and first_connect is None:
                     first_connect = last_message
