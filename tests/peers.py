@@ -56,3 +56,17 @@ def herdcast_sender(host, log: Path, *args: str) -> subprocess.Popen:
     """`herdcast send` with `args` (the input is among them, or stdin)."""
     return _start(host, [*HERDCAST, "send", "--nokbd", "--no-progress", "--interface",
                          "eth0", *args], log)
+
+
+def wait(proc: subprocess.Popen, timeout: float = 60) -> int | str:
+    """The exit code, or "timeout" (the lab kills it) so the assertion shows the logs."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+
+
+def logs(tmp_path: Path, tail: int = 2000) -> str:
+    """Every *.log under tmp_path, the last `tail` characters of each, for an assertion."""
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+                     for p in sorted(tmp_path.glob("*.log")))

@@ -11,28 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from netlab import NetLab
-from peers import herdcast_receiver, herdcast_sender, make_source, sha
+from peers import herdcast_receiver, herdcast_sender, logs, make_source, sha, wait
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
-
-
-def wait(proc: subprocess.Popen, timeout: float):
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout"
-
-
-def logs(tmp_path: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                     for p in sorted(tmp_path.glob("*.log")))
 
 
 def _wait_size(path: Path, size: int, tmp_path: Path, timeout: float = 60) -> None:

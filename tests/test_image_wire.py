@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from fsdisk import Part, file_digests, fsck, make_disk
 from loopdev import needs_loop
 from netlab import NetLab
-from peers import herdcast_receiver, herdcast_sender, stock_receiver
+from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
@@ -49,16 +48,6 @@ def used_extents_equal(src: Path, dst: Path) -> bool:
     return True
 
 
-def wait(proc, timeout: float = 120):
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout"
-
-
-def logs(tmp_path: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-                     for p in sorted(tmp_path.glob("*.log")))
 
 
 def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
@@ -70,7 +59,7 @@ def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
     time.sleep(0.3)
     snd = herdcast_sender(lab.hosts[0], tmp_path / f"send-{src.name}.log", "--min-receivers",
                           str(len(receivers)), "-f", str(src), *send_args)
-    return wait(snd), [wait(p, 60) for p in procs]
+    return wait(snd, 120), [wait(p, 60) for p in procs]
 
 
 def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path):

@@ -23,9 +23,11 @@ from peers import (
     ROOT,
     herdcast_receiver,
     herdcast_sender,
+    logs,
     make_source,
     sha,
     stock_receiver,
+    wait,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -34,17 +36,6 @@ needs_udpcast = pytest.mark.skipif(shutil.which("udp-receiver") is None,
                                    reason="Debian package udpcast not installed")
 
 
-def wait(proc: subprocess.Popen, timeout: float = 60) -> int:
-    """The exit code, or "timeout" (the lab kills it) so the assertion shows the logs."""
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout"
-
-
-def logs(tmp_path: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-                     for p in sorted(tmp_path.glob("*.log")))
 
 
 def run_session(lab, tmp_path: Path, src: Path, *send_args: str, herdcast_hosts=(),

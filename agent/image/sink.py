@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import io
 import os
 import stat
 import struct
 
 from agent.errors import HerdcastError
-from agent.image.stream import Decoder
+from agent.image.stream import Decoder, DecodingWriter
 
 BLANK_MODES = ("keep", "zero", "discard")
 BLKDISCARD = 0x1277  # _IO(0x12, 119)
@@ -32,34 +31,19 @@ class SinkError(HerdcastError):
     """Writing the image onto the disk failed (the disk, not the network)."""
 
 
-class DiskSink(io.RawIOBase):
+class DiskSink(DecodingWriter):
     """A writable stream: image stream bytes in, the disk behind `fd` written in place.
     The caller owns `fd`; `close()` checks the image was complete and flushes nothing else."""
 
     def __init__(self, fd: int, path: str, blank: str = "keep") -> None:
-        super().__init__()
         if blank not in BLANK_MODES:
             raise SinkError(f"blank={blank}: unknown", f"use one of {', '.join(BLANK_MODES)}")
         self.fd, self.path, self.mode = fd, path, blank
         self.is_block = stat.S_ISBLK(os.fstat(fd).st_mode)
-        self.decoder = Decoder(self._write, self._zero, self._blank)
+        super().__init__(Decoder(self._write, self._zero, self._blank))
         self.written = 0
         self.blanked = 0
         self._checked_size = False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.decoder.feed(b)
-        return len(b)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self.decoder.finish()
-            finally:
-                super().close()
 
     def _write(self, offset: int, data: memoryview) -> None:
         if not self._checked_size:

@@ -8,12 +8,11 @@ file is about the size of the disk's data. Its compression is known from the fir
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from agent.errors import HerdcastError
-from agent.image.stream import Decoder, is_image
+from agent.image.stream import Decoder, DecodingWriter, is_image
 
 # The first bytes of each codec's stream (agent.transfer.compress writes these formats).
 CODEC_MAGICS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gz", b"\x89LZO\x00": "lzop"}
@@ -67,7 +66,7 @@ def read_info(path: str) -> ImageInfo:
     with open(path, "rb") as f:
         head = f.read(64)
         codec = codec_of(head)
-        sink: BinaryIO = _Feed(decoder)
+        sink: BinaryIO = DecodingWriter(decoder)
         if codec:
             sink = decompressing_writer(sink, codec)
         elif not is_image(head):
@@ -86,15 +85,3 @@ def read_info(path: str) -> ImageInfo:
     return ImageInfo(path, size, codec, decoder.disk_size, decoder.records,
                      decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest())
 
-
-class _Feed(io.RawIOBase):
-    def __init__(self, decoder: Decoder) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.decoder.feed(b)
-        return len(b)

@@ -218,6 +218,29 @@ class Decoder:
                               "data bytes so far)")
 
 
+class DecodingWriter(io.RawIOBase):
+    """A writable file over a Decoder, so a decompressor can write an image stream into
+    it; `close()` checks the stream was complete."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.decoder.feed(b)
+        return len(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.decoder.finish()
+            finally:
+                super().close()
+
+
 class StreamReader(io.RawIOBase):
     """The image stream as a readable file, so compression and the sender's slice reader
     take it as they take a disk."""

@@ -1,7 +1,8 @@
 """Disk images for the PXE lab: a sender disk that looks like a real installed node (MBR, an
 ext4 partition with known files, data after it) and receivers full of junk.
 
-The MBR is declared once with construct and used to build it and to read it back.
+The MBR is the one agent.image.partitions declares with construct: built here, read back
+there and by the tests.
 """
 
 from __future__ import annotations
@@ -11,26 +12,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from construct import Array, Bytes, Const, Int8ul, Int32ul, Struct
-
+from agent.image.partitions import Mbr
 from builder.lab.vms import LabError
 
 SECTOR = 512
-
-PartitionEntry = Struct(
-    "status" / Int8ul,  # 0x80 = bootable
-    "chs_first" / Bytes(3),
-    "type" / Int8ul,  # 0x83 = Linux
-    "chs_last" / Bytes(3),
-    "lba_first" / Int32ul,
-    "sectors" / Int32ul,
-)
-
-Mbr = Struct(
-    "bootstrap" / Bytes(446),
-    "partitions" / Array(4, PartitionEntry),
-    "signature" / Const(b"\x55\xaa"),
-)
 
 _EMPTY = {"status": 0, "chs_first": bytes(3), "type": 0, "chs_last": bytes(3),
           "lba_first": 0, "sectors": 0}
