@@ -29,3 +29,18 @@ def loop_device(backing: Path):
         yield dev
     finally:
         subprocess.run(["losetup", "-d", dev], timeout=20, check=False)
+
+
+@contextlib.contextmanager
+def mounted_ext4(image: Path, mountpoint: Path):
+    """An ext4 file system on `image` (its size as it is), mounted read-write through a loop
+    device at `mountpoint` (made here); yields the device."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60,
+                   capture_output=True)
+    mountpoint.mkdir()
+    with loop_device(image) as dev:
+        subprocess.run(["mount", dev, str(mountpoint)], check=True, timeout=20)
+        try:
+            yield dev
+        finally:
+            subprocess.run(["umount", str(mountpoint)], timeout=20, check=False)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, needs_loop
+from loopdev import loop_device, mounted_ext4, needs_loop
 
 from agent.hw.disk import (
     Disk,
@@ -26,18 +25,6 @@ from agent.hw.disk import (
 MiB = 1024 * 1024
 
 
-@contextlib.contextmanager
-def mounted_ext4(image: Path, mountpoint: Path):
-    """An ext4 file system on `image`, mounted through a loop device."""
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60,
-                   capture_output=True)
-    mountpoint.mkdir()
-    with loop_device(image) as dev:
-        subprocess.run(["mount", dev, str(mountpoint)], check=True, timeout=20)
-        try:
-            yield dev
-        finally:
-            subprocess.run(["umount", str(mountpoint)], timeout=20, check=False)
 
 
 def _fake_proc(tmp_path: Path, mountinfo: str) -> str:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, needs_loop
+from loopdev import loop_device, mounted_ext4, needs_loop
 
 MiB = 1024 * 1024
 TEST_SWITCHES = ["--no-hardware", "--no-network"]
@@ -122,24 +122,16 @@ def test_receiver_refuses_a_mounted_disk(lab3, tmp_path, herdcast_argv):
     disk = tmp_path / "fs.img"
     with open(disk, "wb") as f:
         f.truncate(8 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True, timeout=60,
-                   capture_output=True)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with loop_device(disk) as dev:
-        subprocess.run(["mount", dev, str(mnt)], check=True, timeout=20)
-        try:
-            before = digest(disk)
-            for target in (str(disk), dev):
-                proc = run_node(lab3.hosts[1], node_argv(
-                    herdcast_argv, "umode=rcv auto=yes udpcparam=--start-timeout=5", target))
-                assert proc.returncode != 0
-                lines = failed_lines(proc.stdout)
-                assert len(lines) == 1 and "mounted on" in lines[0], proc.stdout
-                assert "receiving" not in proc.stdout, "refused before the transfer"
-            assert digest(disk) == before
-        finally:
-            subprocess.run(["umount", str(mnt)], timeout=20, check=False)
+    with mounted_ext4(disk, tmp_path / "mnt") as dev:
+        before = digest(disk)
+        for target in (str(disk), dev):
+            proc = run_node(lab3.hosts[1], node_argv(
+                herdcast_argv, "umode=rcv auto=yes udpcparam=--start-timeout=5", target))
+            assert proc.returncode != 0
+            lines = failed_lines(proc.stdout)
+            assert len(lines) == 1 and "mounted on" in lines[0], proc.stdout
+            assert "receiving" not in proc.stdout, "refused before the transfer"
+        assert digest(disk) == before
 
 
 @pytest.mark.netns
@@ -149,41 +141,33 @@ def test_sender_refuses_a_read_write_mounted_disk_unless_mounted_warn(lab3, tmp_
     disk = tmp_path / "fs.img"
     with open(disk, "wb") as f:
         f.truncate(8 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True, timeout=60,
-                   capture_output=True)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with loop_device(disk) as dev:
-        subprocess.run(["mount", dev, str(mnt)], check=True, timeout=20)
+    with mounted_ext4(disk, tmp_path / "mnt") as dev:
+        proc = run_node(lab3.hosts[0], node_argv(herdcast_argv, "umode=snd auto=yes", dev))
+        assert proc.returncode != 0
+        lines = failed_lines(proc.stdout)
+        assert len(lines) == 1 and "mounted read-write on" in lines[0] \
+            and "set mounted=warn" in lines[0], proc.stdout
+        assert "sending" not in proc.stdout, "refused before the transfer"
+        # mounted=warn: one warning, then the transfer starts (stopped there: no receiver)
+        argv = node_argv(herdcast_argv, "umode=snd auto=yes mounted=warn", dev, "--no-post")
+        sender = subprocess.Popen(lab3.hosts[0].argv(*argv), stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  text=True)
+        out = ""
+        watchdog = threading.Timer(30, sender.kill)  # never hang on a silent node
+        watchdog.start()
         try:
-            proc = run_node(lab3.hosts[0], node_argv(herdcast_argv, "umode=snd auto=yes", dev))
-            assert proc.returncode != 0
-            lines = failed_lines(proc.stdout)
-            assert len(lines) == 1 and "mounted read-write on" in lines[0] \
-                and "set mounted=warn" in lines[0], proc.stdout
-            assert "sending" not in proc.stdout, "refused before the transfer"
-            # mounted=warn: one warning, then the transfer starts (stopped there: no receiver)
-            argv = node_argv(herdcast_argv, "umode=snd auto=yes mounted=warn", dev, "--no-post")
-            sender = subprocess.Popen(lab3.hosts[0].argv(*argv), stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                      text=True)
-            out = ""
-            watchdog = threading.Timer(30, sender.kill)  # never hang on a silent node
-            watchdog.start()
-            try:
-                for line in sender.stdout:
-                    out += line
-                    if "sending" in line or "FAILED" in line:
-                        break
-            finally:
-                watchdog.cancel()
-                sender.kill()
-                sender.wait(timeout=10)
-            warning = [line for line in out.splitlines() if "warning:" in line]
-            assert len(warning) == 1 and "may be inconsistent" in warning[0], out
-            assert "herdcast: sending" in out and "FAILED" not in out, out
+            for line in sender.stdout:
+                out += line
+                if "sending" in line or "FAILED" in line:
+                    break
         finally:
-            subprocess.run(["umount", str(mnt)], timeout=20, check=False)
+            watchdog.cancel()
+            sender.kill()
+            sender.wait(timeout=10)
+        warning = [line for line in out.splitlines() if "warning:" in line]
+        assert len(warning) == 1 and "may be inconsistent" in warning[0], out
+        assert "herdcast: sending" in out and "FAILED" not in out, out
 
 
 @pytest.mark.netns

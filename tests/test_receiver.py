@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, needs_loop
+from loopdev import loop_device, mounted_ext4, needs_loop
 from netlab import NetLab
 
 from agent.transfer.options import parse_receive_args
@@ -242,20 +242,14 @@ def test_a_mounted_or_held_device_is_refused_before_the_network(tmp_path):
     img = tmp_path / "fs.img"
     with open(img, "wb") as f:
         f.truncate(8 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, timeout=60,
-                   capture_output=True)
-    (tmp_path / "mnt").mkdir()
+    with mounted_ext4(img, tmp_path / "mnt") as dev:
+        before = img.read_bytes()
+        for target in (dev, str(img)):  # the device, and the file behind it
+            result = receive(parse_receive_args(["--nokbd", "-f", target,
+                                                 "--interface", "no-such-if0"]))
+            assert not result.ok and "mounted on" in result.error, result.error
+        assert img.read_bytes() == before
     with loop_device(img) as dev:
-        subprocess.run(["mount", dev, str(tmp_path / "mnt")], check=True, timeout=20)
-        try:
-            before = img.read_bytes()
-            for target in (dev, str(img)):  # the device, and the file behind it
-                result = receive(parse_receive_args(["--nokbd", "-f", target,
-                                                     "--interface", "no-such-if0"]))
-                assert not result.ok and "mounted on" in result.error, result.error
-            assert img.read_bytes() == before
-        finally:
-            subprocess.run(["umount", str(tmp_path / "mnt")], timeout=20, check=False)
         fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
         try:
             result = receive(parse_receive_args(["--nokbd", "-f", dev,
@@ -273,14 +267,7 @@ def test_sending_a_read_write_mounted_disk_warns(tmp_path, capsys):
     img = tmp_path / "fs.img"
     with open(img, "wb") as f:
         f.truncate(8 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, timeout=60,
-                   capture_output=True)
-    (tmp_path / "mnt").mkdir()
-    with loop_device(img) as dev:
-        subprocess.run(["mount", dev, str(tmp_path / "mnt")], check=True, timeout=20)
-        try:
-            send(parse_send_args(["--nokbd", "-f", dev, "--interface", "no-such-if0"]))
-        finally:
-            subprocess.run(["umount", str(tmp_path / "mnt")], timeout=20, check=False)
+    with mounted_ext4(img, tmp_path / "mnt") as dev:
+        send(parse_send_args(["--nokbd", "-f", dev, "--interface", "no-such-if0"]))
     err = capsys.readouterr().err
     assert f"herdcast send: warning: {dev}: " in err and "inconsistent" in err
