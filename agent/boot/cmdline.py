@@ -48,6 +48,7 @@ class BootConfig:
     mounted: str = "refuse"
     blocks: str = "used"
     blank: str = "keep"
+    verify: str = "none"
     udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
     post: str = "poweroff"
     onfail: str = "wait"
@@ -127,6 +128,9 @@ def parse_cmdline(text: str) -> BootConfig:
     if umode == "rcv" and values["blocks"] != "used":
         raise CmdlineError(f"{shown('blocks', given['blocks'])}: blocks= is what a sender "
                            "sends; for umode=rcv drop it (blank= is the receiver's)")
+    if umode == "snd" and values["verify"] != "none":
+        raise CmdlineError(f"{shown('verify', given['verify'])}: a sender writes nothing to "
+                           "read back; verify= is for umode=rcv, drop it")
     if umode == "snd" and values["blank"] != "keep":
         raise CmdlineError(f"{shown('blank', given['blank'])}: blank= is what a receiver does "
                            "with free space; for umode=snd drop it (blocks= is the sender's)")
@@ -151,6 +155,7 @@ def parse_cmdline(text: str) -> BootConfig:
         mounted=str(values["mounted"]),
         blocks=str(values["blocks"]),
         blank=str(values["blank"]),
+        verify=str(values["verify"]),
         udpcparam=words,
         post=str(values["post"]),
         onfail=str(values["onfail"]),

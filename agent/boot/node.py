@@ -105,7 +105,8 @@ def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | Receive
     named the interface: udpcparam's options with disk=, port= and compr= set as typed
     values (no argv is built to be parsed again). An --interface in udpcparam wins."""
     extra = cfg.udpcparam_options
-    own = {"blocks": cfg.blocks} if cfg.sending else {"blank": cfg.blank}
+    own = ({"blocks": cfg.blocks} if cfg.sending
+           else {"blank": cfg.blank, "verify": cfg.verify})
     return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
                                compress=cfg.compression, nokbd=True,
                                interface=extra.interface or interface, **own)

@@ -38,6 +38,7 @@ UMODES = ("snd", "rcv")
 MOUNTED = ("refuse", "warn")  # a sender's disk with a read-write mounted filesystem
 BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
 BLANKS = ("keep", "zero", "discard")  # what a receiver does with free space (agent.image)
+VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ _PARAM_LIST = [
     Param("mounted", _choice("mounted", MOUNTED, {}, "a choice"), "refuse", choices=MOUNTED),
     Param("blocks", _choice("blocks", BLOCKS, {}, "a choice"), "used", choices=BLOCKS),
     Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
+    Param("verify", _choice("verify", VERIFY, {}, "a choice"), "none", choices=VERIFY),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

@@ -48,6 +48,8 @@ def transfer_argv(cfg: BootConfig) -> list[str]:
         argv += ["--blocks", cfg.blocks]
     if not cfg.sending and cfg.blank != "keep":
         argv += ["--blank", cfg.blank]
+    if not cfg.sending and cfg.verify != "none":
+        argv += ["--verify", cfg.verify]
     return argv + list(cfg.udpcparam)
 
 

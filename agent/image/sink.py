@@ -35,15 +35,22 @@ class DiskSink(DecodingWriter):
     """A writable stream: image stream bytes in, the disk behind `fd` written in place.
     The caller owns `fd`; `close()` checks the image was complete and flushes nothing else."""
 
-    def __init__(self, fd: int, path: str, blank: str = "keep") -> None:
+    def __init__(self, fd: int, path: str, blank: str = "keep", readback=None) -> None:
+        """`readback`: told of every image byte written (add(offset, data)), to read back."""
         if blank not in BLANK_MODES:
             raise SinkError(f"blank={blank}: unknown", f"use one of {', '.join(BLANK_MODES)}")
         self.fd, self.path, self.mode = fd, path, blank
         self.is_block = stat.S_ISBLK(os.fstat(fd).st_mode)
-        super().__init__(Decoder(self._write, self._zero, self._blank))
+        self.readback = readback
+        super().__init__(Decoder(self._data, self._zero, self._blank))
         self.written = 0
         self.blanked = 0
         self._checked_size = False
+
+    def _data(self, offset: int, data: memoryview) -> None:
+        self._write(offset, data)
+        if self.readback is not None:
+            self.readback.add(offset, data)
 
     def _write(self, offset: int, data: memoryview) -> None:
         if not self._checked_size:

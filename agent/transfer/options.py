@@ -108,6 +108,7 @@ class ReceiveOptions(CommonOptions):
     # True unpacks onto a file too (a file standing for a disk). See agent.image.
     unpack: bool | None = None
     blank: str = "keep"  # what unpacking does with the space no image extent covers
+    verify: str = "none"  # "readback": read what was written back from the disk after fsync
     # herdcast: public key a sender must sign with (default: agent.trust.TRUSTED_KEY_PATH
     # when that file exists)
     trust_key: str | None = None
@@ -269,6 +270,9 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
     p.add_argument("--blank", choices=["keep", "zero", "discard"], default="keep",
                    help="herdcast: what unpacking an image does with free space: keep it "
                         "(default), zero it, or discard it (SSD trim)")
+    p.add_argument("--verify", choices=["none", "readback"], default="none",
+                   help="herdcast: readback reads everything written back from the disk "
+                        "after it is flushed and compares (one more read of the data)")
     return p
 
 
@@ -342,4 +346,7 @@ def parse_receive_args(argv: list[str]) -> ReceiveOptions:
         raise OptionError("--receive-timeout: must be > 0 seconds")
     if ns.exit_wait < 0:
         raise OptionError("--exit-wait: must be >= 0 milliseconds")
+    if ns.verify == "readback" and (ns.file is None or ns.pipe):
+        raise OptionError("--verify readback: needs --file (a disk or file) and no --pipe, "
+                          "to read back what was written")
     return _fill(ReceiveOptions, ns)

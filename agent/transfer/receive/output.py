@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import queue
 import shlex
@@ -26,6 +27,7 @@ from collections.abc import Callable
 
 from agent.errors import HerdcastError
 from agent.transfer.options import ReceiveOptions
+from agent.transfer.receive.readback import Readback
 
 # fsync on what cannot be synced (a pipe, a socket, /dev/null): nothing to sync, not a failure
 _NOTHING_TO_SYNC = (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.ENOTTY)
@@ -71,6 +73,8 @@ class Output:
         self.sync = opts.sync
         self.codec = codec if codec not in (None, "none") else None
         self.blank = opts.blank
+        self.readback = Readback() if opts.verify == "readback" else None
+        self._written = 0  # where the next raw write lands, for the read-back
         self.proc: subprocess.Popen | None = None
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
@@ -128,7 +132,7 @@ class Output:
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
-            self.sink = DiskSink(self.target_fd, self.path, self.blank)
+            self.sink = DiskSink(self.target_fd, self.path, self.blank, self.readback)
             self.decoder = self.sink
             if self.codec:
                 from agent.transfer.compress import decompressing_writer
@@ -140,7 +144,7 @@ class Output:
         elif self.codec:
             from agent.transfer.compress import decompressing_writer
 
-            self._raw = open(self.target_fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
+            self._raw = _Writer(self._write_fd)
             self.decoder = decompressing_writer(self._raw, self.codec)
             self._write = self.decoder.write
         else:
@@ -151,6 +155,9 @@ class Output:
 
     def _write_fd(self, data: memoryview) -> None:
         fd = self.target_fd
+        if self.readback is not None:
+            self.readback.add(self._written, data)
+            self._written += len(data)
         while data:
             n = os.write(fd, data)
             data = data[n:]
@@ -184,6 +191,8 @@ class Output:
                 if exc.errno not in _NOTHING_TO_SYNC:
                     raise OutputError(f"{self.path}: flushing to disk failed: "
                                       f"{exc.strerror or exc}") from exc
+            if self.readback is not None:
+                self.readback.check(self.fd, self.path)
             fd, self.fd = self.fd, -1
             try:
                 os.close(fd)
@@ -211,6 +220,22 @@ class Output:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+class _Writer(io.RawIOBase):
+    """The output's own write path as a file, for the decompressor to write into (so the
+    read-back sees the bytes it writes too)."""
+
+    def __init__(self, write: Callable[[memoryview], None]) -> None:
+        super().__init__()
+        self._write = write
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._write(memoryview(b))
+        return len(b)
 
 
 HEAD_BYTES = 16  # enough for agent.image's magic

@@ -1,0 +1,63 @@
+"""`verify=readback` (`--verify readback`): after the disk said the data landed (fsync), read
+it back from the device and compare.
+
+The wire digest proves what arrived; this proves what the disk now returns, which catches a
+disk that acknowledges writes it then loses or garbles (a failing drive, a bad cable, a
+controller cache). The pages just written are dropped from the page cache first
+(POSIX_FADV_DONTNEED after fsync), so the read goes to the device. It costs one more read of
+everything written: off by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from agent.errors import HerdcastError
+
+CHUNK = 1 << 20
+
+
+class ReadbackError(HerdcastError):
+    """What the disk returns is not what was written."""
+
+
+class Readback:
+    """The byte ranges written, in write order, and the sha256 of their bytes."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []  # [offset, length], merged while contiguous
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def add(self, offset: int, data: memoryview | bytes) -> None:
+        if self.ranges and self.ranges[-1][0] + self.ranges[-1][1] == offset:
+            self.ranges[-1][1] += len(data)
+        else:
+            self.ranges.append([offset, len(data)])
+        self.sha256.update(data)
+        self.bytes += len(data)
+
+    def check(self, fd: int, path: str) -> None:
+        """Read every range back from the device; raises ReadbackError on a difference."""
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        again = hashlib.sha256()
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for offset, length in self.ranges:
+                end = offset + length
+                while offset < end:
+                    chunk = os.pread(rfd, min(CHUNK, end - offset), offset)
+                    if not chunk:
+                        raise ReadbackError(f"{path}: reading back byte {offset} found the "
+                                            "end of the disk", "check the disk and image again")
+                    again.update(chunk)
+                    offset += len(chunk)
+        except OSError as exc:
+            raise ReadbackError(f"{path}: reading back failed at byte {offset}: "
+                                f"{exc.strerror}", "the disk is failing; replace it") from exc
+        finally:
+            os.close(rfd)
+        if again.digest() != self.sha256.digest():
+            raise ReadbackError(f"{path}: the {self.bytes} bytes read back differ from those "
+                                "written (sha256)", "the disk is failing; replace it")
