@@ -141,3 +141,17 @@ def test_real_filesystems_capture_restore(tmp_path: Path):
                 hashlib.sha256(b.read(e.length)).digest(), e
     assert fsck(dst, PARTS) == []
     assert file_digests(dst, PARTS) == digests
+
+
+def test_space_outside_partitions_is_sent_only_where_boot_code_and_gpt_live():
+    """Before the first partition (MBR, GPT, a boot loader's core) and the backup GPT in the
+    disk's last MiB are sent; unallocated space between or after partitions is not, as
+    partclone-based tools do."""
+    from agent.image.partitions import Partition
+    from agent.image.usedmap import outside_partitions
+
+    parts = [Partition(1, Extent(MiB, 10 * MiB), "gpt:x"),
+             Partition(2, Extent(20 * MiB, 10 * MiB), "gpt:y")]
+    assert outside_partitions(100 * MiB, "gpt", parts) == [Extent(0, MiB),
+                                                           Extent(99 * MiB, MiB)]
+    assert outside_partitions(100 * MiB, "mbr", parts) == [Extent(0, MiB)]

@@ -1,7 +1,10 @@
 """The used-block map of a whole disk: which byte ranges a clone must carry.
 
-Everything outside the partitions is used (boot code, GPT headers and entries at both ends,
-a boot loader's gap); inside each partition, what its filesystem uses (agent.image.filesystems).
+Outside the partitions, what boot firmware and partitioning tools read: everything before
+the first partition (the MBR or protective MBR, the primary GPT, a boot loader's core in the
+gap) and, on a GPT disk, its last MiB (the backup GPT). Space between or after partitions
+belongs to nobody and is not sent, as partclone-based tools do. Inside each partition, what
+its filesystem uses (agent.image.filesystems).
 partclone reads a partition through a device of its own: the kernel's partition node for a
 block device, a read-only loop device over the byte range for a disk image file.
 """
@@ -16,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.image.extents import Extent, normalize, subtract, total
+from agent.image.extents import Extent, normalize, total
 from agent.image.filesystems import FsMap, map_partition
 from agent.image.partitions import Partition, read_partitions
 
@@ -59,7 +62,7 @@ def used_map(path: str) -> UsedMap:
         if not parts:
             return UsedMap(size, scheme, [], [whole] if size else [])
         mapped: list[tuple[Partition, FsMap]] = []
-        used = subtract(whole, [p.extent for p in parts])  # outside partitions: always sent
+        used = outside_partitions(size, scheme, parts)
         for part in parts:
             extent = Extent(part.extent.offset,
                             max(0, min(part.extent.end, size) - part.extent.offset))
@@ -74,6 +77,18 @@ def used_map(path: str) -> UsedMap:
         return UsedMap(size, scheme, mapped, normalize(used))
     finally:
         os.close(fd)
+
+
+GPT_TAIL = 1 << 20  # the backup GPT lies in the last 33 sectors (512 B) or 6 (4 KiB)
+
+
+def outside_partitions(size: int, scheme: str, parts: list[Partition]) -> list[Extent]:
+    """The bytes outside every partition that a clone must carry."""
+    first = min(p.extent.offset for p in parts)
+    out = [Extent(0, min(first, size))]
+    if scheme == "gpt":
+        out.append(Extent(max(0, size - GPT_TAIL), min(GPT_TAIL, size)))
+    return normalize(out)
 
 
 @contextlib.contextmanager
