@@ -4,24 +4,32 @@ Four VMs PXE-boot the TFTP root `make initrd` made, one of each firmware kind a 
 BIOS (SeaBIOS, iPXE, pxelinux), UEFI (OVMF, iPXE's EFI ROM, GRUB) and UEFI with Secure Boot
 on (OVMF with Microsoft's keys: shim, Debian's signed GRUB and kernel). One sender, chosen
 by its own `pxelinux.cfg/01-<mac>` (as the udpcast tutorial does it), whose disk holds an
-MBR, an ext4 partition with known files and data after it; three receivers with junk on
-their disks, mixing NIC models and disk buses so that netmodule=AUTO and diskmodule=AUTO do
-real work. Every node has its own per-MAC file (`python -m builder node`: pxelinux's and
-GRUB's twin) naming its disk. Every node powers off at the end. The run shows each node's
-progress, ends with a table, keeps the consoles in build/demo/ and removes its namespace.
+MBR, an ext4 partition with known files and data after it (so it sends herdcast receivers
+its used blocks: the partition table, what ext4 uses, the data after the partition); three
+receivers with junk on their disks, mixing NIC models and disk buses so that
+netmodule=AUTO and diskmodule=AUTO do real work. Every node has its own per-MAC file
+(`python -m builder node`: pxelinux's and GRUB's twin) naming its disk. Every node powers
+off at the end. The run shows each node's progress, ends with a table, keeps the consoles
+in build/demo/ and removes its namespace. `--capture` runs builder/lab/capture.py instead:
+a disk captured into an image file on the lab's server, then deployed from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.initrd import MARKER
-from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
+from builder.lab.disks import (
+    make_junk_disk,
+    make_sender_disk,
+    read_partition_file,
+    used_digest,
+    used_extents,
+)
 from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
 from builder.pxelinux import mac_file_name
 
@@ -52,7 +60,7 @@ class NodeResult:
     node: Node
     seconds: float | None
     first_data: float | None
-    sha256: str
+    sha256: str  # of the sender's used extents as this node's disk holds them
     ok: bool
     secure_boot: bool | None = None  # what the kernel said; None: it said nothing
     menu: str | None = None  # the node's own boot menu file it was served, if any
@@ -111,11 +119,14 @@ def own_menu(node: Node, served: list[str]) -> str | None:
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
             show=print, http: bool = True, mtu: int = LAB_MTU) -> list[NodeResult]:
-    """Boot the fleet, wait for every node to power off, and compare the disks. `http`:
+    """Boot the fleet, wait for every node to power off, and compare the disks: each must
+    hold the sender's used extents (what a used-block clone carries; the receivers' free
+    space keeps its junk, blank=keep) byte for byte. `http`:
     kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP); `mtu`:
     the lab LAN's, which DHCP hands the nodes (9000: jumbo frames, 8956-byte blocks)."""
     check_tools()
     fleet = prepare(workdir, size_mib)
+    used = used_extents(fleet[0][-1])
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
     kernel_at: dict[str, float] = {}
@@ -157,10 +168,10 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         if not finished:
             show(f"timeout: not every node powered off within {timeout:.0f} s")
         served = lab.tftp_sent()
-    golden = hashlib.sha256(fleet[0][-1].read_bytes()).hexdigest()
+    golden = used_digest(fleet[0][-1], used)
     results = []
     for node in nodes:
-        digest = hashlib.sha256(node.disk.read_bytes()).hexdigest()
+        digest = used_digest(node.disk, used)
         seconds = node.ended - node.started if node.ended else None
         said = _SECURE_BOOT.search(console_text(node))
         results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
@@ -172,9 +183,10 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
 
 
 def table(results: list[NodeResult], size_mib: int) -> str:
-    """The final table: node, MAC, NIC model, disk bus, bytes, time, digest, OK."""
-    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "bytes", "time", "first data",
-             "sha256", "OK")]
+    """The final table: node, MAC, NIC model, disk bus, disk bytes, time, digest of the
+    sender's used extents on this disk, OK."""
+    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "disk bytes", "time", "first data",
+             "used sha256", "OK")]
     for r in results:
         firmware = r.node.firmware + (" (SB on)" if r.secure_boot else "")
         rows.append((r.node.name, firmware, r.node.mac, r.node.nic, r.node.bus,
