@@ -211,10 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mtu", type=int, default=LAB_MTU,
                    help="the lab LAN's MTU, handed out by DHCP (default: %(default)s, jumbo "
                    "frames; 1500 for plain Ethernet)")
+    p.add_argument("--capture", action="store_true",
+                   help="capture a node's disk into an image file on the lab's server, then "
+                   "deploy that file to two receivers with the node off (issue 12)")
     args = p.parse_args(argv)
     if not (args.tftpboot / "initrd.img").exists():
         raise LabError(f"{args.tftpboot}/initrd.img is missing", "run `make initrd` first")
     started = time.monotonic()
+    if args.capture:
+        from builder.lab.capture import run_capture_deploy
+
+        done = run_capture_deploy(args.tftpboot, args.workdir, size_mib=args.size_mib,
+                                  timeout=args.timeout, http=not args.tftp_only)
+        print()
+        print("\n".join(done.summary()))
+        print(f"total {time.monotonic() - started:.1f} s; consoles and server logs in "
+              f"{args.workdir}")
+        return 0 if done.ok else 1
     results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout,
                       http=not args.tftp_only, mtu=args.mtu)
     print()
