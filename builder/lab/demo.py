@@ -51,6 +51,9 @@ _SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
 # The moment data flows: the sender's start line, a receiver's first-data line.
 _FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data")
+# The bytes that crossed the wire, from the node's result line (a used-block image, and
+# compressed with compr=, is fewer than the disk's).
+_WIRE = re.compile(r"herdcast: SUCCESS: (?:sent|received) (\d+) bytes")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class NodeResult:
     menu: str | None = None  # the node's own boot menu file it was served, if any
     kernel: float | None = None  # power-on to the kernel's first line
     agent: float | None = None  # power-on to the agent's start
+    wire: int | None = None  # bytes on the wire, as the node's SUCCESS line says
 
 
 def node_config(tftp: Path, mac: str, params: dict[str, str]) -> list[Path]:
@@ -173,24 +177,28 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     for node in nodes:
         digest = used_digest(node.disk, used)
         seconds = node.ended - node.started if node.ended else None
-        said = _SECURE_BOOT.search(console_text(node))
+        text = console_text(node)
+        said = _SECURE_BOOT.search(text)
+        wire = _WIRE.search(text)
         results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
                                   digest == golden and seconds is not None,
                                   said.group(1) == "enabled" if said else None,
                                   own_menu(node, served), kernel_at.get(node.name),
-                                  agent_at.get(node.name)))
+                                  agent_at.get(node.name),
+                                  int(wire.group(1)) if wire else None))
     return results
 
 
 def table(results: list[NodeResult], size_mib: int) -> str:
     """The final table: node, MAC, NIC model, disk bus, disk bytes, time, digest of the
     sender's used extents on this disk, OK."""
-    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "disk bytes", "time", "first data",
-             "used sha256", "OK")]
+    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "disk bytes", "on the wire", "time",
+             "first data", "used sha256", "OK")]
     for r in results:
         firmware = r.node.firmware + (" (SB on)" if r.secure_boot else "")
         rows.append((r.node.name, firmware, r.node.mac, r.node.nic, r.node.bus,
                      str(size_mib * 1024 * 1024),
+                     str(r.wire) if r.wire is not None else "-",
                      f"{r.seconds:.1f}s" if r.seconds is not None else "-",
                      f"{r.first_data:.1f}s" if r.first_data is not None else "-",
                      r.sha256[:16], "yes" if r.ok else "NO"))
