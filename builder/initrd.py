@@ -185,7 +185,8 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
         shutil.copyfile(trust_key, target)
     programs = [KMOD, *mappers] + [p for p in sorted(agent.rglob("*"))
                          if p.is_file() and not p.is_symlink() and libs.is_elf(p)]
-    libs.copy_into(root, libs.closure(programs, bundled=[agent]))
+    needed = libs.closure(programs, bundled=[agent])
+    libs.copy_into(root, needed + libs.dlopened(needed))
     _dedupe(agent, root)
     modules.install(kern.modules_dir, kern.version, chosen, root, module_cache)
     fw = firmware.install(kern.modules_dir, chosen, firmware_dir, root)

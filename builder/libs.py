@@ -67,6 +67,22 @@ def closure(programs: Iterable[Path], bundled: Iterable[Path] = ()) -> list[Path
     return sorted(needed)
 
 
+#: Libraries glibc opens with dlopen, which ldd cannot see: libgcc_s unwinds the stack for
+#: pthread_exit and pthread_cancel. partclone's threads end through pthread_exit; without it
+#: glibc aborts them ("libgcc_s.so.1 must be installed for pthread_exit to work", SIGABRT),
+#: and a node then maps its filesystems as fully used.
+GLIBC_DLOPEN = ("libgcc_s.so.1",)
+
+
+def dlopened(found: Iterable[Path], names: Iterable[str] = GLIBC_DLOPEN) -> list[Path]:
+    """The `names` glibc may dlopen, from the directory of the libc among `found` (where
+    the target's loader looks for them)."""
+    libc = next((lib for lib in found if lib.name == "libc.so.6"), None)
+    if libc is None:
+        return []
+    return [libc.parent / name for name in names if (libc.parent / name).exists()]
+
+
 def copy_into(root: Path, libs: Iterable[Path]) -> list[Path]:
     """Copy each library to the same path under `root`, as a regular file even when the
     host path is a symlink (ldd names the soname link, which is what the loader opens)."""

@@ -51,7 +51,9 @@ def ensure_tftpboot() -> Path:
 
     target = ROOT / "build" / "tftpboot"
     initrd = target / "initrd.img"
-    sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")]
+    # builder/lab/ is the VM lab, not part of what the initrd is built from
+    sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")
+               if not p.is_relative_to(ROOT / "builder" / "lab")]
     newest = max(p.stat().st_mtime for p in sources)
     if not initrd.exists() or initrd.stat().st_mtime < newest:
         proc = subprocess.run([sys.executable, "-m", "builder", "initrd"], cwd=ROOT,

@@ -290,6 +290,16 @@ def test_programs_in_the_initrd_run_with_only_its_own_libraries(tftpboot, tmp_pa
     assert run("/bin/sh", "-c", "echo shell-ok").stdout.strip() == "shell-ok"
     udev = run("/opt/herdcast/herdcast", "plan", "--help")
     assert udev.returncode == 0, udev.stderr[-2000:]
+    # partclone maps a node's used blocks; without libgcc_s (which glibc dlopens for
+    # pthread_exit) it aborted, and nodes sent every filesystem whole
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", str(dest / "tmp" / "fs.img"), "8M"],
+                   check=True, capture_output=True, timeout=60)
+    mapped = run("/usr/sbin/partclone.extfs", "--domain", "-s", "/tmp/fs.img", "-o",
+                 "/tmp/map", "-L", "/tmp/log")
+    assert mapped.returncode == 0, (dest / "tmp" / "log").read_text(errors="replace")[-2000:]
+    used = [ln for ln in (dest / "tmp" / "map").read_text().splitlines()
+            if ln.endswith("  +")]
+    assert used and used[0].startswith("0x00000000"), "no used blocks mapped"
 
 
 def _extract(raw: bytes, dest: Path) -> None:

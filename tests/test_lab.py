@@ -119,3 +119,37 @@ def test_the_demo_defaults_point_into_the_repository():
     from builder.lab import demo
 
     assert (demo.ROOT / "builder" / "lab" / "demo.py").is_file()
+
+
+def test_a_faulty_disk_runs_through_blkdebug_and_a_sound_one_does_not(tmp_path, monkeypatch):
+    from builder.lab.vms import write_eio_rules
+
+    rules = write_eio_rules(tmp_path / "eio.cfg", 16384)
+    text = rules.read_text()
+    assert '[inject-error]' in text and 'event = "write_aio"' in text
+    assert 'errno = "5"' in text and 'sector = "16384"' in text and 'once = "off"' in text
+    started: list[list[str]] = []
+    monkeypatch.setattr(labmod, "_sh", lambda *argv, check=True: None)
+    monkeypatch.setattr(labmod.subprocess, "Popen",
+                        lambda argv, **kw: started.append(argv) or _Proc())
+    lab = PxeLab(Path("unused"), tmp_path, name="hctest")
+    bad = lab.add_node("bad", "e1000", "virtio", tmp_path / "bad.img", fault=rules)
+    good = lab.add_node("good", "e1000", "nvme", tmp_path / "good.img")
+    lab.boot(bad)
+    lab.boot(good)
+    drives = [[a for i, a in enumerate(argv) if i and argv[i - 1] == "-drive"]
+              for argv in started]
+    assert drives[0] == [f"format=raw,file.driver=blkdebug,file.config={rules},"
+                         f"file.image.driver=file,file.image.filename={tmp_path / 'bad.img'}"
+                         ",if=virtio"]
+    assert drives[1] == [f"file={tmp_path / 'good.img'},format=raw,if=none,id=d0"]
+
+
+def test_the_table_shows_the_bytes_on_the_wire_from_the_result_line():
+    from builder.lab.demo import _WIRE
+
+    assert _WIRE.search("herdcast: SUCCESS: sent 32819272 bytes in 4.1 s").group(1) \
+        == "32819272"
+    assert _WIRE.search("herdcast: SUCCESS: received 5487528 bytes in 3.1 s").group(1) \
+        == "5487528"
+    assert not _WIRE.search("herdcast: FAILED: receive: ... after 16777216 bytes")

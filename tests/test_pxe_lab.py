@@ -5,7 +5,8 @@ on (shim -> Debian's signed GRUB -> Debian's signed kernel), mixing NIC models
 (virtio-net-pci, e1000, vmxnet3) and disk buses (virtio, AHCI/SATA, NVMe). Every node boots its own
 per-MAC file (`python -m builder node`: pxelinux.cfg/01-<mac> for BIOS, its GRUB twin
 grub/grub.cfg-01-<mac> for UEFI), the sender's makes it the sender. Every VM powers off by
-itself; every receiver's disk must equal the sender's, a file reads back from a
+itself; every receiver's disk must hold the sender's used extents (the partition table,
+what ext4 uses, the data after the partition), a file reads back from a
 receiver's ext4 partition, and the Secure Boot node's kernel says Secure Boot was on.
 """
 
@@ -16,6 +17,7 @@ from conftest import ensure_tftpboot
 
 from builder.lab.demo import GOLDEN_FILES, run_lab, table
 from builder.lab.disks import read_partition_file
+from builder.lab.vms import console_text
 from builder.pxelinux import mac_file_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -33,6 +35,10 @@ def test_fleet_clones_over_pxe(tmp_path):
     golden = results[0].sha256
     for r in results[1:]:
         assert r.sha256 == golden, f"{r.node.name} disk differs from the sender's:\n{report}"
+    # the sender mapped its disk (partclone in the initrd) and sent used blocks, not every byte
+    sent = console_text(results[0].node)
+    assert "partition 1 (mbr:83)" in sent and "(partclone.extfs)" in sent, report
+    assert "herdcast image" in sent, report
     receiver = results[1].node.disk
     assert read_partition_file(receiver, "/etc/hostname") == GOLDEN_FILES["etc/hostname"]
     for r in results:

@@ -4,24 +4,32 @@ Four VMs PXE-boot the TFTP root `make initrd` made, one of each firmware kind a 
 BIOS (SeaBIOS, iPXE, pxelinux), UEFI (OVMF, iPXE's EFI ROM, GRUB) and UEFI with Secure Boot
 on (OVMF with Microsoft's keys: shim, Debian's signed GRUB and kernel). One sender, chosen
 by its own `pxelinux.cfg/01-<mac>` (as the udpcast tutorial does it), whose disk holds an
-MBR, an ext4 partition with known files and data after it; three receivers with junk on
-their disks, mixing NIC models and disk buses so that netmodule=AUTO and diskmodule=AUTO do
-real work. Every node has its own per-MAC file (`python -m builder node`: pxelinux's and
-GRUB's twin) naming its disk. Every node powers off at the end. The run shows each node's
-progress, ends with a table, keeps the consoles in build/demo/ and removes its namespace.
+MBR, an ext4 partition with known files and data after it (so it sends herdcast receivers
+its used blocks: the partition table, what ext4 uses, the data after the partition); three
+receivers with junk on their disks, mixing NIC models and disk buses so that
+netmodule=AUTO and diskmodule=AUTO do real work. Every node has its own per-MAC file
+(`python -m builder node`: pxelinux's and GRUB's twin) naming its disk. Every node powers
+off at the end. The run shows each node's progress, ends with a table, keeps the consoles
+in build/demo/ and removes its namespace. `--capture` runs builder/lab/capture.py instead:
+a disk captured into an image file on the lab's server, then deployed from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.initrd import MARKER
-from builder.lab.disks import make_junk_disk, make_sender_disk, read_partition_file
+from builder.lab.disks import (
+    make_junk_disk,
+    make_sender_disk,
+    read_partition_file,
+    used_digest,
+    used_extents,
+)
 from builder.lab.vms import LAB_MTU, LabError, Node, PxeLab, check_tools, console_text
 from builder.pxelinux import mac_file_name
 
@@ -43,6 +51,9 @@ _SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
 # The moment data flows: the sender's start line, a receiver's first-data line.
 _FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data")
+# The bytes that crossed the wire, from the node's result line (a used-block image, and
+# compressed with compr=, is fewer than the disk's).
+_WIRE = re.compile(r"herdcast: SUCCESS: (?:sent|received) (\d+) bytes")
 
 
 @dataclass
@@ -52,12 +63,13 @@ class NodeResult:
     node: Node
     seconds: float | None
     first_data: float | None
-    sha256: str
+    sha256: str  # of the sender's used extents as this node's disk holds them
     ok: bool
     secure_boot: bool | None = None  # what the kernel said; None: it said nothing
     menu: str | None = None  # the node's own boot menu file it was served, if any
     kernel: float | None = None  # power-on to the kernel's first line
     agent: float | None = None  # power-on to the agent's start
+    wire: int | None = None  # bytes on the wire, as the node's SUCCESS line says
 
 
 def node_config(tftp: Path, mac: str, params: dict[str, str]) -> list[Path]:
@@ -111,11 +123,14 @@ def own_menu(node: Node, served: list[str]) -> str | None:
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
             show=print, http: bool = True, mtu: int = LAB_MTU) -> list[NodeResult]:
-    """Boot the fleet, wait for every node to power off, and compare the disks. `http`:
+    """Boot the fleet, wait for every node to power off, and compare the disks: each must
+    hold the sender's used extents (what a used-block clone carries; the receivers' free
+    space keeps its junk, blank=keep) byte for byte. `http`:
     kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP); `mtu`:
     the lab LAN's, which DHCP hands the nodes (9000: jumbo frames, 8956-byte blocks)."""
     check_tools()
     fleet = prepare(workdir, size_mib)
+    used = used_extents(fleet[0][-1])
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
     kernel_at: dict[str, float] = {}
@@ -157,28 +172,33 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         if not finished:
             show(f"timeout: not every node powered off within {timeout:.0f} s")
         served = lab.tftp_sent()
-    golden = hashlib.sha256(fleet[0][-1].read_bytes()).hexdigest()
+    golden = used_digest(fleet[0][-1], used)
     results = []
     for node in nodes:
-        digest = hashlib.sha256(node.disk.read_bytes()).hexdigest()
+        digest = used_digest(node.disk, used)
         seconds = node.ended - node.started if node.ended else None
-        said = _SECURE_BOOT.search(console_text(node))
+        text = console_text(node)
+        said = _SECURE_BOOT.search(text)
+        wire = _WIRE.search(text)
         results.append(NodeResult(node, seconds, first_data.get(node.name), digest,
                                   digest == golden and seconds is not None,
                                   said.group(1) == "enabled" if said else None,
                                   own_menu(node, served), kernel_at.get(node.name),
-                                  agent_at.get(node.name)))
+                                  agent_at.get(node.name),
+                                  int(wire.group(1)) if wire else None))
     return results
 
 
 def table(results: list[NodeResult], size_mib: int) -> str:
-    """The final table: node, MAC, NIC model, disk bus, bytes, time, digest, OK."""
-    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "bytes", "time", "first data",
-             "sha256", "OK")]
+    """The final table: node, MAC, NIC model, disk bus, disk bytes, time, digest of the
+    sender's used extents on this disk, OK."""
+    rows = [("node", "firmware", "MAC", "NIC", "disk bus", "disk bytes", "on the wire", "time",
+             "first data", "used sha256", "OK")]
     for r in results:
         firmware = r.node.firmware + (" (SB on)" if r.secure_boot else "")
         rows.append((r.node.name, firmware, r.node.mac, r.node.nic, r.node.bus,
                      str(size_mib * 1024 * 1024),
+                     str(r.wire) if r.wire is not None else "-",
                      f"{r.seconds:.1f}s" if r.seconds is not None else "-",
                      f"{r.first_data:.1f}s" if r.first_data is not None else "-",
                      r.sha256[:16], "yes" if r.ok else "NO"))
@@ -199,10 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mtu", type=int, default=LAB_MTU,
                    help="the lab LAN's MTU, handed out by DHCP (default: %(default)s, jumbo "
                    "frames; 1500 for plain Ethernet)")
+    p.add_argument("--capture", action="store_true",
+                   help="capture a node's disk into an image file on the lab's server, then "
+                   "deploy that file to two receivers with the node off (issue 12)")
     args = p.parse_args(argv)
     if not (args.tftpboot / "initrd.img").exists():
         raise LabError(f"{args.tftpboot}/initrd.img is missing", "run `make initrd` first")
     started = time.monotonic()
+    if args.capture:
+        from builder.lab.capture import run_capture_deploy
+
+        done = run_capture_deploy(args.tftpboot, args.workdir, size_mib=args.size_mib,
+                                  timeout=args.timeout, http=not args.tftp_only)
+        print()
+        print("\n".join(done.summary()))
+        print(f"total {time.monotonic() - started:.1f} s; consoles and server logs in "
+              f"{args.workdir}")
+        return 0 if done.ok else 1
     results = run_lab(args.tftpboot, args.workdir, args.size_mib, args.timeout,
                       http=not args.tftp_only, mtu=args.mtu)
     print()

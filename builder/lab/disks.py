@@ -7,6 +7,7 @@ there and by the tests.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 import tempfile
@@ -37,9 +38,10 @@ def _pattern(seed: int, size: int) -> bytes:
 
 
 def make_sender_disk(path: Path, size_mib: int, files: dict[str, bytes],
-                     part_mib: int | None = None, seed: int = 1) -> None:
+                     part_mib: int | None = None, seed: int = 1, tail: bool = True) -> None:
     """An MBR disk: partition 1 (ext4, starting at 1 MiB) holding `files`, then patterned
-    data after the partition up to the end, so a clone must carry every byte."""
+    data after the partition up to the end, so a clone must carry every byte. `tail=False`
+    leaves the space after the partition zero (a disk whose data is its files)."""
     part_mib = part_mib or size_mib // 2
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "root"
@@ -60,13 +62,46 @@ def make_sender_disk(path: Path, size_mib: int, files: dict[str, bytes],
             disk.write(mbr)
             disk.seek(1024 * 1024)
             disk.write(fs.read_bytes())
-            tail = (size_mib - 1 - part_mib) * 1024 * 1024
-            disk.write(_pattern(seed, tail))
+            if tail:
+                disk.write(_pattern(seed, (size_mib - 1 - part_mib) * 1024 * 1024))
 
 
 def make_junk_disk(path: Path, size_mib: int, seed: int) -> None:
     """A receiver's disk before imaging: junk everywhere, so a partial clone shows."""
     Path(path).write_bytes(_pattern(seed, size_mib * 1024 * 1024))
+
+
+def used_extents(disk: Path) -> list[tuple[int, int]]:
+    """(offset, length) of every byte range a used-block clone of `disk` must carry, as the
+    sender maps it (agent.image.usedmap: the partition table, partclone's map of each
+    filesystem). Reads the partition through a read-only loop device: needs root."""
+    from agent.image.usedmap import used_map
+
+    return [(e.offset, e.length) for e in used_map(str(disk)).extents]
+
+
+def differing_extents(golden: Path, clone: Path,
+                      extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The extents whose bytes differ between two disk images (empty: a good clone)."""
+    bad = []
+    with open(golden, "rb") as a, open(clone, "rb") as b:
+        for offset, length in extents:
+            a.seek(offset)
+            b.seek(offset)
+            if a.read(length) != b.read(length):
+                bad.append((offset, length))
+    return bad
+
+
+def used_digest(disk: Path, extents: list[tuple[int, int]]) -> str:
+    """sha256 of the bytes of `disk` in `extents`, in order: equal on the sender and a
+    receiver when the receiver holds everything a used-block clone carries."""
+    digest = hashlib.sha256()
+    with open(disk, "rb") as f:
+        for offset, length in extents:
+            f.seek(offset)
+            digest.update(f.read(length))
+    return digest.hexdigest()
 
 
 def read_partition_file(disk: Path, name: str, partition: int = 0) -> bytes:

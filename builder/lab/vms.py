@@ -53,10 +53,20 @@ class Node:
     bus: str  # virtio | sata | nvme
     disk: Path
     firmware: str = "bios"  # a key of FIRMWARE
+    # qemu blkdebug rules the disk runs through (write_eio_rules): the guest sees real I/O
+    # errors from its disk, as from a failing drive
+    fault: Path | None = None
     proc: subprocess.Popen | None = None
     console: Path | None = None
     started: float = 0.0
     ended: float | None = None
+
+    def drive(self) -> str:
+        """qemu -drive options naming the disk image (through blkdebug when `fault`)."""
+        if self.fault is None:
+            return f"file={self.disk},format=raw"
+        return (f"format=raw,file.driver=blkdebug,file.config={self.fault},"
+                f"file.image.driver=file,file.image.filename={self.disk}")
 
     @property
     def guest_disk(self) -> str:
@@ -73,6 +83,15 @@ def check_tools() -> None:
     for tool in TOOLS:
         if not shutil.which(tool):
             raise LabError(f"{tool} is not installed", "run scripts/install-deps (as root)")
+
+
+def write_eio_rules(path: Path, sector: int, event: str = "write_aio") -> Path:
+    """qemu blkdebug rules: every write that covers 512-byte `sector` of the disk image fails
+    with EIO (errno 5), for good (`once = off`), as a drive with a bad spot does. blkdebug's
+    `write_aio` is the event the raw format driver raises for each guest write."""
+    Path(path).write_text(f'[inject-error]\nevent = "{event}"\nerrno = "5"\n'
+                          f'sector = "{sector}"\nonce = "off"\n')
+    return Path(path)
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -97,6 +116,7 @@ class PxeLab:
     # plain x86-64: a TCG receiver took 64 MiB at 8 MB/s with `max`, 17 MB/s with qemu64.
     cpu: str = "qemu64"
     nodes: list[Node] = field(default_factory=list)
+    servers: list[subprocess.Popen] = field(default_factory=list)
     _dnsmasq: subprocess.Popen | None = None
     _http: subprocess.Popen | None = None
 
@@ -182,12 +202,13 @@ class PxeLab:
 
     # -- nodes -------------------------------------------------------------------------------
     def add_node(self, name: str, nic: str, bus: str, disk: Path,
-                 firmware: str = "bios") -> Node:
-        """Declare a VM; its MAC is derived from its index (52:54:00:99:00:NN)."""
+                 firmware: str = "bios", fault: Path | None = None) -> Node:
+        """Declare a VM; its MAC is derived from its index (52:54:00:99:00:NN). `fault`:
+        blkdebug rules its disk runs through (write_eio_rules)."""
         if firmware not in FIRMWARE:
             raise LabError(f"firmware {firmware!r}: expected one of {', '.join(FIRMWARE)}")
         mac = f"52:54:00:99:00:{len(self.nodes) + 1:02x}"
-        node = Node(name, mac, nic, bus, Path(disk), firmware)
+        node = Node(name, mac, nic, bus, Path(disk), firmware, fault)
         self.nodes.append(node)
         return node
 
@@ -231,12 +252,12 @@ class PxeLab:
         # a console kept from the last run (build/demo/) must not be read as this one's
         node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
-            disk = ["-drive", f"file={node.disk},if=virtio,format=raw"]
+            disk = ["-drive", f"{node.drive()},if=virtio"]
         elif node.bus == "nvme":
-            disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
+            disk = ["-drive", f"{node.drive()},if=none,id=d0",
                     "-device", "nvme,drive=d0,serial=herdcast0"]
         else:
-            disk = ["-drive", f"file={node.disk},if=none,id=d0,format=raw",
+            disk = ["-drive", f"{node.drive()},if=none,id=d0",
                     "-device", "ide-hd,drive=d0,bus=ide.0"]
         firmware, nic_opts = self._firmware_args(node)
         argv = self._ns(
@@ -251,6 +272,16 @@ class PxeLab:
         with open(self.workdir / f"{node.name}.qemu.log", "w") as qemu_log:
             node.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=qemu_log)
+
+    def serve(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        """Run a program on the lab's server (the namespace, where the bridge's address
+        BRIDGE_IP is), e.g. `herdcast receive -f FILE`; its output goes to
+        workdir/NAME.log. close() stops it if it is still running."""
+        with open(self.workdir / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(self._ns(*argv), cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        self.servers.append(proc)
+        return proc
 
     def wait(self, timeout: float, on_tick=None) -> bool:
         """Wait until every VM has powered off (qemu exits with -no-reboot); False on
@@ -274,7 +305,7 @@ class PxeLab:
 
     def close(self) -> None:
         """Stop every VM and dnsmasq this lab started, then delete the namespace."""
-        procs = [n.proc for n in self.nodes if n.proc]
+        procs = [n.proc for n in self.nodes if n.proc] + self.servers
         procs += [p for p in (self._dnsmasq, self._http) if p is not None]
         for proc in procs:
             if proc.poll() is None:
