@@ -155,3 +155,23 @@ def test_space_outside_partitions_is_sent_only_where_boot_code_and_gpt_live():
     assert outside_partitions(100 * MiB, "gpt", parts) == [Extent(0, MiB),
                                                            Extent(99 * MiB, MiB)]
     assert outside_partitions(100 * MiB, "mbr", parts) == [Extent(0, MiB)]
+
+
+@needs_loop
+def test_a_disk_nothing_could_be_mapped_on_says_so_and_is_sent_whole(tmp_path):
+    from agent.image.source import inspect_source
+
+    src = tmp_path / "raw.img"
+    make_disk(src, 8, [Part("raw", 6)])
+    source = inspect_source(str(src))
+    assert source.kind == "raw"
+    lines = source.describe()
+    assert lines[0].startswith("partition table: gpt") and "sending every byte" in lines[-1]
+
+
+def test_image_info_on_a_missing_file_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "agent", "image", "info",
+                           str(tmp_path / "none.img")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "No such file" in proc.stderr

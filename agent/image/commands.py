@@ -13,7 +13,7 @@ import os
 import sys
 
 from agent.image.sink import BLANK_MODES, DiskSink
-from agent.image.store import read_info
+from agent.image.store import ImageFileError, read_info
 from agent.image.stream import StreamReader, encode
 from agent.image.usedmap import used_map
 from agent.say import say
@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of `herdcast image`; errors are HerdcastErrors the caller prints."""
     ns = _parser().parse_args(argv)
+    try:
+        return _run(ns)
+    except OSError as exc:
+        raise ImageFileError(f"{exc.filename or ns.command}: {exc.strerror or exc}",
+                             "check the path") from exc
+
+
+def _run(ns: argparse.Namespace) -> int:
     if ns.command == "map":
         umap = used_map(ns.disk)
         for line in umap.describe():

@@ -39,6 +39,9 @@ class Source:
             return [*self.umap.describe(), f"to herdcast receivers: the {self.umap.used_bytes}"
                     f" used bytes of {self.umap.disk_size} (all-zero runs not sent); to stock"
                     " udp-receivers: every byte"]
+        if self.kind == "raw" and self.umap is not None:
+            return [*self.umap.describe(), "sending every byte: no filesystem on this disk "
+                    "could be mapped (see the partitions above)"]
         if self.kind == "stored":
             return [f"a herdcast image of a {self.disk_size}-byte disk, compression "
                     f"{self.codec or 'none'}: sent as it is to herdcast receivers, expanded "
@@ -72,8 +75,10 @@ def inspect_source(path: str | None, blocks: str = "used") -> Source:
     except (OSError, HerdcastError) as exc:
         say(f"used blocks of {path} unknown ({exc}): sending every byte")
         return Source("raw")
-    if umap.scheme == "none" or umap.used_bytes >= umap.disk_size:
+    if umap.scheme == "none":
         return Source("raw")
+    if umap.used_bytes >= umap.disk_size:  # no filesystem could be mapped: say so
+        return Source("raw", umap.disk_size, umap)
     return Source("used", umap.disk_size, umap)
 
 
