@@ -180,6 +180,7 @@ _PARAM_LIST = [
     Param("mounted", _choice("mounted", MOUNTED, {}, "a choice"), "refuse", choices=MOUNTED),
     Param("blocks", _choice("blocks", BLOCKS, {}, "a choice"), "used", choices=BLOCKS),
     Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
+    Param("serve", _bool("serve"), "no", choices=("yes", "no")),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

@@ -350,12 +350,20 @@ def _check_serve(ns: argparse.Namespace) -> None:
     if ns.file is None or ns.pipe:
         raise OptionError("--serve reads the image again for every round: give it as -f FILE "
                           "(a file, disk or stored image), not stdin or --pipe")
-    for given, name in ((ns.async_, "--async"), (not ns.late_join, "--no-late-join"),
-                        (ns.start_timeout, "--start-timeout"), (ns.autostart, "--autostart")):
+    conflict = serve_conflict(ns)
+    if conflict:
+        raise OptionError(conflict)
+
+
+def serve_conflict(opts) -> str | None:
+    """Why options (a namespace or SendOptions) cannot go with --serve, or None."""
+    for given, name in ((opts.async_, "--async"), (not opts.late_join, "--no-late-join"),
+                        (opts.start_timeout, "--start-timeout"),
+                        (opts.autostart, "--autostart")):
         if given:
-            raise OptionError(f"--serve and {name} do not go together: --serve starts a round "
-                              f"whenever receivers wait and keeps going until stopped; drop "
-                              f"{name}")
+            return (f"--serve and {name} do not go together: --serve starts a round whenever "
+                    f"receivers wait and keeps going until stopped; drop {name}")
+    return None
 
 
 def parse_receive_args(argv: list[str]) -> ReceiveOptions:

@@ -153,6 +153,11 @@ class Service:
         self.view.close()
         self.result.seconds = time.monotonic() - self.started
         self.result.receivers = self.fleet.finished_rows()
+        rounds = [r for r in self.fleet.rounds if r.ended is not None]
+        if opts.serve and rounds:  # the summary's rate is a round's, not the service's
+            self.result.seconds = rounds[0].ended - rounds[0].started
+            say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
+                f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
 
     def _rounds(self, why: str, stop) -> None:
         opts, table = self.opts, self.table
