@@ -30,7 +30,8 @@ HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c")
 #: NDB, whose schema imports sqlite3, and IPRoute's socket imports probe_msg, which
 #: imports ssl), so libssl and libsqlite3 stay while the agent uses pyroute2.
 EXCLUDE = ("tkinter", "zstandard.backend_cffi", "cffi", "pytest", "hypothesis", "builder",
-           "setuptools", "pip", "PyInstaller")
+           "setuptools", "pip", "PyInstaller",
+           "rich")  # the sender's live table is for a server's terminal, never a node's
 #: Extensions nothing on a node imports, and whose absence the stdlib expects (each import
 #: of them is guarded, or there is a pure-Python fallback): readline (with libreadline and
 #: libtinfo: pdb/cmd/code only), _decimal (decimal falls back to _pydecimal) and the CJK

@@ -328,6 +328,7 @@ def test_transfer_argv_and_options():
     "umode=rcv", "umode=snd compr=zstd port=9100 udpcparam=broadcast",
     'umode=rcv disk=/dev/vdb compr=gz udpcparam="--receive-timeout 30 --sync"',
     'umode=snd udpcparam="--min-receivers 4 --interface eth1 --fec 8x8/128"',
+    "umode=snd serve=yes blocks=all", "umode=rcv blank=zero verify=readback",
 ])
 def test_the_plans_command_is_what_the_node_runs(text):
     """The plan shows the transfer as a command line; the node builds its options as

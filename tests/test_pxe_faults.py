@@ -16,8 +16,8 @@ import time
 import pytest
 from conftest import ROOT, ensure_tftpboot
 
-from builder.lab.demo import lab_default, node_config
 from builder.lab.disks import make_junk_disk
+from builder.lab.tftp import lab_default, node_config
 from builder.lab.vms import PxeLab, console_text, write_eio_rules
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]

@@ -53,8 +53,8 @@ def test_a_node_boots_the_plain_tftp_root(tmp_path):
     """Without --http-url everything comes over TFTP, as on most admins' networks: one VM
     loads vmlinuz and initrd.img through pxelinux.0 and starts the agent."""
     from builder.initrd import MARKER
-    from builder.lab.demo import lab_default
     from builder.lab.disks import make_junk_disk
+    from builder.lab.tftp import lab_default
     from builder.lab.vms import PxeLab, console_text
 
     tftpboot = ensure_tftpboot()

@@ -19,7 +19,7 @@ from agent.boot.addressing import PxeIp, mask, static_addressing
 from agent.boot.params import PARAMETERS, Param, split_cmdline
 from agent.boot.tokens import BadValue, CmdlineError, consoles, shown
 from agent.boot.udpcparam import option_words, parse_udpcparam
-from agent.transfer.options import OptionError, ReceiveOptions, SendOptions
+from agent.transfer.options import OptionError, ReceiveOptions, SendOptions, serve_conflict
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class BootConfig:
     blocks: str = "used"
     blank: str = "keep"
     verify: str = "none"
+    serve: bool = False  # umode=snd: keep serving the disk until powered off (send --serve)
     udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
     post: str = "poweroff"
     onfail: str = "wait"
@@ -134,6 +135,11 @@ def parse_cmdline(text: str) -> BootConfig:
     if umode == "snd" and values["blank"] != "keep":
         raise CmdlineError(f"{shown('blank', given['blank'])}: blank= is what a receiver does "
                            "with free space; for umode=snd drop it (blocks= is the sender's)")
+    if values["serve"] and umode == "rcv":
+        raise CmdlineError(f"{shown('serve', given['serve'])}: serving is what a sender does; "
+                           "for umode=rcv drop it (or use umode=snd)")
+    if values["serve"] and (conflict := serve_conflict(parse_udpcparam(words, umode))):
+        raise CmdlineError(f"{udpcparam}: {conflict} (serve=yes is --serve)")
     ip = values.get("ip")
     return BootConfig(
         umode=umode,
@@ -156,6 +162,7 @@ def parse_cmdline(text: str) -> BootConfig:
         blocks=str(values["blocks"]),
         blank=str(values["blank"]),
         verify=str(values["verify"]),
+        serve=bool(values["serve"]),
         udpcparam=words,
         post=str(values["post"]),
         onfail=str(values["onfail"]),

@@ -105,7 +105,7 @@ def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | Receive
     named the interface: udpcparam's options with disk=, port= and compr= set as typed
     values (no argv is built to be parsed again). An --interface in udpcparam wins."""
     extra = cfg.udpcparam_options
-    own = ({"blocks": cfg.blocks} if cfg.sending
+    own = ({"blocks": cfg.blocks, "serve": cfg.serve} if cfg.sending
            else {"blank": cfg.blank, "verify": cfg.verify})
     return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
                                compress=cfg.compression, nokbd=True,
@@ -205,7 +205,10 @@ def transfer_step(cfg: BootConfig, opts: SendOptions | ReceiveOptions, con: Cons
         raise NodeFailure(f"this herdcast lacks the {'sender' if cfg.sending else 'receiver'} "
                           f"({exc})", "rebuild the initramfs with make initrd") from exc
     con.say(f"{'sending' if cfg.sending else 'receiving'} {opts.file} on port "
-            f"{opts.portbase}" + (f", compression {opts.compress}" if opts.compress else ""))
+            f"{opts.portbase}" + (f", compression {opts.compress}" if opts.compress else "")
+            + (", serving until powered off" if cfg.sending and cfg.serve else ""))
+    if cfg.sending:  # a console is a terminal, but plain lines are what it can keep
+        opts = dataclasses.replace(opts, live=False)
     return run(opts)
 
 

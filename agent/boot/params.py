@@ -182,6 +182,7 @@ _PARAM_LIST = [
     Param("blocks", _choice("blocks", BLOCKS, {}, "a choice"), "used", choices=BLOCKS),
     Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
     Param("verify", _choice("verify", VERIFY, {}, "a choice"), "none", choices=VERIFY),
+    Param("serve", _bool("serve"), "no", choices=("yes", "no")),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

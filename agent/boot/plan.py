@@ -46,6 +46,8 @@ def transfer_argv(cfg: BootConfig) -> list[str]:
         argv += ["--compress", cfg.compression]
     if cfg.sending and cfg.blocks != "used":
         argv += ["--blocks", cfg.blocks]
+    if cfg.sending and cfg.serve:
+        argv += ["--serve"]
     if not cfg.sending and cfg.blank != "keep":
         argv += ["--blank", cfg.blank]
     if not cfg.sending and cfg.verify != "none":

@@ -92,6 +92,10 @@ class SendOptions(CommonOptions):
     late_join: bool = True  # herdcast: serve receivers that miss the start in a further round
     blocks: str = "used"  # herdcast: "used" sends herdcast receivers the used blocks only
     sign_key: str | None = None  # herdcast: Ed25519 private key that signs the session
+    serve: bool = False  # herdcast: keep serving rounds until stopped (send.serve)
+    report: str | None = None  # herdcast: write the JSON report here at the end
+    events: str | None = None  # herdcast: JSON lines as things happen ("-": stdout)
+    live: bool | None = None  # herdcast: the rich fleet table; None: when stderr is a terminal
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,14 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
     p.add_argument("--sign-key", metavar="FILE.key",
                    help="herdcast: sign the session and its result with this key (herdcast "
                         "keygen), for receivers that trust only its public key")
+    p.add_argument("--serve", action="store_true",
+                   help="herdcast: keep serving the image until stopped (SIGINT/SIGTERM): each "
+                        "receiver that connects is served in the round in flight's successor")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="herdcast: write a JSON report (receivers, verdicts, digests, times) "
+                        "at the end; schema in docs/report-schema.md")
+    p.add_argument("--events", metavar="FILE",
+                   help="herdcast: JSON lines as things happen, to FILE or '-' for stdout")
     p.add_argument("--blocks", choices=["used", "all"], default="used",
                    help="herdcast: to herdcast receivers send only the blocks the disk's "
                         "filesystems use (default), or all of them")
@@ -332,7 +344,30 @@ def parse_send_args(argv: list[str]) -> SendOptions:
         raise OptionError(f"--drop-after: must be >= 0 seconds, got {ns.drop_after:g}")
     if not 1 <= ns.min_slice_size <= ns.max_slice_size <= 1024:
         raise OptionError("--min-slice-size/--max-slice-size: need 1 <= min <= max <= 1024")
+    if ns.serve:
+        _check_serve(ns)
     return _fill(SendOptions, ns)
+
+
+def _check_serve(ns: argparse.Namespace) -> None:
+    """--serve reads the input again for every round and waits for receivers forever."""
+    if ns.file is None or ns.pipe:
+        raise OptionError("--serve reads the image again for every round: give it as -f FILE "
+                          "(a file, disk or stored image), not stdin or --pipe")
+    conflict = serve_conflict(ns)
+    if conflict:
+        raise OptionError(conflict)
+
+
+def serve_conflict(opts) -> str | None:
+    """Why options (a namespace or SendOptions) cannot go with --serve, or None."""
+    for given, name in ((opts.async_, "--async"), (not opts.late_join, "--no-late-join"),
+                        (opts.start_timeout, "--start-timeout"),
+                        (opts.autostart, "--autostart")):
+        if given:
+            return (f"--serve and {name} do not go together: --serve starts a round whenever "
+                    f"receivers wait and keeps going until stopped; drop {name}")
+    return None
 
 
 def parse_receive_args(argv: list[str]) -> ReceiveOptions:

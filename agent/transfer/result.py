@@ -13,7 +13,13 @@ class ReceiverReport:
     bytes: int = 0
     retransmissions: int = 0
     digest: str | None = None  # hex sha256 the receiver reported, None for stock peers
-    status: str = "ok"  # ok | digest-mismatch | no-digest | dropped | disconnected
+    status: str = "ok"  # ok | digest-mismatch | no-digest | dropped | disconnected | interrupted
+    herdcast: bool = False  # speaks herdcast's extensions (reports a digest)
+    mac: str | None = None  # from the sender's neighbour table, when known
+    hostname: str | None = None  # from /etc/hosts or the DHCP server's leases, when known
+    round: int = 0  # the round it was served in (0 is the first)
+    started: float | None = None  # wall-clock time its round started sending (epoch seconds)
+    ended: float | None = None  # when its verdict was known
 
 
 @dataclass

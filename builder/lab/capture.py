@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.lab.demo import ROOT, lab_default, node_config
 from builder.lab.disks import (
     differing_extents,
     make_junk_disk,
@@ -27,6 +26,7 @@ from builder.lab.disks import (
     read_partition_file,
     used_extents,
 )
+from builder.lab.tftp import ROOT, lab_default, node_config
 from builder.lab.vms import Node, PxeLab, check_tools, console_text
 
 MIB = 1024 * 1024

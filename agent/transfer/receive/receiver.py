@@ -94,6 +94,9 @@ class Receiver:
                                        f"--start-timeout {opts.start_timeout:g} s")
             if self.writer.error:
                 raise OutputError(self.writer.error)
+            if progress.total and (self.writer.head or session.codec not in (None, "none")) \
+                    and self.raw_size(session) is None:
+                progress.total = None  # compressed or an image: no percent of the disk size
             progress.update(asm.delivered_bytes)
 
     def codec(self, session: Session) -> str | None:

@@ -39,6 +39,7 @@ class SendError(HerdcastError, RuntimeError):
 # gets no bigger blocks unless asked: 8956 is what the interop tests prove with stock
 # udp-receiver, and per-packet costs no longer dominate at that size.
 AUTO_MAX_BLOCKSIZE = 8956
+ANSWER_BUFFER = 2 << 20  # the sender's receive buffer: room for 1024 receivers' answers
 
 
 def block_size_for(wanted: int | None, ifname: str, mtu: int) -> int:
@@ -75,8 +76,10 @@ class Network:
         self.caps = SENDER_CAPS | (Cap.ASYNC if opts.async_ else 0)
         self.sockets: list[socket.socket] = []
         try:
+            # every receiver answers each REQACK at once: 1024 answers take ~800 KB of
+            # buffer (an 8-byte OK costs a whole skb), more than the default 212 KB
             self.main = netif.udp_socket(self.nif.ip, self.port + 1, broadcast=True,
-                                         sndbuf=opts.sendbuf)
+                                         sndbuf=opts.sendbuf, rcvbuf=ANSWER_BUFFER)
             self.sockets.append(self.main)
             netif.set_multicast_sender(self.main, self.nif, opts.ttl)
             if self.nif.broadcast:

@@ -53,13 +53,14 @@ class Participant:
         return bool(self.caps & Cap.HERDCAST)
 
 
-
 @dataclass
 class Table:
     """The participants of the current round, keyed by IP."""
 
     participants: dict[str, Participant] = field(default_factory=dict)
     reports: dict[str, ReceiverReport] = field(default_factory=dict)  # every round's rows
+    # told of every change a receiver's row goes through (send.fleet.Fleet), or None
+    observer: object | None = None
 
     def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
                 nonce: bytes | None = None) -> Participant | None:
@@ -74,8 +75,11 @@ class Table:
             return None
         report = self.reports.setdefault(ip, ReceiverReport(ip))
         report.status = "ok"
+        report.herdcast = bool(caps & Cap.HERDCAST)
         p = Participant(ip, addr, slot, caps, rcvbuf, report, nonce=nonce)
         self.participants[ip] = p
+        if self.observer is not None:
+            self.observer.on_connect(report)
         return p
 
     def remove(self, ip: str, status: str) -> Participant | None:
@@ -83,6 +87,8 @@ class Table:
         p = self.participants.pop(ip, None)
         if p is not None:
             p.report.status = status
+            if self.observer is not None:
+                self.observer.on_verdict(p.report)
         return p
 
     def min_rcvbuf(self) -> int | None:
@@ -103,6 +109,8 @@ class Table:
         report.bytes = total_bytes
         if report.status in ("ok", "no-digest", "digest-mismatch"):
             report.status = "ok" if agreed else "digest-mismatch"
+        if self.observer is not None:
+            self.observer.on_verdict(report)
 
     def settle_reports(self) -> None:
         """At a round's end: a herdcast participant that never reported its digest fails
@@ -110,6 +118,8 @@ class Table:
         for p in self.participants.values():
             if p.report.status == "ok" and p.herdcast and p.digest is None:
                 p.report.status = "no-digest"
+            if self.observer is not None:
+                self.observer.on_verdict(p.report)
 
 
 def participants_summary(table: Table) -> str:

@@ -15,7 +15,9 @@ STATUS_TEXT = {
     "no-digest": "NO DIGEST (herdcast receiver never reported one)",
     "dropped": "DROPPED (no answer)",
     "disconnected": "DISCONNECTED mid-transfer",
+    "interrupted": "INTERRUPTED (the sender was stopped mid-round)",
 }
+FINISHED = ("ok", "digest-mismatch", "no-digest")  # reached the end of the stream
 
 
 def describe(r: ReceiverReport) -> str:
@@ -34,6 +36,17 @@ def verdict(reports: list[ReceiverReport]) -> tuple[bool, str | None]:
         return True, None
     what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
     return False, f"{len(bad)} of {len(reports)} receiver(s) failed: {what}"
+
+
+def serve_verdict(reports: list[ReceiverReport]) -> tuple[bool, str | None]:
+    """--serve: (ok, error) from the receivers that finished, which must all have agreed;
+    dropped, disconnected and interrupted ones are in the table but fail nothing (a node
+    switched off while being served is routine for a service)."""
+    bad = [r for r in reports if r.status in FINISHED and r.status != "ok"]
+    if not bad:
+        return True, None
+    what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
+    return False, f"{len(bad)} receiver(s) finished without agreeing: {what}"
 
 
 def format_table(result: TransferResult, stats=None) -> str:

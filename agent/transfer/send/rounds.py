@@ -99,8 +99,9 @@ class Transfer:
             s = self._find(msg.slice_no)
             if s is not None:
                 s.answered_ok(p.slot, ip)
-                if s.end:
-                    p.finished = True
+                if s.end and not p.finished and self.table.observer is not None:
+                    self.table.observer.on_finished_data(ip)
+                p.finished = p.finished or s.end
         elif op == Op.RETRANSMIT:
             s = self._find(msg.slice_no)
             if s is not None:
@@ -130,6 +131,8 @@ class Transfer:
         if self.rereadable:
             if ip not in self.late:
                 say(f"herdcast send: receiver {ip} joined late: it gets the next round")
+                if self.table.observer is not None:
+                    self.table.observer.on_late(ip, herdcast)
             self.late[ip] = (addr, caps)
             status = LateStatus.NEXT_ROUND
         else:

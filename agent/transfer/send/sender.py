@@ -4,13 +4,18 @@ The pieces, all in this package: session (what the run found: interface, block s
 size, data address) over network (sockets), participants (who takes part), start (the wait
 for the start triggers), reader (input, pipe, compression, slice reader thread), rounds
 (slices, REQACK rounds, retransmissions), pacer (pacing), batch (sendmmsg), streaming
-(--async) and report (the final table). This module strings them together into rounds: the
-first for the receivers present at the start, then one more for each batch of receivers
-that asked to join while a round was running (when the input can be read again).
+(--async) and report (the final table); fleet (every receiver's row, the log lines and
+--events), view (the live table or plain lines), jsonreport (--report) and stop (--serve's
+signals). This module strings them together into rounds: the first for the receivers present
+at the start, then one more for each batch of receivers that asked to join while a round was
+running (when the input can be read again), up to MAX_ROUNDS; under --serve, rounds go on
+until stopped, whenever a receiver waits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import sys
 import time
@@ -18,19 +23,22 @@ import time
 from agent.net import netif
 from agent.say import log_to, say
 from agent.transfer.options import SendOptions
-from agent.transfer.progress import Progress
-from agent.transfer.result import ReceiverReport, SendStats, TransferResult
+from agent.transfer.result import SendStats, TransferResult
+from agent.transfer.send import jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
+from agent.transfer.send.fleet import Fleet, open_events
 from agent.transfer.send.network import SendError
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table, participants_summary
 from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
-from agent.transfer.send.report import format_table, verdict
+from agent.transfer.send.report import format_table, serve_verdict, verdict
 from agent.transfer.send.rounds import Transfer
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.start import wait_for_start
+from agent.transfer.send.stop import Stop
 from agent.transfer.send.streaming import send_async
+from agent.transfer.send.view import make_view
 
 LATE_HELLO_INTERVAL = 0.5
 LATE_CONNECT_WAIT = 10.0
@@ -50,8 +58,8 @@ def _size_send_buffer(session: SendSession, table: Table) -> None:
 
 def send(opts: SendOptions) -> TransferResult:
     """Send opts.file (or stdin) to the receivers that connect; never raises on bad input,
-    a dead network or a receiver's fault: the result says what went wrong."""
-    started = time.monotonic()
+    a dead network or a receiver's fault: the result says what went wrong. With --serve it
+    keeps serving rounds until SIGINT/SIGTERM."""
     if opts.async_ and opts.fec is None:
         say("herdcast send: warning: --async without --fec: any lost packet corrupts the "
             "receivers' copy (add --fec 8x8/128)")
@@ -69,107 +77,216 @@ def send(opts: SendOptions) -> TransferResult:
         for line in send_source_warnings(opts.file):  # a disk mounted read-write
             say(f"herdcast send: {line}")
     try:
+        events, own_events = open_events(opts.events)
+    except OSError as exc:
+        return TransferResult(ok=False, error=f"--events {opts.events}: {exc.strerror or exc}")
+    try:
         session = SendSession.open(opts)
     except SendError as exc:
         return TransferResult(ok=False, error=str(exc))
-    net, blocksize = session.net, session.blocksize
-    inp: Input | None = None
-    table = Table()
-    stats = SendStats()
-    result = TransferResult(ok=False, stats=stats)
-    source, codec = session.source, session.codec
-    for line in source.describe():
-        say(f"herdcast send: {line}")
+    fleet = Fleet(events=events)
+    service = Service(session, Table(observer=fleet), fleet)
     try:
-        # a disk's image stream is cheap to open: the round reopens it raw if it must
-        opened_as_image = source.kind != "raw"
-        inp = open_input(opts.file, opts.pipe, codec, source, opened_as_image)
-        keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
-                    and sys.stdin.isatty())
-        say(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
-            f"{net.control}")
-        # buffers are built while waiting, so the first packet leaves right at the start
-        ring = 1 if opts.duplex == "half" else 2
-        buffers = _buffers(session, ring)
-        why = wait_for_start(session, table, keyboard=keyboard)
-        started = time.monotonic()  # the rate in the table is the transfer's, not the wait's
-        # the image size counts decompressed bytes; with --compress fewer go on the wire
-        progress = Progress("send", total=None if codec or source.kind != "raw"
-                            else session.image_size, enabled=not opts.no_progress)
-        late: dict = {}
-        served: set[str] = set()
-        for round_no in range(MAX_ROUNDS):
-            data_ip = session.aim(table)
-            as_image = session.image_round(table)
-            if as_image != opened_as_image:
-                inp.close()
-                inp = open_input(opts.file, opts.pipe, codec, source, as_image)
-                opened_as_image = as_image
-            say(f"herdcast send: starting ({why}): {participants_summary(table)}, data to "
-                f"{data_ip} in {blocksize}-byte blocks"
-                + (", herdcast image" if as_image else ""))
-            _size_send_buffer(session, table)
-            pacer = Pacer(blocksize, opts.max_bitrate, table.min_rcvbuf())
-            encoder = slice_encoder(opts.fec, blocksize) if opts.fec else None
-            reader = SliceReader(inp.stream, buffers, session.slice_blocks * blocksize, encoder)
-            if opts.async_:
-                try:
-                    total, digest = send_async(session, reader, progress, stats)
-                finally:
-                    reader.stop()
-                progress.close()
-                result.bytes, result.sha256 = total, digest.hex()
-                result.ok = True
-                result.seconds = time.monotonic() - started
-                return result
-            transfer = Transfer(session, table, reader, pacer, progress, stats, late,
-                                inp.rereadable)
-            try:
-                transfer.run()
-                transfer.wait_digests()
-            finally:
-                reader.stop()
-            table.settle_reports()
-            if round_no == 0:
-                result.bytes = transfer.total
-                result.sha256 = transfer.digest.hex() if transfer.digest else None
-            served |= set(table.participants)
-            if not late:
-                break
-            # another round for the receivers that asked while this one ran
-            expected = set(late) - served
-            late.clear()
-            if not expected:
-                break
-            inp.close()
-            inp = open_input(opts.file, opts.pipe, codec, source, opened_as_image)
-            # a fresh reader needs the old one's buffers back
-            buffers = _buffers(session, ring)
-            table.participants = {}
-            say(f"herdcast send: another round for {len(expected)} late receiver(s): "
-                f"{', '.join(sorted(expected))}")
-            why = wait_for_start(session, table, keyboard=False, expect=expected,
-                                 admit=lambda ip, e=expected, s=served: ip in e or ip not in s,
-                                 hello_interval=LATE_HELLO_INTERVAL,
-                                 give_up=LATE_CONNECT_WAIT)
-            if not table.participants:
-                for ip in expected:
-                    table.reports.setdefault(ip, ReceiverReport(ip, status="dropped"))
-                break
-        progress.close()
-        result.seconds = time.monotonic() - started
-        result.receivers = list(table.reports.values())
-        result.ok, result.error = verdict(result.receivers)
-    except (SendError, InputError, OSError) as exc:
-        result.ok = False
-        result.error = str(exc)
-        result.receivers = list(table.reports.values())
-        result.seconds = time.monotonic() - started
+        with Stop() if opts.serve else contextlib.nullcontext() as stop:
+            service.run(stop)
     finally:
-        if inp is not None:
-            inp.close()
-        net.close()
-    return result
+        service.close()
+        if opts.report:
+            _write_report(opts, session, service)
+        fleet.emit("session_ended", None, ok=service.result.ok, error=service.result.error)
+        if own_events and events is not None:
+            events.close()
+    return service.result
+
+
+class Service:
+    """One `herdcast send`: the first round, the late-join rounds, and under --serve every
+    round after, until stopped."""
+
+    def __init__(self, session: SendSession, table: Table, fleet: Fleet) -> None:
+        self.session, self.table, self.fleet = session, table, fleet
+        self.opts = session.opts
+        self.stats = SendStats()
+        self.result = TransferResult(ok=False, stats=self.stats)
+        self.inp: Input | None = None
+        self.as_image = session.source.kind != "raw"
+        self.ring = 1 if self.opts.duplex == "half" else 2
+        self.late: dict = {}
+        self.started = time.monotonic()
+        self.view = make_view(fleet, None, enabled=not self.opts.no_progress,
+                              live=self.opts.live)
+
+    def run(self, stop) -> None:
+        """Every round, then the verdict; errors end up in self.result."""
+        opts, session, table = self.opts, self.session, self.table
+        stop = stop or (lambda: False)
+        try:
+            for line in session.source.describe():
+                say(f"herdcast send: {line}")
+            # a disk's image stream is cheap to open: the round reopens it raw if it must
+            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
+                                  self.as_image)
+            keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
+                        and sys.stdin.isatty() and not opts.serve)
+            net = session.net
+            say(f"herdcast send: {net.nif.name} {net.nif.ip}, port {net.port}, announcing to "
+                f"{net.control}" + (", serving until stopped" if opts.serve else ""))
+            # buffers are built while waiting, so the first packet leaves right at the start
+            self.buffers = _buffers(session, self.ring)
+            why = wait_for_start(session, table, keyboard=keyboard, should_stop=stop,
+                                 tick=self.view.tick)
+            self.started = time.monotonic()  # the rate is the transfer's, not the wait's
+            if opts.async_:
+                self._async(why)
+                return
+            self._rounds(why, stop)
+            rows = self.fleet.finished_rows()
+            self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
+                                                 else verdict(rows))
+        except KeyboardInterrupt:  # a second signal under --serve: stop now
+            self.fleet.interrupted()
+            self.result.ok, self.result.error = serve_verdict(self.fleet.finished_rows())
+        except (SendError, InputError, OSError) as exc:
+            self.fleet.interrupted()
+            self.result.ok = False
+            self.result.error = str(exc)
+        self.view.close()
+        self.result.seconds = time.monotonic() - self.started
+        self.result.receivers = self.fleet.finished_rows()
+        rounds = [r for r in self.fleet.rounds if r.ended is not None]
+        if opts.serve and rounds:  # the summary's rate is a round's, not the service's
+            self.result.seconds = rounds[0].ended - rounds[0].started
+            say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
+                f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
+
+    def _rounds(self, why: str, stop) -> None:
+        opts, table = self.opts, self.table
+        served: set[str] = set()
+        number = 0
+        while why != "stopped":
+            if table.participants:
+                self._round(number, why, stop)
+                number += 1
+            served |= set(table.participants)
+            expected = set(self.late) - (set() if opts.serve else served)
+            self.late.clear()
+            for ip in table.participants:  # a node imaged again under --serve: a new row
+                table.reports.pop(ip, None)
+            table.participants = {}
+            if stop():
+                break
+            if expected and (opts.serve or number < MAX_ROUNDS):
+                # another round for the receivers that asked while this one ran
+                say(f"herdcast send: another round for {len(expected)} late receiver(s): "
+                    f"{', '.join(sorted(expected))}")
+                admit = ((lambda ip: True) if opts.serve
+                         else (lambda ip, e=expected, s=served: ip in e or ip not in s))
+                why = wait_for_start(self.session, table, keyboard=False, expect=expected,
+                                     admit=admit, hello_interval=LATE_HELLO_INTERVAL,
+                                     give_up=LATE_CONNECT_WAIT, should_stop=stop,
+                                     tick=self.view.tick)
+                self.fleet.dropped_unseen(expected - set(table.participants))
+                if table.participants or why == "stopped":
+                    continue
+            elif expected:
+                self.fleet.dropped_unseen(expected)
+            if not opts.serve:
+                break
+            say("herdcast send: waiting for receivers (SIGINT or SIGTERM stops)")
+            why = wait_for_start(self.session, table, keyboard=False, should_stop=stop,
+                                 tick=self.view.tick)
+        if why == "stopped" and table.participants:
+            say(f"herdcast send: stopped: {len(table.participants)} connected receiver(s) "
+                "not served")
+
+    def _round(self, number: int, why: str, stop) -> None:
+        """One round to the table's participants."""
+        opts, session, table, fleet = self.opts, self.session, self.table, self.fleet
+        data_ip = session.aim(table)
+        as_image = session.image_round(table)
+        if number > 0 or as_image != self.as_image:
+            self.inp.close()
+            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
+                                  as_image)
+            self.as_image = as_image
+            if number > 0:  # a fresh reader needs the old one's buffers back
+                self.buffers = _buffers(session, self.ring)
+        say(f"herdcast send: round {number} starting ({why}): {participants_summary(table)}"
+            f", data to {data_ip} in {session.blocksize}-byte blocks"
+            + (", herdcast image" if as_image else ""))
+        _size_send_buffer(session, table)
+        pacer = Pacer(session.blocksize, opts.max_bitrate, table.min_rcvbuf())
+        encoder = slice_encoder(opts.fec, session.blocksize) if opts.fec else None
+        reader = SliceReader(self.inp.stream, self.buffers,
+                             session.slice_blocks * session.blocksize, encoder)
+        self.view.new_round(_stream_total(session, as_image), self.stats.bytes_sent)
+        fleet.round_started(number, [p.report for p in table.participants.values()],
+                            "image" if as_image else "raw")
+        transfer = Transfer(session, table, reader, pacer, self.view,
+                            self.stats, self.late, self.inp.rereadable)
+        if isinstance(stop, Stop):
+            stop.busy = True
+        try:
+            transfer.run()
+            transfer.wait_digests()
+        except SendError:
+            if table.participants or not opts.serve:
+                raise
+            say("herdcast send: every receiver of this round was dropped or left")
+        finally:
+            reader.stop()
+            if isinstance(stop, Stop):
+                stop.busy = False
+        table.settle_reports()
+        digest = transfer.digest.hex() if transfer.digest else None
+        fleet.round_ended(transfer.total, digest)
+        if self.result.sha256 is None and digest:
+            self.result.bytes, self.result.sha256 = transfer.total, digest
+
+    def _async(self, why: str) -> None:
+        """--async: one pass, no return channel, no receiver rows."""
+        session = self.session
+        say(f"herdcast send: starting ({why}), data to {session.aim(self.table)}")
+        encoder = slice_encoder(self.opts.fec, session.blocksize) if self.opts.fec else None
+        reader = SliceReader(self.inp.stream, self.buffers,
+                             session.slice_blocks * session.blocksize, encoder)
+        try:
+            total, digest = send_async(session, reader, self.view, self.stats)
+        finally:
+            reader.stop()
+        self.view.close()
+        self.result.bytes, self.result.sha256 = total, digest.hex()
+        self.result.ok = True
+        self.result.seconds = time.monotonic() - self.started
+
+    def close(self) -> None:
+        if self.inp is not None:
+            self.inp.close()
+        self.session.net.close()
+
+
+def _stream_total(session: SendSession, as_image: bool) -> int | None:
+    """Bytes of the stream a round sends, when known before it is read (for the ETA)."""
+    if session.source.kind == "raw":
+        return None if session.codec else session.image_size
+    if session.source.kind == "stored" and as_image:
+        try:
+            return os.stat(session.opts.file).st_size
+        except OSError:
+            return None
+    return None
+
+
+def _write_report(opts: SendOptions, session: SendSession, service: Service) -> None:
+    """--report FILE.json; a report that cannot be written fails the send."""
+    doc = jsonreport.build(service.fleet, service.result, opts.file or "-",
+                           session.image_size, time.time())
+    doc["session"]["serve"] = opts.serve
+    try:
+        jsonreport.write(opts.report, doc)
+    except OSError as exc:
+        service.result.ok = False
+        service.result.error = f"--report {opts.report}: {exc.strerror or exc}"
 
 
 def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:
