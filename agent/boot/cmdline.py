@@ -96,6 +96,21 @@ def _convert(param: Param, value: str) -> object:
         raise CmdlineError(f"{shown(param.name, value)}: {exc}") from None
 
 
+# Parameters of one side only: (its umode, the value that means unused, why the other refuses)
+ONE_SIDED = {
+    "mounted": ("snd", "refuse", "a receiver never overwrites a mounted disk; mounted= is "
+                "for umode=snd, drop it"),
+    "blocks": ("snd", "used", "blocks= is what a sender sends; for umode=rcv drop it "
+               "(blank= is the receiver's)"),
+    "verify": ("rcv", "none", "a sender writes nothing to read back; verify= is for "
+               "umode=rcv, drop it"),
+    "blank": ("rcv", "keep", "blank= is what a receiver does with free space; for umode=snd "
+              "drop it (blocks= is the sender's)"),
+    "serve": ("snd", False, "serving is what a sender does; for umode=rcv drop it (or use "
+              "umode=snd)"),
+}
+
+
 def parse_cmdline(text: str) -> BootConfig:
     """Parse and validate a kernel command line; raises CmdlineError for the first bad
     parameter (in command-line order), then for the first failed check across parameters."""
@@ -123,21 +138,9 @@ def parse_cmdline(text: str) -> BootConfig:
     except (OptionError, ValueError, ArithmeticError, SystemExit) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CmdlineError(f"{udpcparam}: {reason}") from None
-    if umode == "rcv" and values["mounted"] != "refuse":
-        raise CmdlineError(f"{shown('mounted', given['mounted'])}: a receiver never "
-                           "overwrites a mounted disk; mounted= is for umode=snd, drop it")
-    if umode == "rcv" and values["blocks"] != "used":
-        raise CmdlineError(f"{shown('blocks', given['blocks'])}: blocks= is what a sender "
-                           "sends; for umode=rcv drop it (blank= is the receiver's)")
-    if umode == "snd" and values["verify"] != "none":
-        raise CmdlineError(f"{shown('verify', given['verify'])}: a sender writes nothing to "
-                           "read back; verify= is for umode=rcv, drop it")
-    if umode == "snd" and values["blank"] != "keep":
-        raise CmdlineError(f"{shown('blank', given['blank'])}: blank= is what a receiver does "
-                           "with free space; for umode=snd drop it (blocks= is the sender's)")
-    if values["serve"] and umode == "rcv":
-        raise CmdlineError(f"{shown('serve', given['serve'])}: serving is what a sender does; "
-                           "for umode=rcv drop it (or use umode=snd)")
+    for name, (side, unused, why) in ONE_SIDED.items():
+        if umode != side and values[name] != unused:
+            raise CmdlineError(f"{shown(name, given[name])}: {why}")
     if values["serve"] and (conflict := serve_conflict(parse_udpcparam(words, umode))):
         raise CmdlineError(f"{udpcparam}: {conflict} (serve=yes is --serve)")
     ip = values.get("ip")
