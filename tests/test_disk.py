@@ -266,3 +266,15 @@ def test_send_source_warnings_of_a_free_or_missing_disk(tmp_path):
     f.write_bytes(b"x" * 4096)
     assert send_source_warnings(str(f)) == []
     assert send_source_warnings(str(tmp_path / "missing")) == []
+
+
+def test_a_missing_dev_path_is_a_missing_device_but_a_new_file_under_dev_shm_is_fine():
+    from agent.hw.disk import names_a_device
+
+    assert names_a_device("/dev/sdz") and names_a_device("/dev/disk/by-id/ata-X")
+    assert names_a_device("/dev/mapper/vg-lv")
+    assert not names_a_device("/dev/shm/herdcast-image.bin")
+    assert not names_a_device("/srv/images/lab.img")
+    with pytest.raises(DiskError, match="no such device"):
+        check_receive_target("/dev/herdcast-no-such-disk")
+    assert not check_receive_target("/dev/shm/herdcast-no-such-file.bin").is_block

@@ -310,7 +310,7 @@ def check_receive_target(path: str, image_size: int | None = None, *, file_is_di
     """
     if block_only:
         check_is_disk(path)
-    if not os.path.exists(path) and not path.startswith("/dev/"):
+    if not os.path.exists(path) and not names_a_device(path):
         return Disk(path, 0, False, None)
     disk = probe(path)
     busy = in_use(disk, proc, sys)
@@ -322,6 +322,13 @@ def check_receive_target(path: str, image_size: int | None = None, *, file_is_di
     if disk.is_block:
         _check_exclusive(path)
     return disk
+
+
+def names_a_device(path: str) -> bool:
+    """Whether a path that does not exist is a missing device (/dev/sdb, /dev/disk/by-id/..)
+    rather than a new file to create (/dev/shm/image.bin is a file on tmpfs)."""
+    parent = os.path.dirname(os.path.normpath(path))
+    return parent == "/dev" or parent.startswith(("/dev/disk/", "/dev/mapper"))
 
 
 def check_size(disk: Disk, image_size: int) -> None:

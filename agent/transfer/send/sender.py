@@ -211,7 +211,7 @@ class Service:
             self.as_image = as_image
             if number > 0:  # a fresh reader needs the old one's buffers back
                 self.buffers = _buffers(session, self.ring)
-        say(f"herdcast send: round {number} starting ({why}): {participants_summary(table)}"
+        say(f"herdcast send: starting ({why}), round {number}: {participants_summary(table)}"
             f", data to {data_ip} in {session.blocksize}-byte blocks"
             + (", herdcast image" if as_image else ""))
         _size_send_buffer(session, table)
