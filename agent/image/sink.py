@@ -53,8 +53,13 @@ class DiskSink(DecodingWriter):
             self.readback.add(offset, data)
 
     def _write(self, offset: int, data: memoryview) -> None:
+        """Image data onto the disk."""
         if not self._checked_size:
             self._check_size()
+        self._pwrite(offset, data)
+        self.written += len(data)
+
+    def _pwrite(self, offset: int, data: memoryview) -> None:
         try:
             done = 0
             while done < len(data):
@@ -62,7 +67,6 @@ class DiskSink(DecodingWriter):
         except OSError as exc:
             raise SinkError(f"disk {self.path}: write at byte {offset} failed: "
                             f"{exc.strerror}") from exc
-        self.written += len(data)
 
     def _check_size(self) -> None:
         """A disk smaller than the image's is refused before its first byte is written."""
@@ -99,9 +103,10 @@ class DiskSink(DecodingWriter):
         self._write_zeros(offset, head)
         self._write_zeros(offset + length - tail, tail)
         middle = length - head - tail
-        if middle and not self._ioctl(BLKZEROOUT, offset + head, middle):
+        if middle and self._ioctl(BLKZEROOUT, offset + head, middle):
+            self.blanked += middle
+        elif middle:
             self._write_zeros(offset + head, middle)
-        self.blanked += middle
 
     def _discard(self, offset: int, length: int) -> None:
         head = min(-offset % _SECTOR, length)
@@ -129,6 +134,6 @@ class DiskSink(DecodingWriter):
         end = offset + length
         while offset < end:
             n = min(len(_ZEROS), end - offset)
-            self._write(offset, memoryview(_ZEROS)[:n])
+            self._pwrite(offset, memoryview(_ZEROS)[:n])
             offset += n
-        self.written -= length  # counted as cleared, not as image data written
+        self.blanked += length
