@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"  # captures of Debian's udpcast (see its README)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netlab import NetLab, have_netns  # noqa: E402
+from builder.lab.loopdev import can_loop  # noqa: E402
+from builder.lab.netlab import NetLab, have_netns  # noqa: E402
+
+needs_loop = pytest.mark.skipif(not can_loop(), reason="needs root and loop devices")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, mounted_ext4, needs_loop
+from conftest import needs_loop
 
 from agent.hw.disk import (
     Disk,
@@ -21,6 +21,7 @@ from agent.hw.disk import (
     probe,
     send_source_warnings,
 )
+from builder.lab.loopdev import loop_device, mounted_ext4
 
 MiB = 1024 * 1024
 

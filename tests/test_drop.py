@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import herdcast_receiver, herdcast_sender, logs, make_source, sha, wait
+
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

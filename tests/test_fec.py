@@ -6,7 +6,7 @@ import os
 import random
 
 import pytest
-from conftest import SHARED
+from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcap import read_udp
@@ -22,7 +22,7 @@ from agent.udpcast.protocol import (
     parse,
 )
 
-FIX = SHARED / "fixtures"
+FIX = FIXTURES
 BLOCKSIZE = 1456
 
 

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fsdisk import Part, file_digests, fsck, make_disk
-from loopdev import needs_loop
+from conftest import needs_loop
 
 from agent.image.extents import Extent, normalize, subtract, total
 from agent.image.filesystems import parse_domain_map
@@ -19,6 +18,7 @@ from agent.image.sink import DiskSink
 from agent.image.store import read_info
 from agent.image.stream import Decoder, StreamError, StreamReader, encode
 from agent.image.usedmap import used_map
+from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
 
 MiB = 1 << 20
 PARTS = [Part("vfat", 33, {"bootx64.efi": 300_000}), Part("ext4", 64, {"a": 6_000_000}),

@@ -7,7 +7,9 @@ import os
 import subprocess
 
 import pytest
-from loopdev import loop_device, needs_loop
+from conftest import needs_loop
+
+from builder.lab.loopdev import loop_device
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 

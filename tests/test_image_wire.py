@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fsdisk import Part, file_digests, fsck, make_disk
-from loopdev import needs_loop
-from netlab import NetLab
+from conftest import needs_loop
 from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
+from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240), needs_loop]
 

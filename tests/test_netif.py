@@ -1,9 +1,9 @@
 """Interface selection and control addresses."""
 
 import pytest
-from netlab import NetLab
 
 from agent.net import netif
+from builder.lab.netlab import NetLab
 
 
 def test_loopback_ranks_last_and_spec_errors_name_the_option():

@@ -1,7 +1,8 @@
 """The namespace lab itself: hosts reach each other and vanish afterwards."""
 
 import pytest
-from netlab import NetLab, sh
+
+from builder.lab.netlab import NetLab, sh
 
 pytestmark = pytest.mark.netns
 

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, mounted_ext4, needs_loop
+from conftest import needs_loop
+
+from builder.lab.loopdev import loop_device, mounted_ext4
 
 MiB = 1024 * 1024
 TEST_SWITCHES = ["--no-hardware", "--no-network"]

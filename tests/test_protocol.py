@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import SHARED
+from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcap import read_udp
@@ -32,7 +32,7 @@ from agent.udpcast.protocol import (
     parse,
 )
 
-FIX = SHARED / "fixtures"
+FIX = FIXTURES
 SESSIONS = FIX / "udpcast-20120424" / "sessions.pcap"
 SOURCE = (FIX / "udpcast-20120424" / "source.bin").read_bytes()
 SCENARIOS = sorted((FIX / "udpcast-scenarios").glob("*.pcap"))

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from loopdev import loop_device, mounted_ext4, needs_loop
-from netlab import NetLab
+from conftest import needs_loop
 
 from agent.transfer.options import parse_receive_args
 from agent.transfer.receive.receiver import receive, run_receiver
+from builder.lab.loopdev import loop_device, mounted_ext4
+from builder.lab.netlab import NetLab
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDCAST = [sys.executable, "-m", "agent"]

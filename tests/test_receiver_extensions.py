@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
+
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 

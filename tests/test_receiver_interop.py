@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import (
     ODD_SIZE,
     herdcast_receiver,
@@ -24,6 +23,8 @@ from peers import (
     stock_receiver,
     stock_sender,
 )
+
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150),
               pytest.mark.skipif(shutil.which("udp-sender") is None,

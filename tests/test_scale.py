@@ -10,10 +10,10 @@ import subprocess
 import time
 
 import pytest
-from netlab import NetLab
 from peers import herdcast_receiver, herdcast_sender, make_source, sha
 
 from agent.transfer.send.jsonreport import validate
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 RECEIVERS = 100

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import (
     HERDCAST,
     ODD_SIZE,
@@ -29,6 +28,8 @@ from peers import (
     stock_receiver,
     wait,
 )
+
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import (
     HERDCAST,
     ROOT,
@@ -31,6 +30,7 @@ from peers import (
 )
 
 from agent.transfer.send.jsonreport import validate
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import herdcast_receiver, herdcast_sender, make_source, sha, stock_sender
 from test_receiver_extensions import FAKE_SENDER, ROOT
 
 from agent.trust import TRUSTED_KEY_PATH, keys
 from agent.udpcast.protocol import NONCE_BYTES, SIGNATURE_BYTES
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

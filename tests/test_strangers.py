@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
 from peers import ROOT, herdcast_receiver, herdcast_sender, make_source, sha
+
+from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

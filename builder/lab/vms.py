@@ -22,6 +22,7 @@ from pathlib import Path
 from builder.efi import BOOT_FILE as EFI_BOOT_FILE
 from builder.efi import GRUB_FILE as EFI_GRUB_FILE
 from builder.errors import BuildError
+from builder.lab.context import LabContext
 
 SUBNET = "10.99.0"  # inside the lab namespace only
 BRIDGE_IP = f"{SUBNET}.1"
@@ -102,7 +103,7 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @dataclass
-class PxeLab:
+class PxeLab(LabContext):
     """The lab; use as a context manager. `tftp_src` is a built tftpboot directory."""
 
     tftp_src: Path
@@ -126,17 +127,6 @@ class PxeLab:
         self.tftp = self.workdir / "tftpboot"
 
     # -- set-up ----------------------------------------------------------------------------
-    def __enter__(self) -> PxeLab:
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _ns(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 

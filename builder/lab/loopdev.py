@@ -1,4 +1,5 @@
-"""Loop devices for tests that need a real block device (size checks, mounted disks)."""
+"""Loop devices for the tests and benches that need a real block device (size checks,
+mounted disks)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 
 def can_loop() -> bool:
     """Whether this process may attach loop devices."""
     return os.geteuid() == 0 and shutil.which("losetup") is not None and \
         os.path.exists("/dev/loop-control")
-
-
-needs_loop = pytest.mark.skipif(not can_loop(), reason="needs root and loop devices")
 
 
 @contextlib.contextmanager

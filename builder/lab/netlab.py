@@ -16,6 +16,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from builder.lab.context import LabContext
+
 _counter = itertools.count()
 
 
@@ -68,7 +70,7 @@ class Host:
 
 
 @dataclass
-class NetLab:
+class NetLab(LabContext):
     """Namespaces on a bridge; use as a context manager."""
 
     hosts_count: int
@@ -83,18 +85,7 @@ class NetLab:
         if not self.prefix:
             self.prefix = f"hc{os.getpid() % 100000}x{next(_counter)}"
 
-    def __enter__(self) -> NetLab:
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _create(self) -> None:
+    def _setup(self) -> None:
         bridge_ns = f"{self.prefix}-br"
         sh("ip", "netns", "add", bridge_ns)
         self.namespaces.append(bridge_ns)
