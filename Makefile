@@ -14,7 +14,7 @@ deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,deploy]'
 	touch $@
 
 venv: $(STAMP)

@@ -24,6 +24,7 @@ commands:
   image     map, capture, restore and inspect used-block images (no network)
   keygen    make an Ed25519 key pair for signed sessions (send --sign-key)
   node      the initramfs init: read /proc/cmdline and image this node unattended
+  deploy    power a fleet on through its BMCs, image it, boot it into its new system
 
 `herdcast COMMAND --help` lists a command's options.
 """
@@ -89,6 +90,13 @@ def _node(argv: list[str]) -> int:
     return node_main(argv)
 
 
+def _deploy(argv: list[str]) -> int:
+    from agent.deploy.command import main as deploy_main
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return deploy_main(argv)
+
+
 COMMANDS = {
     "send": lambda argv: _transfer("send", argv),
     "receive": lambda argv: _transfer("receive", argv),
@@ -96,6 +104,7 @@ COMMANDS = {
     "image": _image,
     "keygen": _keygen,
     "node": _node,
+    "deploy": _deploy,
 }
 
 

@@ -16,6 +16,8 @@ from builder.config import BuildConfig, default_cache
 from builder.errors import BuildError
 
 PROG = "python -m builder"
+#: `node MAC VERB`: arm (receive, then reboot), disarm or local (boot the local disk).
+NODE_VERBS = ("arm", "disarm", "local")
 DEFAULT_OUT = Path("build/tftpboot")
 
 
@@ -63,10 +65,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="the Python that freezes the agent (default: this one)")
 
     p = sub.add_parser("node", help="write pxelinux.cfg/01-<mac> from the default, and its "
-                       "GRUB twin grub/grub.cfg-01-<mac>")
+                       "GRUB twin grub/grub.cfg-01-<mac>; `arm` makes it a receiver that "
+                       "reboots when done, `disarm` (or `local`) boots its own disk")
     p.add_argument("mac", help="the node's MAC, e.g. 52:54:00:12:34:56")
-    p.add_argument("params", nargs="*", metavar="key=value",
-                   help="boot parameters to change, e.g. umode=snd udpcparam=broadcast")
+    p.add_argument("params", nargs="*", metavar="[arm|disarm|local] key=value",
+                   help="boot parameters to change, e.g. umode=snd udpcparam=broadcast; "
+                   "first `arm` (umode=rcv auto=yes post=reboot with these parameters) or "
+                   "`disarm`/`local` (LOCALBOOT: boot the local disk)")
     p.add_argument("--tftp-root", type=Path, default=DEFAULT_OUT,
                    help="TFTP root holding pxelinux.cfg/ (default: %(default)s)")
 
@@ -106,10 +111,22 @@ def _run(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "node":
-        from builder.bootcfg import write_node
+        from builder import bootcfg
 
+        verb, params = (args.params[0], args.params[1:]) if args.params and \
+            args.params[0] in NODE_VERBS else (None, args.params)
         try:
-            paths = write_node(args.tftp_root, args.mac, args.params)
+            if verb == "arm":
+                paths = bootcfg.arm(args.tftp_root, args.mac, params)
+            elif verb in ("disarm", "local"):
+                if params:
+                    return _fail(BuildError(f"node {args.mac} {verb}: takes no parameters "
+                                            f"({' '.join(params)})",
+                                            "a disarmed node boots its disk; to change its "
+                                            "parameters, arm it"), 2)
+                paths = bootcfg.disarm(args.tftp_root, args.mac)
+            else:
+                paths = bootcfg.write_node(args.tftp_root, args.mac, params)
         except HerdcastError as exc:  # a bad MAC or parameter, no default to start from
             return _fail(exc, 2)
         print("wrote " + " and ".join(map(str, paths)))

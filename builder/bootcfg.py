@@ -53,3 +53,47 @@ def write_node(tftp_root: Path, mac: str, assignments: Iterable[str]) -> list[Pa
     if _has_grub(Path(tftp_root)):
         written.append(write_twin(Path(tftp_root), written[0].name))
     return written
+
+
+#: What an armed node does: image itself unattended, then boot again (into its new system,
+#: once disarmed). Set by arm(); an inventory or a hand-given parameter cannot change them.
+ARMED = ("umode=rcv", "auto=yes", "post=reboot")
+ARM_KEYS = tuple(a.partition("=")[0] for a in ARMED)
+
+
+def arm(tftp_root: Path, mac: str, assignments: Iterable[str] = (), note: str = "") -> list[Path]:
+    """Arm a node: its per-MAC files (pxelinux's and GRUB's) make it a receiver that reboots
+    when done, with `assignments` (its own boot parameters) on the same line. Until it is
+    disarmed, every boot images it again: disarm it once its digest agreed."""
+    assignments = check_arm(tftp_root, mac, assignments)
+    note = note or "armed by `python -m builder node MAC arm`"
+    written = [pxelinux.write_node_config(tftp_root, mac, assignments + list(ARMED),
+                                          f"herdcast: {note}: receive, then reboot")]
+    if _has_grub(Path(tftp_root)):
+        written.append(write_twin(Path(tftp_root), written[0].name))
+    return written
+
+
+def check_arm(tftp_root: Path, mac: str, assignments: Iterable[str] = ()) -> list[str]:
+    """What arm() checks, writing nothing: the MAC, each parameter, the boot line the node
+    will read. Returns the assignments as a list."""
+    assignments = list(assignments)
+    for item in assignments:
+        if item.partition("=")[0] in ARM_KEYS:
+            raise pxelinux.PxeConfigError(
+                f"parameter {item}: an armed node is {' '.join(ARMED)}",
+                f"leave {item.partition('=')[0]} out (disarm, or edit the file by hand)")
+    pxelinux.node_text(tftp_root, mac, assignments + list(ARMED))
+    return assignments
+
+
+def disarm(tftp_root: Path, mac: str, note: str = "") -> list[Path]:
+    """Disarm a node: its per-MAC files boot its local disk (pxelinux LOCALBOOT 0; GRUB
+    `exit`s back to the firmware, which boots its next entry), so a node that reboots after
+    imaging comes up in the system it received."""
+    note = note or "disarmed by `python -m builder node MAC disarm`"
+    written = [pxelinux.write_local_config(tftp_root, mac,
+                                           f"herdcast: {note}: boot the local disk")]
+    if _has_grub(Path(tftp_root)):
+        written.append(write_twin(Path(tftp_root), written[0].name))
+    return written

@@ -31,6 +31,7 @@ HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c")
 #: imports ssl), so libssl and libsqlite3 stay while the agent uses pyroute2.
 EXCLUDE = ("tkinter", "zstandard.backend_cffi", "cffi", "pytest", "hypothesis", "builder",
            "setuptools", "pip", "PyInstaller",
+           "sushy", "pyghmi",  # herdcast deploy's BMC drivers: a PXE server's, not a node's
            "rich")  # the sender's live table is for a server's terminal, never a node's
 #: Extensions nothing on a node imports, and whose absence the stdlib expects (each import
 #: of them is guarded, or there is a pure-Python fallback): readline (with libreadline and

@@ -90,6 +90,10 @@ def _entry(label: Label) -> list[str]:
     if label.ipappend & 2:
         args += " BOOTIF=01-$net_default_mac"
     out = [f"menuentry {quote(label.name)} --id {quote(label.name)} {{"]
+    if label.localboot is not None and label.kernel is None:
+        # pxelinux's LOCALBOOT: back to the firmware, which boots its next entry (the disk)
+        return out + ["    echo 'herdcast: booting the local disk (back to the firmware)'",
+                      "    exit", "}"]
     if label.kernel is None:
         return out + ["    echo 'herdcast: this label has no KERNEL'", "}"]
     kernel = _paths(label.kernel)

@@ -218,10 +218,19 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
         raise PxeConfigError(str(exc), "nothing written") from None
 
 
-def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str]) -> Path:
+def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str],
+                      note: str | None = None) -> Path:
     """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked,
     and the resulting boot line parsed as the node will parse it, before anything is
-    written."""
+    written. `note` becomes a comment line on top (who wrote the file, and why)."""
+    target, text = node_text(tftp_root, mac, assignments)
+    _replace(target, (f"# {note}\n" if note else "") + text)
+    return target
+
+
+def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
+    """(pxelinux.cfg/01-<mac>, its text) from the default with `assignments`, checked as
+    write_node_config checks them; nothing is written."""
     name = mac_file_name(mac)
     changes = parse_assignments(assignments)
     default = Path(tftp_root) / "pxelinux.cfg" / "default"
@@ -230,8 +239,38 @@ def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str]) -> 
                              "run `make initrd` first, or pass --tftp-root DIR")
     text = node_config(default.read_text(), changes)
     check_boot_line(boot_append_line(text), [k for k, _ in changes])
-    target = default.with_name(name)
-    target.write_text(text)
+    return default.with_name(name), text
+
+
+def _replace(target: Path, text: str) -> None:
+    """Write `target` whole or not at all: a node booting meanwhile reads one or the other."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+
+
+def local_config(note: str) -> str:
+    """A per-MAC config that boots the node's own disk: LOCALBOOT 0 hands the boot back to
+    the BIOS, which tries its next boot device (GRUB's twin `exit`s to the firmware)."""
+    return (f"# {note}\n"
+            "# Re-arm: python -m builder node MAC arm (or herdcast deploy).\n"
+            "DEFAULT local\n"
+            "PROMPT 0\n"
+            "TIMEOUT 1\n"
+            "\n"
+            "LABEL local\n"
+            "  LOCALBOOT 0\n")
+
+
+def write_local_config(tftp_root: Path, mac: str, note: str) -> Path:
+    """pxelinux.cfg/01-<mac> = local_config(note): the node boots its disk from now on."""
+    name = mac_file_name(mac)
+    folder = Path(tftp_root) / "pxelinux.cfg"
+    if not (folder / "default").is_file():
+        raise PxeConfigError(f"{folder / 'default'} not found",
+                             "run `make initrd` first, or pass --tftp-root DIR")
+    target = folder / name
+    _replace(target, local_config(note))
     return target
 
 
@@ -248,6 +287,7 @@ class Label:
     initrds: list[str] = field(default_factory=list)
     params: list[str] = field(default_factory=list)  # APPEND words as written, no initrd=
     ipappend: int = 0
+    localboot: int | None = None  # LOCALBOOT's argument: boot the local disk instead
 
 
 @dataclass
@@ -267,8 +307,8 @@ class Menu:
 
 def parse_menu(text: str) -> Menu:
     """The directives herdcast's configs use (DEFAULT, TIMEOUT, PROMPT, LABEL, KERNEL or
-    LINUX, APPEND with initrd=, INITRD, IPAPPEND); other lines (SERIAL, SAY, MENU ...)
-    are pxelinux's alone."""
+    LINUX, APPEND with initrd=, INITRD, IPAPPEND, LOCALBOOT); other lines (SERIAL, SAY,
+    MENU ...) are pxelinux's alone."""
     menu = Menu()
     label: Label | None = None
     for line in text.splitlines():
@@ -293,6 +333,8 @@ def parse_menu(text: str) -> Menu:
             label.initrds = rest.split(",")
         elif key == "ipappend" and rest.isdigit():
             label.ipappend = int(rest)
+        elif key == "localboot" and re.match(r"^-?\d+", rest):
+            label.localboot = int(rest.split()[0])
         elif key == "append":
             for word in _WORD.findall(rest):
                 if word.startswith("initrd="):

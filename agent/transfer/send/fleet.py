@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from agent.say import say
 from agent.transfer.result import ReceiverReport
@@ -57,11 +57,21 @@ class RoundInfo:
     sha256: str | None = None
 
 
+class FleetObserver(Protocol):
+    """Told of each receiver as the fleet sees it (herdcast deploy: its nodes by MAC).
+    `connected` may set the row's hostname: the live view and the reports show it."""
+
+    def connected(self, report: ReceiverReport) -> None: ...
+
+    def verdict(self, report: ReceiverReport) -> None: ...
+
+
 @dataclass
 class Fleet:
     """Every receiver seen, its rows, and the rounds; see the module docstring."""
 
     events: TextIO | None = None  # --events stream
+    observer: FleetObserver | None = None
     names: Names = field(default_factory=Names)
     rows: list[ReceiverReport] = field(default_factory=list)  # in order of connection
     waiting: dict[str, ReceiverReport] = field(default_factory=dict)  # asked during a round
@@ -83,6 +93,8 @@ class Fleet:
             return
         report.mac = report.mac or self.names.mac(report.address)
         report.hostname = self.names.hostname(report.address)
+        if self.observer is not None:
+            self.observer.connected(report)
         self.rows.append(report)
         if early is None:
             self.emit("connected", report)
@@ -105,6 +117,8 @@ class Fleet:
         say(f"herdcast send: receiver {name} {state_of(report)}: {report.bytes} bytes, "
             f"{report.retransmissions} retransmitted blocks, {describe(report).lower()}")
         self.emit(event_of(report), report, verdict=report.status)
+        if self.observer is not None:
+            self.observer.verdict(report)
 
     # ------------------------------------------------------------------ the send loop's
 
@@ -114,6 +128,8 @@ class Fleet:
             return
         report = ReceiverReport(ip, herdcast=herdcast, mac=self.names.mac(ip),
                                 hostname=self.names.hostname(ip))
+        if self.observer is not None:
+            self.observer.connected(report)
         self.waiting[ip] = report
         self.emit("connected", report, late=True)
 

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from agent.net import netif
 from agent.say import log_to, say
@@ -27,7 +28,7 @@ from agent.transfer.result import SendStats, TransferResult
 from agent.transfer.send import jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
-from agent.transfer.send.fleet import Fleet, open_events
+from agent.transfer.send.fleet import Fleet, FleetObserver, open_events
 from agent.transfer.send.network import SendError
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table, participants_summary
@@ -56,10 +57,12 @@ def _size_send_buffer(session: SendSession, table: Table) -> None:
                          min(2 << 20, smallest // 4))
 
 
-def send(opts: SendOptions) -> TransferResult:
+def send(opts: SendOptions, observer: FleetObserver | None = None,
+         should_stop: Callable[[], bool] | None = None) -> TransferResult:
     """Send opts.file (or stdin) to the receivers that connect; never raises on bad input,
     a dead network or a receiver's fault: the result says what went wrong. With --serve it
-    keeps serving rounds until SIGINT/SIGTERM."""
+    keeps serving rounds until SIGINT/SIGTERM, or until `should_stop()` says so (asked
+    while waiting and between rounds). `observer` is told of each receiver (Fleet)."""
     if opts.async_ and opts.fec is None:
         say("herdcast send: warning: --async without --fec: any lost packet corrupts the "
             "receivers' copy (add --fec 8x8/128)")
@@ -84,10 +87,10 @@ def send(opts: SendOptions) -> TransferResult:
         session = SendSession.open(opts)
     except SendError as exc:
         return TransferResult(ok=False, error=str(exc))
-    fleet = Fleet(events=events)
+    fleet = Fleet(events=events, observer=observer)
     service = Service(session, Table(observer=fleet), fleet)
     try:
-        with Stop() if opts.serve else contextlib.nullcontext() as stop:
+        with Stop(should_stop) if opts.serve else contextlib.nullcontext() as stop:
             service.run(stop)
     finally:
         service.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 from agent.say import say
 
@@ -17,7 +18,8 @@ from agent.say import say
 class Stop:
     """The stop requests; installed for the length of a `with` block (main thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, also: Callable[[], bool] | None = None) -> None:
+        self.also = also  # a caller's own reason to stop (herdcast deploy: every node done)
         self.requested = False
         self.busy = False  # a round is in flight (set by the send loop)
         self._saved: dict[int, object] = {}
@@ -46,4 +48,6 @@ class Stop:
             "(send it again to stop now)")
 
     def __call__(self) -> bool:
+        if not self.requested and self.also is not None and self.also():
+            self.requested = True
         return self.requested
