@@ -47,29 +47,37 @@ def _sh(*argv: str) -> str:
                           check=True).stdout
 
 
+def partition_nodes(dev: str, wait: float = 2) -> list[Path]:
+    """Make sure the kernel knows `dev`'s partitions and /dev has their nodes; returns the
+    nodes made here (the caller removes them). The kernel's scan may lag losetup or be
+    skipped: wait a moment, then let partx add (or update) them; without udev (containers)
+    nothing creates their nodes, so they are made from sysfs."""
+    name = Path(dev).name
+    deadline = time.monotonic() + wait
+    while not list(Path("/sys/class/block", name).glob(f"{name}p*")):
+        if time.monotonic() > deadline:
+            subprocess.run(["partx", "-a", dev], capture_output=True, timeout=30)
+            break
+        time.sleep(0.05)
+    subprocess.run(["partx", "-u", dev], capture_output=True, timeout=30)
+    made = []
+    for part in sorted(Path("/sys/class/block", name).glob(f"{name}p*")):
+        node = Path("/dev", part.name)
+        if not node.exists():
+            major, minor = (int(x) for x in (part / "dev").read_text().split(":"))
+            with contextlib.suppress(FileExistsError):
+                os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+                made.append(node)
+    return made
+
+
 @contextlib.contextmanager
 def attached(path: Path):
     """The disk image on a loop device with partition nodes (/dev/loopNpM)."""
     dev = _sh("losetup", "-f", "--show", "-P", str(path)).strip()
-    name = Path(dev).name
-    made = []
+    made: list[Path] = []
     try:
-        # the kernel's scan may lag losetup or be skipped: wait a moment, then let partx
-        # add the partitions; without udev (containers) nothing creates their nodes, so
-        # they are made from sysfs
-        deadline = time.monotonic() + 2
-        while not list(Path("/sys/class/block", name).glob(f"{name}p*")):
-            if time.monotonic() > deadline:
-                _sh("partx", "-a", dev)
-                break
-            time.sleep(0.05)
-        for part in sorted(Path("/sys/class/block", name).glob(f"{name}p*")):
-            node = Path("/dev", part.name)
-            if not node.exists():
-                major, minor = (int(x) for x in (part / "dev").read_text().split(":"))
-                with contextlib.suppress(FileExistsError):
-                    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
-                    made.append(node)
+        made += partition_nodes(dev)
         yield dev
     finally:
         for node in made:
