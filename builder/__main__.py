@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                    "http://10.0.0.1/herdcast, a web server over this TFTP root) instead of "
                    "TFTP: several times faster. Works with iPXE ROMs as is; with other PXE "
                    "ROMs, set the DHCP boot file to lpxelinux.0")
+    p.add_argument("--guarded", action="store_true",
+                   help="machines without a per-MAC file boot their own disk (LOCALBOOT) "
+                   "instead of being imaged: only nodes armed by `node MAC ...` or herdcast "
+                   "deploy are wiped. Default: every PXE client boots as a receiver "
+                   "(udpcast's tutorial layout)")
     p.add_argument("--python", type=Path, default=Path(sys.executable),
                    help="the Python that freezes the agent (default: this one)")
 
@@ -93,7 +98,7 @@ def build_config(args: argparse.Namespace) -> BuildConfig:
         modules_dir=args.modules_dir, modules=args.modules,
         firmware=None if args.firmware == "none" else Path(args.firmware),
         level=args.level, http_url=args.http_url, python=args.python,
-        trust_key=args.trust_key,
+        trust_key=args.trust_key, guarded=args.guarded,
         mtime=source_date_epoch(),
     )
 

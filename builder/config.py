@@ -39,6 +39,7 @@ class BuildConfig:
     python: Path = Path(sys.executable)  # the interpreter that freezes the agent
     mtime: int = 0  # every archive member's mtime ($SOURCE_DATE_EPOCH)
     trust_key: Path | None = None  # nodes accept only senders signing with its private key
+    guarded: bool = False  # pxelinux.cfg/default boots the local disk; per-MAC files arm
 
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:

@@ -323,7 +323,7 @@ def _build(cfg: BuildConfig) -> Report:
     shutil.copyfile(LDLINUX, out / "ldlinux.c32")
     uefi = efi.install(cfg.cache, out, kern.vmlinuz, require_signed_kernel=cfg.kernel is None)
     (out / "pxelinux.cfg" / "default").write_text(
-        pxelinux.default_config(cfg.http_url))
+        pxelinux.default_config(cfg.http_url, cfg.guarded))
     bootcfg.sync(out)
     phase("boot files")
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),

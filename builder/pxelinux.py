@@ -87,26 +87,45 @@ def _http_name(name: str, base: str) -> str:
     return name if "://" in name else f"{base}/{name.lstrip('/')}"
 
 
-def default_config(http_url: str | None = None) -> str:
+def default_config(http_url: str | None = None, guarded: bool = False) -> str:
     """The pxelinux.cfg/default `make initrd` writes: a receiver that boots after 5 s, and a
     sender label to pick at the prompt (`sender`) when this machine holds the master disk.
-    With `http_url` the kernel and initrd are fetched from there (see check_http_url)."""
+    With `http_url` the kernel and initrd are fetched from there (see check_http_url).
+
+    `guarded`: a machine without a per-MAC file boots its own disk after 5 s instead
+    (LOCALBOOT), so a stranger that PXE-boots by accident while a sender serves is not
+    wiped; the receiver and sender labels stay at the prompt for a person at the console,
+    and `python -m builder node MAC ...` (or herdcast deploy) arms the machines to image."""
     receiver = _append(RECEIVER_PARAMS)
     sender = _append((k, "snd" if k == "umode" else v) for k, v in RECEIVER_PARAMS)
-    text = _default_text(receiver, sender)
+    text = _default_text(receiver, sender, guarded)
     return boot_files_over_http(text, http_url) if http_url else text
 
 
-def _default_text(receiver: str, sender: str) -> str:
-    return f"""\
-# herdcast: written by `make initrd` (python -m builder initrd).
-# Per node: python -m builder node MAC key=value ...  (writes pxelinux.cfg/01-<mac>)
-SERIAL 0 115200
+def _default_text(receiver: str, sender: str, guarded: bool = False) -> str:
+    if guarded:
+        head = """\
+DEFAULT local
+PROMPT 1
+TIMEOUT 50
+SAY herdcast: this machine is not armed: booting its own disk in 5 s.
+SAY herdcast: type "receiver" to image it from the network, "sender" to send its disk.
+
+LABEL local
+  LOCALBOOT 0
+"""
+    else:
+        head = """\
 DEFAULT receiver
 PROMPT 1
 TIMEOUT 50
 SAY herdcast: booting "receiver" in 5 s; type "sender" to send this machine's disk instead.
-
+"""
+    return f"""\
+# herdcast: written by `make initrd` (python -m builder initrd{' --guarded' if guarded else ''}).
+# Per node: python -m builder node MAC key=value ...  (writes pxelinux.cfg/01-<mac>)
+SERIAL 0 115200
+{head}
 LABEL receiver
   KERNEL vmlinuz
   APPEND {receiver} {CONSOLE}
@@ -180,11 +199,33 @@ def _boot_append(lines: list[str]) -> int:
 
 def node_config(default_text: str, changes: list[tuple[str, str]]) -> str:
     """The default config with `changes` applied to the append line of the label that boots
-    by default (the other labels stay as they are, still selectable at the prompt)."""
-    lines = default_text.splitlines()
+    by default (the other labels stay as they are, still selectable at the prompt). From a
+    guarded default (it boots the local disk) a node's own file is what arms it: its
+    DEFAULT becomes the receiver label."""
+    lines = _armed(default_text.splitlines())
     i = _boot_append(lines)
     lines[i] = _edit_append(lines[i], changes)
     return "\n".join(lines) + "\n"
+
+
+def _armed(lines: list[str]) -> list[str]:
+    """`lines` with DEFAULT moved to the receiver label when DEFAULT names a LOCALBOOT
+    label (the guarded layout's `local`); any other config as it is."""
+    menu = parse_menu("\n".join(lines))
+    booting = menu.booting()
+    if booting is None or booting.localboot is None or booting.kernel is not None:
+        return lines
+    if not any(label.name == "receiver" for label in menu.labels):
+        raise PxeConfigError("pxelinux.cfg/default boots the local disk and has no "
+                             "`receiver` label to arm", "rebuild it with `make initrd`")
+    out = []
+    for line in lines:
+        if _DEFAULT.match(line):
+            out += ["DEFAULT receiver",
+                    'SAY herdcast: this machine is armed: booting "receiver" in 5 s.']
+        elif not re.match(r"^\s*say\s", line, re.IGNORECASE):  # the guarded default's words
+            out.append(line)
+    return out
 
 
 def boot_append_line(config_text: str) -> str:
