@@ -174,4 +174,4 @@ def test_image_info_on_a_missing_file_is_one_line(tmp_path):
                            str(tmp_path / "none.img")], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "No such file" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr.lower()

@@ -21,7 +21,7 @@ from agent.boot.addressing import convert_gateway, convert_ip, convert_netmask
 from agent.boot.pid1 import POST_ACTIONS
 from agent.boot.tokens import BadValue, tokens
 from agent.boot.udpcparam import split_words
-from agent.transfer.compress import CODECS
+from agent.codec import NAMES as CODECS
 
 _MODULE_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")  # MODULE_NAME_LEN is 56 with the NUL
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -31,7 +31,7 @@ _MAC_RE = re.compile(r"(?:01-)?([0-9a-f]{2})[-:]([0-9a-f]{2})[-:]([0-9a-f]{2})[-
 PORT_MAX = 65534  # the transfer uses port and port+1
 TIMEOUT_MAX = 86400
 
-# The transfer's codecs, and "none": a codec added there is a compr= word at once.
+# The codec table's names (agent.codec), and "none": a codec added there is a compr= word.
 COMPRESSIONS = ("none", *CODECS)
 COMPR_ALIASES = {"gzip": "gz", "lzo": "lzop"}
 UMODES = ("snd", "rcv")

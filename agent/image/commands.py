@@ -1,9 +1,10 @@
-"""`herdcast image`: look at, capture and restore used-block images without a network.
+"""`herdcast image`: look at, capture, restore and list used-block images without a network.
 
     herdcast image map DISK               what a sender of DISK would send, per partition
     herdcast image capture DISK FILE      DISK's used blocks into an image file (--compress)
     herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard)
     herdcast image info FILE              an image file's layout, sizes and digest
+    herdcast image list DIR               the images in DIR: host, date, size, partitions
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import argparse
 import os
 import sys
 
-from agent.image.sink import BLANK_MODES, DiskSink
+from agent.codec import NAMES
+from agent.image.catalogue import catalogue, human
+from agent.image.files import capture, check_input, restore
+from agent.image.sink import BLANK_MODES
 from agent.image.store import ImageFileError, read_info
-from agent.image.stream import StreamReader, encode
 from agent.image.usedmap import used_map
 from agent.say import say
+
+FREE_SPACE = {"keep": "free space left as it was", "zero": "free space zeroed",
+              "discard": "free space discarded"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,86 +30,71 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Used-block images of disks (no network).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     m = sub.add_parser("map", help="show which bytes of DISK a sender would send")
-    m.add_argument("disk")
+    m.add_argument("disk", help="a disk device or a disk image file")
     c = sub.add_parser("capture", help="write DISK's used blocks into an image file")
-    c.add_argument("disk")
-    c.add_argument("file")
-    c.add_argument("--compress", choices=["none", "gz", "lzop", "zstd"], default="zstd")
+    c.add_argument("disk", help="the disk to capture (a device or a disk image file)")
+    c.add_argument("file", help="the image file to write (replaced only once complete)")
+    c.add_argument("--compress", choices=["none", *NAMES], default="zstd",
+                   help="the image file's compression (default zstd)")
+    c.add_argument("--description", help="a line saying what the image holds, shown by "
+                   "herdcast image list")
     r = sub.add_parser("restore", help="write an image file onto DISK")
-    r.add_argument("file")
-    r.add_argument("disk")
-    r.add_argument("--blank", choices=BLANK_MODES, default="keep")
+    r.add_argument("file", help="the image file")
+    r.add_argument("disk", help="the disk to overwrite (refused while mounted or in use)")
+    r.add_argument("--blank", choices=BLANK_MODES, default="keep",
+                   help="free space: keep it as it is (default), zero it, or discard it")
     i = sub.add_parser("info", help="an image file's layout, sizes and digest")
-    i.add_argument("file")
+    i.add_argument("file", help="the image file")
+    ls = sub.add_parser("list", help="the images in DIR: source host, date, size, partitions")
+    ls.add_argument("dir", help="the directory holding image files")
     return p
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `herdcast image`; errors are HerdcastErrors the caller prints."""
     ns = _parser().parse_args(argv)
+    subject = getattr(ns, "disk", None) if ns.command in ("map", "capture") else \
+        getattr(ns, "file", None) or getattr(ns, "dir", None)
     try:
         return _run(ns)
     except OSError as exc:
-        raise ImageFileError(f"{exc.filename or ns.command}: {exc.strerror or exc}",
+        raise ImageFileError(f"{exc.filename or subject}: {exc.strerror or exc}",
                              "check the path") from exc
 
 
 def _run(ns: argparse.Namespace) -> int:
     if ns.command == "map":
-        umap = used_map(ns.disk)
-        for line in umap.describe():
+        check_input(ns.disk, "disk")
+        for line in used_map(ns.disk).describe():
             print(line)
-        return 0
-    if ns.command == "info":
+    elif ns.command == "info":
+        check_input(ns.file, "image")
         for line in read_info(ns.file).lines():
             print(line)
-        return 0
-    if ns.command == "capture":
-        return _capture(ns.disk, ns.file, None if ns.compress == "none" else ns.compress)
-    return _restore(ns.file, ns.disk, ns.blank)
-
-
-def _capture(disk: str, path: str, codec: str | None) -> int:
-    from agent.transfer.compress import compressing_reader
-
-    umap = used_map(disk)
-    for line in umap.describe():
-        say(line)
-    fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        stream = StreamReader(encode(fd, umap.disk_size, umap.extents))
-        source = compressing_reader(stream, codec) if codec else stream
-        with open(path, "wb") as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
-    finally:
-        os.close(fd)
-    say(f"captured {disk} into {path}: {os.path.getsize(path)} bytes")
+    elif ns.command == "list":
+        _list(ns.dir)
+    elif ns.command == "capture":
+        size = capture(ns.disk, ns.file, None if ns.compress == "none" else ns.compress,
+                       ns.description)
+        say(f"captured {ns.disk} into {ns.file}: {size} bytes ({human(size)})")
+    else:
+        done = restore(ns.file, ns.disk, ns.blank)
+        say(f"restored {ns.file} onto {ns.disk}: {done.written} bytes of data written, "
+            f"{done.cleared} bytes cleared to zero, {FREE_SPACE[ns.blank]} "
+            f"(blank={ns.blank})")
     return 0
 
 
-def _restore(path: str, disk: str, blank: str) -> int:
-    from agent.image.store import codec_of
-    from agent.transfer.compress import decompressing_writer
-
-    flags = os.O_WRONLY | os.O_CLOEXEC | (0 if disk.startswith("/dev/") else os.O_CREAT)
-    fd = os.open(disk, flags, 0o644)
-    try:
-        sink = DiskSink(fd, disk, blank)
-        with open(path, "rb") as f:
-            codec = codec_of(f.read(8))
-            f.seek(0)
-            target = decompressing_writer(sink, codec) if codec else sink
-            while chunk := f.read(1 << 20):
-                target.write(chunk)
-            target.close()
-            sink.close()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    say(f"restored {path} onto {disk}: {sink.written} bytes written, "
-        f"{sink.blanked} bytes blanked (blank={blank})")
-    return 0
+def _list(directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise ImageFileError(f"image list {directory}: not a directory",
+                             "give the directory the images are kept in")
+    entries = catalogue(directory)
+    if not entries:
+        print(f"{directory}: no herdcast images")
+    for entry in entries:
+        for line in entry.lines():
+            print(line)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,5 @@ def subtract(whole: Extent, holes: Iterable[Extent]) -> list[Extent]:
     return out
 
 
-def clip(extents: Iterable[Extent], limit: int) -> list[Extent]:
-    """The extents cut to [0, limit): a map never reaches past the disk's end."""
-    return [Extent(e.offset, min(e.end, limit) - e.offset)
-            for e in extents if e.offset < limit]
-
-
 def total(extents: Iterable[Extent]) -> int:
     return sum(e.length for e in extents)

@@ -37,6 +37,9 @@ PARTCLONE = {"ext": "partclone.extfs", "xfs": "partclone.xfs", "btrfs": "partclo
 # Structures a filesystem keeps outside the clusters partclone maps: NTFS's backup boot
 # sector is the partition's last sector (512 bytes, or 4096 on 4Kn disks).
 TAIL_BYTES = {"ntfs": 4096}
+EXT3_HAS_JOURNAL = 0x4
+EXT4_INCOMPAT = 0x40 | 0x80 | 0x200  # extents, 64bit, flex_bg
+EXT4_RO_COMPAT = 0x8 | 0x10 | 0x20 | 0x40 | 0x400  # huge_file, gdt_csum, dir_nlink, ...
 MAP_TIMEOUT = 600  # seconds: partclone reads every bitmap of the filesystem once
 
 
@@ -52,13 +55,29 @@ class FsMap:
 def detect(fd: int, offset: int) -> str | None:
     """The filesystem at byte `offset` of the disk open on `fd`, by its magic, or None."""
     head = os.pread(fd, 0x10048, offset)
-    for page in SWAP_PAGES:
-        if head[page - 10:page] in SWAP_MAGICS:
-            return "swap"
+    # Filesystems before swap, as blkid decides: mkswap clears the first 1 KiB and writes
+    # its whole first page, so a filesystem magic beside a swap signature is the newer one,
+    # while mkfs leaves a signature at a larger page's end (mkswap -p 16384, then mkfs.ntfs)
     for name, at, magic in _MAGICS:
         if head[at:at + len(magic)] == magic:
             return name
+    for page in SWAP_PAGES:
+        if head[page - 10:page] in SWAP_MAGICS:
+            return "swap"
     return None
+
+
+def fs_name(fd: int, offset: int, fs: str | None) -> str | None:
+    """The name people know `fs` by: ext2, ext3 or ext4 from the superblock's feature flags
+    (as blkid tells them), the others as detected."""
+    if fs != "ext":
+        return fs
+    sb = os.pread(fd, 0x68, offset + 1024)
+    compat, incompat, ro_compat = (int.from_bytes(sb[at:at + 4], "little")
+                                   for at in (0x5C, 0x60, 0x64))
+    if incompat & EXT4_INCOMPAT or ro_compat & EXT4_RO_COMPAT:
+        return "ext4"
+    return "ext3" if compat & EXT3_HAS_JOURNAL else "ext2"
 
 
 def map_partition(fd: int, device: str, part: Extent) -> FsMap:

@@ -59,6 +59,27 @@ GptEntry = Struct(
     "name" / Bytes(72),  # UTF-16LE
 )
 
+# The names partitioning tools show (sgdisk -L, fdisk's l), for the types a fleet has.
+GPT_TYPES = {
+    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
+    "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": "EFI System",
+    "21686148-6449-6e6f-744e-656564454649": "BIOS boot",
+    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": "Linux swap",
+    "e6d6d379-f507-44c2-a23c-238f2a3df928": "Linux LVM",
+    "a19d880f-05fc-4d3b-a006-743f0f84911e": "Linux RAID",
+    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
+    "b921b045-1df0-41c3-af44-4c6f280d3fae": "Linux root (ARM64)",
+    "933ac7e1-2eb4-4f13-b844-0e14e2aef915": "Linux /home",
+    "bc13c2ff-59e6-4262-a352-b275fd6f7172": "Linux extended boot",
+    "ca7d7ccb-63ed-4c53-861c-1742536059cc": "Linux LUKS",
+    "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Microsoft basic data",
+    "e3c9e316-0b5c-4db8-817d-f92df00215ae": "Microsoft reserved",
+    "de94bba4-06d1-4d40-a16a-bfd50179d6ac": "Windows recovery",
+}
+MBR_TYPES = {0x83: "Linux", 0x82: "Linux swap", 0x8E: "Linux LVM", 0xFD: "Linux RAID",
+             0x07: "HPFS/NTFS/exFAT", 0x0B: "W95 FAT32", 0x0C: "W95 FAT32 (LBA)",
+             0x0E: "W95 FAT16 (LBA)", 0x06: "FAT16", 0xEF: "EFI System", 0x05: "Extended",
+             0x0F: "W95 Extended (LBA)", 0x85: "Linux extended", 0xEE: "GPT protective"}
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
 MBR_PROTECTIVE = 0xEE
 MAX_GPT_ENTRIES = 1024  # far above the 128 every tool writes; bounds what a bad header costs
@@ -72,6 +93,24 @@ class Partition:
     extent: Extent
     kind: str  # "mbr:83", "gpt:<type guid>"
     opaque: bool = False  # not to be looked into (an extended partition's chain)
+
+    @property
+    def type_name(self) -> str:
+        """The type as partitioning tools name it ("Linux filesystem", "EFI System")."""
+        return type_name(self.kind)
+
+
+def type_name(kind: str) -> str:
+    """The name of a partition `kind` ("mbr:83", "gpt:<guid>"); the raw kind if unknown."""
+    scheme, _, code = kind.partition(":")
+    if scheme == "gpt":
+        return GPT_TYPES.get(code.lower(), kind)
+    if scheme == "mbr":
+        try:
+            return MBR_TYPES.get(int(code, 16), kind)
+        except ValueError:
+            return kind
+    return kind
 
 
 class _Disk:

@@ -35,14 +35,18 @@ class DiskSink(DecodingWriter):
     """A writable stream: image stream bytes in, the disk behind `fd` written in place.
     The caller owns `fd`; `close()` checks the image was complete and flushes nothing else."""
 
-    def __init__(self, fd: int, path: str, blank: str = "keep", readback=None) -> None:
-        """`readback`: told of every image byte written (add(offset, data)), to read back."""
+    def __init__(self, fd: int, path: str, blank: str = "keep", readback=None, *,
+                 disk_size: int | None = None) -> None:
+        """`readback`: told of every image byte written (add(offset, data)), to read back.
+        `disk_size`: the disk size the sender announced; an image saying otherwise is
+        refused before its first byte lands."""
         if blank not in BLANK_MODES:
             raise SinkError(f"blank={blank}: unknown", f"use one of {', '.join(BLANK_MODES)}")
         self.fd, self.path, self.mode = fd, path, blank
         self.is_block = stat.S_ISBLK(os.fstat(fd).st_mode)
         self.readback = readback
         super().__init__(Decoder(self._data, self._zero, self._blank))
+        self.expected_size = disk_size
         self.written = 0
         self.blanked = 0
         self._checked_size = False
@@ -71,6 +75,10 @@ class DiskSink(DecodingWriter):
     def _check_size(self) -> None:
         """A disk smaller than the image's is refused before its first byte is written."""
         self._checked_size = True
+        if self.expected_size is not None and self.decoder.disk_size != self.expected_size:
+            raise SinkError(f"the image is of a {self.decoder.disk_size}-byte disk, the "
+                            f"sender announced {self.expected_size} bytes",
+                            "a damaged or forged stream: send it again")
         if self.is_block:
             size = os.lseek(self.fd, 0, os.SEEK_END)
             if size < self.decoder.disk_size:

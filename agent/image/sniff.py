@@ -4,41 +4,45 @@ A receiver learns the stream's compression from the sender but not whether the r
 image or a raw disk (the sender decides per round: an image only when every receiver is a
 herdcast one). The image magic is 16 bytes no raw disk starts with unless it holds an image
 file, so the receiver reads the first decompressed bytes and chooses: unpack the image, store
-it as it came, or write the raw stream as before.
+it as it came, or write the raw stream as before. Only those first bytes are expanded, through
+the codec's bounded decompressor, so a hostile stream cannot make the look cost memory.
 """
 
 from __future__ import annotations
 
-import zlib
-
+from agent.codec import codec
 from agent.image.stream import MAGIC
 
 
 class HeadSniffer:
     """Feed wire bytes until `verdict` is True (an image) or False (not one)."""
 
-    def __init__(self, codec: str | None) -> None:
+    def __init__(self, codec_name: str | None) -> None:
         self.verdict: bool | None = None
         self.head = b""
-        if codec in (None, "none"):
-            self._decompress = None
-        elif codec == "gz":
-            self._decompress = zlib.decompressobj(31).decompress
-        elif codec == "zstd":
-            import zstandard
-
-            self._decompress = zstandard.ZstdDecompressor().decompressobj().decompress
-        else:  # lzop runs in a child process: no image travels lzop-compressed
-            self.verdict = False
+        self._inflater = None
+        if codec_name not in (None, "none"):
+            make = codec(codec_name).inflater
+            if make is None:  # a codec run in a child process: no image travels in it
+                self.verdict = False
+            else:
+                self._inflater = make()
 
     def feed(self, data: bytes | memoryview) -> bool | None:
         if self.verdict is not None:
             return self.verdict
+        if self._inflater is None:
+            self._take(bytes(data[:len(MAGIC)]))
+            return self.verdict
         try:
-            more = self._decompress(bytes(data)) if self._decompress else bytes(data)
+            for piece in self._inflater.feed(data):
+                if self._take(piece) is not None:
+                    break  # the rest of the input is never expanded
         except Exception:  # noqa: BLE001 - a corrupt stream is the decompressor's to report
             self.verdict = False
-            return False
+        return self.verdict
+
+    def _take(self, more: bytes) -> bool | None:
         self.head += more[:len(MAGIC) - len(self.head)]
         if len(self.head) >= len(MAGIC):
             self.verdict = self.head == MAGIC

@@ -6,7 +6,8 @@ image file kept on a server, and the byte streams for each.
 - used: a disk (device or image file) with a partition table: herdcast receivers get the
   image stream of its used blocks, stock receivers the raw disk.
 - stored: a herdcast image file (`herdcast receive -f` into a file, or `herdcast image
-  capture`): herdcast receivers get it as it is, stock receivers the disk it expands to.
+  capture`): herdcast receivers get it as it is, stock receivers the disk it expands to,
+  decoded as it is sent (agent.image.expand).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from agent.codec import codec as codec_entry
+from agent.codec import decompressing_reader, sniff
 from agent.errors import HerdcastError
-from agent.image.sink import DiskSink
-from agent.image.store import codec_of
+from agent.image.catalogue import metadata
+from agent.image.expand import ExpandingReader
 from agent.image.stream import HEADER_SIZE, Header, StreamReader, encode, is_image
 from agent.image.usedmap import UsedMap, used_map
 from agent.say import say
@@ -83,20 +86,14 @@ def inspect_source(path: str | None, blocks: str = "used") -> Source:
 
 
 def _stored_header(path: str, head: bytes) -> Source | None:
-    codec = codec_of(head)
-    with open(path, "rb") as f:
-        if codec == "zstd":
-            import zstandard
-
-            plain = zstandard.ZstdDecompressor().stream_reader(f).read(HEADER_SIZE)
-        elif codec == "gz":
-            import gzip
-
-            plain = gzip.GzipFile(fileobj=f).read(HEADER_SIZE)
-        elif codec is None:
-            plain = head[:HEADER_SIZE]
-        else:
-            return None  # lzop images are not read back here
+    codec = sniff(head)
+    if codec is None:
+        plain = head[:HEADER_SIZE]
+    elif codec_entry(codec).inflater is None:
+        return None  # lzop: a receiver could not tell it an image; it goes as a raw file
+    else:
+        with open(path, "rb") as f:
+            plain = decompressing_reader(f, codec).read(HEADER_SIZE)
     if not is_image(plain) or len(plain) < HEADER_SIZE:
         return None
     return Source("stored", Header.parse(plain).disk_size, codec=codec)
@@ -108,28 +105,16 @@ def image_stream(path: str, source: Source) -> BinaryIO:
     if source.kind == "stored":
         return open(path, "rb", buffering=0)  # noqa: SIM115 - the caller's Input closes it
     assert source.umap is not None
+    meta = metadata(path, source.umap)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size,
-                                              source.umap.extents)), fd)
+                                              source.umap.extents, meta)), fd)
 
 
 def expanded_stream(path: str, source: Source) -> BinaryIO:
-    """The raw disk a stored image stands for, for stock receivers: the image is unpacked
-    into a sparse temporary file (free space reads as zeros), which is then read."""
-    import tempfile
-
-    from agent.transfer.compress import decompressing_writer
-
-    tmp = tempfile.TemporaryFile(prefix="herdcast-expanded-")  # noqa: SIM115
-    sink = DiskSink(tmp.fileno(), "(expanded image)", "keep")
-    with open(path, "rb") as f:
-        target = decompressing_writer(sink, source.codec) if source.codec else sink
-        while chunk := f.read(1 << 20):
-            target.write(chunk)
-        target.close()
-        sink.close()
-    tmp.seek(0)
-    return tmp
+    """The raw disk a stored image stands for, for stock receivers, decoded as it is read
+    (free space reads as zeros)."""
+    return ExpandingReader(open(path, "rb"), source.codec)  # noqa: SIM115 - closes it
 
 
 class _ClosingReader(io.RawIOBase):

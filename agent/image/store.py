@@ -11,23 +11,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from agent.codec import decompressing_writer, sniff
 from agent.errors import HerdcastError
 from agent.image.stream import Decoder, DecodingWriter, is_image
-
-# The first bytes of each codec's stream (agent.transfer.compress writes these formats).
-CODEC_MAGICS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gz", b"\x89LZO\x00": "lzop"}
 
 
 class ImageFileError(HerdcastError):
     """A file that is not a herdcast image, or a damaged one."""
-
-
-def codec_of(head: bytes) -> str | None:
-    """The compression a stream starts with, or None for an uncompressed one."""
-    for magic, codec in CODEC_MAGICS.items():
-        if head.startswith(magic):
-            return codec
-    return None
 
 
 @dataclass(frozen=True)
@@ -57,15 +47,13 @@ class ImageInfo:
 
 def read_info(path: str) -> ImageInfo:
     """Read the whole file once: its layout, and that it is complete and well-formed."""
-    from agent.transfer.compress import decompressing_writer
-
     blank = [0]
     decoder = Decoder(lambda offset, data: None, lambda offset, length: None,
                       lambda offset, length: blank.__setitem__(0, blank[0] + length))
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         head = f.read(64)
-        codec = codec_of(head)
+        codec = sniff(head)
         sink: BinaryIO = DecodingWriter(decoder)
         if codec:
             sink = decompressing_writer(sink, codec)

@@ -1,6 +1,8 @@
 """The herdcast image stream: a disk's used extents and their bytes, nothing else.
 
-    header   magic, version, granule, disk size                            32 bytes
+    header   magic, version, flags, granule, disk size                     32 bytes
+    META     (flag 1) length, then that many bytes of JSON: source host,     4 bytes + JSON
+             capture date, description, partitions (agent.image.catalogue)
     DATA     offset, length; then `length` bytes of the disk there          24 bytes + data
     ZERO     offset, length: used bytes that are all zero, no payload        24 bytes
     ...      records in increasing offset order, never overlapping
@@ -13,12 +15,14 @@ would cost a second pass over the disk. A ZERO record is used space (an inode ta
 unused tail of a partition table) that the receiver must zero; what no record covers is
 blank, free space the receiver handles per `blank=`. The same bytes are the wire stream
 between herdcast peers and the image file kept on a server, so a stored image is sent as
-it is.
+it is. Images from before META (flags 0) stay readable: they just say nothing of where they
+came from.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -35,7 +39,7 @@ CHUNK = 1 << 20  # bytes read per pread, and the largest record's data
 Header = Struct(
     "magic" / Const(MAGIC),
     "version" / Int16ub,
-    "flags" / Int16ub,  # none defined yet; a reader refuses bits it does not know
+    "flags" / Int16ub,  # FLAG_META; a reader refuses bits it does not know
     "granule" / Int32ub,
     "disk_size" / Int64ub,
 )
@@ -43,7 +47,10 @@ Record = Struct("kind" / Int32ub, "reserved" / Int32ub, "offset" / Int64ub,
                 "length" / Int64ub)
 Trailer = Struct("records" / Int64ub, "data_bytes" / Int64ub, "zero_bytes" / Int64ub,
                  "disk_size" / Int64ub)
+MetaLength = Int32ub
 END, DATA, ZERO = 0, 1, 2
+FLAG_META = 1
+MAX_META = 1 << 20  # a header's JSON is a few hundred bytes; more is a damaged image
 HEADER_SIZE, RECORD_SIZE, TRAILER_SIZE = Header.sizeof(), Record.sizeof(), Trailer.sizeof()
 _ZERO = bytes(CHUNK)
 
@@ -61,11 +68,16 @@ def _record(kind: int, offset: int, length: int) -> bytes:
     return Record.build({"kind": kind, "reserved": 0, "offset": offset, "length": length})
 
 
-def encode(fd: int, disk_size: int, extents: Iterable[Extent]) -> Iterator[bytes]:
+def encode(fd: int, disk_size: int, extents: Iterable[Extent],
+           meta: dict | None = None) -> Iterator[bytes]:
     """The image stream of the disk open on `fd`: its used `extents` (sorted, disjoint),
-    all-zero granules inside them sent as ZERO records. Reads each used byte once."""
-    yield Header.build({"version": VERSION, "flags": 0, "granule": GRANULE,
-                        "disk_size": disk_size})
+    all-zero granules inside them sent as ZERO records, `meta` (JSON-able) in the header.
+    Reads each used byte once."""
+    yield Header.build({"version": VERSION, "flags": FLAG_META if meta is not None else 0,
+                        "granule": GRANULE, "disk_size": disk_size})
+    if meta is not None:
+        blob = json.dumps(meta, sort_keys=True).encode()
+        yield MetaLength.build(len(blob)) + blob
     records = data_bytes = zero_bytes = 0
     zero_at = zero_len = 0  # a pending ZERO record, grown while zero runs touch it
     for extent in extents:
@@ -139,7 +151,13 @@ class Decoder:
         self._data_left = 0
         self._data_at = 0
         self.records = self.data_bytes = self.zero_bytes = 0
+        self.meta: dict = {}  # what the header's META says; {} for an older image
         self.done = False
+
+    @property
+    def state(self) -> str:
+        """Where the parse is: "header", "meta length", "meta", "record", "data", ..."""
+        return self._state
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -167,17 +185,37 @@ class Decoder:
         try:
             if self._state == "header":
                 header = Header.parse(piece)
-                if header.version != VERSION or header.flags:
+                if header.version != VERSION or header.flags & ~FLAG_META:
                     raise StreamError(f"image version {header.version} flags {header.flags:#x}"
                                       " is newer than this herdcast", "update herdcast")
                 self.disk_size = header.disk_size
                 self._state, self._need = "record", RECORD_SIZE
+                if header.flags & FLAG_META:
+                    self._state, self._need = "meta length", MetaLength.sizeof()
+            elif self._state == "meta length":
+                length = MetaLength.parse(piece)
+                if length > MAX_META:
+                    raise StreamError(f"image header's metadata is {length} bytes (at most "
+                                      f"{MAX_META})")
+                self._state, self._need = "meta", length
+                if not length:
+                    self._state, self._need = "record", RECORD_SIZE
+            elif self._state == "meta":
+                self._meta(piece)
             elif self._state == "record":
                 self._record(Record.parse(piece))
             else:
                 self._trailer(Trailer.parse(piece))
         except ConstructError as exc:
             raise StreamError(f"not a herdcast image ({self._state}: {exc})") from None
+
+    def _meta(self, piece: bytes) -> None:
+        try:
+            meta = json.loads(piece)
+        except ValueError as exc:
+            raise StreamError(f"image header's metadata is not JSON ({exc})") from None
+        self.meta = meta if isinstance(meta, dict) else {}
+        self._state, self._need = "record", RECORD_SIZE
 
     def _record(self, rec) -> None:
         if rec.kind == END:

@@ -13,8 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from agent.codec import NAMES as CODECS
 from agent.errors import HerdcastError
-from agent.transfer.compress import CODECS
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 DEFAULT_PORTBASE = 9000
@@ -61,7 +61,7 @@ class CommonOptions:
     no_progress: bool = False
     start_timeout: float | None = None
     log: str | None = None
-    compress: str | None = None  # herdcast: in-process codec (transfer.compress)
+    compress: str | None = None  # herdcast: in-process codec (agent.codec)
 
 
 @dataclass(frozen=True)

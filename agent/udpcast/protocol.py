@@ -36,6 +36,8 @@ from construct import (
     Struct,
 )
 
+from agent.codec import from_wire, wire_index
+
 MAX_UDP_PAYLOAD = 65507  # the most one IPv4 UDP datagram carries (65535 - 20 IP - 8 UDP)
 MAX_CLIENTS = 1024  # udpcast's participant table; REQACK/RETRANSMIT bitmaps are this wide
 BITMAP_BYTES = MAX_CLIENTS // 8  # 128
@@ -121,7 +123,7 @@ ConnectReply = Struct(  # 32 bytes, sender -> receiver unicast
 # herdcast extension: to a receiver that advertised Cap.HERDCAST the sender's CONNECT_REPLY
 # carries, after udpcast's 32 bytes, the image size, so the receiver can refuse a disk too
 # small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin), and
-# the compression of the stream it will send (an index into WIRE_CODECS), so herdcast
+# the compression of the stream it will send (its codec's `wire` number, agent.codec), so herdcast
 # receivers follow the sender without a matching compr= of their own.
 ConnectReplyHc = Struct(
     *ConnectReply.subcons,
@@ -129,7 +131,6 @@ ConnectReplyHc = Struct(
     "codec" / Int8ub,
     Padding(3),
 )
-WIRE_CODECS = ("none", "gz", "lzop", "zstd")
 
 # Signed sessions (agent.trust): a receiver holding a trusted public key appends a fresh
 # nonce to its CONNECT_REQ (stock udp-sender reads the first 12 bytes of what arrives and
@@ -258,9 +259,7 @@ def reply_codec(datagram: bytes | memoryview) -> str | None:
     """The compression a herdcast sender announced in CONNECT_REPLY ("none", "gz", ...);
     None when it announced nothing (a stock sender) or something unknown."""
     ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
-    if ext is None or ext.codec >= len(WIRE_CODECS):
-        return None
-    return WIRE_CODECS[ext.codec]
+    return None if ext is None else from_wire(ext.codec)
 
 
 def build_connect_reply(*, image_size: int | None = None, codec: str | None = None,
@@ -270,7 +269,7 @@ def build_connect_reply(*, image_size: int | None = None, codec: str | None = No
     if image_size is None:
         return build(Op.CONNECT_REPLY, **fields)
     values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size,
-              "codec": WIRE_CODECS.index(codec or "none")}
+              "codec": wire_index(codec)}
     values.update(fields)
     return ConnectReplyHc.build(values)
 

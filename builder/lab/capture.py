@@ -57,11 +57,11 @@ IMAGE_FILES = {
 
 def data_zstd(files: dict[str, bytes]) -> int:
     """The data's compressed size: the files' contents, concatenated, through zstd at the
-    level herdcast compresses with on the wire (agent.transfer.compress.ZSTD_LEVEL). The
+    level herdcast compresses with on the wire (agent.codec.ZSTD_LEVEL). The
     filesystem's metadata is not counted: it is what a stored image carries on top."""
     import zstandard
 
-    from agent.transfer.compress import ZSTD_LEVEL
+    from agent.codec import ZSTD_LEVEL
 
     blob = b"".join(files[name] for name in sorted(files))
     return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(blob))

@@ -66,13 +66,16 @@ def check_image_fits(path: str | None, image_size: int | None) -> None:
 class Output:
     """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
 
-    def __init__(self, opts: ReceiveOptions, codec: str | None = None) -> None:
+    def __init__(self, opts: ReceiveOptions, codec: str | None = None,
+                 image_size: int | None = None) -> None:
         """`codec`: the stream's compression as the sender announced it (herdcast senders),
-        else --compress."""
+        else --compress. `image_size`: what the sender announced the receiver writes; the
+        stream may not expand past it (a decompression bomb is refused at that byte)."""
         self.path = opts.file or "(stdout)"
         self.sync = opts.sync
         self.codec = codec if codec not in (None, "none") else None
         self.blank = opts.blank
+        self.image_size = image_size or None
         self.readback = Readback() if opts.verify == "readback" else None
         self._written = 0  # where the next raw write lands, for the read-back
         self.proc: subprocess.Popen | None = None
@@ -132,20 +135,21 @@ class Output:
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
-            self.sink = DiskSink(self.target_fd, self.path, self.blank, self.readback)
+            self.sink = DiskSink(self.target_fd, self.path, self.blank, self.readback,
+                                 disk_size=self.image_size)
             self.decoder = self.sink
             if self.codec:
-                from agent.transfer.compress import decompressing_writer
+                from agent.codec import decompressing_writer
 
                 self.decoder = decompressing_writer(self.sink, self.codec)
             self._write = self.decoder.write
         elif image:  # stored as it came, compression and all: `herdcast send -f` sends it
             self._write = self._write_fd
         elif self.codec:
-            from agent.transfer.compress import decompressing_writer
+            from agent.codec import decompressing_writer
 
             self._raw = _Writer(self._write_fd)
-            self.decoder = decompressing_writer(self._raw, self.codec)
+            self.decoder = decompressing_writer(self._raw, self.codec, self.image_size)
             self._write = self.decoder.write
         else:
             self._write = self._write_fd

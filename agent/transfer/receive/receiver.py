@@ -55,7 +55,7 @@ class Receiver:
         link.session = session
         link.disconnect_due = True
         check_image_fits(opts.file, session.image_size)
-        self.output = Output(opts, self.codec(session))
+        self.output = Output(opts, self.codec(session), session.image_size)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
         asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers,

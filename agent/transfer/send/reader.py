@@ -86,7 +86,7 @@ def open_input(path: str | None, pipe: str | None, compress: str | None,
         closers.append(proc.stdout.close)
         rereadable = False
     if compress:
-        from agent.transfer.compress import compressing_reader
+        from agent.codec import compressing_reader
 
         stream = compressing_reader(stream, compress)
         closers.append(stream.close)
@@ -110,7 +110,7 @@ def _open_image_source(path: str, compress: str | None, source: Source,
     closers: list = [raw.close]
     stream: BinaryIO = raw
     if compress and not (as_image and source.kind == "stored"):  # stored: compressed already
-        from agent.transfer.compress import compressing_reader
+        from agent.codec import compressing_reader
 
         stream = compressing_reader(stream, compress)
         closers.append(stream.close)

@@ -1,4 +1,5 @@
-"""agent.transfer.compress: round-trips, and the stock tools reading what herdcast writes."""
+"""agent.codec: the one codec table, round-trips, the stock tools reading what herdcast
+writes, and bounded decompression (a bomb is refused in one line, in bounded memory)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,24 @@ import io
 import os
 import shutil
 import subprocess
+import zlib
 
 import pytest
 import zstandard
 
-from agent.transfer.compress import CODECS, CompressError, compressing_reader, decompressing_writer
+import agent.codec
+from agent.codec import (
+    NAMES,
+    CodecError,
+    compressing_reader,
+    decompressing_reader,
+    decompressing_writer,
+    from_wire,
+    sniff,
+    wire_index,
+)
+
+CODECS = NAMES  # the names, as the options take them
 
 STOCK = {"gz": ["gzip", "-dc"], "lzop": ["lzop", "-dc"], "zstd": ["zstd", "-dc"]}
 STOCK_COMPRESS = {"gz": ["gzip", "-c"], "lzop": ["lzop", "-c"], "zstd": ["zstd", "-c", "-q"]}
@@ -100,21 +114,21 @@ def test_truncated_stream_fails_at_close(codec):
     """A transfer that stopped early must not look finished."""
     _needs(codec)
     blob = _compress(_payload(200_000), codec)
-    with pytest.raises(CompressError):
+    with pytest.raises(CodecError):
         _decompress(blob[: len(blob) // 2], codec)
 
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_garbage_is_refused(codec):
     _needs(codec)
-    with pytest.raises(CompressError, match="compression"):
+    with pytest.raises(CodecError, match="compression"):
         _decompress(b"this is not compressed at all" * 100, codec)
 
 
 def test_unknown_codec_names_the_choices():
-    with pytest.raises(CompressError, match="gz, lzop, zstd"):
+    with pytest.raises(CodecError, match="gz, lzop, zstd"):
         compressing_reader(io.BytesIO(b""), "rar")
-    with pytest.raises(CompressError, match="rar"):
+    with pytest.raises(CodecError, match="rar"):
         decompressing_writer(io.BytesIO(), "rar")
 
 
@@ -132,3 +146,73 @@ def test_reader_reads_from_a_real_file(tmp_path):
         reader = compressing_reader(raw, "gz")
         assert gzip.decompress(reader.read()) == data
         assert not raw.closed
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_reader_expands_a_file(codec):
+    _needs(codec)
+    data = _payload(700_000)
+    got = decompressing_reader(io.BytesIO(_compress(data, codec)), codec)
+    assert got.read() == data
+
+
+def test_one_entry_per_codec_names_magic_and_wire():
+    """Each codec's magic is what its stream starts with, and its wire number is its own."""
+    assert NAMES == ("gz", "lzop", "zstd")
+    assert sorted(c.wire for c in agent.codec.CODECS) == [1, 2, 3]
+    for name in ("gz", "zstd"):
+        assert sniff(_compress(b"x" * 100, name)) == name
+    assert sniff(b"HERDCAST-IMAGE\x00\x01") is None
+    assert [from_wire(wire_index(n)) for n in (None, "none", *NAMES)] == ["none", "none", *NAMES]
+    assert from_wire(99) is None
+
+
+def _bomb(codec: str, size: int) -> bytes:
+    if codec == "zstd":
+        return zstandard.ZstdCompressor(level=19).compress(bytes(size))
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return z.compress(bytes(size)) + z.flush()
+
+
+@pytest.mark.parametrize("codec", ["gz", "zstd"])
+def test_a_bomb_is_handed_out_in_bounded_pieces(codec):
+    """256 MiB of zeros in a few KiB: no write ever sees more than a bounded piece."""
+    blob = _bomb(codec, 256 << 20)
+    assert len(blob) < 300_000
+
+    class Largest(io.RawIOBase):
+        largest = total = 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.largest, self.total = max(self.largest, len(b)), self.total + len(b)
+            return len(b)
+
+    out = Largest()
+    w = decompressing_writer(out, codec)
+    w.write(blob)
+    w.close()
+    assert out.total == 256 << 20
+    assert out.largest <= agent.codec.PIECE
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_stream_expanding_past_its_limit_is_refused(codec):
+    _needs(codec)
+    blob = _compress(bytes(4 << 20), codec)
+    with pytest.raises(CodecError, match="expands past 1048576 bytes"):
+        _decompress_limited(blob, codec, 1 << 20)
+    with pytest.raises(CodecError, match="expands past"):
+        decompressing_reader(io.BytesIO(blob), codec, 1 << 20).read()
+    assert _decompress_limited(blob, codec, 4 << 20) == bytes(4 << 20)
+
+
+def _decompress_limited(blob: bytes, codec: str, limit: int) -> bytes:
+    out = io.BytesIO()
+    writer = decompressing_writer(out, codec, limit)
+    for i in range(0, len(blob), 65536):
+        writer.write(blob[i:i + 65536])
+    writer.close()
+    return out.getvalue()
