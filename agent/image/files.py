@@ -16,13 +16,20 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from agent.codec import compressing_reader, decompressing_reader, sniff
+from agent.codec import CodecError, compressing_reader, decompressing_reader, sniff
 from agent.errors import HerdcastError
 from agent.hw.disk import check_receive_target, send_source_warnings
 from agent.image.catalogue import metadata
 from agent.image.sink import DiskSink
-from agent.image.store import ImageFileError
-from agent.image.stream import HEADER_SIZE, Header, StreamReader, encode, is_image
+from agent.image.store import ImageFileError, damaged
+from agent.image.stream import (
+    HEADER_SIZE,
+    Header,
+    StreamError,
+    StreamReader,
+    encode,
+    is_image,
+)
 from agent.image.usedmap import used_map
 from agent.say import say
 
@@ -110,6 +117,8 @@ def restore(path: str, disk: str, blank: str) -> Restored:
                                      f"{sink.written} bytes: {exc}; {disk} is now incomplete",
                                      f"restore a complete image onto {disk} before using it"
                                      ) from exc
+            if isinstance(exc, (StreamError, CodecError)):
+                raise damaged(path, exc) from exc
             raise
         finally:
             os.close(fd)

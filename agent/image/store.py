@@ -45,6 +45,12 @@ class ImageInfo:
                 f"  sha256      {self.sha256}"]
 
 
+def damaged(path: str, exc: HerdcastError) -> ImageFileError:
+    """`exc` (a StreamError, a CodecError) as one line naming the image file."""
+    return ImageFileError(f"image {path}: {exc.what}", exc.fix or "the file is damaged or "
+                          "not a whole image: capture it again")
+
+
 def read_info(path: str) -> ImageInfo:
     """Read the whole file once: its layout, and that it is complete and well-formed."""
     blank = [0]
@@ -63,13 +69,18 @@ def read_info(path: str) -> ImageInfo:
                                  "sender, or herdcast image capture")
         size = 0
         f.seek(0)
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            sink.write(chunk)
-            size += len(chunk)
-        if codec:
-            sink.close()
-    decoder.finish()
+        try:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+            if codec:
+                sink.close()
+            decoder.finish()
+        except ImageFileError:
+            raise
+        except HerdcastError as exc:  # a damaged or forged image: say which file
+            raise damaged(path, exc) from exc
     return ImageInfo(path, size, codec, decoder.disk_size, decoder.records,
                      decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest())
 
