@@ -256,3 +256,25 @@ def test_a_receiver_fed_a_bomb_refuses_it_in_bounded_memory(tmp_path):
     text = rlog.read_text()
     assert rc == 1 and "MemoryError" not in text and "Traceback" not in text, text
     assert "end record at 0" in text, text
+
+
+def test_a_stored_image_is_expanded_for_stock_receivers_as_it_is_read(tmp_path, monkeypatch):
+    """The raw disk a stored image stands for comes straight off the file, decoded as it is
+    read: no temporary copy of the disk (none could be made here), the same bytes a
+    restore leaves on a zeroed disk."""
+    import tempfile
+
+    from agent.image.source import expanded_stream, inspect_source
+
+    disk = tmp_path / "disk.bin"
+    disk.write_bytes(os.urandom(MiB) + bytes(3 * MiB) + b"tail" * 1000)
+    img = tmp_path / "disk.img"
+    assert _image("capture", str(disk), str(img)).returncode == 0
+    source = inspect_source(str(img))
+    assert source.kind == "stored" and source.codec == "zstd"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    with expanded_stream(str(img), source) as stream:
+        got = hashlib.sha256()
+        while chunk := stream.read(65536):
+            got.update(chunk)
+    assert got.hexdigest() == _sha(disk)
