@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from fsdisk import Part, attached, make_disk
-from loopdev import loop_device, needs_loop
+from conftest import needs_loop
 
 from agent.image.stream import DATA, Header, Record, StreamReader, encode
+from builder.lab.fsdisk import Part, attached, make_disk
+from builder.lab.loopdev import loop_device
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = [sys.executable, "-m", "agent", "image"]
@@ -230,7 +231,7 @@ def test_a_receiver_fed_a_bomb_refuses_it_in_bounded_memory(tmp_path):
     """A stock udp-sender sends the bomb file to `herdcast receive --compress zstd --unpack`
     under a 1 GiB address space: the first look at the stream (the sniffer) and the unpacking
     stay bounded, and the receiver fails with one line instead of a MemoryError."""
-    from netlab import NetLab
+    from builder.lab.netlab import NetLab
 
     bomb = tmp_path / "bomb.img"
     _bomb(bomb)
