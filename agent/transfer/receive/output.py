@@ -29,8 +29,19 @@ from agent.errors import HerdcastError
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.readback import Readback
 
-# fsync on what cannot be synced (a pipe, a socket, /dev/null): nothing to sync, not a failure
+# fsync on what cannot be synced (a pipe, a socket, a terminal, /dev/null): nothing to sync,
+# not a failure. Only there: on a regular file or a block device every fsync error means the
+# data did not land (ext4 with errors=remount-ro says EROFS once an error made it read-only).
 _NOTHING_TO_SYNC = (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.ENOTTY)
+
+
+def _storage(fd: int) -> bool:
+    """Whether `fd` is a regular file or a block device: storage whose fsync must succeed."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return True  # cannot tell: treat it as storage, never as nothing to sync
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 
 
 class OutputError(HerdcastError, RuntimeError):
@@ -192,7 +203,7 @@ class Output:
             try:
                 os.fsync(self.fd)
             except OSError as exc:
-                if exc.errno not in _NOTHING_TO_SYNC:
+                if exc.errno not in _NOTHING_TO_SYNC or _storage(self.fd):
                     raise OutputError(f"{self.path}: flushing to disk failed: "
                                       f"{exc.strerror or exc}") from exc
             if self.readback is not None:
