@@ -7,6 +7,7 @@ import errno
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,12 @@ def test_log_file_gets_the_messages_too(tmp_path, capsys):
     opts = parse_receive_args(["--nokbd", "--log", str(log), "-f", str(tmp_path / "o"),
                                "--interface", "no-such-if0"])
     assert run_receiver(opts) == 1
-    assert "herdcast receive: --interface no-such-if0" in log.read_text()
-    assert "no-such-if0" in capsys.readouterr().err
+    line = next(ln for ln in log.read_text().splitlines() if "no-such-if0" in ln)
+    stamp, _, text = line.partition(" ")  # a log outlives its terminal: lines are dated
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", stamp), line
+    assert text.startswith("herdcast receive: --interface no-such-if0")
+    err = capsys.readouterr().err
+    assert "no-such-if0" in err and not re.match(r"^\d{4}-", err)
 
 
 def test_output_in_missing_directory_fails_before_the_network(tmp_path):
