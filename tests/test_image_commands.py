@@ -279,3 +279,29 @@ def test_a_stored_image_is_expanded_for_stock_receivers_as_it_is_read(tmp_path, 
         while chunk := stream.read(65536):
             got.update(chunk)
     assert got.hexdigest() == _sha(disk)
+
+
+@pytest.mark.parametrize("compress", ["zstd", "gz", "lzop", "none"])
+def test_describe_gives_any_image_a_description_and_keeps_it_whole(tmp_path, compress):
+    if compress == "lzop" and shutil.which("lzop") is None:
+        pytest.skip("lzop not installed")
+    disk = tmp_path / "disk.bin"
+    disk.write_bytes(os.urandom(MiB) + bytes(MiB))
+    store = tmp_path / "images"
+    store.mkdir()
+    img = store / "a.img"
+    assert _image("capture", str(disk), str(img), "--compress", compress).returncode == 0
+    with open(disk, "rb") as f:  # and one from before the metadata, uncompressed
+        (store / "old.img").write_bytes(
+            StreamReader(encode(f.fileno(), 2 * MiB, [], None)).read())
+    for name, text in (("a.img", "first"), ("a.img", "lab image v2"), ("old.img", "old one")):
+        proc = _image("describe", str(store / name), text)
+        assert proc.returncode == 0, proc.stderr
+    out = _image("list", str(store)).stdout
+    assert "  lab image v2" in out and "first" not in out
+    assert "  old one" in out
+    assert _image("info", str(img)).returncode == 0
+    proc = _image("restore", str(img), str(tmp_path / "back.bin"))
+    assert proc.returncode == 0, proc.stderr
+    assert _sha(tmp_path / "back.bin") == _sha(disk)
+    assert sorted(p.name for p in store.iterdir()) == ["a.img", "old.img"]

@@ -9,16 +9,30 @@ their header holds (the disk size) and say that the rest is not recorded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
-from agent.codec import codec as codec_entry
-from agent.codec import decompressing_reader, sniff
+from agent.codec import compressing_reader, decompressing_reader, sniff
 from agent.image.filesystems import fs_name
 from agent.image.partitions import type_name
-from agent.image.stream import HEADER_SIZE, MAX_META, Decoder, StreamError, is_image
+from agent.image.stream import (
+    FLAG_META,
+    HEADER_SIZE,
+    MAX_META,
+    Decoder,
+    Header,
+    MetaLength,
+    StreamError,
+    StreamReader,
+    is_image,
+)
 from agent.image.usedmap import UsedMap
 
 UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -88,17 +102,14 @@ def read_entry(path: str) -> Entry | None:
     """The catalogue entry of the image at `path`; None when it is no herdcast image. Only
     the header is expanded, through the codec's bounded reader."""
     with open(path, "rb") as f:
-        head = f.read(64)
-        codec = sniff(head)
+        codec = sniff(f.read(64))
         f.seek(0)
-        if codec is not None and codec_entry(codec).inflater is None:
-            return None  # lzop runs a child per read: not worth it for a listing
         src = decompressing_reader(f, codec) if codec else f
         decoder = Decoder(lambda o, d: None, lambda o, n: None, lambda o, n: None)
-        plain = src.read(HEADER_SIZE)
-        if not is_image(plain):
-            return None
         try:
+            plain = src.read(HEADER_SIZE)
+            if not is_image(plain):
+                return None
             decoder.feed(plain)
             while decoder.state in ("meta length", "meta"):
                 more = src.read(min(MAX_META, 1 << 16))
@@ -107,6 +118,9 @@ def read_entry(path: str) -> Entry | None:
                 decoder.feed(more)
         except StreamError:
             pass  # a damaged tail is image info's to report; the header was read
+        finally:
+            if src is not f:
+                src.close()
     return Entry(path, os.path.getsize(path), codec, decoder.disk_size, decoder.meta)
 
 
@@ -123,3 +137,52 @@ def catalogue(directory: str) -> list[Entry]:
             if entry is not None:
                 entries.append(entry)
     return entries
+
+
+def set_description(path: str, description: str) -> None:
+    """Give the stored image at `path` a description (an older image gains the metadata
+    block that holds it). The file is rewritten beside itself, in its own compression, and
+    renamed over the old one once whole."""
+    with open(path, "rb") as f:
+        codec = sniff(f.read(64))
+        f.seek(0)
+        plain: BinaryIO = decompressing_reader(f, codec) if codec else f
+        head = plain.read(HEADER_SIZE)
+        if len(head) < HEADER_SIZE or not is_image(head):
+            raise StreamError(f"{path}: not a herdcast image", "give an image file")
+        header = Header.parse(head)
+        meta: dict = {}
+        if header.flags & FLAG_META:
+            length = MetaLength.parse(plain.read(MetaLength.sizeof()))
+            if length > MAX_META:
+                raise StreamError(f"{path}: the header's metadata is {length} bytes")
+            with contextlib.suppress(ValueError):
+                meta = json.loads(plain.read(length))
+        meta["description"] = description
+        blob = json.dumps(meta, sort_keys=True).encode()
+        fresh = Header.build({"version": header.version, "flags": header.flags | FLAG_META,
+                              "granule": header.granule, "disk_size": header.disk_size})
+
+        def pieces() -> Iterator[bytes]:
+            yield fresh + MetaLength.build(len(blob)) + blob
+            while chunk := plain.read(1 << 20):
+                yield chunk
+
+        stream: BinaryIO = StreamReader(pieces())
+        out = compressing_reader(stream, codec) if codec else stream
+        directory = os.path.dirname(os.path.abspath(path))
+        tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial",
+            delete=False)
+        try:
+            with tmp:
+                while chunk := out.read(1 << 20):
+                    tmp.write(chunk)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.chmod(tmp.name, os.stat(path).st_mode & 0o777)
+            os.replace(tmp.name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp.name)
+            raise

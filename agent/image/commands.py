@@ -5,6 +5,7 @@
     herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard)
     herdcast image info FILE              an image file's layout, sizes and digest
     herdcast image list DIR               the images in DIR: host, date, size, partitions
+    herdcast image describe FILE TEXT     give an image file a description (shown by list)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 
 from agent.codec import NAMES
-from agent.image.catalogue import catalogue, human
+from agent.image.catalogue import catalogue, human, set_description
 from agent.image.files import capture, check_input, restore
 from agent.image.sink import BLANK_MODES
 from agent.image.store import ImageFileError, read_info
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="the image file")
     ls = sub.add_parser("list", help="the images in DIR: source host, date, size, partitions")
     ls.add_argument("dir", help="the directory holding image files")
+    d = sub.add_parser("describe", help="give an image file a description")
+    d.add_argument("file", help="the image file (rewritten beside itself, then renamed)")
+    d.add_argument("text", help="what the image holds, one line")
     return p
 
 
@@ -73,6 +77,10 @@ def _run(ns: argparse.Namespace) -> int:
             print(line)
     elif ns.command == "list":
         _list(ns.dir)
+    elif ns.command == "describe":
+        check_input(ns.file, "image")
+        set_description(ns.file, ns.text)
+        say(f"{ns.file}: described as {ns.text!r}")
     elif ns.command == "capture":
         size = capture(ns.disk, ns.file, None if ns.compress == "none" else ns.compress,
                        ns.description)
