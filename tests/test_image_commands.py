@@ -305,3 +305,35 @@ def test_describe_gives_any_image_a_description_and_keeps_it_whole(tmp_path, com
     assert proc.returncode == 0, proc.stderr
     assert _sha(tmp_path / "back.bin") == _sha(disk)
     assert sorted(p.name for p in store.iterdir()) == ["a.img", "old.img"]
+
+
+@needs_loop
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_a_capture_through_receive_records_host_partitions_and_description(tmp_path):
+    """`herdcast send` of a GPT disk to `herdcast receive -f FILE --description TEXT`: the
+    stored image lists with the sender's host, its partitions and the description."""
+    import socket
+
+    from builder.lab.netlab import NetLab
+
+    disk = tmp_path / "master.img"
+    make_disk(disk, 40, [Part("vfat", 8), Part("ext4", 24, {"a.bin": 50_000})])
+    store = tmp_path / "images"
+    store.mkdir()
+    rlog, slog = tmp_path / "r.log", tmp_path / "s.log"
+    herdcast = [sys.executable, "-m", "agent"]
+    with NetLab(2, net=188) as lab:
+        h0, h1 = lab.hosts
+        rcv = h1.popen([*herdcast, "receive", "--nokbd", "--no-progress", "--interface",
+                        "eth0", "-f", str(store / "lab.img"), "--description", "lab master"],
+                       cwd=ROOT, stdin=subprocess.DEVNULL, stderr=rlog.open("wb"))
+        snd = h0.popen([*herdcast, "send", "--nokbd", "--interface", "eth0",
+                        "--min-receivers", "1", "-f", str(disk)], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, stderr=slog.open("wb"))
+        assert snd.wait(timeout=60) == 0, slog.read_text()
+        assert rcv.wait(timeout=30) == 0, rlog.read_text()
+    out = _image("list", str(store)).stdout
+    assert f"lab.img: from {socket.gethostname()}" in out and "  lab master" in out, out
+    assert "EFI System" in out and "ext4" in out and "disk 40.0 MiB" in out, out
+    assert _image("info", str(store / "lab.img")).returncode == 0

@@ -113,6 +113,7 @@ class ReceiveOptions(CommonOptions):
     unpack: bool | None = None
     blank: str = "keep"  # what unpacking does with the space no image extent covers
     verify: str = "none"  # "readback": read what was written back from the disk after fsync
+    description: str | None = None  # a stored image's description (agent.image.catalogue)
     # herdcast: public key a sender must sign with (default: agent.trust.TRUSTED_KEY_PATH
     # when that file exists)
     trust_key: str | None = None
@@ -285,6 +286,9 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
     p.add_argument("--verify", choices=["none", "readback"], default="none",
                    help="herdcast: readback reads everything written back from the disk "
                         "after it is flushed and compares (one more read of the data)")
+    p.add_argument("--description", metavar="TEXT",
+                   help="herdcast: a stored image's description (herdcast image list shows "
+                        "it), written into the image file once it is complete")
     return p
 
 

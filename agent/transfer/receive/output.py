@@ -92,6 +92,7 @@ class Output:
         self.proc: subprocess.Popen | None = None
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
+        self.stored = False  # a herdcast image stored as it came into a file
         is_block = False
         if opts.file is None:
             self.fd = os.dup(1)
@@ -156,6 +157,7 @@ class Output:
             self._write = self.decoder.write
         elif image:  # stored as it came, compression and all: `herdcast send -f` sends it
             self._write = self._write_fd
+            self.stored = True
         elif self.codec:
             from agent.codec import decompressing_writer
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from agent.errors import HerdcastError
 from agent.image.stream import is_image
 from agent.net import netif
 from agent.say import log_to, say
@@ -181,6 +182,8 @@ def receive(opts: ReceiveOptions) -> TransferResult:
         r.transfer(negotiate(r.link))
         digest = finish(r.link, r.writer, r.output)
         r.link.disconnect()
+        if opts.description:
+            _describe(opts, r.output)
         return TransferResult(True, bytes=r.writer.bytes, seconds=time.monotonic() - start,
                               sha256=digest)
     except MissedStart as exc:
@@ -196,6 +199,20 @@ def receive(opts: ReceiveOptions) -> TransferResult:
         r.close()
     written = r.writer.bytes if r.writer is not None else 0
     return TransferResult(False, bytes=written, seconds=time.monotonic() - start, error=error)
+
+
+def _describe(opts: ReceiveOptions, output: Output) -> None:
+    """--description: into the image just stored (after the digest: the sender's table
+    has its verdict before the file is rewritten)."""
+    if not output.stored:
+        say(f"--description ignored: {opts.file} holds no stored herdcast image")
+        return
+    from agent.image.catalogue import set_description
+
+    try:
+        set_description(opts.file, opts.description)
+    except (OSError, HerdcastError) as exc:
+        raise OutputError(f"{opts.file}: writing the description failed: {exc}") from exc
 
 
 def run_receiver(opts: ReceiveOptions) -> int:
