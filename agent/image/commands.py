@@ -2,7 +2,9 @@
 
     herdcast image map DISK               what a sender of DISK would send, per partition
     herdcast image capture DISK FILE      DISK's used blocks into an image file (--compress)
-    herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard)
+    herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard;
+                                          --grow, --hostname, --identity, --userdata: see
+                                          agent.personalize)
     herdcast image info FILE              an image file's layout, sizes and digest
     herdcast image list DIR               the images in DIR: host, date, size, partitions
     herdcast image describe FILE TEXT     give an image file a description (shown by list)
@@ -20,6 +22,7 @@ from agent.image.files import capture, check_input, restore
 from agent.image.sink import BLANK_MODES
 from agent.image.store import ImageFileError, read_info
 from agent.image.usedmap import used_map
+from agent.personalize.wishes import add_wish_arguments, wishes_from
 from agent.say import say
 
 FREE_SPACE = {"keep": "free space left as it was", "zero": "free space zeroed",
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("disk", help="the disk to overwrite (refused while mounted or in use)")
     r.add_argument("--blank", choices=BLANK_MODES, default="keep",
                    help="free space: keep it as it is (default), zero it, or discard it")
+    add_wish_arguments(r)
     i = sub.add_parser("info", help="an image file's layout, sizes and digest")
     i.add_argument("file", help="the image file")
     ls = sub.add_parser("list", help="the images in DIR: source host, date, size, partitions")
@@ -86,10 +90,14 @@ def _run(ns: argparse.Namespace) -> int:
                        ns.description)
         say(f"captured {ns.disk} into {ns.file}: {size} bytes ({human(size)})")
     else:
+        wishes = wishes_from(ns)  # a bad --hostname is refused before any write
         done = restore(ns.file, ns.disk, ns.blank)
         say(f"restored {ns.file} onto {ns.disk}: {done.written} bytes of data written, "
             f"{done.cleared} bytes cleared to zero, {FREE_SPACE[ns.blank]} "
             f"(blank={ns.blank})")
+        from agent.personalize.run import personalize
+
+        personalize(ns.disk, wishes)  # the GPT fitted to DISK always; the rest as asked
     return 0
 
 

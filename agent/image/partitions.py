@@ -169,3 +169,108 @@ def _gpt(disk: _Disk, sector: int) -> list[Partition] | None:
         out.append(Partition(i + 1, Extent(start, length),
                              f"gpt:{uuid.UUID(bytes_le=entry.type_guid)}"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: a GPT fitted to the disk it was written onto
+
+
+@dataclass
+class Gpt:
+    """A disk's GPT as read from its primary header: the header fields, the raw entry
+    table, and the sector size it was found with (512, or 4096 on 4Kn disks)."""
+
+    sector: int
+    header: dict
+    table: bytearray
+
+    @property
+    def table_sectors(self) -> int:
+        return -(-self.header["entry_count"] * self.header["entry_size"] // self.sector)
+
+    def entry(self, index: int) -> dict:
+        size = self.header["entry_size"]
+        return dict(GptEntry.parse(self.table[index * size:(index + 1) * size]))
+
+    def set_entry(self, index: int, entry: dict) -> None:
+        size = self.header["entry_size"]
+        raw = GptEntry.build(entry)
+        self.table[index * size:index * size + len(raw)] = raw
+
+
+def read_gpt(fd: int, size: int) -> Gpt | None:
+    """The GPT behind a protective MBR on the disk open on `fd`, or None (no GPT, or one
+    whose primary header or entries fail their checksums: nothing is rewritten then)."""
+    disk = _Disk(fd, size)
+    head = disk.read(0, 512)
+    if len(head) < 512 or head[510:512] != b"\x55\xaa" or \
+            not any(p.type == MBR_PROTECTIVE for p in Mbr.parse(head).partitions):
+        return None
+    for sector in (512, 4096):
+        if _gpt(disk, sector) is None:
+            continue
+        header = GptHeader.parse(disk.read(sector, sector))
+        table = disk.read(header.entries_lba * sector, header.entry_count * header.entry_size)
+        fields = {k: v for k, v in header.items() if not k.startswith("_")}
+        return Gpt(sector, fields, bytearray(table))
+    return None
+
+
+def _header_bytes(fields: dict, table: bytes, sector: int) -> bytes:
+    fields = dict(fields, entries_crc=binascii.crc32(table), header_crc=0)
+    raw = bytearray(GptHeader.build(fields))
+    raw[16:20] = binascii.crc32(raw).to_bytes(4, "little")
+    return bytes(raw) + bytes(sector - len(raw))
+
+
+def write_gpt(fd: int, size: int, gpt: Gpt) -> None:
+    """Write `gpt` (header fields and entries, as changed by the caller) as both copies,
+    the backup at the disk's end, and the protective MBR sized to the disk. The last
+    usable sector is where the backup entries begin; partitions are the caller's."""
+    sector = gpt.sector
+    last = size // sector - 1
+    backup_entries = last - gpt.table_sectors
+    primary = dict(gpt.header, current_lba=1, backup_lba=last,
+                   last_usable=backup_entries - 1)
+    backup = dict(primary, current_lba=last, backup_lba=1, entries_lba=backup_entries)
+    table = bytes(gpt.table)
+    _pwrite(fd, backup_entries * sector, table)
+    _pwrite(fd, last * sector, _header_bytes(backup, table, sector))
+    _pwrite(fd, primary["entries_lba"] * sector, table)
+    _pwrite(fd, sector, _header_bytes(primary, table, sector))
+    mbr = bytearray(os.pread(fd, 512, 0))
+    for i in range(4):
+        at = 446 + 16 * i
+        entry = MbrEntry.parse(mbr[at:at + 16])
+        if entry.type == MBR_PROTECTIVE and entry.lba_first == 1:
+            sectors = min(size // 512 - 1, 0xFFFFFFFF)
+            mbr[at:at + 16] = MbrEntry.build(dict(entry, chs_last=b"\xff\xff\xff",
+                                                  sectors=sectors))
+    _pwrite(fd, 0, bytes(mbr))
+    gpt.header = primary
+
+
+def fit_gpt(fd: int) -> str | None:
+    """Move a GPT's backup header and entries to the end of the disk open on `fd` and size
+    its protective MBR to it, when the disk is larger than the one the image came from
+    (the backup is not in the last sector). Returns what it did, or None."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    gpt = read_gpt(fd, size)
+    if gpt is None:
+        return None
+    old = gpt.header["backup_lba"]
+    last = size // gpt.sector - 1
+    if old == last or old > last:  # fitted already; a smaller disk was refused before
+        return None
+    write_gpt(fd, size, gpt)
+    stale = os.pread(fd, 8, old * gpt.sector)
+    if stale == b"EFI PART":  # the old backup, now in free space, must not be found
+        _pwrite(fd, old * gpt.sector, bytes(gpt.sector))
+    return (f"GPT fitted to the disk: backup header moved from sector {old} to {last}, "
+            f"last usable sector {gpt.header['last_usable']}")
+
+
+def _pwrite(fd: int, offset: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
