@@ -1,33 +1,66 @@
-"""The `herdcast` console command: send, receive, plan, node.
+"""The `herdcast` console command: a table of command name -> module in agent/cmd.
 
-Subcommands import their module only when run, so `herdcast send` on a server does not pay
-for pyudev or pyroute2, and a frozen node does not pay for the builder. A failure the user
-can act on (any HerdcastError) ends a command with one line, `herdcast COMMAND: error`, and
-exit status 2 for a bad option or boot parameter, 1 for anything else; a traceback means a
-bug. The node reports its own failures on its consoles and follows onfail=.
+Each command's module is imported only when it runs, so `herdcast send` on a server does
+not pay for pyudev or pyroute2, and a frozen node does not pay for the builder. A command
+returns 0 or raises; a failure the user can act on (any HerdcastError) ends it with one
+line, `herdcast COMMAND: what -- fix`, a traceback means a bug. The exit status of an
+outcome is decided in one place, agent.cmd.exit_status:
+
+    every command   0 success; 1 a failure the user can fix (the line says what and how);
+                    2 a usage error: a bad option, boot parameter or command, nothing
+                    touched; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)
+    send            1 also when any receiver failed, was dropped or disagreed, or none
+                    took part (under --serve: a receiver that finished disagreed)
+    receive         1 also when the image is incomplete (the line says so)
+    plan            2 also for an unreadable --cmdline-file
+    image           1 also for an unreadable or damaged image file
+    keygen          1 when the key files cannot be written
+    deploy          2 also for a bad inventory or image (nothing armed or powered); 1 when
+                    a node did not agree (or never connected)
+    node            (run by hand) 1 a step failed, 2 a bad boot parameter, 70 an internal
+                    error (its traceback on the console); as PID 1 it never exits. The
+                    node reports its own failures on its consoles and follows onfail=.
 """
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
+from typing import NamedTuple
 
+from agent.cmd import INTERRUPTED, TERMINATED, exit_status
 from agent.errors import HerdcastError
-from agent.say import say
+from agent.say import one_command, say
 
-USAGE = """usage: herdcast COMMAND [options]
 
-commands:
-  send      send a file or disk by multicast (udp-sender's options)
-  receive   receive a file or disk by multicast (udp-receiver's options)
-  plan      print what a node would do with a kernel command line, touching nothing
-  image     map, capture, restore and inspect used-block images (no network)
-  keygen    make an Ed25519 key pair for signed sessions (send --sign-key)
-  node      the initramfs init: read /proc/cmdline and image this node unattended
-  deploy    power a fleet on through its BMCs, image it, boot it into its new system
+class Command(NamedTuple):
+    module: str  # has main(argv) -> int
+    summary: str
+    own_signals: bool = False  # handles SIGTERM itself (PID 1 never dies of it)
 
-`herdcast COMMAND --help` lists a command's options.
-"""
+
+COMMANDS = {
+    "send": Command("agent.cmd.send",
+                    "send a file or disk by multicast (udp-sender's options)"),
+    "receive": Command("agent.cmd.receive",
+                       "receive a file or disk by multicast (udp-receiver's options)"),
+    "plan": Command("agent.cmd.plan",
+                    "print what a node would do with a kernel command line, touching nothing"),
+    "image": Command("agent.image.commands",
+                     "map, capture, restore and inspect used-block images (no network)"),
+    "keygen": Command("agent.cmd.keygen",
+                      "make an Ed25519 key pair for signed sessions (send --sign-key)"),
+    "node": Command("agent.cmd.node",
+                    "the initramfs init: read /proc/cmdline and image this node unattended",
+                    own_signals=True),
+    "deploy": Command("agent.deploy.command",
+                      "power a fleet on through its BMCs, image it, boot it into its new system"),
+}
+
+USAGE = ("usage: herdcast COMMAND [options]\n\ncommands:\n"
+         + "".join(f"  {name:<9} {c.summary}\n" for name, c in COMMANDS.items())
+         + "\n`herdcast COMMAND --help` lists a command's options.\n")
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,88 +73,8 @@ def _on_sigterm(signum: int, frame) -> None:
     raise Terminated
 
 
-def _transfer(side: str, argv: list[str]) -> int:
-    """`herdcast send` / `herdcast receive`: parse udpcast's options, then run that side."""
-    from agent.transfer import options
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    parse = options.parse_send_args if side == "send" else options.parse_receive_args
-    opts = parse(argv)
-    if side == "send":
-        from agent.transfer.send.sender import run_sender
-
-        return run_sender(opts)
-    from agent.transfer.receive.receiver import run_receiver
-
-    return run_receiver(opts)
-
-
-def _plan(argv: list[str]) -> int:
-    from agent.boot.plan import main as plan_main
-
-    return plan_main(argv)
-
-
-def _image(argv: list[str]) -> int:
-    from agent.image.commands import main as image_main
-
-    return image_main(argv)
-
-
-def _keygen(argv: list[str]) -> int:
-    """`herdcast keygen NAME`: NAME.key (private, for herdcast send --sign-key) and
-    NAME.pub (for make initrd SIGN_PUBKEY= and herdcast receive --trust-key)."""
-    import argparse
-    from pathlib import Path
-
-    from agent.trust.keys import generate
-
-    p = argparse.ArgumentParser(prog="herdcast keygen", description=_keygen.__doc__)
-    p.add_argument("name", help="path prefix of the two files, e.g. /etc/herdcast/fleet")
-    name = p.parse_args(argv).name
-    line = generate(Path(f"{name}.key"), Path(f"{name}.pub"))
-    say(f"herdcast keygen: wrote {name}.key (keep it secret) and {name}.pub: {line}")
-    return 0
-
-
-def _node(argv: list[str]) -> int:
-    from agent.boot.initnode import main as node_main
-
-    return node_main(argv)
-
-
-def _deploy(argv: list[str]) -> int:
-    from agent.deploy.command import main as deploy_main
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return deploy_main(argv)
-
-
-COMMANDS = {
-    "send": lambda argv: _transfer("send", argv),
-    "receive": lambda argv: _transfer("receive", argv),
-    "plan": _plan,
-    "image": _image,
-    "keygen": _keygen,
-    "node": _node,
-    "deploy": _deploy,
-}
-
-
-def _exit_status(exc: Exception) -> int | None:
-    """For a failure the user can act on: 2 for a bad option or boot parameter (as
-    argparse's usage errors), 1 otherwise. None for anything else: a bug, whose traceback
-    is wanted."""
-    from agent.boot.tokens import CmdlineError
-    from agent.transfer.options import OptionError
-
-    if isinstance(exc, (OptionError, CmdlineError)):  # OptionError: until it is a HerdcastError
-        return 2
-    return 1 if isinstance(exc, HerdcastError) else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a subcommand; returns the process exit status."""
+    """Dispatch to a command; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
@@ -131,22 +84,27 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"herdcast {__version__}")
         return 0
-    command = COMMANDS.get(argv[0])
+    name = argv[0]
+    command = COMMANDS.get(name)
     if command is None:
-        say(f"herdcast: unknown command {argv[0]!r}")
+        say(f"herdcast: unknown command {name!r}")
         print(USAGE, file=sys.stderr, end="")
         return 2
-    try:
-        return command(argv[1:])
-    except Terminated:
-        say(f"herdcast {argv[0]}: terminated")
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        say(f"herdcast {argv[0]}: interrupted")
-        return 130
-    except Exception as exc:
-        status = _exit_status(exc)
-        if status is None:
-            raise
-        say(f"herdcast {argv[0]}: {exc}")
-        return status
+    previous = None if command.own_signals else signal.signal(signal.SIGTERM, _on_sigterm)
+    with one_command():  # a --log the command opened gets its last line too
+        try:
+            return importlib.import_module(command.module).main(argv[1:])
+        except SystemExit as exc:  # argparse: --help (0), or usage printed (2)
+            return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        except Terminated:
+            say(f"herdcast {name}: terminated")
+            return TERMINATED
+        except KeyboardInterrupt:
+            say(f"herdcast {name}: interrupted")
+            return INTERRUPTED
+        except HerdcastError as exc:
+            say(f"herdcast {name}: {exc}")
+            return exit_status(exc)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)

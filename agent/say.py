@@ -2,10 +2,12 @@
 
 Status and error lines go to stderr (stdout may carry the image, as with udp-receiver
 without `--file`), flushed at once so a console shows them as they happen. `--log FILE`
-(udpcast's option) tees the same lines into a file for the length of a transfer, through
-`log_to`, instead of a module-global handle that every writer must remember to check.
-A log file outlives the terminal that watched it, so each of its lines starts with the local
-time (ISO 8601, to the second, with the UTC offset); the console's lines stay as they are.
+(udpcast's option) tees the same lines into a file for the rest of the command, through
+`log_to`, instead of a module-global handle that every writer must remember to check: the
+dispatcher runs each command in `one_command()`, so the log also gets the command's last
+line, the error the dispatcher prints, and is closed after it. A log file outlives the
+terminal that watched it, so each of its lines starts with the local time (ISO 8601, to the
+second, with the UTC offset); the console's lines stay as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from agent.errors import HerdcastError
+
 _tees: list[TextIO] = []
+_command: contextlib.ExitStack | None = None
+
+
+class LogError(HerdcastError):
+    """--log FILE cannot be opened for appending."""
 
 
 def say(line: str) -> None:
@@ -33,14 +42,33 @@ def say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def log_to(path: str | None) -> Iterator[None]:
-    """While the block runs, every `say()` line is appended to `path` too (None: nothing)."""
-    if path is None:
-        yield
-        return
-    with open(path, "a", encoding="utf-8", errors="replace") as stream:
-        _tees.append(stream)
+def one_command() -> Iterator[None]:
+    """The length of one command: the logs `log_to` opens in it close when it ends."""
+    global _command
+    outer = _command
+    with contextlib.ExitStack() as stack:
+        _command = stack
         try:
             yield
         finally:
-            _tees.remove(stream)
+            _command = outer
+
+
+def log_to(path: str | None) -> None:
+    """From now to the end of the command (`one_command`), every `say()` line is appended to
+    `path` too (None: nothing). Outside a command it stays until the process ends."""
+    if path is None:
+        return
+    try:
+        stream = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        raise LogError(f"--log {path}: {exc.strerror or exc}",
+                       "give a file in a writable directory") from exc
+    _tees.append(stream)
+    if _command is not None:
+        _command.callback(_close, stream)
+
+
+def _close(stream: TextIO) -> None:
+    _tees.remove(stream)
+    stream.close()

@@ -1,6 +1,7 @@
 """Assemble the initramfs root, pack it (cpio newc + zstd) and lay out the TFTP root.
 
-The root holds: /init (a few lines of shell that exec the frozen agent as `herdcast node`),
+The root holds: /init (a few lines of shell that exec the frozen agent as `herdcast node`,
+agent.cmd.node, which mounts the kernel file systems as PID 1),
 the agent under /opt/herdcast, busybox with its applets for a rescue shell, kmod's modprobe,
 the shared libraries all of them load, and the chosen kernel modules (.ko.xz, which kmod
 decompresses; see builder/modules.py) with fresh depmod indexes. Layout is
@@ -42,12 +43,10 @@ LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 MARKER = "herdcast-init: starting the agent"
 
 INIT = f"""#!/bin/sh
-# herdcast initramfs init: mount the kernel file systems, then become the agent.
-# The agent (herdcast node, PID 1 from here on) reads /proc/cmdline and never exits.
+# herdcast initramfs init: become the agent (herdcast node, PID 1 from here on), which
+# mounts proc, sys, devtmpfs, run and tmp itself (agent.boot.pid1.EARLY_MOUNTS, reporting
+# any failure on the console), reads /proc/cmdline and never exits.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 echo "{MARKER} ($(uname -r))"
 if [ -x /{AGENT_DIR}/herdcast ]; then
     exec /{AGENT_DIR}/herdcast node

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-import agent.transfer.send.sender
-from agent.cli import main
+import agent.cmd.send
+from agent.cli import COMMANDS, main
 from agent.hw.disk import DiskError
 
 
@@ -20,7 +23,7 @@ def test_other_failures_are_one_line_and_exit_1(capsys, monkeypatch):
     def refuse(opts):
         raise DiskError("disk /dev/sdz: busy", "unmount it")
 
-    monkeypatch.setattr(agent.transfer.send.sender, "run_sender", refuse)
+    monkeypatch.setattr(agent.cmd.send, "send", refuse)
     assert main(["send", "--file", "/dev/sdz"]) == 1
     err = capsys.readouterr().err
     assert err == "herdcast send: disk /dev/sdz: busy -- unmount it\n"
@@ -30,7 +33,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
     def bug(opts):
         raise KeyError("oops")
 
-    monkeypatch.setattr(agent.transfer.send.sender, "run_sender", bug)
+    monkeypatch.setattr(agent.cmd.send, "send", bug)
     with pytest.raises(KeyError):
         main(["send", "--file", "/dev/sdz"])
 
@@ -39,3 +42,53 @@ def test_unknown_command(capsys):
     assert main(["frob"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("herdcast: unknown command 'frob'\nusage: herdcast COMMAND")
+
+
+def test_every_command_is_a_module_in_agent_cmd_with_a_main_and_documented_statuses():
+    """One folder holds every command (image moves there with its own issue), each named in
+    the dispatcher's exit-status table."""
+    import importlib
+
+    import agent.cli
+
+    for name, command in COMMANDS.items():
+        assert command.module.startswith("agent.cmd.") or name in ("image", "deploy"), name
+        assert callable(importlib.import_module(command.module).main), name
+        assert f"\n    {name} " in agent.cli.__doc__, f"{name}'s exit statuses"
+
+
+def test_send_and_receive_do_not_load_the_node_s_hardware_libraries():
+    """The table imports a command only when it runs: a server's `herdcast send` never
+    pays for pyudev or pyroute2."""
+    code = ("import sys; from agent.cli import main; main(['send', '--help'])\n"
+            "import agent.cmd.receive\n"
+            "print(sorted(m for m in ('pyudev', 'pyroute2', 'agent.boot.node') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_errors_keep_their_fix_and_cause_through_the_result(tmp_path):
+    """receive() returns the HerdcastError itself: what, the fix, and (raise ... from) the
+    error it came from."""
+    from agent.transfer.options import parse_receive_args
+    from agent.transfer.receive.receiver import receive
+
+    result = receive(parse_receive_args(["--nokbd", "-f", str(tmp_path / "o"),
+                                         "--trust-key", str(tmp_path / "missing.pub")]))
+    assert not result.ok and result.error.fix, result.error
+    assert isinstance(result.error.__cause__, OSError)
+
+
+def test_usage_errors_exit_2_and_other_failures_1():
+    from agent.boot.tokens import CmdlineError
+    from agent.cmd import exit_status
+    from agent.errors import HerdcastError, UsageError
+    from agent.transfer.options import OptionError
+
+    assert issubclass(OptionError, UsageError) and issubclass(CmdlineError, UsageError)
+    assert exit_status(OptionError("--x: bad")) == exit_status(CmdlineError("x=: bad")) == 2
+    assert exit_status(DiskError("disk: busy")) == exit_status(HerdcastError("no")) == 1
+    assert exit_status(None) == 0 and exit_status(KeyError("bug")) == 70

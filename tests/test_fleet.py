@@ -80,7 +80,7 @@ def test_serve_verdict_fails_only_on_finished_receivers_that_disagree():
     rows = [ReceiverReport("a", status="dropped"), ReceiverReport("b", status="interrupted")]
     assert serve_verdict(rows) == (True, None)
     ok, error = serve_verdict([*rows, ReceiverReport("c", status="digest-mismatch")])
-    assert not ok and "c digest mismatch" in error
+    assert not ok and "c digest mismatch" in error.what and error.fix
 
 
 def test_report_validates_and_the_schema_catches_mistakes():

@@ -271,8 +271,8 @@ def test_a_failure_before_the_supervisor_keeps_pid1_up_and_says_why(tmp_path):
 NODE_AS_INIT = textwrap.dedent("""
     import os, sys
     assert os.getpid() == 1, "refusing: not PID 1 of a private PID namespace"
-    from agent.boot.node import main
-    main(sys.argv[1:])
+    from agent.cli import main
+    main(["node", *sys.argv[1:]])
 """)
 
 
@@ -345,7 +345,7 @@ def test_node_as_pid1_follows_its_onfail_when_the_agent_is_killed_mid_run(lab3, 
 
 
 def test_pid1_finds_the_command_line_without_the_nodes_modules(tmp_path):
-    from agent.boot.initnode import cmdline_of
+    from agent.cmd.node import cmdline_of
 
     assert cmdline_of(["--cmdline", "umode=rcv onfail=shell", "--no-post"]) == \
         "umode=rcv onfail=shell"
@@ -358,13 +358,13 @@ def test_pid1_finds_the_command_line_without_the_nodes_modules(tmp_path):
 
 @needs_pid_namespace
 def test_a_node_that_cannot_be_imported_is_a_crashed_agent_not_a_panic(tmp_path):
-    """agent.boot.initnode as PID 1 imports the node only in the agent: a broken module
+    """`herdcast node` as PID 1 imports the node only in the agent: a broken module
     (here: made unimportable) is a traceback, a FAILED line and onfail=, and PID 1 stays."""
     log = tmp_path / "console.log"
     script = """
         sys.modules["agent.boot.node"] = None  # import agent.boot.node now fails
-        from agent.boot import initnode
-        initnode.main(["--cmdline", sys.argv[1], "--no-hardware"])
+        from agent.cli import main
+        main(["node", "--cmdline", sys.argv[1], "--no-hardware"])
     """
     with _pid1(script, "console=tty0 umode=rcv onfail=shell", log):
         text = _wait_for(log, lambda t: "starting a rescue shell" in t)

@@ -117,12 +117,12 @@ def test_plan_unreadable_cmdline_file(capsys, tmp_path):
 
 
 def test_plan_defaults_to_proc_cmdline(capsys, monkeypatch, tmp_path):
-    import agent.boot.plan
+    import agent.cmd.plan
 
-    assert agent.boot.plan.PROC_CMDLINE == "/proc/cmdline"
+    assert agent.cmd.plan.PROC_CMDLINE == "/proc/cmdline"
     fake = tmp_path / "proc_cmdline"
     fake.write_text("quiet umode=rcv disk=/dev/vdb\n")
-    monkeypatch.setattr(agent.boot.plan, "PROC_CMDLINE", str(fake))
+    monkeypatch.setattr(agent.cmd.plan, "PROC_CMDLINE", str(fake))
     rc, out, _ = _plan(capsys, "--json")
     assert rc == 0 and json.loads(out)["disk"] == "/dev/vdb"
 

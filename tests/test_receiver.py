@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_loop
 
+from agent.cli import main
 from agent.transfer.options import parse_receive_args
-from agent.transfer.receive.receiver import receive, run_receiver
+from agent.transfer.receive.receiver import receive
 from builder.lab.loopdev import loop_device, mounted_ext4
 from builder.lab.netlab import NetLab
 
@@ -27,8 +28,7 @@ HERDCAST = [sys.executable, "-m", "agent"]
 
 
 def test_ignore_lost_data_is_refused_clearly(tmp_path, capsys):
-    opts = parse_receive_args(["--nokbd", "-Z", "-f", str(tmp_path / "out")])
-    assert run_receiver(opts) == 1
+    assert main(["receive", "--nokbd", "-Z", "-f", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("herdcast receive: --ignore-lost-data is not supported")
     assert not (tmp_path / "out").exists()
@@ -36,9 +36,8 @@ def test_ignore_lost_data_is_refused_clearly(tmp_path, capsys):
 
 def test_log_file_gets_the_messages_too(tmp_path, capsys):
     log = tmp_path / "receiver.log"
-    opts = parse_receive_args(["--nokbd", "--log", str(log), "-f", str(tmp_path / "o"),
-                               "--interface", "no-such-if0"])
-    assert run_receiver(opts) == 1
+    assert main(["receive", "--nokbd", "--log", str(log), "-f", str(tmp_path / "o"),
+                 "--interface", "no-such-if0"]) == 1
     line = next(ln for ln in log.read_text().splitlines() if "no-such-if0" in ln)
     stamp, _, text = line.partition(" ")  # a log outlives its terminal: lines are dated
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", stamp), line
@@ -51,14 +50,15 @@ def test_output_in_missing_directory_fails_before_the_network(tmp_path):
     target = tmp_path / "nope" / "out.bin"
     result = receive(parse_receive_args(["--nokbd", "-f", str(target),
                                          "--interface", "no-such-if0"]))
-    assert not result.ok and "directory" in result.error and "does not exist" in result.error
+    assert not result.ok and "directory" in str(result.error)
+    assert "does not exist" in str(result.error)
     assert not target.parent.exists()
 
 
 def test_unknown_interface_is_named(tmp_path):
     result = receive(parse_receive_args(["--nokbd", "-f", str(tmp_path / "o"),
                                          "--interface", "no-such-if0"]))
-    assert not result.ok and "--interface no-such-if0" in result.error
+    assert not result.ok and "--interface no-such-if0" in str(result.error)
     assert not (tmp_path / "o").exists()
 
 
@@ -253,14 +253,14 @@ def test_a_mounted_or_held_device_is_refused_before_the_network(tmp_path):
         for target in (dev, str(img)):  # the device, and the file behind it
             result = receive(parse_receive_args(["--nokbd", "-f", target,
                                                  "--interface", "no-such-if0"]))
-            assert not result.ok and "mounted on" in result.error, result.error
+            assert not result.ok and "mounted on" in str(result.error), result.error
         assert img.read_bytes() == before
     with loop_device(img) as dev:
         fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
         try:
             result = receive(parse_receive_args(["--nokbd", "-f", dev,
                                                  "--interface", "no-such-if0"]))
-            assert not result.ok and "busy" in result.error, result.error
+            assert not result.ok and "busy" in str(result.error), result.error
         finally:
             os.close(fd)
 

@@ -86,7 +86,7 @@ def test_verdict_fails_on_any_dropped_or_disagreeing_receiver():
     stock = ReceiverReport("10.0.0.2", 10)
     assert verdict([ok, stock]) == (True, None)
     bad, why = verdict([ok, ReceiverReport("10.0.0.3", 5, status="dropped")])
-    assert not bad and "10.0.0.3" in why
+    assert not bad and "10.0.0.3" in why.what and why.fix
     assert verdict([])[0] is False
 
 

@@ -9,12 +9,12 @@ parameter stops the node with one line naming it.
 As PID 1 the node forks the agent under agent.boot.supervisor and never exits; the agent
 tells PID 1 its onfail= and, at the end, the action it is doing, so PID 1 can follow it if
 the agent dies (OOM killer, crash). Run by hand (tests, a server) it does the same steps
-with the test switches below and returns the exit status instead of powering anything off.
+with the test switches (NodeArgs; agent.cmd.node parses them) and returns its failure
+instead of powering anything off; agent.cmd.node turns that into the exit status.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
-from agent.errors import HerdcastError
+from agent.errors import HerdcastError, UsageError
 
 if TYPE_CHECKING:  # imported where used: a broken module still leaves a FAILED line
     from agent.boot.cmdline import BootConfig
@@ -35,17 +35,17 @@ FAIL_ACTION = "wait"  # before the command line is parsed there is no onfail= to
 
 
 class NodeFailure(HerdcastError):
-    """One step failed: `what` failed, `fix` says what to change; `rc` is the exit status
-    (2 for a bad boot parameter, as for a bad option)."""
+    """One step failed: `what` failed, `fix` says what to change."""
 
-    def __init__(self, what: str, fix: str | None = None, rc: int = 1) -> None:
-        super().__init__(what, fix)
-        self.rc = rc
+
+class BootParameterError(NodeFailure, UsageError):
+    """A bad boot parameter: nothing was touched (exit status 2, as a bad option)."""
 
 
 @dataclass
 class NodeArgs:
-    """`herdcast node`'s own switches: all for running it outside an initramfs."""
+    """`herdcast node`'s own switches (agent.cmd.node): all for running it outside an
+    initramfs; an initramfs runs it with none."""
 
     cmdline: str | None
     root: str
@@ -53,23 +53,6 @@ class NodeArgs:
     no_hardware: bool
     no_network: bool
     no_post: bool
-
-
-def parse_args(argv: list[str]) -> NodeArgs:
-    """The test switches; an initramfs runs `herdcast node` with none of them."""
-    p = argparse.ArgumentParser(prog="herdcast node", description=(
-        "The initramfs init: read the kernel command line, load drivers, configure the "
-        "network, and send or receive the disk. The switches are for tests."))
-    p.add_argument("--cmdline", help="use TEXT instead of /proc/cmdline")
-    p.add_argument("--root", default="/", help="read proc/cmdline under DIR")
-    p.add_argument("--disk", help="use PATH instead of disk= (a file-backed disk)")
-    p.add_argument("--no-hardware", action="store_true", help="load no modules")
-    p.add_argument("--no-network", action="store_true",
-                   help="use the interfaces as they are configured")
-    p.add_argument("--no-post", action="store_true",
-                   help="do no post=/onfail= action, just exit with the status")
-    ns = p.parse_args(argv)
-    return NodeArgs(ns.cmdline, ns.root, ns.disk, ns.no_hardware, ns.no_network, ns.no_post)
 
 
 def read_cmdline(args: NodeArgs) -> str:
@@ -94,9 +77,9 @@ def load_config(text: str, disk: str | None = None) -> BootConfig:
     try:
         cfg = parse_cmdline(text)
     except CmdlineError as exc:
-        raise NodeFailure(f"boot parameter {exc}",
-                          "fix the append line in pxelinux.cfg (check it with "
-                          "`herdcast plan --cmdline '...'`)", rc=2) from exc
+        raise BootParameterError(f"boot parameter {exc.what}", _joined(
+            exc.fix, "fix the append line in pxelinux.cfg (check it with "
+            "`herdcast plan --cmdline '...'`)")) from exc
     return dataclasses.replace(cfg, disk=disk) if disk else cfg
 
 
@@ -225,19 +208,28 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
         con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "
                 f"({rate:.1f} MB/s), {what} {result.sha256 or 'unknown'}")
         return
+    error = result.error or NodeFailure("failed")
     if cfg.sending:
-        raise NodeFailure(f"send: {result.error or 'failed'}",
-                          "the receivers' disks are incomplete; fix it and boot them again")
-    raise NodeFailure(f"receive: {result.error or 'failed'} after {result.bytes} bytes",
-                      f"disk {opts.file} is INCOMPLETE, do not boot from it; fix the cause "
-                      "and image this node again")
+        raise NodeFailure(f"send: {error.what}", _joined(
+            error.fix, "the receivers' disks are incomplete; fix it and boot them "
+            "again")) from error
+    raise NodeFailure(f"receive: {error.what} after {result.bytes} bytes", _joined(
+        error.fix, f"disk {opts.file} is INCOMPLETE, do not boot from it; fix the cause "
+        "and image this node again")) from error
 
 
-def run(args: NodeArgs) -> int:
-    """The node's steps; returns the exit status (in init mode the post action never
-    returns). Every failure is one FAILED line on the console, then onfail=."""
+def _joined(*fixes: str | None) -> str:
+    """The fix of the error a step caught, then what the node adds to it."""
+    return "; ".join(fix for fix in fixes if fix)
+
+
+def run(args: NodeArgs) -> BaseException | None:
+    """The node's steps; returns the failure it reported (None on success), in init mode
+    after its post action, which then never returns. Every failure is one FAILED line on
+    the console, then onfail=; an exception that is not a HerdcastError is a bug, reported
+    with its traceback."""
     con = Console()
-    action, rc = FAIL_ACTION, 1
+    action, failure = FAIL_ACTION, None
     try:
         text = read_cmdline(args)
         con = open_consoles(text, is_init=pid1.is_init())
@@ -269,32 +261,22 @@ def run(args: NodeArgs) -> int:
         if not result.seconds:
             result = dataclasses.replace(result, seconds=time.monotonic() - started)
         report_result(cfg, opts, result, con)
-        action, rc = cfg.post, 0
+        action = cfg.post
     except HerdcastError as exc:
         con.fail(exc.what, exc.fix)
-        rc = exc.rc if isinstance(exc, NodeFailure) else 1
+        failure = exc
     except Exception as exc:  # noqa: BLE001 - init must report, not die
         con.fail(f"internal error {type(exc).__name__}: {exc}",
                  "this is a herdcast bug; the console log above shows where")
         import traceback
 
         traceback.print_exc(file=con)
-        rc = 70
+        failure = exc
+    kind = "post" if failure is None else "onfail"
     if args.no_post:
-        con.say(f"--no-post: skipping {'post' if rc == 0 else 'onfail'}={action}")
-        return rc
-    kind = "post" if rc == 0 else "onfail"
+        con.say(f"--no-post: skipping {kind}={action}")
+        return failure
     supervisor.tell_init(kind, action, finished=True)  # nothing is written any more
     con.say(f"{kind}={action}")
     pid1.post_action(action, con)
-    return rc
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `herdcast node`; as PID 1 it never returns."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if os.getpid() == 1:  # everything that can fail runs under PID 1's guard (and
-        # agent.boot.initnode.main does this before importing this module at all)
-        supervisor.init_main(lambda: run(parse_args(argv)),
-                             cmdline=lambda: read_cmdline(parse_args(argv)))
-    return run(parse_args(argv))
+    return failure

@@ -1,22 +1,17 @@
-"""`herdcast plan`: what a node would do with a kernel command line, touching nothing.
+"""What a node would do with a kernel command line, touching nothing (`herdcast plan`).
 
 An admin writes a pxelinux append line once and boots a whole room with it; a typo found
 after the first node powered off costs an hour. `herdcast plan --cmdline '...'` runs the very
 parser the node runs (agent.boot.cmdline) and prints the decisions it leads to, without loading
 modules, configuring a NIC or opening a disk. The node prints the same lines (`describe`) on
-its console before its first step.
+its console before its first step. The command around it is agent.cmd.plan.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shlex
 
-from agent.boot.cmdline import BootConfig, parse_cmdline
-from agent.boot.tokens import CmdlineError
-
-PROC_CMDLINE = "/proc/cmdline"
+from agent.boot.cmdline import BootConfig
 
 
 def _modules(kind: str, module: str, parm: str, enabled: bool = True) -> str:
@@ -125,40 +120,3 @@ def as_json(cfg: BootConfig) -> dict:
     d["transfer"] = transfer_command(cfg)
     d["transfer_argv"] = transfer_argv(cfg)
     return d
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="herdcast plan",
-        description="Print what a herdcast node would do with a kernel command line, "
-                    "touching no hardware. Parameters: kernel-cmdline.md.")
-    p.add_argument("--cmdline", metavar="TEXT",
-                   help=f"the kernel command line to check (default: read {PROC_CMDLINE})")
-    p.add_argument("--cmdline-file", metavar="PATH", default=PROC_CMDLINE,
-                   help=f"read the command line from PATH (default {PROC_CMDLINE})")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """`herdcast plan`: 0 with the plan on stdout. A bad line raises CmdlineError, which
-    `herdcast` shows as one line with exit status 2."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed usage or help
-        return int(exc.code or 0)
-    text = args.cmdline
-    if text is None:
-        try:
-            with open(args.cmdline_file, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError as exc:
-            raise CmdlineError(f"cannot read {args.cmdline_file}: {exc.strerror}",
-                               "give the line with --cmdline") from exc
-    cfg = parse_cmdline(text)
-    if args.json:
-        print(json.dumps(as_json(cfg), indent=2))
-    else:
-        print("herdcast node plan (nothing touched):")
-        print("\n".join(describe(cfg)))
-    return 0

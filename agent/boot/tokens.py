@@ -7,13 +7,13 @@ lib/cmdline.c's next_arg. Every other module of the boot parameters builds on `t
 
 from __future__ import annotations
 
-from agent.errors import HerdcastError
+from agent.errors import HerdcastError, UsageError
 
 # The kernel's isspace(): ASCII only. Python's str.isspace() would also split on U+00A0 etc.
 KERNEL_SPACE = " \t\n\v\f\r"
 
 
-class CmdlineError(HerdcastError, ValueError):
+class CmdlineError(UsageError, ValueError):
     """A bad boot parameter: one line naming the parameter, the value given and the fix."""
 
 

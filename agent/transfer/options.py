@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from agent.codec import NAMES as CODECS
-from agent.errors import HerdcastError
+from agent.errors import UsageError
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 DEFAULT_PORTBASE = 9000
@@ -27,7 +27,7 @@ DEFAULT_DROP_AFTER = 5.0
 # agent.transfer.send.network): a datagram IP fragments is lost whole when any fragment is.
 
 
-class OptionError(HerdcastError, ValueError):
+class OptionError(UsageError, ValueError):
     """A bad option value: the message names the option and the fix, on one line
     (HerdcastError escapes any newline the user's text held)."""
 

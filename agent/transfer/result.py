@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.errors import HerdcastError
+
 
 @dataclass
 class ReceiverReport:
@@ -39,17 +41,14 @@ class SendStats:
 
 @dataclass
 class TransferResult:
-    """How a send or receive ended. `ok` False always comes with a one-line `error`."""
+    """How a send or receive ended. `ok` False always comes with `error`: the HerdcastError
+    that ended it, what failed and the fix, for whoever shows it (the command's last line,
+    the node's FAILED line, the JSON report), never flattened into text on the way."""
 
     ok: bool
     bytes: int = 0
     seconds: float = 0.0
     sha256: str | None = None  # hex digest of the stream on the wire (after --compress)
-    error: str | None = None
+    error: HerdcastError | None = None
     receivers: list[ReceiverReport] = field(default_factory=list)
     stats: SendStats | None = None  # the sender's counters (None on the receiving side)
-
-    @property
-    def exit_code(self) -> int:
-        """0 on success, 1 otherwise (udpcast's convention)."""
-        return 0 if self.ok else 1

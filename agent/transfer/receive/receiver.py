@@ -15,10 +15,9 @@ import time
 
 from agent.errors import HerdcastError
 from agent.image.stream import is_image
-from agent.net import netif
-from agent.say import log_to, say
-from agent.transfer.options import ReceiveOptions
-from agent.transfer.progress import Progress, human_bytes
+from agent.say import say
+from agent.transfer.options import OptionError, ReceiveOptions
+from agent.transfer.progress import Progress
 from agent.transfer.receive.finish import finish
 from agent.transfer.receive.link import Link, ReceiveError, Session
 from agent.transfer.receive.negotiate import negotiate
@@ -29,7 +28,7 @@ from agent.transfer.receive.output import (
     check_image_fits,
     check_target,
 )
-from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart, TransferAborted
+from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart
 from agent.transfer.result import TransferResult
 from agent.udpcast.protocol import MAX_SLICE_SIZE
 
@@ -138,27 +137,21 @@ class Receiver:
 
 def _check_disk(path: str | None) -> None:
     """As the node does, before any network traffic: refuse a device that is mounted, used
-    as swap or held by another device (a file that is the backing of one too)."""
+    as swap or held by another device (a file that is the backing of one too); the
+    DiskError says what to change."""
     if path is None:
         return
-    from agent.hw.disk import DiskError, check_receive_target
+    from agent.hw.disk import check_receive_target
 
-    try:
-        check_receive_target(path)
-    except DiskError as exc:
-        raise OutputError(str(exc)) from None
+    check_receive_target(path)
 
 
 def _trust(opts: ReceiveOptions):
-    """The signed-session requirement (receive.trust), or None; ReceiveError if the key
-    cannot be read, or cannot be honoured."""
+    """The signed-session requirement (receive.trust), or None; a KeyFileError if the key
+    cannot be read, a ReceiveError if it cannot be honoured."""
     from agent.transfer.receive import trust
-    from agent.trust.keys import KeyFileError
 
-    try:
-        required = trust.load(opts)
-    except KeyFileError as exc:
-        raise ReceiveError(exc.what, exc.fix) from None
+    required = trust.load(opts)
     if required is not None and opts.passive:
         raise ReceiveError(f"--passive cannot verify a signed session ({required.path})",
                            "drop --passive, or --trust-key")
@@ -166,12 +159,27 @@ def _trust(opts: ReceiveOptions):
 
 
 def receive(opts: ReceiveOptions) -> TransferResult:
-    """Receive one image as udp-receiver would; never raises for transfer failures."""
+    """Receive one image as udp-receiver would. A failure the user can fix is not raised:
+    the result carries its HerdcastError (what failed and the fix), with the bytes written."""
     start = time.monotonic()
     if opts.ignore_lost_data:
-        return TransferResult(False, error="--ignore-lost-data is not supported by herdcast: "
-                                           "a receiver never writes an image with holes")
+        return TransferResult(False, error=OptionError(
+            "--ignore-lost-data is not supported by herdcast: a receiver never writes an "
+            "image with holes", "drop -Z / --ignore-lost-data"))
     r = Receiver(opts)
+    try:
+        return _receive(r, start)
+    except HerdcastError as exc:
+        error = exc
+    finally:
+        r.close()
+    written = r.writer.bytes if r.writer is not None else 0
+    return TransferResult(False, bytes=written, seconds=time.monotonic() - start, error=error)
+
+
+def _receive(r: Receiver, start: float) -> TransferResult:
+    """The receive itself; raises the HerdcastError that ends it."""
+    opts = r.opts
     try:
         check_target(opts.file)
         _check_disk(opts.file)
@@ -187,18 +195,16 @@ def receive(opts: ReceiveOptions) -> TransferResult:
         return TransferResult(True, bytes=r.writer.bytes, seconds=time.monotonic() - start,
                               sha256=digest)
     except MissedStart as exc:
-        error = (f"{exc}: this receiver missed the start of the transfer; start the "
-                 "receivers before the sender, or restart the sender")
-    except (ReceiveError, TransferAborted, OutputError, netif.InterfaceError) as exc:
-        error = str(exc)
+        raise ReceiveError(f"{exc.what}: this receiver missed the start of the transfer",
+                           "start the receivers before the sender, or restart the "
+                           "sender") from exc
+    except HerdcastError:
+        raise
     except OSError as exc:
         # every socket call is wrapped (ReceiveError "network: ...") and every output call
         # (OutputError naming the path): what is left is neither, so say only what it is
-        error = f"{exc.filename}: {exc.strerror}" if exc.filename else f"system error: {exc}"
-    finally:
-        r.close()
-    written = r.writer.bytes if r.writer is not None else 0
-    return TransferResult(False, bytes=written, seconds=time.monotonic() - start, error=error)
+        raise ReceiveError(f"{exc.filename}: {exc.strerror}" if exc.filename
+                           else f"system error: {exc}") from exc
 
 
 def _describe(opts: ReceiveOptions, output: Output) -> None:
@@ -213,21 +219,3 @@ def _describe(opts: ReceiveOptions, output: Output) -> None:
         set_description(opts.file, opts.description)
     except (OSError, HerdcastError) as exc:
         raise OutputError(f"{opts.file}: writing the description failed: {exc}") from exc
-
-
-def run_receiver(opts: ReceiveOptions) -> int:
-    """`herdcast receive`: run, print the outcome on stderr (and --log), return the exit
-    status."""
-    try:
-        with log_to(opts.log):
-            result = receive(opts)
-            if not result.ok:
-                say(f"herdcast receive: {result.error}")
-                return 1
-            rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
-            say(f"Transfer complete: {human_bytes(result.bytes)} ({result.bytes} bytes) in "
-                f"{result.seconds:.2f} s, {rate:.1f} MB/s, sha256 {result.sha256}")
-            return 0
-    except OSError as exc:  # only opening --log: receive() itself never raises
-        say(f"herdcast receive: --log {opts.log}: {exc.strerror}")
-        return 1

@@ -7,6 +7,7 @@ was dropped, left early, disagreed, or (a herdcast peer) never reported its dige
 
 from __future__ import annotations
 
+from agent.errors import HerdcastError
 from agent.transfer.result import ReceiverReport, TransferResult
 
 STATUS_TEXT = {
@@ -18,6 +19,11 @@ STATUS_TEXT = {
     "interrupted": "INTERRUPTED (the sender was stopped mid-round)",
 }
 FINISHED = ("ok", "digest-mismatch", "no-digest")  # reached the end of the stream
+REIMAGE = "their disks are incomplete or differ: fix the cause and image them again"
+
+
+class ReceiversFailed(HerdcastError):
+    """The send ran, but not every receiver got the image (or none took part)."""
 
 
 def describe(r: ReceiverReport) -> str:
@@ -27,18 +33,20 @@ def describe(r: ReceiverReport) -> str:
     return STATUS_TEXT.get(r.status, r.status)
 
 
-def verdict(reports: list[ReceiverReport]) -> tuple[bool, str | None]:
-    """(ok, one-line error) for the whole send."""
+def verdict(reports: list[ReceiverReport]) -> tuple[bool, HerdcastError | None]:
+    """(ok, the error) for the whole send."""
     if not reports:
-        return False, "no receiver took part"
+        return False, ReceiversFailed("no receiver took part",
+                                      "start the receivers first, on this sender's network")
     bad = [r for r in reports if r.status != "ok"]
     if not bad:
         return True, None
     what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
-    return False, f"{len(bad)} of {len(reports)} receiver(s) failed: {what}"
+    return False, ReceiversFailed(f"{len(bad)} of {len(reports)} receiver(s) failed: {what}",
+                                  REIMAGE)
 
 
-def serve_verdict(reports: list[ReceiverReport]) -> tuple[bool, str | None]:
+def serve_verdict(reports: list[ReceiverReport]) -> tuple[bool, HerdcastError | None]:
     """--serve: (ok, error) from the receivers that finished, which must all have agreed;
     dropped, disconnected and interrupted ones are in the table but fail nothing (a node
     switched off while being served is routine for a service)."""
@@ -46,7 +54,8 @@ def serve_verdict(reports: list[ReceiverReport]) -> tuple[bool, str | None]:
     if not bad:
         return True, None
     what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
-    return False, f"{len(bad)} receiver(s) finished without agreeing: {what}"
+    return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: {what}",
+                                  REIMAGE)
 
 
 def format_table(result: TransferResult, stats=None) -> str:

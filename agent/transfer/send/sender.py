@@ -21,8 +21,9 @@ import sys
 import time
 from collections.abc import Callable
 
+from agent.errors import HerdcastError
 from agent.net import netif
-from agent.say import log_to, say
+from agent.say import say
 from agent.transfer.options import SendOptions
 from agent.transfer.result import SendStats, TransferResult
 from agent.transfer.send import jsonreport
@@ -33,7 +34,7 @@ from agent.transfer.send.network import SendError
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table, participants_summary
 from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
-from agent.transfer.send.report import format_table, serve_verdict, verdict
+from agent.transfer.send.report import serve_verdict, verdict
 from agent.transfer.send.rounds import Transfer
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.start import wait_for_start
@@ -59,34 +60,31 @@ def _size_send_buffer(session: SendSession, table: Table) -> None:
 
 def send(opts: SendOptions, observer: FleetObserver | None = None,
          should_stop: Callable[[], bool] | None = None) -> TransferResult:
-    """Send opts.file (or stdin) to the receivers that connect; never raises on bad input,
-    a dead network or a receiver's fault: the result says what went wrong. With --serve it
-    keeps serving rounds until SIGINT/SIGTERM, or until `should_stop()` says so (asked
-    while waiting and between rounds). `observer` is told of each receiver (Fleet)."""
+    """Send opts.file (or stdin) to the receivers that connect. A failure the user can fix
+    (bad input, a dead network, a receiver's fault) is not raised: the result carries its
+    HerdcastError. With --serve it keeps serving rounds until SIGINT/SIGTERM, or until
+    `should_stop()` says so (asked while waiting and between rounds). `observer` is told of
+    each receiver (Fleet)."""
     if opts.async_ and opts.fec is None:
         say("herdcast send: warning: --async without --fec: any lost packet corrupts the "
             "receivers' copy (add --fec 8x8/128)")
-    if opts.sign_key is not None:
-        from agent.transfer.send.signing import signer
-        from agent.trust.keys import KeyFileError
-
-        try:
-            signer(opts.sign_key)
-        except KeyFileError as exc:
-            return TransferResult(ok=False, error=str(exc))
-    if opts.file is not None:
-        from agent.hw.disk import send_source_warnings
-
-        for line in send_source_warnings(opts.file):  # a disk mounted read-write
-            say(f"herdcast send: {line}")
+    events = own_events = None
     try:
-        events, own_events = open_events(opts.events)
-    except OSError as exc:
-        return TransferResult(ok=False, error=f"--events {opts.events}: {exc.strerror or exc}")
-    try:
+        if opts.sign_key is not None:
+            from agent.transfer.send.signing import signer
+
+            signer(opts.sign_key)  # a KeyFileError says which key and why
+        if opts.file is not None:
+            from agent.hw.disk import send_source_warnings
+
+            for line in send_source_warnings(opts.file):  # a disk mounted read-write
+                say(f"herdcast send: {line}")
+        events, own_events = _open_events(opts.events)
         session = SendSession.open(opts)
-    except SendError as exc:
-        return TransferResult(ok=False, error=str(exc))
+    except HerdcastError as exc:
+        if own_events and events is not None:
+            events.close()
+        return TransferResult(ok=False, error=exc)
     fleet = Fleet(events=events, observer=observer)
     service = Service(session, Table(observer=fleet), fleet)
     try:
@@ -96,7 +94,9 @@ def send(opts: SendOptions, observer: FleetObserver | None = None,
         service.close()
         if opts.report:
             _write_report(opts, session, service)
-        fleet.emit("session_ended", None, ok=service.result.ok, error=service.result.error)
+        error = service.result.error
+        fleet.emit("session_ended", None, ok=service.result.ok,
+                   error=None if error is None else str(error))
         if own_events and events is not None:
             events.close()
     return service.result
@@ -152,7 +152,7 @@ class Service:
         except (SendError, InputError, OSError) as exc:
             self.fleet.interrupted()
             self.result.ok = False
-            self.result.error = str(exc)
+            self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)
         self.view.close()
         self.result.seconds = time.monotonic() - self.started
         self.result.receivers = self.fleet.finished_rows()
@@ -289,7 +289,9 @@ def _write_report(opts: SendOptions, session: SendSession, service: Service) -> 
         jsonreport.write(opts.report, doc)
     except OSError as exc:
         service.result.ok = False
-        service.result.error = f"--report {opts.report}: {exc.strerror or exc}"
+        service.result.error = SendError(f"--report {opts.report}: {exc.strerror or exc}",
+                                         "give a path in a writable directory")
+        service.result.error.__cause__ = exc  # raise ... from, for an error not raised
 
 
 def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:
@@ -298,18 +300,18 @@ def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:
             for _ in range(ring + 1)]
 
 
-def run_sender(opts: SendOptions) -> int:
-    """The `herdcast send` command: send, print the receivers table, return the exit code.
-    With --log every line also goes to that file, as udp-sender's does."""
+def _open_events(path: str | None):
+    """--events FILE (or - for stdout): (stream, whether we close it)."""
     try:
-        with log_to(opts.log):
-            result = send(opts)
-            stats = result.stats
-            if result.receivers or stats is not None and stats.data_packets:
-                say(format_table(result, stats))
-            if not result.ok:
-                say(f"herdcast send: {result.error}")
-            return result.exit_code
-    except OSError as exc:  # only opening --log: send() itself never raises
-        say(f"herdcast send: --log {opts.log}: {exc.strerror or exc}")
-        return 1
+        return open_events(path)
+    except OSError as exc:
+        raise SendError(f"--events {path}: {exc.strerror or exc}",
+                        "give a path in a writable directory, or - for stdout") from exc
+
+
+def _system_error(exc: OSError) -> SendError:
+    """An OSError no layer below named (each wraps its own): say only what it is."""
+    error = SendError(f"{exc.filename}: {exc.strerror}" if exc.filename
+                      else f"system error: {exc}")
+    error.__cause__ = exc  # raise ... from, for an error not raised
+    return error
