@@ -45,7 +45,7 @@ def test_unknown_command(capsys):
 
 
 def test_every_command_is_a_module_in_agent_cmd_with_a_main_and_documented_statuses():
-    """One folder holds every command (image moves there with its own issue), each named in
+    """One folder holds every command (image and deploy move there with their owners), each in
     the dispatcher's exit-status table."""
     import importlib
 
