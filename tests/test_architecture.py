@@ -1,7 +1,9 @@
-"""The shape of the code: no import cycles, no module past ~400 lines, one error family.
+"""The shape of the code: the layer order, no import cycles, no module past ~400 lines,
+one error family.
 
-A newcomer reads agent/ top to bottom along the data path (boot -> hw -> net -> transfer ->
-udpcast); a cycle or a giant module is where that reading breaks, so they fail here.
+A newcomer reads the code from the commands down, each layer built on the ones below it
+(LAYERS, which the README's Layout section states word for word); an import that points up,
+a cycle or a giant module is where that reading breaks, so they fail here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agent", "builder")
 MAX_LINES = 400
+
+#: Top to bottom. A module belongs to the layer of its longest prefix listed here, and imports
+#: only from its own layer or those below (lazy imports count too). A new package must be
+#: placed here: an unplaced module fails.
+LAYERS: list[tuple[str, ...]] = [
+    # the commands: the dispatcher and one module per command
+    ("agent.__main__", "agent.cli", "agent.cmd",
+     "agent.image.commands"),  # a command, until it moves to agent/cmd/image.py
+    ("agent.deploy",),  # power a fleet on, serve it, disarm it
+    ("builder",),  # make initrd, the boot loader configs, the labs
+    ("agent.boot",),  # the node: cmdline -> config -> the steps, PID 1
+    ("agent.transfer",),  # send and receive over udpcast's protocol
+    ("agent.personalize",),  # a clone made its own machine
+    ("agent.image",),  # used-block images
+    ("agent.hw",),  # drivers, disks
+    ("agent.net", "agent.trust"),  # the NIC and addresses; signing keys
+    ("agent.udpcast",),  # the wire format
+    ("agent.codec",),  # gz, lzop, zstd
+    ("agent.say",),  # the one output path
+    ("agent.errors", "agent"),  # the error family; the version
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -58,6 +81,30 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def layer_of(module: str, layers: list[tuple[str, ...]] = LAYERS) -> int | None:
+    """The index in `layers` (0 is the top) of the longest prefix naming `module`."""
+    best: tuple[int, int] | None = None
+    for index, prefixes in enumerate(layers):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                    best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, ...]] = LAYERS
+                   ) -> list[str]:
+    """Every import of a module from a layer above its own, as `importer -> imported`."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        here = layer_of(module, layers)
+        for target in sorted(targets):
+            there = layer_of(target, layers)
+            if here is not None and there is not None and there < here:
+                found.append(f"{module} -> {target}")
+    return found
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as a path that starts and ends on the same module, or None."""
     state: dict[str, int] = {}
@@ -91,6 +138,41 @@ def test_graph_sees_lazy_imports():
     assert "agent.boot.node" in graph
     assert "agent.boot.node" in graph["agent.cmd.node"]  # imported inside a function
     assert "agent.cmd.send" in graph["agent.cli"]  # by name, from the dispatcher's table
+
+
+def test_checker_sees_an_upward_import():
+    """A synthetic graph: hw importing boot points up, boot importing hw does not."""
+    assert upward_imports({"agent.hw.disk": {"agent.boot.node", "agent.errors"}}) == [
+        "agent.hw.disk -> agent.boot.node"]
+    assert upward_imports({"agent.boot.node": {"agent.hw.disk"}}) == []
+    assert upward_imports({"agent.image.sink": {"agent.image.commands"}}) == [
+        "agent.image.sink -> agent.image.commands"]  # the longest prefix decides
+    assert upward_imports({"agent.net.netif": {"agent.trust.keys"}}) == []  # one layer
+
+
+def test_layers_point_down_only():
+    upward = upward_imports(import_graph())
+    assert not upward, ("imports that point up the layers (tests/test_architecture.py "
+                        "LAYERS): " + ", ".join(upward))
+
+
+def test_every_module_has_a_layer_and_every_layer_a_module():
+    modules = _modules()
+    unplaced = [name for name in modules if layer_of(name) is None]
+    assert not unplaced, f"modules in no layer (add their package to LAYERS): {unplaced}"
+    stale = [prefix for prefixes in LAYERS for prefix in prefixes
+             if not any(m == prefix or m.startswith(prefix + ".") for m in modules)]
+    assert not stale, f"LAYERS names modules that no longer exist (remove them): {stale}"
+
+
+def test_readme_states_the_layers_the_test_checks():
+    """The README's Layout section gives the same order, top to bottom."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\nLayers, top to bottom:")
+    line = " ".join(text[start:text.index("\n\n", start)].split())
+    stated = [[word.strip("` ") for word in group.split(",")]
+              for group in line.split(":", 1)[1].rstrip(".").split("→")]
+    assert stated == [list(prefixes) for prefixes in LAYERS], line
 
 
 def test_no_import_cycle():
