@@ -78,6 +78,17 @@ def test_restore_refuses_a_mounted_disk_and_leaves_it_unchanged(tmp_path, mode):
 
 
 @needs_loop
+def test_restore_refuses_a_disk_smaller_than_the_image_before_writing(tmp_path):
+    img = _small_image(tmp_path)
+    backing = tmp_path / "small.img"
+    backing.write_bytes(b"\x5a" * (4 * MiB))
+    with loop_device(backing) as dev:
+        err = _one_line(_image("restore", str(img), dev))
+    assert "smaller than the image" in err
+    assert backing.read_bytes() == b"\x5a" * (4 * MiB)
+
+
+@needs_loop
 def test_capture_of_a_read_write_mounted_disk_warns_as_send_does(tmp_path):
     backing, mnt = tmp_path / "disk.img", tmp_path / "mnt"
     backing.write_bytes(bytes(16 * MiB))
