@@ -47,7 +47,7 @@ COMMANDS = {
                        "receive a file or disk by multicast (udp-receiver's options)"),
     "plan": Command("agent.cmd.plan",
                     "print what a node would do with a kernel command line, touching nothing"),
-    "image": Command("agent.cmd.image",
+    "image": Command("agent.image.commands",
                      "map, capture, restore and inspect used-block images (no network)"),
     "keygen": Command("agent.cmd.keygen",
                       "make an Ed25519 key pair for signed sessions (send --sign-key)"),

@@ -45,14 +45,14 @@ def test_unknown_command(capsys):
 
 
 def test_every_command_is_a_module_in_agent_cmd_with_a_main_and_documented_statuses():
-    """One folder holds every command (deploy moves there with its owner), each in
+    """One folder holds every command (image and deploy move there with their owners), each in
     the dispatcher's exit-status table."""
     import importlib
 
     import agent.cli
 
     for name, command in COMMANDS.items():
-        assert command.module.startswith("agent.cmd.") or name == "deploy", name
+        assert command.module.startswith("agent.cmd.") or name in ("image", "deploy"), name
         assert callable(importlib.import_module(command.module).main), name
         assert f"\n    {name} " in agent.cli.__doc__, f"{name}'s exit statuses"
 

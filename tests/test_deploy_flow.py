@@ -15,7 +15,8 @@ from agent.deploy import report
 from agent.deploy.bmc import BmcError
 from agent.deploy.flow import DeployError, Deployment, NodeRun
 from agent.deploy.inventory import Bmc, Inventory, Node
-from agent.transfer.result import ReceiverReport, TransferResult
+from agent.transfer.result import TransferResult
+from agent.transfer.send.record import Receiver, Verdict
 from builder import bootcfg, pxelinux
 from builder.__main__ import main as builder_main
 
@@ -76,8 +77,9 @@ def test_arm_then_disarm_as_each_digest_agrees(root):
     assert all(p.calls == ["pxe once", "on"] for p in powers)
     assert not deploy.should_stop()
 
-    ok = ReceiverReport("10.0.0.21", digest="ab" * 32, herdcast=True, mac=MACS[0], bytes=9)
-    bad = ReceiverReport("10.0.0.22", status="digest-mismatch", herdcast=True, mac=MACS[1])
+    ok = Receiver("10.0.0.21", digest="ab" * 32, herdcast=True, mac=MACS[0], bytes=9,
+                  verdict=Verdict.OK)
+    bad = Receiver("10.0.0.22", verdict=Verdict.DIGEST_MISMATCH, herdcast=True, mac=MACS[1])
     for r in (ok, bad):
         deploy.connected(r)
     assert (ok.hostname, bad.hostname) == ("node01", "node02")  # the live view's names
@@ -98,7 +100,8 @@ def test_a_node_that_never_connects_is_reported_with_its_bmcs_word(root):
     deploy.arm_all()
     deploy.power_all()
     for i in (0, 1):
-        r = ReceiverReport(f"10.0.0.2{i}", digest="cd" * 32, herdcast=True, mac=MACS[i])
+        r = Receiver(f"10.0.0.2{i}", digest="cd" * 32, herdcast=True, mac=MACS[i],
+                     verdict=Verdict.OK)
         deploy.connected(r)
         deploy.verdict(r)
     time.sleep(0.05)
@@ -125,7 +128,7 @@ def test_every_node_agreed_is_exit_0(root):
     deploy.arm_all()
     deploy.power_all()
     for i, mac in enumerate(MACS):
-        r = ReceiverReport(f"10.0.0.2{i}", digest="ef" * 32, herdcast=True, mac=mac)
+        r = Receiver(f"10.0.0.2{i}", digest="ef" * 32, herdcast=True, mac=mac, verdict=Verdict.OK)
         deploy.connected(r)
         deploy.verdict(r)
     assert deploy.should_stop() and deploy.finish(TransferResult(ok=True)) == 0
@@ -135,7 +138,7 @@ def test_every_node_agreed_is_exit_0(root):
 def test_a_stock_receiver_without_a_digest_is_not_agreed(root):
     deploy, _ = deployment(root)
     deploy.arm_all()
-    r = ReceiverReport("10.0.0.20", mac=MACS[0])  # ok, but nothing to agree on
+    r = Receiver("10.0.0.20", mac=MACS[0], verdict=Verdict.OK)  # ok, but nothing to agree on
     deploy.verdict(r)
     assert deploy.runs[0].state == "failed" and deploy.runs[0].armed
 

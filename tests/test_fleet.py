@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.transfer.options import OptionError, parse_send_args
-from agent.transfer.result import ReceiverReport, TransferResult
+from agent.transfer.result import TransferResult
 from agent.transfer.send import jsonreport
 from agent.transfer.send.fleet import Fleet
 from agent.transfer.send.names import Names, read_arp, read_names
 from agent.transfer.send.participants import Table
+from agent.transfer.send.record import Receiver, Verdict
 from agent.transfer.send.report import serve_verdict
 from agent.transfer.send.view import LiveView, PlainView, make_view
 
@@ -46,13 +47,15 @@ def test_rows_states_and_events_through_a_round(capsys):
     fleet, table, events = _fleet()
     table.connect("10.0.0.11", ("10.0.0.11", 9000), 0x9 | 0x100, 0)
     table.connect("10.0.0.12", ("10.0.0.12", 9000), 0x9, 0)
-    assert [fleet.state(r) for r in fleet.all_rows()] == ["waiting", "waiting"]
-    fleet.round_started(0, [p.report for p in table.participants.values()], "raw")
-    fleet.on_late("10.0.0.13", True)
+    assert [r.state.value for r in fleet.rows] == ["waiting", "waiting"]
+    fleet.round_started(0, list(table.participants.values()), "raw")
+    table.wait_for_next("10.0.0.13", ("10.0.0.13", 9000), 0x9 | 0x100)
     assert fleet.counts() == {"receiving": 2, "waiting": 1}
-    table.remove("10.0.0.12", "dropped")
-    table.record_digest("10.0.0.11", 100, b"\x01" * 32, True)
-    table.settle_reports()
+    table.remove("10.0.0.12", Verdict.DROPPED)
+    first = table.participants["10.0.0.11"]
+    table.record_digest(first, 100, b"\x01" * 32, True)
+    table.record_digest(first, 100, b"\x02" * 32, False)  # a verdict is given once
+    table.settle()
     fleet.round_ended(100, "01" * 32)
     assert fleet.counts() == {"done": 1, "dropped": 1, "waiting": 1}
     said = capsys.readouterr().err.splitlines()
@@ -68,26 +71,24 @@ def test_a_receiver_imaged_twice_has_two_rows():
     fleet, table, _ = _fleet()
     for round_no in range(2):
         table.connect("10.0.0.11", ("10.0.0.11", 9000), 0x9, 0)
-        fleet.round_started(round_no, [table.participants["10.0.0.11"].report], "raw")
-        table.settle_reports()
+        fleet.round_started(round_no, [table.participants["10.0.0.11"]], "raw")
+        table.settle()
         fleet.round_ended(10, None)
-        table.reports.pop("10.0.0.11")
-        table.participants = {}
     assert [r.round for r in fleet.finished_rows()] == [0, 1]
 
 
 def test_serve_verdict_fails_only_on_finished_receivers_that_disagree():
-    rows = [ReceiverReport("a", status="dropped"), ReceiverReport("b", status="interrupted")]
+    rows = [Receiver("a", verdict=Verdict.DROPPED), Receiver("b", verdict=Verdict.INTERRUPTED)]
     assert serve_verdict(rows) == (True, None)
-    ok, error = serve_verdict([*rows, ReceiverReport("c", status="digest-mismatch")])
+    ok, error = serve_verdict([*rows, Receiver("c", verdict=Verdict.DIGEST_MISMATCH)])
     assert not ok and "c digest mismatch" in error.what and error.fix
 
 
 def test_report_validates_and_the_schema_catches_mistakes():
     fleet, table, _ = _fleet()
     table.connect("10.0.0.11", ("10.0.0.11", 9000), 0x9 | 0x100, 0)
-    fleet.round_started(0, [table.participants["10.0.0.11"].report], "image")
-    table.record_digest("10.0.0.11", 5, b"\x02" * 32, True)
+    fleet.round_started(0, [table.participants["10.0.0.11"]], "image")
+    table.record_digest(table.participants["10.0.0.11"], 5, b"\x02" * 32, True)
     fleet.round_ended(5, "02" * 32)
     doc = jsonreport.build(fleet, TransferResult(ok=True, bytes=5, sha256="02" * 32),
                            "/dev/sda", 1 << 30, fleet.started + 3)
@@ -145,7 +146,7 @@ def test_views_plain_on_a_pipe_live_when_asked(capsys):
     fleet, table, _ = _fleet()
     assert type(make_view(fleet, None, enabled=True, live=None)) is PlainView  # not a tty
     table.connect("10.0.0.11", ("10.0.0.11", 9000), 0x9, 0)
-    fleet.round_started(0, [table.participants["10.0.0.11"].report], "raw")
+    fleet.round_started(0, [table.participants["10.0.0.11"]], "raw")
     plain = PlainView(fleet, 1000, True)
     assert plain.line().endswith("(1 receiving)")
     view = make_view(fleet, 1000, enabled=True, live=True)

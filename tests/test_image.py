@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_loop
 
-from agent.image.extents import Extent, normalize, total
+from agent.image.extents import Extent, normalize, subtract, total
 from agent.image.filesystems import parse_domain_map
 from agent.image.sink import DiskSink
 from agent.image.store import read_info
@@ -30,6 +30,8 @@ PARTS = [Part("vfat", 33, {"bootx64.efi": 300_000}), Part("ext4", 64, {"a": 6_00
 def test_extent_algebra():
     assert normalize([Extent(10, 5), Extent(0, 10), Extent(20, 0), Extent(12, 1)]) == \
         [Extent(0, 15)]
+    assert subtract(Extent(0, 100), [Extent(10, 10), Extent(50, 60)]) == \
+        [Extent(0, 10), Extent(20, 30)]
     assert total([Extent(0, 3), Extent(9, 4)]) == 7
 
 

@@ -9,15 +9,16 @@ import io
 import pytest
 
 from agent.transfer.options import OptionError, SendOptions, parse_send_args
-from agent.transfer.result import ReceiverReport, SendStats
+from agent.transfer.result import SendStats
 from agent.transfer.send.batch import Destination, SliceBuffer, gso_blocks
 from agent.transfer.send.inflight import runs_of
 from agent.transfer.send.network import SendError, block_size_for
 from agent.transfer.send.pacer import Pacer, congested_blocks, truesize
 from agent.transfer.send.participants import Table
 from agent.transfer.send.reader import EOF, SliceReader
+from agent.transfer.send.record import Receiver, Verdict
 from agent.transfer.send.report import verdict
-from agent.transfer.send.rounds import Transfer
+from agent.transfer.send.round import Round
 from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_UDP_PAYLOAD, Op
 
@@ -82,10 +83,10 @@ def test_pacer_grants_at_most_a_burst_then_asks_to_wait():
 
 
 def test_verdict_fails_on_any_dropped_or_disagreeing_receiver():
-    ok = ReceiverReport("10.0.0.1", 10, digest="ab")
-    stock = ReceiverReport("10.0.0.2", 10)
+    ok = Receiver("10.0.0.1", 10, digest="ab", verdict=Verdict.OK)
+    stock = Receiver("10.0.0.2", 10, verdict=Verdict.OK)
     assert verdict([ok, stock]) == (True, None)
-    bad, why = verdict([ok, ReceiverReport("10.0.0.3", 5, status="dropped")])
+    bad, why = verdict([ok, Receiver("10.0.0.3", 5, verdict=Verdict.DROPPED)])
     assert not bad and "10.0.0.3" in why.what and why.fix
     assert verdict([])[0] is False
 
@@ -113,7 +114,7 @@ def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
 
     session = SendSession(SendOptions(), None, None, 4, Destination(),  # no network needed
                           Source("raw"), None)
-    t = Transfer(session, Table(), _Reader(), None, None, SendStats(), {}, False)
+    t = Round(session, Table(), _Reader(), None, None, SendStats(), False)
     assert t._start_slice() and t._start_slice()
     assert [s.no for s in t.inflight] == [0, 1]
     t.inflight.remove(t.inflight[1])  # slice 1 answered OK by everybody, slice 0 not yet

@@ -202,7 +202,7 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
     if result.ok:
         rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
         for r in result.receivers:
-            con.say(f"receiver {r.address}: {r.status}, {r.bytes} bytes"
+            con.say(f"receiver {r.address}: {r.verdict}, {r.bytes} bytes"
                     + (f", sha256 {r.digest}" if r.digest else ""))
         what = f"sha256 of the {opts.compress} stream" if opts.compress else "sha256"
         con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "

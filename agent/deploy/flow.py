@@ -26,7 +26,8 @@ from agent.deploy.drivers import driver_for
 from agent.deploy.inventory import Inventory, Node
 from agent.errors import HerdcastError
 from agent.say import say
-from agent.transfer.result import ReceiverReport, TransferResult
+from agent.transfer.result import TransferResult
+from agent.transfer.send.record import Receiver, Verdict
 
 FINAL = ("agreed", "failed", "never connected")
 
@@ -108,7 +109,7 @@ class Deployment:
 
     # ------------------------------------------------------------------ the fleet's calls
 
-    def _run_of(self, report: ReceiverReport) -> NodeRun | None:
+    def _run_of(self, report: Receiver) -> NodeRun | None:
         if not report.mac:
             from agent.transfer.send.names import read_arp
 
@@ -120,7 +121,7 @@ class Deployment:
             self._by_address[report.address] = run
         return run
 
-    def connected(self, report: ReceiverReport) -> None:
+    def connected(self, report: Receiver) -> None:
         run = self._run_of(report)
         if run is None:
             say(f"herdcast deploy: {report.address} ({report.mac or 'MAC unknown'}) is in no "
@@ -134,13 +135,13 @@ class Deployment:
             run.state, run.reason = "connected", None
             say(f"herdcast deploy: {run.node.name} connected from {report.address}")
 
-    def verdict(self, report: ReceiverReport) -> None:
+    def verdict(self, report: Receiver) -> None:
         run = self._run_of(report)
         if run is None:
             return
         report.hostname = run.node.name
         run.bytes, run.digest = report.bytes, report.digest
-        if report.status == "ok" and report.digest:
+        if report.verdict is Verdict.OK and report.digest:
             self._disarm(run)
             return
         from agent.transfer.send.report import describe

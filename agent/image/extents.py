@@ -30,5 +30,19 @@ def normalize(extents: Iterable[Extent]) -> list[Extent]:
     return out
 
 
+def subtract(whole: Extent, holes: Iterable[Extent]) -> list[Extent]:
+    """The parts of `whole` that no hole covers."""
+    out, pos = [], whole.offset
+    for h in normalize(holes):
+        if h.end <= pos or h.offset >= whole.end:
+            continue
+        if h.offset > pos:
+            out.append(Extent(pos, h.offset - pos))
+        pos = max(pos, h.end)
+    if pos < whole.end:
+        out.append(Extent(pos, whole.end - pos))
+    return out
+
+
 def total(extents: Iterable[Extent]) -> int:
     return sum(e.length for e in extents)

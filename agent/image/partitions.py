@@ -94,6 +94,11 @@ class Partition:
     kind: str  # "mbr:83", "gpt:<type guid>"
     opaque: bool = False  # not to be looked into (an extended partition's chain)
 
+    @property
+    def type_name(self) -> str:
+        """The type as partitioning tools name it ("Linux filesystem", "EFI System")."""
+        return type_name(self.kind)
+
 
 def type_name(kind: str) -> str:
     """The name of a partition `kind` ("mbr:83", "gpt:<guid>"); the raw kind if unknown."""

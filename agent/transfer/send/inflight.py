@@ -1,8 +1,8 @@
 """A slice the sender has put on the wire and not yet seen every receiver OK.
 
-Its REQACK rounds are tracked here: who answered this round, which blocks someone misses
-(an int bitmap, bit i = block i), the runs of blocks still to resend, and the FEC blocks
-still to send after the data.
+Its REQACK passes (send.passes) are tracked here: who answered this pass, which blocks
+someone misses (an int bitmap, bit i = block i), the runs of blocks still to resend, and
+the FEC blocks still to send after the data.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ from agent.transfer.send.pacer import congested_blocks
 
 @dataclass
 class SliceInFlight:
-    """A slice sent (or being sent) and not yet complete: its buffer and its rounds."""
+    """A slice sent (or being sent) and not yet complete: its buffer and its passes."""
 
     buf: SliceBuffer | None  # None for the end slice, which carries no data
     no: int
     nbytes: int
     nblocks: int
     sent: int = 0  # blocks of the first pass sent
-    rxmit: int = 0  # round being asked
+    rxmit: int = 0  # pass being asked (udpcast: rxmit)
     ok: int = 0  # bitmap (int) of slots that answered OK
-    answered: set = field(default_factory=set)  # IPs that answered the current round
-    missing: int = 0  # union of blocks missing, current round
-    asked_at: float | None = None  # when the current round's REQACK went out
+    answered: set = field(default_factory=set)  # IPs that answered the current pass
+    missing: int = 0  # union of blocks missing, current pass
+    asked_at: float | None = None  # when the current pass's REQACK went out
     runs: list = field(default_factory=list)  # (first, count) still to resend
     timeouts: int = 0
-    congested: int = 0  # most blocks one receiver lost in runs, first round
+    congested: int = 0  # most blocks one receiver lost in runs, first pass
     fec: list = field(default_factory=list)  # (fecBlockNo, payload) to send after the data
-    heard: set = field(default_factory=set)  # IPs that answered any round of it
+    heard: set = field(default_factory=set)  # IPs that answered any pass of it
 
     @property
     def end(self) -> bool:
@@ -45,8 +45,8 @@ class SliceInFlight:
         self.heard.add(ip)
 
     def answered_missing(self, ip: str, received: bytes) -> int:
-        """A RETRANSMIT for the current round: the blocks its bitmap lacks join the round's
-        union (and, in the first round, the congestion estimate). Returns them (int)."""
+        """A RETRANSMIT for the current pass: the blocks its bitmap lacks join the pass's
+        union (and, in the first pass, the congestion estimate). Returns them (int)."""
         missing = ~int.from_bytes(received, "little") & ((1 << self.nblocks) - 1)
         self.missing |= missing
         self.answered.add(ip)

@@ -12,8 +12,9 @@ import os
 
 from agent.transfer.result import TransferResult
 from agent.transfer.send.fleet import Fleet, iso
+from agent.transfer.send.record import Verdict
 
-VERDICTS = ["ok", "digest-mismatch", "no-digest", "dropped", "disconnected", "interrupted"]
+VERDICTS = [str(v) for v in Verdict]
 STR_OR_NULL = ["string", "null"]
 
 RECEIVER = {
@@ -126,7 +127,7 @@ def build(fleet: Fleet, result: TransferResult, image: str, size: int | None,
                     "sha256": r.sha256} for r in fleet.rounds],
         "receivers": [{"address": r.address, "mac": r.mac, "hostname": r.hostname,
                        "herdcast": r.herdcast, "round": r.round, "bytes": r.bytes,
-                       "retransmissions": r.retransmissions, "verdict": r.status,
+                       "retransmissions": r.retransmissions, "verdict": str(r.verdict),
                        "digest": r.digest, "started": iso(r.started), "ended": iso(r.ended)}
                       for r in fleet.finished_rows()],
     }

@@ -1,129 +1,137 @@
-"""Who takes part in a send: the participant table, and each receiver's row in the report.
+"""Who takes part in a send: this round's participants, and who waits for the next round.
 
 Participants are keyed by source IP (one receiver per IP, as udpcast) with a slot number
 (clNr) for the REQACK bitmap, and — unlike udpcast, which ANDs everybody's capabilities —
 their own capabilities, so one stock receiver does not switch off herdcast's extensions for
-the others. A round's table empties when it ends; `reports` keeps every round's rows.
+the others. Each is a `Receiver` record (send.record). A receiver that asks while a round
+runs waits in `waiting` (at most MAX_WAITING of them: forged CONNECT_REQs cannot grow it
+without bound) and takes part in the next round with the same record. A round's table
+empties when it ends; its records stay in `served` (the last one per IP) so a repeated
+HC_DIGEST is still answered. The fleet (send.fleet) is told of every change through the
+`TableEvents` it implements; the default tells nobody.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.transfer.result import ReceiverReport
-from agent.udpcast.protocol import MAX_CLIENTS, Cap
+from agent.transfer.send.record import Receiver, State, Verdict
+from agent.udpcast.protocol import MAX_CLIENTS
+
+MAX_WAITING = MAX_CLIENTS  # receivers queued for the next round (a round takes no more)
 
 
-@dataclass
-class Participant:
-    """One connected receiver."""
+class TableEvents:
+    """What the table tells of its receivers; this default tells nobody (send.fleet's
+    `Fleet` keeps the rows, the lines and the events)."""
 
-    ip: str
-    addr: tuple[str, int]
-    slot: int
-    caps: int
-    rcvbuf: int
-    report: ReceiverReport
-    silent: int = 0  # consecutive REQACK rounds it did not answer
-    finished: bool = False  # OK'd the end slice
-    left: bool = False  # said DISCONNECT after finishing
-    heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
-    digest: tuple[int, bytes] | None = None
-    owed_since: float | None = None  # when the oldest request it has not answered went out
-    nonce: bytes | None = None  # from its CONNECT_REQ: it wants a signed session
+    def on_connect(self, receiver: Receiver) -> None:
+        """A new participant of the coming round."""
 
-    def answered(self) -> None:
-        """Anything it sends proves it alive: its silence counts start again."""
-        self.silent = 0
-        self.heard = True
-        self.owed_since = None
+    def on_late(self, receiver: Receiver) -> None:
+        """A receiver asked while a round ran: it waits for the next one."""
 
-    def asked(self, now: float) -> None:
-        """A REQACK it must answer went out (the first unanswered one starts the clock)."""
-        if self.owed_since is None:
-            self.owed_since = now
+    def on_finished_data(self, receiver: Receiver) -> None:
+        """It OK'd the end slice (a herdcast receiver now checks its digest)."""
 
-    def silent_for(self, now: float) -> float:
-        """Seconds since it was first asked something it has not answered (0: owes nothing)."""
-        return 0.0 if self.owed_since is None else now - self.owed_since
-
-    @property
-    def herdcast(self) -> bool:
-        """Whether it speaks herdcast's extensions (digest, late join)."""
-        return bool(self.caps & Cap.HERDCAST)
+    def on_verdict(self, receiver: Receiver) -> None:
+        """Its verdict was given."""
 
 
 @dataclass
 class Table:
-    """The participants of the current round, keyed by IP."""
+    """The participants of the current round (by IP), the ones waiting for the next."""
 
-    participants: dict[str, Participant] = field(default_factory=dict)
-    reports: dict[str, ReceiverReport] = field(default_factory=dict)  # every round's rows
-    # told of every change a receiver's row goes through (send.fleet.Fleet), or None
-    observer: object | None = None
+    participants: dict[str, Receiver] = field(default_factory=dict)
+    waiting: dict[str, Receiver] = field(default_factory=dict)
+    served: dict[str, Receiver] = field(default_factory=dict)  # last round's record per IP
+    refuse_late: set[str] = field(default_factory=set)  # imaged: told they missed it
+    observer: TableEvents = field(default_factory=TableEvents)
 
     def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
-                nonce: bytes | None = None) -> Participant | None:
+                nonce: bytes | None = None) -> Receiver | None:
         """Add (or refresh) a participant; None when all 1024 slots are taken."""
-        p = self.participants.get(ip)
-        if p is not None:
-            p.addr, p.caps, p.nonce = addr, caps, nonce
-            return p
+        r = self.participants.get(ip)
+        if r is not None:
+            r.join(addr, caps, rcvbuf, nonce)
+            return r
         used = {q.slot for q in self.participants.values()}
         slot = next((i for i in range(MAX_CLIENTS) if i not in used), None)
         if slot is None:
             return None
-        report = self.reports.setdefault(ip, ReceiverReport(ip))
-        report.status = "ok"
-        report.herdcast = bool(caps & Cap.HERDCAST)
-        p = Participant(ip, addr, slot, caps, rcvbuf, report, nonce=nonce)
-        self.participants[ip] = p
-        if self.observer is not None:
-            self.observer.on_connect(report)
-        return p
+        r = self.waiting.pop(ip, None) or Receiver(ip)
+        r.join(addr, caps, rcvbuf, nonce)
+        r.slot = slot
+        self.participants[ip] = r
+        self.observer.on_connect(r)
+        return r
 
-    def remove(self, ip: str, status: str) -> Participant | None:
-        """Take a participant out of the round, recording why."""
-        p = self.participants.pop(ip, None)
-        if p is not None:
-            p.report.status = status
-            if self.observer is not None:
-                self.observer.on_verdict(p.report)
-        return p
+    def wait_for_next(self, ip: str, addr: tuple[str, int], caps: int) -> Receiver | None:
+        """A CONNECT_REQ while a round runs: queue it for the next round. Returns its
+        record; None when MAX_WAITING receivers already wait."""
+        r = self.waiting.get(ip)
+        if r is None:
+            if len(self.waiting) >= MAX_WAITING:
+                return None
+            r = self.waiting[ip] = Receiver(ip)
+            r.join(addr, caps, 0, None)
+            self.observer.on_late(r)
+        else:
+            r.join(addr, caps, 0, None)
+        return r
+
+    def remove(self, ip: str, verdict: Verdict, reason: str | None = None
+               ) -> Receiver | None:
+        """Take a participant out of the round with its verdict."""
+        r = self.participants.pop(ip, None)
+        if r is not None:
+            self.served[ip] = r
+            self.conclude(r, verdict, reason)
+        return r
+
+    def conclude(self, r: Receiver, verdict: Verdict, reason: str | None = None) -> None:
+        """Give `r` its verdict (once) and tell the observer."""
+        if r.conclude(verdict, reason):
+            self.observer.on_verdict(r)
+
+    def finished_data(self, r: Receiver) -> None:
+        """`r` OK'd the end slice."""
+        if not r.finished:
+            r.finished = True
+            if r.herdcast and r.verdict is None:
+                r.state = State.VERIFYING
+            self.observer.on_finished_data(r)
+
+    def find(self, ip: str) -> Receiver | None:
+        """This round's record of `ip`, or the last round's."""
+        return self.participants.get(ip) or self.served.get(ip)
 
     def min_rcvbuf(self) -> int | None:
         """The smallest receive buffer a participant declared."""
-        bufs = [p.rcvbuf for p in self.participants.values() if p.rcvbuf]
+        bufs = [r.rcvbuf for r in self.participants.values() if r.rcvbuf]
         return min(bufs) if bufs else None
 
-    def record_digest(self, ip: str, total_bytes: int, sha256: bytes, agreed: bool) -> None:
-        """A receiver's HC_DIGEST (this round's participant or an earlier round's row): its
-        byte count, digest and verdict go in its row."""
-        p = self.participants.get(ip)
-        report = p.report if p is not None else self.reports.get(ip)
-        if report is None:
-            return
-        if p is not None:
-            p.digest = (total_bytes, sha256)
-        report.digest = sha256.hex()
-        report.bytes = total_bytes
-        if report.status in ("ok", "no-digest", "digest-mismatch"):
-            report.status = "ok" if agreed else "digest-mismatch"
-        if self.observer is not None:
-            self.observer.on_verdict(report)
+    def record_digest(self, r: Receiver, total_bytes: int, sha256: bytes,
+                      agreed: bool) -> None:
+        """`r`'s HC_DIGEST (its secret checked): its byte count and digest go in its row,
+        and the verdict, unless it has one already (a verdict never improves)."""
+        if r.verdict is None:
+            r.digest, r.bytes = sha256.hex(), total_bytes
+        self.conclude(r, Verdict.OK if agreed else Verdict.DIGEST_MISMATCH)
 
-    def settle_reports(self) -> None:
+    def settle(self) -> None:
         """At a round's end: a herdcast participant that never reported its digest fails
-        its row ("no-digest"); the others keep the status their answers gave them."""
-        for p in self.participants.values():
-            if p.report.status == "ok" and p.herdcast and p.digest is None:
-                p.report.status = "no-digest"
-            if self.observer is not None:
-                self.observer.on_verdict(p.report)
+        ("no-digest"); a stock one that got the end is complete. Then the table empties."""
+        for ip, r in self.participants.items():
+            self.conclude(r, Verdict.NO_DIGEST if r.herdcast else Verdict.OK)
+            self.served[ip] = r
+        self.participants = {}
+        latest = max((r.round for r in self.served.values()), default=0)
+        self.served = {ip: r for ip, r in self.served.items() if r.round == latest}
 
 
 def participants_summary(table: Table) -> str:
     """'3 receiver(s) (2 herdcast, 1 stock)' for log lines."""
-    ps: list[Participant] = list(table.participants.values())
-    hc = sum(p.herdcast for p in ps)
-    return f"{len(ps)} receiver(s) ({hc} herdcast, {len(ps) - hc} stock)"
+    rs = list(table.participants.values())
+    hc = sum(r.herdcast for r in rs)
+    return f"{len(rs)} receiver(s) ({hc} herdcast, {len(rs) - hc} stock)"

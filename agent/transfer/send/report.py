@@ -8,17 +8,18 @@ was dropped, left early, disagreed, or (a herdcast peer) never reported its dige
 from __future__ import annotations
 
 from agent.errors import HerdcastError
-from agent.transfer.result import ReceiverReport, TransferResult
+from agent.transfer.result import TransferResult
+from agent.transfer.send.record import Receiver, Verdict
 
-STATUS_TEXT = {
-    "ok": "digest agreed",
-    "digest-mismatch": "DIGEST MISMATCH",
-    "no-digest": "NO DIGEST (herdcast receiver never reported one)",
-    "dropped": "DROPPED (no answer)",
-    "disconnected": "DISCONNECTED mid-transfer",
-    "interrupted": "INTERRUPTED (the sender was stopped mid-round)",
+VERDICT_TEXT = {
+    Verdict.OK: "digest agreed",
+    Verdict.DIGEST_MISMATCH: "DIGEST MISMATCH",
+    Verdict.NO_DIGEST: "NO DIGEST (herdcast receiver never reported one)",
+    Verdict.FAILED: "FAILED",
+    Verdict.DROPPED: "DROPPED (no answer)",
+    Verdict.DISCONNECTED: "DISCONNECTED mid-transfer",
+    Verdict.INTERRUPTED: "INTERRUPTED (the sender was stopped mid-round)",
 }
-FINISHED = ("ok", "digest-mismatch", "no-digest")  # reached the end of the stream
 REIMAGE = "their disks are incomplete or differ: fix the cause and image them again"
 
 
@@ -26,36 +27,45 @@ class ReceiversFailed(HerdcastError):
     """The send ran, but not every receiver got the image (or none took part)."""
 
 
-def describe(r: ReceiverReport) -> str:
-    """The verdict column of one row."""
-    if r.status == "ok" and r.digest is None:
+def describe(r: Receiver) -> str:
+    """The verdict column of one row (with the reason, when one is known)."""
+    if r.verdict is None:
+        return r.state.value
+    if r.verdict is Verdict.OK and r.digest is None:
         return "complete, no digest (stock receiver)"
-    return STATUS_TEXT.get(r.status, r.status)
+    text = VERDICT_TEXT[r.verdict]
+    if r.reason:
+        text = f"{text.split(' (')[0]} ({r.reason})"
+    return text
 
 
-def verdict(reports: list[ReceiverReport]) -> tuple[bool, HerdcastError | None]:
+def _failures(bad: list[Receiver]) -> str:
+    return ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
+
+
+def verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None]:
     """(ok, the error) for the whole send."""
-    if not reports:
+    if not receivers:
         return False, ReceiversFailed("no receiver took part",
                                       "start the receivers first, on this sender's network")
-    bad = [r for r in reports if r.status != "ok"]
+    bad = [r for r in receivers if r.verdict is not Verdict.OK]
     if not bad:
         return True, None
-    what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
-    return False, ReceiversFailed(f"{len(bad)} of {len(reports)} receiver(s) failed: {what}",
-                                  REIMAGE)
+    return False, ReceiversFailed(f"{len(bad)} of {len(receivers)} receiver(s) failed: "
+                                  f"{_failures(bad)}", REIMAGE)
 
 
-def serve_verdict(reports: list[ReceiverReport]) -> tuple[bool, HerdcastError | None]:
+def serve_verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None]:
     """--serve: (ok, error) from the receivers that finished, which must all have agreed;
-    dropped, disconnected and interrupted ones are in the table but fail nothing (a node
-    switched off while being served is routine for a service)."""
-    bad = [r for r in reports if r.status in FINISHED and r.status != "ok"]
+    so must those that said why they failed; dropped, disconnected and interrupted ones are
+    in the table but fail nothing (a node switched off while being served is routine for a
+    service)."""
+    bad = [r for r in receivers if r.verdict is not None and r.verdict is not Verdict.OK
+           and (r.verdict.finished or r.verdict is Verdict.FAILED)]
     if not bad:
         return True, None
-    what = ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
-    return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: {what}",
-                                  REIMAGE)
+    return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: "
+                                  f"{_failures(bad)}", REIMAGE)
 
 
 def format_table(result: TransferResult, stats=None) -> str:

@@ -1,15 +1,16 @@
 """`herdcast send`: udp-sender's behaviour, plus a digest table and late-join rounds.
 
 The pieces, all in this package: session (what the run found: interface, block size, image
-size, data address) over network (sockets), participants (who takes part), start (the wait
-for the start triggers), reader (input, pipe, compression, slice reader thread), rounds
-(slices, REQACK rounds, retransmissions), pacer (pacing), batch (sendmmsg), streaming
-(--async) and report (the final table); fleet (every receiver's row, the log lines and
---events), view (the live table or plain lines), jsonreport (--report) and stop (--serve's
-signals). This module strings them together into rounds: the first for the receivers present
-at the start, then one more for each batch of receivers that asked to join while a round was
-running (when the input can be read again), up to MAX_ROUNDS; under --serve, rounds go on
-until stopped, whenever a receiver waits.
+size, data address) over network (sockets), record (one per receiver and round),
+participants (who takes part), start (the waits before a round), reader (input, pipe,
+compression, slice reader thread), round (one service round: slices, answers, REQACK
+passes, retransmissions), pacer (pacing), batch (sendmmsg), streaming (--async) and report
+(the final table); fleet (every receiver's row, the log lines and --events), view (the live
+table or plain lines), jsonreport (--report) and stop (--serve's signals). This module
+strings them together into rounds: the first for the receivers present at the start, then
+one more for each batch of receivers that asked to join while a round was running (when
+the input can be read again), up to MAX_ROUNDS; under --serve, rounds go on until stopped,
+whenever a receiver waits.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from agent.transfer.result import SendStats, TransferResult
 from agent.transfer.send import jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
-from agent.transfer.send.fleet import Fleet, FleetObserver, open_events
+from agent.transfer.send.fleet import Fleet, open_events
 from agent.transfer.send.network import SendError
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table, participants_summary
 from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
+from agent.transfer.send.record import NoObserver, ReceiverObserver
 from agent.transfer.send.report import serve_verdict, verdict
-from agent.transfer.send.rounds import Transfer
+from agent.transfer.send.round import Round
 from agent.transfer.send.session import SendSession
-from agent.transfer.send.start import wait_for_start
+from agent.transfer.send.start import wait_for_late, wait_for_start
 from agent.transfer.send.stop import Stop
 from agent.transfer.send.streaming import send_async
 from agent.transfer.send.view import make_view
@@ -58,7 +60,7 @@ def _size_send_buffer(session: SendSession, table: Table) -> None:
                          min(2 << 20, smallest // 4))
 
 
-def send(opts: SendOptions, observer: FleetObserver | None = None,
+def send(opts: SendOptions, observer: ReceiverObserver | None = None,
          should_stop: Callable[[], bool] | None = None) -> TransferResult:
     """Send opts.file (or stdin) to the receivers that connect. A failure the user can fix
     (bad input, a dead network, a receiver's fault) is not raised: the result carries its
@@ -85,7 +87,7 @@ def send(opts: SendOptions, observer: FleetObserver | None = None,
         if own_events and events is not None:
             events.close()
         return TransferResult(ok=False, error=exc)
-    fleet = Fleet(events=events, observer=observer)
+    fleet = Fleet(events=events, observer=observer or NoObserver())
     service = Service(session, Table(observer=fleet), fleet)
     try:
         with Stop(should_stop) if opts.serve else contextlib.nullcontext() as stop:
@@ -114,7 +116,6 @@ class Service:
         self.inp: Input | None = None
         self.as_image = session.source.kind != "raw"
         self.ring = 1 if self.opts.duplex == "half" else 2
-        self.late: dict = {}
         self.started = time.monotonic()
         self.view = make_view(fleet, None, enabled=not self.opts.no_progress,
                               live=self.opts.live)
@@ -147,10 +148,10 @@ class Service:
             self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
                                                  else verdict(rows))
         except KeyboardInterrupt:  # a second signal under --serve: stop now
-            self.fleet.interrupted()
+            self.fleet.interrupted(list(self.table.participants.values()))
             self.result.ok, self.result.error = serve_verdict(self.fleet.finished_rows())
         except (SendError, InputError, OSError) as exc:
-            self.fleet.interrupted()
+            self.fleet.interrupted(list(self.table.participants.values()))
             self.result.ok = False
             self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)
         self.view.close()
@@ -168,14 +169,12 @@ class Service:
         number = 0
         while why != "stopped":
             if table.participants:
+                served |= set(table.participants)
                 self._round(number, why, stop)
                 number += 1
-            served |= set(table.participants)
-            expected = set(self.late) - (set() if opts.serve else served)
-            self.late.clear()
-            for ip in table.participants:  # a node imaged again under --serve: a new row
-                table.reports.pop(ip, None)
-            table.participants = {}
+            if not opts.serve:  # without --serve a receiver is imaged once
+                table.refuse_late = served
+            expected = set(table.waiting)
             if stop():
                 break
             if expected and (opts.serve or number < MAX_ROUNDS):
@@ -184,15 +183,15 @@ class Service:
                     f"{', '.join(sorted(expected))}")
                 admit = ((lambda ip: True) if opts.serve
                          else (lambda ip, e=expected, s=served: ip in e or ip not in s))
-                why = wait_for_start(self.session, table, keyboard=False, expect=expected,
-                                     admit=admit, hello_interval=LATE_HELLO_INTERVAL,
-                                     give_up=LATE_CONNECT_WAIT, should_stop=stop,
-                                     tick=self.view.tick)
-                self.fleet.dropped_unseen(expected - set(table.participants))
+                why = wait_for_late(self.session, table, expected, admit=admit,
+                                    hello_interval=LATE_HELLO_INTERVAL,
+                                    give_up=LATE_CONNECT_WAIT, should_stop=stop,
+                                    tick=self.view.tick)
+                self._drop_unseen(expected)
                 if table.participants or why == "stopped":
                     continue
             elif expected:
-                self.fleet.dropped_unseen(expected)
+                self._drop_unseen(expected)
             if not opts.serve:
                 break
             say("herdcast send: waiting for receivers (SIGINT or SIGTERM stops)")
@@ -201,6 +200,12 @@ class Service:
         if why == "stopped" and table.participants:
             say(f"herdcast send: stopped: {len(table.participants)} connected receiver(s) "
                 "not served")
+
+    def _drop_unseen(self, expected: set[str]) -> None:
+        """The late receivers that did not come back for their round are dropped rows."""
+        gone = [self.table.waiting.pop(ip) for ip in sorted(expected)
+                if ip in self.table.waiting]
+        self.fleet.dropped_unseen(gone)
 
     def _round(self, number: int, why: str, stop) -> None:
         """One round to the table's participants."""
@@ -223,10 +228,12 @@ class Service:
         reader = SliceReader(self.inp.stream, self.buffers,
                              session.slice_blocks * session.blocksize, encoder)
         self.view.new_round(_stream_total(session, as_image), self.stats.bytes_sent)
-        fleet.round_started(number, [p.report for p in table.participants.values()],
+        fleet.round_started(number, list(table.participants.values()),
                             "image" if as_image else "raw")
-        transfer = Transfer(session, table, reader, pacer, self.view,
-                            self.stats, self.late, self.inp.rereadable)
+        packets = self.stats.data_packets + self.stats.rexmit_packets + self.stats.fec_packets
+        rexmits = self.stats.rexmit_packets
+        transfer = Round(session, table, reader, pacer, self.view, self.stats,
+                         self.inp.rereadable)
         if isinstance(stop, Stop):
             stop.busy = True
         try:
@@ -240,9 +247,12 @@ class Service:
             reader.stop()
             if isinstance(stop, Stop):
                 stop.busy = False
-        table.settle_reports()
+        table.settle()
         digest = transfer.digest.hex() if transfer.digest else None
-        fleet.round_ended(transfer.total, digest)
+        stats = self.stats
+        fleet.round_ended(transfer.total, digest,
+                          stats.data_packets + stats.rexmit_packets + stats.fec_packets - packets,
+                          stats.rexmit_packets - rexmits)
         if self.result.sha256 is None and digest:
             self.result.bytes, self.result.sha256 = transfer.total, digest
 

@@ -16,7 +16,8 @@ from agent.image.source import Source, inspect_source
 from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import Destination
 from agent.transfer.send.network import Network, SendError
-from agent.transfer.send.participants import Participant, Table
+from agent.transfer.send.participants import Table
+from agent.transfer.send.record import Receiver
 from agent.transfer.send.signing import sign_reply
 from agent.udpcast.protocol import Op, build, build_connect_reply
 
@@ -84,7 +85,7 @@ class SendSession:
         """Whether this round sends the image stream: a disk or stored image, and every
         receiver a herdcast one (a stock udp-receiver needs the raw disk)."""
         return self.source.kind != "raw" and bool(table.participants) and all(
-            p.herdcast for p in table.participants.values())
+            r.herdcast for r in table.participants.values())
 
     @property
     def blocksize(self) -> int:
@@ -104,22 +105,22 @@ class SendSession:
             ip = net.nif.broadcast or net.control
         elif len(table.participants) == 1 and opts.pointopoint is not False \
                 and not opts.async_:
-            ip = next(iter(table.participants.values())).ip
+            ip = next(iter(table.participants.values())).address
         else:
             ip = net.advertised
         self.dest.set(ip, net.port)
         return ip
 
-    def reply(self, p: Participant | None, addr: tuple[str, int]) -> None:
+    def reply(self, r: Receiver | None, addr: tuple[str, int]) -> None:
         """CONNECT_REPLY: the slot (-1 when the table is full), block size, caps and group;
         herdcast receivers also learn the image size."""
         net = self.net
-        fields = dict(client_number=p.slot if p else -1, blocksize=net.blocksize,
+        fields = dict(client_number=r.slot if r else -1, blocksize=net.blocksize,
                       capabilities=net.caps, mcast_addr=net.advertised)
-        if p is not None and p.herdcast:
+        if r is not None and r.herdcast:
             reply = build_connect_reply(image_size=self.image_size or 0, codec=self.codec,
                                         **fields)
-            net.send(sign_reply(self.opts.sign_key, reply, p.nonce, net.advertised,
+            net.send(sign_reply(self.opts.sign_key, reply, r.nonce, net.advertised,
                                 self.image_size or 0), addr)
         else:
             net.send(build(Op.CONNECT_REPLY, **fields), addr)

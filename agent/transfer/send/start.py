@@ -1,10 +1,12 @@
 """The wait for the start: HELLO, CONNECT_REQ/CONNECT_REPLY, and udpcast's start triggers.
 
-Triggers (udpcast's, checked every 50 ms instead of every 2 s): GO from any host, a key on
-the sender's console, --min-receivers/--min-wait/--max-wait, --autostart. A late-join round
-waits for the receivers it expects instead. Under --serve, without those options, a round
-starts once a receiver is connected and nobody new came for SERVE_SETTLE seconds (nodes
-booted together share a round), at most SERVE_GATHER after the first.
+Two waits, one function each over the same `Gathering` (it answers CONNECT_REQ, repeats
+HELLO, forgets receivers that leave). `wait_for_start` waits for udpcast's triggers
+(checked every 50 ms instead of every 2 s): GO from any host, a key on the sender's console,
+--min-receivers/--min-wait/--max-wait, --autostart; under --serve, without those options, a
+round starts once a receiver is connected and nobody new came for SERVE_SETTLE seconds
+(nodes booted together share a round), at most SERVE_GATHER after the first.
+`wait_for_late` waits for the receivers that asked while the last round ran, or gives up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from agent.say import say
 from agent.transfer.send.network import SendError
 from agent.transfer.send.participants import Table
+from agent.transfer.send.record import Verdict
 from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import Op
 
@@ -55,104 +58,122 @@ def _cbreak(enabled: bool):
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def wait_for_start(session: SendSession, table: Table, *, keyboard: bool,
-                   expect: set[str] | None = None,
-                   admit: Callable[[str], bool] | None = None,
-                   hello_interval: float | None = None, give_up: float | None = None,
-                   should_stop: Callable[[], bool] | None = None, tick=None) -> str:
-    """Negotiate until a start trigger fires; returns what started it.
+class Gathering:
+    """What both waits do with each message and tick: answer CONNECT_REQ (those `admit`
+    lets in), drop receivers that leave, repeat HELLO every `interval` seconds."""
 
-    `keyboard`: any key on the console starts (the terminal is put in cbreak mode meanwhile
-    and restored). `expect` (late-join rounds) starts as soon as those IPs are connected, or
-    after `give_up` seconds; `admit(ip)` says which other receivers may join that round.
-    --start-timeout aborts (its timer restarts on every message, as udpcast's).
-    `should_stop()` true ends the wait ("stopped"); `tick()` is called every CHECK_INTERVAL.
-    """
-    with _cbreak(keyboard):
-        return _negotiate(session, table, keyboard, expect, admit, hello_interval, give_up,
-                          should_stop, tick)
+    def __init__(self, session: SendSession, table: Table, interval: float | None,
+                 admit: Callable[[str], bool] | None = None, tick=None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.session, self.table, self.admit = session, table, admit
+        self.tick, self.should_stop = tick or (lambda: None), should_stop or (lambda: False)
+        self.interval = interval
+        self.start = self.last_connect = self.last_message = time.monotonic()
+        self.first_connect: float | None = None
+        self.go = False  # a GO arrived
+        self.hellos = 0
+        session.net.hello()
+        self.next_hello = self.start + interval if interval else None
 
-
-def _negotiate(session: SendSession, table: Table, keyboard: bool, expect: set[str] | None,
-               admit: Callable[[str], bool] | None, hello_interval: float | None,
-               give_up: float | None, should_stop, tick) -> str:
-    """wait_for_start's loop: answer CONNECT_REQ, repeat HELLO, check the triggers."""
-    net, opts = session.net, session.opts
-    start = time.monotonic()
-    interval = hello_interval
-    if interval is None:
-        ms = opts.rexmit_hello_interval or (1000 if opts.autostart or opts.async_ else 0)
-        interval = ms / 1000 if ms else (SERVE_HELLO_INTERVAL if opts.serve else None)
-    net.hello()
-    hellos = 0
-    next_hello = start + interval if interval else None
-    first_connect: float | None = None
-    last_connect = start
-    last_message = start
-    rule = opts.min_receivers is not None or opts.min_wait is not None \
-        or opts.max_wait is not None
-    if keyboard:
-        say("Ready. Press any key to start sending data.")
-    while True:
-        now = time.monotonic()
+    def step(self) -> bool:
+        """Wait for and handle messages up to CHECK_INTERVAL, tick, repeat HELLO when due;
+        False when asked to stop."""
+        net, table = self.session.net, self.table
         timeout = CHECK_INTERVAL
-        if next_hello is not None:
-            timeout = min(timeout, max(0.0, next_hello - now))
+        if self.next_hello is not None:
+            timeout = min(timeout, max(0.0, self.next_hello - time.monotonic()))
         for op, msg, addr in net.receive(timeout):
-            last_message = time.monotonic()
+            self.last_message = time.monotonic()
             ip = addr[0]
             if op == Op.CONNECT_REQ:
-                if expect is not None and admit is not None and not admit(ip):
+                if self.admit is not None and not self.admit(ip):
                     continue
                 new = ip not in table.participants
-                p = table.connect(ip, addr, msg.capabilities, msg.rcvbuf, msg.get("nonce"))
-                session.reply(p, addr)
-                if p is not None and new:
-                    last_connect = last_message
-                if p is not None and first_connect is None:
-                    first_connect = last_message
+                r = table.connect(ip, addr, msg.capabilities, msg.rcvbuf, msg.get("nonce"))
+                self.session.reply(r, addr)
+                if r is not None and new:
+                    self.last_connect = self.last_message
+                if r is not None and self.first_connect is None:
+                    self.first_connect = self.last_message
             elif op == Op.GO:
-                if expect is None and (table.participants or opts.async_):
-                    return "GO"
+                self.go = True
             elif op == Op.DISCONNECT:
-                table.remove(ip, "disconnected")
-                table.reports.pop(ip, None)
+                table.remove(ip, Verdict.DISCONNECTED)
                 if not table.participants:
-                    first_connect = None
+                    self.first_connect = None
+        self.tick()
+        if self.should_stop():
+            return False
         now = time.monotonic()
-        n = len(table.participants)
-        if tick is not None:
-            tick()
-        if should_stop is not None and should_stop():
-            return "stopped"
-        if expect is not None:
-            if expect <= set(table.participants):
-                return "late receivers connected"
-            if give_up is not None and now - start >= give_up:
-                return "late-join wait over"
-        else:
+        if self.next_hello is not None and now >= self.next_hello:
+            net.hello()
+            self.hellos += 1
+            self.next_hello = now + self.interval
+        return True
+
+
+def wait_for_start(session: SendSession, table: Table, *, keyboard: bool,
+                   should_stop: Callable[[], bool] | None = None, tick=None) -> str:
+    """Negotiate until a start trigger fires; returns what started it ("stopped" when
+    `should_stop()` said so; `tick()` is called every CHECK_INTERVAL).
+
+    `keyboard`: any key on the console starts (the terminal is put in cbreak mode meanwhile
+    and restored). --start-timeout aborts (its timer restarts on every message, as
+    udpcast's); so does --autostart with nobody connected.
+    """
+    opts = session.opts
+    ms = opts.rexmit_hello_interval or (1000 if opts.autostart or opts.async_ else 0)
+    interval = ms / 1000 if ms else (SERVE_HELLO_INTERVAL if opts.serve else None)
+    rule = opts.min_receivers is not None or opts.min_wait is not None \
+        or opts.max_wait is not None
+    with _cbreak(keyboard):
+        g = Gathering(session, table, interval, tick=tick, should_stop=should_stop)
+        if keyboard:
+            say("Ready. Press any key to start sending data.")
+        while True:
+            hellos = g.hellos
+            if not g.step():
+                return "stopped"
+            n = len(table.participants)
+            now = time.monotonic()
+            if g.go and (n or opts.async_):
+                return "GO"
+            g.go = False
             if keyboard and _keyboard_ready():
                 os.read(sys.stdin.fileno(), 4096)
                 return "keyboard"
-            if rule and first_connect is not None:
-                waited = now - first_connect
+            if rule and g.first_connect is not None:
+                waited = now - g.first_connect
                 if n >= max(1, opts.min_receivers or 0) and waited >= (opts.min_wait or 0):
                     return f"{n} receiver(s) connected"
                 if opts.max_wait is not None and waited >= opts.max_wait:
                     return "--max-wait reached"
-            elif opts.serve and first_connect is not None and n and (
-                    now - last_connect >= SERVE_SETTLE or now - first_connect >= SERVE_GATHER):
+            elif opts.serve and g.first_connect is not None and n and (
+                    now - g.last_connect >= SERVE_SETTLE
+                    or now - g.first_connect >= SERVE_GATHER):
                 return f"{n} receiver(s) connected"
-            if opts.start_timeout and now - last_message >= opts.start_timeout:
+            if opts.start_timeout and now - g.last_message >= opts.start_timeout:
                 raise SendError(f"no transfer started within --start-timeout "
                                 f"{opts.start_timeout:g} s ({n} receiver(s) connected): start "
                                 "the receivers first, or raise --start-timeout")
-        if next_hello is not None and now >= next_hello:
-            net.hello()
-            hellos += 1
-            next_hello = now + interval
-            if expect is None and opts.autostart and hellos >= opts.autostart:
+            if opts.autostart and g.hellos != hellos and g.hellos >= opts.autostart:
                 if n or opts.async_:
                     return "--autostart"
                 raise SendError(f"no receiver connected after --autostart {opts.autostart} "
                                 "HELLOs: start the receivers, or raise --autostart")
+
+
+def wait_for_late(session: SendSession, table: Table, expect: set[str], *,
+                  admit: Callable[[str], bool], hello_interval: float, give_up: float,
+                  should_stop: Callable[[], bool] | None = None, tick=None) -> str:
+    """A late-join round's wait: starts as soon as the `expect`ed IPs are connected, or
+    after `give_up` seconds; `admit(ip)` says which other receivers may join it."""
+    g = Gathering(session, table, hello_interval, admit=admit, tick=tick,
+                  should_stop=should_stop)
+    while True:
+        if not g.step():
+            return "stopped"
+        if expect <= set(table.participants):
+            return "late receivers connected"
+        if time.monotonic() - g.start >= give_up:
+            return "late-join wait over"

@@ -84,8 +84,8 @@ class LiveView(PlainView):
         now = time.time()
         style = {"done": "green", "failed": "bold red", "dropped": "red",
                  "receiving": "cyan", "verifying": "yellow", "waiting": "dim"}
-        for r in self.fleet.all_rows():
-            state = self.fleet.state(r)
+        for r in self.fleet.rows:
+            state = r.state.value
             elapsed = ((r.ended or now) - r.started) if r.started else 0.0
             rate = r.bytes / elapsed if elapsed > 0 else 0.0
             eta = ""

@@ -1,9 +1,5 @@
 """`herdcast image`: look at, capture, restore and list used-block images without a network.
 
-Its arguments and what it prints; the work is agent.image's (files, catalogue, store,
-usedmap). Exit status: 0 done, 1 an unreadable, damaged or refused image or disk (one line
-with the fix), 2 bad arguments.
-
     herdcast image map DISK               what a sender of DISK would send, per partition
     herdcast image capture DISK FILE      DISK's used blocks into an image file (--compress)
     herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard;
