@@ -108,17 +108,3 @@ def debian_kernel(cache: Path, package: str | None = None) -> Kernel:
                     tree / "lib" / "modules" / version, config if config.is_file() else None)
     check_versions(kernel)
     return kernel
-
-
-def find_cached_kernel(cache: Path) -> Kernel | None:
-    """A kernel already unpacked in the cache, without touching the network (for tests)."""
-    for tree in sorted((cache / "kernel").glob("linux-image-*"), reverse=True):
-        if tree.name.endswith(".partial"):
-            continue
-        version = tree.name.removeprefix("linux-image-")
-        modules_dir = tree / "lib" / "modules" / version
-        if (modules_dir / "modules.dep").is_file():
-            config = tree / "boot" / f"config-{version}"
-            return Kernel(version, tree / "boot" / f"vmlinuz-{version}", modules_dir,
-                          config if config.is_file() else None)
-    return None

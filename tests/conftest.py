@@ -17,6 +17,25 @@ from builder.lab.netlab import NetLab, have_netns  # noqa: E402
 needs_loop = pytest.mark.skipif(not can_loop(), reason="needs root and loop devices")
 
 
+def cached_kernel(cache: Path | None = None):
+    """A Debian kernel already unpacked in the build cache (default: the builder's), without
+    touching the network; None before the first `python -m builder initrd`."""
+    from builder.config import default_cache
+    from builder.kernel import Kernel
+
+    cache = default_cache() if cache is None else cache
+    for tree in sorted((cache / "kernel").glob("linux-image-*"), reverse=True):
+        if tree.name.endswith(".partial"):
+            continue
+        version = tree.name.removeprefix("linux-image-")
+        modules_dir = tree / "lib" / "modules" / version
+        if (modules_dir / "modules.dep").is_file():
+            config = tree / "boot" / f"config-{version}"
+            return Kernel(version, tree / "boot" / f"vmlinuz-{version}", modules_dir,
+                          config if config.is_file() else None)
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked netns need root; say so instead of failing obscurely."""
     if have_netns():

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import cached_kernel
 
 from builder import kernel, modules
 
@@ -43,9 +44,7 @@ _TRANSITIONAL = {0x1000: 1, 0x1001: 2, 0x1004: 8, 0x1009: 9}
 
 
 def _real_kernel() -> kernel.Kernel | None:
-    from builder.config import default_cache
-
-    return kernel.find_cached_kernel(default_cache())
+    return cached_kernel()
 
 
 pytestmark = [

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import cached_kernel
 
 from builder import kernel, modules
 from builder.errors import BuildError
@@ -105,9 +106,7 @@ def test_a_tree_without_modules_dep_is_refused(tmp_path):
 
 
 def _real_kernel() -> kernel.Kernel | None:
-    from builder.config import default_cache
-
-    return kernel.find_cached_kernel(default_cache())
+    return cached_kernel()
 
 
 @pytest.mark.skipif(_real_kernel() is None, reason="Debian kernel not in the cache yet "

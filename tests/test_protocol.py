@@ -26,11 +26,24 @@ from agent.udpcast.protocol import (
     SIZES,
     Cap,
     Op,
-    bitmap_from,
-    bitmap_indices,
+    bitmap_set,
     build,
     parse,
 )
+
+
+def bitmap_from(indices, nbytes: int = protocol.BITMAP_BYTES) -> bytes:
+    """An LSB-first bitmap with the given bits set (the code sets bits one by one)."""
+    bm = bytearray(nbytes)
+    for i in indices:
+        bitmap_set(bm, i)
+    return bytes(bm)
+
+
+def bitmap_indices(bitmap: bytes | bytearray, limit: int) -> list[int]:
+    """The set bits below `limit`."""
+    return [i for i in range(limit) if bitmap[i >> 3] & (1 << (i & 7))]
+
 
 FIX = FIXTURES
 SESSIONS = FIX / "udpcast-20120424" / "sessions.pcap"

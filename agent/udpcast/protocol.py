@@ -372,19 +372,6 @@ def bitmap_test(bitmap: bytes | bytearray, n: int) -> bool:
     return bool(bitmap[n >> 3] & (1 << (n & 7)))
 
 
-def bitmap_from(indices, nbytes: int = BITMAP_BYTES) -> bytes:
-    """An LSB-first bitmap with the given bits set."""
-    bm = bytearray(nbytes)
-    for i in indices:
-        bitmap_set(bm, i)
-    return bytes(bm)
-
-
-def bitmap_indices(bitmap: bytes | bytearray, limit: int) -> list[int]:
-    """The set bits below `limit`."""
-    return [i for i in range(limit) if bitmap[i >> 3] & (1 << (i & 7))]
-
-
 def default_data_group(sender_ip: str) -> str:
     """The data group a sender picks without --mcast-data-address.
 

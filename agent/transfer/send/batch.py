@@ -121,10 +121,6 @@ class SliceBuffer:
         self.slice_no, self.nbytes, self.nblocks = slice_no, nbytes, nblocks
         return nblocks
 
-    def block_len(self, i: int) -> int:
-        """Payload bytes of block i of the prepared slice."""
-        return min(self.blocksize, self.nbytes - i * self.blocksize)
-
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
