@@ -112,7 +112,7 @@ def restore(path: str, disk: str, blank: str) -> Restored:
             sink.close()
             os.fsync(fd)
         except (OSError, HerdcastError) as exc:
-            if sink.written or sink.blanked:
+            if sink.written or sink.cleared:
                 raise ImageFileError(f"restoring {path} onto {disk} failed after "
                                      f"{sink.written} bytes: {exc}; {disk} is now incomplete",
                                      f"restore a complete image onto {disk} before using it"
@@ -122,4 +122,4 @@ def restore(path: str, disk: str, blank: str) -> Restored:
             raise
         finally:
             os.close(fd)
-    return Restored(sink.written, sink.blanked)
+    return Restored(sink.written, sink.cleared)

@@ -48,7 +48,7 @@ class DiskSink(DecodingWriter):
         super().__init__(Decoder(self._data, self._zero, self._blank))
         self.expected_size = disk_size
         self.written = 0
-        self.blanked = 0
+        self.cleared = 0  # bytes made zero or discarded: ZERO records, blank=zero|discard
         self._checked_size = False
 
     def _data(self, offset: int, data: memoryview) -> None:
@@ -112,7 +112,7 @@ class DiskSink(DecodingWriter):
         self._write_zeros(offset + length - tail, tail)
         middle = length - head - tail
         if middle and self._ioctl(BLKZEROOUT, offset + head, middle):
-            self.blanked += middle
+            self.cleared += middle
         elif middle:
             self._write_zeros(offset + head, middle)
 
@@ -120,7 +120,7 @@ class DiskSink(DecodingWriter):
         head = min(-offset % _SECTOR, length)
         middle = (length - head) - (length - head) % _SECTOR
         if middle and self._ioctl(BLKDISCARD, offset + head, middle):
-            self.blanked += middle
+            self.cleared += middle
         # a device that cannot discard keeps its blank space
 
     def _ioctl(self, request: int, offset: int, length: int) -> bool:
@@ -144,4 +144,4 @@ class DiskSink(DecodingWriter):
             n = min(len(_ZEROS), end - offset)
             self._pwrite(offset, memoryview(_ZEROS)[:n])
             offset += n
-        self.blanked += length
+        self.cleared += length
