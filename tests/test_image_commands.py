@@ -222,6 +222,9 @@ def test_image_list_is_a_catalogue(tmp_path):
     assert "vfat" in lab and "32.0 MiB" in lab and "8.0 MiB" in lab
     assert "old.img: from (host not recorded)" in out and "partitions not recorded" in out
     assert "notes.txt" not in out
+    info = _image("info", str(store / "lab.img")).stdout
+    assert f"source      {socket.gethostname()}, captured 20" in info
+    assert "description Debian 12 lab image" in info and "(48.0 MiB)" in info
 
 
 @pytest.mark.netns

@@ -8,7 +8,7 @@ file is about the size of the disk's data. Its compression is known from the fir
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from agent.codec import decompressing_writer, sniff
@@ -33,15 +33,24 @@ class ImageInfo:
     zero_bytes: int
     blank_bytes: int
     sha256: str  # of the file's bytes: the digest a sender of this file reports
+    meta: dict = field(default_factory=dict)  # the header's metadata (agent.image.catalogue)
 
     def lines(self) -> list[str]:
+        from agent.image.catalogue import human
+
         ratio = self.file_bytes / self.disk_size if self.disk_size else 0.0
+        m = self.meta
+        source = (f"{m.get('host', '(host not recorded)')}, captured "
+                  f"{m.get('captured', '(date not recorded)')}")
         return [f"image {self.path}: herdcast image, compression {self.codec or 'none'}",
-                f"  disk size   {self.disk_size} bytes",
+                f"  source      {source}",
+                *([f"  description {m['description']}"] if m.get("description") else []),
+                f"  disk size   {self.disk_size} bytes ({human(self.disk_size)})",
                 f"  used        {self.data_bytes + self.zero_bytes} bytes in {self.records} "
                 f"extents, {self.zero_bytes} of them zeros (not stored)",
                 f"  blank       {self.blank_bytes} bytes (not stored)",
-                f"  file        {self.file_bytes} bytes ({100 * ratio:.1f}% of the disk)",
+                f"  file        {self.file_bytes} bytes ({human(self.file_bytes)}, "
+                f"{100 * ratio:.1f}% of the disk)",
                 f"  sha256      {self.sha256}"]
 
 
@@ -82,5 +91,6 @@ def read_info(path: str) -> ImageInfo:
         except HerdcastError as exc:  # a damaged or forged image: say which file
             raise damaged(path, exc) from exc
     return ImageInfo(path, size, codec, decoder.disk_size, decoder.records,
-                     decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest())
+                     decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest(),
+                     decoder.meta)
 
