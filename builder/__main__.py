@@ -45,10 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list; +NAME adds to the generic driver set, NAME alone narrows "
                    "it to the names given (dependencies are always added). A name may be a "
                    "module (e1000e) or a tree under kernel/ (drivers/net/ethernet/intel)")
-    p.add_argument("--firmware", default="/lib/firmware",
-                   help="take the firmware files the chosen modules ask for from here, when "
-                   "present (Debian's firmware-* packages); `none` to leave it out "
-                   "(default: %(default)s)")
+    p.add_argument("--firmware", default="debian",
+                   help="where the firmware files the chosen modules ask for come from: "
+                   "`debian` (Debian's non-free-firmware packages, fetched into the cache), "
+                   "`host` (this machine's /lib/firmware), a directory laid out like it, or "
+                   "`none` (default: %(default)s)")
     p.add_argument("--level", type=int, default=22,
                    help="zstd level 1-22 (default: 22, 0.3 MiB smaller than 19; its window "
                    "is the ~40 MB frame, which the kernel unpacks)")
@@ -96,7 +97,7 @@ def build_config(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         out=args.out, work=args.work, cache=args.cache, kernel=args.kernel,
         modules_dir=args.modules_dir, modules=args.modules,
-        firmware=None if args.firmware == "none" else Path(args.firmware),
+        firmware=args.firmware,
         level=args.level, http_url=args.http_url, python=args.python,
         trust_key=args.trust_key, guarded=args.guarded,
         mtime=source_date_epoch(),
@@ -153,7 +154,10 @@ def _run(argv: list[str]) -> int:
             cfg = build_config(args)
         except HerdcastError as exc:
             return _fail(exc, 2)
-        print(build_tftpboot(cfg).summary())
+        report = build_tftpboot(cfg)
+        print(report.summary())
+        for line in report.firmware.missing_lines() if report.firmware else []:
+            print(f"  {line}")
         return 0
     parser.print_help()
     return 2

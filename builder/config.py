@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import modules, pxelinux
+from builder import firmware, modules, pxelinux
 from builder.errors import BuildError
 
 
@@ -33,7 +33,7 @@ class BuildConfig:
     kernel: Path | None = None  # a vmlinuz instead of Debian's package (with modules_dir)
     modules_dir: Path | None = None
     modules: str = ""  # --modules spec: "+a,+b" adds, "a,b" narrows
-    firmware: Path | None = Path("/lib/firmware")  # None: no firmware files
+    firmware: str = "debian"  # debian, host (/lib/firmware), none, or a directory
     level: int = 22  # zstd level (22: the window is the frame, ~40 MB, which the kernel takes)
     http_url: str | None = None  # boot files over HTTP from here (normalised, no "/" at end)
     python: Path = Path(sys.executable)  # the interpreter that freezes the agent
@@ -48,6 +48,7 @@ class BuildConfig:
         if (self.kernel is None) != (self.modules_dir is None):
             raise BuildError("--kernel and --modules-dir go together (image and its modules)")
         modules.parse_spec(self.modules)
+        firmware.check_source(self.firmware)
         if self.http_url is not None:
             object.__setattr__(self, "http_url", pxelinux.check_http_url(self.http_url))
         if self.trust_key is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from builder.errors import BuildError
@@ -40,9 +40,10 @@ def control(tree: Path, field: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def candidate_version(package: str) -> str:
-    """The version `apt-get download package` would fetch now."""
-    out = run(["apt-cache", "policy", package], f"looking up {package}")
+def candidate_version(package: str, apt: Sequence[str] = ()) -> str:
+    """The version `apt-get download package` would fetch now (`apt`: apt options, e.g.
+    a private sources list)."""
+    out = run(["apt-cache", *apt, "policy", package], f"looking up {package}")
     match = re.search(r"Candidate:\s*(\S+)", out)
     if not match or match.group(1) == "(none)":
         raise BuildError(f"apt-cache policy {package}: no candidate version",
@@ -50,11 +51,11 @@ def candidate_version(package: str) -> str:
     return match.group(1)
 
 
-def _wanted_version(package: str, stamp: Path, debs: Path) -> str:
+def _wanted_version(package: str, stamp: Path, debs: Path, apt: Sequence[str]) -> str:
     """apt's candidate (security updates of shim, GRUB and the kernel matter); when apt
     knows no such package (no lists, an offline machine), what the cache already holds."""
     try:
-        return candidate_version(package)
+        return candidate_version(package, apt)
     except BuildError:
         if stamp.is_file():
             return stamp.read_text()
@@ -69,24 +70,26 @@ def _deb_name(package: str, version: str) -> str:
 
 
 def unpacked(cache: Path, kind: str, package: str, version: str | None = None,
-             finish: Callable[[Path], None] | None = None) -> Path:
+             finish: Callable[[Path], None] | None = None, apt: Sequence[str] = ()) -> Path:
     """CACHE/<kind>/<package>: the package's files, downloaded and unpacked on first use
     (`version` pins it, else the candidate; `finish(tree)` runs once on a fresh tree, e.g.
-    depmod). Older versions of the same package in the cache are dropped."""
+    depmod; `apt`: options for apt-get and apt-cache). The .deb is kept in CACHE/debs (in
+    CACHE/debs/<kind> for a nested kind, so one package from two suites can sit side by
+    side); older versions of the same package there are dropped."""
     with locked(cache / ".lock"):
         tree = cache / kind / package
-        debs = cache / "debs"
+        debs = cache / "debs" / kind if "/" in kind else cache / "debs"
         stamp = tree / ".herdcast-version"
         if version is None:
-            version = _wanted_version(package, stamp, debs)
+            version = _wanted_version(package, stamp, debs, apt)
         if stamp.is_file() and stamp.read_text() == version:
             return tree
         debs.mkdir(parents=True, exist_ok=True)
         prefix = _deb_name(package, version)
         found = sorted(debs.glob(f"{glob_escape(prefix)}*.deb"))
         if not found:
-            run(["apt-get", "download", f"{package}={version}"], f"downloading {package}",
-                cwd=debs)
+            run(["apt-get", *apt, "download", f"{package}={version}"],
+                f"downloading {package}", cwd=debs)
             found = sorted(debs.glob(f"{glob_escape(prefix)}*.deb"))
         if not found:
             raise BuildError(f"apt-get download {package}={version} left no .deb in {debs}")

@@ -72,16 +72,16 @@ class Report:
     module_count: int
     seconds: float
     phases: dict[str, float]
-    firmware_found: int = 0
-    firmware_wanted: int = 0
+    firmware: firmware.FirmwareReport | None = None
     uefi: efi.EfiBoot | None = None
 
     def summary(self) -> str:
         mib = self.initrd_bytes / 2**20
         return (f"{self.out}: kernel {self.kernel_version}, initrd.img {mib:.1f} MiB "
                 f"({self.uncompressed_bytes / 2**20:.1f} MiB unpacked), {self.files} files, "
-                f"{self.module_count} modules, firmware {self.firmware_found} of "
-                f"{self.firmware_wanted} files, built in {self.seconds:.1f} s"
+                f"{self.module_count} modules, "
+                + (f"{self.firmware.summary()}, " if self.firmware else "")
+                + f"built in {self.seconds:.1f} s"
                 + (f"; UEFI: shim {self.uefi.shim_version}, GRUB {self.uefi.grub_version}, "
                    + ("kernel signed by Debian" if self.uefi.kernel_signed else
                       "kernel NOT signed (Secure Boot nodes will refuse it)")
@@ -163,10 +163,12 @@ def _dedupe(agent: Path, root: Path) -> None:
 
 
 def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str],
-                  firmware_dir: Path | None = None, module_cache: Path | None = None,
-                  trust_key: Path | None = None) -> tuple[int, int]:
-    """Fill `root` (emptied first) with everything the initramfs holds; returns firmware
-    (files found, files wanted). Modules are xz-compressed, memoised in `module_cache`."""
+                  firmware_source: str = "none", module_cache: Path | None = None,
+                  trust_key: Path | None = None, cache: Path = Path()
+                  ) -> firmware.FirmwareReport:
+    """Fill `root` (emptied first) with everything the initramfs holds; returns what the
+    firmware step carried. Modules (and firmware) are xz-compressed, memoised in
+    `module_cache`; `cache` holds the Debian packages."""
     if root.exists():
         shutil.rmtree(root)
     _layout(root)
@@ -188,7 +190,8 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
     libs.copy_into(root, needed + libs.dlopened(needed))
     _dedupe(agent, root)
     modules.install(kern.modules_dir, kern.version, chosen, root, module_cache)
-    fw = firmware.install(kern.modules_dir, chosen, firmware_dir, root)
+    fw = firmware.install(kern.modules_dir, chosen, firmware_source, root, cache, kern.config,
+                          module_cache)
     init = root / "init"
     init.write_text(INIT)
     init.chmod(0o755)
@@ -303,7 +306,8 @@ def _build(cfg: BuildConfig) -> Report:
     phase("freeze")
     root = work / "root"
     mcache = work / "module-cache"
-    fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache, cfg.trust_key)
+    fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache, cfg.trust_key,
+                       cfg.cache)
     modules.prune_cache(mcache)
     phase("assemble")
     zcache = work / "zstd-cache"
@@ -326,4 +330,4 @@ def _build(cfg: BuildConfig) -> Report:
     bootcfg.sync(out)
     phase("boot files")
     return Report(out, kern.version, len(blob), unpacked, count, len(chosen),
-                  time.monotonic() - started, phases, *fw, uefi=uefi)
+                  time.monotonic() - started, phases, fw, uefi=uefi)

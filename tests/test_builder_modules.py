@@ -146,7 +146,7 @@ def test_install_copies_the_subset_and_depmod_indexes_only_it(tmp_path):
     assert (dest / "modules.dep.bin").is_file() and (dest / "modules.builtin.bin").is_file()
 
 
-def test_firmware_the_modules_ask_for_is_copied_when_the_host_has_it(tmp_path):
+def test_firmware_already_compressed_on_the_host_is_copied_as_is(tmp_path):
     from builder import firmware
 
     mdir = tmp_path / "mods"
@@ -154,17 +154,16 @@ def test_firmware_the_modules_ask_for_is_copied_when_the_host_has_it(tmp_path):
     (mdir / "kernel" / "nic.ko").write_bytes(
         b"\x7fELF...\0license=GPL\0firmware=vendor/nic-a.bin\0firmware=nic-b.bin\0author=x\0"
     )
-    (mdir / "kernel" / "plain.ko").write_bytes(b"\x7fELF\0license=GPL\0")
-    assert firmware.wanted(mdir / "kernel" / "nic.ko") == ["nic-b.bin", "vendor/nic-a.bin"]
     fw = tmp_path / "firmware"
     (fw / "vendor").mkdir(parents=True)
     (fw / "vendor" / "nic-a.bin.zst").write_bytes(b"blob")
     root = tmp_path / "root"
-    chosen = ["kernel/nic.ko", "kernel/plain.ko"]
-    assert firmware.install(mdir, chosen, fw, root) == (1, 2)
+    report = firmware.install(mdir, ["kernel/nic.ko"], str(fw), root, tmp_path / "cache")
+    assert (report.carried, report.wanted) == (1, 2)
     assert (root / "lib/firmware/vendor/nic-a.bin.zst").read_bytes() == b"blob"
-    assert firmware.install(mdir, chosen, tmp_path / "absent", tmp_path / "r2") == (0, 2)
-    assert not (tmp_path / "r2").exists()
+    report = firmware.install(mdir, ["kernel/nic.ko"], str(tmp_path), tmp_path / "r2",
+                              tmp_path / "cache")
+    assert report.carried == 0 and not (tmp_path / "r2").exists()
 
 
 def test_compressed_modules_are_cached_by_content_and_identical_either_way(tmp_path):
