@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cached_kernel
 from test_boot import tftpboot  # noqa: F401  (module fixture: build/tftpboot, or skip)
 
 from builder import cpio, firmware, initrd, kernel, modules
@@ -101,7 +102,7 @@ def test_debians_reason_for_leaving_a_file_out_is_read_from_its_copyright_file()
 
 
 def _debian_kernel() -> kernel.Kernel:
-    kern = kernel.find_cached_kernel(default_cache())
+    kern = cached_kernel()
     if kern is None:
         pytest.skip("Debian's kernel is not in the cache (make initrd)")
     return kern
