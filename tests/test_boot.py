@@ -101,6 +101,13 @@ def test_agent_starts_as_pid_1_program(console):
     assert re.search(r"herdcast: herdcast node \S+", console), _agent_lines(console)
 
 
+def test_pid1_mounts_the_kernel_filesystems_itself(console):
+    """/init mounts nothing: PID 1 (agent.boot.pid1.EARLY_MOUNTS) mounts proc, sys and
+    devtmpfs, and would say so on the console if one failed."""
+    assert not re.search(r"herdcast: mount \S+ on \S+ failed", console), _agent_lines(console)
+    assert "modules loaded" in console, _agent_lines(console)  # /sys and /dev were there
+
+
 def test_agent_loads_the_nic_and_disk_drivers_and_finds_the_disk(console):
     loaded = " ".join(line for line in console.splitlines() if "modules loaded" in line)
     assert re.search(r"\be1000\b", loaded), _agent_lines(console)

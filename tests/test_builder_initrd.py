@@ -71,6 +71,16 @@ def test_bad_options_are_refused_before_any_work(kw, match):
         BuildConfig(out=Path("x"), work=Path("w"), **kw)
 
 
+def test_init_leaves_the_mounts_to_pid1():
+    """One mount path: /init execs the agent, whose PID 1 mounts proc, sys and devtmpfs
+    (and reports a failure) before anything else runs."""
+    from agent.boot.pid1 import EARLY_MOUNTS
+
+    assert not [ln for ln in initrd.INIT.splitlines() if ln.strip().startswith("mount")]
+    assert "exec /opt/herdcast/herdcast node" in initrd.INIT
+    assert {"/proc", "/sys", "/dev"} <= {target for _, target, *_ in EARLY_MOUNTS}
+
+
 def test_the_config_is_frozen_and_normalised():
     import dataclasses
 
