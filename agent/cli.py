@@ -47,14 +47,14 @@ COMMANDS = {
                        "receive a file or disk by multicast (udp-receiver's options)"),
     "plan": Command("agent.cmd.plan",
                     "print what a node would do with a kernel command line, touching nothing"),
-    "image": Command("agent.image.commands",
+    "image": Command("agent.cmd.image",
                      "map, capture, restore and inspect used-block images (no network)"),
     "keygen": Command("agent.cmd.keygen",
                       "make an Ed25519 key pair for signed sessions (send --sign-key)"),
     "node": Command("agent.cmd.node",
                     "the initramfs init: read /proc/cmdline and image this node unattended",
                     own_signals=True),
-    "deploy": Command("agent.deploy.command",
+    "deploy": Command("agent.cmd.deploy",
                       "power a fleet on through its BMCs, image it, boot it into its new system"),
 }
 

@@ -24,7 +24,9 @@ CTYPES_LIBS = ("libudev.so.1",)
 LIB_DIRS = (Path("/lib/x86_64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu"))
 #: Imports made with computed names (plugins) that PyInstaller must be told about.
 COLLECT = ("agent", "pyroute2")
-HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c")
+#: pyca cryptography (3.7 MB of the initrd) is on every node: it verifies signed sessions
+#: (agent.trust) and makes each clone's fresh SSH host keys (agent.personalize.identity).
+HIDDEN = ("pyudev", "construct", "zstandard", "zstandard.backend_c", "cryptography")
 #: Never imported on a node; each would drag megabytes in (tkinter: Tk).
 #: Not unittest, ssl or sqlite3: `import pyroute2` imports all three (its __init__ imports
 #: NDB, whose schema imports sqlite3, and IPRoute's socket imports probe_msg, which
@@ -42,9 +44,6 @@ EXCLUDE_OPTIONAL = ("readline", "_decimal", "_multibytecodec", "_codecs_cn", "_c
                     "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "sqlite3",
                     "_sqlite3")
 
-#: Only a node built with a trusted key verifies signatures (agent.trust): pyca cryptography
-#: costs 3.7 MB of the initrd, so an unsigned build leaves it out.
-SIGNING_ONLY = ("cryptography",)
 
 ENTRY = '''\
 """Frozen entry point: `herdcast COMMAND`, the same dispatcher as the console script."""
@@ -62,7 +61,8 @@ if os.environ.get("HERDCAST_FREEZE_CHECK"):
     for info in pkgutil.walk_packages(agent.__path__, "agent."):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
-    for name in ("pyudev", "pyroute2", "pyroute2.dhcp.client", "construct", "zstandard"):
+    for name in ("pyudev", "pyroute2", "pyroute2.dhcp.client", "construct", "zstandard",
+                 "cryptography.hazmat.primitives.asymmetric.ed25519"):
         importlib.import_module(name)
     import ctypes.util
 
@@ -103,19 +103,17 @@ def installed(python: Path) -> str:
     return proc.stdout
 
 
-def source_hash(python: Path, signing: bool = False) -> str:
+def source_hash(python: Path) -> str:
     """What the frozen tree depends on: agent sources, this module, the hook, the Python
-    and the packages installed for it, and whether it verifies signatures."""
-    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode()
-                            + (b"\0signing" if signing else b""))
+    and the packages installed for it."""
+    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode())
     files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def pyinstaller_argv(python: Path, work: Path, entry: Path, signing: bool = False
-                     ) -> list[str]:
+def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
     argv = [str(python), "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir",
             "--console", "--name", NAME, "--log-level", "WARN",
             "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
@@ -125,7 +123,7 @@ def pyinstaller_argv(python: Path, work: Path, entry: Path, signing: bool = Fals
         argv += ["--collect-submodules", package]
     for module in HIDDEN:
         argv += ["--hidden-import", module]
-    for module in EXCLUDE + EXCLUDE_OPTIONAL + (() if signing else SIGNING_ONLY):
+    for module in EXCLUDE + EXCLUDE_OPTIONAL:
         argv += ["--exclude-module", module]
     for soname in CTYPES_LIBS:
         argv += ["--add-binary", f"{_find_lib(soname)}:."]
@@ -141,14 +139,14 @@ def _reproducible_env() -> dict[str, str]:
     return env
 
 
-def freeze(python: Path, work: Path, signing: bool = False) -> Path:
+def freeze(python: Path, work: Path) -> Path:
     """The onedir tree (dist/herdcast, holding the `herdcast` executable and _internal/);
-    with `signing`, able to verify signed sessions (pyca cryptography inside)."""
+    able to verify signed sessions and make SSH host keys (pyca cryptography inside)."""
     work = work.resolve()
     python = Path(os.path.abspath(python))  # not resolve(): a venv's python is a symlink
     dist = work / "dist" / NAME
     stamp = work / "stamp"
-    wanted = source_hash(python, signing)
+    wanted = source_hash(python)
     if (dist / NAME).is_file() and stamp.is_file() and stamp.read_text() == wanted:
         return dist
     if not python.exists():
@@ -157,7 +155,7 @@ def freeze(python: Path, work: Path, signing: bool = False) -> Path:
     work.mkdir(parents=True)
     entry = work / "herdcast_entry.py"
     entry.write_text(ENTRY)
-    argv = pyinstaller_argv(python, work, entry, signing)
+    argv = pyinstaller_argv(python, work, entry)
     try:
         proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900,
                               env=_reproducible_env())

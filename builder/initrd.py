@@ -300,9 +300,7 @@ def _build(cfg: BuildConfig) -> Report:
     chosen = modules.select(kern.modules_dir, cfg.modules)
     phase("kernel")
     work = cfg.work
-    signing = cfg.trust_key is not None
-    frozen = freeze.freeze(cfg.python, work / ("freeze-signing" if signing else "freeze"),
-                           signing)
+    frozen = freeze.freeze(cfg.python, work / "freeze")
     phase("freeze")
     root = work / "root"
     mcache = work / "module-cache"
