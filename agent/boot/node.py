@@ -84,15 +84,11 @@ def load_config(text: str, disk: str | None = None) -> BootConfig:
 
 
 def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | ReceiveOptions:
-    """The options of the transfer this node runs, built once, when the network step has
-    named the interface: udpcparam's options with disk=, port= and compr= set as typed
-    values (no argv is built to be parsed again). An --interface in udpcparam wins."""
-    extra = cfg.udpcparam_options
-    own = ({"blocks": cfg.blocks, "serve": cfg.serve} if cfg.sending
-           else {"blank": cfg.blank, "verify": cfg.verify})
-    return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
-                               compress=cfg.compression, nokbd=True,
-                               interface=extra.interface or interface, **own)
+    """The options of the transfer this node runs, once the network step has named the
+    interface: the plan's (`cfg.transfer`, parsed once from udpcparam= with disk=, port=,
+    compr= ... set as values). An --interface in udpcparam wins."""
+    opts = cfg.transfer
+    return dataclasses.replace(opts, interface=opts.interface or interface)
 
 
 def confirm(cfg: BootConfig, con: Console) -> None:
@@ -146,7 +142,7 @@ def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
 
     try:
         if args.no_network:
-            net = existing_config(cfg.udpcparam_options.interface)
+            net = existing_config(cfg.udpcparam.interface)
         else:
             net = setup_network(dhcp=cfg.dhcp, ip=cfg.ip, netmask=cfg.netmask,
                                 gateway=cfg.gateway, mac=cfg.bootif_mac,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 
 from agent.boot.cmdline import BootConfig
+from agent.transfer.options import to_argv
 
 
 def _modules(kind: str, module: str, parm: str, enabled: bool = True) -> str:
@@ -33,21 +34,10 @@ def _network(cfg: BootConfig) -> str:
 
 
 def transfer_argv(cfg: BootConfig) -> list[str]:
-    """The transfer the node runs, written as `herdcast send|receive` options: for the admin
-    to read (and to run on a server), never parsed by the node, which sets disk=, port= and
-    compr= on udpcparam's options as values (agent.boot.node.run_options)."""
-    argv = ["--file", cfg.disk, "--portbase", str(cfg.port), "--nokbd"]
-    if cfg.compression:
-        argv += ["--compress", cfg.compression]
-    if cfg.sending and cfg.blocks != "used":
-        argv += ["--blocks", cfg.blocks]
-    if cfg.sending and cfg.serve:
-        argv += ["--serve"]
-    if not cfg.sending and cfg.blank != "keep":
-        argv += ["--blank", cfg.blank]
-    if not cfg.sending and cfg.verify != "none":
-        argv += ["--verify", cfg.verify]
-    return argv + list(cfg.udpcparam)
+    """The transfer the node runs (`cfg.transfer`, the very options object the node's
+    run_options starts from) written as `herdcast send|receive` options: --file, --portbase
+    and --nokbd always, then every option that is not at its default."""
+    return to_argv(cfg.transfer, first=("file", "portbase", "nokbd"))
 
 
 def transfer_command(cfg: BootConfig) -> list[str]:
