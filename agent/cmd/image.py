@@ -29,7 +29,8 @@ FREE_SPACE = {"keep": "free space left as it was", "zero": "free space zeroed",
               "discard": "free space discarded"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """`herdcast image` and its subcommands (agent.cli.parser shows them in the manual)."""
     p = argparse.ArgumentParser(prog="herdcast image",
                                 description="Used-block images of disks (no network).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Entry point of `herdcast image`; errors are HerdcastErrors the caller prints."""
-    ns = _parser().parse_args(argv)
+    ns = parser().parse_args(argv)
     subject = getattr(ns, "disk", None) if ns.command in ("map", "capture") else \
         getattr(ns, "file", None) or getattr(ns, "dir", None)
     try:

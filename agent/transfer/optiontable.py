@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from agent.codec import NAMES as CODECS
 from agent.errors import UsageError
+from agent.image.sink import BLANK_MODES  # what unpacking does with free space
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 SIDES = ("send", "receive")
@@ -29,7 +30,6 @@ DEFAULT_PORTBASE = 9000
 # wait seconds for a dead one, not udpcast's minutes of --retries-until-drop 200.
 DEFAULT_DROP_AFTER = 5.0
 BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
-BLANKS = ("keep", "zero", "discard")  # what unpacking does with free space (agent.image)
 VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
 
 
@@ -211,7 +211,7 @@ OPTIONS: list[Option] = [
                 "(e.g. 'gzip -c'), the receiver writes into it (e.g. 'gzip -dc')"),
     Option(("--interface",), "interface", short="-i", metavar="IF",
            help="network interface to use: a name, its IP address or a name prefix (default: "
-                "the interface of the default route)"),
+                "$IFNAME, else the best-ranked interface with an IPv4 address)"),
     Option(("--portbase", "--port"), "portbase", short="-P", annotation="int",
            default=DEFAULT_PORTBASE, argtype=int, boot="port", metavar="PORT",
            check=_within(1, 65534, f"; default {DEFAULT_PORTBASE}"),
@@ -354,7 +354,7 @@ OPTIONS: list[Option] = [
                 "is a regular file (a block device always is; a file otherwise stores the "
                 "image as it came)"),
     Option(("--blank",), "blank", sides=RECEIVE, annotation="str", default="keep",
-           choices=BLANKS, boot="blank",
+           choices=BLANK_MODES, boot="blank",
            help=HERDCAST + "what unpacking an image does with free space: keep it, zero it, "
                 "or discard it (SSD trim)"),
     Option(("--verify",), "verify", sides=RECEIVE, annotation="str", default="none",
