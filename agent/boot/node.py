@@ -111,14 +111,15 @@ def nic_missing(mac: str | None, timeout: int) -> str:
 
 def hardware_step(cfg: BootConfig, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
-    from agent.hw.drivers import load_drivers
+    from agent.hw.drivers import Host, Wanted, load_drivers
 
     disk = cfg.disk
-    report = load_drivers(
-        disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
-        diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
-        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say,
-        dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
+    wanted = Wanted(disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule,
+                    netmodparm=cfg.netmodparm,
+                    diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
+                    diskmodparm=cfg.diskmodparm)
+    host = Host(dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
+    report = load_drivers(wanted, host, timeout=cfg.hwtimeout, say=con.say)
     for note in report.notes:
         con.say(note)
     con.say(f"modules loaded: {', '.join(report.loaded) or 'none'}"
