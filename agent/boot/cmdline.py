@@ -7,8 +7,9 @@ given and what is allowed. The pieces, in reading order:
 - agent.boot.tokens: the kernel's splitting rules and the CmdlineError they lead to;
 - agent.boot.params: every parameter declared once (`PARAMETERS`) with its converter;
 - agent.boot.addressing: ip=/netmask=/gateway= merged into one checked static address;
-- agent.boot.udpcparam: udpcparam= checked against the transfer's own option declarations;
-- this module: all of them together, as the BootConfig the node and `herdcast plan` use.
+- agent.boot.udpcparam: udpcparam= parsed once, by the transfer's own option rows and parser;
+- this module: all of them together, as the BootConfig the node and `herdcast plan` use (its
+  fields are the parameters; its `transfer` the options the node runs and the plan prints).
 """
 
 from __future__ import annotations

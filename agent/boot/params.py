@@ -5,6 +5,11 @@ working), pxelinux's `BOOTIF=` and `ip=`, and a few herdcast additions. The decl
 (name, converter, default, accepted words) is what parsing, the defaults, `herdcast plan`
 and the agreement test with kernel-cmdline.md (the user's contract) all read.
 
+A parameter that sets a transfer option (disk=, port=, compr=, blocks=, blank=, verify=,
+serve=) takes its words and default from that option's row (agent.transfer.optiontable),
+so a word added there is accepted here (and tests/test_cmdline_doc.py asks
+kernel-cmdline.md to list it).
+
 A converter turns a value's text into its typed value or raises BadValue("problem; fix");
 every value is checked before the node touches any hardware.
 """
