@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from agent.transfer.optionchecks import FecSpec, OptionError, parse_fec, parse_size
 from agent.transfer.optiontable import (
     DEFAULT_DROP_AFTER,
     DEFAULT_PORTBASE,
     FIELDS,
     UNSUPPORTED,
-    FecSpec,
     Option,
-    OptionError,
-    parse_fec,
-    parse_size,
     rows,
 )
 

@@ -13,15 +13,21 @@ shell completion (builder.manual). Two switches that set one field (`--full-dupl
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.codec import NAMES as CODECS
-from agent.errors import UsageError
 from agent.image.sink import BLANK_MODES  # what unpacking does with free space
-from agent.udpcast.protocol import MAX_BLOCKSIZE
+from agent.transfer.optionchecks import (
+    at_least,
+    blocksize_check,
+    codec_check,
+    fec_check,
+    ipv4,
+    number,
+    size,
+    within,
+)
 
 SIDES = ("send", "receive")
 DEFAULT_PORTBASE = 9000
@@ -31,114 +37,6 @@ DEFAULT_PORTBASE = 9000
 DEFAULT_DROP_AFTER = 5.0
 BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
 VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
-
-
-class OptionError(UsageError, ValueError):
-    """A bad option value: the message names the option and the fix, on one line
-    (HerdcastError escapes any newline the user's text held)."""
-
-
-@dataclass(frozen=True)
-class FecSpec:
-    """`--fec SxR/Z`: S stripes, R redundancy blocks per stripe, stripe size Z blocks."""
-
-    stripes: int
-    redundancy: int
-    stripesize: int
-
-    def __str__(self) -> str:
-        return f"{self.stripes}x{self.redundancy}/{self.stripesize}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Value checks: (value, the option's name) -> value, or OptionError naming the option
-
-
-def parse_size(text: str, *, option: str, binary: bool = False) -> int:
-    """A count with an optional k/m/g suffix (×1000, or ×1024 when `binary`)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
-    if not m:
-        raise OptionError(f"{option}: {text[:40]!r} is not a number (examples: 500000, 800k, 1g)")
-    base = 1024 if binary else 1000
-    scale = {"": 1, "k": base, "m": base**2, "g": base**3}[m.group(2).lower()]
-    try:
-        value = int(float(m.group(1)) * scale)
-    except (OverflowError, ValueError):
-        value = -1
-    if not 0 < value < 2**63:
-        raise OptionError(f"{option}: {text[:40]!r} out of range (examples: 500000, 800k, 1g)")
-    return value
-
-
-def parse_fec(text: str) -> FecSpec:
-    """`--fec` as udpcast writes it: `8x8/128`, `8x8`, or just the redundancy."""
-    m = re.fullmatch(r"(?:(\d+)x)?(\d+)(?:/(\d+))?", text.strip())
-    if not m:
-        raise OptionError(f"--fec: {text!r} is not STRIPESxREDUNDANCY/STRIPESIZE (e.g. 8x8/128)")
-    stripes = int(m.group(1) or 8)
-    redundancy = int(m.group(2))
-    stripesize = int(m.group(3) or 128)
-    if not 1 <= stripes <= 1024 or not 1 <= redundancy <= 128 or not 1 <= stripesize <= 128:
-        raise OptionError(f"--fec: {text!r} out of range (stripes>=1, redundancy and stripe "
-                          "size 1..128)")
-    if stripes * stripesize > 1024:
-        stripes = max(1, 1024 // stripesize)
-    return FecSpec(stripes, redundancy, stripesize)
-
-
-def _size(binary: bool) -> Callable[[str, str], int]:
-    return lambda text, option: parse_size(text, option=option, binary=binary)
-
-
-def _ipv4(multicast: bool = False) -> Callable[[str, str], str]:
-    def check(text: str, option: str) -> str:
-        try:
-            address = ipaddress.IPv4Address(text)
-        except ValueError:
-            raise OptionError(f"{option}: {text!r} is not an IPv4 address "
-                              "(e.g. 239.192.1.2)") from None
-        if multicast and not address.is_multicast:
-            raise OptionError(f"{option}: {text} is not a multicast group (224.0.0.0/4)")
-        return text
-    return check
-
-
-def _within(low: int, high: int, note: str = "") -> Callable[[int, str], int]:
-    def check(value: int, option: str) -> int:
-        if not low <= value <= high:
-            raise OptionError(f"{option}: {value} out of range ({low}..{high}{note})")
-        return value
-    return check
-
-
-def _at_least(low: float, unit: str = "", strict: bool = False) -> Callable[[float, str], float]:
-    def check(value: float, option: str) -> float:
-        if value < low or strict and value == low:
-            raise OptionError(f"{option}: must be {'>' if strict else '>='} {low:g}{unit}, "
-                              f"got {value:g}")
-        return value
-    return check
-
-
-def _blocksize(value: int, option: str) -> int:
-    value -= value % 4
-    if not 64 <= value <= MAX_BLOCKSIZE:
-        raise OptionError(f"{option}: {value} out of range (64..{MAX_BLOCKSIZE}, and at most "
-                          "what the interface's MTU carries)")
-    return value
-
-
-def _codec(value: str, option: str) -> str | None:
-    return None if value == "none" else value  # `--compress none` is no codec
-
-
-def _fec(text: str, option: str) -> FecSpec:
-    return parse_fec(text)
-
-
-def _number(value: float) -> str:
-    """A number as argv text that parses back to the same value."""
-    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,42 +112,42 @@ OPTIONS: list[Option] = [
                 "$IFNAME, else the best-ranked interface with an IPv4 address)"),
     Option(("--portbase", "--port"), "portbase", short="-P", annotation="int",
            default=DEFAULT_PORTBASE, argtype=int, boot="port", metavar="PORT",
-           check=_within(1, 65534, f"; default {DEFAULT_PORTBASE}"),
+           check=within(1, 65534, f"; default {DEFAULT_PORTBASE}"),
            help="UDP port base: receivers listen on PORT, the sender on PORT+1; the same on "
                 "both sides"),
     Option(("--mcast-rdv-address", "--mcast-all-address"), "mcast_rdv_address", short="-M",
-           metavar="ADDRESS", check=_ipv4(),
+           metavar="ADDRESS", check=ipv4(),
            help="address for the connection set-up (HELLO, CONNECT) instead of broadcast; "
                 "the same on both sides"),
     Option(("--ttl",), "ttl", short="-t", annotation="int", default=1, argtype=int,
-           check=_within(1, 255), metavar="HOPS",
+           check=within(1, 255), metavar="HOPS",
            help="multicast time-to-live: how many routers the data may cross (1: this LAN)"),
     _flag(("--nokbd",), "nokbd", short="-k",
           help="never start or stop on a key press: the sender starts by --min-receivers, "
                "--min-wait and --max-wait alone"),
     _flag(("--no-progress",), "no_progress", help="print no progress line"),
     Option(("--start-timeout",), "start_timeout", short={"send": "-T", "receive": "-s"},
-           annotation="float | None", argtype=float, check=_at_least(0, " seconds"),
-           render=_number, metavar="SECONDS",
+           annotation="float | None", argtype=float, check=at_least(0, " seconds"),
+           render=number, metavar="SECONDS",
            help="give up when the other side has not shown up within SECONDS"),
     Option(("--log",), "log", short="-l", metavar="FILE",
            help="append what the command prints to FILE as well"),
-    Option(("--compress",), "compress", choices=("none", *CODECS), check=_codec, boot="compr",
+    Option(("--compress",), "compress", choices=("none", *CODECS), check=codec_check, boot="compr",
            help=HERDCAST + "compress on the wire (the sender compresses, the receiver "
                 "decompresses); gz and lzop streams are what gzip -dc / lzop -dc read"),
     # udp-sender's
     Option(("--blocksize",), "blocksize", short="-b", sides=SEND, annotation="int | None",
-           argtype=int, check=_blocksize, metavar="BYTES",
+           argtype=int, check=blocksize_check, metavar="BYTES",
            help="bytes of data per packet, rounded down to a multiple of 4 (default: the "
                 "largest the interface's MTU carries)"),
     Option(("--mcast-data-address", "--mcast-address"), "mcast_data_address", short="-m",
-           sides=SEND, check=_ipv4(multicast=True), metavar="GROUP",
+           sides=SEND, check=ipv4(multicast=True), metavar="GROUP",
            help="multicast group the data goes to (default: one derived from the "
                 "interface's address, as udp-sender does)"),
     _flag(("--broadcast",), "broadcast", short="-B", sides=SEND,
           help="send the data by broadcast instead of multicast"),
     Option(("--max-bitrate",), "max_bitrate", short="-r", sides=SEND, annotation="int | None",
-           check=_size(binary=False), metavar="BITS",
+           check=size(binary=False), metavar="BITS",
            help="send at most BITS bits per second (k, m and g multiply by 1000: 600m)"),
     Option(("--full-duplex",), "duplex", short="-d", sides=SEND, const="full",
            help="the network is full duplex (switched): no collisions to avoid (default: "
@@ -262,32 +160,32 @@ OPTIONS: list[Option] = [
     Option(("--nopointopoint",), "pointopoint", short="-2", sides=SEND, const=False,
            help="send by multicast even to a single receiver"),
     Option(("--min-receivers", "--min-clients"), "min_receivers", short="-C", sides=SEND,
-           annotation="int | None", argtype=int, check=_at_least(0), metavar="N",
+           annotation="int | None", argtype=int, check=at_least(0), metavar="N",
            help="start once N receivers have connected"),
     Option(("--min-wait",), "min_wait", short="-w", sides=SEND, annotation="float | None",
-           argtype=float, render=_number, metavar="SECONDS",
+           argtype=float, render=number, metavar="SECONDS",
            help="start no sooner than SECONDS after the first receiver connected, even "
                 "with --min-receivers reached"),
     Option(("--max-wait",), "max_wait", short="-W", sides=SEND, annotation="float | None",
-           argtype=float, render=_number, metavar="SECONDS",
+           argtype=float, render=number, metavar="SECONDS",
            help="start SECONDS after the first receiver connected, however many there are"),
     Option(("--autostart",), "autostart", short="-S", sides=SEND, annotation="int | None",
-           argtype=int, check=_at_least(0), metavar="N",
+           argtype=int, check=at_least(0), metavar="N",
            help="start after N HELLO announcements even if no receiver answered (for "
                 "receivers that cannot answer: --async, one-way links)"),
     Option(("--retries-until-drop",), "retries_until_drop", short="-R", sides=SEND,
-           annotation="int", default=200, argtype=int, check=_at_least(0), metavar="N",
+           annotation="int", default=200, argtype=int, check=at_least(0), metavar="N",
            help="drop a receiver that has not answered N repeated acknowledgement requests"),
     Option(("--drop-after",), "drop_after", sides=SEND, annotation="float",
-           default=DEFAULT_DROP_AFTER, argtype=float, check=_at_least(0, " seconds"),
-           render=_number, metavar="SECONDS",
+           default=DEFAULT_DROP_AFTER, argtype=float, check=at_least(0, " seconds"),
+           render=number, metavar="SECONDS",
            help=HERDCAST + "drop a receiver that answered nothing for SECONDS while asked "
                 "(0: only --retries-until-drop)"),
     Option(("--rexmit-hello-interval",), "rexmit_hello_interval", short="-H", sides=SEND,
-           annotation="int", default=0, argtype=int, check=_at_least(0), metavar="MS",
+           annotation="int", default=0, argtype=int, check=at_least(0), metavar="MS",
            help="repeat the HELLO announcement every MS milliseconds while waiting, for "
                 "receivers started later (0: once)"),
-    Option(("--fec",), "fec", short="-F", sides=SEND, annotation="FecSpec | None", check=_fec,
+    Option(("--fec",), "fec", short="-F", sides=SEND, annotation="FecSpec | None", check=fec_check,
            metavar="SxR/Z",
            help="forward error correction: S stripes of Z blocks, each with R redundant "
                 "blocks (e.g. 8x8/128; receivers repair loss without asking)"),
@@ -295,7 +193,7 @@ OPTIONS: list[Option] = [
           help="no return channel: send without waiting for the receivers' answers (needs "
                "--max-bitrate; use --fec against loss)"),
     Option(("--sendbuf",), "sendbuf", short="-s", sides=SEND, annotation="int | None",
-           check=_size(binary=True), metavar="BYTES",
+           check=size(binary=True), metavar="BYTES",
            help="the socket's send buffer size (k, m and g multiply by 1024)"),
     Option(("--min-slice-size",), "min_slice_size", sides=SEND, annotation="int", default=16,
            argtype=int, metavar="BLOCKS",
@@ -327,11 +225,11 @@ OPTIONS: list[Option] = [
            help=HERDCAST + "JSON lines as things happen, to FILE or '-' for stdout"),
     # udp-receiver's
     Option(("--receive-timeout",), "receive_timeout", sides=RECEIVE,
-           annotation="float | None", argtype=float, render=_number, metavar="SECONDS",
-           check=_at_least(0, " seconds", strict=True),
+           annotation="float | None", argtype=float, render=number, metavar="SECONDS",
+           check=at_least(0, " seconds", strict=True),
            help="give up when the sender has sent nothing for SECONDS during the transfer"),
     Option(("--exit-wait",), "exit_wait", short="-w", sides=RECEIVE, annotation="int",
-           default=500, argtype=int, check=_at_least(0, " milliseconds"), metavar="MS",
+           default=500, argtype=int, check=at_least(0, " milliseconds"), metavar="MS",
            help="after the end, wait MS milliseconds for the sender's last word in case "
                 "the receiver's final acknowledgement was lost"),
     Option(("--nosync",), "sync", short="-n", sides=RECEIVE, annotation="bool",
@@ -340,7 +238,7 @@ OPTIONS: list[Option] = [
     Option(("--sync",), "sync", short="-y", sides=RECEIVE, const=True,
            help="write synchronously (O_SYNC): slower, nothing waits in memory"),
     Option(("--rcvbuf",), "rcvbuf", short="-b", sides=RECEIVE, annotation="int | None",
-           check=_size(binary=True), metavar="BYTES",
+           check=size(binary=True), metavar="BYTES",
            help="the socket's receive buffer size (k, m and g multiply by 1024)"),
     _flag(("--passive",), "passive", short="-d", sides=RECEIVE,
           help="send nothing back to the sender (for a sender in --async mode)"),
