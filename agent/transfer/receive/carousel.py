@@ -81,8 +81,9 @@ class ChunkReceiver:
                     self.lacking |= 1 << c.index
                 else:  # nothing but zeros: made here, nothing to send
                     sink.put(c, b"")
-            have = len(table.chunks) - self.lacking.bit_count()
-            say(f"chunks: {have} of {len(table.chunks)} already on {self.opts.file} "
+            carried = sum(1 for c in table.chunks if c.wire_bytes)
+            have = carried - self.lacking.bit_count()
+            say(f"chunks: {have} of {carried} already on {self.opts.file} "
                 f"(hashed in {time.monotonic() - started:.1f} s), "
                 f"{self.lacking.bit_count()} to receive")
             self._receive()
@@ -192,7 +193,7 @@ class ChunkReceiver:
     # ------------------------------------------------------------------ the chunks
 
     def _receive(self) -> None:
-        total = self.lacking.bit_count()
+        total, started = self.lacking.bit_count(), time.monotonic()
         progress = Progress("receive", total=sum(
             c.used_bytes for c in self.table.chunks if self.lacking >> c.index & 1),
             enabled=not self.opts.no_progress)
@@ -213,7 +214,7 @@ class ChunkReceiver:
         finally:
             progress.close()
         if total:
-            say(f"chunks: all {total} received")
+            say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
 
     def _need(self, now: float) -> None:
         for first, bitmap in wire.need_bitmaps(self.lacking, len(self.table.chunks)):

