@@ -7,6 +7,7 @@ the sender's address and ports costs bandwidth, never a disk."""
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import shutil
 import signal
@@ -95,3 +96,49 @@ def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path
     assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
     assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
     assert identical(disk, first) and identical(disk, late)
+
+
+def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
+    new = tmp_path / "new.img"
+    shutil.copy(disk, new)
+    with attached(new) as dev, mounted(f"{dev}p1", "ext4") as mnt:
+        (mnt / "update.bin").write_bytes(random.Random(9).randbytes(2 * MiB))
+    old = tmp_path / "old.img"
+    shutil.copy(disk, old)  # last month's image on this node's disk
+    blank = junk(tmp_path / "blank.img")
+    with NetLab(3, net=193) as lab:
+        h0, h1, h2 = lab.hosts
+        procs = [herdcast_receiver(h1, old, tmp_path / "old.log", "--unpack"),
+                 herdcast_receiver(h2, blank, tmp_path / "blank.log", "--unpack")]
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(new), "--min-receivers",
+                              "2")
+        rcs = [wait(snd, 90), *(wait(p, 30) for p in procs)]
+    assert rcs == [0, 0, 0], logs(tmp_path)
+    assert received(tmp_path / "old.log") <= received(tmp_path / "blank.log") / 4, \
+        logs(tmp_path)
+    assert identical(new, old) and identical(new, blank)
+
+
+def test_a_receiver_killed_at_90_percent_receives_the_rest_when_restarted(disk, tmp_path):
+    out = junk(tmp_path / "out.img")
+    with NetLab(2, net=194) as lab:
+        h0, h1 = lab.hosts
+        h0.shape("100mbit")
+        rcv = herdcast_receiver(h1, out, tmp_path / "run1.log", "--unpack")
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "1")
+        wire = int(wait_log(tmp_path / "send.log", r"used bytes in (\d+) bytes")[1])
+        wait_log(tmp_path / "run1.log", "to receive")
+        time.sleep(0.9 * wire / RATE)
+        rcv.send_signal(signal.SIGKILL)  # a node losing power: no DISCONNECT, no sync
+        rcv.wait(timeout=10)
+        again = herdcast_receiver(h1, out, tmp_path / "run2.log", "--unpack")
+        rcs = [wait(again, 60), wait(snd, 60)]
+    run2 = (tmp_path / "run2.log").read_text()
+    assert rcs == [0, 0], logs(tmp_path)
+    have, carried = map(int, re.search(r"chunks: (\d+) of (\d+) already", run2).groups())
+    assert have >= carried * 0.6, run2  # most of it was on the disk already
+    assert received(tmp_path / "run2.log") <= 0.35 * wire, run2  # about the missing part
+    assert identical(disk, out)
