@@ -142,3 +142,100 @@ def test_a_receiver_killed_at_90_percent_receives_the_rest_when_restarted(disk, 
     assert have >= carried * 0.6, run2  # most of it was on the disk already
     assert received(tmp_path / "run2.log") <= 0.35 * wire, run2  # about the missing part
     assert identical(disk, out)
+
+
+FORGER = r"""
+import os, socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast import carousel as wire
+from agent.udpcast.protocol import HcDigestAckSigned, Op, build, default_data_group
+src, seconds, targets = sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+group = default_data_group(src)
+
+def checksum(b):
+    b += b"\0" * (len(b) % 2)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+def forged(payload, dst):  # IPv4 + UDP from the sender's address and port to dst:9000
+    length = 8 + len(payload)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, length)
+    udp = struct.pack("!HHHH", 9001, 9000, length, 0) + payload
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0x4243, 0, 1, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + udp
+
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+sniff = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sniff.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sniff.bind((group, 9000))
+sniff.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton(group) + socket.inet_aton("0.0.0.0"))
+sniff.setblocking(False)
+chunks = {}  # chunk -> wire bytes, learnt from the sender's own pieces
+sent, end, k = 0, time.monotonic() + seconds, 0
+def send(payload, dsts):
+    global sent
+    for dst in dsts:
+        try:
+            raw.sendto(forged(payload, dst), (dst, 0))
+            sent += 1
+        except OSError:
+            pass
+while time.monotonic() < end:
+    k += 1
+    try:
+        while True:
+            head = sniff.recv(65536)
+            if head[:2] == int(Op.HC_CHUNK).to_bytes(2, "big"):
+                _, _, index, _, _, size = wire.CHUNK_HEADER.unpack_from(head)
+                chunks[index] = size
+    except BlockingIOError:
+        pass
+    send(build(Op.DATA, slice_no=k % 50, block_no=0, slice_bytes=1456) + os.urandom(1456),
+         [group, *targets])
+    send(build(Op.REQACK, slice_no=k % 50, slice_bytes=0, rxmit=0, ready_set=bytes(128)),
+         [group, *targets])  # an end of stream
+    for index, size in list(chunks.items())[k % 8::8]:  # poison chunks that fly again
+        piece = k % max(1, size // 1456)
+        send(wire.CHUNK_HEADER.pack(int(Op.HC_CHUNK), 0, index, piece, 0, size)
+             + os.urandom(min(1456, size - piece * 1456)), [group])
+    send(HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=1,
+                                      total_bytes=k, sha256=bytes(32),
+                                      signature=bytes(64))), targets)
+    send(wire.build(Op.HC_MANIFEST_INFO, length=100, sha256=bytes(32),
+                    signature=os.urandom(64)), targets)
+    send(wire.build(Op.HC_IDLE, chunks=1), [group])
+    time.sleep(0.002)
+print("forged", sent, "packets,", len(chunks), "chunks poisoned", file=sys.stderr)
+"""
+
+
+def test_a_forger_spoofing_the_sender_costs_bandwidth_never_a_disk(disk, tmp_path):
+    key, pub = pair(tmp_path)
+    outs = [junk(tmp_path / f"disk{i}.img") for i in range(3)]
+    with NetLab(5, net=195) as lab:
+        h0, forger = lab.hosts[0], lab.hosts[4]
+        h0.shape("100mbit")
+        forger.run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0")
+        procs = [herdcast_receiver(h, out, tmp_path / f"recv{i}.log", "--unpack",
+                                   "--trust-key", str(pub))
+                 for i, (h, out) in enumerate(zip(lab.hosts[1:4], outs, strict=True))]
+        attack = forger.popen([sys.executable, "-c", FORGER, str(ROOT), h0.ip, "8",
+                               *(h.ip for h in lab.hosts[1:4])],
+                              stdout=subprocess.DEVNULL,
+                              stderr=(tmp_path / "forger.log").open("wb"))
+        time.sleep(0.5)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "3", "--sign-key", str(key))
+        rcs = [wait(snd, 90), *(wait(p, 30) for p in procs)]
+        attack.wait(timeout=20)
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0, 0], log
+    assert re.search(r"forged \d{4,} packets", log), log  # the attack did happen
+    for i, out in enumerate(outs):
+        assert "signed result names the chunks" in (tmp_path / f"recv{i}.log").read_text()
+        assert identical(disk, out)
