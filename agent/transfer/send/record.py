@@ -17,9 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.udpcast.protocol import Cap
-
-SECRET_BYTES = 16
+from agent.udpcast.protocol import SECRET_BYTES, Cap
 
 
 class State(enum.Enum):
@@ -80,8 +78,10 @@ class Receiver:
     caps: int = 0
     rcvbuf: int = 0
     nonce: bytes | None = None  # from its CONNECT_REQ: it wants a signed session
-    # told only to it (unicast CONNECT_REPLY) and echoed in its HC_DIGEST/HC_FAIL: a
-    # message without it is someone else's
+    statement: bytes | None = None  # the session statement signed for it (agent.trust)
+    kind: int = 0  # its round's stream: agent.trust.statements RAW or IMAGE
+    # told only to it (unicast CONNECT_REPLY) and echoed in its HC_DIGEST: a digest
+    # without it is someone else's, whatever address it comes from
     secret: bytes = field(default_factory=lambda: os.urandom(SECRET_BYTES))
     silent: int = 0  # consecutive REQACK passes it did not answer
     heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
