@@ -96,6 +96,7 @@ class SendOptions(CommonOptions):
     report: str | None = None  # herdcast: write the JSON report here at the end
     events: str | None = None  # herdcast: JSON lines as things happen ("-": stdout)
     live: bool | None = None  # herdcast: the rich fleet table; None: when stderr is a terminal
+    allow: tuple[str, ...] = ()  # herdcast: answer only these receivers (send.allow)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,9 @@ def send_parser(prog: str = "herdcast send") -> argparse.ArgumentParser:
                         "at the end; schema in docs/report-schema.md")
     p.add_argument("--events", metavar="FILE",
                    help="herdcast: JSON lines as things happen, to FILE or '-' for stdout")
+    p.add_argument("--allow", action="append", default=[], metavar="WHO",
+                   help="herdcast: answer only these receivers: IPv4 addresses, networks "
+                        "(10.0.0.0/24), MACs, or a file of them one per line; repeatable")
     p.add_argument("--blocks", choices=["used", "all"], default="used",
                    help="herdcast: to herdcast receivers send only the blocks the disk's "
                         "filesystems use (default), or all of them")
@@ -346,6 +350,10 @@ def parse_send_args(argv: list[str]) -> SendOptions:
             raise OptionError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
     if ns.drop_after < 0:
         raise OptionError(f"--drop-after: must be >= 0 seconds, got {ns.drop_after:g}")
+    from agent.transfer.send.allow import AllowList
+
+    ns.allow = tuple(ns.allow)
+    AllowList.parse(ns.allow)  # a bad entry is a usage error now, not at the first request
     if not 1 <= ns.min_slice_size <= ns.max_slice_size <= 1024:
         raise OptionError("--min-slice-size/--max-slice-size: need 1 <= min <= max <= 1024")
     if ns.serve:

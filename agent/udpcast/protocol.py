@@ -136,14 +136,11 @@ ConnectReplyHc = Struct(
     "secret" / Bytes(SECRET_BYTES),
 )
 
-# Signed sessions (agent.trust): a receiver holding a trusted public key appends a fresh
-# nonce to its CONNECT_REQ (stock udp-sender reads the first 12 bytes of what arrives and
-# ignores the rest; only such receivers send it, and they refuse stock senders anyway); a
-# signing sender appends to the extended CONNECT_REPLY the image's identity and its Ed25519
-# signature of the session statement (agent.trust.statements: the nonce, both addresses, the
-# sender's port, group, block size, image size, codec and identity) and, to its
-# HC_DIGEST_ACK, the sha256 it sent, the stream's kind and its signature of the result
-# statement (that session, the total, the sha256, the kind).
+# Signed sessions (agent.trust): a receiver holding a trusted key appends a fresh nonce to
+# its CONNECT_REQ (stock udp-sender reads 12 bytes and ignores the rest); a signing sender
+# appends to the extended CONNECT_REPLY the image's identity and its Ed25519 signature of the
+# session statement (agent.trust.statements), and to its HC_DIGEST_ACK the sha256 it sent,
+# the stream's kind and its signature of the result statement, which names that session.
 NONCE_BYTES = 16
 SIGNATURE_BYTES = 64
 IMAGE_ID_BYTES = 32

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 
+from agent.image.stream import is_image
 from agent.say import say
 from agent.transfer.receive.link import Link, ReceiveError
 from agent.transfer.receive.output import Output, OutputError, SliceWriter
-from agent.image.stream import is_image
 from agent.trust.statements import IMAGE, RAW
 from agent.udpcast.protocol import SECRET_BYTES, Cap, Op, build
 

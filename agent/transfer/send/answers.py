@@ -10,6 +10,7 @@ wrote; a verdict, once given, never changes.
 from __future__ import annotations
 
 import hmac
+import time
 
 from agent.say import say
 from agent.transfer.send.record import Verdict
@@ -37,16 +38,19 @@ class Answers:
         if op == Op.CONNECT_REQ:
             if r is not None:
                 self.session.reply(r, addr)
-            else:
+            elif self.session.admits(ip):  # --allow: strangers are not queued
                 self._late(ip, addr, msg.capabilities)
             return
         if r is None:
             return
         r.answered()
         if op in (Op.OK, Op.RETRANSMIT):
+            r.answers += 1
             self.tracer.answer(ip, op, msg, self.inflight)
         if op == Op.OK:
             s = self._find(msg.slice_no)
+            if s is not None and not s.ok >> r.slot & 1:
+                r.done_with(s.no, time.monotonic())
             if s is not None:
                 s.answered_ok(r.slot, ip)
                 if s.end:
@@ -55,6 +59,8 @@ class Answers:
             s = self._find(msg.slice_no)
             if s is not None:
                 s.heard.add(ip)
+                r.holds(s.no, int.from_bytes(msg.received, "little").bit_count(),
+                        time.monotonic())
             if s is None or s.ok >> r.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
                 return  # an answer to an older pass: the receiver answers the new one
             r.retransmissions += s.answered_missing(ip, msg.received).bit_count()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.codec import wire_index
 from agent.image.source import Source, inspect_source
 from agent.transfer.options import SendOptions
+from agent.transfer.send.allow import AllowList, probe
 from agent.transfer.send.batch import Destination
+from agent.transfer.send.names import Names
 from agent.transfer.send.network import Network, SendError
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver
@@ -84,6 +86,8 @@ class SendSession:
     source: Source = Source("raw")  # or a disk's used blocks, or a stored image
     codec: str | None = None  # the compression on the wire: --compress, or a stored image's
     image_id: bytes = bytes(statements.IMAGE_ID_BYTES)  # signed sessions name it
+    allow: AllowList | None = None  # --allow: who is answered (None: everybody)
+    names: Names = field(default_factory=Names)  # MACs for --allow
 
     @classmethod
     def open(cls, opts: SendOptions) -> SendSession:
@@ -98,7 +102,17 @@ class SendSession:
         net = Network(opts)
         size = source.disk_size if source.kind == "stored" else input_size(opts)
         return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
-                   source, codec, image_identity(opts, source))
+                   source, codec, image_identity(opts, source), AllowList.parse(opts.allow))
+
+    def admits(self, ip: str) -> bool:
+        """Whether a receiver at `ip` is answered (--allow); an address whose MAC decides
+        and is not known yet is probed, and answered when it asks again."""
+        if self.allow is None:
+            return True
+        verdict = self.allow.admits(ip, self.names.mac)
+        if verdict is None:
+            probe(ip, self.net.port)
+        return bool(verdict)
 
     def image_round(self, table: Table) -> bool:
         """Whether this round sends the image stream: a disk or stored image, and every
