@@ -13,6 +13,7 @@ broadcast and spoof any source. Issue 17's attacks on the verdict:
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 
@@ -268,3 +269,56 @@ def test_a_signed_session_survives_a_forger_on_the_lan(tmp_path, mode):
     if mode == "negotiation":  # nothing reached the stream: the image, whole
         assert rc == 0, text
     assert f"ignoring sender {h0.ip}" in vlog or f"ignoring sender {forger_host.ip}" in vlog
+
+
+LATE_FLOOD = RAW + r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast.protocol import Cap, Op, build
+sender, net, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
+req = build(Op.CONNECT_REQ, capabilities=Cap.STOCK | Cap.HERDCAST, rcvbuf=1 << 20)
+for i in range(count):  # CONNECT_REQs from made-up addresses, some while a round runs
+    spoof(req, (f"10.{net}.{1 + i // 250}.{1 + i % 250}", 9000), (sender, 9001))
+    if i % 100 == 99:
+        time.sleep(0.05)
+print("forged", count, "requests", file=sys.stderr)
+"""
+
+
+def test_serve_with_allow_answers_only_the_fleet(tmp_path):
+    """Issue 17 item 9: under --serve with --allow (an address, and a MAC from a file), 3000
+    forged CONNECT_REQs from made-up addresses and a real receiver outside the list get no
+    answer, no place in a round and no row in the report (the outsider just waits); the
+    fleet is served."""
+    src = make_source(tmp_path, 2_000_003)
+    report = tmp_path / "report.json"
+    with NetLab(4, net=235) as lab:
+        h0, h1, h2, h3 = lab.hosts
+        mac = h3.run("cat", "/sys/class/net/eth0/address").stdout.strip()
+        fleet = tmp_path / "fleet.txt"
+        fleet.write_text(f"# the lab's second node\n{mac}\n")
+        snd = herdcast_sender(h0, tmp_path / "send.log", "--serve", "-f", str(src),
+                              "--max-bitrate", "8m", "--report", str(report),
+                              "--allow", h1.ip, "--allow", str(fleet))
+        time.sleep(0.5)
+        out1, out3 = tmp_path / "out1.bin", tmp_path / "out3.bin"
+        r1 = herdcast_receiver(h1, out1, tmp_path / "r1.log")
+        flood = h2.popen([sys.executable, "-c", LATE_FLOOD, str(ROOT), h0.ip, "235", "3000"],
+                         stderr=(tmp_path / "flood.log").open("wb"))
+        stranger = herdcast_receiver(h2, tmp_path / "stranger.bin", tmp_path / "stranger.log")
+        time.sleep(1)
+        r3 = herdcast_receiver(h3, out3, tmp_path / "r3.log")
+        rcs = [wait(r1, 60), wait(r3, 60)]
+        flood.wait(timeout=30)
+        waiting = stranger.poll() is None  # it hears HELLOs, and is never answered
+        stranger.kill()
+        snd.send_signal(15)
+        assert wait(snd, 20) == 0, logs(tmp_path)
+    text = logs(tmp_path)
+    assert rcs == [0, 0] and waiting, text
+    assert sha(out1) == sha(out3) == sha(src)
+    assert "Connected" not in (tmp_path / "stranger.log").read_text()
+    rows = json.loads(report.read_text())["receivers"]
+    assert sorted(r["address"] for r in rows) == sorted([h1.ip, h3.ip]), rows
+    assert "10.235.1." not in (tmp_path / "send.log").read_text()  # forgeries never queued
+    assert "forged 3000" in (tmp_path / "flood.log").read_text()
