@@ -282,7 +282,7 @@ class _ImageCheck:
     nothing; close() fails unless it ended with its END record and trailer."""
 
     def __init__(self, codec: str | None) -> None:
-        from agent.image.stream import DecodingWriter, Decoder
+        from agent.image.stream import Decoder, DecodingWriter
 
         def nothing(*_args) -> None:
             return None
