@@ -76,3 +76,26 @@ def test_any_argv_parses_or_fails_with_option_error(argv):
             parse(argv)
         except OptionError as exc:
             assert "\n" not in str(exc)
+
+
+def test_allow_takes_addresses_networks_macs_and_files(tmp_path):
+    from agent.transfer.send.allow import AllowList
+
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text("# lab\n52:54:00:aa:00:01\n10.0.1.0/24  # the second rack\n")
+    opts = parse_send_args(["-f", "x", "--allow", "10.0.0.21,10.0.0.22", "--allow", str(fleet)])
+    allow = AllowList.parse(opts.allow)
+    macs = {"10.0.0.30": "52:54:00:aa:00:01", "10.0.0.31": "52:54:00:aa:00:99"}
+    assert [allow.admits(ip, macs.get) for ip in
+            ("10.0.0.21", "10.0.1.77", "10.0.0.30", "10.0.0.31", "10.0.0.32")] == \
+        [True, True, True, False, None]  # .32: its MAC is not known yet
+    assert AllowList.parse(parse_send_args(["-f", "x"]).allow) is None  # everybody
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300", "nosuchfile", "10.0.0.0/33"])
+def test_a_bad_allow_entry_is_one_line_naming_it(value, tmp_path):
+    from agent.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"--allow: '{value}' is no") as err:
+        parse_send_args(["-f", "x", "--allow", value])
+    assert "\n" not in str(err.value)
