@@ -350,13 +350,7 @@ def parse_send_args(argv: list[str]) -> SendOptions:
             raise OptionError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
     if ns.drop_after < 0:
         raise OptionError(f"--drop-after: must be >= 0 seconds, got {ns.drop_after:g}")
-    from agent.transfer.send.allow import AllowError, AllowList
-
-    ns.allow = tuple(ns.allow)
-    try:  # a bad entry is a usage error now, not at the first request
-        AllowList.parse(ns.allow)
-    except AllowError as exc:
-        raise OptionError(exc.what, exc.fix) from None
+    ns.allow = tuple(ns.allow)  # checked by agent.transfer.send.allow
     if not 1 <= ns.min_slice_size <= ns.max_slice_size <= 1024:
         raise OptionError("--min-slice-size/--max-slice-size: need 1 <= min <= max <= 1024")
     if ns.serve:
