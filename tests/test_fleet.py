@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -155,3 +156,19 @@ def test_views_plain_on_a_pipe_live_when_asked(capsys):
     view.close()
     err = capsys.readouterr().err
     assert "10.0.0.11" in err and "receiving" in err
+
+
+def test_the_report_is_written_through_no_planted_symlink(tmp_path):
+    """Issue 17 (low): the report's temporary file had a predictable name beside it, so a
+    symlink planted there made the write land elsewhere; it no longer follows one."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    report = tmp_path / "report.json"
+    for name in (f"report.json.tmp{os.getpid()}", f".report.json.tmp{os.getpid()}"):
+        (tmp_path / name).symlink_to(victim)
+    jsonreport.write(str(report), {"ok": True})
+    assert victim.read_text() == "keep me\n"
+    assert not report.is_symlink() and json.loads(report.read_text()) == {"ok": True}
+    assert oct(report.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == [
+        "report.json", "victim"]

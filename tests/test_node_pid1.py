@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import needs_loop
 
 from agent.boot import pid1
 from agent.boot.console import Console, console_devices, open_consoles
@@ -370,3 +371,22 @@ def test_a_node_that_cannot_be_imported_is_a_crashed_agent_not_a_panic(tmp_path)
         text = _wait_for(log, lambda t: "starting a rescue shell" in t)
     assert "ModuleNotFoundError" in text or "ImportError" in text, text
     assert "FAILED: the agent crashed" in text and "herdcast: onfail=shell" in text
+
+
+@needs_loop
+def test_a_console_that_is_a_disk_is_never_written(tmp_path, capsys):
+    """Issue 17 item 11: console= naming a disk by a name the kernel command line check does
+    not know (a by-path link, a loop device's alias) is opened, found a block device and left
+    alone: the node's lines never land on a disk."""
+    from builder.lab.loopdev import loop_device
+
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(b"\x5a" * (1 << 20))
+    with loop_device(backing) as dev:
+        alias = tmp_path / "serial0"
+        alias.symlink_to(dev)
+        con = open_consoles(f"console={alias} console=tty0", is_init=True)
+        con.say("digest agreed; powering off")
+        assert con.extra == []
+    assert backing.read_bytes() == b"\x5a" * (1 << 20)
+    assert f"console {alias} is a disk, not a console" in capsys.readouterr().out

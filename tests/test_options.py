@@ -127,3 +127,26 @@ def test_every_boot_parameter_of_an_option_has_the_rows_words_and_default():
             assert param.choices == row.choices
             # the node's default is the option's (compr=none is --compress unset)
             assert row.value_of(param.convert(param.default)) == row.default
+
+
+def test_allow_takes_addresses_networks_macs_and_files(tmp_path):
+    from agent.transfer.send.allow import AllowList
+
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text("# lab\n52:54:00:aa:00:01\n10.0.1.0/24  # the second rack\n")
+    opts = parse_send_args(["-f", "x", "--allow", "10.0.0.21,10.0.0.22", "--allow", str(fleet)])
+    allow = AllowList.parse(opts.allow)
+    macs = {"10.0.0.30": "52:54:00:aa:00:01", "10.0.0.31": "52:54:00:aa:00:99"}
+    assert [allow.admits(ip, macs.get) for ip in
+            ("10.0.0.21", "10.0.1.77", "10.0.0.30", "10.0.0.31", "10.0.0.32")] == \
+        [True, True, True, False, None]  # .32: its MAC is not known yet
+    assert AllowList.parse(parse_send_args(["-f", "x"]).allow) is None  # everybody
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300", "nosuchfile", "10.0.0.0/33"])
+def test_a_bad_allow_entry_is_one_line_naming_it(value, tmp_path, capsys):
+    from agent.cli import main
+
+    assert main(["send", "-f", "x", "--allow", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--allow: '{value}' is no" in err, err

@@ -130,3 +130,15 @@ def test_plan_defaults_to_proc_cmdline(capsys, monkeypatch, tmp_path):
 def test_plan_usage_error_returns_2(capsys):
     rc, _, err = _plan(capsys, "--bogus")
     assert rc == 2 and "usage: herdcast plan" in err
+
+
+def test_plan_refuses_a_console_naming_a_disk(capsys):
+    """Issue 17 item 11: console= naming the disk being cloned is a bad parameter before
+    anything is touched (its lines would land on the disk after the digest)."""
+    for console in ("sda", "/dev/nvme0n1p1", "vda,115200", "/dev/disk/by-id/ata-X"):
+        rc, out, err = _plan(capsys, "--cmdline", f"umode=rcv disk=/dev/sda "
+                                                  f"console=ttyS0,115200 console={console}")
+        assert rc == 2 and out == "", err
+        assert err.startswith(f"herdcast plan: console={console}: names a disk"), err
+    rc, _, _ = _plan(capsys, "--cmdline", "umode=rcv console=ttyS0,115200n8 console=tty0")
+    assert rc == 0

@@ -370,13 +370,14 @@ def test_bitmap_helpers_are_lsb_first():
 def test_connect_reply_image_size_extension():
     """A herdcast sender appends the image size to CONNECT_REPLY for herdcast receivers;
     the first 32 bytes stay udpcast's, so the stock parse still reads them."""
-    from agent.udpcast.protocol import build_connect_reply, image_size
+    from agent.udpcast.protocol import build_connect_reply, image_size, reply_secret
 
     fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
                   mcast_addr="233.254.0.10")
     plain = build_connect_reply(**fields)
-    extended = build_connect_reply(image_size=3_000_001, **fields)
-    assert len(plain) == 32 and len(extended) == 44  # + image size, codec, 3 padding
+    extended = build_connect_reply(image_size=3_000_001, secret=b"s" * 16, **fields)
+    assert len(plain) == 32 and len(extended) == 60  # + size, codec, 3 padding, secret
+    assert reply_secret(extended) == b"s" * 16 and reply_secret(plain) is None
     assert extended[:32] == plain
     assert parse(extended) == parse(plain)
     assert image_size(extended) == 3_000_001

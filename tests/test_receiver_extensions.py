@@ -42,21 +42,27 @@ while peer is None and time.monotonic() < end:
     if p and p[0] == Op.CONNECT_REQ:
         peer = addr
 reply = dict(client_number=0, blocksize=BS, capabilities=caps, mcast_addr="0.0.0.0")
-key = None
+key, SECRET = None, bytes(range(16))  # the receiver's secret, echoed in every HC_DIGEST_ACK
 if len(sys.argv) > 4:  # a signing sender (test_signed)
+    from agent.codec import wire_index
     from agent.trust import keys, statements
     from agent.udpcast.protocol import HcDigestAckSigned, connect_nonce
     key, nonce = keys.load_private(sys.argv[4]), connect_nonce(data)
-    signature = statements.sign(key, statements.session_message(nonce, bytes(4), len(DATA)))
-    s.sendto(build_connect_reply(image_size=len(DATA), **reply) + signature, peer)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(peer)
+    statement = statements.Session(nonce, peer[0], probe.getsockname()[0], 9001, "0.0.0.0",
+                                   BS, len(DATA), wire_index(None), bytes(32)).message()
+    signature = statements.sign(key, statement)
+    s.sendto(build_connect_reply(image_size=len(DATA), secret=SECRET, **reply) + bytes(32)
+             + signature, peer)
 elif caps & Cap.HERDCAST:  # a herdcast sender announces the image size
-    s.sendto(build_connect_reply(image_size=len(DATA), **reply), peer)
+    s.sendto(build_connect_reply(image_size=len(DATA), secret=SECRET, **reply), peer)
 else:
     s.sendto(build(Op.CONNECT_REPLY, **reply), peer)
 time.sleep(0.3)
 if mode == "early-ack":  # a verdict before the receiver sent any digest
     for _ in range(3):
-        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=len(DATA)), peer)
+        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=len(DATA), secret=SECRET), peer)
 
 def forged_end(slice_no):
     # an end marker (REQACK of 0 bytes) where the stream does not end: any OK is a bug
@@ -113,18 +119,23 @@ while time.monotonic() < end:
     except socket.timeout:
         continue
     if p and p[0] == Op.HC_DIGEST and mode == "mismatch":
-        s.sendto(build(Op.HC_DIGEST_ACK, agreed=0, total_bytes=p[1].total_bytes), peer)
+        s.sendto(build(Op.HC_DIGEST_ACK, agreed=0, total_bytes=p[1].total_bytes,
+                           secret=SECRET), peer)
     if p and p[0] == Op.HC_DIGEST and mode == "wrong-total":
-        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes + 1), peer)
+        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes + 1,
+                           secret=SECRET), peer)
     if p and p[0] == Op.HC_DIGEST and key is not None:
         t, sha = p[1].total_bytes, p[1].sha256
-        signature = statements.sign(key, statements.result_message(nonce, t, sha))
+        signature = statements.sign(key, statements.result_message(statement, t, sha,
+                                                                   statements.RAW))
         if mode == "forged-signature":
             signature = bytes(64)
         s.sendto(HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=1,
-                 total_bytes=t, sha256=sha, signature=signature)), peer)
+                 total_bytes=t, secret=SECRET, sha256=sha, kind=statements.RAW,
+                 signature=signature)), peer)
     if p and p[0] == Op.HC_DIGEST and mode == "early-end":
-        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes), peer)
+        s.sendto(build(Op.HC_DIGEST_ACK, agreed=1, total_bytes=p[1].total_bytes,
+                           secret=SECRET), peer)
     if p and p[0] == Op.DISCONNECT:
         break
 """

@@ -167,3 +167,20 @@ def test_automatic_slices_keep_udpcasts_size_in_bytes():
     assert _slice_blocks(SendOptions(blocksize=8956)) == 166  # ~1.5 MB, not 9 MB
     assert _slice_blocks(SendOptions(blocksize=8956, max_slice_size=100)) == 100
     assert _slice_blocks(SendOptions(blocksize=8956, default_slice_size=512)) == 512
+
+
+def test_a_silence_means_gone_only_past_what_the_receivers_own_loss_explains():
+    """The CI flake (a stock receiver at 30 % loss each way dropped after 5 unanswered
+    requests): the requests a silence must last scale with the receiver's answer rate, so a
+    receiver on a clean link is still dropped after 1 or 2, one never heard needs ~14."""
+    from agent.transfer.send.passes import FALSE_DROP
+    from agent.transfer.send.record import Receiver
+
+    clean, lossy, unheard = Receiver("10.0.0.1"), Receiver("10.0.0.2"), Receiver("10.0.0.3")
+    clean.requests, clean.answers = 100, 100
+    lossy.requests, lossy.answers = 100, 49  # 30 % loss each way: 0.7 * 0.7 answered
+    unheard.requests = unheard.silent = 5
+    assert clean.silence_that_means_gone(FALSE_DROP) <= 2
+    assert 12 <= lossy.silence_that_means_gone(FALSE_DROP) <= 15
+    assert unheard.silence_that_means_gone(FALSE_DROP) >= 13
+    assert 0.51 ** unheard.silence_that_means_gone(FALSE_DROP) < 1e-3

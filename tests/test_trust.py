@@ -39,28 +39,53 @@ def test_bad_key_files_are_one_line_errors(tmp_path):
         keys.load_private(str(tmp_path / "missing.key"))
 
 
-def test_result_verifies_only_for_the_signed_nonce_total_and_digest(tmp_path):
+def _session(**change) -> statements.Session:
+    facts = dict(nonce=bytes(16), receiver="10.0.0.11", sender="10.0.0.10", sender_port=9001,
+                 group="233.254.0.10", blocksize=1456, image_size=5, codec=0,
+                 image=bytes(range(32)))
+    facts.update(change)
+    return statements.Session(**facts)
+
+
+# everything that decides what lands on the disk: each one changed is another statement
+CHANGES = [dict(nonce=b"\1" * 16), dict(receiver="10.0.0.12"), dict(sender="10.0.0.66"),
+           dict(sender_port=9003), dict(group="233.254.0.66"), dict(blocksize=1400),
+           dict(image_size=6), dict(codec=1), dict(image=bytes(32))]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda c: next(iter(c)))
+def test_a_session_signature_binds_every_fact_of_the_session(tmp_path, change):
     private, public = _pair(tmp_path)
-    nonce = statements.new_nonce()
+    signature = statements.sign(private, _session().message())
+    assert statements.verify(public, _session().message(), signature)
+    assert not statements.verify(public, _session(**change).message(), signature)
+
+
+def test_result_verifies_only_for_its_session_total_digest_and_kind(tmp_path):
+    private, public = _pair(tmp_path)
+    session = _session().message()
     digest = hashlib.sha256(b"image").digest()
-    signature = statements.sign(private, statements.result_message(nonce, 5, digest))
-    assert statements.verify(public, statements.result_message(nonce, 5, digest), signature)
+    raw = statements.RAW
+    signature = statements.sign(private, statements.result_message(session, 5, digest, raw))
+    assert statements.verify(public, statements.result_message(session, 5, digest, raw),
+                             signature)
     other = hashlib.sha256(b"imagE").digest()
-    assert not statements.verify(public, statements.result_message(nonce, 5, other), signature)
-    assert not statements.verify(public, statements.result_message(nonce, 6, digest), signature)
-    assert not statements.verify(public, statements.result_message(statements.new_nonce(), 5,
-                                                                   digest), signature)
-    assert not statements.verify(public, statements.result_message(nonce, 5, digest),
+    for message in (statements.result_message(session, 5, other, raw),
+                    statements.result_message(session, 6, digest, raw),
+                    statements.result_message(session, 5, digest, statements.IMAGE),
+                    statements.result_message(_session(receiver="10.0.0.12").message(), 5,
+                                              digest, raw)):
+        assert not statements.verify(public, message, signature)
+    assert not statements.verify(public, statements.result_message(session, 5, digest, raw),
                                  bytes(64))
 
 
 def test_a_session_signature_is_not_a_result_signature(tmp_path):
     private, public = _pair(tmp_path)
-    nonce = statements.new_nonce()
-    session = statements.session_message(nonce, bytes(4), 5)
+    session = _session().message()
     signature = statements.sign(private, session)
     assert statements.verify(public, session, signature)
-    assert not statements.verify(public, statements.result_message(nonce, 5, bytes(32)),
+    assert not statements.verify(public, statements.result_message(session, 5, bytes(32), 0),
                                  signature)
 
 
@@ -68,5 +93,5 @@ def test_another_key_does_not_verify(tmp_path):
     private, _ = _pair(tmp_path)
     (tmp_path / "o").mkdir()
     _, other_public = _pair(tmp_path / "o")
-    msg = statements.session_message(statements.new_nonce(), bytes(4), 1)
+    msg = _session().message()
     assert not statements.verify(other_public, msg, statements.sign(private, msg))

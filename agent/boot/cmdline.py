@@ -144,6 +144,8 @@ def parse_cmdline(text: str) -> BootConfig:
     for name, raw in given.items():
         if name in PARAMETERS and not PARAMETERS[name].repeatable:
             values[name] = _convert(PARAMETERS[name], raw)
+    for console in consoles(text):  # every one counts: none may name a disk
+        _convert(PARAMETERS["console"], console)
     for name, param in PARAMETERS.items():
         if name not in values and param.default is not None and not param.repeatable:
             values[name] = param.convert(param.default)

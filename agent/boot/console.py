@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import sys
 from typing import TextIO
 
@@ -99,6 +100,11 @@ def open_consoles(cmdline: str, *, is_init: bool) -> Console:
             except OSError as exc:
                 print(f"{PREFIX} console {path} cannot be opened ({exc.strerror}); "
                       "continuing without it", flush=True)
+                continue
+            if stat.S_ISBLK(os.fstat(fd).st_mode):  # a disk (maybe the one cloned)
+                os.close(fd)
+                print(f"{PREFIX} console {path} is a disk, not a console: not written to",
+                      flush=True)
                 continue
             extra.append(open(fd, "w", buffering=1, encoding="utf-8",  # noqa: SIM115
                               errors="replace"))

@@ -136,7 +136,16 @@ def _bootif(value: str) -> str:
     return ":".join(m.groups())
 
 
+# Block devices as the kernel names them: a console= naming one would have herdcast's lines
+# written onto a disk (the one being cloned, after its digest agreed)
+_DISK_NAME = re.compile(r"(/dev/)?(sd[a-z]+|hd[a-z]+|vd[a-z]+|xvd[a-z]+|nvme\d+n\d+"
+                        r"|mmcblk\d+|loop\d+|md\d+|dm-\d+|sr\d+|nbd\d+)(p?\d+)?(,.*)?")
+
+
 def _console(value: str) -> str:
+    if _DISK_NAME.fullmatch(value) or value.startswith("/dev/disk/"):
+        raise BadValue("names a disk, not a console; use console=ttyS0,115200 or "
+                       "console=tty0")
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from agent.say import log_to, say
 from agent.transfer.options import parse_send_args, send_parser
+from agent.transfer.send.allow import AllowList
 from agent.transfer.send.report import format_table
 from agent.transfer.send.sender import send
 
@@ -21,6 +22,7 @@ def parser():
 
 def main(argv: list[str]) -> int:
     opts = parse_send_args(argv)
+    AllowList.parse(opts.allow)  # a bad --allow entry is a usage error before anything runs
     log_to(opts.log)  # every line from here on, the dispatcher's last one included
     result = send(opts)
     stats = result.stats

@@ -84,7 +84,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add(p: argparse.ArgumentParser, row: Option, side: str) -> None:
     kw: dict = {"dest": row.dest, "default": FIELDS[row.dest].default}
-    if row.takes_value:
+    if row.repeat:
+        kw.update(action="append", default=None, type=row.argtype, metavar=row.metavar,
+                  help=row.help)
+    elif row.takes_value:
         kw.update(type=row.argtype, metavar=row.metavar)
         if row.choices:
             kw.update(choices=row.choices, metavar=None)
@@ -202,6 +205,9 @@ def to_argv(opts: CommonOptions, first: tuple[str, ...] = ()) -> list[str]:
         for row in rows(side):
             if row.dest != dest:
                 continue
+            if row.repeat:
+                out += [text for v in value for text in (row.name, row.render(v))]
+                break
             if row.takes_value and value is not None:
                 out += [row.name, row.render(value)]
                 break

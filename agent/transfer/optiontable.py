@@ -69,6 +69,8 @@ class Option:
     metavar: str | None = None
     boot: str | None = None
     node: str | None = None
+    repeat: bool = False  # may be given again: the values gather into a tuple
+
 
     @property
     def name(self) -> str:
@@ -85,7 +87,13 @@ class Option:
         return ((short,) if short else ()) + self.flags
 
     def value_of(self, value: object) -> object:
-        """The checked value of a given one (its text, after argtype)."""
+        """The checked value of a given one (its text, after argtype); a repeated row's
+        values, each checked, as a tuple."""
+        if self.repeat:
+            return tuple(self.value_of_one(v) for v in value or ())
+        return self.value_of_one(value)
+
+    def value_of_one(self, value: object) -> object:
         return self.check(value, self.name) if self.check and value is not None else value
 
 
@@ -223,6 +231,11 @@ OPTIONS: list[Option] = [
                 "end; schema in docs/report-schema.md"),
     Option(("--events",), "events", sides=SEND, metavar="FILE",
            help=HERDCAST + "JSON lines as things happen, to FILE or '-' for stdout"),
+    Option(("--allow",), "allow", sides=SEND, annotation="tuple[str, ...]", default=(),
+           repeat=True, metavar="WHO",
+           help=HERDCAST + "answer only these receivers: IPv4 addresses, networks "
+                "(10.0.0.0/24), MACs, or a file of them one per line; repeatable (checked "
+                "by agent.transfer.send.allow)"),
     # udp-receiver's
     Option(("--receive-timeout",), "receive_timeout", sides=RECEIVE,
            annotation="float | None", argtype=float, render=number, metavar="SECONDS",

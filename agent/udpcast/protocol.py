@@ -130,26 +130,31 @@ ConnectReply = Struct(  # 32 bytes, sender -> receiver unicast
 
 # herdcast extension: to a receiver that advertised Cap.HERDCAST the sender's CONNECT_REPLY
 # carries, after udpcast's 32 bytes, the image size, so the receiver can refuse a disk too
-# small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin), and
-# the compression of the stream it will send (its codec's `wire` number, agent.codec), so herdcast
-# receivers follow the sender without a matching compr= of their own.
+# small for the image before writing anything (0 = size unknown, e.g. a pipe or stdin), the
+# compression of the stream it will send (its codec's `wire` number, agent.codec), so herdcast
+# receivers follow the sender without a matching compr= of their own, and a secret told only
+# to this receiver (unicast): echoed in its HC_DIGEST and in the sender's HC_DIGEST_ACK, it
+# proves each is the other's own, not a stranger's forgery from a spoofed address.
+SECRET_BYTES = 16
 ConnectReplyHc = Struct(
     *ConnectReply.subcons,
     "image_size" / Int64ub,
     "codec" / Int8ub,
     Padding(3),
+    "secret" / Bytes(SECRET_BYTES),
 )
 
-# Signed sessions (agent.trust): a receiver holding a trusted public key appends a fresh
-# nonce to its CONNECT_REQ (stock udp-sender reads the first 12 bytes of what arrives and
-# ignores the rest; only such receivers send it, and they refuse stock senders anyway); a
-# signing sender appends to the extended CONNECT_REPLY its Ed25519 signature of the session
-# statement (nonce, data group, image size) and, to its HC_DIGEST_ACK, the sha256 it sent and
-# its signature of the result statement (nonce, total, sha256).
+# Signed sessions (agent.trust): a receiver holding a trusted key appends a fresh nonce to
+# its CONNECT_REQ (stock udp-sender reads 12 bytes and ignores the rest); a signing sender
+# appends to the extended CONNECT_REPLY the image's identity and its Ed25519 signature of the
+# session statement (agent.trust.statements), and to its HC_DIGEST_ACK the sha256 it sent,
+# the stream's kind and its signature of the result statement, which names that session.
 NONCE_BYTES = 16
 SIGNATURE_BYTES = 64
+IMAGE_ID_BYTES = 32
 ConnectReqHc = Struct(*ConnectReq.subcons, "nonce" / Bytes(NONCE_BYTES))
-ConnectReplySigned = Struct(*ConnectReplyHc.subcons, "signature" / Bytes(SIGNATURE_BYTES))
+ConnectReplySigned = Struct(*ConnectReplyHc.subcons, "image" / Bytes(IMAGE_ID_BYTES),
+                            "signature" / Bytes(SIGNATURE_BYTES))
 
 Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
@@ -198,18 +203,22 @@ HcDigest = Struct(  # receiver -> sender, after the end slice: what it wrote
     "reserved" / Int16ub,
     "total_bytes" / Int64ub,
     "sha256" / Bytes(32),
+    "secret" / Bytes(SECRET_BYTES),  # its CONNECT_REPLY's: the receiver's own digest
 )
 
 HcDigestAck = Struct(  # sender -> receiver: 1 = digest agreed, 0 = mismatch
     "opcode" / Int16ub,
     "agreed" / Int16ub,
     "total_bytes" / Int64ub,
+    "secret" / Bytes(SECRET_BYTES),  # the receiver's: the sender's own answer
 )
 
 
 HcDigestAckSigned = Struct(  # a signing sender's HC_DIGEST_ACK
     *HcDigestAck.subcons,
     "sha256" / Bytes(32),  # what the sender sent
+    "kind" / Int8ub,  # the stream's kind (agent.trust.statements RAW or IMAGE)
+    Padding(3),
     "signature" / Bytes(SIGNATURE_BYTES),  # over agent.trust's result statement
 )
 
@@ -271,13 +280,13 @@ def reply_codec(datagram: bytes | memoryview) -> str | None:
 
 
 def build_connect_reply(*, image_size: int | None = None, codec: str | None = None,
-                        **fields) -> bytes:
+                        secret: bytes = bytes(SECRET_BYTES), **fields) -> bytes:
     """CONNECT_REPLY; with `image_size` (herdcast receivers only) the extended form, which
-    also names the stream's compression (None: none)."""
+    also names the stream's compression (None: none) and the receiver's secret."""
     if image_size is None:
         return build(Op.CONNECT_REPLY, **fields)
     values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size,
-              "codec": wire_index(codec)}
+              "codec": wire_index(codec), "secret": secret}
     values.update(fields)
     return ConnectReplyHc.build(values)
 
@@ -293,22 +302,29 @@ def _extension(datagram: bytes | memoryview, op: Op, declaration: Struct) -> Con
         return None
 
 
+def reply_secret(datagram: bytes | memoryview) -> bytes | None:
+    """The secret a herdcast sender told this receiver in its CONNECT_REPLY, or None."""
+    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
+    return ext.secret if ext is not None else None
+
+
 def connect_nonce(datagram: bytes | memoryview) -> bytes | None:
     """The nonce a receiver with a trusted key appended to its CONNECT_REQ, or None."""
     ext = _extension(datagram, Op.CONNECT_REQ, ConnectReqHc)
     return ext.nonce if ext is not None else None
 
 
-def reply_signature(datagram: bytes | memoryview) -> bytes | None:
-    """A signing sender's signature appended to its CONNECT_REPLY, or None."""
+def reply_signature(datagram: bytes | memoryview) -> tuple[bytes, bytes] | None:
+    """(image identity, signature) a signing sender appended to its CONNECT_REPLY, or
+    None."""
     ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplySigned)
-    return ext.signature if ext is not None else None
+    return (ext.image, ext.signature) if ext is not None else None
 
 
-def signed_result(datagram: bytes | memoryview) -> tuple[bytes, bytes] | None:
-    """(sha256, signature) of a signing sender's HC_DIGEST_ACK, or None."""
+def signed_result(datagram: bytes | memoryview) -> tuple[bytes, int, bytes] | None:
+    """(sha256, kind, signature) of a signing sender's HC_DIGEST_ACK, or None."""
     ext = _extension(datagram, Op.HC_DIGEST_ACK, HcDigestAckSigned)
-    return (ext.sha256, ext.signature) if ext is not None else None
+    return (ext.sha256, ext.kind, ext.signature) if ext is not None else None
 
 
 def opcode(datagram: bytes | memoryview) -> int | None:

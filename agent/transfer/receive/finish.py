@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 
+from agent.image.stream import is_image
 from agent.say import say
 from agent.transfer.receive.link import Link, ReceiveError
 from agent.transfer.receive.output import Output, OutputError, SliceWriter
-from agent.udpcast.protocol import Cap, Op, build
+from agent.trust.statements import IMAGE, RAW
+from agent.udpcast.protocol import SECRET_BYTES, Cap, Op, build
 
 DIGEST_INTERVAL = 0.25
 DIGEST_TIMEOUT = 5.0
@@ -43,7 +45,7 @@ def finish(link: Link, writer: SliceWriter, output: Output) -> str:
     _check_end(link)
     if (session.capabilities & Cap.HERDCAST or link.trust is not None) \
             and not session.passive:
-        _confirm_digest(link, writer.bytes, digest)
+        _confirm_digest(link, writer.bytes, digest, IMAGE if is_image(writer.head) else RAW)
     # exit wait: answer repeated REQACKs until --exit-wait ms pass without one
     hard_stop = time.monotonic() + opts.exit_wait / 1000 + EXIT_WAIT_CAP
     quiet_since = time.monotonic()
@@ -71,10 +73,12 @@ def _check_end(link: Link) -> None:
                            "marker (a forged one?): the image is incomplete")
 
 
-def _confirm_digest(link: Link, total: int, digest: bytes) -> None:
-    """HC_DIGEST every DIGEST_INTERVAL until the sender's HC_DIGEST_ACK says it agrees."""
-    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest)
-    link.digest_sent, link.digest_ack = (total, digest), None
+def _confirm_digest(link: Link, total: int, digest: bytes, kind: int) -> None:
+    """HC_DIGEST (with the secret our CONNECT_REPLY told us) every DIGEST_INTERVAL until
+    the sender's HC_DIGEST_ACK says it agrees."""
+    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
+                    secret=link.session.secret or bytes(SECRET_BYTES))
+    link.digest_sent, link.digest_ack = (total, digest, kind), None
     give_up = time.monotonic() + DIGEST_TIMEOUT
     while link.digest_ack is None:
         if time.monotonic() >= give_up:

@@ -10,6 +10,7 @@ that says "network", so they are never mistaken for the disk's.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import selectors
 import socket
@@ -58,6 +59,7 @@ class Session:
     passive: bool
     image_size: int | None = None  # herdcast senders tell it in CONNECT_REPLY
     codec: str | None = None  # and the stream's compression ("none", "gz", ...)
+    secret: bytes | None = None  # and ours, echoed in HC_DIGEST and HC_DIGEST_ACK
 
 
 def network_error(what: str, exc: OSError) -> ReceiveError:
@@ -96,7 +98,8 @@ class Link:
         self.tty_state = None
         self.disconnect_due = False  # the sender counts us in: say DISCONNECT at the end
         self.pending_answer = False  # a REQACK was answered since last cleared
-        self.digest_sent: tuple[int, bytes] | None = None  # (total, sha256) in our HC_DIGEST
+        # (total, sha256, kind) in our HC_DIGEST (kind: agent.trust.statements RAW/IMAGE)
+        self.digest_sent: tuple[int, bytes, int] | None = None
         self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
         self.trust = None  # receive.trust.Trust: a signed session is required
 
@@ -262,6 +265,9 @@ class Link:
                     or parsed[1].total_bytes != self.digest_sent[0]:
                 return
             ack = parsed[1]
+            if self.session.secret is not None and not hmac.compare_digest(
+                    ack.secret, self.session.secret):
+                return  # not the sender's own answer (a forgery from its address)
             if self.trust is not None:  # the verdict must be signed, for what we wrote
                 why, same = self.trust.result_problem(self.mv[:n], *self.digest_sent)
                 if why is not None:

@@ -93,6 +93,14 @@ class Output:
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
         self.stored = False  # a herdcast image stored as it came into a file
+        self.checker = None  # the stored image parsed as it is written: complete only
+        # with its own end (END record and trailer), whatever end marker the wire had
+        # A regular file is written beside its path (`partial`) until the stream's first
+        # bytes are known: a raw stream then takes the path at once (udp-receiver's file,
+        # written in place), a stored image only once complete, so a failed re-capture
+        # leaves the previous image as it was.
+        self.final: str | None = None
+        self.partial: str | None = None
         is_block = False
         if opts.file is None:
             self.fd = os.dup(1)
@@ -104,12 +112,17 @@ class Output:
                 is_device = is_block or stat.S_ISCHR(st.st_mode)
             except FileNotFoundError:
                 is_device = False
-            if not is_device:
-                flags |= os.O_TRUNC  # a shorter image must not leave the old file's tail
+            target = opts.file
+            if not is_device:  # a file: opened beside the old one, which a stored image
+                self.final = os.path.realpath(opts.file)  # replaces only once complete
+                target = self.partial = os.path.join(
+                    os.path.dirname(self.final),
+                    f".{os.path.basename(self.final)}.{os.getpid()}.partial")
+                flags |= os.O_TRUNC | os.O_EXCL
             if opts.sync:
                 flags |= os.O_SYNC
             try:
-                self.fd = os.open(opts.file, flags, 0o644)
+                self.fd = os.open(target, flags, 0o644)
             except OSError as exc:
                 raise OutputError(f"--file {opts.file}: cannot open for writing: "
                                   f"{exc.strerror}") from exc
@@ -144,6 +157,8 @@ class Output:
 
     def _choose(self, image: bool) -> None:
         """Set up the writing path for what the stream is, then replay what was held."""
+        if not image or self.unpack:
+            self._settle()
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
@@ -156,7 +171,8 @@ class Output:
                 self.decoder = decompressing_writer(self.sink, self.codec)
             self._write = self.decoder.write
         elif image:  # stored as it came, compression and all: `herdcast send -f` sends it
-            self._write = self._write_fd
+            self.checker = _ImageCheck(self.codec)
+            self._write = self._store
             self.stored = True
         elif self.codec:
             from agent.codec import decompressing_writer
@@ -179,6 +195,10 @@ class Output:
             n = os.write(fd, data)
             data = data[n:]
 
+    def _store(self, data: memoryview) -> None:
+        self._write_fd(data)
+        self.checker.write(data)
+
     def write(self, data: memoryview) -> None:
         """Write all of `data` (raises OSError / CompressError)."""
         self._write(data)
@@ -197,6 +217,13 @@ class Output:
                 self.decoder.close()
             if self.sink is not None:
                 self.sink.close()  # the image must have been complete
+            if self.checker is not None:
+                try:
+                    self.checker.close()  # the stored image must have its own end
+                except (OSError, HerdcastError) as exc:
+                    raise OutputError(f"{self.path}: the stored image is incomplete or "
+                                      f"damaged ({exc}): the end of the stream was not the "
+                                      "image's end") from exc
             if self.proc is not None:
                 self.proc.stdin.close()
                 rc = self.proc.wait(timeout=120)
@@ -216,12 +243,19 @@ class Output:
             except OSError as exc:
                 raise OutputError(f"{self.path}: closing failed: {exc.strerror or exc} (the "
                                   "last writes may not have landed)") from exc
+            self._settle()
         except (OSError, HerdcastError) as exc:  # the decompressor, the pipe, the image
             if isinstance(exc, OutputError):
                 raise
             raise OutputError(f"{self.path}: {exc}") from exc
         finally:
             self.close()
+
+    def _settle(self) -> None:
+        """The file written takes its path."""
+        if self.partial is not None:
+            os.replace(self.partial, self.final)
+            self.partial = None
 
     def close(self) -> None:
         """Release everything without waiting for success (abort path)."""
@@ -237,6 +271,35 @@ class Output:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+        if self.partial is not None:  # never completed: the previous file stays as it was
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
+            self.partial = None
+
+
+class _ImageCheck:
+    """Parses a stored image stream (compressed with `codec`) as it is written and keeps
+    nothing; close() fails unless it ended with its END record and trailer."""
+
+    def __init__(self, codec: str | None) -> None:
+        from agent.image.stream import Decoder, DecodingWriter
+
+        def nothing(*_args) -> None:
+            return None
+
+        self.parser = DecodingWriter(Decoder(nothing, nothing, nothing))
+        self.front = self.parser
+        if codec:
+            from agent.codec import decompressing_writer
+
+            self.front = decompressing_writer(self.parser, codec)
+
+    def write(self, data: memoryview) -> None:
+        self.front.write(data)
+
+    def close(self) -> None:
+        self.front.close()  # a truncated compressed stream fails here,
+        self.parser.close()  # an image without its own end here
 
 
 class _Writer(io.RawIOBase):

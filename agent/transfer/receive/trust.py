@@ -1,64 +1,79 @@
 """The receiving half of a signed session (agent.trust): `herdcast receive --trust-key`, or
 a node whose initramfs holds agent.trust.TRUSTED_KEY_PATH.
 
-A receiver with a trusted key sends a fresh nonce in its CONNECT_REQ, takes only a
-CONNECT_REPLY whose signature of the session statement verifies (any other sender is
-ignored, and told DISCONNECT so it does not wait for us), and says SUCCESS only for a signed
-HC_DIGEST_ACK whose result statement verifies and names the total and sha256 it computed of
-what it wrote. Off by default: an unsigned fleet keeps working with stock udpcast.
+A receiver with a trusted key sends a fresh nonce in its CONNECT_REQ and acts only on what is
+signed. It takes only a CONNECT_REPLY whose signature of the session statement verifies for
+what it will act on: its nonce and its own address, the address and port the reply came from
+(its sockets are then tied to them), the group, block size, image size, codec and image the
+reply names. Anything else (unsigned replies, HC_LATE, a stranger's DATA) is noted, never
+obeyed: no address is blacklisted for it, since a forger can use any address. It says
+SUCCESS only for a signed HC_DIGEST_ACK whose result statement names that session, the total
+and sha256 it computed of what it wrote, and the kind of stream it wrote. Off by default: an
+unsigned fleet keeps working with stock udpcast.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
+from agent.codec import wire_index
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.trust import TRUSTED_KEY_PATH, statements
-from agent.udpcast.protocol import image_size, reply_signature, signed_result
+from agent.udpcast.protocol import image_size, reply_codec, reply_signature, signed_result
 
 
 class Trust:
-    """The key a sender must sign with, this receive's nonce, the senders refused so far."""
+    """The key a sender must sign with, this receive's nonce, the senders ignored so far
+    (for the messages: each is named once)."""
 
     def __init__(self, key, path: str) -> None:
         self.key = key
         self.path = path
         self.nonce = statements.new_nonce()
         self.refused: set[str] = set()
+        self.statement: bytes | None = None  # the session statement taken
         self.last_refusal: str | None = None  # why the last signed result was refused
 
     def refuse(self, ip: str, why: str) -> None:
-        """Say once per sender why it is ignored."""
+        """Say once per sender why its message is ignored (it is not blacklisted: the next
+        one from that address may be the key holder's)."""
         if ip not in self.refused:
             self.refused.add(ip)
             say(f"ignoring sender {ip}: {why}; waiting for one that signs with {self.path}")
 
-    def reply_problem(self, datagram, msg) -> str | None:
-        """Why this CONNECT_REPLY does not prove the key holder answers us now (None: it
-        does)."""
-        signature = reply_signature(datagram)
-        if signature is None:
+    def reply_problem(self, datagram, msg, source: tuple[str, int], own_ip: str
+                      ) -> str | None:
+        """Why this CONNECT_REPLY, from `source`, does not prove the key holder answers us
+        now with what it names (None: it does, and its statement is kept)."""
+        signed = reply_signature(datagram)
+        if signed is None:
             return "it does not sign its sessions (a stock udp-sender, or no --sign-key)"
-        message = statements.session_message(
-            self.nonce, ipaddress.IPv4Address(msg.mcast_addr).packed,
-            image_size(datagram) or 0)
+        image, signature = signed
+        if reply_codec(datagram) is None:
+            return "it names a compression this herdcast does not know"
+        message = statements.Session(
+            self.nonce, own_ip, source[0], source[1], msg.mcast_addr, msg.blocksize,
+            image_size(datagram) or 0, wire_index(reply_codec(datagram)), image).message()
         if not statements.verify(self.key, message, signature):
-            return "its session signature does not verify (signed with another key?)"
+            return "its session signature does not verify (another key, or not for us)"
+        self.statement = message
         return None
 
-    def result_problem(self, datagram, total: int, digest: bytes) -> tuple[str | None, bool]:
-        """(why the HC_DIGEST_ACK is refused or None, whether the signed sha256 equals
-        `digest`)."""
+    def result_problem(self, datagram, total: int, digest: bytes, kind: int
+                       ) -> tuple[str | None, bool]:
+        """(why the HC_DIGEST_ACK is refused or None, whether the signed sha256 and kind
+        equal `digest` and `kind`)."""
         result = signed_result(datagram)
         if result is None:
             return "its digest acknowledgement is not signed", False
-        sha256, signature = result
-        if not statements.verify(self.key, statements.result_message(self.nonce, total,
-                                                                     sha256), signature):
+        if self.statement is None:
+            return "no signed session", False
+        sha256, their_kind, signature = result
+        message = statements.result_message(self.statement, total, sha256, their_kind)
+        if not statements.verify(self.key, message, signature):
             return "the signature of its result does not verify", False
-        return None, sha256 == digest
+        return None, sha256 == digest and their_kind == kind
 
 
 def load(opts: ReceiveOptions) -> Trust | None:

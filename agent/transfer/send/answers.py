@@ -9,6 +9,9 @@ wrote; a verdict, once given, never changes.
 
 from __future__ import annotations
 
+import hmac
+import time
+
 from agent.say import say
 from agent.transfer.send.record import Verdict
 from agent.transfer.send.signing import digest_ack
@@ -35,16 +38,19 @@ class Answers:
         if op == Op.CONNECT_REQ:
             if r is not None:
                 self.session.reply(r, addr)
-            else:
+            elif self.session.admits(ip):  # --allow: strangers are not queued
                 self._late(ip, addr, msg.capabilities)
             return
         if r is None:
             return
         r.answered()
         if op in (Op.OK, Op.RETRANSMIT):
+            r.answers += 1
             self.tracer.answer(ip, op, msg, self.inflight)
         if op == Op.OK:
             s = self._find(msg.slice_no)
+            if s is not None and not s.ok >> r.slot & 1:
+                r.done_with(s.no, time.monotonic())
             if s is not None:
                 s.answered_ok(r.slot, ip)
                 if s.end:
@@ -53,6 +59,8 @@ class Answers:
             s = self._find(msg.slice_no)
             if s is not None:
                 s.heard.add(ip)
+                r.holds(s.no, int.from_bytes(msg.received, "little").bit_count(),
+                        time.monotonic())
             if s is None or s.ok >> r.slot & 1 or msg.rxmit != s.rxmit or s.asked_at is None:
                 return  # an answer to an older pass: the receiver answers the new one
             r.retransmissions += s.answered_missing(ip, msg.received).bit_count()
@@ -81,20 +89,23 @@ class Answers:
             self.net.send(build(Op.HC_LATE, status=int(status), slice_no=current), addr)
 
     def _digest(self, ip: str, addr: tuple[str, int], msg) -> None:
-        """Answer every genuine HC_DIGEST (idempotent) and note the verdict in the table."""
+        """Answer every genuine HC_DIGEST (idempotent) and note the verdict in the table.
+        Genuine: it echoes the secret only that receiver was told (its CONNECT_REPLY went
+        to it alone), so a digest forged from its address is not believed."""
         if self.digest is None:
             return  # cannot happen before the end slice; the receiver repeats it
         r = self.table.find(ip)
-        if r is None:
+        if r is None or not hmac.compare_digest(msg.secret, r.secret):
             return
         if self.table.participants.get(ip) is not r:
             # a receiver of the last round repeating its digest (our answer was lost):
             # answered only when its row agreed, with what it agreed on
             if r.verdict is Verdict.OK and r.digest == msg.sha256.hex():
-                self.net.send(digest_ack(self.opts.sign_key, r.nonce, True, msg.total_bytes,
-                                         msg.sha256), addr)
+                self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, True,
+                                         msg.total_bytes, msg.sha256, r.kind), addr)
             return
         agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
-        self.net.send(digest_ack(self.opts.sign_key, r.nonce, agreed, self.total,
-                                 self.digest), addr)
+        r.kind = self.kind
+        self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, agreed,
+                                 self.total, self.digest, self.kind), addr)
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)

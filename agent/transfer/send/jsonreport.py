@@ -7,8 +7,10 @@ against it without a JSON-Schema library (the node's initramfs has none).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 
 from agent.transfer.result import TransferResult
 from agent.transfer.send.fleet import Fleet, iso
@@ -134,9 +136,18 @@ def build(fleet: Fleet, result: TransferResult, image: str, size: int | None,
 
 
 def write(path: str, doc: dict) -> None:
-    """Write the report atomically (a reader never sees half a file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write the report atomically (a reader never sees half a file) through a new file of
+    an unpredictable name beside it, created exclusively: a symlink planted where the
+    temporary file will be cannot redirect the write."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        os.fchmod(fd, 0o644)  # as open() made it: a report is for everybody to read
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

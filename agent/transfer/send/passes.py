@@ -4,9 +4,14 @@ After a slice's data the sender asks REQACK(slice, pass, readySet); each receive
 in readySet answers OK or RETRANSMIT(bitmap of the blocks it has). Once everybody answered
 the pass, the union of missing blocks is resent and the next pass asked (udpcast calls the
 pass number `rxmit`). A pass nobody finishes answering times out (the timeout doubles up to
-1 s, so a live sender repeats REQACK at least every second); a receiver is dropped when it
-has answered nothing for --drop-after seconds (5 by default) while asked, or for more than
---retries-until-drop passes, whichever comes first.
+1 s, so a live sender repeats REQACK at least every second). A receiver is dropped when it
+has answered nothing for --drop-after seconds (5 by default) while asked and for more
+requests in a row than its own answer rate explains (Record.silence_that_means_gone: at
+heavy loss a live receiver can miss five requests running; a dead one misses them all), or
+for more than --retries-until-drop passes; and when it answers but gets no further for
+NO_PROGRESS seconds (it holds the round: "nothing received" forever), while --drop-after is
+not 0. A receiver whose CONNECT_REPLY may be lost is sent it again with every request it
+leaves unanswered until it is heard.
 
 "Round" is the service's word (send.round: one stream to one set of receivers); "pass" is
 this module's.
@@ -23,6 +28,8 @@ MIN_TIMEOUT = 0.02
 MAX_TIMEOUT = 1.0
 END_TIMEOUT = 0.15
 END_SILENT_PASSES = 20  # x END_TIMEOUT: a receiver with all the data is gone, not lagging
+FALSE_DROP = 1e-4  # the chance of dropping a live receiver that we accept, per silence
+NO_PROGRESS = 30.0  # seconds owing a slice without getting further: it holds the round
 
 
 class Passes:
@@ -39,7 +46,7 @@ class Passes:
         self.stats.reqacks += 1
         for r in self.table.participants.values():
             if not s.ok >> r.slot & 1:
-                r.asked(now)
+                r.asked(now, s.no)
         s.asked_at = now
         s.answered = set()
         s.missing = 0
@@ -83,10 +90,17 @@ class Passes:
                     self._unanswered(r, s, now)
                 if self.table.participants:
                     self._next_pass(s, now)
+        if self.opts.drop_after:
+            for r in list(participants.values()):
+                if r.stuck_for(now) > NO_PROGRESS:
+                    why = (f"no progress for {r.stuck_for(now):.0f} s (it answers, but "
+                           "gets no further)")
+                    self.table.remove(r.address, Verdict.DROPPED, why)
+                    say(f"herdcast send: dropping receiver {r.address}: {why}")
 
     def _unanswered(self, r: Receiver, s: SliceInFlight, now: float) -> None:
         """`r` did not answer pass `s.rxmit` in time: ask again, count as finished, or drop."""
-        if not r.heard and r.silent >= 1:  # its CONNECT_REPLY may be lost
+        if not r.heard:  # its CONNECT_REPLY may be lost (a stock one asks only once)
             self.session.reply(r, r.addr)
         r.silent += 1
         if s.end and r.silent > min(END_SILENT_PASSES, self.opts.retries_until_drop):
@@ -98,7 +112,8 @@ class Passes:
             self.table.finished_data(r)
             self._end_ok(r)
         elif r.silent > self.opts.retries_until_drop or (
-                self.opts.drop_after and r.silent_for(now) > self.opts.drop_after):
+                self.opts.drop_after and r.silent_for(now) > self.opts.drop_after
+                and r.silent >= r.silence_that_means_gone(FALSE_DROP)):
             why = f"no answer for {r.silent_for(now):.1f} s ({r.silent} requests)"
             self.table.remove(r.address, Verdict.DROPPED, why)
             say(f"herdcast send: dropping receiver {r.address}: {why}")

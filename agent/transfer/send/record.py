@@ -13,13 +13,12 @@ all read these records; its `State` is what the live table shows.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.udpcast.protocol import Cap
-
-SECRET_BYTES = 16
+from agent.udpcast.protocol import SECRET_BYTES, Cap
 
 
 class State(enum.Enum):
@@ -80,16 +79,21 @@ class Receiver:
     caps: int = 0
     rcvbuf: int = 0
     nonce: bytes | None = None  # from its CONNECT_REQ: it wants a signed session
-    # told only to it (unicast CONNECT_REPLY) and echoed in its HC_DIGEST/HC_FAIL: a
-    # message without it is someone else's
+    statement: bytes | None = None  # the session statement signed for it (agent.trust)
+    kind: int = 0  # its round's stream: agent.trust.statements RAW or IMAGE
+    # told only to it (unicast CONNECT_REPLY) and echoed in its HC_DIGEST: a digest
+    # without it is someone else's, whatever address it comes from
     secret: bytes = field(default_factory=lambda: os.urandom(SECRET_BYTES))
     silent: int = 0  # consecutive REQACK passes it did not answer
+    requests: int = 0  # REQACKs it was asked to answer, this round
+    answers: int = 0  # OKs and RETRANSMITs it sent, this round
     heard: bool = False  # sent anything since CONNECT_REQ (so it got CONNECT_REPLY)
     finished: bool = False  # OK'd the end slice
     left: bool = False  # said DISCONNECT after finishing
     owed_since: float | None = None  # when the oldest request it has not answered went out
-    progressed_at: float | None = None  # when it last had more blocks than before
+    progressed_at: float | None = None  # when it last got further (or was first asked)
     holding: dict[int, int] = field(default_factory=dict)  # slice -> most blocks it had
+    owing: set[int] = field(default_factory=set)  # slices asked that it has not OK'd
 
     def join(self, addr: tuple[str, int], caps: int, rcvbuf: int,
              nonce: bytes | None) -> None:
@@ -114,16 +118,30 @@ class Receiver:
         self.heard = True
         self.owed_since = None
 
-    def asked(self, now: float) -> None:
-        """A REQACK it must answer went out (the first unanswered one starts the clock)."""
+    def asked(self, now: float, slice_no: int) -> None:
+        """A REQACK for `slice_no` it must answer went out (the first unanswered one starts
+        the silence clock, the first one it owes after owing nothing the progress clock)."""
+        self.requests += 1
         if self.owed_since is None:
             self.owed_since = now
-        if self.progressed_at is None:
+        if not self.owing:
             self.progressed_at = now
+        self.owing.add(slice_no)
 
     def silent_for(self, now: float) -> float:
         """Seconds since it was first asked something it has not answered (0: owes nothing)."""
         return 0.0 if self.owed_since is None else now - self.owed_since
+
+    def silence_that_means_gone(self, false_drop: float) -> int:
+        """How many requests in a row a live receiver would leave unanswered with a
+        probability below `false_drop`, at the answer rate its earlier requests showed
+        (Laplace's estimate, so a receiver not yet heard counts as losing half): on a
+        clean link 1 or 2, at 30 % loss each way about 14."""
+        before = max(0, self.requests - self.silent)
+        rate = min(self.answers + 1, before + 1) / (before + 2)
+        if rate >= 1.0:
+            return 1
+        return max(1, math.ceil(math.log(false_drop) / math.log(1.0 - rate)))
 
     def holds(self, slice_no: int, blocks: int, now: float) -> None:
         """It has `blocks` of slice `slice_no` (from a RETRANSMIT's bitmap): more than it
@@ -136,10 +154,14 @@ class Receiver:
         """It OK'd slice `slice_no`: progress, and its counts for that slice are done."""
         self.progressed_at = now
         self.holding.pop(slice_no, None)
+        self.owing.discard(slice_no)
 
     def stuck_for(self, now: float) -> float:
-        """Seconds since it last got further (0 before it was first asked)."""
-        return 0.0 if self.progressed_at is None else now - self.progressed_at
+        """Seconds it has owed a slice without getting any further (0: it owes nothing,
+        e.g. while the sender waits for its input)."""
+        if not self.owing or self.progressed_at is None:
+            return 0.0
+        return now - self.progressed_at
 
 
 class ReceiverObserver(Protocol):

@@ -29,6 +29,7 @@ from agent.transfer.send.passes import Passes
 from agent.transfer.send.reader import EOF, SliceReader
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.trace import Tracer, tracer
+from agent.trust.statements import RAW
 
 DIGEST_WAIT = 3.0
 
@@ -38,7 +39,7 @@ class Round(Answers, Passes):
 
     def __init__(self, session: SendSession, table: Table, reader: SliceReader, pacer: Pacer,
                  progress: Progress, stats: SendStats, rereadable: bool,
-                 trace: Tracer | None = None) -> None:
+                 trace: Tracer | None = None, kind: int = RAW) -> None:
         self.session = session
         self.net = session.net
         self.table = table
@@ -58,6 +59,7 @@ class Round(Answers, Passes):
         self.answer_time = 0.01
         self.digest: bytes | None = None
         self.total = 0
+        self.kind = kind  # what the stream is (a signed result names it)
 
     # ------------------------------------------------------------------ slices
 

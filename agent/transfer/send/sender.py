@@ -43,6 +43,7 @@ from agent.transfer.send.start import wait_for_late, wait_for_start
 from agent.transfer.send.stop import Stop
 from agent.transfer.send.streaming import send_async
 from agent.transfer.send.view import make_view
+from agent.trust.statements import IMAGE, RAW
 
 LATE_HELLO_INTERVAL = 0.5
 LATE_CONNECT_WAIT = 10.0
@@ -271,7 +272,7 @@ class Service:
         packets = self.stats.data_packets + self.stats.rexmit_packets + self.stats.fec_packets
         rexmits = self.stats.rexmit_packets
         transfer = Round(session, table, reader, pacer, self.view, self.stats,
-                         self.inp.rereadable)
+                         self.inp.rereadable, kind=IMAGE if as_image else RAW)
         if isinstance(stop, Stop):
             stop.busy = True
         try:

@@ -8,17 +8,22 @@ start of each round: the group, the broadcast address, or the one receiver point
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agent.codec import wire_index
 from agent.image.source import Source, inspect_source
 from agent.transfer.options import SendOptions
+from agent.transfer.send.allow import AllowList, probe
 from agent.transfer.send.batch import Destination
+from agent.transfer.send.names import Names
 from agent.transfer.send.network import Network, SendError
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver
 from agent.transfer.send.signing import sign_reply
+from agent.trust import statements
 from agent.udpcast.protocol import Cap, Op, build, build_connect_reply
 
 SLICE_BYTES = 1024 * 1456  # udpcast's default slice: 1024 Ethernet-sized blocks
@@ -54,6 +59,21 @@ def slice_blocks(opts: SendOptions, blocksize: int | None = None) -> int:
     return max(opts.min_slice_size, min(opts.max_slice_size, SLICE_BYTES // blocksize))
 
 
+def image_identity(opts: SendOptions, source: Source) -> bytes:
+    """What a signed session names as its image: the input's path, size, change time and
+    inode, and how it is sent; random for stdin or --pipe (a stream that is never the same
+    twice)."""
+    if opts.file is None or opts.pipe:
+        return os.urandom(statements.IMAGE_ID_BYTES)
+    try:
+        st = os.stat(opts.file)
+    except OSError:
+        return os.urandom(statements.IMAGE_ID_BYTES)
+    text = (f"{os.path.realpath(opts.file)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+            f"\0{st.st_dev}:{st.st_ino}\0{source.kind}\0{opts.compress}")
+    return hashlib.sha256(text.encode()).digest()
+
+
 @dataclass(frozen=True)
 class SendSession:
     """What one send runs with: the options, the network it opened and what it measured."""
@@ -65,6 +85,9 @@ class SendSession:
     dest: Destination  # the data address every prepared DATA message points at
     source: Source = Source("raw")  # or a disk's used blocks, or a stored image
     codec: str | None = None  # the compression on the wire: --compress, or a stored image's
+    image_id: bytes = bytes(statements.IMAGE_ID_BYTES)  # signed sessions name it
+    allow: AllowList | None = None  # --allow: who is answered (None: everybody)
+    names: Names = field(default_factory=Names)  # MACs for --allow
 
     @classmethod
     def open(cls, opts: SendOptions) -> SendSession:
@@ -79,7 +102,17 @@ class SendSession:
         net = Network(opts)
         size = source.disk_size if source.kind == "stored" else input_size(opts)
         return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
-                   source, codec)
+                   source, codec, image_identity(opts, source), AllowList.parse(opts.allow))
+
+    def admits(self, ip: str) -> bool:
+        """Whether a receiver at `ip` is answered (--allow); an address whose MAC decides
+        and is not known yet is probed, and answered when it asks again."""
+        if self.allow is None:
+            return True
+        verdict = self.allow.admits(ip, self.names.mac)
+        if verdict is None:
+            probe(ip, self.net.port)
+        return bool(verdict)
 
     def image_round(self, table: Table) -> bool:
         """Whether this round sends the image stream: a disk or stored image, and every
@@ -121,7 +154,8 @@ class SendSession:
 
     def reply(self, r: Receiver | None, addr: tuple[str, int]) -> None:
         """CONNECT_REPLY: the slot (-1 when the table is full), block size, caps and group;
-        herdcast receivers also learn the image size."""
+        herdcast receivers also learn the image size, the codec and their secret, and one
+        that sent a nonce gets the session signed for it (kept in its record)."""
         net = self.net
         chunks = r is not None and r.caps & Cap.CHUNKS and self.offers_chunks
         fields = dict(client_number=r.slot if r else -1, blocksize=net.blocksize,
@@ -129,8 +163,13 @@ class SendSession:
                       mcast_addr=net.advertised)
         if r is not None and r.herdcast:
             reply = build_connect_reply(image_size=self.image_size or 0, codec=self.codec,
-                                        **fields)
-            net.send(sign_reply(self.opts.sign_key, reply, r.nonce, net.advertised,
-                                self.image_size or 0), addr)
+                                        secret=r.secret, **fields)
+            signed = None
+            if r.nonce is not None:
+                signed = statements.Session(
+                    r.nonce, addr[0], net.nif.ip, net.port + 1, net.advertised, net.blocksize,
+                    self.image_size or 0, wire_index(self.codec), self.image_id)
+            reply, r.statement = sign_reply(self.opts.sign_key, reply, signed)
+            net.send(reply, addr)
         else:
             net.send(build(Op.CONNECT_REPLY, **fields), addr)

@@ -1,16 +1,17 @@
 """The signing sender's half of a signed session (agent.trust): `herdcast send --sign-key`.
 
-A receiver that trusts a key sends a nonce in its CONNECT_REQ. To it the sender appends to
-its CONNECT_REPLY a signature of the session statement (that nonce, the data group, the image
-size), and to its HC_DIGEST_ACK the sha256 it sent with a signature of the result statement
-(the nonce, the total, that sha256). The receiver images only after the first verifies, and
-says SUCCESS only when the second does and names what it wrote itself.
+A receiver that trusts a key sends a nonce in its CONNECT_REQ. The sender signs, for that
+nonce and the address the request came from, the session statement (agent.trust.statements:
+both addresses, its port, group, block size, image size, codec and image identity) into its
+CONNECT_REPLY, and keeps it in the receiver's record; its HC_DIGEST_ACK carries the sha256
+it sent and the stream's kind with a signature of the result statement, which names that
+session. A statement names the receiver, so a signature another host asks for is of no use
+to anybody else: the sender is no signing oracle.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 
 from agent.trust import keys, statements
 from agent.udpcast.protocol import HcDigestAckSigned, Op, build
@@ -22,23 +23,24 @@ def signer(path: str):
     return keys.load_private(path)
 
 
-def sign_reply(path: str | None, reply: bytes, nonce: bytes | None, group: str,
-               image_size: int) -> bytes:
-    """An extended CONNECT_REPLY, signed for `nonce` when there is a key and a nonce."""
-    if path is None or nonce is None:
-        return reply
-    message = statements.session_message(nonce, ipaddress.IPv4Address(group).packed,
-                                         image_size)
-    return reply + statements.sign(signer(path), message)
+def sign_reply(path: str | None, reply: bytes, session: statements.Session | None
+               ) -> tuple[bytes, bytes | None]:
+    """(the extended CONNECT_REPLY, signed for `session` when there is a key and a session,
+    the statement signed or None)."""
+    if path is None or session is None:
+        return reply, None
+    message = session.message()
+    return reply + session.image + statements.sign(signer(path), message), message
 
 
-def digest_ack(path: str | None, nonce: bytes | None, agreed: bool, total: int,
-               sha256: bytes) -> bytes:
-    """HC_DIGEST_ACK; signed, with the sha256 sent, for a receiver that gave a nonce."""
-    if path is None or nonce is None:
-        return build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=total)
+def digest_ack(path: str | None, statement: bytes | None, secret: bytes, agreed: bool,
+               total: int, sha256: bytes, kind: int) -> bytes:
+    """HC_DIGEST_ACK echoing the receiver's secret; signed, with the sha256 sent and the
+    stream's kind, for a receiver whose session was signed (`statement`)."""
+    if path is None or statement is None:
+        return build(Op.HC_DIGEST_ACK, agreed=int(agreed), total_bytes=total, secret=secret)
     signature = statements.sign(signer(path),
-                                statements.result_message(nonce, total, sha256))
+                                statements.result_message(statement, total, sha256, kind))
     return HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=int(agreed),
-                                        total_bytes=total, sha256=sha256,
-                                        signature=signature))
+                                        total_bytes=total, secret=secret, sha256=sha256,
+                                        kind=kind, signature=signature))

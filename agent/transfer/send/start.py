@@ -85,6 +85,8 @@ class Gathering:
         for op, msg, addr in net.receive(timeout):
             self.last_message = time.monotonic()
             ip = addr[0]
+            if op in (Op.CONNECT_REQ, Op.GO) and not self.session.admits(ip):
+                continue  # not one of the fleet (--allow): not answered, not counted
             if op == Op.CONNECT_REQ:
                 if self.admit is not None and not self.admit(ip):
                     continue
