@@ -394,15 +394,3 @@ def bitmap_set(bitmap: bytearray, n: int) -> None:
 def bitmap_test(bitmap: bytes | bytearray, n: int) -> bool:
     """Whether bit n is set in an LSB-first udpcast bitmap."""
     return bool(bitmap[n >> 3] & (1 << (n & 7)))
-
-
-def default_data_group(sender_ip: str) -> str:
-    """The data group a sender picks without --mcast-data-address.
-
-    udpcast 20120424 maps a.b.c.d to (232+(a&7)).b.c.d, which lands 192.168.x senders in the
-    source-specific range 232/8 that SSM-aware networks refuse for any-source joins; 20230924
-    moved to 233.254.0.0|(ip & 0x1FFFF). herdcast uses the 20230924 rule: receivers take the
-    group from HELLO/CONNECT_REPLY, so either rule interoperates.
-    """
-    ip = int(ipaddress.IPv4Address(sender_ip))
-    return str(ipaddress.IPv4Address(0xE9FE0000 | (ip & 0x1FFFF)))
