@@ -205,8 +205,9 @@ while time.monotonic() < end:
         send(wire.CHUNK_HEADER.pack(int(Op.HC_CHUNK), 0, index, piece, 0, size)
              + os.urandom(min(1456, size - piece * 1456)), [group])
     send(HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=1,
-                                      total_bytes=k, sha256=bytes(32),
-                                      signature=bytes(64))), targets)
+                                      total_bytes=k, secret=os.urandom(16),
+                                      sha256=bytes(32), kind=2, signature=bytes(64))),
+         targets)
     send(wire.build(Op.HC_MANIFEST_INFO, length=100, sha256=bytes(32),
                     signature=os.urandom(64)), targets)
     send(wire.build(Op.HC_IDLE, chunks=1), [group])

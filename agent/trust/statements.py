@@ -26,7 +26,9 @@ from construct import Bytes, Const, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 NONCE_BYTES = 16
 SIGNATURE_BYTES = 64
 IMAGE_ID_BYTES = 32
-RAW, IMAGE = 0, 1  # the stream's kind: a raw disk or file, or an agent.image stream
+# the stream's kind: a raw disk or file, an agent.image stream, or agent.image.chunks' chunks
+# (the digest is then the image digest over the chunks' content hashes)
+RAW, IMAGE, CHUNKS = 0, 1, 2
 
 SessionStatement = Struct(
     "context" / Const(b"herdcast session v2\x00"),
@@ -46,7 +48,7 @@ ResultStatement = Struct(
     "session" / Bytes(32),  # sha256 of the signed session statement
     "total_bytes" / Int64ub,
     "sha256" / Bytes(32),
-    "kind" / Int8ub,  # RAW or IMAGE
+    "kind" / Int8ub,  # RAW, IMAGE or CHUNKS
 )
 
 

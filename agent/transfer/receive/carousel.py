@@ -37,8 +37,9 @@ from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError
+from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.protocol import HEADER_SIZE, Op, build, parse
+from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
 
 REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
@@ -283,7 +284,8 @@ class ChunkReceiver:
     def _confirm(self, total: int, digest: bytes) -> None:
         """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session)."""
         link, trust = self.link, self.link.trust
-        message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest)
+        message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
+                        secret=link.session.secret or bytes(SECRET_BYTES))
         give_up = time.monotonic() + DIGEST_TIMEOUT
         why = None
         while time.monotonic() < give_up:
@@ -298,7 +300,7 @@ class ChunkReceiver:
                         continue
                     agreed = bool(parsed[1].agreed)
                     if trust is not None:
-                        why, same = trust.result_problem(view, total, digest)
+                        why, same = trust.result_problem(view, total, digest, CHUNKS)
                         if why is not None:
                             continue  # not the key holder's verdict
                         agreed = agreed and same

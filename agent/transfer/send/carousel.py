@@ -19,6 +19,7 @@ agrees with the manifest's; the carousel ends when every receiver has a verdict,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import select
 import socket
@@ -33,6 +34,7 @@ from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver, State, Verdict
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.signing import digest_ack, signer
+from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, connect_nonce, parse
 
@@ -243,18 +245,21 @@ class Carousel:
             self.net.send(head + self.manifest[piece * bs:(piece + 1) * bs], addr)
 
     def _digest(self, ip: str, addr, msg) -> None:
-        """A receiver's digest of what its disk holds: agreed when it is the manifest's."""
+        """A receiver's digest of what its disk holds: agreed when it is the manifest's.
+        Believed only with the secret that receiver alone was told (its CONNECT_REPLY), so
+        a digest forged from its address changes nothing; a verdict is given once."""
         r = self.table.find(ip)
-        if r is None:
+        if r is None or r.secret is None or not hmac.compare_digest(msg.secret, r.secret):
             return
         if self.table.participants.get(ip) is not r:  # a repeat after it left
             if r.verdict is Verdict.OK and r.digest == msg.sha256.hex():
-                self.net.send(digest_ack(self.opts.sign_key, r.nonce, True, msg.total_bytes,
-                                         msg.sha256), addr)
+                self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, True,
+                                         msg.total_bytes, msg.sha256, CHUNKS), addr)
             return
         self.heard[ip] = time.monotonic()
         agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
-        self.net.send(digest_ack(self.opts.sign_key, r.nonce, agreed, self.total,
-                                 self.digest), addr)
+        r.kind = CHUNKS
+        self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, agreed,
+                                 self.total, self.digest, CHUNKS), addr)
         self.table.finished_data(r)
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)
