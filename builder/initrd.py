@@ -232,10 +232,15 @@ def pack(root: Path, level: int, mtime: int, cache: Path | None = None
          ) -> tuple[bytes, int, int]:
     """(initrd bytes, uncompressed size, entry count): two zstd-compressed newc archives,
     the stable bulk and the VOLATILE members. /dev/console and /dev/null are added as
-    device nodes so the kernel has a console before /init runs."""
+    device nodes so the kernel has a console before /init runs, and /dev/urandom because
+    the agent's Python seeds its hashes before it mounts devtmpfs: on a machine whose
+    kernel has not initialised its random pool yet (no RDRAND, an early boot: seen on a
+    libvirt VM 6.8 s after power-on) getrandom() says EAGAIN, Python falls back to
+    /dev/urandom, and without it PID 1 dies and the kernel panics."""
     entries = cpio.entries_from_tree(root) + [
         cpio.chardev("dev/console", 5, 1),
         cpio.chardev("dev/null", 1, 3, perm=0o666),
+        cpio.chardev("dev/urandom", 1, 9, perm=0o666),
     ]
     stable = [e for e in entries if e.name not in VOLATILE]
     volatile = [e for e in entries if e.name in VOLATILE]

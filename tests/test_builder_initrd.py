@@ -39,11 +39,13 @@ def test_pack_writes_two_zstd_archives_that_zstd_and_cpio_read(tmp_path):
     assert len(raw) == unpacked
     assert raw == initrd.unpack(blob)
     members = {name: hdr for hdr, name, _ in cpio.read_archive(raw)}
-    assert set(members) == {"dev", "dev/console", "dev/null", "init", "opt", "opt/herdcast",
-                            "opt/herdcast/herdcast"}
+    assert set(members) == {"dev", "dev/console", "dev/null", "dev/urandom", "init", "opt",
+                            "opt/herdcast", "opt/herdcast/herdcast"}
     assert count == len(members)
     assert stat.S_ISCHR(members["dev/console"]["mode"])
     assert (members["dev/console"]["rdevmajor"], members["dev/console"]["rdevminor"]) == (5, 1)
+    # Python seeds its hashes from /dev/urandom when the kernel's pool is not ready yet
+    assert (members["dev/urandom"]["rdevmajor"], members["dev/urandom"]["rdevminor"]) == (1, 9)
     # GNU cpio stops at the first trailer: the agent executable is in the second archive
     listed = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
                             timeout=30, check=True).stdout.decode().split()

@@ -140,6 +140,7 @@ class Libvirtd(LabContext):
   <name>{name}</name><uuid>{dom.uuid}</uuid>
   <memory unit='MiB'>{memory_mb}</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type>{boots}</os>
+  <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
