@@ -9,6 +9,13 @@ proposal, and the client falls back to SHA-1: `refuse_what_it_cannot_do` makes t
 BMC do that (an RMCP+ status 0x11, "invalid authentication algorithm"). `python -m
 builder.lab.bmcs vbmc ...` runs one virtual BMC in the foreground with it.
 
+virtualbmc also sets a boot device by making it the domain's only one, for good, so after
+`chassis bootdev pxe` (meant for the next boot) the machine can boot nothing but the
+network: pxelinux's LOCALBOOT finds no next device (libvirt runs SeaBIOS with
+`-boot strict=on`). A real BMC's "next boot" leaves the firmware's own order behind it, the
+disk among it; `keep_the_disk_behind` makes the lab's BMC do that too: the requested device
+first, the domain's disk after it (as sushy-tools' libvirt driver already does).
+
 A NIC that wakes its machine on a magic packet is the NIC's firmware, which a qemu NIC does
 not have: `python -m builder.lab.bmcs wol` stands in for it, watching the lab bridge's frames
 (a packet socket sees every frame crossing it, the server's own included) for a magic packet
@@ -43,6 +50,29 @@ def refuse_what_it_cannot_do(server_session_class) -> None:
     server_session_class.create_open_session_response = respond
 
 
+def keep_the_disk_behind(vbmc_class) -> type:
+    """virtualbmc's BMC whose boot device keeps the domain's disk as the next boot entry."""
+
+    class LabVirtualBMC(vbmc_class):
+        def set_boot_device(self, bootdevice):
+            failed = super().set_boot_device(bootdevice)
+            if failed or bootdevice == "hd":
+                return failed
+            import xml.etree.ElementTree as ET
+
+            from virtualbmc import utils
+
+            with utils.libvirt_open(**self._conn_args) as conn:
+                domain = utils.get_libvirt_domain(conn, self.domain_name)
+                tree = ET.fromstring(self.get_xml_desc(domain, dump_sensitive=True))
+                if tree.find("devices/disk") is not None:
+                    ET.SubElement(tree.find("os"), "boot").set("dev", "hd")
+                    conn.defineXML(ET.tostring(tree, encoding="unicode"))
+            return None
+
+    return LabVirtualBMC
+
+
 def run_vbmc(argv: list[str]) -> int:
     """One virtualbmc BMC for one libvirt domain, in the foreground."""
     p = argparse.ArgumentParser(prog="python -m builder.lab.bmcs vbmc")
@@ -59,8 +89,8 @@ def run_vbmc(argv: list[str]) -> int:
     refuse_what_it_cannot_do(serversession.ServerSession)
     with open(args.password_file, encoding="utf-8") as f:
         password = f.read().strip()
-    bmc = VirtualBMC(args.username, password, args.port, args.address, args.domain,
-                     args.libvirt_uri)
+    bmc = keep_the_disk_behind(VirtualBMC)(args.username, password, args.port, args.address,
+                                           args.domain, args.libvirt_uri)
     print(f"vbmc: {args.domain} on [{args.address}]:{args.port}", flush=True)
     bmc.listen(timeout=3600)
     return 0
