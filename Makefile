@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv initrd test test-fast lint bench demo install clean
+.PHONY: all deps venv initrd test test-fast lint bench demo demo-deploy install clean
 
 all: initrd
 
@@ -37,6 +37,10 @@ bench: venv
 
 demo: initrd
 	$(PY) -m builder demo
+
+# herdcast deploy on libvirt machines behind Redfish, IPMI and Wake-on-LAN (issue 19)
+demo-deploy: initrd
+	$(PY) -m builder demo --deploy
 
 # The server's herdcast, on PATH: a venv of its own under $(LIBDIR) holding the package
 # (not editable), $(BINDIR)/herdcast linked to it, the systemd unit for `send --serve` and
