@@ -11,6 +11,8 @@ before). The fourth is reported never connected, with its BMC's word, and the ex
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import ensure_tftpboot
 
@@ -60,4 +62,14 @@ def test_deploy_powers_on_images_and_boots_every_node_into_its_new_system(tmp_pa
     # the BMC password is in no output, log or report
     everything = said + str(run.report) + "".join(run.logs.values())
     assert BMC_PASSWORD not in everything
+    # libvirtd, its qemus and the BMC emulators are gone with the lab
+    left = [p for p in Path("/proc").glob("[0-9]*") if _mentions(p, str(tmp_path))]
+    assert not left, [(p.name, (p / "cmdline").read_bytes()[:200]) for p in left]
     print(f"deploy lab: {run.seconds:.0f} s")
+
+
+def _mentions(proc: Path, text: str) -> bool:
+    try:
+        return text.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
