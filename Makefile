@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv initrd test test-fast lint bench demo manual man completion install clean
+.PHONY: all deps venv initrd test test-fast lint bench demo demo-deploy manual man completion install clean
 
 all: initrd
 
@@ -42,6 +42,10 @@ demo: initrd
 # (argparse-manpage, shtab) into build/share/, laid out as /usr/share
 manual man completion: venv
 	$(PY) -m builder manual --out build/share
+
+# herdcast deploy on libvirt machines behind Redfish, IPMI and Wake-on-LAN (issue 19)
+demo-deploy: initrd
+	$(PY) -m builder demo --deploy
 
 # The server's herdcast, on PATH: a venv of its own under $(LIBDIR) holding the package
 # (not editable), $(BINDIR)/herdcast linked to it, its man page and shell completions

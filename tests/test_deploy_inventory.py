@@ -75,6 +75,22 @@ def test_a_fleet_parses_into_frozen_nodes(tmp_path, pwfile):
         n1.mac = "x"
 
 
+def test_each_node_is_armed_with_its_inventory_name_once_the_node_knows_hostname(
+        tmp_path, pwfile, monkeypatch):
+    """The armed line carries hostname=<inventory name> when the boot parameter table has
+    hostname= (so each clone boots under its own name); an entry's own hostname wins;
+    without the parameter nothing is added (the node would refuse an unknown one)."""
+    from agent.boot import params
+
+    inv = load(write(tmp_path, FLEET.replace("PWFILE", str(pwfile))))
+    n1, _, _, n4 = inv.nodes
+    monkeypatch.delitem(params.PARAMETERS, "hostname", raising=False)
+    assert n4.assignments() == ["compr=zstd"]
+    monkeypatch.setitem(params.PARAMETERS, "hostname", object())
+    assert n4.assignments() == ["compr=zstd", "hostname=node04"]
+    assert n1.assignments() == ["disk=/dev/nvme0n1", "hostname=web01"]
+
+
 def test_credentials_are_never_shown(tmp_path, pwfile):
     inv = load(write(tmp_path, FLEET.replace("PWFILE", str(pwfile))))
     for node in inv.nodes[:3]:

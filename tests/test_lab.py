@@ -156,3 +156,18 @@ def test_the_table_shows_the_bytes_on_the_wire_from_the_result_line():
     assert _WIRE.search("herdcast: SUCCESS: received 5487528 bytes in 3.1 s").group(1) \
         == "5487528"
     assert not _WIRE.search("herdcast: FAILED: receive: ... after 16777216 bytes")
+
+
+def test_the_lab_nic_wakes_only_on_a_magic_packet_naming_its_mac():
+    """builder.lab.bmcs wol finds deploy's magic packet (agent.deploy.bmc) inside a whole
+    Ethernet frame, and nothing else wakes a domain."""
+    from agent.deploy.bmc import magic_packet
+    from builder.lab.bmcs import woken
+
+    macs = {bytes.fromhex("525400991003"): "node-wol"}
+    header = bytes(14) + bytes(28)  # Ethernet, then IPv4 + UDP headers: any bytes
+    frame = header + magic_packet("52:54:00:99:10:03")
+    assert woken(frame, macs) == "node-wol"
+    assert woken(header + b"\xff" * 12 + magic_packet("52:54:00:99:10:03"), macs) == "node-wol"
+    assert woken(header + magic_packet("52:54:00:99:10:04"), macs) is None
+    assert woken(frame[:-6], macs) is None  # fifteen copies are not a magic packet

@@ -32,6 +32,9 @@ IPMI_PORT = 623
 #: The keys of a node's table that are the inventory's; any other key is a boot parameter.
 KEYS = ("name", "mac", "bmc", "username", "password", "password_file", "verify_tls")
 SECRET_KEYS = ("password", "password_file")
+#: The boot parameter that names the clone (agent.personalize: /etc/hostname, /etc/hosts):
+#: every armed node gets it, set to its inventory name, once the parameter table has it.
+NAMED_BY = "hostname"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _PARAM = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
@@ -80,8 +83,16 @@ class Node:
     params: tuple[tuple[str, str], ...] = ()  # boot parameters for its per-MAC line
 
     def assignments(self) -> list[str]:
-        """The node's boot parameters as `python -m builder node` takes them."""
-        return [f"{k}={v}" for k, v in self.params]
+        """The node's boot parameters as `python -m builder node` takes them; with
+        `hostname=<its name>` added when the node's boot parameters have NAMED_BY and the
+        entry sets none itself, so each clone comes up under its inventory name."""
+        from agent.boot.params import PARAMETERS, canonical_name
+
+        given = [f"{k}={v}" for k, v in self.params]
+        if NAMED_BY in PARAMETERS and all(canonical_name(k) != NAMED_BY
+                                          for k, _ in self.params):
+            given.append(f"{NAMED_BY}={self.name}")
+        return given
 
 
 @dataclass(frozen=True)

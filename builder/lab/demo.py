@@ -11,7 +11,10 @@ netmodule=AUTO and diskmodule=AUTO do real work. Every node has its own per-MAC 
 (`python -m builder node`: pxelinux's and GRUB's twin) naming its disk. Every node powers
 off at the end. The run shows each node's progress, ends with a table, keeps the consoles
 in build/demo/ and removes its namespace. `--capture` runs builder/lab/capture.py instead:
-a disk captured into an image file on the lab's server, then deployed from it.
+a disk captured into an image file on the lab's server, then deployed from it. `--deploy`
+(`make demo-deploy`) runs builder/lab/deploylab.py: `herdcast deploy` powering libvirt
+machines on through Redfish, IPMI and Wake-on-LAN, imaging them, and each booting the
+system it received from its own disk.
 """
 
 from __future__ import annotations
@@ -203,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capture", action="store_true",
                    help="capture a node's disk into an image file on the lab's server, then "
                    "deploy that file to two receivers with the node off (issue 12)")
+    p.add_argument("--deploy", action="store_true",
+                   help="herdcast deploy: libvirt machines behind Redfish, IPMI and "
+                   "Wake-on-LAN powered on, imaged and booted into their new system "
+                   "(issue 19)")
     args = p.parse_args(argv)
     if not (args.tftpboot / "initrd.img").exists():
         raise LabError(f"{args.tftpboot}/initrd.img is missing", "run `make initrd` first")
     started = time.monotonic()
+    if args.deploy:
+        return _deploy(args, started)
     if args.capture:
         from builder.lab.capture import run_capture_deploy
 
@@ -227,3 +236,27 @@ def main(argv: list[str] | None = None) -> int:
               f"{hostname!r}")
     print(f"total {time.monotonic() - started:.1f} s; consoles in {args.workdir}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _deploy(args, started: float) -> int:
+    """`--deploy`: the deploy lab, its table and what each node booted. The demo succeeds
+    when every reachable node booted its clone and the unplugged one was reported."""
+    from builder.lab.deploylab import FLEET, run_deploy_lab
+
+    run = run_deploy_lab(args.tftpboot, args.workdir / "deploy", timeout=args.timeout + 180)
+    table = re.search(r"(?m)^node +mac .*", run.output, re.S)
+    print()
+    print(table.group(0) if table else run.output[-3000:])
+    ok = True
+    for name, power, plugged in FLEET:
+        booted = run.booted_hostname(name)
+        if plugged:
+            ok &= booted is not None
+            print(f"{name:15} ({power}): " + (f"booted its clone from its own disk, "
+                  f"/etc/hostname {booted!r}" if booted is not None else "did NOT boot its "
+                  "clone"))
+        else:
+            print(f"{name:15} ({power}, cable pulled): still armed, as the report says")
+    print(f"total {time.monotonic() - started:.1f} s; consoles in {args.workdir / 'deploy'}"
+          "/libvirt, the deploy's report in deploy.json")
+    return 0 if ok and run.status == 1 else 1
