@@ -319,8 +319,10 @@ def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_pat
         p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
         time.sleep(0.3)
         slog = tmp_path / "send.log"
+        # 2 Mbit/s: 12 s of transfer, so the late receiver (a Python start, seconds on a
+        # loaded machine) comes while the sender is still sending
         snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                              "--max-bitrate", "8m", "--no-late-join")
+                              "--max-bitrate", "2m", "--no-late-join")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (not first.exists()
                                                or first.stat().st_size < 300_000):
