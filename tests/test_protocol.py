@@ -17,6 +17,7 @@ from agent.transfer.receive.slices import (
     DroppedBySender,
     MissedStart,
 )
+from agent.transfer.send.network import default_data_group
 from agent.udpcast import protocol
 from agent.udpcast.protocol import (
     DATA_HEADER,
@@ -152,7 +153,7 @@ def test_async_and_newer_sender_captures():
     run8 = read_udp(FIX / "udpcast-scenarios" / "run8_snd.pcap")
     hello = next(parse(d.payload)[1] for d in run8 if parse(d.payload)[0] == Op.HELLO)
     assert hello.mcast_addr == "233.254.77.1"  # 20230924's rule, garbage after it ignored
-    assert protocol.default_data_group("192.168.77.1") == "233.254.77.1"
+    assert default_data_group("192.168.77.1") == "233.254.77.1"
 
 
 @pytest.mark.parametrize("pcap", ALL_CAPTURES, ids=lambda p: p.stem)

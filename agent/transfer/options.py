@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from agent.codec import NAMES as CODECS
 from agent.errors import UsageError
+from agent.personalize.wishes import WishError, Wishes, add_wish_arguments, wishes_from
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 DEFAULT_PORTBASE = 9000
@@ -117,6 +118,7 @@ class ReceiveOptions(CommonOptions):
     # herdcast: public key a sender must sign with (default: agent.trust.TRUSTED_KEY_PATH
     # when that file exists)
     trust_key: str | None = None
+    wishes: Wishes = Wishes()  # herdcast: what the clone becomes after its digest
 
 
 # udpcast options herdcast recognises but does not implement: each fails with this reason.
@@ -289,6 +291,7 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
     p.add_argument("--description", metavar="TEXT",
                    help="herdcast: a stored image's description (herdcast image list shows "
                         "it), written into the image file once it is complete")
+    add_wish_arguments(p)  # --grow, --hostname, --identity, --userdata (agent.personalize)
     return p
 
 
@@ -388,4 +391,8 @@ def parse_receive_args(argv: list[str]) -> ReceiveOptions:
     if ns.verify == "readback" and (ns.file is None or ns.pipe):
         raise OptionError("--verify readback: needs --file (a disk or file) and no --pipe, "
                           "to read back what was written")
+    try:
+        ns.wishes = wishes_from(ns)
+    except WishError as exc:
+        raise OptionError(f"--hostname: {exc.what}", exc.fix) from exc
     return _fill(ReceiveOptions, ns)

@@ -63,6 +63,8 @@ class Op(IntEnum):
     HC_DIGEST = 0x4801
     HC_DIGEST_ACK = 0x4802
     HC_LATE = 0x4803
+    HC_CHANGED = 0x4810  # what personalising changed on the clone (agent.personalize)
+    HC_CHANGED_ACK = 0x4811
 
 
 class Cap:
@@ -219,6 +221,19 @@ HcLate = Struct(  # sender -> receiver unicast, answering a CONNECT_REQ mid-tran
     "slice_no" / Int32ub,  # slice being sent now, for the message
 )
 
+
+class ChangedStatus(IntEnum):
+    """HC_CHANGED: WORKING every second while the clone is personalised (the sender waits),
+    then DONE (`text`: what was changed, a line each) or FAILED (`text`: why)."""
+
+    WORKING, DONE, FAILED = 1, 2, 3
+
+
+CHANGED_TEXT = 1200  # bytes of UTF-8, NUL-padded: the datagram stays within one frame
+# receiver -> sender after its digest agreed, until the HC_CHANGED_ACK (16 bytes: as long as
+# a DATA header, so the receiver's length check stays one test)
+HcChanged = Struct("opcode" / Int16ub, "status" / Int16ub, "text" / Bytes(CHANGED_TEXT))
+HcChangedAck = Struct("opcode" / Int16ub, "status" / Int16ub, Padding(12))
 MESSAGES: dict[int, Construct] = {
     Op.OK: Ok,
     Op.RETRANSMIT: Retransmit,
@@ -235,6 +250,8 @@ MESSAGES: dict[int, Construct] = {
     Op.HC_DIGEST: HcDigest,
     Op.HC_DIGEST_ACK: HcDigestAck,
     Op.HC_LATE: HcLate,
+    Op.HC_CHANGED: HcChanged,
+    Op.HC_CHANGED_ACK: HcChangedAck,
 }
 
 SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}
@@ -371,14 +388,3 @@ def bitmap_test(bitmap: bytes | bytearray, n: int) -> bool:
     """Whether bit n is set in an LSB-first udpcast bitmap."""
     return bool(bitmap[n >> 3] & (1 << (n & 7)))
 
-
-def default_data_group(sender_ip: str) -> str:
-    """The data group a sender picks without --mcast-data-address.
-
-    udpcast 20120424 maps a.b.c.d to (232+(a&7)).b.c.d, which lands 192.168.x senders in the
-    source-specific range 232/8 that SSM-aware networks refuse for any-source joins; 20230924
-    moved to 233.254.0.0|(ip & 0x1FFFF). herdcast uses the 20230924 rule: receivers take the
-    group from HELLO/CONNECT_REPLY, so either rule interoperates.
-    """
-    ip = int(ipaddress.IPv4Address(sender_ip))
-    return str(ipaddress.IPv4Address(0xE9FE0000 | (ip & 0x1FFFF)))

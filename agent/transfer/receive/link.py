@@ -39,6 +39,7 @@ DEFAULT_RCVBUF = 4 << 20
 SCRATCH = 65536  # more than MAX_UDP_PAYLOAD: any datagram fits
 _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
+_HC_CHANGED_ACK = int(Op.HC_CHANGED_ACK)
 
 
 class ReceiveError(HerdcastError, RuntimeError):
@@ -86,6 +87,7 @@ class Link:
         self.digest_sent: tuple[int, bytes] | None = None  # (total, sha256) in our HC_DIGEST
         self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
         self.trust = None  # receive.trust.Trust: a signed session is required
+        self.changed_ack = False  # the sender has what personalising changed (receive.personal)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -252,6 +254,8 @@ class Link:
                     return
                 ack.agreed = int(ack.agreed and same)
             self.digest_ack = ack
+        elif op == _HC_CHANGED_ACK:
+            self.changed_ack = True
 
     def pump(self, timeout: float) -> bool:
         """Wait up to `timeout` for datagrams and handle them all; True if any came."""

@@ -9,10 +9,12 @@ wrote; a verdict, once given, never changes.
 
 from __future__ import annotations
 
+import time
+
 from agent.say import say
 from agent.transfer.send.record import Verdict
 from agent.transfer.send.signing import digest_ack
-from agent.udpcast.protocol import Cap, LateStatus, Op, build
+from agent.udpcast.protocol import Cap, ChangedStatus, LateStatus, Op, build
 
 
 class Answers:
@@ -30,6 +32,9 @@ class Answers:
         ip = addr[0]
         if op == Op.HC_DIGEST:
             self._digest(ip, addr, msg)
+            return
+        if op == Op.HC_CHANGED:
+            self._changed(ip, addr, msg)
             return
         r = self.table.participants.get(ip)
         if op == Op.CONNECT_REQ:
@@ -98,3 +103,25 @@ class Answers:
         self.net.send(digest_ack(self.opts.sign_key, r.nonce, agreed, self.total,
                                  self.digest), addr)
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)
+
+    def _changed(self, ip: str, addr: tuple[str, int], msg) -> None:
+        """A receiver whose digest agreed personalising its clone: WORKING keeps the digest
+        wait going (send.round.wait_digests); DONE and FAILED go in its row, acknowledged
+        every time (the receiver repeats them until it hears so)."""
+        r = self.table.find(ip)
+        if r is None or r.verdict is not Verdict.OK or not r.herdcast:
+            return
+        r.personal_at = time.monotonic()
+        if msg.status == ChangedStatus.WORKING:
+            r.personalised = r.personalised or "working"
+            return
+        if msg.status not in (ChangedStatus.DONE, ChangedStatus.FAILED):
+            return
+        self.net.send(build(Op.HC_CHANGED_ACK, status=msg.status), addr)
+        if r.personalised in ("done", "failed"):
+            return  # a repeat: our acknowledgement was lost
+        text = msg.text.rstrip(b"\0").decode(errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
+        r.personalised = "done" if msg.status == ChangedStatus.DONE else "failed"
+        r.changes = lines
+        self.table.observer.on_changed(r)

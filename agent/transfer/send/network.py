@@ -10,6 +10,7 @@ it).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import select
 import socket
 
@@ -23,12 +24,23 @@ from agent.udpcast.protocol import (
     Op,
     build,
     connect_nonce,
-    default_data_group,
     parse,
 )
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
 _PEER_GONE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)  # ICMP from a peer
+
+
+def default_data_group(sender_ip: str) -> str:
+    """The data group a sender picks without --mcast-data-address.
+
+    udpcast 20120424 maps a.b.c.d to (232+(a&7)).b.c.d, which lands 192.168.x senders in the
+    source-specific range 232/8 that SSM-aware networks refuse for any-source joins; 20230924
+    moved to 233.254.0.0|(ip & 0x1FFFF). herdcast uses the 20230924 rule: receivers take the
+    group from HELLO/CONNECT_REPLY, so either rule interoperates.
+    """
+    ip = int(ipaddress.IPv4Address(sender_ip))
+    return str(ipaddress.IPv4Address(0xE9FE0000 | (ip & 0x1FFFF)))
 
 
 class SendError(HerdcastError, RuntimeError):

@@ -74,6 +74,11 @@ class Receiver:
     reason: str | None = None  # why it failed, in the receiver's words when it said so
     started: float | None = None  # wall-clock time its round started sending (epoch s)
     ended: float | None = None  # when its verdict was given
+    # after its digest agreed, a herdcast receiver personalises the clone (agent.personalize)
+    # and says so (HC_CHANGED): "working", then "done" with `changes` or "failed" with why
+    personalised: str | None = None
+    changes: list[str] = field(default_factory=list)
+    personal_at: float = 0.0  # when its last HC_CHANGED came (time.monotonic)
     # --- the protocol's view while it is connected to a round
     addr: tuple[str, int] | None = None  # where its CONNECT_REQ came from
     slot: int = -1  # its bit in REQACK's ready set (clNr)

@@ -31,6 +31,9 @@ from agent.transfer.send.session import SendSession
 from agent.transfer.send.trace import Tracer, tracer
 
 DIGEST_WAIT = 3.0
+# a receiver personalising its clone says so every second (agent.transfer.receive.personal);
+# this long without a word from it and the sender stops waiting for what it changed
+PERSONAL_SILENCE = 10.0
 
 
 class Round(Answers, Passes):
@@ -213,12 +216,16 @@ class Round(Answers, Passes):
 
     def wait_digests(self) -> None:
         """After the end slice: give herdcast receivers up to 3 s to report their digest,
-        and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost)."""
+        and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost);
+        as long as one personalising its clone keeps saying so, wait for what it changed."""
         deadline = time.monotonic() + DIGEST_WAIT
         self.tracer.end(self.stats)
-        while time.monotonic() < deadline:
+        while True:
+            now = time.monotonic()
             waiting = [r for r in self.table.participants.values()
                        if r.herdcast and not r.left]
-            if not waiting:
+            working = [r for r in waiting if r.personalised == "working"
+                       and now - r.personal_at < PERSONAL_SILENCE]
+            if not waiting or (now >= deadline and not working):
                 return
             self._receive(0.05)
