@@ -50,6 +50,10 @@ class BootConfig:
     blank: str = "keep"
     verify: str = "none"
     serve: bool = False  # umode=snd: keep serving the disk until powered off (send --serve)
+    grow: bool = False  # umode=rcv: the last partition and its filesystem fill the disk
+    hostname: str | None = None  # the clone's name; None: the DHCP server's; "": none at all
+    identity: str | None = None  # fresh|keep; None: fresh when the clone gets a name
+    userdata: str | None = None  # cloud-init user-data URL for the clone's NoCloud seed
     udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
     post: str = "poweroff"
     onfail: str = "wait"
@@ -108,6 +112,9 @@ ONE_SIDED = {
               "drop it (blocks= is the sender's)"),
     "serve": ("snd", False, "serving is what a sender does; for umode=rcv drop it (or use "
               "umode=snd)"),
+    **{name: ("rcv", unused, f"{name}= is what a receiver does to its clone; for umode=snd "
+              "drop it") for name, unused in (("grow", False), ("hostname", None),
+                                              ("identity", None), ("userdata", None))},
 }
 
 
@@ -139,7 +146,7 @@ def parse_cmdline(text: str) -> BootConfig:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CmdlineError(f"{udpcparam}: {reason}") from None
     for name, (side, unused, why) in ONE_SIDED.items():
-        if umode != side and values[name] != unused:
+        if umode != side and values.get(name) != unused:
             raise CmdlineError(f"{shown(name, given[name])}: {why}")
     if values["serve"] and (conflict := serve_conflict(parse_udpcparam(words, umode))):
         raise CmdlineError(f"{udpcparam}: {conflict} (serve=yes is --serve)")
@@ -166,6 +173,10 @@ def parse_cmdline(text: str) -> BootConfig:
         blank=str(values["blank"]),
         verify=str(values["verify"]),
         serve=bool(values["serve"]),
+        grow=bool(values["grow"]),
+        hostname=values.get("hostname"),  # type: ignore[arg-type]
+        identity=values.get("identity"),  # type: ignore[arg-type]
+        userdata=values.get("userdata"),  # type: ignore[arg-type]
         udpcparam=words,
         post=str(values["post"]),
         onfail=str(values["onfail"]),

@@ -83,16 +83,36 @@ def load_config(text: str, disk: str | None = None) -> BootConfig:
     return dataclasses.replace(cfg, disk=disk) if disk else cfg
 
 
-def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | ReceiveOptions:
+def run_options(cfg: BootConfig, interface: str | None, dhcp_name: str | None = None,
+                con: Console | None = None) -> SendOptions | ReceiveOptions:
     """The options of the transfer this node runs, built once, when the network step has
-    named the interface: udpcparam's options with disk=, port= and compr= set as typed
-    values (no argv is built to be parsed again). An --interface in udpcparam wins."""
+    named the interface (and the DHCP server perhaps the node): udpcparam's options with
+    disk=, port=, compr= and the clone's wishes set as typed values (no argv is built to be
+    parsed again). An --interface in udpcparam wins."""
     extra = cfg.udpcparam_options
     own = ({"blocks": cfg.blocks, "serve": cfg.serve} if cfg.sending
-           else {"blank": cfg.blank, "verify": cfg.verify})
+           else {"blank": cfg.blank, "verify": cfg.verify,
+                 "wishes": clone_wishes(cfg, dhcp_name, con or Console())})
     return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
                                compress=cfg.compression, nokbd=True,
                                interface=extra.interface or interface, **own)
+
+
+def clone_wishes(cfg: BootConfig, dhcp_name: str | None, con: Console):
+    """What the clone becomes (agent.personalize): hostname=, else the DHCP server's name
+    for this node (option 12), which is ignored with a line when it is no hostname."""
+    from agent.personalize.wishes import WishError, Wishes, check_hostname
+
+    name = cfg.hostname
+    if name is None and dhcp_name:
+        try:
+            name = check_hostname(dhcp_name)
+            con.say(f"clone: named {name} by the DHCP server (option 12; hostname= overrides)")
+        except WishError:
+            con.say(f"clone: the DHCP server's host name {dhcp_name[:64]!r} is no hostname: "
+                    "not written (set hostname=)")
+    return Wishes(grow=cfg.grow, hostname=name or None, identity=cfg.identity,
+                  userdata=cfg.userdata)
 
 
 def confirm(cfg: BootConfig, con: Console) -> None:
@@ -205,6 +225,10 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
             con.say(f"receiver {r.address}: {r.verdict}, {r.bytes} bytes"
                     + (f", sha256 {r.digest}" if r.digest else ""))
         what = f"sha256 of the {opts.compress} stream" if opts.compress else "sha256"
+        if result.changes is not None:
+            con.say(f"clone: {len(result.changes)} change(s) after the digest agreed")
+            for line in result.changes:
+                con.say(f"  changed: {line}")
         con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "
                 f"({rate:.1f} MB/s), {what} {result.sha256 or 'unknown'}")
         return
@@ -253,7 +277,7 @@ def run(args: NodeArgs) -> BaseException | None:
         if not args.no_hardware:
             hardware_step(cfg, con)
         net = network_step(cfg, args, con)
-        opts = run_options(cfg, net.ifname)
+        opts = run_options(cfg, net.ifname, net.hostname, con)
         disk_step(cfg, args, con)
         confirm(cfg, con)
         started = time.monotonic()

@@ -39,6 +39,7 @@ MOUNTED = ("refuse", "warn")  # a sender's disk with a read-write mounted filesy
 BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
 BLANKS = ("keep", "zero", "discard")  # what a receiver does with free space (agent.image)
 VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
+IDENTITIES = ("fresh", "keep")  # a clone's machine-id and SSH host keys (agent.personalize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +141,30 @@ def _console(value: str) -> str:
     return value
 
 
+def _hostname(value: str) -> str:
+    """hostname=NAME; hostname= (empty) is no name at all, not even the DHCP server's."""
+    from agent.personalize.wishes import WishError, check_hostname
+
+    if value == "":
+        return value
+    try:
+        return check_hostname(value)
+    except WishError:
+        raise BadValue("not a hostname; use letters, digits and '-' (labels of up to 63, "
+                       "dots between), e.g. hostname=node07 or hostname=node07.lab.example"
+                       ) from None
+
+
+def _userdata(value: str) -> str:
+    from agent.personalize.wishes import USERDATA_SCHEMES
+
+    if not value.startswith(USERDATA_SCHEMES) or len(value) > 1024 \
+            or any(ord(c) < 33 for c in value):
+        raise BadValue("not a URL the node can fetch; use userdata=http://SERVER/PATH or "
+                       "userdata=tftp://SERVER/PATH")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # The declaration
 
@@ -183,6 +208,11 @@ _PARAM_LIST = [
     Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
     Param("verify", _choice("verify", VERIFY, {}, "a choice"), "none", choices=VERIFY),
     Param("serve", _bool("serve"), "no", choices=("yes", "no")),
+    Param("grow", _bool("grow"), "no", choices=("yes", "no")),
+    Param("hostname", _hostname, None),
+    Param("identity", _choice("identity", IDENTITIES, {}, "a choice"), None,
+          choices=IDENTITIES),
+    Param("userdata", _userdata, None),
     Param("BOOTIF", _bootif, None),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

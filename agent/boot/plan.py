@@ -47,6 +47,11 @@ def transfer_argv(cfg: BootConfig) -> list[str]:
         argv += ["--blank", cfg.blank]
     if not cfg.sending and cfg.verify != "none":
         argv += ["--verify", cfg.verify]
+    if not cfg.sending:
+        argv += (["--grow"] if cfg.grow else []) + \
+            (["--hostname", cfg.hostname] if cfg.hostname else []) + \
+            (["--identity", cfg.identity] if cfg.identity else []) + \
+            (["--userdata", cfg.userdata] if cfg.userdata else [])
     return argv + list(cfg.udpcparam)
 
 
@@ -85,6 +90,7 @@ def describe(cfg: BootConfig) -> list[str]:
             "a read-write mounted filesystem on the disk is sent with a warning "
             "(mounted=warn)")] if cfg.sending else []),
         _wire(cfg),
+        *([] if cfg.sending else [("clone", _clone(cfg))]),
         ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
         ("transfer", shlex.join(transfer_command(cfg))),
         ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),
@@ -96,6 +102,26 @@ def describe(cfg: BootConfig) -> list[str]:
                      "messages are English, the kernel keymap is kept)"))
     width = max(len(label) for label, _ in rows)
     return [f"  {label:<{width}}  {text}" for label, text in rows]
+
+
+def _clone(cfg: BootConfig) -> str:
+    """What is done to the clone once its digest agreed (agent.personalize)."""
+    if cfg.hostname == "":
+        name = "no host name written (hostname= empty)"
+    elif cfg.hostname:
+        name = f"host name {cfg.hostname} (hostname=)"
+    else:
+        name = "the host name the DHCP server gives (option 12), if it gives one"
+    fresh = {"fresh": "fresh machine-id and SSH host keys (identity=fresh)",
+             "keep": "the master's machine-id and SSH host keys kept (identity=keep)"}.get(
+        cfg.identity or "", "fresh machine-id and SSH host keys (it is named; identity=keep "
+        "keeps the master's)" if cfg.hostname else "fresh machine-id and SSH host keys if "
+        "it gets a name (identity=)")
+    return ("a GPT fitted to the disk; "
+            + ("the last partition and its filesystem grown to the end (grow=yes); "
+               if cfg.grow else "")
+            + f"{name}; {fresh}"
+            + (f"; cloud-init user-data from {cfg.userdata}" if cfg.userdata else ""))
 
 
 def _wire(cfg: BootConfig) -> tuple[str, str]:
