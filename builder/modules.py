@@ -49,6 +49,10 @@ GENERIC: tuple[str, ...] = (
     # USB sticks and disks, with the host controllers that reach them
     "usb_storage", "uas", "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd",
 )
+#: What the node itself needs whatever --modules says: a clone is personalised through a
+#: loop device over its root partition, mounted with the kernel's ext4, xfs or btrfs
+#: (agent.personalize).
+ALWAYS: tuple[str, ...] = ("loop", "ext4", "xfs", "btrfs")
 #: Trees whose modules count only when they drive a device (a pci/usb/vmbus/xen/... alias):
 #: drivers/scsi also holds tape, changer and CD drivers, scsi_debug and software initiators.
 HARDWARE_ONLY: tuple[str, ...] = ("drivers/scsi",)
@@ -178,7 +182,7 @@ def select(modules_dir: Path, spec: str = "") -> list[str]:
     """Module paths (relative to modules_dir) the initrd gets for a --modules spec."""
     index = ModuleIndex.load(modules_dir)
     roots: list[str] = []
-    for word in parse_spec(spec):
+    for word in (*parse_spec(spec), *ALWAYS):
         roots += index.resolve(word)
     return index.closure(roots)
 
