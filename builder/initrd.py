@@ -248,10 +248,14 @@ def pack(root: Path, level: int, mtime: int, cache: Path | None = None
          ) -> tuple[bytes, int, int]:
     """(initrd bytes, uncompressed size, entry count): two zstd-compressed newc archives,
     the stable bulk and the VOLATILE members. /dev/console and /dev/null are added as
-    device nodes so the kernel has a console before /init runs."""
+    device nodes so the kernel has a console before /init runs, and /dev/urandom for the
+    agent's Python before it mounts devtmpfs: while the kernel's random pool is not ready
+    (a CPU without RDRAND: qemu's default model) getrandom() says EAGAIN, and Python's start
+    falls back to /dev/urandom or dies ("failed to get random numbers")."""
     entries = cpio.entries_from_tree(root) + [
         cpio.chardev("dev/console", 5, 1),
         cpio.chardev("dev/null", 1, 3, perm=0o666),
+        cpio.chardev("dev/urandom", 1, 9, perm=0o666),
     ]
     stable = [e for e in entries if e.name not in VOLATILE]
     volatile = [e for e in entries if e.name in VOLATILE]
