@@ -51,8 +51,9 @@ GENERIC: tuple[str, ...] = (
 )
 #: What the node itself needs whatever --modules says: a clone is personalised through a
 #: loop device over its root partition, mounted with the kernel's ext4, xfs or btrfs
-#: (agent.personalize).
-ALWAYS: tuple[str, ...] = ("loop", "ext4", "xfs", "btrfs")
+#: (agent.personalize). Their checksums need crc32c: crc32c-intel on CPUs with SSE4.2, else
+#: the generic one (the soft dependency's alias names only one of them).
+ALWAYS: tuple[str, ...] = ("loop", "ext4", "xfs", "btrfs", "crc32c_generic", "crc32c-intel")
 #: Trees whose modules count only when they drive a device (a pci/usb/vmbus/xen/... alias):
 #: drivers/scsi also holds tape, changer and CD drivers, scsi_debug and software initiators.
 HARDWARE_ONLY: tuple[str, ...] = ("drivers/scsi",)

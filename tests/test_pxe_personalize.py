@@ -26,7 +26,7 @@ from builder.lab.rootdisk import fsck, make_master, root_of
 from builder.lab.tftp import ROOT, lab_default, node_config
 from builder.lab.vms import PxeLab, console_text
 
-pytestmark = [pytest.mark.slow, pytest.mark.netns]
+pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(480)]
 MiB = 1 << 20
 NAMES = ("web-01", "web-02")
 SIZES = (64, 128)
@@ -78,7 +78,7 @@ def test_two_clones_come_up_as_their_own_machines(tmp_path):
             "--nokbd", "--no-progress", "--report", str(report)], cwd=ROOT)
         for node in nodes:
             lab.boot(node)
-        seconds = _finish(lab, nodes, server, 400, lines.append)
+        seconds = _finish(lab, nodes, server, 360, lines.append)
         rc = server.poll()
     send_log = (work / "send.log").read_text(errors="replace")
     consoles = {n.name: console_text(n) for n in nodes}

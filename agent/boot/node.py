@@ -237,6 +237,12 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
         raise NodeFailure(f"send: {error.what}", _joined(
             error.fix, "the receivers' disks are incomplete; fix it and boot them "
             "again")) from error
+    from agent.personalize.run import PersonalizeError
+
+    if isinstance(error, PersonalizeError):  # after the digest agreed: the image is whole
+        raise NodeFailure(f"receive: {error.what}", _joined(
+            error.fix, f"disk {opts.file} holds the master's image, not yet this node's "
+            "own: fix the cause and image this node again")) from error
     raise NodeFailure(f"receive: {error.what} after {result.bytes} bytes", _joined(
         error.fix, f"disk {opts.file} is INCOMPLETE, do not boot from it; fix the cause "
         "and image this node again")) from error

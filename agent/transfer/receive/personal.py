@@ -102,7 +102,10 @@ def personalise(link: Link, disk: str, wishes: Wishes) -> Outcome:
         else:
             _report(link, ChangedStatus.DONE, fit_text(outcome.changes))
     if error is not None:
-        raise error
+        if isinstance(error, PersonalizeError):
+            raise error
+        raise PersonalizeError(f"the image arrived (its digest agreed) but personalising "
+                               f"{disk} failed: {error.what}", error.fix) from error
     return outcome
 
 
