@@ -321,7 +321,7 @@ def _build(cfg: BuildConfig) -> Report:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
     kern = get_kernel(cfg)
-    chosen = modules.select(kern.modules_dir, cfg.modules)
+    chosen = modules.select(kern.modules_dir, cfg.modules, modules.ALWAYS)
     phase("kernel")
     work = cfg.work
     frozen = freeze.freeze(cfg.python, work / "freeze")

@@ -15,6 +15,7 @@ boot. The compressed files are cached by content, so only a new kernel pays the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -179,12 +180,16 @@ def parse_spec(spec: str) -> list[str]:
     return (narrow or list(GENERIC)) + extra
 
 
-def select(modules_dir: Path, spec: str = "") -> list[str]:
-    """Module paths (relative to modules_dir) the initrd gets for a --modules spec."""
+def select(modules_dir: Path, spec: str = "", always: tuple[str, ...] = ()) -> list[str]:
+    """Module paths (relative to modules_dir) the initrd gets for a --modules spec, plus
+    `always` (the initrd's ALWAYS) where the kernel has them as modules."""
     index = ModuleIndex.load(modules_dir)
     roots: list[str] = []
-    for word in (*parse_spec(spec), *ALWAYS):
+    for word in parse_spec(spec):
         roots += index.resolve(word)
+    for word in always:  # built in (or, crc32c-intel, absent) elsewhere: nothing to add
+        with contextlib.suppress(BuildError):
+            roots += index.resolve(word)
     return index.closure(roots)
 
 
