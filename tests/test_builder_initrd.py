@@ -4,6 +4,7 @@ the same inputs give the same bytes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -39,11 +40,13 @@ def test_pack_writes_two_zstd_archives_that_zstd_and_cpio_read(tmp_path):
     assert len(raw) == unpacked
     assert raw == initrd.unpack(blob)
     members = {name: hdr for hdr, name, _ in cpio.read_archive(raw)}
-    assert set(members) == {"dev", "dev/console", "dev/null", "init", "opt", "opt/herdcast",
-                            "opt/herdcast/herdcast"}
+    assert set(members) == {"dev", "dev/console", "dev/null", "dev/urandom", "init", "opt",
+                            "opt/herdcast", "opt/herdcast/herdcast"}
     assert count == len(members)
     assert stat.S_ISCHR(members["dev/console"]["mode"])
     assert (members["dev/console"]["rdevmajor"], members["dev/console"]["rdevminor"]) == (5, 1)
+    # Python's start reads it while the kernel's random pool is not ready (no RDRAND)
+    assert (members["dev/urandom"]["rdevmajor"], members["dev/urandom"]["rdevminor"]) == (1, 9)
     # GNU cpio stops at the first trailer: the agent executable is in the second archive
     listed = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
                             timeout=30, check=True).stdout.decode().split()
@@ -268,6 +271,11 @@ def test_initrd_holds_init_agent_tools_libraries_and_modules(members):
     # (libtinfo came with readline once; partclone's mappers link it now, libreadline stays out)
     assert not [n for n in members if "libreadline" in n]
     assert [n for n in members if n.startswith("usr/sbin/partclone.")]
+    # grow=yes: Debian's tools; a clone's root mounted through loop with its filesystem
+    for tool in initrd.GROW_TOOLS:
+        assert f"usr/sbin/{tool}" in members, tool
+    for module in ("loop", "ext4", "xfs", "btrfs", "crc32c_generic"):
+        assert [rel for rel in listed if rel.rsplit("/", 1)[-1] == f"{module}.ko.xz"], module
     aliases = members[f"{moddir}/modules.alias"][1].decode()
     assert "pci:v00008086d0000100Esv*sd*bc*sc*i* e1000" in aliases
     assert " virtio_blk" in aliases and " nvme" in aliases and " ahci" in aliases
@@ -297,6 +305,12 @@ def test_programs_in_the_initrd_run_with_only_its_own_libraries(tftpboot, tmp_pa
     assert not (dest / "usr/sbin/ldconfig").exists()
     assert "libudev is /opt/herdcast/_internal/libudev.so.1" in check.stdout, check.stdout
     assert run("/usr/sbin/modprobe", "--version").returncode == 0
+    assert "made (OpenSSH format)" in check.stdout  # a clone's SSH host keys
+    for argv in (["e2fsck", "-V"], ["resize2fs"], ["xfs_growfs", "-V"], ["ntfsresize", "-V"],
+                 ["btrfs", "--version"]):  # each starts (its libraries are there)
+        proc = run(f"/usr/sbin/{argv[0]}", *argv[1:])
+        assert proc.returncode != 127 and "error while loading" not in proc.stderr, proc.stderr
+        assert re.search(r"\d+\.\d+", proc.stdout + proc.stderr), argv  # says its version
     assert run("/bin/sh", "-c", "echo shell-ok").stdout.strip() == "shell-ok"
     udev = run("/opt/herdcast/herdcast", "plan", "--help")
     assert udev.returncode == 0, udev.stderr[-2000:]
