@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv initrd test test-fast lint bench demo install clean
+.PHONY: all deps venv initrd test test-fast lint bench demo manual man completion install clean
 
 all: initrd
 
@@ -14,7 +14,7 @@ deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,deploy]'
+	$(PY) -m pip install -q -e '.[dev,deploy,manual]'
 	touch $@
 
 venv: $(STAMP)
@@ -38,21 +38,34 @@ bench: venv
 demo: initrd
 	$(PY) -m builder demo
 
+# herdcast(1) and the bash/zsh completions, generated from the commands' own parsers
+# (argparse-manpage, shtab) into build/share/, laid out as /usr/share
+manual man completion: venv
+	$(PY) -m builder manual --out build/share
+
 # The server's herdcast, on PATH: a venv of its own under $(LIBDIR) holding the package
-# (not editable), $(BINDIR)/herdcast linked to it, the systemd unit for `send --serve` and
-# its settings (kept when already there).
+# (not editable), $(BINDIR)/herdcast linked to it, its man page and shell completions
+# (generated there from its parsers), the systemd unit for `send --serve` and its settings
+# (kept when already there).
 PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib/herdcast
 BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(SYSCONFDIR)/systemd/system
 
 install:
 	/usr/bin/python3 -m venv $(LIBDIR)
 	$(LIBDIR)/bin/python -m pip install -q --upgrade pip
-	$(LIBDIR)/bin/python -m pip install -q .
+	$(LIBDIR)/bin/python -m pip install -q '.[manual]'
 	install -d $(BINDIR) $(SYSCONFDIR)/herdcast $(UNITDIR)
 	ln -sf $(LIBDIR)/bin/herdcast $(BINDIR)/herdcast
+	$(LIBDIR)/bin/python -m builder manual --out $(LIBDIR)/share >/dev/null
+	install -D -m 644 $(LIBDIR)/share/man/man1/herdcast.1 $(DATADIR)/man/man1/herdcast.1
+	install -D -m 644 $(LIBDIR)/share/bash-completion/completions/herdcast \
+	    $(DATADIR)/bash-completion/completions/herdcast
+	install -D -m 644 $(LIBDIR)/share/zsh/site-functions/_herdcast \
+	    $(DATADIR)/zsh/site-functions/_herdcast
 	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 	    dist/systemd/herdcast-serve.service > $(UNITDIR)/herdcast-serve.service
 	test -e $(SYSCONFDIR)/herdcast/serve.env || \

@@ -24,6 +24,7 @@ outcome is decided in one place, agent.cmd.exit_status:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import signal
 import sys
@@ -35,7 +36,7 @@ from agent.say import one_command, say
 
 
 class Command(NamedTuple):
-    module: str  # has main(argv) -> int
+    module: str  # has main(argv) -> int and parser() -> its argparse.ArgumentParser
     summary: str
     own_signals: bool = False  # handles SIGTERM itself (PID 1 never dies of it)
 
@@ -61,6 +62,27 @@ COMMANDS = {
 USAGE = ("usage: herdcast COMMAND [options]\n\ncommands:\n"
          + "".join(f"  {name:<9} {c.summary}\n" for name, c in COMMANDS.items())
          + "\n`herdcast COMMAND --help` lists a command's options.\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every command's own parser under one `herdcast` parser: what the man page and the
+    shell completions are generated from (builder.manual), so they list exactly the options
+    the commands take. Dispatching stays main's (a command's module is imported only when
+    it runs); this imports them all."""
+    from agent import __version__
+
+    p = argparse.ArgumentParser(
+        prog="herdcast", description="Unattended multicast disk cloning for PXE-booted "
+        "fleets, speaking udpcast's wire protocol: udp-sender's and udp-receiver's options "
+        "work as they are.")
+    p.add_argument("--version", action="version", version=f"herdcast {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        own = importlib.import_module(command.module).parser()
+        sub.add_parser(name, help=command.summary, description=own.description,
+                       parents=[own], add_help=False)
+    return p
 
 
 class Terminated(KeyboardInterrupt):

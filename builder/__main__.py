@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tftp-root", type=Path, default=DEFAULT_OUT,
                    help="the TFTP root (default: %(default)s)")
 
+    p = sub.add_parser("manual", help="write herdcast's man page and bash/zsh completions, "
+                       "generated from its parsers")
+    p.add_argument("--out", type=Path, default=Path("build/share"),
+                   help="directory laid out as /usr/share: man/man1/herdcast.1, "
+                   "bash-completion/completions/herdcast, zsh/site-functions/_herdcast "
+                   "(default: %(default)s)")
+
     sub.add_parser("demo", add_help=False,
                    help="boot four VMs in a private PXE lab and clone a disk (demo --help)")
     return parser
@@ -146,6 +153,11 @@ def _run(argv: list[str]) -> int:
         paths = sync(args.tftp_root)
         print(f"wrote {len(paths)} GRUB files in {args.tftp_root}/grub" if paths else
               f"{args.tftp_root} has no grub/ (built before UEFI support): nothing to do")
+        return 0
+    if args.command == "manual":
+        from builder.manual import write_manual
+
+        print("wrote " + ", ".join(map(str, write_manual(args.out))))
         return 0
     if args.command == "initrd":
         from builder.initrd import build_tftpboot

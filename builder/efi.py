@@ -1,17 +1,22 @@
 """The UEFI half of the TFTP root: Microsoft-signed shim -> Debian-signed GRUB -> Debian's
 signed kernel, all from Debian packages, so a node boots with Secure Boot on and no key
-enrolment.
+enrolment, over PXE (TFTP) or UEFI HTTP Boot.
 
 - `shimx64.efi` (shim-signed): the DHCP boot file for UEFI x86-64 clients (option 93 = 7
-  or 9). Signed by Microsoft's UEFI CA, which every Secure Boot PC trusts; it carries
-  Debian's CA and loads `grubx64.efi` from the same TFTP directory.
+  or 9 over TFTP; 16 with vendor class HTTPClient, as `http://SERVER/shimx64.efi`). Signed
+  by Microsoft's UEFI CA, which every Secure Boot PC trusts; it carries Debian's CA and
+  loads `grubx64.efi` from the same directory, over TFTP or HTTP as it was itself loaded.
 - `grubx64.efi` (grub-efi-amd64-signed's grubnetx64.efi.signed): GRUB for network boot,
-  signed by Debian. Its built-in config reads `grub/grub.cfg` over TFTP (prefix `/grub`);
-  builder/grub.py writes that file and the menus it chooses from.
-- `grub/x86_64-efi/http.mod` (grub-efi-amd64-bin, the same GRUB build): Debian's signed
-  GRUB has no HTTP built in. With Secure Boot off GRUB loads this module and fetches the
-  kernel and initrd over HTTP (--http-url); with Secure Boot on GRUB refuses unsigned
-  modules and those nodes load them over TFTP.
+  signed by Debian. Its built-in prefix is `/grub` on the device it was loaded from:
+  (tftp,SERVER) after PXE, (http,SERVER) after HTTP Boot (Debian's GRUB takes the server
+  from the DHCP answer's HTTPClient URL); builder/grub.py writes grub/grub.cfg and the
+  menus it chooses from, which name files relative to that device.
+- Both come from Debian 13 (EFI_RELEASE) whatever the host runs: Debian 12's signed netboot
+  GRUB (2.06) has tftp but no http built in, and Secure Boot forbids loading modules, so
+  after HTTP Boot it could not read even its grub.cfg; Debian 13's (2.12) has http built
+  in, so HTTP Boot and --http-url work with Secure Boot on. shim is taken from the same
+  release (its SBAT policy and GRUB's are made to match). The build keeps its own apt
+  state for that release in CACHE/apt-efi (the host's mirrors; its sources untouched).
 - The kernel is Debian's signed vmlinuz (linux-image-*), checked here; the initrd needs no
   signature (shim and GRUB verify only what they execute).
 
@@ -21,7 +26,7 @@ installed (their maintainer scripts would write to /boot/efi).
 
 from __future__ import annotations
 
-import re
+import contextlib
 import shutil
 import struct
 from dataclasses import dataclass
@@ -29,21 +34,22 @@ from pathlib import Path
 
 from builder import debs
 from builder.errors import BuildError
+from builder.firmware_debian import PrivateApt, host_suites
 
 SHIM_PACKAGE = "shim-signed"
 GRUB_PACKAGE = "grub-efi-amd64-signed"
-GRUB_BIN_PACKAGE = "grub-efi-amd64-bin"
 SHIM_SRC = "usr/lib/shim/shimx64.efi.signed"
 GRUB_SRC = "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
-GRUB_MODULES_SRC = "usr/lib/grub/x86_64-efi"
 #: The DHCP boot file for UEFI x86-64 clients, and what shim loads next (its default
-#: loader name, looked up beside shim on the TFTP server).
+#: loader name, looked up beside shim on the TFTP or web server).
 BOOT_FILE = "shimx64.efi"
 GRUB_FILE = "grubx64.efi"
-#: grubnetx64's built-in prefix: it sources (tftp,SERVER)/grub/grub.cfg.
+#: grubnetx64's built-in prefix: it sources (tftp,SERVER)/grub/grub.cfg, or
+#: (http,SERVER)/grub/grub.cfg after UEFI HTTP Boot.
 PREFIX = "grub"
-#: GRUB modules loaded at boot from PREFIX/x86_64-efi when Secure Boot is off.
-EXTRA_MODULES = ("http",)
+#: The Debian release shim and GRUB come from: the first whose signed netboot GRUB has
+#: http built in (Debian 13; see the module's docstring).
+EFI_RELEASE = "trixie"
 #: Who signs what (a name in the Authenticode certificates).
 MICROSOFT = b"Microsoft Corporation UEFI CA 2011"
 DEBIAN = b"Debian Secure Boot"
@@ -79,51 +85,62 @@ def signed_by(path: Path, signer: bytes) -> bool:
     return signer in authenticode(path)
 
 
-def _grub_bin_version(grub_tree: Path) -> str:
-    """The grub-efi-amd64-bin version the signed image was built from (Built-Using)."""
-    built = debs.control(grub_tree, "Built-Using") or ""
-    match = re.search(r"grub2 \(= ([^)]+)\)", built)
-    if not match:
-        raise BuildError(f"{GRUB_PACKAGE}: no Built-Using grub2 version in its control file")
-    return match.group(1)
+def grub_modules(path: Path) -> set[str]:
+    """The modules built into a GRUB EFI image: each is an ELF object in the image whose
+    `.modname` section holds its name (Secure Boot lets GRUB use no others)."""
+    data = path.read_bytes()
+    names: set[str] = set()
+    start = data.find(b"\x7fELF\x02\x01")
+    while start >= 0:
+        with contextlib.suppress(struct.error, IndexError):
+            shoff = struct.unpack_from("<Q", data, start + 0x28)[0]
+            size, count, strndx = struct.unpack_from("<HHH", data, start + 0x3A)
+            sections = [struct.unpack_from("<IIQQQQ", data, start + shoff + i * size)
+                        for i in range(count)]
+            strtab = start + sections[strndx][4]
+            for name, _, _, _, offset, length in sections:
+                if data[strtab + name:strtab + name + 9] == b".modname\0":
+                    raw = data[start + offset:start + offset + length]
+                    names.add(raw.rstrip(b"\0").decode(errors="replace"))
+        start = data.find(b"\x7fELF\x02\x01", start + 4)
+    return names
 
 
-def _module_closure(moddir: Path, names: tuple[str, ...]) -> list[str]:
-    deps: dict[str, list[str]] = {}
-    for line in (moddir / "moddep.lst").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        deps[name.strip()] = rest.split()
-    todo, seen = list(names), set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += deps.get(name, [])
-    return sorted(seen)
+def efi_apt(cache: Path) -> PrivateApt:
+    """apt for EFI_RELEASE's `main` (and its -updates and -security), on the mirrors the
+    host uses, in CACHE/apt-efi; updated here (an offline build uses the lists it has)."""
+    host = [(uri, suite) for uri, suite in host_suites() if not suite.endswith("-backports")]
+    release = host[0][1]
+    suites = [(uri, EFI_RELEASE + suite.removeprefix(release)) for uri, suite in host]
+    apt = PrivateApt(cache / "apt-efi", suites, component="main", contents=False)
+    apt.update()
+    return apt
 
 
 def install(cache: Path, out: Path, vmlinuz: Path, require_signed_kernel: bool) -> EfiBoot:
-    """Copy shim, GRUB and GRUB's HTTP module into the TFTP root `out`; check signatures."""
-    shim_tree = debs.unpacked(cache, "efi", SHIM_PACKAGE)
-    grub_tree = debs.unpacked(cache, "efi", GRUB_PACKAGE)
-    bin_tree = debs.unpacked(cache, "efi", GRUB_BIN_PACKAGE, _grub_bin_version(grub_tree))
+    """Copy shim and GRUB into the root `out` (TFTP and HTTP); check signatures."""
+    apt = efi_apt(cache).options
+    kind = f"efi/{EFI_RELEASE}"
+    shim_tree = debs.unpacked(cache, kind, SHIM_PACKAGE, apt=apt)
+    grub_tree = debs.unpacked(cache, kind, GRUB_PACKAGE, apt=apt)
     for src, signer in ((shim_tree / SHIM_SRC, MICROSOFT), (grub_tree / GRUB_SRC, DEBIAN)):
         if not src.is_file():
             raise BuildError(f"{src} missing from its package (a new package layout?)")
         if not signed_by(src, signer):
             raise BuildError(f"{src}: not signed by {signer.decode()}")
+    if not {"tftp", "http"} <= grub_modules(grub_tree / GRUB_SRC):
+        raise BuildError(f"{grub_tree / GRUB_SRC}: GRUB without tftp and http built in "
+                         "(Secure Boot nodes could not read their config over both)",
+                         f"report it: EFI_RELEASE ({EFI_RELEASE}) may need a newer release")
     kernel_signed = signed_by(vmlinuz, DEBIAN)
     if require_signed_kernel and not kernel_signed:
         raise BuildError(f"{vmlinuz}: not signed by Debian, so Secure Boot nodes would refuse "
                          "it", "use Debian's linux-image package, not an -unsigned one")
     shutil.copyfile(shim_tree / SHIM_SRC, out / BOOT_FILE)
     shutil.copyfile(grub_tree / GRUB_SRC, out / GRUB_FILE)
-    moddir = bin_tree / GRUB_MODULES_SRC
-    target = out / PREFIX / "x86_64-efi"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name in _module_closure(moddir, EXTRA_MODULES):
-        shutil.copyfile(moddir / f"{name}.mod", target / f"{name}.mod")
+    (out / PREFIX).mkdir(exist_ok=True)  # grub.cfg & co.: builder/bootcfg.py
+    stale = out / PREFIX / "x86_64-efi"  # Debian 12's http.mod, loaded by older builds
+    if stale.exists():
+        shutil.rmtree(stale)
     return EfiBoot(debs.control(shim_tree, "Version") or "?",
                    debs.control(grub_tree, "Version") or "?", kernel_signed)

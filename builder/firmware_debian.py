@@ -74,15 +74,17 @@ def host_suites() -> list[tuple[str, str]]:
 
 
 class PrivateApt:
-    """apt with its own sources list and state under `root` (CACHE/apt-firmware)."""
+    """apt with its own sources list and state under `root` (CACHE/apt-firmware; the UEFI
+    chain's CACHE/apt-efi names another release's `main`, without Contents indexes)."""
 
-    def __init__(self, root: Path, suites: list[tuple[str, str]]) -> None:
+    def __init__(self, root: Path, suites: list[tuple[str, str]],
+                 component: str = COMPONENT, contents: bool = True) -> None:
         self.root = root
         self.suites = [suite for _, suite in suites]
         for d in ("lists/partial", "cache/archives/partial", "sources.list.d"):
             (root / d).mkdir(parents=True, exist_ok=True)
         signed = f"[signed-by={KEYRING}] " if KEYRING.is_file() else ""
-        text = "".join(f"deb {signed}{uri} {suite} {COMPONENT}\n" for uri, suite in suites)
+        text = "".join(f"deb {signed}{uri} {suite} {component}\n" for uri, suite in suites)
         sources = root / "sources.list"
         if not sources.is_file() or sources.read_text() != text:
             sources.write_text(text)
@@ -92,7 +94,7 @@ class PrivateApt:
             "-o", f"Dir::State::Lists={root / 'lists'}",
             "-o", f"Dir::Cache={root / 'cache'}",
             "-o", "APT::Sandbox::User=root",  # the cache may be where _apt cannot write
-        ] + [x for key, value in _CONTENTS.items()
+        ] + [x for key, value in _CONTENTS.items() if contents
              for x in ("-o", f"Acquire::IndexTargets::deb::Contents-all::{key}={value}")]
 
     def update(self) -> str | None:
@@ -100,7 +102,7 @@ class PrivateApt:
         offline build goes on with the lists it has)."""
         try:
             debs.run(["apt-get", *self.options, "update"],
-                     f"apt-get update for {COMPONENT}", timeout=300)
+                     f"apt-get update for {' '.join(self.suites)}", timeout=300)
         except BuildError as exc:
             return str(exc)
         return None

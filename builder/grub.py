@@ -9,9 +9,11 @@ boot the same label with the same parameters:
     grub/grub.cfg-default          <- pxelinux.cfg/default
     grub/grub.cfg-01-<mac>         <- pxelinux.cfg/01-<mac> (GRUB's own per-MAC name)
 
-Debian's signed netboot GRUB has its config path built in (it sources
-(tftp,SERVER)/grub/grub.cfg) and does not run GRUB's per-MAC lookup after that, so the
-dispatcher does it with $net_default_mac. IPAPPEND 2's BOOTIF= becomes
+Debian's signed netboot GRUB has its config path built in (it sources $prefix/grub.cfg,
+$prefix being (tftp,SERVER)/grub after PXE and (http,SERVER)/grub after UEFI HTTP Boot)
+and does not run GRUB's per-MAC lookup after that, so the dispatcher does it with
+$net_default_mac. Every name the configs give without a device (`/vmlinuz`) is read from
+that same device, so one set of files serves TFTP and HTTP Boot alike. IPAPPEND 2's BOOTIF= becomes
 BOOTIF=01-$net_default_mac (the MAC GRUB booted from; the agent reads either spelling).
 """
 
@@ -29,7 +31,8 @@ _HEX = "([0-9a-f][0-9a-f])"
 #: (`[ -e ]` needs a directory listing, which TFTP has not), so it just tries: configfile
 #: of a missing file returns at once, silently.
 DISPATCHER = f"""\
-# herdcast: UEFI nodes boot shimx64.efi -> grubx64.efi, which reads this file over TFTP.
+# herdcast: UEFI nodes boot shimx64.efi -> grubx64.efi, which reads this file over TFTP
+# (PXE) or HTTP (UEFI HTTP Boot): $prefix is on the device GRUB was loaded from.
 # Written by `python -m builder initrd`. Like pxelinux, boot the node's own menu
 # (grub.cfg-01-<mac>, the twin of pxelinux.cfg/01-<mac>) when there is one, else
 # grub.cfg-default (the twin of pxelinux.cfg/default). Edit the pxelinux.cfg/ files, then
@@ -102,8 +105,8 @@ def _entry(label: Label) -> list[str]:
     tftp = _load(kernel[1], [t for _, t in initrds], args)
     if kernel[0] is not None and all(h is not None for h, _ in initrds):
         http = [kernel[0]] + [h or "" for h, _ in initrds]
-        # `linux` fails at once where GRUB has no http module (Secure Boot) or the web
-        # server does not answer: then the same files come over TFTP
+        # `linux` fails at once where the web server does not answer: then the same
+        # files come from the boot device (TFTP after PXE)
         out.append(f"    echo {quote('herdcast: loading ' + ' '.join(http))}")
         out.append(f"    if {_load(http[0], http[1:], args)[0]}; then")
         out += [f"        {line}" for line in _load(http[0], http[1:], args)[1:]]
@@ -137,9 +140,8 @@ def from_pxelinux(text: str, source: str) -> str:
     if booting is not None:
         lines.append(f"set default={quote(booting.name)}")
     if any(_paths(lb.kernel or "")[0] for lb in menu.labels):
-        lines += ["# HTTP needs GRUB's http module, which Secure Boot does not let GRUB load",
-                  "# (it says \"prohibited by secure boot policy\"; the files then come over",
-                  "# TFTP).",
+        lines += ["# Debian 13's signed GRUB has http built in (then this is a no-op); an",
+                  "# older GRUB loads it from $prefix, or the files come over TFTP.",
                   "insmod http"]
     for label in menu.labels:
         lines += [""] + _entry(label)

@@ -248,10 +248,11 @@ def pack(root: Path, level: int, mtime: int, cache: Path | None = None
          ) -> tuple[bytes, int, int]:
     """(initrd bytes, uncompressed size, entry count): two zstd-compressed newc archives,
     the stable bulk and the VOLATILE members. /dev/console and /dev/null are added as
-    device nodes so the kernel has a console before /init runs, and /dev/urandom for the
-    agent's Python before it mounts devtmpfs: while the kernel's random pool is not ready
-    (a CPU without RDRAND: qemu's default model) getrandom() says EAGAIN, and Python's start
-    falls back to /dev/urandom or dies ("failed to get random numbers")."""
+    device nodes so the kernel has a console before /init runs, and /dev/urandom because
+    the frozen agent's Python seeds its hash from getrandom() before PID 1 mounts devtmpfs:
+    when the kernel's random pool is not ready yet (a fast boot: UEFI HTTP Boot reached
+    /init in 5 s) getrandom() says EAGAIN, Python falls back to /dev/urandom, and without
+    the node it dies ("failed to get random numbers") and the kernel panics."""
     entries = cpio.entries_from_tree(root) + [
         cpio.chardev("dev/console", 5, 1),
         cpio.chardev("dev/null", 1, 3, perm=0o666),

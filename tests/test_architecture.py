@@ -19,6 +19,8 @@ MAX_LINES = 400
 #: only from its own layer or those below (lazy imports count too). A new package must be
 #: placed here: an unplaced module fails.
 LAYERS: list[tuple[str, ...]] = [
+    # `python -m builder`, and the manual it makes from every command's parser (agent.cli)
+    ("builder.__main__", "builder.manual"),
     # the commands: the dispatcher and one module per command
     ("agent.__main__", "agent.cli", "agent.cmd"),
     ("agent.deploy",),  # power a fleet on, serve it, disarm it

@@ -169,10 +169,3 @@ def test_signers_are_read_from_the_certificate_table(tmp_path):
     assert not efi.signed_by(unsigned, efi.DEBIAN)
     (tmp_path / "text").write_text("not a PE file")
     assert efi.authenticode(tmp_path / "text") == b""
-
-
-def test_grub_modules_come_with_their_dependencies(tmp_path):
-    (tmp_path / "moddep.lst").write_text("http: net bufio\nnet: priority_queue boot\n"
-                                         "bufio:\npriority_queue:\nboot:\n")
-    assert efi._module_closure(tmp_path, ("http",)) == [
-        "boot", "bufio", "http", "net", "priority_queue"]

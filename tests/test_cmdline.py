@@ -12,12 +12,14 @@ from agent.boot.node import run_options
 from agent.boot.params import PARAMETERS, split_cmdline
 from agent.boot.plan import transfer_argv
 from agent.boot.tokens import CmdlineError, consoles
+from agent.boot.udpcparam import option_words, split_words
 from agent.hw.modprobe import named_loads
 from agent.transfer.options import (
     ReceiveOptions,
     SendOptions,
     parse_receive_args,
     parse_send_args,
+    to_argv,
 )
 
 TUTORIAL = ("load_ramdisk=1 initrd=initrd root=01:00 auto=yes lang=US kbmap=US netmodule=AUTO "
@@ -72,7 +74,7 @@ def test_tutorial_append_line_parses():
 
 def test_tutorial_sender_broadcast_is_an_option():
     cfg = parse_cmdline(TUTORIAL.replace("umode=rcv udpcparam=", "umode=snd udpcparam=broadcast"))
-    assert cfg.udpcparam == ["--broadcast"]
+    assert cfg.udpcparam == parse_send_args(["--broadcast"])
     opts = run_options(cfg, interface=None)
     assert isinstance(opts, SendOptions) and opts.broadcast and opts.nokbd
 
@@ -277,7 +279,12 @@ def test_point_to_point_prefixes_allow_every_address():
     ("rcv", "", []),
 ])
 def test_udpcparam_words(umode, udpcparam, expected):
-    assert parse_cmdline(f"umode={umode} udpcparam={udpcparam}").udpcparam == expected
+    """The words become this argv, parsed once into the options the node keeps."""
+    cfg = parse_cmdline(f"umode={umode} udpcparam={udpcparam}")
+    assert option_words(split_words(split_cmdline(f"udpcparam={udpcparam}")["udpcparam"]),
+                        umode) == expected
+    parse = parse_send_args if umode == "snd" else parse_receive_args
+    assert cfg.udpcparam == parse(expected)
 
 
 @pytest.mark.parametrize("umode, udpcparam, start", [
@@ -308,6 +315,14 @@ def test_udpcparam_words(umode, udpcparam, expected):
                                   "honoured on a node"),
     ("rcv", "-Z", "udpcparam=-Z: --ignore-lost-data cannot be honoured on a node"),
     ("rcv", "ignore-lost", "udpcparam=ignore-lost: --ignore-lost-data cannot be honoured"),
+    # every option a boot parameter sets is that parameter's, not udpcparam's
+    ("snd", '"--blocks all"', 'udpcparam="--blocks all": --blocks is not allowed in udpcparam; '
+                              "set blocks= instead"),
+    ("snd", "serve", "udpcparam=serve: --serve is not allowed in udpcparam; set serve= instead"),
+    ("rcv", "--blank=zero", "udpcparam=--blank=zero: --blank is not allowed in udpcparam; "
+                            "set blank= instead"),
+    ("rcv", "--verify=readback", "udpcparam=--verify=readback: --verify is not allowed"),
+    ("snd", "-", "udpcparam=-: - is not an option of herdcast send"),
 ])
 def test_udpcparam_refused(umode, udpcparam, start):
     assert _error(f"umode={umode} udpcparam={udpcparam}").startswith(start)
@@ -318,6 +333,7 @@ def test_transfer_argv_and_options():
                         'udpcparam="--receive-timeout 30"')
     assert transfer_argv(cfg) == ["--file", "/dev/vda", "--portbase", "9010", "--nokbd",
                                   "--compress", "lzop", "--receive-timeout", "30"]
+    assert transfer_argv(cfg) == to_argv(cfg.transfer, first=("file", "portbase", "nokbd"))
     opts = run_options(cfg, interface=None)
     assert isinstance(opts, ReceiveOptions)
     assert (opts.file, opts.portbase, opts.compress, opts.nokbd, opts.receive_timeout) == \

@@ -95,3 +95,15 @@ def test_example_append_lines_parse():
     assert len(lines) >= 3
     modes = {parse_cmdline(line).umode for line in lines}
     assert modes == {"snd", "rcv"}
+
+
+def test_udpcparam_section_names_every_option_a_parameter_sets():
+    """Each transfer option a boot parameter sets is refused in udpcparam=; the section says
+    which parameter to use instead, for every one of them (agent.transfer.optiontable)."""
+    from agent.transfer.optiontable import BOOT
+
+    section = DOC.read_text(encoding="utf-8").split("\n## udpcparam\n", 1)[1].split("\n## ")[0]
+    section = " ".join(section.split())
+    for name, row in BOOT.items():
+        assert f"`{row.name}`" in section and f"`{name}=`" in section, name
+        assert PARAMETERS[name].option == row.dest

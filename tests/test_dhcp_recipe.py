@@ -1,8 +1,10 @@
 """The README's DHCP recipe (docs/dnsmasq.conf, docs/dnsmasq-proxy.conf) is a working
 configuration: dnsmasq accepts both, and the full one, run as it is (only its marked EDIT lines
-changed to the lab's), gives a BIOS client pxelinux.0 and an x86-64 UEFI client (DHCP option
-93 = 7) the signed shim, with an address from its range. The client is busybox's udhcpc in a
-namespace of the lab; nothing leaves it."""
+changed to the lab's), gives a BIOS client pxelinux.0, an x86-64 UEFI client (DHCP option
+93 = 7) the signed shim, and a UEFI HTTP Boot client (option 93 = 16, vendor class
+HTTPClient) the shim's http:// URL on this server with vendor class HTTPClient in the answer
+(which the firmware requires), each with an address from its range. The client is busybox's
+udhcpc in a namespace of the lab; nothing leaves it."""
 
 from __future__ import annotations
 
@@ -38,17 +40,27 @@ def _lab_conf(tmp_path: Path, ip: str) -> Path:
     text = re.sub(r"^dhcp-range=.*$", f"dhcp-range={net}.100,{net}.200,255.255.255.0,1h",
                   text, flags=re.M)
     text = re.sub(r"^tftp-root=.*$", f"tftp-root={tmp_path}", text, flags=re.M)
+    text = re.sub(r"http://[0-9.]+/", f"http://{ip}/", text)
     conf = tmp_path / "herdcast.conf"
     conf.write_text(text + f"dhcp-leasefile={tmp_path / 'leases'}\n")
     return conf
 
 
+#: An HTTP Boot client's vendor class, as OVMF's HttpBootDxe sends it.
+HTTP_CLIENT = "HTTPClient:Arch:00016:UNDI:003000"
+
+
 @pytest.mark.netns
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("arch", "boot_file"), [(None, "pxelinux.0"), (7, "shimx64.efi")])
-def test_recipe_hands_out_the_boot_file_by_architecture(tmp_path, arch, boot_file):
+@pytest.mark.parametrize(("arch", "vendor", "boot_file"), [
+    (None, None, "pxelinux.0"),
+    (7, "PXEClient:Arch:00007:UNDI:003000", "shimx64.efi"),
+    (16, HTTP_CLIENT, "http://{server}/shimx64.efi"),
+])
+def test_recipe_hands_out_the_boot_file_by_architecture(tmp_path, arch, vendor, boot_file):
     script = tmp_path / "udhcpc.script"
-    script.write_text(f"#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $boot_file\" > "
+    # $vendor: the vendor class the server answered with (option 60, asked for with -O)
+    script.write_text(f"#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $boot_file ${{vendor:--}}\" > "
                       f"{tmp_path / 'bound'}\nexit 0\n")
     script.chmod(0o755)
     with NetLab(2, net=91) as lab:
@@ -57,8 +69,10 @@ def test_recipe_hands_out_the_boot_file_by_architecture(tmp_path, arch, boot_fil
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client.run("ip", "addr", "flush", "dev", "eth0")
         extra = ["-x", f"0x5d:{arch:04x}"] if arch is not None else []
+        extra += ["-V", vendor] if vendor is not None else []
         client.run("busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1",
-                   "-s", str(script), *extra, timeout=40)
-    ip, got = (tmp_path / "bound").read_text().split()
-    assert got == boot_file
+                   "-O", "60", "-s", str(script), *extra, timeout=40)
+    ip, got, vendor_class = (tmp_path / "bound").read_text().split()
+    assert got == boot_file.format(server=server.ip)
     assert 100 <= int(ip.rsplit(".", 1)[1]) <= 200
+    assert vendor_class == ("HTTPClient" if arch == 16 else "-")

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.hw.drivers import load_drivers
+from agent.hw.drivers import DriverLoader, Host, Wanted, load_drivers
 from agent.hw.modalias import (
     AliasTable,
     Device,
@@ -135,10 +135,13 @@ def fake(tmp_path, monkeypatch):
 
 
 def run(fake, **kw):
-    """load_drivers on the fake tree (no uevent socket unless `uevents` is given)."""
+    """load_drivers on the fake tree (no uevent socket unless `uevents` is given); the
+    keywords of Wanted go there, the others to load_drivers."""
     kw.setdefault("say", lambda s: None)
-    return load_drivers(sys_root=fake["sys"], proc_root=fake["proc"],
-                        modules_dir=fake["modules"], modprobe=fake["modprobe"], **kw)
+    wanted = Wanted(**{k: kw.pop(k) for k in list(kw) if k in Wanted.__dataclass_fields__})
+    host = Host(sys_root=fake["sys"], proc_root=fake["proc"], modules_dir=fake["modules"],
+                modprobe=fake["modprobe"])
+    return load_drivers(wanted, host, **kw)
 
 
 def test_alias_wildcards_match_like_kmod():
@@ -231,6 +234,26 @@ def test_params_reach_a_module_found_by_modalias():
                       [("pci:v00008086d0000100Esv*sd*bc*sc*i*", "e1000")], set(),
                       {"e1000": ["debug=3"]})
     assert plan[0].argv(["modprobe"]) == ["modprobe", "e1000", "debug=3"]
+
+
+def test_the_loader_step_by_step(fake):
+    """DriverLoader's steps one at a time on the fake tree: a pass loads what the buses ask
+    for once (a module tried is never tried again), the NIC it made comes up, and `found`
+    sees the NIC and then the disk its second pass made."""
+    host = Host(sys_root=fake["sys"], proc_root=fake["proc"], modules_dir=fake["modules"],
+                modprobe=fake["modprobe"])
+    upped: list[str] = []
+    loader = DriverLoader(Wanted(disk="/dev/vdq"), host, link_up=upped.append,
+                          say=lambda s: None)
+    assert loader.found() == (False, False)
+    assert loader.load_for([]) == 0  # no device, nothing to load
+    assert loader.load_for() == 1 and loader.report.loaded == ["virtio_pci"]
+    assert loader.load_for() == 2  # virtio_pci made the virtio devices
+    assert loader.load_for() == 0  # all tried
+    loader.bring_up_nics()
+    loader.bring_up_nics()
+    assert upped == ["eth0"]
+    assert loader.found() == (True, True)
 
 
 def test_passes_until_virtio_devices_have_drivers(fake):
@@ -411,14 +434,14 @@ def test_pyudev_finds_libudev_without_ldconfig(monkeypatch):
 
 WAIT_FOR_UEVENT = textwrap.dedent("""
     import subprocess, threading, time
-    from agent.hw.drivers import load_drivers
+    from agent.hw.drivers import Host, Wanted, load_drivers
     def plug():
         time.sleep(1.0)
         subprocess.run(["ip", "link", "add", "v0", "address", "02:00:00:00:00:42",
                         "type", "veth", "peer", "name", "v1"], check=True)
     threading.Thread(target=plug).start()
-    r = load_drivers(mac="02:00:00:00:00:42", modules_dir="/nonexistent",
-                     modprobe=["true"], timeout=15, say=print)
+    r = load_drivers(Wanted(mac="02:00:00:00:00:42"),
+                     Host(modules_dir="/nonexistent", modprobe=["true"]), timeout=15, say=print)
     print("notes", r.notes)
     print("found", sorted(r.nics), round(r.seconds, 1))
 """)

@@ -8,11 +8,15 @@ from agent.transfer.options import (
     UNSUPPORTED,
     FecSpec,
     OptionError,
+    ReceiveOptions,
+    SendOptions,
     parse_fec,
     parse_receive_args,
     parse_send_args,
     parse_size,
+    to_argv,
 )
+from agent.transfer.optiontable import BOOT, FIELDS, OPTIONS
 
 
 def test_udp_sender_style_arguments():
@@ -76,3 +80,52 @@ def test_any_argv_parses_or_fails_with_option_error(argv):
             parse(argv)
         except OptionError as exc:
             assert "\n" not in str(exc)
+
+
+# --- one row per option (agent.transfer.optiontable) -----------------------------------------
+
+
+def test_the_dataclass_defaults_are_the_parsers():
+    """One declaration: what a command line without options gives is the dataclass's
+    defaults, field for field."""
+    assert parse_send_args([]) == SendOptions()
+    assert parse_receive_args([]) == ReceiveOptions()
+
+
+@pytest.mark.parametrize("parse, argv", [
+    (parse_send_args, ["-f", "img", "-P", "9002", "-r", "800m", "-C", "4", "-W", "60.5",
+                       "-B", "-F", "8x8/128", "-k", "-c", "-2", "--blocks", "all",
+                       "--sendbuf", "4m", "--drop-after", "0", "--no-late-join",
+                       "--compress", "gz", "-T", "30", "--min-slice-size", "32"]),
+    (parse_send_args, ["-f", "img", "--serve", "--full-duplex", "--pointopoint",
+                       "--mcast-data-address", "239.1.2.3", "--report", "r.json"]),
+    (parse_receive_args, ["-f", "out", "-s", "10", "--receive-timeout", "5", "-w", "0",
+                          "-y", "-b", "1k", "-d", "--unpack", "--blank", "zero",
+                          "--verify", "readback", "--description", "a b", "-M", "224.0.0.9"]),
+    (parse_receive_args, ["--nosync", "--compress", "none", "-t", "4"]),
+])
+def test_options_render_back_to_the_argv_that_gives_them(parse, argv):
+    """`to_argv` (what `herdcast plan` prints) parses back to the same options."""
+    opts = parse(argv)
+    assert opts != parse([])
+    assert parse(to_argv(opts)) == opts
+
+
+def test_every_row_has_help_and_a_long_flag():
+    for row in OPTIONS:
+        assert row.help and row.flags[0].startswith("--"), row.dest
+        assert row.dest in FIELDS and row.sides
+
+
+def test_every_boot_parameter_of_an_option_has_the_rows_words_and_default():
+    from agent.boot.params import PARAMETERS
+
+    for name, row in BOOT.items():
+        param = PARAMETERS[name]
+        assert param.option == row.dest
+        if row.choices:
+            assert param.choices == row.choices
+            # the node's default is the option's (compr=none is --compress unset;
+            # identity= unset is --identity unset)
+            node_default = None if param.default is None else param.convert(param.default)
+            assert row.value_of(node_default) == row.default

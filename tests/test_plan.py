@@ -46,7 +46,7 @@ def test_plan_text_sender(capsys):
     assert "the first interface with carrier (no BOOTIF)" in out
     assert "static 10.0.0.2/24 (netmask 255.255.255.0), gateway 10.0.0.1" in out
     assert "none loaded (enableDiskmodule=no)" in out
-    assert "herdcast send --file /dev/sda --portbase 9000 --nokbd --min-receivers 4 --broadcast" \
+    assert "herdcast send --file /dev/sda --portbase 9000 --nokbd --broadcast --min-receivers 4" \
         in out
     assert "poweroff on success" in out
     assert "read-write mounted filesystem on the disk stops the node (mounted=refuse)" in out
@@ -80,7 +80,7 @@ def test_plan_json_is_typed(capsys):
 def test_plan_json_static_and_udpcparam_list(capsys):
     _, out, _ = _plan(capsys, "--cmdline", SENDER, "--json")
     plan = json.loads(out)
-    assert plan["udpcparam"] == ["--min-receivers", "4", "--broadcast"]
+    assert plan["udpcparam"] == ["--broadcast", "--min-receivers", "4"]
     assert (plan["ip"], plan["netmask"], plan["prefixlen"], plan["gateway"]) == \
         ("10.0.0.2", "255.255.255.0", 24, "10.0.0.1")
     assert plan["dhcp"] is False and plan["bootif"] is None

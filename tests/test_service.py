@@ -49,6 +49,16 @@ def test_install_puts_herdcast_on_path(installed: Path):
     assert os.path.realpath(exe).startswith(str(installed / "usr/lib/herdcast"))
 
 
+def test_install_puts_the_man_page_and_completions_in_place(installed: Path):
+    """`man herdcast` and tab completion work after `make install` (generated there from
+    the installed parsers, builder.manual)."""
+    share = installed / "usr/share"
+    page = (share / "man/man1/herdcast.1").read_text()
+    assert ".TH HERDCAST" in page and "\\-\\-min\\-receivers" in page
+    assert "--min-receivers" in (share / "bash-completion/completions/herdcast").read_text()
+    assert "--blank" in (share / "zsh/site-functions/_herdcast").read_text()
+
+
 def test_install_keeps_an_edited_settings_file(installed: Path):
     env_file = installed / "etc/herdcast/serve.env"
     env_file.write_text(env_file.read_text() + "# edited\n")

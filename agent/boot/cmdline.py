@@ -7,65 +7,77 @@ given and what is allowed. The pieces, in reading order:
 - agent.boot.tokens: the kernel's splitting rules and the CmdlineError they lead to;
 - agent.boot.params: every parameter declared once (`PARAMETERS`) with its converter;
 - agent.boot.addressing: ip=/netmask=/gateway= merged into one checked static address;
-- agent.boot.udpcparam: udpcparam= checked against the transfer's own option declarations;
-- this module: all of them together, as the BootConfig the node and `herdcast plan` use.
+- agent.boot.udpcparam: udpcparam= parsed once, by the transfer's own option rows and parser;
+- this module: all of them together, as the BootConfig the node and `herdcast plan` use (its
+  fields are the parameters; its `transfer` the options the node runs and the plan prints).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from agent.boot.addressing import PxeIp, mask, static_addressing
 from agent.boot.params import PARAMETERS, Param, split_cmdline
 from agent.boot.tokens import BadValue, CmdlineError, consoles, shown
-from agent.boot.udpcparam import option_words, parse_udpcparam
-from agent.transfer.options import OptionError, ReceiveOptions, SendOptions, serve_conflict
+from agent.boot.udpcparam import parse_udpcparam
+from agent.transfer.options import (
+    OPTION_CLASSES,
+    CommonOptions,
+    OptionError,
+    ReceiveOptions,
+    SendOptions,
+    serve_conflict,
+)
+from agent.transfer.optiontable import FIELDS
 
 
-@dataclass(frozen=True)
+def _fields_from_parameters(cls: type) -> type:
+    """Class decorator: every boot parameter in PARAMETERS becomes a field (`Param.attr`)
+    whose default is its default text converted (a required one first, without default),
+    ahead of the fields the class body declares itself; then a frozen dataclass."""
+    own = dict(cls.__dict__.get("__annotations__", {}))
+    required, optional = {}, {}
+    for p in PARAMETERS.values():
+        if p.attr in own:
+            continue
+        if p.required:
+            required[p.attr] = "str"
+        elif p.repeatable:
+            optional[p.attr] = "list[str]"
+            setattr(cls, p.attr, field(default_factory=list))
+        else:
+            value = None if p.default is None else p.convert(p.default)
+            optional[p.attr] = "str | None" if value is None else type(value).__name__
+            setattr(cls, p.attr, value)
+    cls.__annotations__ = {**required, **optional, **own}
+    return dataclass(frozen=True)(cls)
+
+
+@_fields_from_parameters
 class BootConfig:
-    """What the node will do, typed and validated. Static addressing (`ip`, `netmask`,
-    `gateway`) is the effective one: set only with dhcp=no, merged from ip=/netmask=/gateway=
-    and pxelinux's colon-form ip=; `ip_from_pxelinux` (JSON `pxe_ip`) keeps what pxelinux
-    wrote either way."""
+    """What the node will do, typed and validated: one field per boot parameter (its
+    `Param.attr`, typed as its converter returns it), plus what the parameters become
+    together. Static addressing (`ip`, `netmask`, `gateway`) is the effective one: set only
+    with dhcp=no, merged from ip=/netmask=/gateway= and pxelinux's colon-form ip=;
+    `ip_from_pxelinux` (JSON `pxe_ip`) keeps what pxelinux wrote either way. `udpcparam`
+    holds the transfer options udpcparam= gives, parsed once (None: none given); `transfer`
+    is what the node runs."""
 
-    umode: str
-    auto: bool = False
-    lang: str | None = None
-    kbmap: str | None = None
-    netmodule: str = "AUTO"
-    netmodparm: str = ""
-    dhcp: bool = True
-    ip: str | None = None
-    netmask: str | None = None
-    gateway: str | None = None
-    port: int = 9000
-    enable_diskmodule: bool = True
-    diskmodule: str = "AUTO"
-    diskmodparm: str = ""
-    disk: str = "/dev/sda"
-    compr: str = "none"
-    mounted: str = "refuse"
-    blocks: str = "used"
-    blank: str = "keep"
-    verify: str = "none"
-    serve: bool = False  # umode=snd: keep serving the disk until powered off (send --serve)
-    grow: bool = False  # umode=rcv: the last partition and its filesystem fill the disk
-    hostname: str | None = None  # the clone's name; None: the DHCP server's; "": none at all
-    identity: str | None = None  # fresh|keep; None: fresh when the clone gets a name
-    userdata: str | None = None  # cloud-init user-data URL for the clone's NoCloud seed
-    udpcparam: list[str] = field(default_factory=list)  # argv words, bare words made options
-    post: str = "poweroff"
-    onfail: str = "wait"
-    hwtimeout: int = 60
-    dhcptimeout: int = 30
-    bootif_mac: str | None = None
+    udpcparam: SendOptions | ReceiveOptions | None = None
     ip_from_pxelinux: PxeIp | None = None
-    console: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.udpcparam is None:
+            object.__setattr__(self, "udpcparam", OPTION_CLASSES[self.side]())
 
     @property
     def sending(self) -> bool:
         return self.umode == "snd"
+
+    @property
+    def side(self) -> str:
+        """`send` or `receive`: the command the node runs."""
+        return "send" if self.sending else "receive"
 
     @property
     def prefixlen(self) -> int | None:
@@ -75,21 +87,30 @@ class BootConfig:
     @property
     def compression(self) -> str | None:
         """compr= as the transfer options spell it: None for none."""
-        return None if self.compr == "none" else self.compr
+        return FIELDS["compress"].value_of(self.compr)
 
     @property
-    def udpcparam_options(self) -> SendOptions | ReceiveOptions:
-        """The send/receive options udpcparam= alone gives (parse_cmdline checked that it
-        parses); the node sets disk=, port= and compr= on them as typed values."""
-        return parse_udpcparam(self.udpcparam, self.umode)
+    def transfer(self) -> SendOptions | ReceiveOptions:
+        """The transfer options this node runs (but for the interface, which the network
+        step names): udpcparam's, with every parameter that sets an option (disk=, port=,
+        compr=, blocks=, ...) set as its typed value, and no keyboard. `herdcast plan`
+        prints them as a command line (agent.boot.plan)."""
+        extra: CommonOptions = self.udpcparam  # type: ignore[assignment]
+        own = {p.option: FIELDS[p.option].value_of(getattr(self, p.attr))
+               for p in PARAMETERS.values() if p.option and hasattr(extra, p.option)}
+        return replace(extra, nokbd=True, **own)
 
     def as_json(self) -> dict:
-        """A JSON-able dict whose keys are the parameter names (`bootif` for the MAC)."""
+        """A JSON-able dict whose keys are the parameter names (`bootif` for the MAC), and
+        udpcparam as the option words its options are."""
+        from agent.transfer.options import to_argv
+
         d = asdict(self)
         d["enableDiskmodule"] = d.pop("enable_diskmodule")
         d["bootif"] = d.pop("bootif_mac")
         d["pxe_ip"] = d.pop("ip_from_pxelinux")
         d["prefixlen"] = self.prefixlen
+        d["udpcparam"] = to_argv(self.udpcparam)  # type: ignore[arg-type]
         return d
 
 
@@ -137,52 +158,20 @@ def parse_cmdline(text: str) -> BootConfig:
     address, netmask, gateway = static_addressing(values, given)
     udpcparam = shown("udpcparam", given.get("udpcparam", ""))
     try:
-        words = option_words(list(values["udpcparam"]), umode)  # type: ignore[call-overload]
+        extra = parse_udpcparam(list(values["udpcparam"]), umode)  # type: ignore[call-overload]
     except BadValue as exc:
         raise CmdlineError(f"{udpcparam}: {exc}") from None
-    try:
-        parse_udpcparam(words, umode)
     except (OptionError, ValueError, ArithmeticError, SystemExit) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CmdlineError(f"{udpcparam}: {reason}") from None
     for name, (side, unused, why) in ONE_SIDED.items():
         if umode != side and values.get(name) != unused:
             raise CmdlineError(f"{shown(name, given[name])}: {why}")
-    if values["serve"] and (conflict := serve_conflict(parse_udpcparam(words, umode))):
+    if values["serve"] and (conflict := serve_conflict(extra)):
         raise CmdlineError(f"{udpcparam}: {conflict} (serve=yes is --serve)")
     ip = values.get("ip")
-    return BootConfig(
-        umode=umode,
-        auto=bool(values["auto"]),
-        lang=values.get("lang"),  # type: ignore[arg-type]
-        kbmap=values.get("kbmap"),  # type: ignore[arg-type]
-        netmodule=str(values["netmodule"]),
-        netmodparm=str(values["netmodparm"]),
-        dhcp=bool(values["dhcp"]),
-        ip=address,
-        netmask=netmask,
-        gateway=gateway,
-        port=int(values["port"]),  # type: ignore[call-overload]
-        enable_diskmodule=bool(values["enableDiskmodule"]),
-        diskmodule=str(values["diskmodule"]),
-        diskmodparm=str(values["diskmodparm"]),
-        disk=str(values["disk"]),
-        compr=str(values["compr"]),
-        mounted=str(values["mounted"]),
-        blocks=str(values["blocks"]),
-        blank=str(values["blank"]),
-        verify=str(values["verify"]),
-        serve=bool(values["serve"]),
-        grow=bool(values["grow"]),
-        hostname=values.get("hostname"),  # type: ignore[arg-type]
-        identity=values.get("identity"),  # type: ignore[arg-type]
-        userdata=values.get("userdata"),  # type: ignore[arg-type]
-        udpcparam=words,
-        post=str(values["post"]),
-        onfail=str(values["onfail"]),
-        hwtimeout=int(values["hwtimeout"]),  # type: ignore[call-overload]
-        dhcptimeout=int(values["dhcptimeout"]),  # type: ignore[call-overload]
-        bootif_mac=values.get("BOOTIF"),  # type: ignore[arg-type]
-        ip_from_pxelinux=getattr(ip, "pxe", None),
-        console=consoles(text),
-    )
+    fields = {p.attr: values[p.name] for p in PARAMETERS.values()
+              if p.name in values and not p.repeatable}
+    fields.update(umode=umode, ip=address, netmask=netmask, gateway=gateway, udpcparam=extra,
+                  ip_from_pxelinux=getattr(ip, "pxe", None), console=consoles(text))
+    return BootConfig(**fields)

@@ -85,34 +85,32 @@ def load_config(text: str, disk: str | None = None) -> BootConfig:
 
 def run_options(cfg: BootConfig, interface: str | None, dhcp_name: str | None = None,
                 con: Console | None = None) -> SendOptions | ReceiveOptions:
-    """The options of the transfer this node runs, built once, when the network step has
-    named the interface (and the DHCP server perhaps the node): udpcparam's options with
-    disk=, port=, compr= and the clone's wishes set as typed values (no argv is built to be
-    parsed again). An --interface in udpcparam wins."""
-    extra = cfg.udpcparam_options
-    own = ({"blocks": cfg.blocks, "serve": cfg.serve} if cfg.sending
-           else {"blank": cfg.blank, "verify": cfg.verify,
-                 "wishes": clone_wishes(cfg, dhcp_name, con or Console())})
-    return dataclasses.replace(extra, file=cfg.disk, portbase=cfg.port,
-                               compress=cfg.compression, nokbd=True,
-                               interface=extra.interface or interface, **own)
+    """The options of the transfer this node runs, once the network step has named the
+    interface (and the DHCP server perhaps the node): the plan's (`cfg.transfer`, parsed
+    once from udpcparam= with disk=, port=, compr=, hostname= ... set as values). An
+    --interface in udpcparam wins; a receiver with hostname= unset is named by the DHCP
+    server (option 12) when it names it."""
+    opts = cfg.transfer
+    if not cfg.sending and opts.hostname is None:
+        opts = dataclasses.replace(opts, hostname=dhcp_hostname(dhcp_name, con or Console()))
+    return dataclasses.replace(opts, interface=opts.interface or interface)
 
 
-def clone_wishes(cfg: BootConfig, dhcp_name: str | None, con: Console):
-    """What the clone becomes (agent.personalize): hostname=, else the DHCP server's name
-    for this node (option 12), which is ignored with a line when it is no hostname."""
-    from agent.personalize.wishes import WishError, Wishes, check_hostname
+def dhcp_hostname(dhcp_name: str | None, con: Console) -> str | None:
+    """The clone's name from the DHCP server (option 12), or None when it gave none or gave
+    one that is no hostname (said on the console and not written)."""
+    from agent.personalize.wishes import WishError, check_hostname
 
-    name = cfg.hostname
-    if name is None and dhcp_name:
-        try:
-            name = check_hostname(dhcp_name)
-            con.say(f"clone: named {name} by the DHCP server (option 12; hostname= overrides)")
-        except WishError:
-            con.say(f"clone: the DHCP server's host name {dhcp_name[:64]!r} is no hostname: "
-                    "not written (set hostname=)")
-    return Wishes(grow=cfg.grow, hostname=name or None, identity=cfg.identity,
-                  userdata=cfg.userdata)
+    if not dhcp_name:
+        return None
+    try:
+        name = check_hostname(dhcp_name)
+    except WishError:
+        con.say(f"clone: the DHCP server's host name {dhcp_name[:64]!r} is no hostname: "
+                "not written (set hostname=)")
+        return None
+    con.say(f"clone: named {name} by the DHCP server (option 12; hostname= overrides)")
+    return name
 
 
 def confirm(cfg: BootConfig, con: Console) -> None:
@@ -135,14 +133,15 @@ def nic_missing(mac: str | None, timeout: int) -> str:
 
 def hardware_step(cfg: BootConfig, con: Console) -> None:
     """Load drivers until the NIC and the disk are there."""
-    from agent.hw.drivers import load_drivers
+    from agent.hw.drivers import Host, Wanted, load_drivers
 
     disk = cfg.disk
-    report = load_drivers(
-        disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule, netmodparm=cfg.netmodparm,
-        diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
-        diskmodparm=cfg.diskmodparm, timeout=cfg.hwtimeout, say=con.say,
-        dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
+    wanted = Wanted(disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule,
+                    netmodparm=cfg.netmodparm,
+                    diskmodule=cfg.diskmodule if cfg.enable_diskmodule else "NONE",
+                    diskmodparm=cfg.diskmodparm)
+    host = Host(dev_root="/dev" if pid1.is_init() else None)  # elsewhere udevd owns /dev/disk
+    report = load_drivers(wanted, host, timeout=cfg.hwtimeout, say=con.say)
     for note in report.notes:
         con.say(note)
     con.say(f"modules loaded: {', '.join(report.loaded) or 'none'}"
@@ -166,7 +165,7 @@ def network_step(cfg: BootConfig, args: NodeArgs, con: Console) -> NetConfig:
 
     try:
         if args.no_network:
-            net = existing_config(cfg.udpcparam_options.interface)
+            net = existing_config(cfg.udpcparam.interface)
         else:
             net = setup_network(dhcp=cfg.dhcp, ip=cfg.ip, netmask=cfg.netmask,
                                 gateway=cfg.gateway, mac=cfg.bootif_mac,

@@ -5,6 +5,11 @@ working), pxelinux's `BOOTIF=` and `ip=`, and a few herdcast additions. The decl
 (name, converter, default, accepted words) is what parsing, the defaults, `herdcast plan`
 and the agreement test with kernel-cmdline.md (the user's contract) all read.
 
+A parameter that sets a transfer option (disk=, port=, compr=, blocks=, blank=, verify=,
+serve=, and the clone's grow=, hostname=, identity=, userdata=) takes its words and default
+from that option's row (agent.transfer.optiontable), so a word added there is accepted here
+(and tests/test_cmdline_doc.py asks kernel-cmdline.md to list it).
+
 A converter turns a value's text into its typed value or raises BadValue("problem; fix");
 every value is checked before the node touches any hardware.
 """
@@ -21,7 +26,7 @@ from agent.boot.addressing import convert_gateway, convert_ip, convert_netmask
 from agent.boot.pid1 import POST_ACTIONS
 from agent.boot.tokens import BadValue, tokens
 from agent.boot.udpcparam import split_words
-from agent.codec import NAMES as CODECS
+from agent.transfer.optiontable import BOOT, DEFAULT_PORTBASE
 
 _MODULE_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")  # MODULE_NAME_LEN is 56 with the NUL
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -31,15 +36,9 @@ _MAC_RE = re.compile(r"(?:01-)?([0-9a-f]{2})[-:]([0-9a-f]{2})[-:]([0-9a-f]{2})[-
 PORT_MAX = 65534  # the transfer uses port and port+1
 TIMEOUT_MAX = 86400
 
-# The codec table's names (agent.codec), and "none": a codec added there is a compr= word.
-COMPRESSIONS = ("none", *CODECS)
-COMPR_ALIASES = {"gzip": "gz", "lzo": "lzop"}
+COMPR_ALIASES = {"gzip": "gz", "lzo": "lzop"}  # udpcast's names of two codecs
 UMODES = ("snd", "rcv")
 MOUNTED = ("refuse", "warn")  # a sender's disk with a read-write mounted filesystem
-BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
-BLANKS = ("keep", "zero", "discard")  # what a receiver does with free space (agent.image)
-VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
-IDENTITIES = ("fresh", "keep")  # a clone's machine-id and SSH host keys (agent.personalize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +171,9 @@ def _userdata(value: str) -> str:
 @dataclass(frozen=True)
 class Param:
     """One boot parameter. `default` is the text used when the parameter is absent (None:
-    unset); `choices`/`aliases` are the accepted words for an enumerated parameter."""
+    unset); `choices`/`aliases` are the accepted words for an enumerated parameter. `attr`
+    is its BootConfig field (default: its name); `option` the transfer option it sets (the
+    dest of agent.transfer.optiontable's row whose `boot` it is)."""
 
     name: str
     convert: Callable[[str], object]
@@ -181,6 +182,37 @@ class Param:
     choices: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     repeatable: bool = False  # every occurrence counts (console=), not just the last
+    attr: str = ""
+    option: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.attr:
+            object.__setattr__(self, "attr", self.name)
+
+
+def _for_option(name: str, convert: Callable[[str], object] | None = None,
+                default: str | None = None, what: str = "a choice",
+                aliases: dict[str, str] | None = None, unset: bool = False) -> Param:
+    """The boot parameter that sets a transfer option: its words and default are the option
+    row's (a yes/no switch for a store_true one); `convert`/`default` only where the node's
+    differ (disk= is a /dev path and defaults to /dev/sda; port= a checked number). `unset`:
+    absent is None, not the first word (identity= unset is decided by the clone's name)."""
+    row = BOOT[name]
+    aliases = aliases or {}
+    if row.annotation == "bool":
+        choices: tuple[str, ...] = ("yes", "no")
+        text = "yes" if row.default else "no"
+        convert = convert or _bool(name)
+    else:
+        choices = row.choices
+        text = choices[0] if row.default is None and choices else (
+            None if row.default is None else str(row.default))
+        if choices:
+            convert = convert or _choice(name, choices, aliases, what)
+    assert convert is not None, f"{name}= needs a converter"
+    text = None if unset else text
+    return Param(name, convert, default if default is not None else text, choices=choices,
+                 aliases=aliases, option=row.dest)
 
 
 _PARAM_LIST = [
@@ -193,27 +225,26 @@ _PARAM_LIST = [
     Param("ip", convert_ip, None),
     Param("netmask", convert_netmask, None),
     Param("gateway", convert_gateway, None),
-    Param("port", _int_range("port", 1, PORT_MAX, 9000, ""), "9000"),
-    Param("enableDiskmodule", _bool("enableDiskmodule"), "yes", choices=("yes", "no")),
+    _for_option("port", _int_range("port", 1, PORT_MAX, DEFAULT_PORTBASE, "")),
+    Param("enableDiskmodule", _bool("enableDiskmodule"), "yes", choices=("yes", "no"),
+          attr="enable_diskmodule"),
     Param("diskmodule", _module("diskmodule", "ahci"), "AUTO"),
     Param("diskmodparm", _modparm("diskmodparm"), ""),
-    Param("disk", _disk, "/dev/sda"),
-    Param("compr", _choice("compr", COMPRESSIONS, COMPR_ALIASES, "a compression"), "none",
-          choices=COMPRESSIONS, aliases=COMPR_ALIASES),
+    _for_option("disk", _disk, "/dev/sda"),
+    _for_option("compr", what="a compression", aliases=COMPR_ALIASES),
     Param("umode", _choice("umode", UMODES, {}, "a mode"), None, required=True,
           choices=UMODES),
     Param("udpcparam", split_words, ""),
     Param("mounted", _choice("mounted", MOUNTED, {}, "a choice"), "refuse", choices=MOUNTED),
-    Param("blocks", _choice("blocks", BLOCKS, {}, "a choice"), "used", choices=BLOCKS),
-    Param("blank", _choice("blank", BLANKS, {}, "a choice"), "keep", choices=BLANKS),
-    Param("verify", _choice("verify", VERIFY, {}, "a choice"), "none", choices=VERIFY),
-    Param("serve", _bool("serve"), "no", choices=("yes", "no")),
-    Param("grow", _bool("grow"), "no", choices=("yes", "no")),
-    Param("hostname", _hostname, None),
-    Param("identity", _choice("identity", IDENTITIES, {}, "a choice"), None,
-          choices=IDENTITIES),
-    Param("userdata", _userdata, None),
-    Param("BOOTIF", _bootif, None),
+    _for_option("blocks"),
+    _for_option("blank"),
+    _for_option("verify"),
+    _for_option("serve"),
+    _for_option("grow"),
+    _for_option("hostname", _hostname),
+    _for_option("identity", unset=True),
+    _for_option("userdata", _userdata),
+    Param("BOOTIF", _bootif, None, attr="bootif_mac"),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),
     Param("onfail", _choice("onfail", POST_ACTIONS, {}, "an action"), "wait",

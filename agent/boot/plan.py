@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 
 from agent.boot.cmdline import BootConfig
+from agent.transfer.options import to_argv
 
 
 def _modules(kind: str, module: str, parm: str, enabled: bool = True) -> str:
@@ -33,26 +34,10 @@ def _network(cfg: BootConfig) -> str:
 
 
 def transfer_argv(cfg: BootConfig) -> list[str]:
-    """The transfer the node runs, written as `herdcast send|receive` options: for the admin
-    to read (and to run on a server), never parsed by the node, which sets disk=, port= and
-    compr= on udpcparam's options as values (agent.boot.node.run_options)."""
-    argv = ["--file", cfg.disk, "--portbase", str(cfg.port), "--nokbd"]
-    if cfg.compression:
-        argv += ["--compress", cfg.compression]
-    if cfg.sending and cfg.blocks != "used":
-        argv += ["--blocks", cfg.blocks]
-    if cfg.sending and cfg.serve:
-        argv += ["--serve"]
-    if not cfg.sending and cfg.blank != "keep":
-        argv += ["--blank", cfg.blank]
-    if not cfg.sending and cfg.verify != "none":
-        argv += ["--verify", cfg.verify]
-    if not cfg.sending:
-        argv += (["--grow"] if cfg.grow else []) + \
-            (["--hostname", cfg.hostname] if cfg.hostname else []) + \
-            (["--identity", cfg.identity] if cfg.identity else []) + \
-            (["--userdata", cfg.userdata] if cfg.userdata else [])
-    return argv + list(cfg.udpcparam)
+    """The transfer the node runs (`cfg.transfer`, the very options object the node's
+    run_options starts from) written as `herdcast send|receive` options: --file, --portbase
+    and --nokbd always, then every option that is not at its default."""
+    return to_argv(cfg.transfer, first=("file", "portbase", "nokbd"))
 
 
 def transfer_command(cfg: BootConfig) -> list[str]:
@@ -105,23 +90,25 @@ def describe(cfg: BootConfig) -> list[str]:
 
 
 def _clone(cfg: BootConfig) -> str:
-    """What is done to the clone once its digest agreed (agent.personalize)."""
-    if cfg.hostname == "":
+    """What is done to the clone once its digest agreed (agent.personalize): the receive
+    options the node runs (`cfg.transfer`: grow=, hostname=, identity=, userdata=)."""
+    t = cfg.transfer
+    if t.hostname == "":
         name = "no host name written (hostname= empty)"
-    elif cfg.hostname:
-        name = f"host name {cfg.hostname} (hostname=)"
+    elif t.hostname:
+        name = f"host name {t.hostname} (hostname=)"
     else:
         name = "the host name the DHCP server gives (option 12), if it gives one"
     fresh = {"fresh": "fresh machine-id and SSH host keys (identity=fresh)",
              "keep": "the master's machine-id and SSH host keys kept (identity=keep)"}.get(
-        cfg.identity or "", "fresh machine-id and SSH host keys (it is named; identity=keep "
-        "keeps the master's)" if cfg.hostname else "fresh machine-id and SSH host keys if "
+        t.identity or "", "fresh machine-id and SSH host keys (it is named; identity=keep "
+        "keeps the master's)" if t.hostname else "fresh machine-id and SSH host keys if "
         "it gets a name (identity=)")
     return ("a GPT fitted to the disk; "
             + ("the last partition and its filesystem grown to the end (grow=yes); "
-               if cfg.grow else "")
+               if t.grow else "")
             + f"{name}; {fresh}"
-            + (f"; cloud-init user-data from {cfg.userdata}" if cfg.userdata else ""))
+            + (f"; cloud-init user-data from {t.userdata}" if t.userdata else ""))
 
 
 def _wire(cfg: BootConfig) -> tuple[str, str]:

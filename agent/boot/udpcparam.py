@@ -1,33 +1,25 @@
-"""`udpcparam=`: the extra udp-sender/udp-receiver options of a node, checked against the real
-option declarations of `herdcast send` / `herdcast receive`.
+"""`udpcparam=`: the extra udp-sender/udp-receiver options of a node, parsed once into the
+transfer options the node runs.
 
-The words are the only thing that goes through argparse: the dedicated parameters (disk=,
-port=, compr=) are set on the parsed options as typed values by the node, so udpcparam may
-not repeat them. Bare words become options (`broadcast` -> `--broadcast`, as the udpcast
-tutorial writes them), with the declaration's own unique-prefix abbreviations.
+The words go through the rows of agent.transfer.optiontable: a bare word becomes an option
+(`broadcast` -> `--broadcast`, as the udpcast tutorial writes them), abbreviations resolve
+as argparse resolves them, and options that a dedicated boot parameter sets (disk=, port=,
+compr=, blocks=, ...: the row's `boot`) or that a node cannot honour (the row's `node`) are
+refused, naming the parameter to use. The argv that results is parsed once, by the very
+parser of `herdcast send` / `herdcast receive`.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 
 from agent.boot.tokens import BadValue
-from agent.transfer.options import (
-    ReceiveOptions,
-    SendOptions,
-    parse_receive_args,
-    parse_send_args,
-    receive_parser,
-    send_parser,
-)
+from agent.transfer.options import ReceiveOptions, SendOptions, parse_receive_args, parse_send_args
+from agent.transfer.optiontable import UNSUPPORTED, Option, rows
 
-# Options udpcparam may not carry, because a dedicated parameter sets them.
-_DEDICATED = {"file": "disk=", "file_arg": "disk=", "portbase": "port=", "compress": "compr=",
-              "pipe": "compr= (herdcast compresses in-process)", "help": None}
-# Options a node cannot honour, refused at boot rather than after drivers, network and disk.
-_NOT_ON_A_NODE = {"ignore_lost_data": "a disk with holes must never look finished"}
+_HELP = "help"  # what -h/--help select: not a transfer option
+_HIDDEN = "hidden"  # udpcast's options herdcast refuses with their reason (the parser's job)
 
 
 def split_words(value: str) -> list[str]:
@@ -40,24 +32,31 @@ def split_words(value: str) -> list[str]:
                        ) from None
 
 
-def _lookup(parser: argparse.ArgumentParser, option: str) -> argparse.Action | None:
-    """The action an option string selects, with argparse's unique-prefix abbreviations."""
-    actions = parser._option_string_actions  # noqa: SLF001 - the declaration we validate against
-    if option in actions:
-        return actions[option]
-    if option.startswith("--"):
-        found = {id(a): a for s, a in actions.items() if s.startswith(option)}
-        if len(found) == 1:
-            return next(iter(found.values()))
-    return None
+def _flags(side: str) -> dict[str, Option | str]:
+    """Every flag of `side`, to its row (or to _HELP / _HIDDEN)."""
+    table: dict[str, Option | str] = {"-h": _HELP, "--help": _HELP}
+    table.update({flag: _HIDDEN for flag in (*UNSUPPORTED, "--license")})
+    for row in rows(side):
+        table.update({flag: row for flag in row.flags_on(side)})
+    return table
+
+
+def _lookup(table: dict[str, Option | str], option: str) -> tuple[Option | str | None, list[str]]:
+    """What `option` selects, with argparse's rule for abbreviations (a unique prefix of a
+    long flag); and the flags it could mean when that prefix is not unique."""
+    if option in table:
+        return table[option], []
+    if not option.startswith("--"):
+        return None, []
+    matches = sorted(flag for flag in table if flag.startswith(option))
+    return (table[matches[0]], []) if len(matches) == 1 else (None, matches)
 
 
 def option_words(words: list[str], umode: str) -> list[str]:
     """udpcparam's words as argv: a bare word that is not an option's value becomes `--word`.
     Refuses options that a dedicated parameter sets, help, and stray positional words."""
-    parser = send_parser() if umode == "snd" else receive_parser()
-    other = receive_parser() if umode == "snd" else send_parser()
-    side, other_side = ("send", "receive") if umode == "snd" else ("receive", "send")
+    side, other = ("send", "receive") if umode == "snd" else ("receive", "send")
+    table, other_table = _flags(side), _flags(other)
     out: list[str] = []
     expects_value = False
     for word in words:
@@ -75,35 +74,32 @@ def option_words(words: list[str], umode: str) -> list[str]:
             attached = bool(eq)
         else:
             option, attached = word[:2], len(word) > 2
-        action = _lookup(parser, option)
-        if action is None and option.startswith("--"):
-            matches = sorted(s for s in parser._option_string_actions  # noqa: SLF001
-                             if s.startswith(option))
-            if matches:
-                raise BadValue(f"{option} is ambiguous ({', '.join(matches)}); write it out")
-        if action is None and option.startswith("-") and len(option) > 1:
-            if _lookup(other, option) is not None:
-                raise BadValue(f"{option} is an option of herdcast {other_side} only; "
+        found, matches = _lookup(table, option)
+        if matches:
+            raise BadValue(f"{option} is ambiguous ({', '.join(matches)}); write it out")
+        if found is None:
+            if len(option) > 1 and _lookup(other_table, option)[0] not in (None, _HELP):
+                raise BadValue(f"{option} is an option of herdcast {other} only; "
                                f"drop it with umode={umode}")
             raise BadValue(f"{option} is not an option of herdcast {side}; "
                            f"see herdcast {side} --help")
-        if action is not None:
-            dest = "help" if isinstance(action, argparse._HelpAction) else action.dest  # noqa: SLF001
-            if dest in _DEDICATED:
-                instead = _DEDICATED[dest]
-                raise BadValue(f"{option} is not allowed in udpcparam; set {instead} instead"
-                               if instead else f"{option} is not a transfer option; "
-                               "give options such as --min-receivers 4")
-            if dest in _NOT_ON_A_NODE:
-                raise BadValue(f"{action.option_strings[-1]} cannot be honoured on a node "
-                               f"({_NOT_ON_A_NODE[dest]}); drop it")
-            expects_value = action.nargs not in (0, "?") and not attached
+        if found == _HELP:
+            raise BadValue(f"{option} is not a transfer option; give options such as "
+                           "--min-receivers 4")
+        if isinstance(found, Option):
+            if found.boot:
+                raise BadValue(f"{option} is not allowed in udpcparam; set {found.boot}= "
+                               "instead")
+            if found.node:
+                raise BadValue(f"{found.name} {found.node}")
+            expects_value = found.takes_value and not attached
         out.append(word)
     return out
 
 
-def parse_udpcparam(argv: list[str], umode: str) -> SendOptions | ReceiveOptions:
-    """The transfer options udpcparam's argv (from `option_words`) gives, before the node
-    sets disk=, port= and compr= on them; OptionError if a value is bad."""
+def parse_udpcparam(words: list[str], umode: str) -> SendOptions | ReceiveOptions:
+    """The transfer options udpcparam's words give, before the node sets disk=, port=,
+    compr= (and the other parameters with an option) on them: BadValue for a word that
+    cannot be an option here, OptionError for a bad option value."""
     parse = parse_send_args if umode == "snd" else parse_receive_args
-    return parse(argv)
+    return parse(option_words(words, umode))

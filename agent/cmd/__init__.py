@@ -1,7 +1,8 @@
 """The `herdcast` commands, one module per command, each over the library that does the work.
 
-A command module holds its argparse (or calls the library's parser builder), runs the
-library and returns 0, or raises the library's HerdcastError: nothing else. agent.cli maps
+A command module holds `parser()` (its argparse, or the library's parser builder, which
+agent.cli.parser gathers for the man page and shell completion) and `main(argv)`, which
+runs the library and returns 0, or raises the library's HerdcastError: nothing else. agent.cli maps
 a command name to its module and imports it only when run. Which exit status an outcome
 gives is decided here, once, for the dispatcher and for the node (whose PID 1 runs it
 without the dispatcher); agent.cli's docstring lists every command's statuses.

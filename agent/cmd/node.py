@@ -37,23 +37,31 @@ def _node(argv: list[str]) -> int:
     return exit_status(node.run(parse_args(argv)))
 
 
-def parse_args(argv: list[str]) -> NodeArgs:
-    """The test switches; an initramfs runs `herdcast node` with none of them."""
+def parser():
+    """`herdcast node`'s switches: all for running it outside an initramfs."""
     import argparse
-
-    from agent.boot.node import NodeArgs
 
     p = argparse.ArgumentParser(prog="herdcast node", description=(
         "The initramfs init: read the kernel command line, load drivers, configure the "
         "network, and send or receive the disk. The switches are for tests."))
-    p.add_argument("--cmdline", help="use TEXT instead of /proc/cmdline")
-    p.add_argument("--root", default="/", help="read proc/cmdline under DIR")
-    p.add_argument("--disk", help="use PATH instead of disk= (a file-backed disk)")
+    p.add_argument("--cmdline", metavar="TEXT", help="use TEXT instead of /proc/cmdline")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="read proc/cmdline under DIR (default: /)")
+    p.add_argument("--disk", metavar="PATH",
+                   help="use PATH instead of disk= (a file-backed disk)")
     p.add_argument("--no-hardware", action="store_true", help="load no modules")
     p.add_argument("--no-network", action="store_true",
                    help="use the interfaces as they are configured")
     p.add_argument("--no-post", action="store_true",
                    help="do no post=/onfail= action, just exit with the status")
+    return p
+
+
+def parse_args(argv: list[str]) -> NodeArgs:
+    """The test switches; an initramfs runs `herdcast node` with none of them."""
+    from agent.boot.node import NodeArgs
+
+    p = parser()
     ns = p.parse_args(argv)
     return NodeArgs(ns.cmdline, ns.root, ns.disk, ns.no_hardware, ns.no_network, ns.no_post)
 

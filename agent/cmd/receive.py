@@ -8,9 +8,14 @@ error names what and the fix; a disk left incomplete says so), 2 for a bad optio
 from __future__ import annotations
 
 from agent.say import log_to, say
-from agent.transfer.options import parse_receive_args
+from agent.transfer.options import parse_receive_args, receive_parser
 from agent.transfer.progress import human_bytes
 from agent.transfer.receive.receiver import receive
+
+
+def parser():
+    """`herdcast receive`'s options, one row each (agent.transfer.optiontable)."""
+    return receive_parser()
 
 
 def main(argv: list[str]) -> int:

@@ -9,9 +9,14 @@ network, --log, --events or --report failed, 2 for a bad option.
 from __future__ import annotations
 
 from agent.say import log_to, say
-from agent.transfer.options import parse_send_args
+from agent.transfer.options import parse_send_args, send_parser
 from agent.transfer.send.report import format_table
 from agent.transfer.send.sender import send
+
+
+def parser():
+    """`herdcast send`'s options, one row each (agent.transfer.optiontable)."""
+    return send_parser()
 
 
 def main(argv: list[str]) -> int:

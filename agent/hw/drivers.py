@@ -11,8 +11,9 @@ again in passes instead.
 Under TCG every process and every sysfs read costs, so a NIC is brought up as soon as its
 driver made it: its carrier negotiation (about 2 s on e1000) overlaps with the disk probing.
 
-Every function takes the sysfs root, the modules directory and the modprobe command as
-parameters, so the step runs in tests on a fake tree.
+The step is a DriverLoader: what is `Wanted` (the NIC, the disk, the named modules) on a
+`Host` (the sysfs root, the modules directory, the modprobe command), so it runs in tests
+on a fake tree.
 """
 
 from __future__ import annotations
@@ -106,118 +107,190 @@ def wanted_found(sys_root: str, disk: str | None, mac: str | None,
     return nic_ok, disk_present(disk, sys_root, dev_root)
 
 
-def load_drivers(*, disk: str | None = None, mac: str | None = None,
-                 netmodule: str | None = None, netmodparm: str | None = None,
-                 diskmodule: str | None = None, diskmodparm: str | None = None,
-                 timeout: float = 30.0, sys_root: str = "/sys", proc_root: str = "/proc",
-                 modules_dir: str | None = None, modprobe: list[str] | None = None,
-                 uevents: UdevEvents | None = None,
-                 link_up: Callable[[str], None] | None = None,
-                 say: Callable[[str], None] = print,
-                 max_passes: int = 8, dev_root: str | None = None) -> HardwareReport:
-    """Load drivers until the NIC (BOOTIF's if `mac`) and `disk` exist, or `timeout`.
+@dataclass(frozen=True)
+class Wanted:
+    """What the hardware step waits for (the NIC, BOOTIF's if `mac`, and `disk`) and the
+    drivers the admin named (netmodule=, diskmodule= and their parameters)."""
 
-    Named modules first (they may be what creates the devices), then one pass over the
-    devices on the buses, then a pass for each batch of devices the kernel announces, until
-    both devices are there. Each NIC the network step may use is brought up (`link_up`) as
-    soon as it exists. For the real /sys a pyudev monitor and the ioctl are the defaults;
-    with another `sys_root` (a fake tree) and no `uevents`, sysfs is scanned in passes.
-    `dev_root` (the initramfs's /dev, which no udevd fills) gets /dev/disk/by-id and by-path
-    links made from sysfs when `disk` is one of them.
+    disk: str | None = None
+    mac: str | None = None
+    netmodule: str | None = None
+    netmodparm: str | None = None
+    diskmodule: str | None = None
+    diskmodparm: str | None = None
+
+    def class_params(self) -> dict[str, list[str]]:
+        """netmodparm=/diskmodparm= with an AUTO module: for each module loaded for a
+        device of that class."""
+        out = {}
+        for cls, module, parm in (("net", self.netmodule, self.netmodparm),
+                                  ("disk", self.diskmodule, self.diskmodparm)):
+            if (module or "AUTO").upper() == "AUTO" and parm:
+                out[cls] = shlex.split(parm)
+        return out
+
+    @property
+    def by_modalias(self) -> bool:
+        """Whether devices get drivers by modalias at all (not with both modules NONE)."""
+        return not all((m or "").upper() == "NONE" for m in (self.netmodule, self.diskmodule))
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where drivers come from: the running system by default, a fake tree in tests.
+    `dev_root` (the initramfs's /dev, which no udevd fills) gets /dev/disk/by-id and
+    by-path links made from sysfs when disk= is one of them."""
+
+    sys_root: str = "/sys"
+    proc_root: str = "/proc"
+    modules_dir: str = field(default_factory=lambda: f"/lib/modules/{platform.release()}")
+    modprobe: list[str] = field(default_factory=modprobe_command)
+    dev_root: str | None = None
+
+    @property
+    def real(self) -> bool:
+        return self.sys_root == "/sys"
+
+
+class DriverLoader:
+    """One hardware step: the modules tried so far, the NICs brought up, and the report.
+
+    Each method is one thing the step does (load the named modules, load the drivers of some
+    devices, bring up the NICs that appeared, look for what is wanted); `wait` runs them
+    until the NIC and the disk are there or the time is up.
     """
-    start = time.monotonic()
-    deadline = start + timeout
-    report = HardwareReport()
-    modules_dir = modules_dir or f"/lib/modules/{platform.release()}"
-    modprobe = modprobe or modprobe_command()
-    real = sys_root == "/sys"
-    own_monitor = uevents is None and real
-    if own_monitor:
-        uevents, why = open_uevents()
-        if uevents is None:
-            report.notes.append(f"no uevents from pyudev ({why}): scanning sysfs in passes")
-    if link_up is None and real:
-        link_up = set_link_up
-    aliases = read_aliases(modules_dir)
-    if not aliases:
-        report.notes.append(f"no {modules_dir}/modules.alias: handing modaliases to modprobe")
-    tried = loaded_modules(proc_root) | builtin_modules(modules_dir)
-    named = named_loads(netmodule, netmodparm, diskmodule, diskmodparm)
-    params = {normalize(load.name): load.params for load in named}
-    class_params = {}
-    for cls, module, parm in (("net", netmodule, netmodparm), ("disk", diskmodule, diskmodparm)):
-        if (module or "AUTO").upper() == "AUTO" and parm:
-            class_params[cls] = shlex.split(parm)
-    by_modalias = not all((m or "").upper() == "NONE" for m in (netmodule, diskmodule))
-    if not by_modalias:
-        report.notes.append("netmodule=NONE and no disk module: loading nothing by modalias")
-    report.add(run_loads([n for n in named if normalize(n.name) not in tried], modprobe,
-                         proc_root))
-    tried |= {normalize(n.name) for n in named}
-    upped: set[str] = set()
 
-    def bring_up_nics() -> None:
-        if link_up is None:
-            return
-        for name in nics_to_bring_up(sys_root, mac):
-            if name not in upped:
-                upped.add(name)
-                try:
-                    link_up(name)
-                except OSError as exc:
-                    report.notes.append(f"cannot bring {name} up yet: {exc.strerror or exc}")
+    def __init__(self, wanted: Wanted, host: Host,
+                 link_up: Callable[[str], None] | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.wanted, self.host, self.link_up, self.say = wanted, host, link_up, say
+        self.report = HardwareReport()
+        self.aliases = read_aliases(host.modules_dir)
+        if not self.aliases:
+            self.report.notes.append(f"no {host.modules_dir}/modules.alias: handing "
+                                     "modaliases to modprobe")
+        self.tried = loaded_modules(host.proc_root) | builtin_modules(host.modules_dir)
+        self.named = named_loads(wanted.netmodule, wanted.netmodparm, wanted.diskmodule,
+                                 wanted.diskmodparm)
+        self.params = {normalize(load.name): load.params for load in self.named}
+        self.class_params = wanted.class_params()
+        if not wanted.by_modalias:
+            self.report.notes.append("netmodule=NONE and no disk module: loading nothing by "
+                                     "modalias")
+        self.upped: set[str] = set()
 
-    def one_pass(devices: list[Device] | None = None) -> int:
+    def load_named(self) -> None:
+        """netmodule=/diskmodule= by name first: they may be what creates the devices."""
+        todo = [n for n in self.named if normalize(n.name) not in self.tried]
+        self.report.add(run_loads(todo, self.host.modprobe, self.host.proc_root))
+        self.tried |= {normalize(n.name) for n in self.named}
+
+    def load_for(self, devices: list[Device] | None = None) -> int:
         """Load the drivers of `devices` (None: every device on a bus); how many loads."""
-        if not by_modalias:
+        if not self.wanted.by_modalias:
             return 0
         if devices is None:
-            devices = bus_modaliases(sys_root)
-        loads = plan_loads(devices, aliases, tried, params, class_params)
+            devices = bus_modaliases(self.host.sys_root)
+        loads = plan_loads(devices, self.aliases, self.tried, self.params, self.class_params)
         if loads:
-            tried.update(normalize(x.name) for x in loads)
-            report.add(run_loads(loads, modprobe, proc_root))
-            report.passes += 1
+            self.tried.update(normalize(x.name) for x in loads)
+            self.report.add(run_loads(loads, self.host.modprobe, self.host.proc_root))
+            self.report.passes += 1
         return len(loads)
 
-    def from_events(events: list[Uevent]) -> list[Device] | None:
-        """The added devices that ask for a driver; None after lost events (rescan)."""
-        if uevents is not None and uevents.lost:
-            uevents.lost = False
-            return None
-        return [Device(e.syspath, e.subsystem, e.modalias)
-                for e in events if e.action == "add" and e.modalias]
+    def bring_up_nics(self) -> None:
+        """Each NIC the network step may use, up as soon as it exists (carrier overlaps)."""
+        if self.link_up is None:
+            return
+        for name in nics_to_bring_up(self.host.sys_root, self.wanted.mac):
+            if name not in self.upped:
+                self.upped.add(name)
+                try:
+                    self.link_up(name)
+                except OSError as exc:
+                    self.report.notes.append(f"cannot bring {name} up yet: "
+                                             f"{exc.strerror or exc}")
 
-    try:
-        loaded_some = one_pass()
-        bring_up_nics()
-        nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
+    def found(self) -> tuple[bool, bool]:
+        """(NIC found, disk found)."""
+        return wanted_found(self.host.sys_root, self.wanted.disk, self.wanted.mac,
+                            self.host.dev_root)
+
+    def wait(self, timeout: float, uevents: UdevEvents | None = None,
+             max_passes: int = 8) -> HardwareReport:
+        """Load drivers until the NIC and the disk exist, or `timeout`: after the named
+        modules and one pass over the buses, a pass for each batch of devices the kernel
+        announces (`uevents`), or without them a rescan of sysfs every so often."""
+        start = time.monotonic()
+        deadline = start + timeout
+        self.load_named()
+        loaded_some = self.load_for()
+        self.bring_up_nics()
+        nic_ok, disk_ok = self.found()
         waited_note = False
         while not (nic_ok and disk_ok) and time.monotonic() < deadline:
             if uevents is not None:
                 events = uevents.receive(min(0.5, max(0.0, deadline - time.monotonic())))
-                loaded_some = one_pass(from_events(events))
+                loaded_some = self.load_for(_added(events, uevents))
                 quiet = not events
             else:
-                time.sleep(0.05 if loaded_some and report.passes < max_passes else 0.25)
-                loaded_some = (one_pass() if report.passes < max_passes * 4 else 0)
+                time.sleep(0.05 if loaded_some and self.report.passes < max_passes else 0.25)
+                loaded_some = self.load_for() if self.report.passes < max_passes * 4 else 0
                 quiet = not loaded_some
-            bring_up_nics()
-            nic_ok, disk_ok = wanted_found(sys_root, disk, mac, dev_root)
+            self.bring_up_nics()
+            nic_ok, disk_ok = self.found()
             if quiet and not (nic_ok and disk_ok) and not waited_note:
-                say(f"waiting up to {timeout:.0f} s for "
-                    f"{'the NIC' if not nic_ok else ''}"
-                    f"{' and ' if not (nic_ok or disk_ok) else ''}"
-                    f"{'disk ' + str(disk) if not disk_ok else ''}")
+                self.say(_waiting_line(timeout, nic_ok, disk_ok, self.wanted.disk))
                 waited_note = True
         if uevents is not None:
             # devices already announced (a second NIC, a second disk) still get their driver
-            one_pass(from_events(uevents.receive(0)))
-            bring_up_nics()
+            self.load_for(_added(uevents.receive(0), uevents))
+            self.bring_up_nics()
+        self.report.nics = nics(self.host.sys_root)
+        self.report.disk = self.wanted.disk if disk_ok and self.wanted.disk else None
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+
+def _added(events: list[Uevent], uevents: UdevEvents) -> list[Device] | None:
+    """The added devices that ask for a driver; None after lost events (rescan)."""
+    if uevents.lost:
+        uevents.lost = False
+        return None
+    return [Device(e.syspath, e.subsystem, e.modalias)
+            for e in events if e.action == "add" and e.modalias]
+
+
+def _waiting_line(timeout: float, nic_ok: bool, disk_ok: bool, disk: str | None) -> str:
+    return (f"waiting up to {timeout:.0f} s for "
+            f"{'the NIC' if not nic_ok else ''}"
+            f"{' and ' if not (nic_ok or disk_ok) else ''}"
+            f"{'disk ' + str(disk) if not disk_ok else ''}")
+
+
+def load_drivers(wanted: Wanted, host: Host | None = None, *, timeout: float = 30.0,
+                 uevents: UdevEvents | None = None,
+                 link_up: Callable[[str], None] | None = None,
+                 say: Callable[[str], None] = print, max_passes: int = 8) -> HardwareReport:
+    """Load drivers until what is `wanted` exists, or `timeout` (DriverLoader.wait).
+
+    On the real /sys a pyudev monitor and the link-up ioctl are the defaults (the monitor
+    opened before the first scan, so no device is missed between them); with another
+    `sys_root` (a fake tree) and no `uevents`, sysfs is scanned in passes.
+    """
+    host = host or Host()
+    notes = []
+    own_monitor = uevents is None and host.real
+    if own_monitor:
+        uevents, why = open_uevents()
+        if uevents is None:
+            notes.append(f"no uevents from pyudev ({why}): scanning sysfs in passes")
+    if link_up is None and host.real:
+        link_up = set_link_up
+    loader = DriverLoader(wanted, host, link_up, say)
+    loader.report.notes[:0] = notes
+    try:
+        return loader.wait(timeout, uevents, max_passes)
     finally:
         if own_monitor and uevents is not None:
             uevents.close()
-    report.nics = nics(sys_root)
-    report.disk = disk if disk_ok and disk else None
-    report.seconds = time.monotonic() - start
-    return report

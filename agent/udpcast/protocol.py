@@ -63,8 +63,16 @@ class Op(IntEnum):
     HC_DIGEST = 0x4801
     HC_DIGEST_ACK = 0x4802
     HC_LATE = 0x4803
-    HC_CHANGED = 0x4810  # what personalising changed on the clone (agent.personalize)
-    HC_CHANGED_ACK = 0x4811
+    # the chunk carousel (Cap.CHUNKS peers only; declared in agent.udpcast.carousel)
+    HC_MANIFEST_REQ = 0x4810
+    HC_MANIFEST_INFO = 0x4811
+    HC_MANIFEST_PIECE = 0x4812
+    HC_NEED = 0x4813
+    HC_CHUNK = 0x4814
+    HC_IDLE = 0x4815
+    # what personalising changed on the clone (agent.personalize; after the digest)
+    HC_CHANGED = 0x4820
+    HC_CHANGED_ACK = 0x4821
 
 
 class Cap:
@@ -77,6 +85,7 @@ class Cap:
     LITTLE_ENDIAN = 0x10
     ASYNC = 0x20
     HERDCAST = 0x100  # herdcast: digest exchange and late-join rounds understood
+    CHUNKS = 0x200  # herdcast: the chunk carousel (receiver: can write chunks in place)
 
     STOCK = NEW_GEN | BIG_ENDIAN  # 0x09, what udpcast sends on both sides
 

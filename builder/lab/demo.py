@@ -72,11 +72,13 @@ class NodeResult:
     wire: int | None = None  # bytes on the wire, as the node's SUCCESS line says
 
 
-def prepare(workdir: Path, size_mib: int) -> list[tuple[str, str, str, str, str, Path]]:
-    """Make the disk images; returns the fleet with each node's disk path."""
+def prepare(workdir: Path, size_mib: int, nodes: list[tuple[str, str, str, str, str]] = FLEET
+            ) -> list[tuple[str, str, str, str, str, Path]]:
+    """Make the disk images; returns the fleet (`nodes`, the sender first) with each node's
+    disk path."""
     workdir.mkdir(parents=True, exist_ok=True)
     fleet = []
-    for i, (name, nic, bus, role, firmware) in enumerate(FLEET):
+    for i, (name, nic, bus, role, firmware) in enumerate(nodes):
         disk = workdir / f"{name}.img"
         if role == "snd":
             make_sender_disk(disk, size_mib, GOLDEN_FILES)
@@ -97,31 +99,35 @@ def own_menu(node: Node, served: list[str]) -> str | None:
 
 
 def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 300,
-            show=print, http: bool = True, mtu: int = LAB_MTU) -> list[NodeResult]:
-    """Boot the fleet, wait for every node to power off, and compare the disks: each must
-    hold the sender's used extents (what a used-block clone carries; the receivers' free
-    space keeps its junk, blank=keep) byte for byte. `http`:
-    kernel and initrd over HTTP (pxelinux.0 and its configs always come over TFTP); `mtu`:
-    the lab LAN's, which DHCP hands the nodes (9000: jumbo frames, 8956-byte blocks)."""
+            show=print, http: bool = True, mtu: int = LAB_MTU,
+            nodes: list[tuple[str, str, str, str, str]] = FLEET, urls: bool | None = None
+            ) -> list[NodeResult]:
+    """Boot the fleet (`nodes`: FLEET's rows), wait for every node to power off, and compare
+    the disks: each must hold the sender's used extents (what a used-block clone carries;
+    the receivers' free space keeps its junk, blank=keep) byte for byte. `http`: a web
+    server over the root, and (unless `urls` is False) the menus name kernel and initrd by
+    URL (pxelinux.0 and its configs always come over TFTP; a UEFI HTTP Boot node reads
+    everything from the web server either way); `mtu`: the lab LAN's, which DHCP hands the
+    nodes (9000: jumbo frames, 8956-byte blocks)."""
     check_tools()
-    fleet = prepare(workdir, size_mib)
+    fleet = prepare(workdir, size_mib, nodes)
     used = used_extents(fleet[0][-1])
     receivers = sum(1 for f in fleet if f[3] == "rcv")
     first_data: dict[str, float] = {}
     kernel_at: dict[str, float] = {}
     agent_at: dict[str, float] = {}
     with PxeLab(tftp_src, workdir, http=http, mtu=mtu) as lab:
-        lab_default(lab.tftp, lab.http_url if http else None)
-        nodes = [lab.add_node(name, nic, bus, disk, firmware)
+        lab_default(lab.tftp, lab.http_url if http and urls is not False else None)
+        vms = [lab.add_node(name, nic, bus, disk, firmware)
                  for name, nic, bus, _, firmware, disk in fleet]
-        for node, (_, _, _, role, _, _) in zip(nodes, fleet, strict=True):
+        for node, (_, _, _, role, _, _) in zip(vms, fleet, strict=True):
             if role == "snd":
                 node_config(lab.tftp, node.mac, {
                     "umode": "snd", "disk": node.guest_disk,
                     "udpcparam": f"--min-receivers {receivers} --max-wait 180"})
             else:
                 node_config(lab.tftp, node.mac, {"disk": node.guest_disk})
-        for node in nodes:
+        for node in vms:
             lab.boot(node)
         last: dict[str, str] = {}
 
@@ -149,7 +155,7 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
         served = lab.tftp_sent()
     golden = used_digest(fleet[0][-1], used)
     results = []
-    for node in nodes:
+    for node in vms:
         digest = used_digest(node.disk, used)
         seconds = node.ended - node.started if node.ended else None
         text = console_text(node)

@@ -1,5 +1,6 @@
 """A virtual PXE lab on one machine: a namespace with a bridge, dnsmasq (DHCP + TFTP), a web
-server over the same TFTP root, and qemu VMs that PXE-boot the TFTP root `make initrd` made.
+server over the same TFTP root, and qemu VMs that PXE-boot (or UEFI-HTTP-boot) the root
+`make initrd` made.
 
 Everything lives in a network namespace this module creates and deletes: the bridge, the
 taps, dnsmasq and the VMs. Nothing reaches the machine's real interfaces. Used by the
@@ -41,7 +42,11 @@ FIRMWARE = {
     "uefi": ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
     # Secure Boot on, Microsoft's keys enrolled (what a PC ships with)
     "uefi-secure": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
+    # the same, booting by UEFI HTTP Boot: OVMF's own HTTP client fetches shim by URL
+    "uefi-http": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
 }
+#: Firmware kinds with Secure Boot on (SMM, a secure flash, OVMF's own NIC driver).
+SECURE = ("uefi-secure", "uefi-http")
 
 
 @dataclass
@@ -157,7 +162,12 @@ class PxeLab(LabContext):
             "--dhcp-match=set:ipxe,175",
             f"--dhcp-boot=tag:efi-x86_64,tag:!ipxe,{EFI_BOOT_FILE}",
             f"--dhcp-boot=tag:efi-x86_64,tag:ipxe,{EFI_GRUB_FILE}",
-            "--dhcp-boot=tag:!efi-x86_64,pxelinux.0",
+            # UEFI HTTP Boot (option 93 = 16, vendor class HTTPClient): the boot file is a
+            # URL, and the answer must say HTTPClient too or the firmware ignores it
+            "--dhcp-match=set:efi-http,option:client-arch,16",
+            f"--dhcp-boot=tag:efi-http,http://{BRIDGE_IP}/{EFI_BOOT_FILE}",
+            "--dhcp-option-force=tag:efi-http,60,HTTPClient",
+            "--dhcp-boot=tag:!efi-x86_64,tag:!efi-http,pxelinux.0",
             "--enable-tftp", f"--tftp-root={self.tftp}",
             f"--dhcp-leasefile={self.workdir / 'leases'}",
             "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
@@ -210,7 +220,9 @@ class PxeLab(LabContext):
         OVMF's own virtio-net driver and PXE (romfile= leaves iPXE out) as Secure Boot
         hardware boots its vendor's signed UEFI driver. The firmware refuses GRUB from
         unsigned iPXE under Secure Boot and falls back to its own PXE (and shim), which
-        works but costs ~10 s; an e1000 has no OVMF driver, so it has no other way."""
+        works but costs ~10 s; an e1000 has no OVMF driver, so it has no other way.
+        `uefi-http` is `uefi-secure` without PXE boot options (OVMF's fw_cfg knobs), so its
+        NIC's first boot option is OVMF's UEFI HTTPv4 (HttpBootDxe): UEFI HTTP Boot."""
         kind = FIRMWARE[node.firmware]
         if kind is None:
             return ["-machine", "q35", "-boot", "n"], ""
@@ -223,12 +235,16 @@ class PxeLab(LabContext):
         shutil.copyfile(OVMF_DIR / template, varstore)
         args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={varstore}"]
-        if node.firmware == "uefi-secure":
+        if node.firmware == "uefi-http":
+            # no PXE boot options: OVMF's first network option is then HTTPv4
+            args += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                     "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
+        if node.firmware in SECURE:
             args = ["-machine", "q35,smm=on", "-global",
                     "driver=cfi.pflash01,property=secure,value=on", *args]
         else:
             args = ["-machine", "q35", *args]
-        own_driver = node.firmware == "uefi-secure" and node.nic.startswith("virtio")
+        own_driver = node.firmware in SECURE and node.nic.startswith("virtio")
         nic = ",bootindex=1" + (",romfile=" if own_driver else "")
         return args, nic
 
@@ -308,6 +324,29 @@ class PxeLab(LabContext):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
         _sh("ip", "netns", "delete", self.name, check=False)
+
+
+def http_fetched(workdir: Path) -> list[tuple[str, str]]:
+    """(client address, path) of every file the lab's web server sent (GET, 200), in order;
+    from its log in `workdir`, so it can be read after the lab is closed."""
+    log = Path(workdir) / "http.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return re.findall(r'^(\S+) - - \[[^]]*\] "GET (\S+) HTTP/[\d.]+" 200 ', text, re.M)
+
+
+def tftp_clients(workdir: Path) -> list[tuple[str, str]]:
+    """(client address, path) of every file dnsmasq sent over TFTP, from its log."""
+    log = Path(workdir) / "dnsmasq.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [(ip, path) for path, ip in
+            re.findall(r"dnsmasq-tftp(?:\[\d+\])?: sent (\S+) to (\S+)", text)]
+
+
+def leased(workdir: Path) -> dict[str, str]:
+    """MAC -> the address dnsmasq leased it, from the lab's lease file."""
+    leases = Path(workdir) / "leases"
+    text = leases.read_text() if leases.exists() else ""
+    return {f[1]: f[2] for f in (line.split() for line in text.splitlines()) if len(f) > 2}
 
 
 def console_text(node: Node) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import selectors
 import socket
+import stat
 from dataclasses import dataclass
 
 from agent.errors import HerdcastError
@@ -64,6 +65,18 @@ def network_error(what: str, exc: OSError) -> ReceiveError:
     """A socket call failed: say it is the network, and what was being done."""
     return ReceiveError(f"network: {what} failed: {exc.strerror or exc}",
                         "check the interface (-i) and that it is up")
+
+
+def can_take_chunks(opts: ReceiveOptions) -> bool:
+    """Whether this receive writes an image in place, so it can take chunks in any order
+    (receive.carousel): onto a block device, or a file with --unpack; not a pipe, stdout
+    or --passive."""
+    if opts.passive or opts.pipe or opts.file is None or opts.unpack is False:
+        return False
+    try:
+        return stat.S_ISBLK(os.stat(opts.file).st_mode) or bool(opts.unpack)
+    except OSError:
+        return bool(opts.unpack)
 
 
 class Link:
@@ -138,12 +151,16 @@ class Link:
         """CONNECT_REQ with our capabilities and socket buffer (not when --passive)."""
         if not self.opts.passive:
             fields = dict(opcode=int(Op.CONNECT_REQ), reserved=0,
-                          capabilities=Cap.STOCK | Cap.HERDCAST,
+                          capabilities=Cap.STOCK | Cap.HERDCAST | self.chunks_cap(),
                           rcvbuf=self.ucast.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
             if self.trust is None:
                 self.send(ConnectReq.build(fields), dest)
             else:  # the nonce a signing sender must sign
                 self.send(ConnectReqHc.build(dict(fields, nonce=self.trust.nonce)), dest)
+
+    def chunks_cap(self) -> int:
+        """Cap.CHUNKS when this receive can take the chunk carousel (receive.carousel)."""
+        return Cap.CHUNKS if can_take_chunks(self.opts) else 0
 
     def join_data_group(self, group: str) -> None:
         """Listen on the data group (once), unless it is no group, ours or the control."""
@@ -221,6 +238,8 @@ class Link:
         op = scratch[0] << 8 | scratch[1]
         if n < HEADER_SIZE and op != _HC_DIGEST_ACK:  # HC_DIGEST_ACK is 12 bytes
             return
+        if self.assembler is None and op in (_DATA, _REQACK, _FEC):
+            return  # slices for others: this one took the chunk carousel (receive.carousel)
         if op == _DATA:
             h = DATA_HEADER.unpack_from(scratch)
             self.assembler.on_data(h[2], h[3], h[5], self.mv[HEADER_SIZE:n])

@@ -19,6 +19,7 @@ from agent.errors import HerdcastError
 from agent.personalize.run import Outcome, PersonalizeError, personalize
 from agent.personalize.wishes import Wishes
 from agent.say import say
+from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.link import Link
 from agent.transfer.receive.output import Output
 from agent.udpcast.protocol import CHANGED_TEXT, Cap, ChangedStatus, Op, build
@@ -28,13 +29,16 @@ ACK_INTERVAL = 0.25
 ACK_TIMEOUT = 3.0
 
 
-def wanted(link: Link, output: Output, wishes: Wishes) -> bool:
+def wanted(opts: ReceiveOptions, output: Output | None) -> bool:
     """Whether this receive ends with personalising: a disk (or a file unpacked as one,
-    or one the admin asked to personalise) written, not a stored image or a pipe."""
-    opts = link.opts
-    if opts.file is None or opts.pipe or output.stored:
+    or one the admin asked to personalise) written, not a stored image or a pipe. `output`
+    None: the chunk carousel wrote the image in place (receive.carousel), as onto a disk."""
+    if opts.file is None or opts.pipe:
         return False
-    return bool(output.unpack or wishes.grow or wishes.into_root)
+    if output is None:
+        return True
+    wishes = opts.wishes
+    return not output.stored and bool(output.unpack or wishes.grow or wishes.into_root)
 
 
 def fit_text(lines: list[str], limit: int = CHANGED_TEXT) -> bytes:
@@ -109,7 +113,7 @@ def personalise(link: Link, disk: str, wishes: Wishes) -> Outcome:
     return outcome
 
 
-def _report(link: Link, status: ChangedStatus, text: str) -> None:
+def _report(link: Link, status: ChangedStatus, text: bytes) -> None:
     """The final report, repeated until the sender acknowledges it (or ACK_TIMEOUT)."""
     message = build(Op.HC_CHANGED, status=int(status), text=text)
     link.changed_ack = False

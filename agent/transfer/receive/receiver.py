@@ -31,7 +31,7 @@ from agent.transfer.receive.output import (
 )
 from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart
 from agent.transfer.result import TransferResult
-from agent.udpcast.protocol import MAX_SLICE_SIZE
+from agent.udpcast.protocol import MAX_SLICE_SIZE, Cap
 
 DEAD_SENDER_TIMEOUT = 30.0  # silence mid-transfer when no --receive-timeout is given
 BUFFER_BUDGET = 48 << 20  # slice buffers beyond 3 only while they fit (big --blocksize)
@@ -188,10 +188,21 @@ def _receive(r: Receiver, start: float) -> TransferResult:
         r.link.open()
         say(f"UDP receiver for {opts.file or '(stdout)'} at {r.link.nif.ip} on "
             f"{r.link.nif.name}")
-        r.transfer(negotiate(r.link))
+        session = negotiate(r.link)
+        if session.capabilities & Cap.CHUNKS:  # the chunk carousel (receive.carousel)
+            from agent.transfer.receive.carousel import ChunkReceiver
+
+            digest, written = ChunkReceiver(r.link, session).run()
+            changes = None
+            if personal.wanted(opts, None):  # the digest agreed: now the clone
+                changes = personal.personalise(r.link, opts.file, opts.wishes).changes
+            r.link.disconnect()
+            return TransferResult(True, bytes=written, seconds=time.monotonic() - start,
+                                  sha256=digest, changes=changes)
+        r.transfer(session)
         digest = finish(r.link, r.writer, r.output)
         changes = None
-        if personal.wanted(r.link, r.output, opts.wishes):  # the digest agreed: now the clone
+        if personal.wanted(opts, r.output):  # the digest agreed: now the clone
             changes = personal.personalise(r.link, opts.file, opts.wishes).changes
         r.link.disconnect()
         if opts.description:

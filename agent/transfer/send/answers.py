@@ -105,23 +105,26 @@ class Answers:
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)
 
     def _changed(self, ip: str, addr: tuple[str, int], msg) -> None:
-        """A receiver whose digest agreed personalising its clone: WORKING keeps the digest
-        wait going (send.round.wait_digests); DONE and FAILED go in its row, acknowledged
-        every time (the receiver repeats them until it hears so)."""
-        r = self.table.find(ip)
-        if r is None or r.verdict is not Verdict.OK or not r.herdcast:
-            return
-        r.personal_at = time.monotonic()
-        if msg.status == ChangedStatus.WORKING:
-            r.personalised = r.personalised or "working"
-            return
-        if msg.status not in (ChangedStatus.DONE, ChangedStatus.FAILED):
-            return
-        self.net.send(build(Op.HC_CHANGED_ACK, status=msg.status), addr)
-        if r.personalised in ("done", "failed"):
-            return  # a repeat: our acknowledgement was lost
-        text = msg.text.rstrip(b"\0").decode(errors="replace")
-        lines = [line for line in text.splitlines() if line.strip()]
-        r.personalised = "done" if msg.status == ChangedStatus.DONE else "failed"
-        r.changes = lines
-        self.table.observer.on_changed(r)
+        note_changed(self.table, self.net, ip, addr, msg)
+
+
+def note_changed(table, net, ip: str, addr: tuple[str, int], msg) -> None:
+    """A receiver whose digest agreed personalising its clone (after a round or the chunk
+    carousel): WORKING keeps the sender waiting (Receiver.personalising); DONE and FAILED
+    go in its row, acknowledged every time (the receiver repeats them until it hears so)."""
+    r = table.find(ip)
+    if r is None or r.verdict is not Verdict.OK or not r.herdcast:
+        return
+    r.personal_at = time.monotonic()
+    if msg.status == ChangedStatus.WORKING:
+        r.personalised = r.personalised or "working"
+        return
+    if msg.status not in (ChangedStatus.DONE, ChangedStatus.FAILED):
+        return
+    net.send(build(Op.HC_CHANGED_ACK, status=msg.status), addr)
+    if r.personalised in ("done", "failed"):
+        return  # a repeat: our acknowledgement was lost
+    text = msg.text.rstrip(b"\0").decode(errors="replace")
+    r.personalised = "done" if msg.status == ChangedStatus.DONE else "failed"
+    r.changes = [line for line in text.splitlines() if line.strip()]
+    table.observer.on_changed(r)

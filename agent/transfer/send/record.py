@@ -57,6 +57,11 @@ class Verdict(enum.StrEnum):
         return self in (Verdict.OK, Verdict.DIGEST_MISMATCH, Verdict.NO_DIGEST)
 
 
+# a receiver personalising its clone says so every second (agent.transfer.receive.personal);
+# this long without a word from it and the sender stops waiting for what it changed
+PERSONAL_SILENCE = 10.0
+
+
 @dataclass(eq=False)
 class Receiver:
     """One receiver in one round (see the module docstring). Compared by identity."""
@@ -102,6 +107,10 @@ class Receiver:
         self.addr, self.caps, self.nonce = addr, caps, nonce
         self.rcvbuf = rcvbuf or self.rcvbuf
         self.herdcast = bool(caps & Cap.HERDCAST)
+
+    def personalising(self, now: float) -> bool:
+        """Still personalising its clone: it said WORKING within PERSONAL_SILENCE."""
+        return self.personalised == "working" and now - self.personal_at < PERSONAL_SILENCE
 
     def conclude(self, verdict: Verdict, reason: str | None = None) -> bool:
         """Give its verdict; False (and nothing changes) when it already has one."""

@@ -31,9 +31,6 @@ from agent.transfer.send.session import SendSession
 from agent.transfer.send.trace import Tracer, tracer
 
 DIGEST_WAIT = 3.0
-# a receiver personalising its clone says so every second (agent.transfer.receive.personal);
-# this long without a word from it and the sender stops waiting for what it changed
-PERSONAL_SILENCE = 10.0
 
 
 class Round(Answers, Passes):
@@ -224,8 +221,7 @@ class Round(Answers, Passes):
             now = time.monotonic()
             waiting = [r for r in self.table.participants.values()
                        if r.herdcast and not r.left]
-            working = [r for r in waiting if r.personalised == "working"
-                       and now - r.personal_at < PERSONAL_SILENCE]
-            if not waiting or (now >= deadline and not working):
+            if not waiting or (now >= deadline
+                               and not any(r.personalising(now) for r in waiting)):
                 return
             self._receive(0.05)

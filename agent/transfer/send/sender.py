@@ -27,7 +27,7 @@ from agent.net import netif
 from agent.say import say
 from agent.transfer.options import SendOptions
 from agent.transfer.result import SendStats, TransferResult
-from agent.transfer.send import jsonreport
+from agent.transfer.send import carousel, jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
 from agent.transfer.send.fleet import Fleet, open_events
@@ -114,6 +114,7 @@ class Service:
         self.stats = SendStats()
         self.result = TransferResult(ok=False, stats=self.stats)
         self.inp: Input | None = None
+        self.stored = None  # the chunked image, when herdcast receivers may take chunks
         self.as_image = session.source.kind != "raw"
         self.ring = 1 if self.opts.duplex == "half" else 2
         self.started = time.monotonic()
@@ -137,6 +138,8 @@ class Service:
                 f"{net.control}" + (", serving until stopped" if opts.serve else ""))
             # buffers are built while waiting, so the first packet leaves right at the start
             self.buffers = _buffers(session, self.ring)
+            if session.offers_chunks:  # the chunks exist before anybody asks
+                self.stored = carousel.prepare(session)
             why = wait_for_start(session, table, keyboard=keyboard, should_stop=stop,
                                  tick=self.view.tick)
             self.started = time.monotonic()  # the rate is the transfer's, not the wait's
@@ -208,7 +211,42 @@ class Service:
         self.fleet.dropped_unseen(gone)
 
     def _round(self, number: int, why: str, stop) -> None:
-        """One round to the table's participants."""
+        """One round to the table's participants: the slices to those that cannot take
+        chunks, then the chunk carousel to those that can (send.carousel)."""
+        takers = {ip: r for ip, r in self.table.participants.items()
+                  if self.stored is not None and carousel.takes_chunks(self.session, r)}
+        for ip in takers:
+            del self.table.participants[ip]
+        slices = bool(self.table.participants)
+        if slices:
+            self._slices(number, why, stop)
+        if takers:
+            self.table.participants.update(takers)
+            self._carousel(number + slices, stop)
+
+    def _carousel(self, number: int, stop) -> None:
+        """The chunk carousel to the table's participants and whoever joins it."""
+        table, fleet = self.table, self.fleet
+        self.view.new_round(self.stored.table.wire_bytes, self.stats.bytes_sent)
+        fleet.round_started(number, list(table.participants.values()), "chunks")
+        packets = self.stats.data_packets
+        wheel = carousel.Carousel(self.session, table, self.stored, fleet, self.view,
+                                  self.stats, stop if self.opts.serve else (lambda: False))
+        if isinstance(stop, Stop):
+            stop.busy = True
+        try:
+            wheel.run()
+        finally:
+            if isinstance(stop, Stop):
+                stop.busy = False
+        table.settle()
+        digest = wheel.digest.hex()
+        fleet.round_ended(wheel.total, digest, self.stats.data_packets - packets, 0)
+        if self.result.sha256 is None:
+            self.result.bytes, self.result.sha256 = wheel.total, digest
+
+    def _slices(self, number: int, why: str, stop) -> None:
+        """One round of slices to the table's participants."""
         opts, session, table, fleet = self.opts, self.session, self.table, self.fleet
         data_ip = session.aim(table)
         as_image = session.image_round(table)
@@ -275,6 +313,8 @@ class Service:
     def close(self) -> None:
         if self.inp is not None:
             self.inp.close()
+        if self.stored is not None:
+            self.stored.close()
         self.session.net.close()
 
 

@@ -19,7 +19,7 @@ from agent.transfer.send.network import Network, SendError
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver
 from agent.transfer.send.signing import sign_reply
-from agent.udpcast.protocol import Op, build, build_connect_reply
+from agent.udpcast.protocol import Cap, Op, build, build_connect_reply
 
 SLICE_BYTES = 1024 * 1456  # udpcast's default slice: 1024 Ethernet-sized blocks
 
@@ -88,6 +88,14 @@ class SendSession:
             r.herdcast for r in table.participants.values())
 
     @property
+    def offers_chunks(self) -> bool:
+        """Whether receivers that can take chunks get the chunk carousel (send.carousel):
+        an image (a disk's used blocks, a stored image), not --async, not turned off with
+        HERDCAST_CHUNKS=0 (benchmarks compare both)."""
+        return (self.source.kind != "raw" and not self.opts.async_
+                and os.environ.get("HERDCAST_CHUNKS", "1") != "0")
+
+    @property
     def blocksize(self) -> int:
         """The block size in use: --blocksize, or the largest the interface's MTU carries."""
         return self.net.blocksize
@@ -115,8 +123,10 @@ class SendSession:
         """CONNECT_REPLY: the slot (-1 when the table is full), block size, caps and group;
         herdcast receivers also learn the image size."""
         net = self.net
+        chunks = r is not None and r.caps & Cap.CHUNKS and self.offers_chunks
         fields = dict(client_number=r.slot if r else -1, blocksize=net.blocksize,
-                      capabilities=net.caps, mcast_addr=net.advertised)
+                      capabilities=net.caps | (Cap.CHUNKS if chunks else 0),
+                      mcast_addr=net.advertised)
         if r is not None and r.herdcast:
             reply = build_connect_reply(image_size=self.image_size or 0, codec=self.codec,
                                         **fields)

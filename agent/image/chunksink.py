@@ -1,0 +1,47 @@
+"""Writing verified chunks (agent.image.chunks) onto a disk, in whatever order they come.
+
+The disk is written in place, never truncated: what it already holds may be most of the
+image (resume, delta). Blank space (no chunk's extent covers it) is handled per `blank=` as
+the stream sink does, once every chunk is in.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agent.image.chunks import Chunk, ChunkTable, data_reader
+from agent.image.sink import DiskSink
+from agent.image.stream import DATA
+
+
+class ChunkSink(DiskSink):
+    """A disk (block device or file) that takes chunks of `table` in any order."""
+
+    def __init__(self, fd: int, path: str, table: ChunkTable, blank: str = "keep") -> None:
+        super().__init__(fd, path, blank)
+        self.table = table
+        self.decoder.disk_size = table.disk_size  # what _check_size compares the disk with
+        self._check_size()
+
+    def put(self, chunk: Chunk, data: bytes) -> None:
+        """A chunk's decoded DATA bytes (decode_payload checked them) onto the disk."""
+        read = data_reader(chunk, data)
+        for offset, length, kind in chunk.extents:
+            if kind == DATA:
+                self._write(offset, read(offset, length))
+            else:
+                self._zero(offset, length)
+
+    def blank_space(self) -> None:
+        """Every range no chunk's extent covers, per `blank=`; a file grows to the disk."""
+        pos = 0
+        for chunk in self.table.chunks:
+            for offset, length, _ in chunk.extents:
+                if offset > pos:
+                    self._blank(pos, offset - pos)
+                pos = offset + length
+        if pos < self.table.disk_size:
+            self._blank(pos, self.table.disk_size - pos)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)

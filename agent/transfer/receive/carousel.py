@@ -1,0 +1,312 @@
+"""The receiving end of the chunk carousel (send.carousel): manifest, own disk, requests.
+
+1. The manifest (agent.image.chunks) is fetched from the sender directly and taken only
+   when its sha256 is the one the sender named and, in a signed session, that name is
+   signed for our nonce (agent.trust.manifest).
+2. The disk is hashed at each chunk's extents: a chunk already there (a rebooted node, a
+   node holding the previous version of the image) is never asked for.
+3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
+   incomplete or failed its hash, at once when the sender says nobody lacks anything, and
+   every NEED_REFRESH while anything is lacking. Every chunk that flies and is lacking is
+   kept, whoever asked for it, so joining mid-stream costs nothing.
+4. A chunk counts once its payload's sha256 is the manifest's: a forged or damaged piece
+   makes the chunk fail that test, and it is thrown away and asked for again.
+5. The digest over the content hashes of what the disk now holds is confirmed with the
+   sender (signed in a signed session), as after a round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+
+from agent.image.chunks import (
+    ChunkError,
+    ChunkTable,
+    content_hash,
+    data_reader,
+    decode_payload,
+    image_digest,
+    parse_manifest,
+    target_matches,
+)
+from agent.image.chunksink import ChunkSink
+from agent.say import say
+from agent.transfer.progress import Progress
+from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
+from agent.transfer.receive.output import OutputError
+from agent.udpcast import carousel as wire
+from agent.udpcast.protocol import HEADER_SIZE, Op, build, parse
+
+REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole
+NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
+NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
+MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
+DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
+DEAD_SENDER = 30.0
+
+
+class ChunkReceiver:
+    """One carousel receive over `link`, connected to `session`'s sender."""
+
+    def __init__(self, link: Link, session: Session) -> None:
+        self.link, self.session, self.opts = link, session, link.opts
+        self.partial: dict[int, list] = {}  # chunk -> [payload, pieces got (int), count]
+        self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
+        self.wire_bytes = self.foreign = self.failed = 0
+        self.current = -1  # the chunk the sender is sending
+        self.need_at = 0.0
+        self.last_rx = time.monotonic()
+        self.idle_seen = False
+
+    # ------------------------------------------------------------------ the receive
+
+    def run(self) -> tuple[str, int]:
+        """Receive until the disk holds the image; returns (hex digest, used bytes)."""
+        self._attach()
+        table = self._manifest()
+        fd = self._open()
+        try:
+            sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
+            self.table, self.sink = table, sink
+            self.hashes = [c.content_sha256 for c in table.chunks]
+            started = time.monotonic()
+            self.lacking = 0
+            for c in table.chunks:
+                if target_matches(fd, c):
+                    continue
+                if c.wire_bytes:
+                    self.lacking |= 1 << c.index
+                else:  # nothing but zeros: made here, nothing to send
+                    sink.put(c, b"")
+            carried = sum(1 for c in table.chunks if c.wire_bytes)
+            have = carried - self.lacking.bit_count()
+            say(f"chunks: {have} of {carried} already on {self.opts.file} "
+                f"(hashed in {time.monotonic() - started:.1f} s), "
+                f"{self.lacking.bit_count()} to receive")
+            self._receive()
+            sink.blank_space()
+            sink.sync()
+        except OSError as exc:
+            raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        say(f"chunks: received {self.wire_bytes} payload bytes, {self.failed} chunk(s) "
+            f"failed their hash, {self.foreign} bytes not needed")
+        digest = image_digest(self.hashes)
+        self._confirm(table.used_bytes, digest)
+        return digest.hex(), table.used_bytes
+
+    def _attach(self) -> None:
+        link, session = self.link, self.session
+        link.session, link.disconnect_due = session, True
+        link.join_data_group(session.group)
+        try:
+            for s in link.socks:
+                s.connect(session.sender)  # the kernel drops whatever others send
+        except OSError as exc:
+            raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
+        say(f"Connected to {session.sender[0]}: chunk carousel")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.opts.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"--file {self.opts.file}: cannot open for writing: "
+                              f"{exc.strerror}") from exc
+
+    def _datagrams(self, timeout: float):
+        """(op, view) of each datagram from the sender within `timeout`."""
+        link = self.link
+        for key, _ in link.sel.select(timeout):
+            if key.data == "kbd":
+                continue
+            while True:
+                try:
+                    n = key.fileobj.recv_into(link.scratch)
+                except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+                    break
+                except OSError as exc:
+                    raise network_error("receiving from the sender", exc) from exc
+                if n >= 4:
+                    self.last_rx = time.monotonic()
+                    yield link.scratch[0] << 8 | link.scratch[1], link.mv[:n]
+
+    def _silent(self) -> None:
+        limit = self.opts.receive_timeout or DEAD_SENDER
+        if time.monotonic() - self.last_rx > limit:
+            raise ReceiveError(f"nothing from sender {self.session.sender[0]} for {limit:g} s"
+                               " mid-transfer: the image is incomplete")
+
+    # ------------------------------------------------------------------ the manifest
+
+    def _manifest(self) -> ChunkTable:
+        """Ask for pieces until the named manifest is whole (and its name signed)."""
+        trust, bs = self.link.trust, self.session.blocksize
+        named: tuple[int, bytes] | None = None
+        pieces: dict[int, bytes] = {}
+        next_ask = 0.0
+        self.last_rx = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_ask:
+                count = -(-named[0] // bs) if named else 1
+                first = next((i for i in range(count) if i not in pieces), 0)
+                self.link.send(wire.build(Op.HC_MANIFEST_REQ, first=first, count=64))
+                next_ask = now + REQUEST_INTERVAL
+            for op, view in self._datagrams(0.1):
+                if op == Op.HC_MANIFEST_INFO and named is None:
+                    msg = wire.parse(view)
+                    if msg is None:
+                        continue
+                    info = msg[1]
+                    if trust is not None:
+                        from agent.trust.manifest import verify_manifest
+
+                        if not verify_manifest(trust.key, trust.nonce, info.length,
+                                               info.sha256, info.signature):
+                            continue  # not signed for us: a forger's
+                    named = (info.length, info.sha256)
+                elif op == Op.HC_MANIFEST_PIECE and len(view) > HEADER_SIZE:
+                    _, _, piece, length, = wire.PIECE_HEADER.unpack_from(view)
+                    if named is None or length != named[0] or piece * bs >= length:
+                        continue
+                    pieces[piece] = bytes(view[HEADER_SIZE:])
+                    if len(pieces) * bs >= length and all(
+                            i in pieces for i in range(-(-length // bs))):
+                        raw = b"".join(pieces[i] for i in range(-(-length // bs)))
+                        if hashlib.sha256(raw).digest() == named[1]:
+                            try:
+                                return parse_manifest(raw)
+                            except ChunkError as exc:
+                                raise ReceiveError(f"the sender's manifest: {exc.what}") \
+                                    from exc
+                        pieces.clear()  # a forged piece among them: ask again
+                        next_ask = 0.0
+            if self.opts.start_timeout and named is None and \
+                    time.monotonic() - self.last_rx > self.opts.start_timeout:
+                raise ReceiveError(f"sender {self.session.sender[0]} did not start within "
+                                   f"--start-timeout {self.opts.start_timeout:g} s")
+
+    # ------------------------------------------------------------------ the chunks
+
+    def _receive(self) -> None:
+        total, started = self.lacking.bit_count(), time.monotonic()
+        progress = Progress("receive", total=sum(
+            c.used_bytes for c in self.table.chunks if self.lacking >> c.index & 1),
+            enabled=not self.opts.no_progress)
+        done = 0
+        self.need_at = time.monotonic()
+        try:
+            while self.lacking:
+                now = time.monotonic()
+                if now >= self.need_at:
+                    self._need(now)
+                for op, view in self._datagrams(max(0.0, min(0.2, self.need_at - now))):
+                    if op == Op.HC_CHUNK:
+                        done += self._piece(view)
+                    elif op == Op.HC_IDLE:
+                        self._soon()
+                self._silent()
+                progress.update(done)
+        finally:
+            progress.close()
+        if total:
+            say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
+
+    def _need(self, now: float) -> None:
+        for first, bitmap in wire.need_bitmaps(self.lacking, len(self.table.chunks)):
+            self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
+                                      lost=self.lost, bitmap=bitmap))
+            self.received = self.lost = 0
+        self.need_at = now + NEED_REFRESH
+
+    def _soon(self) -> None:
+        self.need_at = min(self.need_at,
+                           time.monotonic() + NEED_SOON * (1 + random.random()))
+
+    def _piece(self, view: memoryview) -> int:
+        """One HC_CHUNK piece; returns the used bytes of a chunk it completed."""
+        if len(view) <= HEADER_SIZE:
+            return 0
+        _, _, index, piece, _, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
+        data = view[HEADER_SIZE:]
+        if index != self.current:
+            self._passed(self.current)
+            self.current = index
+        if index >= len(self.table.chunks) or not self.lacking >> index & 1:
+            self.foreign += len(data)
+            return 0
+        chunk, bs = self.table.chunks[index], self.session.blocksize
+        count = -(-chunk.wire_bytes // bs)
+        if wire_bytes != chunk.wire_bytes or piece >= count or \
+                len(data) != min(bs, wire_bytes - piece * bs):
+            return 0  # not a piece of this chunk: a forger's or a stray
+        entry = self.partial.get(index)
+        if entry is None:
+            if len(self.partial) >= MAX_PARTIAL:
+                del self.partial[next(iter(self.partial))]
+            entry = self.partial[index] = [bytearray(chunk.wire_bytes), 0, 0]
+        if entry[1] >> piece & 1:
+            return 0
+        entry[0][piece * bs:piece * bs + len(data)] = data
+        entry[1] |= 1 << piece
+        entry[2] += 1
+        self.received += 1
+        self.wire_bytes += len(data)
+        if entry[2] < count:
+            return 0
+        del self.partial[index]
+        try:
+            decoded = decode_payload(chunk, entry[0])
+        except ChunkError:
+            self.failed += 1
+            self._soon()
+            return 0
+        self.sink.put(chunk, decoded)
+        self.hashes[index] = content_hash(chunk.extents, data_reader(chunk, decoded))
+        self.lacking &= ~(1 << index)
+        return chunk.used_bytes
+
+    def _passed(self, index: int) -> None:
+        """The sender moved on from chunk `index`: if it came incomplete, ask again soon."""
+        entry = self.partial.get(index)
+        if entry is not None and self.lacking >> index & 1:
+            chunk = self.table.chunks[index]
+            self.lost += -(-chunk.wire_bytes // self.session.blocksize) - entry[2]
+            self._soon()
+
+    # ------------------------------------------------------------------ the end
+
+    def _confirm(self, total: int, digest: bytes) -> None:
+        """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session)."""
+        link, trust = self.link, self.link.trust
+        message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest)
+        give_up = time.monotonic() + DIGEST_TIMEOUT
+        why = None
+        while time.monotonic() < give_up:
+            link.send(message)
+            until = time.monotonic() + DIGEST_INTERVAL
+            while time.monotonic() < until:
+                for op, view in self._datagrams(max(0.0, until - time.monotonic())):
+                    if op != Op.HC_DIGEST_ACK:
+                        continue
+                    parsed = parse(view)
+                    if parsed is None or parsed[1].total_bytes != total:
+                        continue
+                    agreed = bool(parsed[1].agreed)
+                    if trust is not None:
+                        why, same = trust.result_problem(view, total, digest)
+                        if why is not None:
+                            continue  # not the key holder's verdict
+                        agreed = agreed and same
+                        say("the sender's signed result names the chunks on this disk")
+                    if not agreed:
+                        raise ReceiveError("image digest differs from the sender's: the "
+                                           f"disk's chunks are not the image ({total} bytes)")
+                    return
+        raise ReceiveError(f"sender did not confirm the digest within {DIGEST_TIMEOUT:g} s"
+                           + (f" with a valid signature ({why})" if why else "")
+                           + f" (the image is on the disk: sha256 {digest.hex()})")

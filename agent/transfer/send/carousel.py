@@ -1,0 +1,278 @@
+"""The chunk carousel: herdcast receivers that can write chunks in place (Cap.CHUNKS) take
+the image as chunks (agent.image.chunks) they ask for, instead of a round's slices.
+
+Receivers request, they do not acknowledge (Frisbee): each fetches the manifest directly,
+hashes its own disk, then says which chunks it lacks (HC_NEED, a bitmap, sent when it
+starts, when a chunk it lacked went by incomplete, and now and then while it lacks
+anything). The sender keeps one bitmap, the union of what anybody lacks, and multicasts the
+next wanted chunk after the last one sent, clearing its bit: a chunk wanted by a hundred
+receivers goes once, and its cost does not grow with them. A receiver may come at any
+moment: it keeps every chunk that flies from then on and asks for the ones before, so it is
+done after about one image-time. Nobody's answer is awaited, so no receiver holds the
+others back; the pace follows the loss the receivers report (send.pacer).
+
+A receiver is finished when its digest (over the content hashes of what its disk holds)
+agrees with the manifest's; the carousel ends when every receiver has a verdict, or, under
+--serve, goes on taking new receivers until none is left and stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import tempfile
+import time
+
+from agent.image.chunkfile import ChunkedFile, chunk_image
+from agent.say import say
+from agent.transfer.send.answers import note_changed
+from agent.transfer.send.batch import SliceBuffer
+from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.participants import Table
+from agent.transfer.send.record import Receiver, State, Verdict
+from agent.transfer.send.session import SendSession
+from agent.transfer.send.signing import digest_ack, signer
+from agent.udpcast import carousel as wire
+from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, connect_nonce, parse
+
+IDLE_INTERVAL = 0.25  # nobody lacks anything: say so this often, so lost HC_NEEDs repeat
+DROP_SILENCE = 30.0  # a receiver without a verdict that says nothing for this long is dropped
+# every verdict given: this long for the receivers' DISCONNECT (a lost HC_DIGEST_ACK is asked
+# again meanwhile), longer while one says it is personalising its clone (HC_CHANGED)
+GOODBYE_WAIT = 3.0
+MAX_PIECES = 64  # manifest pieces per HC_MANIFEST_REQ
+
+
+def takes_chunks(session: SendSession, r: Receiver) -> bool:
+    """Whether `r` gets chunks rather than slices (its CONNECT_REPLY said so)."""
+    return bool(r.caps & Cap.CHUNKS) and session.offers_chunks
+
+
+def prepare(session: SendSession) -> ChunkedFile:
+    """The chunked image of the input, made once in a temporary file (unlinked at once:
+    it goes when the sender does)."""
+    from agent.image.catalogue import metadata
+
+    src, path = session.source, session.opts.file
+    started = time.monotonic()
+    fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
+    os.close(fd)
+    try:
+        if src.kind == "used":
+            chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
+                        meta=metadata(path, src.umap))
+        else:
+            chunk_image(path, tmp, codec=src.codec)
+        stored = ChunkedFile.open(tmp)
+    finally:
+        os.unlink(tmp)
+    t = stored.table
+    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
+        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
+    return stored
+
+
+class Carousel:
+    """Serves `stored`'s chunks to the table's Cap.CHUNKS participants (and any that come)."""
+
+    def __init__(self, session: SendSession, table: Table, stored: ChunkedFile, fleet,
+                 view, stats, stop) -> None:
+        self.session, self.table, self.stored = session, table, stored
+        self.net, self.opts = session.net, session.opts
+        self.fleet, self.view, self.stats, self.stop = fleet, view, stats, stop
+        self.chunks = stored.table.chunks
+        self.manifest = stored.table.raw
+        self.manifest_sha = hashlib.sha256(self.manifest).digest()
+        self.digest = stored.table.digest
+        self.total = stored.table.used_bytes
+        self.wanted = 0  # bit i: somebody lacks chunk i
+        self.cursor = 0  # the chunk after the last one sent
+        self.sent_chunks = 0
+        bs = self.net.blocksize
+        most = max((c.wire_bytes for c in self.chunks), default=0)
+        self.buf = SliceBuffer(bs, session.dest, max(1, -(-most // bs)))
+        self.pacer = Pacer(bs, self.opts.max_bitrate, table.min_rcvbuf())
+        self.heard: dict[str, float] = {}
+        self._signatures: dict[str, bytes] = {}
+        self.poller = select.epoll()
+        for s in self.net.sockets:
+            self.poller.register(s.fileno(), select.EPOLLIN)
+        self._socks = {s.fileno(): s for s in self.net.sockets}
+        self._rx = bytearray(2048)
+        self.settled_at: float | None = None  # when the last verdict was given
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        net, opts = self.net, self.opts
+        ip = net.nif.broadcast or net.control if opts.broadcast else net.advertised
+        self.session.dest.set(ip, net.port)
+        say(f"herdcast send: chunk carousel to {ip}: {len(self.chunks)} chunks, digest "
+            f"{self.digest.hex()[:16]}")
+        now = time.monotonic()
+        for r in self.table.participants.values():
+            self.heard[r.address] = now
+        next_idle = now
+        while not self._over():
+            if self.wanted:
+                self._send_next()
+                self._receive(0)
+            else:
+                now = time.monotonic()
+                if now >= next_idle:
+                    net.send(wire.build(Op.HC_IDLE, chunks=len(self.chunks)),
+                             self.session.dest.address)
+                    next_idle = now + IDLE_INTERVAL
+                self._receive(min(0.05, max(0.0, next_idle - now)))
+            self._drop_silent()
+            self.view.update(self.stats.bytes_sent)
+        self.poller.close()
+
+    def _over(self) -> bool:
+        """Stopped, or every receiver has its verdict and has said goodbye (or GOODBYE_WAIT
+        passed with none of them personalising its clone)."""
+        if self.stop():
+            return True
+        staying = list(self.table.participants.values())
+        if any(r.verdict is None for r in staying):
+            self.settled_at = None
+            return False
+        now = time.monotonic()
+        self.settled_at = self.settled_at or now
+        staying = [r for r in staying if r.herdcast]
+        return not staying or (now - self.settled_at >= GOODBYE_WAIT
+                               and not any(r.personalising(now) for r in staying))
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for ip, r in list(self.table.participants.items()):
+            if r.verdict is None and now - self.heard.get(ip, now) > DROP_SILENCE:
+                say(f"herdcast send: receiver {ip} silent for {DROP_SILENCE:g} s: dropped")
+                self.table.remove(ip, Verdict.DROPPED, f"silent for {DROP_SILENCE:g} s")
+
+    def _send_next(self) -> None:
+        """The first wanted chunk at or after the cursor, all its pieces, paced."""
+        ahead = self.wanted >> self.cursor
+        index = (ahead & -ahead).bit_length() - 1 + self.cursor if ahead else \
+            (self.wanted & -self.wanted).bit_length() - 1
+        self.wanted &= ~(1 << index)
+        self.cursor = (index + 1) % len(self.chunks)
+        chunk, buf = self.chunks[index], self.buf
+        payload = self.stored.payload(index)
+        buf.view[:len(payload)] = payload
+        pieces = buf.prepare(index, len(payload))
+        pack, hv, op = wire.CHUNK_HEADER.pack_into, buf.header_view, int(Op.HC_CHUNK)
+        for i in range(pieces):
+            pack(hv, i * HEADER_SIZE, op, 0, index, i, 0, chunk.wire_bytes)
+        first = 0
+        while first < pieces:
+            now = time.monotonic()
+            n = self.pacer.grant(pieces - first, now)
+            if not n:
+                self._receive(min(0.005, self.pacer.wait(pieces - first)))
+                continue
+            first += self.net.blocks.send(buf, first, n)
+        self.sent_chunks += 1
+        self.stats.data_packets += pieces
+        self.stats.bytes_sent += len(payload)
+
+    # ------------------------------------------------------------------ what receivers say
+
+    def _receive(self, timeout: float) -> None:
+        for fd, _ in self.poller.poll(timeout):
+            s = self._socks.get(fd)
+            while s is not None:
+                try:
+                    n, addr = s.recvfrom_into(self._rx, 0, socket.MSG_DONTWAIT)
+                except OSError:
+                    break
+                view = memoryview(self._rx)[:n]
+                parsed = wire.parse(view) or parse(view)
+                if parsed is not None:
+                    self._handle(parsed[0], parsed[1], addr, view)
+
+    def _handle(self, op: Op, msg, addr: tuple[str, int], view: memoryview) -> None:
+        ip = addr[0]
+        r = self.table.participants.get(ip)
+        if op == Op.CONNECT_REQ:
+            self._connect(ip, addr, msg, connect_nonce(view))
+            return
+        if op == Op.HC_DIGEST:
+            self._digest(ip, addr, msg)
+            return
+        if op == Op.HC_CHANGED:
+            note_changed(self.table, self.net, ip, addr, msg)
+            return
+        if r is None:
+            return
+        self.heard[ip] = time.monotonic()
+        r.answered()
+        if op == Op.HC_NEED:
+            self.wanted |= wire.need_mask(msg.first, msg.bitmap, len(self.chunks))
+            if msg.received or msg.lost:
+                self.pacer.feedback(msg.received + msg.lost, msg.lost)
+        elif op == Op.HC_MANIFEST_REQ:
+            self._manifest(r, addr, msg.first, min(msg.count, MAX_PIECES))
+        elif op == Op.DISCONNECT:
+            if r.verdict is None:
+                say(f"herdcast send: receiver {ip} disconnected mid-transfer")
+            self.table.remove(ip, Verdict.DISCONNECTED)
+
+    def _connect(self, ip: str, addr, msg, nonce: bytes | None) -> None:
+        """A receiver comes (or repeats itself): a chunk taker joins now, whenever that is;
+        any other waits for a round after the carousel."""
+        r = self.table.participants.get(ip)
+        if r is None and msg.capabilities & Cap.CHUNKS:
+            r = self.table.connect(ip, addr, msg.capabilities, msg.rcvbuf, nonce)
+            if r is None:
+                return
+            r.round, r.started, r.state = self.fleet.round_no, time.time(), State.RECEIVING
+            self.fleet.emit("started", r)
+            say(f"herdcast send: receiver {ip} joins the carousel")
+        if r is not None:
+            self.heard[ip] = time.monotonic()
+            self.session.reply(r, addr)
+            return
+        if self.table.wait_for_next(ip, addr, msg.capabilities) is not None \
+                and msg.capabilities & Cap.HERDCAST:
+            self.net.send(build(Op.HC_LATE, status=int(LateStatus.NEXT_ROUND),
+                                slice_no=self.sent_chunks), addr)
+
+    def _manifest(self, r: Receiver, addr, first: int, count: int) -> None:
+        """HC_MANIFEST_INFO (signed for its nonce in a signed session) and the pieces."""
+        signature = self._signatures.get(r.address)
+        if signature is None:
+            signature = bytes(64)
+            if self.opts.sign_key is not None and r.nonce is not None:
+                from agent.trust.manifest import sign_manifest
+
+                signature = sign_manifest(signer(self.opts.sign_key), r.nonce,
+                                          len(self.manifest), self.manifest_sha)
+            self._signatures[r.address] = signature
+        self.net.send(wire.build(Op.HC_MANIFEST_INFO, length=len(self.manifest),
+                                 sha256=self.manifest_sha, signature=signature), addr)
+        bs = self.net.blocksize
+        pieces = -(-len(self.manifest) // bs)
+        for piece in range(first, min(first + count, pieces)):
+            head = wire.PIECE_HEADER.pack(int(Op.HC_MANIFEST_PIECE), 0, piece,
+                                          len(self.manifest))
+            self.net.send(head + self.manifest[piece * bs:(piece + 1) * bs], addr)
+
+    def _digest(self, ip: str, addr, msg) -> None:
+        """A receiver's digest of what its disk holds: agreed when it is the manifest's."""
+        r = self.table.find(ip)
+        if r is None:
+            return
+        if self.table.participants.get(ip) is not r:  # a repeat after it left
+            if r.verdict is Verdict.OK and r.digest == msg.sha256.hex():
+                self.net.send(digest_ack(self.opts.sign_key, r.nonce, True, msg.total_bytes,
+                                         msg.sha256), addr)
+            return
+        self.heard[ip] = time.monotonic()
+        agreed = msg.total_bytes == self.total and msg.sha256 == self.digest
+        self.net.send(digest_ack(self.opts.sign_key, r.nonce, agreed, self.total,
+                                 self.digest), addr)
+        self.table.finished_data(r)
+        self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)

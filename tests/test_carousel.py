@@ -1,0 +1,241 @@
+"""The chunk carousel between herdcast peers, with the defaults a user gets (a disk with a
+real ext4 sent to receivers that write disks in place): a receiver that joins half-way is
+done about one image-time later, a disk holding most of the image receives only what
+changed, a receiver killed at 90% and restarted receives the rest, and a forger spoofing
+the sender's address and ports costs bandwidth, never a disk."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_loop
+from peers import ROOT, herdcast_receiver, herdcast_sender, logs, wait
+from test_signed import pair
+
+from agent.image.usedmap import used_map
+from builder.lab.fsdisk import Part, attached, make_disk, mounted
+from builder.lab.netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180), needs_loop]
+
+MiB = 1 << 20
+DISK_MIB = 48
+PARTS = [Part("ext4", 40, {"a": 14_000_000, "b": 10_000_000, "c": 6_000_000})]
+RATE = 12.5e6  # bytes/s at 100 Mbit/s
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory) -> Path:
+    """A 48 MiB GPT disk, a 40 MiB ext4 with 30 MB of random files (made once)."""
+    path = tmp_path_factory.mktemp("carousel") / "src.img"
+    make_disk(path, DISK_MIB, PARTS)
+    return path
+
+
+def junk(path: Path) -> Path:
+    path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
+    return path
+
+
+def identical(src: Path, dst: Path) -> bool:
+    """Every used byte of `src` is the same on `dst`."""
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        for e in used_map(str(src)).extents:
+            a.seek(e.offset)
+            b.seek(e.offset)
+            if hashlib.sha256(a.read(e.length)).digest() != \
+                    hashlib.sha256(b.read(e.length)).digest():
+                return False
+    return True
+
+
+def wait_log(path: Path, pattern: str, timeout: float = 30) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, path.read_text() if path.exists() else "")
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
+        time.sleep(0.05)
+
+
+def received(log: Path) -> int:
+    """Chunk payload bytes a receiver took from the wire (its last run)."""
+    return int(re.findall(r"chunks: received (\d+) payload bytes", log.read_text())[-1])
+
+
+def seconds(log: Path) -> float:
+    return float(re.search(r"chunks: all \d+ received in ([\d.]+) s", log.read_text())[1])
+
+
+def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path):
+    first, late = junk(tmp_path / "first.img"), junk(tmp_path / "late.img")
+    with NetLab(3, net=192) as lab:
+        h0, h1, h2 = lab.hosts
+        h0.shape("100mbit")
+        a = herdcast_receiver(h1, first, tmp_path / "first.log", "--unpack")
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "1")
+        wire = int(wait_log(tmp_path / "send.log", r"used bytes in (\d+) bytes")[1])
+        wait_log(tmp_path / "first.log", "to receive")
+        time.sleep(wire / RATE / 2)
+        b = herdcast_receiver(h2, late, tmp_path / "late.log", "--unpack")
+        rcs = [wait(snd, 90), wait(a, 30), wait(b, 30)]
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0], log
+    assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
+    assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
+    assert identical(disk, first) and identical(disk, late)
+
+
+def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
+    new = tmp_path / "new.img"
+    shutil.copy(disk, new)
+    with attached(new) as dev, mounted(f"{dev}p1", "ext4") as mnt:
+        (mnt / "update.bin").write_bytes(random.Random(9).randbytes(2 * MiB))
+    old = tmp_path / "old.img"
+    shutil.copy(disk, old)  # last month's image on this node's disk
+    blank = junk(tmp_path / "blank.img")
+    with NetLab(3, net=193) as lab:
+        h0, h1, h2 = lab.hosts
+        procs = [herdcast_receiver(h1, old, tmp_path / "old.log", "--unpack"),
+                 herdcast_receiver(h2, blank, tmp_path / "blank.log", "--unpack")]
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(new), "--min-receivers",
+                              "2")
+        rcs = [wait(snd, 90), *(wait(p, 30) for p in procs)]
+    assert rcs == [0, 0, 0], logs(tmp_path)
+    assert received(tmp_path / "old.log") <= received(tmp_path / "blank.log") / 4, \
+        logs(tmp_path)
+    assert identical(new, old) and identical(new, blank)
+
+
+def test_a_receiver_killed_at_90_percent_receives_the_rest_when_restarted(disk, tmp_path):
+    out = junk(tmp_path / "out.img")
+    with NetLab(2, net=194) as lab:
+        h0, h1 = lab.hosts
+        h0.shape("100mbit")
+        rcv = herdcast_receiver(h1, out, tmp_path / "run1.log", "--unpack")
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "1")
+        wire = int(wait_log(tmp_path / "send.log", r"used bytes in (\d+) bytes")[1])
+        wait_log(tmp_path / "run1.log", "to receive")
+        time.sleep(0.9 * wire / RATE)
+        rcv.send_signal(signal.SIGKILL)  # a node losing power: no DISCONNECT, no sync
+        rcv.wait(timeout=10)
+        again = herdcast_receiver(h1, out, tmp_path / "run2.log", "--unpack")
+        rcs = [wait(again, 60), wait(snd, 60)]
+    run2 = (tmp_path / "run2.log").read_text()
+    assert rcs == [0, 0], logs(tmp_path)
+    have, carried = map(int, re.search(r"chunks: (\d+) of (\d+) already", run2).groups())
+    assert have >= carried * 0.6, run2  # most of it was on the disk already
+    assert received(tmp_path / "run2.log") <= 0.35 * wire, run2  # about the missing part
+    assert identical(disk, out)
+
+
+FORGER = r"""
+import os, socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast import carousel as wire
+from agent.udpcast.protocol import HcDigestAckSigned, Op, build, default_data_group
+src, seconds, targets = sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+group = default_data_group(src)
+
+def checksum(b):
+    b += b"\0" * (len(b) % 2)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+def forged(payload, dst):  # IPv4 + UDP from the sender's address and port to dst:9000
+    length = 8 + len(payload)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, length)
+    udp = struct.pack("!HHHH", 9001, 9000, length, 0) + payload
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0x4243, 0, 1, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + udp
+
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+sniff = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sniff.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sniff.bind((group, 9000))
+sniff.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton(group) + socket.inet_aton("0.0.0.0"))
+sniff.setblocking(False)
+chunks = {}  # chunk -> wire bytes, learnt from the sender's own pieces
+sent, end, k = 0, time.monotonic() + seconds, 0
+def send(payload, dsts):
+    global sent
+    for dst in dsts:
+        try:
+            raw.sendto(forged(payload, dst), (dst, 0))
+            sent += 1
+        except OSError:
+            pass
+while time.monotonic() < end:
+    k += 1
+    try:
+        while True:
+            head = sniff.recv(65536)
+            if head[:2] == int(Op.HC_CHUNK).to_bytes(2, "big"):
+                _, _, index, _, _, size = wire.CHUNK_HEADER.unpack_from(head)
+                chunks[index] = size
+    except BlockingIOError:
+        pass
+    send(build(Op.DATA, slice_no=k % 50, block_no=0, slice_bytes=1456) + os.urandom(1456),
+         [group, *targets])
+    send(build(Op.REQACK, slice_no=k % 50, slice_bytes=0, rxmit=0, ready_set=bytes(128)),
+         [group, *targets])  # an end of stream
+    for index, size in list(chunks.items())[k % 8::8]:  # poison chunks that fly again
+        piece = k % max(1, size // 1456)
+        send(wire.CHUNK_HEADER.pack(int(Op.HC_CHUNK), 0, index, piece, 0, size)
+             + os.urandom(min(1456, size - piece * 1456)), [group])
+    send(HcDigestAckSigned.build(dict(opcode=int(Op.HC_DIGEST_ACK), agreed=1,
+                                      total_bytes=k, sha256=bytes(32),
+                                      signature=bytes(64))), targets)
+    send(wire.build(Op.HC_MANIFEST_INFO, length=100, sha256=bytes(32),
+                    signature=os.urandom(64)), targets)
+    send(wire.build(Op.HC_IDLE, chunks=1), [group])
+    time.sleep(0.002)
+print("forged", sent, "packets,", len(chunks), "chunks poisoned", file=sys.stderr)
+"""
+
+
+def test_a_forger_spoofing_the_sender_costs_bandwidth_never_a_disk(disk, tmp_path):
+    key, pub = pair(tmp_path)
+    outs = [junk(tmp_path / f"disk{i}.img") for i in range(3)]
+    with NetLab(5, net=195) as lab:
+        h0, forger = lab.hosts[0], lab.hosts[4]
+        h0.shape("100mbit")
+        forger.run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0")
+        procs = [herdcast_receiver(h, out, tmp_path / f"recv{i}.log", "--unpack",
+                                   "--trust-key", str(pub))
+                 for i, (h, out) in enumerate(zip(lab.hosts[1:4], outs, strict=True))]
+        attack = forger.popen([sys.executable, "-c", FORGER, str(ROOT), h0.ip, "8",
+                               *(h.ip for h in lab.hosts[1:4])],
+                              stdout=subprocess.DEVNULL,
+                              stderr=(tmp_path / "forger.log").open("wb"))
+        time.sleep(0.5)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk),
+                              "--min-receivers", "3", "--sign-key", str(key))
+        rcs = [wait(snd, 90), *(wait(p, 30) for p in procs)]
+        attack.wait(timeout=20)
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0, 0], log
+    assert re.search(r"forged \d{4,} packets", log), log  # the attack did happen
+    for i, out in enumerate(outs):
+        assert "signed result names the chunks" in (tmp_path / f"recv{i}.log").read_text()
+        assert identical(disk, out)

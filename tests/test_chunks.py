@@ -1,0 +1,122 @@
+"""Chunked images (agent.image.chunks, chunkfile, chunksink): a real ext4 disk cut into
+chunks, every chunk applied in a shuffled order onto a junk disk gives the used bytes back;
+the manifest's construct declaration builds and parses; a forged payload or manifest is
+refused; a disk that already holds a chunk is recognised."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+from conftest import needs_loop
+
+from agent.image.chunkfile import ChunkedFile, chunk_image, is_chunked
+from agent.image.chunks import (
+    CHUNK_BYTES,
+    ChunkError,
+    Manifest,
+    decode_payload,
+    parse_manifest,
+    target_matches,
+)
+from agent.image.chunksink import ChunkSink
+from agent.image.stream import encode
+from agent.image.usedmap import used_map
+from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
+
+MiB = 1 << 20
+PARTS = [Part("ext4", 40, {"a": 6_000_000, "b": 3_000_000})]
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory) -> Path:
+    """A 48 MiB GPT disk with a 40 MiB ext4 holding 9 MB of files (made once)."""
+    path = tmp_path_factory.mktemp("chunks") / "src.img"
+    make_disk(path, 48, PARTS)
+    return path
+
+
+def _chunked(disk: Path, out: Path):
+    umap = used_map(str(disk))
+    return chunk_image(str(disk), str(out), extents=umap.extents, disk_size=umap.disk_size,
+                       meta={"host": "lab"})
+
+
+@needs_loop
+def test_every_chunk_in_any_order_makes_the_disk(disk, tmp_path):
+    out = tmp_path / "img.chunks"
+    table = _chunked(disk, out)
+    assert is_chunked(out.read_bytes()[:32])
+    assert table.meta == {"host": "lab"}
+    assert table.used_bytes == used_map(str(disk)).used_bytes
+    assert all(c.offset % CHUNK_BYTES == 0 for c in table.chunks)
+    assert out.stat().st_size < 12 * MiB  # 9 MB of random files, the rest compressed
+    target = tmp_path / "target.img"
+    target.write_bytes(random.Random(1).randbytes(48 * MiB))  # junk: anything unwritten shows
+    stored = ChunkedFile.open(str(out))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        sink = ChunkSink(fd, str(target), stored.table)
+        order = list(range(len(table.chunks)))
+        random.Random(2).shuffle(order)
+        for i in order:
+            chunk = table.chunks[i]
+            assert not target_matches(fd, chunk) or not chunk.data_bytes
+            sink.put(chunk, decode_payload(chunk, stored.payload(i)))
+            assert target_matches(fd, chunk)
+        sink.blank_space()
+    finally:
+        os.close(fd)
+        stored.close()
+    assert fsck(target, PARTS) == []
+    assert file_digests(target, PARTS) == file_digests(disk, PARTS)
+
+
+@needs_loop
+def test_a_stream_image_and_its_disk_chunk_alike(disk, tmp_path):
+    umap = used_map(str(disk))
+    stream = tmp_path / "img.hcimg"
+    fd = os.open(disk, os.O_RDONLY)
+    with open(stream, "wb") as f:
+        for piece in encode(fd, umap.disk_size, umap.extents, {"host": "lab"}):
+            f.write(piece)
+    os.close(fd)
+    from_stream = chunk_image(str(stream), str(tmp_path / "a.chunks"))
+    from_disk = _chunked(disk, tmp_path / "b.chunks")
+    assert from_stream.digest == from_disk.digest
+    assert from_stream.raw == from_disk.raw
+
+
+@needs_loop
+def test_manifest_declaration_builds_and_parses(disk, tmp_path):
+    table = _chunked(disk, tmp_path / "img.chunks")
+    parsed = Manifest.parse(table.raw)
+    assert parsed.header.chunks == len(table.chunks)
+    assert Manifest.build(parsed) == table.raw
+    assert parse_manifest(Manifest.build(parsed)).digest == table.digest
+
+
+@needs_loop
+def test_forged_payloads_and_manifests_are_refused(disk, tmp_path):
+    table = _chunked(disk, tmp_path / "img.chunks")
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    chunk = max(table.chunks, key=lambda c: c.wire_bytes)
+    good = stored.payload(chunk.index)
+    stored.close()
+    forged = bytearray(good)
+    forged[len(forged) // 2] ^= 1
+    with pytest.raises(ChunkError):
+        decode_payload(chunk, bytes(forged))
+    with pytest.raises(ChunkError):
+        decode_payload(chunk, good[:-1])
+    assert decode_payload(chunk, good)
+    parsed = Manifest.parse(table.raw)
+    parsed.chunks[0].offset = 12345  # not on a chunk boundary
+    with pytest.raises(ChunkError):
+        parse_manifest(Manifest.build(parsed))
+    with pytest.raises(ChunkError):
+        parse_manifest(table.raw[:-1])
+    assert hashlib.sha256(table.raw).digest() != hashlib.sha256(table.raw[:-1]).digest()
