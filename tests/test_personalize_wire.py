@@ -29,7 +29,11 @@ def blank(path: Path, mib: int) -> Path:
     return path
 
 
-def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path):
+@pytest.mark.parametrize("path", ["chunks", "stream"])
+def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path, monkeypatch, path):
+    """On both paths a disk takes: the chunk carousel (the default for receivers writing in
+    place) and a round's stream (HERDCAST_CHUNKS=0 on the sender)."""
+    monkeypatch.setenv("HERDCAST_CHUNKS", "1" if path == "chunks" else "0")
     master = tmp_path / "master.disk"
     make_master(master, mib=64)
     disks = [blank(tmp_path / "node1.disk", 64), blank(tmp_path / "node2.disk", 96),
@@ -68,6 +72,7 @@ def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path):
     assert any("filesystem grown" in c for c in node2["changes"])
     assert not any("grown" in c for c in node1["changes"])
     sender = (tmp_path / "send.log").read_text()
+    assert ("chunk carousel" in sender) == (path == "chunks"), sender
     assert f"{lab.hosts[2].ip} changed: partition 2: ext filesystem grown" in sender
     assert "changed: partition 2 (Debian GNU/Linux 12 (bookworm)): /etc/hostname: " \
            "master -> node1" in sender  # the final table, under node1's row

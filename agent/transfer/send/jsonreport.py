@@ -43,7 +43,7 @@ ROUND = {
     "required": ["round", "kind", "receivers", "started", "ended", "bytes", "sha256"],
     "properties": {
         "round": {"type": "integer"},
-        "kind": {"type": "string", "enum": ["raw", "image"]},
+        "kind": {"type": "string", "enum": ["raw", "image", "chunks"]},
         "receivers": {"type": "integer"},
         "started": {"type": "string"},
         "ended": {"type": STR_OR_NULL},
