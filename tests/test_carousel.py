@@ -148,7 +148,8 @@ FORGER = r"""
 import os, socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
 from agent.udpcast import carousel as wire
-from agent.udpcast.protocol import HcDigestAckSigned, Op, build, default_data_group
+from agent.transfer.send.network import default_data_group
+from agent.udpcast.protocol import HcDigestAckSigned, Op, build
 src, seconds, targets = sys.argv[2], float(sys.argv[3]), sys.argv[4:]
 group = default_data_group(src)
 
