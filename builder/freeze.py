@@ -70,6 +70,19 @@ if os.environ.get("HERDCAST_FREEZE_CHECK"):
 
     pyudev.Context()  # loads libudev through ctypes, as the node does
     print(f"freeze check: libudev is {ctypes.util.find_library('udev')}")
+    import tempfile
+    from pathlib import Path
+
+    from agent.personalize.identity import fresh_ssh_keys
+
+    with tempfile.TemporaryDirectory() as tmp:  # a clone's new host keys, as a node makes them
+        (Path(tmp) / "etc/ssh").mkdir(parents=True)
+        for kind in ("ed25519", "ecdsa", "rsa"):
+            (Path(tmp) / f"etc/ssh/ssh_host_{kind}_key").write_bytes(b"")
+        made = fresh_ssh_keys(Path(tmp), "freeze-check")
+    if len(made) != 3:
+        sys.exit(f"freeze check: SSH host keys not made: {made}")
+    print(f"freeze check: {len(made)} SSH host keys made (OpenSSH format)")
     print("freeze check: ok")
     sys.exit(0)
 

@@ -3,6 +3,7 @@
 The root holds: /init (a few lines of shell that exec the frozen agent as `herdcast node`,
 agent.cmd.node, which mounts the kernel file systems as PID 1),
 the agent under /opt/herdcast, busybox with its applets for a rescue shell, kmod's modprobe,
+the filesystem tools that grow a clone (GROW_TOOLS),
 the shared libraries all of them load, and the chosen kernel modules (.ko.xz, which kmod
 decompresses; see builder/modules.py) with fresh depmod indexes. Layout is
 merged-/usr like Debian's, so /lib64/ld-linux-x86-64.so.2 (the loader path compiled into
@@ -36,6 +37,10 @@ AGENT_DIR = "opt/herdcast"
 BUSYBOX = Path("/bin/busybox")
 KMOD = Path("/usr/bin/kmod")
 KMOD_TOOLS = ("modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod")
+#: Debian's tools that grow a clone's filesystem to a larger disk (agent.personalize.grow,
+#: grow=yes), from e2fsprogs, xfsprogs, btrfs-progs and ntfs-3g.
+GROW_TOOLS = ("e2fsck", "resize2fs", "xfs_growfs", "btrfs", "ntfsresize")
+TOOL_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
 PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
 #: pxelinux with its own TCP/IP stack: fetches http:// names on any PXE ROM (--http-url).
 LPXELINUX = Path("/usr/lib/PXELINUX/lpxelinux.0")
@@ -115,6 +120,17 @@ def _install_partclone(root: Path) -> list[Path]:
     return found
 
 
+def _install_grow_tools(root: Path) -> list[Path]:
+    """GROW_TOOLS into /usr/sbin (check_tools made sure the host has them)."""
+    found = []
+    for name in GROW_TOOLS:
+        host = Path(shutil.which(name, path=TOOL_PATH) or name)
+        shutil.copyfile(host, root / "usr/sbin" / name)
+        (root / "usr/sbin" / name).chmod(0o755)
+        found.append(host)
+    return found
+
+
 def _install_busybox(root: Path) -> None:
     if libs.ldd(BUSYBOX):
         raise BuildError(f"{BUSYBOX} is not static: install busybox-static (scripts/install-deps)")
@@ -177,7 +193,7 @@ def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[st
     _strip_debug(agent)
     _install_busybox(root)
     _install_kmod(root)
-    mappers = _install_partclone(root)
+    mappers = _install_partclone(root) + _install_grow_tools(root)
     if trust_key is not None:
         from agent.trust import TRUSTED_KEY_PATH
 
@@ -266,6 +282,10 @@ def check_tools() -> None:
     for path in (PXELINUX, LPXELINUX, LDLINUX, BUSYBOX, KMOD):
         if not path.is_file():
             raise BuildError(f"{path} missing", "run scripts/install-deps (as root)")
+    for name in GROW_TOOLS:
+        if shutil.which(name, path=TOOL_PATH) is None:
+            raise BuildError(f"{name} missing (grow=yes runs it on the nodes)",
+                             "run scripts/install-deps (as root)")
 
 
 def get_kernel(cfg: BuildConfig) -> kernel.Kernel:
@@ -302,7 +322,7 @@ def _build(cfg: BuildConfig) -> Report:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
     kern = get_kernel(cfg)
-    chosen = modules.select(kern.modules_dir, cfg.modules)
+    chosen = modules.select(kern.modules_dir, cfg.modules, modules.ALWAYS)
     phase("kernel")
     work = cfg.work
     frozen = freeze.freeze(cfg.python, work / "freeze")

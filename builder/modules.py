@@ -15,6 +15,7 @@ boot. The compressed files are cached by content, so only a new kernel pays the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -49,6 +50,11 @@ GENERIC: tuple[str, ...] = (
     # USB sticks and disks, with the host controllers that reach them
     "usb_storage", "uas", "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd",
 )
+#: What the node itself needs whatever --modules says: a clone is personalised through a
+#: loop device over its root partition, mounted with the kernel's ext4, xfs or btrfs
+#: (agent.personalize). Their checksums need crc32c: crc32c-intel on CPUs with SSE4.2, else
+#: the generic one (the soft dependency's alias names only one of them).
+ALWAYS: tuple[str, ...] = ("loop", "ext4", "xfs", "btrfs", "crc32c_generic", "crc32c-intel")
 #: Trees whose modules count only when they drive a device (a pci/usb/vmbus/xen/... alias):
 #: drivers/scsi also holds tape, changer and CD drivers, scsi_debug and software initiators.
 HARDWARE_ONLY: tuple[str, ...] = ("drivers/scsi",)
@@ -174,12 +180,16 @@ def parse_spec(spec: str) -> list[str]:
     return (narrow or list(GENERIC)) + extra
 
 
-def select(modules_dir: Path, spec: str = "") -> list[str]:
-    """Module paths (relative to modules_dir) the initrd gets for a --modules spec."""
+def select(modules_dir: Path, spec: str = "", always: tuple[str, ...] = ()) -> list[str]:
+    """Module paths (relative to modules_dir) the initrd gets for a --modules spec, plus
+    `always` (the initrd's ALWAYS) where the kernel has them as modules."""
     index = ModuleIndex.load(modules_dir)
     roots: list[str] = []
     for word in parse_spec(spec):
         roots += index.resolve(word)
+    for word in always:  # built in (or, crc32c-intel, absent) elsewhere: nothing to add
+        with contextlib.suppress(BuildError):
+            roots += index.resolve(word)
     return index.closure(roots)
 
 

@@ -4,6 +4,7 @@ the same inputs give the same bytes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -269,6 +270,11 @@ def test_initrd_holds_init_agent_tools_libraries_and_modules(members):
     # (libtinfo came with readline once; partclone's mappers link it now, libreadline stays out)
     assert not [n for n in members if "libreadline" in n]
     assert [n for n in members if n.startswith("usr/sbin/partclone.")]
+    # grow=yes: Debian's tools; a clone's root mounted through loop with its filesystem
+    for tool in initrd.GROW_TOOLS:
+        assert f"usr/sbin/{tool}" in members, tool
+    for module in ("loop", "ext4", "xfs", "btrfs", "crc32c_generic"):
+        assert [rel for rel in listed if rel.rsplit("/", 1)[-1] == f"{module}.ko.xz"], module
     aliases = members[f"{moddir}/modules.alias"][1].decode()
     assert "pci:v00008086d0000100Esv*sd*bc*sc*i* e1000" in aliases
     assert " virtio_blk" in aliases and " nvme" in aliases and " ahci" in aliases
@@ -298,6 +304,12 @@ def test_programs_in_the_initrd_run_with_only_its_own_libraries(tftpboot, tmp_pa
     assert not (dest / "usr/sbin/ldconfig").exists()
     assert "libudev is /opt/herdcast/_internal/libudev.so.1" in check.stdout, check.stdout
     assert run("/usr/sbin/modprobe", "--version").returncode == 0
+    assert "made (OpenSSH format)" in check.stdout  # a clone's SSH host keys
+    for argv in (["e2fsck", "-V"], ["resize2fs"], ["xfs_growfs", "-V"], ["ntfsresize", "-V"],
+                 ["btrfs", "--version"]):  # each starts (its libraries are there)
+        proc = run(f"/usr/sbin/{argv[0]}", *argv[1:])
+        assert proc.returncode != 127 and "error while loading" not in proc.stderr, proc.stderr
+        assert re.search(r"\d+\.\d+", proc.stdout + proc.stderr), argv  # says its version
     assert run("/bin/sh", "-c", "echo shell-ok").stdout.strip() == "shell-ok"
     udev = run("/opt/herdcast/herdcast", "plan", "--help")
     assert udev.returncode == 0, udev.stderr[-2000:]

@@ -238,3 +238,11 @@ def test_install_names_plain_modules_xz_and_keeps_precompressed_ones(fake_tree, 
     # modules.order keeps .ko names (depmod strips the suffix to match them)
     assert (dest / "modules.order").read_text() == \
         "kernel/drivers/ata/ahci.ko\nkernel/extra/vendor.ko\n"
+
+
+def test_what_the_node_always_needs_comes_whatever_modules_says(fake_tree):
+    """modules.ALWAYS (loop, the root filesystems, crc32c: a clone is personalised with
+    them) is added to a narrow --modules list; a name the kernel lacks is skipped."""
+    chosen = _names(modules.select(fake_tree, "e1000", modules.ALWAYS))
+    assert chosen == {"e1000", "crc32c_generic"}  # the fake kernel has no loop or ext4
+    assert {"loop", "ext4", "xfs", "btrfs", "crc32c_generic"} <= set(modules.ALWAYS)

@@ -102,8 +102,8 @@ print("answered", answered, "REQACKs with nothing received", file=sys.stderr)
 SESSION_FORGER = RAW + r"""
 import os, select, socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
-from agent.udpcast.protocol import (Cap, ConnectReqHc, LateStatus, Op, build,
-                                    build_connect_reply, connect_nonce, opcode)
+from agent.udpcast.extensions import build_connect_reply, connect_nonce
+from agent.udpcast.protocol import Cap, ConnectReqHc, LateStatus, Op, build, opcode
 mode, sender, other, victim, me, seconds = sys.argv[2:8]
 A, B, V = (sender, 9001), (other, 9011), (victim, 9000)
 sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0800))

@@ -17,7 +17,8 @@ from agent.transfer.receive.link import ReceiveError
 from agent.transfer.receive.negotiate import MAX_PEERS, Ask, Join, Negotiation
 from agent.transfer.receive.trust import Trust
 from agent.trust import keys, statements
-from agent.udpcast.protocol import Cap, LateStatus, Op, build, build_connect_reply
+from agent.udpcast.extensions import build_connect_reply
+from agent.udpcast.protocol import Cap, LateStatus, Op, build
 
 SESSIONS = FIXTURES / "udpcast-20120424" / "sessions.pcap"
 ME, SENDER, STRANGER = "10.9.0.11", "10.9.0.10", "10.9.0.66"

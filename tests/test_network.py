@@ -168,6 +168,7 @@ def test_dhcp_lease_from_dnsmasq(tmp_path):
              "--conf-file=/dev/null", "--bind-interfaces", "--interface=eth0",
              "--dhcp-range=10.66.0.50,10.66.0.60,255.255.255.0,1h",
              "--dhcp-option=option:router,10.66.0.1", "--dhcp-option=option:mtu,9000",
+             "--dhcp-host=02:00:00:00:66:02,rack3-node07",  # option 12: the clone's name
              f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'pid'}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -184,6 +185,8 @@ def test_dhcp_lease_from_dnsmasq(tmp_path):
         # the jumbo-frame MTU of option 26 is on the NIC, so the sender fills it
         assert cfg["mtu"] == 9000 and cfg["note"] is None
         assert " mtu 9000 " in addr_show(node)
+        # the name dnsmasq gives this MAC (option 12) is the clone's when hostname= is unset
+        assert cfg["hostname"] == "rack3-node07"
 
 
 def _node(ns: str, cmdline: str, disk: Path) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from agent.transfer.receive.slices import (
     DroppedBySender,
     MissedStart,
 )
+from agent.transfer.send.network import default_data_group
 from agent.udpcast import protocol
 from agent.udpcast.protocol import (
     DATA_HEADER,
@@ -152,8 +153,6 @@ def test_async_and_newer_sender_captures():
     run8 = read_udp(FIX / "udpcast-scenarios" / "run8_snd.pcap")
     hello = next(parse(d.payload)[1] for d in run8 if parse(d.payload)[0] == Op.HELLO)
     assert hello.mcast_addr == "233.254.77.1"  # 20230924's rule, garbage after it ignored
-    from agent.transfer.send.network import default_data_group
-
     assert default_data_group("192.168.77.1") == "233.254.77.1"
 
 
@@ -372,7 +371,7 @@ def test_bitmap_helpers_are_lsb_first():
 def test_connect_reply_image_size_extension():
     """A herdcast sender appends the image size to CONNECT_REPLY for herdcast receivers;
     the first 32 bytes stay udpcast's, so the stock parse still reads them."""
-    from agent.udpcast.protocol import build_connect_reply, image_size, reply_secret
+    from agent.udpcast.extensions import build_connect_reply, image_size, reply_secret
 
     fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
                   mcast_addr="233.254.0.10")
@@ -388,7 +387,7 @@ def test_connect_reply_image_size_extension():
 
 
 def test_connect_reply_names_the_compression_for_herdcast_receivers():
-    from agent.udpcast.protocol import build_connect_reply, reply_codec
+    from agent.udpcast.extensions import build_connect_reply, reply_codec
 
     fields = dict(client_number=3, blocksize=1456, capabilities=Cap.STOCK | Cap.HERDCAST,
                   mcast_addr="233.254.0.10")

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_SENDER = r"""
 import socket, sys, time
 sys.path.insert(0, sys.argv[3])
-from agent.udpcast.protocol import Cap, Op, build, build_connect_reply, parse
+from agent.udpcast.extensions import build_connect_reply
+from agent.udpcast.protocol import Cap, Op, build, parse
 mode, bcast = sys.argv[1], sys.argv[2]
 BS, DATA = 1000, bytes(range(256)) * 10  # 2560 bytes: blocks of 1000, 1000, 560
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -46,7 +47,8 @@ key, SECRET = None, bytes(range(16))  # the receiver's secret, echoed in every H
 if len(sys.argv) > 4:  # a signing sender (test_signed)
     from agent.codec import wire_index
     from agent.trust import keys, statements
-    from agent.udpcast.protocol import HcDigestAckSigned, connect_nonce
+    from agent.udpcast.extensions import connect_nonce
+    from agent.udpcast.protocol import HcDigestAckSigned
     key, nonce = keys.load_private(sys.argv[4]), connect_nonce(data)
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.connect(peer)

@@ -133,6 +133,9 @@ ONE_SIDED = {
               "drop it (blocks= is the sender's)"),
     "serve": ("snd", False, "serving is what a sender does; for umode=rcv drop it (or use "
               "umode=snd)"),
+    **{name: ("rcv", unused, f"{name}= is what a receiver does to its clone; for umode=snd "
+              "drop it") for name, unused in (("grow", False), ("hostname", None),
+                                              ("identity", None), ("userdata", None))},
 }
 
 
@@ -164,7 +167,7 @@ def parse_cmdline(text: str) -> BootConfig:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CmdlineError(f"{udpcparam}: {reason}") from None
     for name, (side, unused, why) in ONE_SIDED.items():
-        if umode != side and values[name] != unused:
+        if umode != side and values.get(name) != unused:
             raise CmdlineError(f"{shown(name, given[name])}: {why}")
     if values["serve"] and (conflict := serve_conflict(extra)):
         raise CmdlineError(f"{udpcparam}: {conflict} (serve=yes is --serve)")

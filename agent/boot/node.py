@@ -83,12 +83,34 @@ def load_config(text: str, disk: str | None = None) -> BootConfig:
     return dataclasses.replace(cfg, disk=disk) if disk else cfg
 
 
-def run_options(cfg: BootConfig, interface: str | None) -> SendOptions | ReceiveOptions:
+def run_options(cfg: BootConfig, interface: str | None, dhcp_name: str | None = None,
+                con: Console | None = None) -> SendOptions | ReceiveOptions:
     """The options of the transfer this node runs, once the network step has named the
-    interface: the plan's (`cfg.transfer`, parsed once from udpcparam= with disk=, port=,
-    compr= ... set as values). An --interface in udpcparam wins."""
+    interface (and the DHCP server perhaps the node): the plan's (`cfg.transfer`, parsed
+    once from udpcparam= with disk=, port=, compr=, hostname= ... set as values). An
+    --interface in udpcparam wins; a receiver with hostname= unset is named by the DHCP
+    server (option 12) when it names it."""
     opts = cfg.transfer
+    if not cfg.sending and opts.hostname is None:
+        opts = dataclasses.replace(opts, hostname=dhcp_hostname(dhcp_name, con or Console()))
     return dataclasses.replace(opts, interface=opts.interface or interface)
+
+
+def dhcp_hostname(dhcp_name: str | None, con: Console) -> str | None:
+    """The clone's name from the DHCP server (option 12), or None when it gave none or gave
+    one that is no hostname (said on the console and not written)."""
+    from agent.personalize.wishes import WishError, check_hostname
+
+    if not dhcp_name:
+        return None
+    try:
+        name = check_hostname(dhcp_name)
+    except WishError:
+        con.say(f"clone: the DHCP server's host name {dhcp_name[:64]!r} is no hostname: "
+                "not written (set hostname=)")
+        return None
+    con.say(f"clone: named {name} by the DHCP server (option 12; hostname= overrides)")
+    return name
 
 
 def confirm(cfg: BootConfig, con: Console) -> None:
@@ -202,6 +224,10 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
             con.say(f"receiver {r.address}: {r.verdict}, {r.bytes} bytes"
                     + (f", sha256 {r.digest}" if r.digest else ""))
         what = f"sha256 of the {opts.compress} stream" if opts.compress else "sha256"
+        if result.changes is not None:
+            con.say(f"clone: {len(result.changes)} change(s) after the digest agreed")
+            for line in result.changes:
+                con.say(f"  changed: {line}")
         con.say(f"SUCCESS: {verb} {result.bytes} bytes in {result.seconds:.1f} s "
                 f"({rate:.1f} MB/s), {what} {result.sha256 or 'unknown'}")
         return
@@ -210,6 +236,12 @@ def report_result(cfg: BootConfig, opts: SendOptions | ReceiveOptions, result, c
         raise NodeFailure(f"send: {error.what}", _joined(
             error.fix, "the receivers' disks are incomplete; fix it and boot them "
             "again")) from error
+    from agent.personalize.run import PersonalizeError
+
+    if isinstance(error, PersonalizeError):  # after the digest agreed: the image is whole
+        raise NodeFailure(f"receive: {error.what}", _joined(
+            error.fix, f"disk {opts.file} holds the master's image, not yet this node's "
+            "own: fix the cause and image this node again")) from error
     raise NodeFailure(f"receive: {error.what} after {result.bytes} bytes", _joined(
         error.fix, f"disk {opts.file} is INCOMPLETE, do not boot from it; fix the cause "
         "and image this node again")) from error
@@ -250,7 +282,7 @@ def run(args: NodeArgs) -> BaseException | None:
         if not args.no_hardware:
             hardware_step(cfg, con)
         net = network_step(cfg, args, con)
-        opts = run_options(cfg, net.ifname)
+        opts = run_options(cfg, net.ifname, net.hostname, con)
         disk_step(cfg, args, con)
         confirm(cfg, con)
         started = time.monotonic()

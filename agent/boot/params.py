@@ -6,9 +6,9 @@ working), pxelinux's `BOOTIF=` and `ip=`, and a few herdcast additions. The decl
 and the agreement test with kernel-cmdline.md (the user's contract) all read.
 
 A parameter that sets a transfer option (disk=, port=, compr=, blocks=, blank=, verify=,
-serve=) takes its words and default from that option's row (agent.transfer.optiontable),
-so a word added there is accepted here (and tests/test_cmdline_doc.py asks
-kernel-cmdline.md to list it).
+serve=, and the clone's grow=, hostname=, identity=, userdata=) takes its words and default
+from that option's row (agent.transfer.optiontable), so a word added there is accepted here
+(and tests/test_cmdline_doc.py asks kernel-cmdline.md to list it).
 
 A converter turns a value's text into its typed value or raises BadValue("problem; fix");
 every value is checked before the node touches any hardware.
@@ -149,6 +149,30 @@ def _console(value: str) -> str:
     return value
 
 
+def _hostname(value: str) -> str:
+    """hostname=NAME; hostname= (empty) is no name at all, not even the DHCP server's."""
+    from agent.personalize.wishes import WishError, check_hostname
+
+    if value == "":
+        return value
+    try:
+        return check_hostname(value)
+    except WishError:
+        raise BadValue("not a hostname; use letters, digits and '-' (labels of up to 63, "
+                       "dots between), e.g. hostname=node07 or hostname=node07.lab.example"
+                       ) from None
+
+
+def _userdata(value: str) -> str:
+    from agent.personalize.wishes import USERDATA_SCHEMES
+
+    if not value.startswith(USERDATA_SCHEMES) or len(value) > 1024 \
+            or any(ord(c) < 33 for c in value):
+        raise BadValue("not a URL the node can fetch; use userdata=http://SERVER/PATH or "
+                       "userdata=tftp://SERVER/PATH")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # The declaration
 
@@ -177,10 +201,11 @@ class Param:
 
 def _for_option(name: str, convert: Callable[[str], object] | None = None,
                 default: str | None = None, what: str = "a choice",
-                aliases: dict[str, str] | None = None) -> Param:
+                aliases: dict[str, str] | None = None, unset: bool = False) -> Param:
     """The boot parameter that sets a transfer option: its words and default are the option
     row's (a yes/no switch for a store_true one); `convert`/`default` only where the node's
-    differ (disk= is a /dev path and defaults to /dev/sda; port= a checked number)."""
+    differ (disk= is a /dev path and defaults to /dev/sda; port= a checked number). `unset`:
+    absent is None, not the first word (identity= unset is decided by the clone's name)."""
     row = BOOT[name]
     aliases = aliases or {}
     if row.annotation == "bool":
@@ -194,6 +219,7 @@ def _for_option(name: str, convert: Callable[[str], object] | None = None,
         if choices:
             convert = convert or _choice(name, choices, aliases, what)
     assert convert is not None, f"{name}= needs a converter"
+    text = None if unset else text
     return Param(name, convert, default if default is not None else text, choices=choices,
                  aliases=aliases, option=row.dest)
 
@@ -223,6 +249,10 @@ _PARAM_LIST = [
     _for_option("blank"),
     _for_option("verify"),
     _for_option("serve"),
+    _for_option("grow"),
+    _for_option("hostname", _hostname),
+    _for_option("identity", unset=True),
+    _for_option("userdata", _userdata),
     Param("BOOTIF", _bootif, None, attr="bootif_mac"),
     Param("post", _choice("post", POST_ACTIONS, {}, "an action"), "poweroff",
           choices=POST_ACTIONS),

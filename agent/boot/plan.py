@@ -75,6 +75,7 @@ def describe(cfg: BootConfig) -> list[str]:
             "a read-write mounted filesystem on the disk is sent with a warning "
             "(mounted=warn)")] if cfg.sending else []),
         _wire(cfg),
+        *([] if cfg.sending else [("clone", _clone(cfg))]),
         ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
         ("transfer", shlex.join(transfer_command(cfg))),
         ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),
@@ -86,6 +87,28 @@ def describe(cfg: BootConfig) -> list[str]:
                      "messages are English, the kernel keymap is kept)"))
     width = max(len(label) for label, _ in rows)
     return [f"  {label:<{width}}  {text}" for label, text in rows]
+
+
+def _clone(cfg: BootConfig) -> str:
+    """What is done to the clone once its digest agreed (agent.personalize): the receive
+    options the node runs (`cfg.transfer`: grow=, hostname=, identity=, userdata=)."""
+    t = cfg.transfer
+    if t.hostname == "":
+        name = "no host name written (hostname= empty)"
+    elif t.hostname:
+        name = f"host name {t.hostname} (hostname=)"
+    else:
+        name = "the host name the DHCP server gives (option 12), if it gives one"
+    fresh = {"fresh": "fresh machine-id and SSH host keys (identity=fresh)",
+             "keep": "the master's machine-id and SSH host keys kept (identity=keep)"}.get(
+        t.identity or "", "fresh machine-id and SSH host keys (it is named; identity=keep "
+        "keeps the master's)" if t.hostname else "fresh machine-id and SSH host keys if "
+        "it gets a name (identity=)")
+    return ("a GPT fitted to the disk; "
+            + ("the last partition and its filesystem grown to the end (grow=yes); "
+               if t.grow else "")
+            + f"{name}; {fresh}"
+            + (f"; cloud-init user-data from {t.userdata}" if t.userdata else ""))
 
 
 def _wire(cfg: BootConfig) -> tuple[str, str]:

@@ -22,8 +22,8 @@ from agent.image.files import capture, check_input, restore
 from agent.image.sink import BLANK_MODES
 from agent.image.store import ImageFileError, read_info
 from agent.image.usedmap import used_map
-from agent.personalize.wishes import add_wish_arguments, wishes_from
 from agent.say import say
+from agent.transfer.options import WISHES, add_rows, wishes_of
 
 FREE_SPACE = {"keep": "free space left as it was", "zero": "free space zeroed",
               "discard": "free space discarded"}
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("disk", help="the disk to overwrite (refused while mounted or in use)")
     r.add_argument("--blank", choices=BLANK_MODES, default="keep",
                    help="free space: keep it as it is (default), zero it, or discard it")
-    add_wish_arguments(r)
+    add_rows(r, WISHES)  # --grow, --hostname, --identity, --userdata: receive's rows
     i = sub.add_parser("info", help="an image file's layout, sizes and digest")
     i.add_argument("file", help="the image file")
     ls = sub.add_parser("list", help="the images in DIR: source host, date, size, partitions")
@@ -91,7 +91,7 @@ def _run(ns: argparse.Namespace) -> int:
                        ns.description)
         say(f"captured {ns.disk} into {ns.file}: {size} bytes ({human(size)})")
     else:
-        wishes = wishes_from(ns)  # a bad --hostname is refused before any write
+        wishes = wishes_of(ns)  # a bad --hostname is refused before any write
         done = restore(ns.file, ns.disk, ns.blank)
         say(f"restored {ns.file} onto {ns.disk}: {done.written} bytes of data written, "
             f"{done.cleared} bytes cleared to zero, {FREE_SPACE[ns.blank]} "

@@ -41,10 +41,12 @@ class NetConfig:
     server: str | None = None  # the DHCP server that answered
     mtu: int | None = None  # set from the DHCP lease (option 26), when it gave one
     note: str | None = None  # something the console should show, e.g. an MTU not taken
+    hostname: str | None = None  # the name the DHCP server gave (option 12), if any
 
     def describe(self) -> str:
         gw = f" gateway {self.gateway}" if self.gateway else ""
         by = f" from {self.server}" if self.server else ""
+        by += f", host name {self.hostname}" if self.hostname else ""
         mtu = f" mtu {self.mtu}" if self.mtu else ""
         note = f" ({self.note})" if self.note else ""
         return (f"{self.ifname} ({self.mac}) {self.ip}/{self.prefixlen} broadcast "
@@ -168,10 +170,11 @@ async def _dhcp_lease(ifname: str, timeout: float):
     from pyroute2.dhcp.fsm import State
 
     # the broadcast address and the MTU too: receivers find the sender by broadcast, and a
-    # network with jumbo frames says so in option 26 (the sender then sends 6x fewer packets)
+    # network with jumbo frames says so in option 26 (the sender then sends 6x fewer packets);
+    # the host name (option 12) is the clone's when no hostname= names it
     wanted = (Option.SUBNET_MASK, Option.ROUTER, Option.BROADCAST_ADDRESS,
               Option.INTERFACE_MTU, Option.LEASE_TIME, Option.RENEWAL_TIME,
-              Option.REBINDING_TIME)
+              Option.REBINDING_TIME, Option.HOST_NAME)
     cfg = ClientConfig(interface=ifname, lease_type=_no_store_lease(), hooks=(),
                        handle_signals=False, release=False, write_pidfile=False,
                        vendor_id="herdcast", host_name=None, retransmission=_backoff,
@@ -221,8 +224,9 @@ def configure_dhcp(ipr: IPRoute, link: Link, timeout: float = 60.0) -> NetConfig
             ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=link.index)
         except Exception:  # a bad router option must not stop imaging on the local net
             gateway = None
+    name = lease.ack["options"].get("host_name") or None  # option 12: personalize's default
     return NetConfig(link.ifname, link.mac, ip, prefixlen, brd, gateway, "dhcp", server,
-                     mtu, note)
+                     mtu, note, name.strip() if isinstance(name, str) else None)
 
 
 def _apply_mtu(ipr: IPRoute, link: Link, lease) -> tuple[int | None, str | None]:

@@ -84,6 +84,10 @@ def _configure(loop_fd: int, backing: int, offset: int, length: int, name: str) 
 def loop_over(disk: str, offset: int, length: int) -> Iterator[str]:
     """A loop device showing bytes [offset, offset+length) of `disk`; yields its path and
     detaches it afterwards. Another process taking the same free device is retried."""
+    if not os.path.exists("/dev/loop-control"):  # a node: the loop module is not loaded yet
+        from agent.hw.modprobe import ModuleLoad, modprobe_command, run_loads
+
+        run_loads([ModuleLoad("loop")], modprobe_command())
     try:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:

@@ -76,8 +76,9 @@ def _grow(disk: str, fd: int, size: int, changed, noted) -> None:
     from agent.personalize.grow import grow_filesystem, grow_partition
 
     part, line = grow_partition(fd, size)
-    (changed if part is not None and "already" not in line else noted)(line)
-    if part is None:
+    moved = part is not None and "already" not in line
+    (changed if moved else noted)(line)
+    if not moved:  # the disk is the master's size: its filesystem fills it already
         return
     os.fsync(fd)
     grown, line = grow_filesystem(disk, fd, part)

@@ -65,23 +65,3 @@ class Wishes:
             (["fresh machine-id and SSH host keys"] if self.fresh else []) + \
             ([f"cloud-init user-data from {self.userdata}"] if self.userdata else [])
         return ", ".join(asked) or "none (a byte-faithful clone; a GPT is fitted to the disk)"
-
-
-def add_wish_arguments(parser) -> None:
-    """--grow, --hostname, --identity, --userdata on an argparse parser (herdcast receive,
-    herdcast image restore): the boot parameters' twins."""
-    parser.add_argument("--grow", action="store_true",
-                        help="extend the last partition and its filesystem to the disk's end")
-    parser.add_argument("--hostname", help="write NAME into the clone's /etc/hostname and "
-                        "/etc/hosts (and give it a fresh identity unless --identity keep)")
-    parser.add_argument("--identity", choices=IDENTITIES,
-                        help="fresh: empty machine-id, new SSH host keys (default with "
-                        "--hostname); keep: byte-faithful")
-    parser.add_argument("--userdata", help="cloud-init user-data (URL or file) for the "
-                        "clone's NoCloud seed")
-
-
-def wishes_from(ns) -> Wishes:
-    """The Wishes of parsed --grow/--hostname/--identity/--userdata."""
-    return Wishes(grow=bool(ns.grow), hostname=ns.hostname or None, identity=ns.identity,
-                  userdata=ns.userdata or None)

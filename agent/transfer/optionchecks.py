@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import UsageError
+from agent.personalize.wishes import WishError, check_hostname
 from agent.udpcast.protocol import MAX_BLOCKSIZE
 
 
@@ -115,6 +116,16 @@ def codec_check(value: str, option: str) -> str | None:
 
 def fec_check(text: str, option: str) -> FecSpec:
     return parse_fec(text)
+
+
+def hostname_check(text: str, option: str) -> str:
+    """A clone's name; empty is no name at all (a node then takes none from DHCP either)."""
+    if text == "":
+        return text
+    try:
+        return check_hostname(text)
+    except WishError as exc:
+        raise OptionError(f"{option}: {exc.what}", exc.fix) from None
 
 
 def number(value: float) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from agent.personalize.wishes import Wishes
 from agent.transfer.optionchecks import FecSpec, OptionError, parse_fec, parse_size
 from agent.transfer.optiontable import (
     DEFAULT_DROP_AFTER,
@@ -23,10 +24,10 @@ from agent.transfer.optiontable import (
     rows,
 )
 
-__all__ = ["DEFAULT_DROP_AFTER", "DEFAULT_PORTBASE", "UNSUPPORTED", "CommonOptions", "FecSpec",
-           "OptionError", "ReceiveOptions", "SendOptions", "parse_fec", "parse_receive_args",
-           "parse_send_args", "parse_size", "receive_parser", "send_parser", "serve_conflict",
-           "to_argv"]
+__all__ = ["DEFAULT_DROP_AFTER", "DEFAULT_PORTBASE", "UNSUPPORTED", "WISHES", "CommonOptions",
+           "FecSpec", "OptionError", "ReceiveOptions", "SendOptions", "add_rows", "parse_fec",
+           "parse_receive_args", "parse_send_args", "parse_size", "receive_parser",
+           "send_parser", "serve_conflict", "to_argv", "wishes_of"]
 
 
 def _fields_from_rows(sides: tuple[str, ...]):
@@ -66,6 +67,13 @@ class SendOptions(CommonOptions):
 @_fields_from_rows(("receive",))
 class ReceiveOptions(CommonOptions):
     """What `udp-receiver` takes, and herdcast's own."""
+
+    @property
+    def wishes(self) -> Wishes:
+        """What the clone becomes after its digest agreed (agent.personalize): --grow,
+        --hostname (empty: none), --identity, --userdata."""
+        return Wishes(grow=self.grow, hostname=self.hostname or None,
+                      identity=self.identity, userdata=self.userdata)
 
 
 OPTION_CLASSES: dict[str, type] = {"send": SendOptions, "receive": ReceiveOptions}
@@ -183,6 +191,23 @@ def parse_receive_args(argv: list[str]) -> ReceiveOptions:
         raise OptionError("--verify readback: needs --file (a disk or file) and no --pipe, "
                           "to read back what was written")
     return _fill("receive", ns)
+
+
+#: The rows of what a clone becomes (ReceiveOptions.wishes), which `herdcast image restore`
+#: takes too.
+WISHES = ("grow", "hostname", "identity", "userdata")
+
+
+def add_rows(p: argparse.ArgumentParser, dests: tuple[str, ...], side: str = "receive") -> None:
+    """The rows of `side` setting `dests` on another command's parser, as `side` has them."""
+    for row in rows(side):
+        if row.dest in dests:
+            _add(p, row, side)
+
+
+def wishes_of(ns: argparse.Namespace) -> Wishes:
+    """The clone's wishes from a namespace holding the WISHES rows, checked as they are."""
+    return ReceiveOptions(**{d: FIELDS[d].value_of(getattr(ns, d)) for d in WISHES}).wishes
 
 
 def side_of(opts: CommonOptions) -> str:

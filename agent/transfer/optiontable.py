@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 from agent.codec import NAMES as CODECS
 from agent.image.sink import BLANK_MODES  # what unpacking does with free space
+from agent.personalize.wishes import IDENTITIES  # a clone's machine-id and SSH host keys
 from agent.transfer.optionchecks import (
     at_least,
     blocksize_check,
     codec_check,
     fec_check,
+    hostname_check,
     ipv4,
     number,
     size,
@@ -278,6 +280,21 @@ OPTIONS: list[Option] = [
     Option(("--trust-key",), "trust_key", sides=RECEIVE, metavar="FILE.pub",
            help=HERDCAST + "image only from a sender that signs with this public key's pair "
                 "(default: /etc/herdcast/trusted.pub if it exists)"),
+    # what the clone becomes once its digest agreed (agent.personalize; a GPT is always
+    # fitted to a disk written): the fields of ReceiveOptions.wishes
+    _flag(("--grow",), "grow", sides=RECEIVE, boot="grow",
+          help=HERDCAST + "extend the last partition and its filesystem to the disk's end"),
+    Option(("--hostname",), "hostname", sides=RECEIVE, check=hostname_check, boot="hostname",
+           metavar="NAME",
+           help=HERDCAST + "write NAME into the clone's /etc/hostname and /etc/hosts (and give "
+                "it a fresh identity unless --identity keep); on a node hostname= unset is "
+                "the DHCP server's name, empty none"),
+    Option(("--identity",), "identity", sides=RECEIVE, choices=IDENTITIES, boot="identity",
+           help=HERDCAST + "fresh: empty machine-id, new SSH host keys (the default with a "
+                "name); keep: byte-faithful"),
+    Option(("--userdata",), "userdata", sides=RECEIVE, boot="userdata", metavar="URL|FILE",
+           help=HERDCAST + "cloud-init user-data for the clone's NoCloud seed (a node takes "
+                "http://, https:// or tftp:// URLs)"),
 ]
 
 #: The row that declares each field (the first with that dest).

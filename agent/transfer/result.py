@@ -35,3 +35,4 @@ class TransferResult:
     error: HerdcastError | None = None
     receivers: list[Receiver] = field(default_factory=list)  # the sender's rows
     stats: SendStats | None = None  # the sender's counters (None on the receiving side)
+    changes: list[str] | None = None  # a receiver's: what personalising changed on the disk

@@ -36,8 +36,6 @@ from construct import (
     Struct,
 )
 
-from agent.codec import from_wire, wire_index
-
 MAX_UDP_PAYLOAD = 65507  # the most one IPv4 UDP datagram carries (65535 - 20 IP - 8 UDP)
 MAX_CLIENTS = 1024  # udpcast's participant table; REQACK/RETRANSMIT bitmaps are this wide
 BITMAP_BYTES = MAX_CLIENTS // 8  # 128
@@ -70,6 +68,9 @@ class Op(IntEnum):
     HC_NEED = 0x4813
     HC_CHUNK = 0x4814
     HC_IDLE = 0x4815
+    # what personalising changed on the clone (agent.personalize; after the digest)
+    HC_CHANGED = 0x4820
+    HC_CHANGED_ACK = 0x4821
 
 
 class Cap:
@@ -236,6 +237,19 @@ HcLate = Struct(  # sender -> receiver unicast, answering a CONNECT_REQ mid-tran
     "slice_no" / Int32ub,  # slice being sent now, for the message
 )
 
+
+class ChangedStatus(IntEnum):
+    """HC_CHANGED: WORKING every second while the clone is personalised (the sender waits),
+    then DONE (`text`: what was changed, a line each) or FAILED (`text`: why)."""
+
+    WORKING, DONE, FAILED = 1, 2, 3
+
+
+CHANGED_TEXT = 1200  # bytes of UTF-8, NUL-padded: the datagram stays within one frame
+# receiver -> sender after its digest agreed, until the HC_CHANGED_ACK (16 bytes: as long as
+# a DATA header, so the receiver's length check stays one test)
+HcChanged = Struct("opcode" / Int16ub, "status" / Int16ub, "text" / Bytes(CHANGED_TEXT))
+HcChangedAck = Struct("opcode" / Int16ub, "status" / Int16ub, Padding(12))
 MESSAGES: dict[int, Construct] = {
     Op.OK: Ok,
     Op.RETRANSMIT: Retransmit,
@@ -252,6 +266,8 @@ MESSAGES: dict[int, Construct] = {
     Op.HC_DIGEST: HcDigest,
     Op.HC_DIGEST_ACK: HcDigestAck,
     Op.HC_LATE: HcLate,
+    Op.HC_CHANGED: HcChanged,
+    Op.HC_CHANGED_ACK: HcChangedAck,
 }
 
 SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}
@@ -264,67 +280,6 @@ def build(op: Op, **fields) -> bytes:
     values = {"opcode": int(op), "reserved": 0, "reserved2": 0}
     values.update(fields)
     return msg.build(values)
-
-
-def image_size(datagram: bytes | memoryview) -> int | None:
-    """The image size a herdcast sender appended to CONNECT_REPLY; None if absent/0."""
-    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
-    return ext.image_size or None if ext is not None else None
-
-
-def reply_codec(datagram: bytes | memoryview) -> str | None:
-    """The compression a herdcast sender announced in CONNECT_REPLY ("none", "gz", ...);
-    None when it announced nothing (a stock sender) or something unknown."""
-    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
-    return None if ext is None else from_wire(ext.codec)
-
-
-def build_connect_reply(*, image_size: int | None = None, codec: str | None = None,
-                        secret: bytes = bytes(SECRET_BYTES), **fields) -> bytes:
-    """CONNECT_REPLY; with `image_size` (herdcast receivers only) the extended form, which
-    also names the stream's compression (None: none) and the receiver's secret."""
-    if image_size is None:
-        return build(Op.CONNECT_REPLY, **fields)
-    values = {"opcode": int(Op.CONNECT_REPLY), "reserved": 0, "image_size": image_size,
-              "codec": wire_index(codec), "secret": secret}
-    values.update(fields)
-    return ConnectReplyHc.build(values)
-
-
-def _extension(datagram: bytes | memoryview, op: Op, declaration: Struct) -> Container | None:
-    """`datagram` parsed with the longer herdcast `declaration` of `op`; None if shorter."""
-    size = declaration.sizeof()
-    if len(datagram) < size or opcode(datagram) != op:
-        return None
-    try:
-        return declaration.parse(bytes(datagram[:size]))
-    except (ConstructError, ValueError):
-        return None
-
-
-def reply_secret(datagram: bytes | memoryview) -> bytes | None:
-    """The secret a herdcast sender told this receiver in its CONNECT_REPLY, or None."""
-    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplyHc)
-    return ext.secret if ext is not None else None
-
-
-def connect_nonce(datagram: bytes | memoryview) -> bytes | None:
-    """The nonce a receiver with a trusted key appended to its CONNECT_REQ, or None."""
-    ext = _extension(datagram, Op.CONNECT_REQ, ConnectReqHc)
-    return ext.nonce if ext is not None else None
-
-
-def reply_signature(datagram: bytes | memoryview) -> tuple[bytes, bytes] | None:
-    """(image identity, signature) a signing sender appended to its CONNECT_REPLY, or
-    None."""
-    ext = _extension(datagram, Op.CONNECT_REPLY, ConnectReplySigned)
-    return (ext.image, ext.signature) if ext is not None else None
-
-
-def signed_result(datagram: bytes | memoryview) -> tuple[bytes, int, bytes] | None:
-    """(sha256, kind, signature) of a signing sender's HC_DIGEST_ACK, or None."""
-    ext = _extension(datagram, Op.HC_DIGEST_ACK, HcDigestAckSigned)
-    return (ext.sha256, ext.kind, ext.signature) if ext is not None else None
 
 
 def opcode(datagram: bytes | memoryview) -> int | None:

@@ -41,6 +41,7 @@ DEFAULT_RCVBUF = 4 << 20
 SCRATCH = 65536  # more than MAX_UDP_PAYLOAD: any datagram fits
 _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
+_HC_CHANGED_ACK = int(Op.HC_CHANGED_ACK)
 
 
 class ReceiveError(HerdcastError, RuntimeError):
@@ -102,6 +103,7 @@ class Link:
         self.digest_sent: tuple[int, bytes, int] | None = None
         self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
         self.trust = None  # receive.trust.Trust: a signed session is required
+        self.changed_ack = False  # the sender has what personalising changed (receive.personal)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -239,6 +241,8 @@ class Link:
         op = scratch[0] << 8 | scratch[1]
         if n < HEADER_SIZE and op != _HC_DIGEST_ACK:  # HC_DIGEST_ACK is 12 bytes
             return
+        if self.assembler is None and op in (_DATA, _REQACK, _FEC):
+            return  # slices for others: this one took the chunk carousel (receive.carousel)
         if op == _DATA:
             h = DATA_HEADER.unpack_from(scratch)
             self.assembler.on_data(h[2], h[3], h[5], self.mv[HEADER_SIZE:n])
@@ -275,6 +279,8 @@ class Link:
                     return
                 ack.agreed = int(ack.agreed and same)
             self.digest_ack = ack
+        elif op == _HC_CHANGED_ACK:
+            self.changed_ack = True
 
     def pump(self, timeout: float) -> bool:
         """Wait up to `timeout` for datagrams and handle them all; True if any came."""

@@ -29,17 +29,8 @@ from dataclasses import dataclass
 
 from agent.say import say
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
-from agent.udpcast.protocol import (
-    HEADER_SIZE,
-    MAX_UDP_PAYLOAD,
-    Cap,
-    LateStatus,
-    Op,
-    image_size,
-    parse,
-    reply_codec,
-    reply_secret,
-)
+from agent.udpcast.extensions import image_size, reply_codec, reply_secret
+from agent.udpcast.protocol import HEADER_SIZE, MAX_UDP_PAYLOAD, Cap, LateStatus, Op, parse
 
 CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
 MISSED_START_WAIT = 2.0  # how long a running transfer may go on without answering us

@@ -18,6 +18,7 @@ from agent.image.stream import is_image
 from agent.say import say
 from agent.transfer.options import OptionError, ReceiveOptions
 from agent.transfer.progress import Progress
+from agent.transfer.receive import personal
 from agent.transfer.receive.finish import finish
 from agent.transfer.receive.link import Link, ReceiveError, Session
 from agent.transfer.receive.negotiate import negotiate
@@ -192,16 +193,22 @@ def _receive(r: Receiver, start: float) -> TransferResult:
             from agent.transfer.receive.carousel import ChunkReceiver
 
             digest, written = ChunkReceiver(r.link, session).run()
+            changes = None
+            if personal.wanted(opts, None):  # the digest agreed: now the clone
+                changes = personal.personalise(r.link, opts.file, opts.wishes).changes
             r.link.disconnect()
             return TransferResult(True, bytes=written, seconds=time.monotonic() - start,
-                                  sha256=digest)
+                                  sha256=digest, changes=changes)
         r.transfer(session)
         digest = finish(r.link, r.writer, r.output)
+        changes = None
+        if personal.wanted(opts, r.output):  # the digest agreed: now the clone
+            changes = personal.personalise(r.link, opts.file, opts.wishes).changes
         r.link.disconnect()
         if opts.description:
             _describe(opts, r.output)
         return TransferResult(True, bytes=r.writer.bytes, seconds=time.monotonic() - start,
-                              sha256=digest)
+                              sha256=digest, changes=changes)
     except MissedStart as exc:
         raise ReceiveError(f"{exc.what}: this receiver missed the start of the transfer",
                            "start the receivers before the sender, or restart the "

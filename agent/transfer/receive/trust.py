@@ -20,7 +20,7 @@ from agent.codec import wire_index
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.trust import TRUSTED_KEY_PATH, statements
-from agent.udpcast.protocol import image_size, reply_codec, reply_signature, signed_result
+from agent.udpcast.extensions import image_size, reply_codec, reply_signature, signed_result
 
 
 class Trust:

@@ -15,7 +15,7 @@ import time
 from agent.say import say
 from agent.transfer.send.record import Verdict
 from agent.transfer.send.signing import digest_ack
-from agent.udpcast.protocol import Cap, LateStatus, Op, build
+from agent.udpcast.protocol import Cap, ChangedStatus, LateStatus, Op, build
 
 
 class Answers:
@@ -33,6 +33,9 @@ class Answers:
         ip = addr[0]
         if op == Op.HC_DIGEST:
             self._digest(ip, addr, msg)
+            return
+        if op == Op.HC_CHANGED:
+            self._changed(ip, addr, msg)
             return
         r = self.table.participants.get(ip)
         if op == Op.CONNECT_REQ:
@@ -109,3 +112,28 @@ class Answers:
         self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, agreed,
                                  self.total, self.digest, self.kind), addr)
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)
+
+    def _changed(self, ip: str, addr: tuple[str, int], msg) -> None:
+        note_changed(self.table, self.net, ip, addr, msg)
+
+
+def note_changed(table, net, ip: str, addr: tuple[str, int], msg) -> None:
+    """A receiver whose digest agreed personalising its clone (after a round or the chunk
+    carousel): WORKING keeps the sender waiting (Receiver.personalising); DONE and FAILED
+    go in its row, acknowledged every time (the receiver repeats them until it hears so)."""
+    r = table.find(ip)
+    if r is None or r.verdict is not Verdict.OK or not r.herdcast:
+        return
+    r.personal_at = time.monotonic()
+    if msg.status == ChangedStatus.WORKING:
+        r.personalised = r.personalised or "working"
+        return
+    if msg.status not in (ChangedStatus.DONE, ChangedStatus.FAILED):
+        return
+    net.send(build(Op.HC_CHANGED_ACK, status=msg.status), addr)
+    if r.personalised in ("done", "failed"):
+        return  # a repeat: our acknowledgement was lost
+    text = msg.text.rstrip(b"\0").decode(errors="replace")
+    r.personalised = "done" if msg.status == ChangedStatus.DONE else "failed"
+    r.changes = [line for line in text.splitlines() if line.strip()]
+    table.observer.on_changed(r)

@@ -28,6 +28,7 @@ import time
 
 from agent.image.chunkfile import ChunkedFile, chunk_image
 from agent.say import say
+from agent.transfer.send.answers import note_changed
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table
@@ -36,10 +37,14 @@ from agent.transfer.send.session import SendSession
 from agent.transfer.send.signing import digest_ack, signer
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, connect_nonce, parse
+from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, parse
 
 IDLE_INTERVAL = 0.25  # nobody lacks anything: say so this often, so lost HC_NEEDs repeat
 DROP_SILENCE = 30.0  # a receiver without a verdict that says nothing for this long is dropped
+# every verdict given: this long for the receivers' DISCONNECT (a lost HC_DIGEST_ACK is asked
+# again meanwhile), longer while one says it is personalising its clone (HC_CHANGED)
+GOODBYE_WAIT = 3.0
 MAX_PIECES = 64  # manifest pieces per HC_MANIFEST_REQ
 
 
@@ -99,6 +104,7 @@ class Carousel:
             self.poller.register(s.fileno(), select.EPOLLIN)
         self._socks = {s.fileno(): s for s in self.net.sockets}
         self._rx = bytearray(2048)
+        self.settled_at: float | None = None  # when the last verdict was given
 
     # ------------------------------------------------------------------ the loop
 
@@ -128,9 +134,19 @@ class Carousel:
         self.poller.close()
 
     def _over(self) -> bool:
+        """Stopped, or every receiver has its verdict and has said goodbye (or GOODBYE_WAIT
+        passed with none of them personalising its clone)."""
         if self.stop():
             return True
-        return all(r.verdict is not None for r in self.table.participants.values())
+        staying = list(self.table.participants.values())
+        if any(r.verdict is None for r in staying):
+            self.settled_at = None
+            return False
+        now = time.monotonic()
+        self.settled_at = self.settled_at or now
+        staying = [r for r in staying if r.herdcast]
+        return not staying or (now - self.settled_at >= GOODBYE_WAIT
+                               and not any(r.personalising(now) for r in staying))
 
     def _drop_silent(self) -> None:
         now = time.monotonic()
@@ -188,6 +204,9 @@ class Carousel:
             return
         if op == Op.HC_DIGEST:
             self._digest(ip, addr, msg)
+            return
+        if op == Op.HC_CHANGED:
+            note_changed(self.table, self.net, ip, addr, msg)
             return
         if r is None:
             return

@@ -110,6 +110,18 @@ class Fleet(TableEvents):
         self.emit(event_of(r), r, verdict=str(r.verdict), reason=r.reason)
         self.observer.verdict(r)
 
+    def on_changed(self, r: Receiver) -> None:
+        """What personalising changed on its clone (or why it failed): lines and an event."""
+        name = r.address + (f" ({r.hostname})" if r.hostname else "")
+        if r.personalised == "failed":
+            say(f"herdcast send: receiver {name} not personalised: "
+                f"{'; '.join(r.changes) or 'no reason given'}")
+        else:
+            say(f"herdcast send: receiver {name} personalised, {len(r.changes)} change(s)")
+            for line in r.changes:
+                say(f"herdcast send:   {r.address} changed: {line}")
+        self.emit("personalised", r, status=r.personalised, changes=r.changes)
+
     def _bound_unheard(self) -> None:
         """Keep at most MAX_UNHEARD_ROWS rows of receivers that never answered."""
         unheard = [row for row in self.rows if not row.heard and row.verdict is not None]

@@ -22,7 +22,8 @@ STR_OR_NULL = ["string", "null"]
 RECEIVER = {
     "type": "object",
     "required": ["address", "mac", "hostname", "herdcast", "round", "bytes",
-                 "retransmissions", "verdict", "digest", "started", "ended"],
+                 "retransmissions", "verdict", "digest", "started", "ended", "personalised",
+                 "changes"],
     "properties": {
         "address": {"type": "string"},
         "mac": {"type": STR_OR_NULL},
@@ -35,6 +36,8 @@ RECEIVER = {
         "digest": {"type": STR_OR_NULL},
         "started": {"type": STR_OR_NULL},
         "ended": {"type": STR_OR_NULL},
+        "personalised": {"type": STR_OR_NULL, "enum": [None, "working", "done", "failed"]},
+        "changes": {"type": "array", "items": {"type": "string"}},
     },
 }
 ROUND = {
@@ -42,7 +45,7 @@ ROUND = {
     "required": ["round", "kind", "receivers", "started", "ended", "bytes", "sha256"],
     "properties": {
         "round": {"type": "integer"},
-        "kind": {"type": "string", "enum": ["raw", "image"]},
+        "kind": {"type": "string", "enum": ["raw", "image", "chunks"]},
         "receivers": {"type": "integer"},
         "started": {"type": "string"},
         "ended": {"type": STR_OR_NULL},
@@ -130,7 +133,8 @@ def build(fleet: Fleet, result: TransferResult, image: str, size: int | None,
         "receivers": [{"address": r.address, "mac": r.mac, "hostname": r.hostname,
                        "herdcast": r.herdcast, "round": r.round, "bytes": r.bytes,
                        "retransmissions": r.retransmissions, "verdict": str(r.verdict),
-                       "digest": r.digest, "started": iso(r.started), "ended": iso(r.ended)}
+                       "digest": r.digest, "started": iso(r.started), "ended": iso(r.ended),
+                       "personalised": r.personalised, "changes": r.changes}
                       for r in fleet.finished_rows()],
     }
 

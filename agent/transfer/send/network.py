@@ -18,14 +18,8 @@ from agent.errors import HerdcastError
 from agent.net import netif
 from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import BlockSender
-from agent.udpcast.protocol import (
-    HEADER_SIZE,
-    Cap,
-    Op,
-    build,
-    connect_nonce,
-    parse,
-)
+from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.protocol import HEADER_SIZE, Cap, Op, build, parse
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
 _PEER_GONE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)  # ICMP from a peer

@@ -37,6 +37,9 @@ class TableEvents:
     def on_verdict(self, receiver: Receiver) -> None:
         """Its verdict was given."""
 
+    def on_changed(self, receiver: Receiver) -> None:
+        """After its digest agreed, it said what personalising changed (or why it failed)."""
+
 
 @dataclass
 class Table:

@@ -56,6 +56,11 @@ class Verdict(enum.StrEnum):
         return self in (Verdict.OK, Verdict.DIGEST_MISMATCH, Verdict.NO_DIGEST)
 
 
+# a receiver personalising its clone says so every second (agent.transfer.receive.personal);
+# this long without a word from it and the sender stops waiting for what it changed
+PERSONAL_SILENCE = 10.0
+
+
 @dataclass(eq=False)
 class Receiver:
     """One receiver in one round (see the module docstring). Compared by identity."""
@@ -73,6 +78,11 @@ class Receiver:
     reason: str | None = None  # why it failed, in the receiver's words when it said so
     started: float | None = None  # wall-clock time its round started sending (epoch s)
     ended: float | None = None  # when its verdict was given
+    # after its digest agreed, a herdcast receiver personalises the clone (agent.personalize)
+    # and says so (HC_CHANGED): "working", then "done" with `changes` or "failed" with why
+    personalised: str | None = None
+    changes: list[str] = field(default_factory=list)
+    personal_at: float = 0.0  # when its last HC_CHANGED came (time.monotonic)
     # --- the protocol's view while it is connected to a round
     addr: tuple[str, int] | None = None  # where its CONNECT_REQ came from
     slot: int = -1  # its bit in REQACK's ready set (clNr)
@@ -101,6 +111,10 @@ class Receiver:
         self.addr, self.caps, self.nonce = addr, caps, nonce
         self.rcvbuf = rcvbuf or self.rcvbuf
         self.herdcast = bool(caps & Cap.HERDCAST)
+
+    def personalising(self, now: float) -> bool:
+        """Still personalising its clone: it said WORKING within PERSONAL_SILENCE."""
+        return self.personalised == "working" and now - self.personal_at < PERSONAL_SILENCE
 
     def conclude(self, verdict: Verdict, reason: str | None = None) -> bool:
         """Give its verdict; False (and nothing changes) when it already has one."""

@@ -40,7 +40,18 @@ def describe(r: Receiver) -> str:
 
 
 def _failures(bad: list[Receiver]) -> str:
-    return ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
+    return ", ".join(f"{r.address} {_failure(r)}" for r in bad)
+
+
+def _failure(r: Receiver) -> str:
+    if r.verdict is Verdict.OK and r.personalised == "failed":
+        return "not personalised (its disk holds the master's image, not yet its own)"
+    return describe(r).split(' (')[0].lower()
+
+
+def _bad(r: Receiver) -> bool:
+    """A verdict other than ok, or a clone that could not be made its own machine."""
+    return r.verdict is not Verdict.OK or r.personalised == "failed"
 
 
 def verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None]:
@@ -48,7 +59,7 @@ def verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None]:
     if not receivers:
         return False, ReceiversFailed("no receiver took part",
                                       "start the receivers first, on this sender's network")
-    bad = [r for r in receivers if r.verdict is not Verdict.OK]
+    bad = [r for r in receivers if _bad(r)]
     if not bad:
         return True, None
     return False, ReceiversFailed(f"{len(bad)} of {len(receivers)} receiver(s) failed: "
@@ -60,7 +71,7 @@ def serve_verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None
     so must those that said why they failed; dropped, disconnected and interrupted ones are
     in the table but fail nothing (a node switched off while being served is routine for a
     service)."""
-    bad = [r for r in receivers if r.verdict is not None and r.verdict is not Verdict.OK
+    bad = [r for r in receivers if r.verdict is not None and _bad(r)
            and (r.verdict.finished or r.verdict is Verdict.FAILED)]
     if not bad:
         return True, None
@@ -89,4 +100,14 @@ def format_table(result: TransferResult, stats=None) -> str:
         for r in result.receivers:
             lines.append(f"  {r.address:<16} {r.bytes:>14} {r.retransmissions:>8}  "
                          f"{describe(r)}")
+            lines += [f"  {'':<16} {label}: {line}" for label, line in _personal(r)]
     return "\n".join(lines)
+
+
+def _personal(r: Receiver) -> list[tuple[str, str]]:
+    """The rows under a receiver's row: what personalising changed on its clone."""
+    if r.personalised == "failed":
+        return [("NOT personalised", line) for line in r.changes or ["no reason given"]]
+    if r.personalised == "working":
+        return [("personalising", "stopped reporting before it was done")]
+    return [("changed", line) for line in r.changes]

@@ -215,12 +215,15 @@ class Round(Answers, Passes):
 
     def wait_digests(self) -> None:
         """After the end slice: give herdcast receivers up to 3 s to report their digest,
-        and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost)."""
+        and stay to answer repeats until they said goodbye (an HC_DIGEST_ACK can be lost);
+        as long as one personalising its clone keeps saying so, wait for what it changed."""
         deadline = time.monotonic() + DIGEST_WAIT
         self.tracer.end(self.stats)
-        while time.monotonic() < deadline:
+        while True:
+            now = time.monotonic()
             waiting = [r for r in self.table.participants.values()
                        if r.herdcast and not r.left]
-            if not waiting:
+            if not waiting or (now >= deadline
+                               and not any(r.personalising(now) for r in waiting)):
                 return
             self._receive(0.05)

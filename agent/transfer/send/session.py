@@ -24,7 +24,8 @@ from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver
 from agent.transfer.send.signing import sign_reply
 from agent.trust import statements
-from agent.udpcast.protocol import Cap, Op, build, build_connect_reply
+from agent.udpcast.extensions import build_connect_reply
+from agent.udpcast.protocol import Cap, Op, build
 
 SLICE_BYTES = 1024 * 1456  # udpcast's default slice: 1024 Ethernet-sized blocks
 

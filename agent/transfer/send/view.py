@@ -17,6 +17,7 @@ import time
 
 from agent.transfer.progress import Progress, _eta, human_bytes
 from agent.transfer.send.fleet import Fleet
+from agent.transfer.send.record import Receiver
 
 LIVE_INTERVAL = 0.5  # seconds between redraws of the live table
 
@@ -79,7 +80,7 @@ class LiveView(PlainView):
         t = Table(title=title, title_justify="left", expand=False)
         for name, justify in (("receiver", "left"), ("MAC", "left"), ("host", "left"),
                               ("state", "left"), ("bytes", "right"), ("rate", "right"),
-                              ("rexmit", "right"), ("ETA", "right")):
+                              ("rexmit", "right"), ("ETA", "right"), ("changed", "left")):
             t.add_column(name, justify=justify)
         now = time.time()
         style = {"done": "green", "failed": "bold red", "dropped": "red",
@@ -93,7 +94,8 @@ class LiveView(PlainView):
                 eta = _eta((self.total - r.bytes) / rate)
             t.add_row(r.address, r.mac or "", r.hostname or "",
                       f"[{style[state]}]{state}[/]", human_bytes(r.bytes) if r.bytes else "",
-                      f"{rate / 1e6:.1f} MB/s" if rate else "", str(r.retransmissions), eta)
+                      f"{rate / 1e6:.1f} MB/s" if rate else "", str(r.retransmissions), eta,
+                      _changed(r))
         return t
 
     def close(self, final_line: str | None = None) -> None:
@@ -106,6 +108,14 @@ class LiveView(PlainView):
             self.live.stop()
         if final_line:
             print(final_line, file=sys.stderr)
+
+
+def _changed(r: Receiver) -> str:
+    """The live table's word for what personalising did to a receiver's clone."""
+    if r.personalised == "done":
+        return f"{len(r.changes)} change(s)"
+    return {"working": "[yellow]personalising[/]", "failed": "[bold red]failed[/]"}.get(
+        r.personalised or "", "")
 
 
 def make_view(fleet: Fleet, total: int | None, *, enabled: bool, live: bool | None
