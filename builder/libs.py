@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,12 +36,28 @@ def is_elf(path: Path) -> bool:
         return False
 
 
+def is_dynamic(path: Path) -> bool:
+    """Whether an ELF64 file is linked dynamically (a PT_INTERP or PT_DYNAMIC segment: a
+    program or a shared library); a static program is not, and the loader's --list
+    crashes on one under qemu-user."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return any(struct.unpack_from("<I", table, i * phentsize)[0] in (2, 3)
+               for i in range(phnum))
+
+
 def ldd(path: Path, sysroot: Sysroot | None = None) -> list[Path]:
     """Absolute paths of the libraries `path` loads (loader included); [] for a static
     program. No LD_LIBRARY_PATH: the answer is what the loader finds on the target, where
     the only search path is the system one (and the program's own RPATH). With a
     `sysroot` (another architecture's), its loader answers under qemu-user, and the paths
     are the target's (a library of the program's own bundle keeps its path here)."""
+    if sysroot is not None and not is_dynamic(path):
+        return []
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     argv = ["ldd", str(path)] if sysroot is None else sysroot.ldd_argv(path)
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
@@ -58,6 +75,9 @@ def ldd(path: Path, sysroot: Sysroot | None = None) -> list[Path]:
             found.append(Path(m.group(1) if m.group(1).startswith("/") else m.group(2)))
         elif m := _DIRECT.match(line):
             found.append(Path(m.group(1)))
+    if sysroot is not None:  # a file qemu's -L found in the root, as the target names it
+        found = [Path("/") / lib.relative_to(sysroot.root)
+                 if lib.is_relative_to(sysroot.root) else lib for lib in found]
     return found
 
 

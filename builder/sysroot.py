@@ -89,6 +89,7 @@ class Sysroot:
     root: Path
     arch: Arch
     versions: str  # "package=version" lines: what the root is made of (cache keys)
+    apt: tuple[str, ...] = ()  # options of the arch's private apt (for its kernel too)
 
     def argv(self, program: str | Path, *args: str) -> list[str]:
         """Run `program` (a path in the root, or any host path) under qemu-user."""
@@ -117,11 +118,11 @@ class Sysroot:
                 return self.root.joinpath(*parts)
         raise BuildError(f"{guest}: a symlink loop in {self.root}")
 
-    def check_elves(self, tree: Path) -> None:
-        """Every ELF file under `tree` is this architecture's: qemu's -L falls back to the
+    def check_elves(self, *trees: Path) -> None:
+        """Every ELF file under `trees` is this architecture's: qemu's -L falls back to the
         host's file for a path missing from the root, so a library the root lacks could
         slip in as an x86 one (and the node would fail to start)."""
-        for path in sorted(tree.rglob("*")):
+        for path in sorted(p for tree in trees for p in tree.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 with open(path, "rb") as f:
                     head = f.read(20)
@@ -153,7 +154,7 @@ def sysroot(cache: Path, arch: Arch, roots: Sequence[str] = ROOTS) -> Sysroot:
     stamp = root / ".herdcast-packages"
     with locked(cache / f".lock-{arch.name}-sysroot"):
         if stamp.is_file() and stamp.read_text() == listing:
-            return Sysroot(root, arch, listing)
+            return Sysroot(root, arch, listing, tuple(apt))
         scratch = root.with_name("sysroot.partial")
         shutil.rmtree(scratch, ignore_errors=True)
         for name in MERGED:
@@ -169,7 +170,7 @@ def sysroot(cache: Path, arch: Arch, roots: Sequence[str] = ROOTS) -> Sysroot:
         (scratch / ".herdcast-packages").write_text(listing)
         shutil.rmtree(root, ignore_errors=True)
         scratch.rename(root)
-    return Sysroot(root, arch, listing)
+    return Sysroot(root, arch, listing, tuple(apt))
 
 
 def digest(*parts: str | bytes) -> str:
