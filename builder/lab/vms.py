@@ -273,8 +273,7 @@ class PxeLab(LabContext):
         # a console kept from the last run (build/demo/) must not be read as this one's
         node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
-            disk = ["-drive", f"{node.drive()},if=none,id=d0", "-device",
-                    "virtio-blk-pci,drive=d0"]
+            disk = ["-drive", f"{node.drive()},if=virtio"]  # virtio-blk-pci, also on virt
         elif node.bus == "nvme":
             disk = ["-drive", f"{node.drive()},if=none,id=d0",
                     "-device", "nvme,drive=d0,serial=herdcast0"]
