@@ -95,7 +95,7 @@ def freeze_for(sr: Sysroot, python: Path, cache: Path) -> Path:
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} not found", "run scripts/install-deps (qemu-user-static)")
     packages = site(sr, python, cache)
-    key = digest(freeze.source_hash(Path("cross"), [Path(__file__)]), sr.versions,
+    key = digest(freeze.sources_hash([Path(__file__)]), sr.versions,
                  (packages / ".herdcast-done").read_text())
     base = cache / sr.arch.name / "freeze"
     work = base / key
@@ -139,4 +139,4 @@ def check(sr: Sysroot, executable: Path) -> None:
     internal = executable.parent / "_internal"
     env = {"_PYI_PARENT_PROCESS_LEVEL": "1", "_PYI_APPLICATION_HOME_DIR": str(internal),
            "_PYI_ARCHIVE_FILE": str(executable)}
-    freeze.check_frozen(executable, sr.argv("")[:-1], timeout=600, env=env)
+    freeze.check_frozen(executable, sr.runner, timeout=600, env=env)

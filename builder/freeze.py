@@ -104,14 +104,19 @@ def installed(python: Path) -> str:
     return proc.stdout
 
 
-def source_hash(python: Path, extra: Sequence[Path] = ()) -> str:
-    """What the frozen tree depends on: agent sources, this module, the hook (and `extra`
-    files), the Python and the packages installed for it."""
-    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode())
+def sources_hash(extra: Sequence[Path] = (), seed: bytes = b"") -> str:
+    """The agent's sources, this module and the hook (and `extra` files), after `seed`."""
+    digest = hashlib.sha256(seed)
     files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK, *extra]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def source_hash(python: Path) -> str:
+    """What the frozen tree depends on: agent sources, this module, the hook, the Python
+    and the packages installed for it."""
+    return sources_hash(seed=str(python).encode() + b"\0" + installed(python).encode())
 
 
 def pyinstaller_argv(python: Path, work: Path, entry: Path,

@@ -91,9 +91,14 @@ class Sysroot:
     versions: str  # "package=version" lines: what the root is made of (cache keys)
     apt: tuple[str, ...] = ()  # options of the arch's private apt (for its kernel too)
 
+    @property
+    def runner(self) -> list[str]:
+        """What runs one of the root's programs here: qemu-user with the root first."""
+        return [self.arch.qemu_user, "-L", str(self.root)]
+
     def argv(self, program: str | Path, *args: str) -> list[str]:
         """Run `program` (a path in the root, or any host path) under qemu-user."""
-        return [self.arch.qemu_user, "-L", str(self.root), str(program), *args]
+        return [*self.runner, str(program), *args]
 
     def run(self, program: str | Path, *args: str, timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
