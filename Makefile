@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 initrd: deps venv
-	$(PY) -m builder initrd $(if $(HTTP_URL),--http-url $(HTTP_URL)) $(if $(TRUST_KEY),--trust-key $(TRUST_KEY)) $(if $(filter yes,$(GUARDED)),--guarded) $(if $(FIRMWARE),--firmware $(FIRMWARE))
+	$(PY) -m builder initrd $(if $(ARCH),--arch $(ARCH)) $(if $(HTTP_URL),--http-url $(HTTP_URL)) $(if $(TRUST_KEY),--trust-key $(TRUST_KEY)) $(if $(filter yes,$(GUARDED)),--guarded) $(if $(FIRMWARE),--firmware $(FIRMWARE))
 
 test: deps venv
 	$(PY) -m ruff check agent builder tests bench

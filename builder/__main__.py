@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                    "instead of being imaged: only nodes armed by `node MAC ...` or herdcast "
                    "deploy are wiped. Default: every PXE client boots as a receiver "
                    "(udpcast's tutorial layout)")
+    p.add_argument("--arch", default="amd64", choices=("amd64", "arm64"),
+                   help="the nodes' architecture (default: %(default)s). arm64 writes "
+                   "arm64/vmlinuz, arm64/initrd.img, shimaa64.efi and grubaa64.efi into the "
+                   "same root (DHCP client-arch 11 boots shimaa64.efi); its agent is frozen "
+                   "by Debian's arm64 Python under qemu-aarch64-static")
     p.add_argument("--python", type=Path, default=Path(sys.executable),
                    help="the Python that freezes the agent (default: this one)")
 
@@ -106,7 +111,7 @@ def build_config(args: argparse.Namespace) -> BuildConfig:
         modules_dir=args.modules_dir, modules=args.modules,
         firmware=args.firmware,
         level=args.level, http_url=args.http_url, python=args.python,
-        trust_key=args.trust_key, guarded=args.guarded,
+        trust_key=args.trust_key, guarded=args.guarded, arch=args.arch,
         mtime=source_date_epoch(),
     )
 

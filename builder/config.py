@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import firmware, modules, pxelinux
+from builder.arch import Arch, get
 from builder.errors import BuildError
 
 
@@ -40,6 +41,11 @@ class BuildConfig:
     mtime: int = 0  # every archive member's mtime ($SOURCE_DATE_EPOCH)
     trust_key: Path | None = None  # nodes accept only senders signing with its private key
     guarded: bool = False  # pxelinux.cfg/default boots the local disk; per-MAC files arm
+    arch: str = "amd64"  # the nodes' architecture (builder/arch.py): amd64, arm64
+
+    @property
+    def target(self) -> Arch:
+        return get(self.arch)
 
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
@@ -47,6 +53,7 @@ class BuildConfig:
                              "use 22 (the default) or lower for a faster build")
         if (self.kernel is None) != (self.modules_dir is None):
             raise BuildError("--kernel and --modules-dir go together (image and its modules)")
+        get(self.arch)  # an unknown --arch is refused here
         modules.parse_spec(self.modules)
         firmware.check_source(self.firmware)
         if self.http_url is not None:

@@ -33,17 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import debs
+from builder.arch import AMD64, Arch
 from builder.errors import BuildError
 from builder.firmware_debian import PrivateApt, host_suites
 
 SHIM_PACKAGE = "shim-signed"
-GRUB_PACKAGE = "grub-efi-amd64-signed"
-SHIM_SRC = "usr/lib/shim/shimx64.efi.signed"
-GRUB_SRC = "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
+GRUB_PACKAGE = AMD64.grub_package
+SHIM_SRC = AMD64.shim_src
+GRUB_SRC = AMD64.grub_src
 #: The DHCP boot file for UEFI x86-64 clients, and what shim loads next (its default
-#: loader name, looked up beside shim on the TFTP or web server).
-BOOT_FILE = "shimx64.efi"
-GRUB_FILE = "grubx64.efi"
+#: loader name, looked up beside shim on the TFTP or web server). arm64's are
+#: shimaa64.efi and grubaa64.efi (builder/arch.py), beside them in the same root.
+BOOT_FILE = AMD64.shim_file
+GRUB_FILE = AMD64.grub_file
 #: grubnetx64's built-in prefix: it sources (tftp,SERVER)/grub/grub.cfg, or
 #: (http,SERVER)/grub/grub.cfg after UEFI HTTP Boot.
 PREFIX = "grub"
@@ -106,38 +108,43 @@ def grub_modules(path: Path) -> set[str]:
     return names
 
 
-def efi_apt(cache: Path) -> PrivateApt:
+def efi_apt(cache: Path, arch: Arch = AMD64) -> PrivateApt:
     """apt for EFI_RELEASE's `main` (and its -updates and -security), on the mirrors the
-    host uses, in CACHE/apt-efi; updated here (an offline build uses the lists it has)."""
+    host uses, in CACHE/apt-efi (CACHE/apt-efi-arm64 for arm64's packages); updated here
+    (an offline build uses the lists it has)."""
     host = [(uri, suite) for uri, suite in host_suites() if not suite.endswith("-backports")]
     release = host[0][1]
     suites = [(uri, EFI_RELEASE + suite.removeprefix(release)) for uri, suite in host]
-    apt = PrivateApt(cache / "apt-efi", suites, component="main", contents=False)
+    apt = PrivateApt(cache / ("apt-efi" if arch.native else f"apt-efi-{arch.name}"), suites,
+                     component="main", contents=False,
+                     architecture=None if arch.native else arch.name)
     apt.update()
     return apt
 
 
-def install(cache: Path, out: Path, vmlinuz: Path, require_signed_kernel: bool) -> EfiBoot:
-    """Copy shim and GRUB into the root `out` (TFTP and HTTP); check signatures."""
-    apt = efi_apt(cache).options
-    kind = f"efi/{EFI_RELEASE}"
+def install(cache: Path, out: Path, vmlinuz: Path, require_signed_kernel: bool,
+            arch: Arch = AMD64) -> EfiBoot:
+    """Copy shim and GRUB of `arch` into the root `out` (TFTP and HTTP); check signatures."""
+    apt = efi_apt(cache, arch).options
+    kind = f"efi/{EFI_RELEASE}" if arch.native else f"efi/{EFI_RELEASE}-{arch.name}"
     shim_tree = debs.unpacked(cache, kind, SHIM_PACKAGE, apt=apt)
-    grub_tree = debs.unpacked(cache, kind, GRUB_PACKAGE, apt=apt)
-    for src, signer in ((shim_tree / SHIM_SRC, MICROSOFT), (grub_tree / GRUB_SRC, DEBIAN)):
+    grub_tree = debs.unpacked(cache, kind, arch.grub_package, apt=apt)
+    shim_src, grub_src = shim_tree / arch.shim_src, grub_tree / arch.grub_src
+    for src, signer in ((shim_src, MICROSOFT), (grub_src, DEBIAN)):
         if not src.is_file():
             raise BuildError(f"{src} missing from its package (a new package layout?)")
         if not signed_by(src, signer):
             raise BuildError(f"{src}: not signed by {signer.decode()}")
-    if not {"tftp", "http"} <= grub_modules(grub_tree / GRUB_SRC):
-        raise BuildError(f"{grub_tree / GRUB_SRC}: GRUB without tftp and http built in "
+    if not {"tftp", "http"} <= grub_modules(grub_src):
+        raise BuildError(f"{grub_src}: GRUB without tftp and http built in "
                          "(Secure Boot nodes could not read their config over both)",
                          f"report it: EFI_RELEASE ({EFI_RELEASE}) may need a newer release")
     kernel_signed = signed_by(vmlinuz, DEBIAN)
     if require_signed_kernel and not kernel_signed:
         raise BuildError(f"{vmlinuz}: not signed by Debian, so Secure Boot nodes would refuse "
                          "it", "use Debian's linux-image package, not an -unsigned one")
-    shutil.copyfile(shim_tree / SHIM_SRC, out / BOOT_FILE)
-    shutil.copyfile(grub_tree / GRUB_SRC, out / GRUB_FILE)
+    shutil.copyfile(shim_src, out / arch.shim_file)
+    shutil.copyfile(grub_src, out / arch.grub_file)
     (out / PREFIX).mkdir(exist_ok=True)  # grub.cfg & co.: builder/bootcfg.py
     stale = out / PREFIX / "x86_64-efi"  # Debian 12's http.mod, loaded by older builds
     if stale.exists():

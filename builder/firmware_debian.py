@@ -75,10 +75,12 @@ def host_suites() -> list[tuple[str, str]]:
 
 class PrivateApt:
     """apt with its own sources list and state under `root` (CACHE/apt-firmware; the UEFI
-    chain's CACHE/apt-efi names another release's `main`, without Contents indexes)."""
+    chain's CACHE/apt-efi names another release's `main`, without Contents indexes;
+    CACHE/apt-arm64 another `architecture`'s packages)."""
 
     def __init__(self, root: Path, suites: list[tuple[str, str]],
-                 component: str = COMPONENT, contents: bool = True) -> None:
+                 component: str = COMPONENT, contents: bool = True,
+                 architecture: str | None = None) -> None:
         self.root = root
         self.suites = [suite for _, suite in suites]
         for d in ("lists/partial", "cache/archives/partial", "sources.list.d"):
@@ -94,7 +96,10 @@ class PrivateApt:
             "-o", f"Dir::State::Lists={root / 'lists'}",
             "-o", f"Dir::Cache={root / 'cache'}",
             "-o", "APT::Sandbox::User=root",  # the cache may be where _apt cannot write
-        ] + [x for key, value in _CONTENTS.items() if contents
+        ] + ([] if architecture is None else [  # a node architecture's packages (arm64)
+            "-o", f"APT::Architecture={architecture}",
+            "-o", f"APT::Architectures={architecture}",
+        ]) + [x for key, value in _CONTENTS.items() if contents
              for x in ("-o", f"Acquire::IndexTargets::deb::Contents-all::{key}={value}")]
 
     def update(self) -> str | None:

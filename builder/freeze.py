@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from builder.errors import BuildError
@@ -93,11 +94,11 @@ sys.exit(main())
 CHECK_OK = "freeze check: ok"
 
 
-def _find_lib(soname: str) -> Path:
-    for directory in LIB_DIRS:
+def _find_lib(soname: str, lib_dirs: Sequence[Path] = LIB_DIRS) -> Path:
+    for directory in lib_dirs:
         if (directory / soname).exists():
             return directory / soname
-    raise BuildError(f"{soname} not found in {', '.join(map(str, LIB_DIRS))}: "
+    raise BuildError(f"{soname} not found in {', '.join(map(str, lib_dirs))}: "
                      "run scripts/install-deps (libudev1)")
 
 
@@ -116,17 +117,23 @@ def installed(python: Path) -> str:
     return proc.stdout
 
 
-def source_hash(python: Path) -> str:
-    """What the frozen tree depends on: agent sources, this module, the hook, the Python
-    and the packages installed for it."""
-    digest = hashlib.sha256(str(python).encode() + b"\0" + installed(python).encode())
-    files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK]
+def sources_hash(extra: Sequence[Path] = (), seed: bytes = b"") -> str:
+    """The agent's sources, this module and the hook (and `extra` files), after `seed`."""
+    digest = hashlib.sha256(seed)
+    files = sorted((REPO / "agent").rglob("*.py")) + [Path(__file__), RTHOOK, *extra]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
+def source_hash(python: Path) -> str:
+    """What the frozen tree depends on: agent sources, this module, the hook, the Python
+    and the packages installed for it."""
+    return sources_hash(seed=str(python).encode() + b"\0" + installed(python).encode())
+
+
+def pyinstaller_argv(python: Path, work: Path, entry: Path,
+                     lib_dirs: Sequence[Path] = LIB_DIRS) -> list[str]:
     argv = [str(python), "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir",
             "--console", "--name", NAME, "--log-level", "WARN",
             "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
@@ -139,7 +146,7 @@ def pyinstaller_argv(python: Path, work: Path, entry: Path) -> list[str]:
     for module in EXCLUDE + EXCLUDE_OPTIONAL:
         argv += ["--exclude-module", module]
     for soname in CTYPES_LIBS:
-        argv += ["--add-binary", f"{_find_lib(soname)}:."]
+        argv += ["--add-binary", f"{_find_lib(soname, lib_dirs)}:."]
     return argv + [str(entry)]
 
 
@@ -182,14 +189,16 @@ def freeze(python: Path, work: Path) -> Path:
     return dist
 
 
-def check_frozen(executable: Path) -> None:
-    """Run the frozen program once, importing every agent module and the libraries."""
-    env = dict(os.environ, HERDCAST_FREEZE_CHECK="1")
+def check_frozen(executable: Path, runner: Sequence[str] = (), timeout: int = 120,
+                 env: dict[str, str] | None = None) -> None:
+    """Run the frozen program once (through `runner`, e.g. qemu-user, when it is another
+    architecture's, with `env` added), importing every agent module and the libraries."""
+    env = dict(os.environ, **(env or {}), HERDCAST_FREEZE_CHECK="1")
     try:
-        proc = subprocess.run([str(executable)], capture_output=True, text=True, timeout=120,
-                              env=env)
+        proc = subprocess.run([*runner, str(executable)], capture_output=True, text=True,
+                              timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise BuildError(f"{executable}: the freeze check hung for 120 s") from None
+        raise BuildError(f"{executable}: the freeze check hung for {timeout} s") from None
     if proc.returncode or CHECK_OK not in proc.stdout:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "[PYI-" not in ln]
         last = (lines or ["no output"])[-1]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 
+from builder.arch import ARCHES
 from builder.pxelinux import Label, Menu, parse_menu
 
 DEFAULT_NAME = "grub.cfg-default"
@@ -44,6 +45,34 @@ if [ -n "$hc_6" ]; then
 fi
 configfile "$prefix/{DEFAULT_NAME}"
 """
+
+#: Where a node's kernel and initrd lie below the root, and its serial console: set from
+#: GRUB's $grub_cpu at the top of every menu (builder/arch.py's rows), so one menu boots
+#: an x86 node (grubx64.efi: /vmlinuz) and an arm64 one (grubaa64.efi: /arm64/vmlinuz).
+DIR_VAR, CONSOLE_VAR = "hc_dir", "hc_console"
+
+
+def arch_preamble() -> list[str]:
+    lines = ["# the node's architecture: where its kernel and initrd are, its serial console",
+             f"set {DIR_VAR}=", f"set {CONSOLE_VAR}="]
+    for arch in ARCHES.values():
+        if arch.subdir:
+            lines += [f'if [ "$grub_cpu" = {arch.grub_cpu} ]; then',
+                      f"    set {DIR_VAR}=/{arch.subdir}",
+                      f"    set {CONSOLE_VAR}={arch.console}", "fi"]
+    return lines
+
+
+def _escape(text: str) -> str:
+    return re.sub(r'([\\"$])', r"\\\1", text)
+
+
+def path_word(path: str) -> str:
+    """A file's GRUB word, in the node architecture's directory: `/vmlinuz` is
+    "${hc_dir}/vmlinuz" (double quotes: the variable expands, nothing else does)."""
+    head, _, base = path.rpartition("/")
+    return f'"{_escape(head)}${{{DIR_VAR}}}/{_escape(base)}"'
+
 
 _SAFE = re.compile(r"^[A-Za-z0-9_./,:=+@%-]+$")
 _URL = re.compile(r"^http://([^/:\s]+)(?::(\d+))?(/\S*)?$")
@@ -82,9 +111,9 @@ def _paths(name: str) -> tuple[str | None, str]:
 
 
 def _load(kernel: str, initrds: list[str], args: str) -> list[str]:
-    lines = [f"linux {quote(kernel)}{args}"]
+    lines = [f"linux {path_word(kernel)}{args}"]
     if initrds:
-        lines.append("initrd " + " ".join(quote(i) for i in initrds))
+        lines.append("initrd " + " ".join(path_word(i) for i in initrds))
     return lines
 
 
@@ -92,6 +121,7 @@ def _entry(label: Label) -> list[str]:
     args = "".join(" " + quote(kernel_word(w)) for w in label.params)
     if label.ipappend & 2:
         args += " BOOTIF=01-$net_default_mac"
+    args += f" ${CONSOLE_VAR}"  # empty on x86: its console= words are in the APPEND line
     out = [f"menuentry {quote(label.name)} --id {quote(label.name)} {{"]
     if label.localboot is not None and label.kernel is None:
         # pxelinux's LOCALBOOT: back to the firmware, which boots its next entry (the disk)
@@ -107,15 +137,15 @@ def _entry(label: Label) -> list[str]:
         http = [kernel[0]] + [h or "" for h, _ in initrds]
         # `linux` fails at once where the web server does not answer: then the same
         # files come from the boot device (TFTP after PXE)
-        out.append(f"    echo {quote('herdcast: loading ' + ' '.join(http))}")
+        out.append(f"    echo herdcast: loading {' '.join(map(path_word, http))}")
         out.append(f"    if {_load(http[0], http[1:], args)[0]}; then")
         out += [f"        {line}" for line in _load(http[0], http[1:], args)[1:]]
         out.append("    else")
-        out.append(f"        echo {quote('herdcast: over TFTP instead: ' + ' '.join(files))}")
+        out.append(f"        echo herdcast: over TFTP instead: {' '.join(map(path_word, files))}")
         out += [f"        {line}" for line in tftp]
         out.append("    fi")
     else:
-        out.append(f"    echo {quote('herdcast: loading ' + ' '.join(files))}")
+        out.append(f"    echo herdcast: loading {' '.join(map(path_word, files))}")
         out += [f"    {line}" for line in tftp]
     return out + ["}"]
 
@@ -139,6 +169,7 @@ def from_pxelinux(text: str, source: str) -> str:
     ]
     if booting is not None:
         lines.append(f"set default={quote(booting.name)}")
+    lines += arch_preamble()
     if any(_paths(lb.kernel or "")[0] for lb in menu.labels):
         lines += ["# Debian 13's signed GRUB has http built in (then this is a no-op); an",
                   "# older GRUB loads it from $prefix, or the files come over TFTP.",

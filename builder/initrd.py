@@ -28,19 +28,27 @@ from pathlib import Path
 
 import zstandard
 
-from builder import bootcfg, cpio, efi, firmware, freeze, kernel, libs, modules, pxelinux
+from builder import (
+    bootcfg,
+    cpio,
+    crossfreeze,
+    efi,
+    firmware,
+    freeze,
+    kernel,
+    modules,
+    programs,
+    pxelinux,
+    sysroot,
+)
+from builder.arch import Arch
 from builder.config import BuildConfig
 from builder.errors import BuildError
 from builder.lock import locked
+from builder.programs import BUSYBOX, GROW_TOOLS, KMOD
+from builder.sysroot import Sysroot
 
 AGENT_DIR = "opt/herdcast"
-BUSYBOX = Path("/bin/busybox")
-KMOD = Path("/usr/bin/kmod")
-KMOD_TOOLS = ("modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod")
-#: Debian's tools that grow a clone's filesystem to a larger disk (agent.personalize.grow,
-#: grow=yes), from e2fsprogs, xfsprogs, btrfs-progs and ntfs-3g.
-GROW_TOOLS = ("e2fsck", "resize2fs", "xfs_growfs", "btrfs", "ntfsresize")
-TOOL_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
 PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
 #: pxelinux with its own TCP/IP stack: fetches http:// names on any PXE ROM (--http-url).
 LPXELINUX = Path("/usr/lib/PXELINUX/lpxelinux.0")
@@ -105,113 +113,47 @@ def _layout(root: Path) -> None:
     (root / "etc" / "mtab").symlink_to("/proc/self/mounts")
 
 
-def _install_partclone(root: Path) -> list[Path]:
-    """partclone's filesystem mappers (agent.image reads their used-block maps), those the
-    host has; a node whose filesystem has none sends that partition whole."""
-    from agent.image.filesystems import PARTCLONE
-
-    found = []
-    for name in sorted(set(PARTCLONE.values())):
-        host = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-        if host:
-            shutil.copyfile(host, root / "usr/sbin" / name)
-            (root / "usr/sbin" / name).chmod(0o755)
-            found.append(Path(host))
-    return found
-
-
-def _install_grow_tools(root: Path) -> list[Path]:
-    """GROW_TOOLS into /usr/sbin (check_tools made sure the host has them)."""
-    found = []
-    for name in GROW_TOOLS:
-        host = Path(shutil.which(name, path=TOOL_PATH) or name)
-        shutil.copyfile(host, root / "usr/sbin" / name)
-        (root / "usr/sbin" / name).chmod(0o755)
-        found.append(host)
-    return found
-
-
-def _install_busybox(root: Path) -> None:
-    if libs.ldd(BUSYBOX):
-        raise BuildError(f"{BUSYBOX} is not static: install busybox-static (scripts/install-deps)")
-    shutil.copyfile(BUSYBOX, root / "usr/bin/busybox")
-    (root / "usr/bin/busybox").chmod(0o755)
-    listing = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
-    for applet in listing:
-        name = applet.rsplit("/", 1)[-1]
-        if name in KMOD_TOOLS or name == "busybox":
-            continue
-        rel = applet if applet.startswith("usr/") else f"usr/{applet}"
-        link = root / rel
-        if not link.exists() and not link.is_symlink():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to("/usr/bin/busybox")
-
-
-def _install_kmod(root: Path) -> None:
-    shutil.copyfile(KMOD, root / "usr/bin/kmod")
-    (root / "usr/bin/kmod").chmod(0o755)
-    for tool in KMOD_TOOLS:
-        (root / "usr/sbin" / tool).symlink_to("/usr/bin/kmod")
-
-
-def _strip_debug(tree: Path) -> None:
-    """Some wheels ship unstripped extensions (zstandard's is 11 MB with debug info)."""
-    for path in sorted(tree.rglob("*")):
-        if path.is_file() and not path.is_symlink() and libs.is_elf(path) \
-                and b".debug_info" in path.read_bytes():
-            subprocess.run(["strip", "--strip-debug", str(path)], check=True, timeout=120)
-
-
-def _dedupe(agent: Path, root: Path) -> None:
-    """A library both in the frozen tree and copied for another program (libcrypto for
-    kmod) is kept once: the frozen copy becomes a link to the system one."""
-    for path in sorted(agent.rglob("*.so*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        for libdir in ("usr/lib/x86_64-linux-gnu", "usr/lib64"):
-            twin = root / libdir / path.name
-            if twin.is_file() and twin.read_bytes() == path.read_bytes():
-                path.unlink()
-                path.symlink_to(f"/{libdir}/{path.name}")
-                break
-
-
 def assemble_root(root: Path, frozen: Path, kern: kernel.Kernel, chosen: list[str],
                   firmware_source: str = "none", module_cache: Path | None = None,
-                  trust_key: Path | None = None, cache: Path = Path()
-                  ) -> firmware.FirmwareReport:
+                  trust_key: Path | None = None, cache: Path = Path(),
+                  sysroot: Sysroot | None = None) -> firmware.FirmwareReport:
     """Fill `root` (emptied first) with everything the initramfs holds; returns what the
     firmware step carried. Modules (and firmware) are xz-compressed, memoised in
-    `module_cache`; `cache` holds the Debian packages."""
+    `module_cache`; `cache` holds the Debian packages. The programs come from the host,
+    or from `sysroot` for another architecture's node."""
     if root.exists():
         shutil.rmtree(root)
     _layout(root)
     agent = root / AGENT_DIR
     shutil.copytree(frozen, agent, symlinks=True, dirs_exist_ok=True)
-    _strip_debug(agent)
-    _install_busybox(root)
-    _install_kmod(root)
-    mappers = _install_partclone(root) + _install_grow_tools(root)
+    programs.strip_debug(agent, "strip" if sysroot is None else "aarch64-linux-gnu-strip")
+    programs.install_busybox(root, sysroot)
+    programs.install_kmod(root, sysroot)
+    mappers = [*programs.install_partclone(root, sysroot),
+               *programs.install_grow_tools(root, sysroot)]
     if trust_key is not None:
         from agent.trust import TRUSTED_KEY_PATH
 
         target = root / TRUSTED_KEY_PATH.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trust_key, target)
-    programs = [KMOD, *mappers] + [p for p in sorted(agent.rglob("*"))
-                         if p.is_file() and not p.is_symlink() and libs.is_elf(p)]
-    needed = libs.closure(programs, bundled=[agent])
-    libs.copy_into(root, needed + libs.dlopened(needed))
-    _dedupe(agent, root)
+    programs.install_libraries(root, agent, [programs.here(KMOD, sysroot), *mappers], sysroot)
+    triplet = "x86_64-linux-gnu" if sysroot is None else sysroot.arch.triplet
+    programs.dedupe(agent, root, (f"usr/lib/{triplet}", "usr/lib64"))
     modules.install(kern.modules_dir, kern.version, chosen, root, module_cache)
     fw = firmware.install(kern.modules_dir, chosen, firmware_source, root, cache, kern.config,
                           module_cache)
     init = root / "init"
     init.write_text(INIT)
     init.chmod(0o755)
-    subprocess.run(["ldconfig", "-r", str(root)], check=True, timeout=120, capture_output=True)
+    if sysroot is None:
+        subprocess.run(["ldconfig", "-r", str(root)], check=True, timeout=120,
+                       capture_output=True)
+    else:
+        sysroot.ldconfig(root)
+        # not lib/firmware: some firmware files are ELF programs for the device's own CPU
+        sysroot.check_elves(root / "usr/bin", root / "usr/sbin", root / AGENT_DIR,
+                            root / "usr/lib" / sysroot.arch.triplet)
     return fw
 
 
@@ -277,20 +219,31 @@ def unpack(blob: bytes) -> bytes:
     return reader.read()
 
 
-def check_tools() -> None:
+#: What building for another architecture runs here (qemu-user, its binutils).
+CROSS_TOOLS = ("qemu-aarch64-static", "aarch64-linux-gnu-objcopy", "aarch64-linux-gnu-strip")
+
+
+def check_tools(arch: Arch) -> None:
     """The host programs and boot loader files the build copies, before any work."""
+    if not arch.native:
+        for tool in CROSS_TOOLS:
+            if shutil.which(tool) is None:
+                raise BuildError(f"{tool} missing", "run scripts/install-deps (as root)")
+        return
     for path in (PXELINUX, LPXELINUX, LDLINUX, BUSYBOX, KMOD):
         if not path.is_file():
             raise BuildError(f"{path} missing", "run scripts/install-deps (as root)")
     for name in GROW_TOOLS:
-        if shutil.which(name, path=TOOL_PATH) is None:
+        if programs.which(name) is None:
             raise BuildError(f"{name} missing (grow=yes runs it on the nodes)",
                              "run scripts/install-deps (as root)")
 
 
-def get_kernel(cfg: BuildConfig) -> kernel.Kernel:
+def get_kernel(cfg: BuildConfig, sysroot: Sysroot | None = None) -> kernel.Kernel:
     if cfg.kernel is not None and cfg.modules_dir is not None:
         kern = kernel.host_kernel(cfg.kernel, cfg.modules_dir)
+    elif sysroot is not None:
+        kern = kernel.debian_kernel(cfg.cache, arch=sysroot.arch, apt=sysroot.apt)
     else:
         kern = kernel.debian_kernel(cfg.cache)
     kernel.check_rd_zstd(kern)
@@ -301,7 +254,7 @@ def build_tftpboot(cfg: BuildConfig) -> Report:
     """`python -m builder initrd`: kernel, modules, frozen agent -> cfg.out (TFTP root).
     Per-node files already in pxelinux.cfg/ are kept; `default` is rewritten. Builds that
     share a work directory run one after the other."""
-    check_tools()
+    check_tools(cfg.target)
     try:
         with locked(cfg.work / ".lock"):
             return _build(cfg)
@@ -321,16 +274,24 @@ def _build(cfg: BuildConfig) -> Report:
     def phase(name: str) -> None:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
-    kern = get_kernel(cfg)
+    arch = cfg.target
+    sr = None if arch.native else sysroot.sysroot(cfg.cache, arch)
+    kern = get_kernel(cfg, sr)
     chosen = modules.select(kern.modules_dir, cfg.modules, modules.ALWAYS)
     phase("kernel")
-    work = cfg.work
-    frozen = freeze.freeze(cfg.python, work / "freeze")
+    work = cfg.work if arch.native else cfg.work / arch.name
+    if sr is None:
+        frozen = freeze.freeze(cfg.python, work / "freeze")
+    else:
+        frozen = crossfreeze.freeze_for(sr, cfg.python, cfg.cache)
     phase("freeze")
     root = work / "root"
-    mcache = work / "module-cache"
+    mcache = cfg.work / "module-cache"
     fw = assemble_root(root, frozen, kern, chosen, cfg.firmware, mcache, cfg.trust_key,
-                       cfg.cache)
+                       cfg.cache, sr)
+    if sr is not None:  # the agent starts in the root as the node unpacks it, under qemu
+        here = root.resolve()
+        crossfreeze.check(Sysroot(here, arch, ""), here / AGENT_DIR / "herdcast")
     modules.prune_cache(mcache)
     phase("assemble")
     zcache = work / "zstd-cache"
@@ -340,14 +301,17 @@ def _build(cfg: BuildConfig) -> Report:
 
     out = cfg.out
     (out / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
-    tmp = out / "initrd.img.tmp"
+    (out / arch.path("initrd.img")).parent.mkdir(parents=True, exist_ok=True)
+    tmp = out / arch.path("initrd.img.tmp")
     tmp.write_bytes(blob)
-    os.replace(tmp, out / "initrd.img")
-    shutil.copyfile(kern.vmlinuz, out / "vmlinuz")
-    shutil.copyfile(PXELINUX, out / "pxelinux.0")
-    shutil.copyfile(LPXELINUX, out / "lpxelinux.0")
-    shutil.copyfile(LDLINUX, out / "ldlinux.c32")
-    uefi = efi.install(cfg.cache, out, kern.vmlinuz, require_signed_kernel=cfg.kernel is None)
+    os.replace(tmp, out / arch.path("initrd.img"))
+    shutil.copyfile(kern.vmlinuz, out / arch.path("vmlinuz"))
+    if arch.native:  # BIOS PXE: x86 only
+        shutil.copyfile(PXELINUX, out / "pxelinux.0")
+        shutil.copyfile(LPXELINUX, out / "lpxelinux.0")
+        shutil.copyfile(LDLINUX, out / "ldlinux.c32")
+    uefi = efi.install(cfg.cache, out, kern.vmlinuz, require_signed_kernel=cfg.kernel is None,
+                       arch=arch)
     (out / "pxelinux.cfg" / "default").write_text(
         pxelinux.default_config(cfg.http_url, cfg.guarded))
     bootcfg.sync(out)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import debs
+from builder.arch import AMD64, Arch
 from builder.errors import BuildError
 
-META_PACKAGE = "linux-image-amd64"
+META_PACKAGE = AMD64.kernel_meta
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,22 @@ def check_rd_zstd(kernel: Kernel) -> None:
         )
 
 
+def image_version(vmlinuz: Path) -> str:
+    """The release string of an x86 bzImage, or of an arm64 Image (Debian's signed arm64
+    vmlinuz is an uncompressed EFI-stub Image holding the `Linux version V` banner)."""
+    with open(vmlinuz, "rb") as f:
+        head = f.read(0x210)
+    if head[0x202:0x206] == b"HdrS":
+        return bzimage_version(vmlinuz)
+    if head[0x38:0x3C] == b"ARM\x64":
+        match = re.search(rb"Linux version (\S+) ", vmlinuz.read_bytes())
+        if match:
+            return match.group(1).decode(errors="replace")
+    raise BuildError(f"{vmlinuz}: not an x86 bzImage nor an uncompressed arm64 Image")
+
+
 def check_versions(kernel: Kernel) -> None:
-    image = bzimage_version(kernel.vmlinuz)
+    image = image_version(kernel.vmlinuz)
     if image != kernel.version:
         raise BuildError(
             f"kernel {kernel.vmlinuz} is {image} but modules {kernel.modules_dir} are "
@@ -79,28 +95,32 @@ def host_kernel(vmlinuz: Path, modules_dir: Path) -> Kernel:
     return kernel
 
 
-def debian_package_name() -> str:
-    """linux-image-6.1.0-NN-amd64: what the linux-image-amd64 meta package depends on now."""
-    out = debs.run(["apt-cache", "depends", META_PACKAGE],
-                   f"looking up {META_PACKAGE} (run apt-get update, or pass "
-                   "--kernel/--modules-dir)")
+def debian_package_name(arch: Arch = AMD64, apt: Sequence[str] = ()) -> str:
+    """linux-image-6.1.0-NN-amd64: what the linux-image-amd64 meta package (the arch's)
+    depends on now (`apt`: a private apt state's options, for another architecture)."""
+    meta = arch.kernel_meta
+    out = debs.run(["apt-cache", *apt, "depends", meta],
+                   f"looking up {meta} (run apt-get update, or pass --kernel/--modules-dir)")
     match = re.search(r"Depends:\s*(linux-image-\S+)", out)
     if not match:
-        raise BuildError(f"apt-cache depends {META_PACKAGE}: no linux-image dependency listed")
+        raise BuildError(f"apt-cache depends {meta}: no linux-image dependency listed")
     return match.group(1)
 
 
-def debian_kernel(cache: Path, package: str | None = None) -> Kernel:
-    """Download (once) and unpack (once) Debian's kernel package into `cache`; run depmod on
-    the full tree (the package ships no modules.dep) so module dependencies can be read."""
-    package = package or debian_package_name()
+def debian_kernel(cache: Path, package: str | None = None, arch: Arch = AMD64,
+                  apt: Sequence[str] = ()) -> Kernel:
+    """Download (once) and unpack (once) Debian's kernel package into `cache` (another
+    architecture's in CACHE/<arch>/kernel); run depmod on the full tree (the package
+    ships no modules.dep) so module dependencies can be read."""
+    package = package or debian_package_name(arch, apt)
     version = package.removeprefix("linux-image-")
-    tree = debs.unpacked(cache, "kernel", package, finish=lambda root: debs.run(
+    kind = "kernel" if arch.native else f"{arch.name}/kernel"
+    tree = debs.unpacked(cache, kind, package, apt=apt, finish=lambda root: debs.run(
         ["depmod", "-b", str(root), version], f"depmod for {version}"))
-    for old in (cache / "kernel").glob("linux-image-*"):  # 400 MB unpacked each
+    for old in (cache / kind).glob("linux-image-*"):  # 400 MB unpacked each
         if old.name != package and not old.name.endswith(".partial"):
             shutil.rmtree(old, ignore_errors=True)
-    for deb in (cache / "debs").glob("linux-image-*.deb"):
+    for deb in (cache / "debs" / ("" if arch.native else kind)).glob("linux-image-*.deb"):
         if not deb.name.startswith(f"{package}_"):
             deb.unlink(missing_ok=True)
     config = tree / "boot" / f"config-{version}"

@@ -182,11 +182,16 @@ def parse_spec(spec: str) -> list[str]:
 
 def select(modules_dir: Path, spec: str = "", always: tuple[str, ...] = ()) -> list[str]:
     """Module paths (relative to modules_dir) the initrd gets for a --modules spec, plus
-    `always` (the initrd's ALWAYS) where the kernel has them as modules."""
+    `always` (the initrd's ALWAYS) where the kernel has them as modules. A GENERIC word
+    this kernel lacks is skipped (vmd is x86's only); any other unknown word fails."""
     index = ModuleIndex.load(modules_dir)
     roots: list[str] = []
     for word in parse_spec(spec):
-        roots += index.resolve(word)
+        try:
+            roots += index.resolve(word)
+        except BuildError:
+            if word not in GENERIC:  # a word of the generic set another architecture
+                raise  # lacks (vmd, Intel's NVMe remapping, is x86 only) is not an error
     for word in always:  # built in (or, crc32c-intel, absent) elsewhere: nothing to add
         with contextlib.suppress(BuildError):
             roots += index.resolve(word)

@@ -86,6 +86,27 @@ def ensure_tftpboot() -> Path:
     return target
 
 
+def ensure_arm64_tftpboot() -> Path:
+    """build/tftpboot with the arm64 tree beside the x86 one (`make initrd ARCH=arm64`:
+    arm64/vmlinuz, arm64/initrd.img, shimaa64.efi, grubaa64.efi), each built when missing
+    or older than the sources. A fresh machine downloads ~120 MB of arm64 packages and
+    freezes the agent under qemu-user (about 2 minutes); later runs take the cache."""
+    import subprocess
+
+    target = ensure_tftpboot()
+    initrd = target / "arm64" / "initrd.img"
+    sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")
+               if not p.is_relative_to(ROOT / "builder" / "lab")]
+    newest = max(p.stat().st_mtime for p in sources)
+    if not initrd.exists() or initrd.stat().st_mtime < newest:
+        proc = subprocess.run([sys.executable, "-m", "builder", "initrd", "--arch", "arm64"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=2400)
+        if proc.returncode != 0:
+            raise RuntimeError(f"python -m builder initrd --arch arm64 failed:\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return target
+
+
 @pytest.fixture(scope="session")
 def tftpboot() -> Path:
     """ensure_tftpboot() once per session."""

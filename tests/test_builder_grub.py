@@ -31,13 +31,17 @@ def test_the_default_becomes_the_same_menu_for_grub():
     assert set(entries) == {"receiver", "sender"}
     (linux,) = [line for line in entries["receiver"] if line.startswith("linux ")]
     words = linux.split()
-    assert words[1] == "/vmlinuz"
+    assert words[1] == '"${hc_dir}/vmlinuz"'  # /vmlinuz on x86, /arm64/vmlinuz on arm64
     # the pxelinux APPEND words in order, initrd= left to GRUB's initrd command
     pxe = pxelinux.parse_menu(pxelinux.default_config()).booting()
     assert pxe is not None
-    assert words[2:-1] == pxe.params and not any(w.startswith("initrd=") for w in words)
-    assert words[-1] == "BOOTIF=01-$net_default_mac"  # IPAPPEND 2
-    assert "initrd /initrd.img" in entries["receiver"]
+    assert words[2:-2] == pxe.params and not any(w.startswith("initrd=") for w in words)
+    assert words[-2:] == ["BOOTIF=01-$net_default_mac", "$hc_console"]  # IPAPPEND 2
+    assert 'initrd "${hc_dir}/initrd.img"' in entries["receiver"]
+    # arm64's GRUB (grubaa64.efi) takes its kernel from arm64/, with its serial console
+    assert 'if [ "$grub_cpu" = arm64 ]; then' in text.splitlines()
+    assert "    set hc_dir=/arm64" in text.splitlines()
+    assert "    set hc_console=console=ttyAMA0,115200" in text.splitlines()
     assert "insmod http" not in text  # no URL, no HTTP
 
 
@@ -57,17 +61,17 @@ def test_http_url_on_port_80_is_tried_first_then_tftp():
     text = grub.from_pxelinux(pxelinux.default_config("http://10.0.0.1/herdcast"), "x")
     assert "insmod http" in text.splitlines()
     body = _entries(text)["receiver"]
-    assert body[1].startswith("if linux '(http,10.0.0.1)/herdcast/vmlinuz' auto=yes")
+    assert body[1].startswith('if linux "(http,10.0.0.1)/herdcast${hc_dir}/vmlinuz" auto=yes')
     assert body[1].endswith("; then")
-    assert "initrd '(http,10.0.0.1)/herdcast/initrd.img'" in body
-    assert body[body.index("else") + 2].startswith("linux /vmlinuz auto=yes")
-    assert "initrd /initrd.img" in body
+    assert 'initrd "(http,10.0.0.1)/herdcast${hc_dir}/initrd.img"' in body
+    assert body[body.index("else") + 2].startswith('linux "${hc_dir}/vmlinuz" auto=yes')
+    assert 'initrd "${hc_dir}/initrd.img"' in body
 
 
 def test_http_on_another_port_is_tftp_for_grub():
     """GRUB 2.06 speaks HTTP on port 80 only."""
     text = grub.from_pxelinux(pxelinux.default_config("http://10.0.0.1:8080/h"), "x")
-    assert "http," not in text and "linux /vmlinuz" in text
+    assert "http," not in text and 'linux "${hc_dir}/vmlinuz"' in text
 
 
 @pytest.mark.parametrize("tenths, prompt, seconds", [(50, True, 5), (1, True, 1),

@@ -3,7 +3,8 @@ configuration: dnsmasq accepts both, and the full one, run as it is (only its ma
 changed to the lab's), gives a BIOS client pxelinux.0, an x86-64 UEFI client (DHCP option
 93 = 7) the signed shim, and a UEFI HTTP Boot client (option 93 = 16, vendor class
 HTTPClient) the shim's http:// URL on this server with vendor class HTTPClient in the answer
-(which the firmware requires), each with an address from its range. The client is busybox's
+(which the firmware requires), each with an address from its range; arm64 UEFI clients
+(11, and 19 for HTTP Boot) get arm64's shim the same two ways. The client is busybox's
 udhcpc in a namespace of the lab; nothing leaves it."""
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ HTTP_CLIENT = "HTTPClient:Arch:00016:UNDI:003000"
     (None, None, "pxelinux.0"),
     (7, "PXEClient:Arch:00007:UNDI:003000", "shimx64.efi"),
     (16, HTTP_CLIENT, "http://{server}/shimx64.efi"),
+    (11, "PXEClient:Arch:00011:UNDI:003000", "shimaa64.efi"),  # arm64 UEFI
+    (19, "HTTPClient:Arch:00019:UNDI:003000", "http://{server}/shimaa64.efi"),
 ])
 def test_recipe_hands_out_the_boot_file_by_architecture(tmp_path, arch, vendor, boot_file):
     script = tmp_path / "udhcpc.script"
@@ -75,4 +78,4 @@ def test_recipe_hands_out_the_boot_file_by_architecture(tmp_path, arch, vendor, 
     ip, got, vendor_class = (tmp_path / "bound").read_text().split()
     assert got == boot_file.format(server=server.ip)
     assert 100 <= int(ip.rsplit(".", 1)[1]) <= 200
-    assert vendor_class == ("HTTPClient" if arch == 16 else "-")
+    assert vendor_class == ("HTTPClient" if arch in (16, 19) else "-")

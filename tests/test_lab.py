@@ -104,7 +104,9 @@ def test_dnsmasq_hands_each_client_architecture_its_boot_file(tmp_path, monkeypa
     assert "--dhcp-match=set:efi-http,option:client-arch,16" in dnsmasq
     assert "--dhcp-boot=tag:efi-http,http://10.99.0.1/shimx64.efi" in dnsmasq
     assert "--dhcp-option-force=tag:efi-http,60,HTTPClient" in dnsmasq
-    assert "--dhcp-boot=tag:!efi-x86_64,tag:!efi-http,pxelinux.0" in dnsmasq
+    assert "--dhcp-match=set:efi-arm64,option:client-arch,11" in dnsmasq
+    assert "--dhcp-boot=tag:efi-arm64,shimaa64.efi" in dnsmasq
+    assert "--dhcp-boot=tag:!efi-x86_64,tag:!efi-http,tag:!efi-arm64,pxelinux.0" in dnsmasq
 
 
 class _RunningProc:

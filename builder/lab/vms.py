@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.arch import ARM64
 from builder.efi import BOOT_FILE as EFI_BOOT_FILE
 from builder.efi import GRUB_FILE as EFI_GRUB_FILE
 from builder.errors import BuildError
@@ -35,8 +36,10 @@ class LabError(BuildError):
     """The lab could not be set up; the message says which step and why."""
 
 
-#: Per firmware kind: (OVMF code, OVMF variables template) from Debian's ovmf package.
+#: Per firmware kind: (OVMF code, OVMF variables template) from Debian's ovmf package
+#: (qemu-efi-aarch64's AAVMF for arm64 nodes).
 OVMF_DIR = Path("/usr/share/OVMF")
+AAVMF_DIR = Path("/usr/share/AAVMF")
 FIRMWARE = {
     "bios": None,  # SeaBIOS, qemu's default, with iPXE's PXE ROM on the NIC
     "uefi": ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
@@ -44,8 +47,13 @@ FIRMWARE = {
     "uefi-secure": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
     # the same, booting by UEFI HTTP Boot: OVMF's own HTTP client fetches shim by URL
     "uefi-http": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
+    # an arm64 machine (qemu-system-aarch64 -M virt, TCG), UEFI PXE by AAVMF with Secure
+    # Boot on and Microsoft's keys (DHCP client-arch 11: shimaa64.efi)
+    "uefi-arm64": ("AAVMF_CODE.ms.fd", "AAVMF_VARS.ms.fd"),
 }
-#: Firmware kinds with Secure Boot on (SMM, a secure flash, OVMF's own NIC driver).
+#: Firmware kinds of arm64 machines: qemu-system-aarch64, AAVMF, a Cortex-A57.
+ARM64_KINDS = ("uefi-arm64",)
+#: x86 firmware kinds with Secure Boot on (SMM, a secure flash, OVMF's own NIC driver).
 SECURE = ("uefi-secure", "uefi-http")
 
 
@@ -162,12 +170,15 @@ class PxeLab(LabContext):
             "--dhcp-match=set:ipxe,175",
             f"--dhcp-boot=tag:efi-x86_64,tag:!ipxe,{EFI_BOOT_FILE}",
             f"--dhcp-boot=tag:efi-x86_64,tag:ipxe,{EFI_GRUB_FILE}",
+            # 11: arm64 UEFI, which boots arm64's shim (and its GRUB, kernel and initrd)
+            *[f"--dhcp-match=set:efi-arm64,option:client-arch,{n}" for n in ARM64.client_arch],
+            f"--dhcp-boot=tag:efi-arm64,{ARM64.shim_file}",
             # UEFI HTTP Boot (option 93 = 16, vendor class HTTPClient): the boot file is a
             # URL, and the answer must say HTTPClient too or the firmware ignores it
             "--dhcp-match=set:efi-http,option:client-arch,16",
             f"--dhcp-boot=tag:efi-http,http://{BRIDGE_IP}/{EFI_BOOT_FILE}",
             "--dhcp-option-force=tag:efi-http,60,HTTPClient",
-            "--dhcp-boot=tag:!efi-x86_64,tag:!efi-http,pxelinux.0",
+            "--dhcp-boot=tag:!efi-x86_64,tag:!efi-http,tag:!efi-arm64,pxelinux.0",
             "--enable-tftp", f"--tftp-root={self.tftp}",
             f"--dhcp-leasefile={self.workdir / 'leases'}",
             "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only",
@@ -227,14 +238,18 @@ class PxeLab(LabContext):
         if kind is None:
             return ["-machine", "q35", "-boot", "n"], ""
         code, template = kind
+        arm = node.firmware in ARM64_KINDS
+        where = AAVMF_DIR if arm else OVMF_DIR
         for name in kind:
-            if not (OVMF_DIR / name).is_file():
-                raise LabError(f"{OVMF_DIR / name} missing", "run scripts/install-deps "
-                               "(Debian's ovmf package)")
+            if not (where / name).is_file():
+                raise LabError(f"{where / name} missing", "run scripts/install-deps "
+                               "(Debian's ovmf and qemu-efi-aarch64 packages)")
         varstore = self.workdir / f"{node.name}.vars.fd"
-        shutil.copyfile(OVMF_DIR / template, varstore)
-        args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / code}",
+        shutil.copyfile(where / template, varstore)
+        args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={where / code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={varstore}"]
+        if arm:  # AAVMF's own virtio-net driver and PXE (qemu's iPXE ROMs are x86 code)
+            return ["-machine", "virt", "-cpu", "cortex-a57", *args], ",bootindex=1,romfile="
         if node.firmware == "uefi-http":
             # no PXE boot options: OVMF's first network option is then HTTPv4
             args += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
@@ -258,7 +273,7 @@ class PxeLab(LabContext):
         # a console kept from the last run (build/demo/) must not be read as this one's
         node.console.unlink(missing_ok=True)
         if node.bus == "virtio":
-            disk = ["-drive", f"{node.drive()},if=virtio"]
+            disk = ["-drive", f"{node.drive()},if=virtio"]  # virtio-blk-pci, also on virt
         elif node.bus == "nvme":
             disk = ["-drive", f"{node.drive()},if=none,id=d0",
                     "-device", "nvme,drive=d0,serial=herdcast0"]
@@ -266,8 +281,15 @@ class PxeLab(LabContext):
             disk = ["-drive", f"{node.drive()},if=none,id=d0",
                     "-device", "ide-hd,drive=d0,bus=ide.0"]
         firmware, nic_opts = self._firmware_args(node)
+        if node.firmware in ARM64_KINDS:
+            qemu = ["qemu-system-aarch64", "-accel", "tcg"]
+            if not shutil.which(qemu[0]):
+                raise LabError(f"{qemu[0]} is not installed",
+                               "run scripts/install-deps (qemu-system-arm)")
+        else:
+            qemu = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", self.cpu]
         argv = self._ns(
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", self.cpu, *firmware,
+            *qemu, *firmware,
             "-m", str(self.memory_mb), "-smp", "1", "-nographic", "-no-reboot",
             "-serial", f"file:{node.console}", "-monitor", "none",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
