@@ -1,19 +1,22 @@
 """The pieces of `make initrd ARCH=arm64` that run without a VM: the sysroot's path
 mapping (qemu -L must never hand a node the host's x86 file), static programs told by
 their ELF headers (the loader's --list crashes on them under qemu-user), the arm64 kernel's
-version, and --arch refused in one line. tests/test_pxe_arm64.py boots the result."""
+version, --arch refused in one line, and the arm64 initrd's own grow tools growing a
+filesystem under qemu-user. tests/test_pxe_arm64.py boots the result."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, ensure_arm64_tftpboot
+from test_builder_initrd import _extract
 
-from builder import arch, kernel, libs
+from builder import arch, initrd, kernel, libs
 from builder.config import BuildConfig
 from builder.errors import BuildError
 from builder.sysroot import Sysroot
@@ -71,3 +74,35 @@ def test_an_unknown_architecture_is_refused_before_any_work(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2 and "--arch" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_arm64_initrd_grows_a_clone_with_its_own_tools(tmp_path):
+    """grow=yes on an arm64 node: the GROW_TOOLS are the sysroot's arm64 programs and run
+    with only the initrd's libraries (qemu -L the unpacked root); its e2fsck and resize2fs
+    grow an ext4 image to its file's new size; the modules a clone is mounted with are in."""
+    tftp = ensure_arm64_tftpboot()
+    dest = tmp_path / "root"
+    dest.mkdir()
+    _extract(initrd.unpack((tftp / "arm64" / "initrd.img").read_bytes()), dest)
+    sr = Sysroot(dest, arch.ARM64, "")
+    sr.check_elves(dest / "usr/sbin")
+    for tool, flag in (("xfs_growfs", "-V"), ("btrfs", "--version"),
+                       ("ntfsresize", "--version")):
+        proc = sr.run(dest / "usr/sbin" / tool, flag, timeout=60)
+        assert proc.returncode == 0, (tool, proc.stderr)
+    image = tmp_path / "ext4.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "8M"], check=True, timeout=60)
+    os.truncate(image, 24 << 20)
+    fsck = sr.run(dest / "usr/sbin/e2fsck", "-f", "-p", str(image), timeout=120)
+    assert fsck.returncode == 0, fsck.stderr
+    grow = sr.run(dest / "usr/sbin/resize2fs", str(image), timeout=120)
+    assert grow.returncode == 0, grow.stderr
+    info = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    blocks, size = (int(x) for x in re.search(
+        r"Block count:\s+(\d+).*?Block size:\s+(\d+)", info, re.S).groups())
+    assert blocks * size == 24 << 20
+    dep = next(dest.glob("usr/lib/modules/*/modules.dep")).read_text()
+    for module in ("loop", "ext4", "xfs", "btrfs"):
+        assert f"/{module}.ko.xz:" in dep, module
