@@ -241,18 +241,14 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
     (agent.boot.cmdline), so `compr=rar` is refused here and not at boot. A `changed` key
     that is no herdcast parameter but nearly one (`umod`) is refused too: the kernel would
     ignore it, and a sender meant by `umod=snd` would boot as a receiver."""
-    import difflib
-
     from agent.boot.cmdline import parse_cmdline
-    from agent.boot.params import PARAMETERS
+    from agent.boot.params import near_parameter
     from agent.boot.tokens import CmdlineError
 
-    names = {name.lower(): name for name in PARAMETERS}
     for key in changed:
-        if key.lower() not in names and (near := difflib.get_close_matches(
-                key.lower(), list(names), n=1, cutoff=0.75)):
+        if near := near_parameter(key):
             raise PxeConfigError(f"parameter {key}: not a herdcast parameter",
-                                 f"did you mean {names[near[0]]}? (see kernel-cmdline.md)")
+                                 f"did you mean {near}? (see kernel-cmdline.md)")
     try:
         parse_cmdline(append)
     except CmdlineError as exc:
