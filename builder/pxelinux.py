@@ -183,6 +183,11 @@ def _edit_append(line: str, changes: list[tuple[str, str]]) -> str:
     return match.group(1) + " ".join(words)
 
 
+def words(append: str) -> list[str]:
+    """The words of an append line's parameters (a quoted value is one word)."""
+    return _WORD.findall(append)
+
+
 def _boot_append(lines: list[str]) -> int:
     """Index of the APPEND line of the label that boots by default (the first label's when
     there is no DEFAULT line)."""
@@ -257,26 +262,43 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
 
 def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str],
                       note: str | None = None) -> Path:
-    """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked,
-    and the resulting boot line parsed as the node will parse it, before anything is
-    written. `note` becomes a comment line on top (who wrote the file, and why)."""
+    """Write pxelinux.cfg/01-<mac> from the node's own file (else the default); every
+    argument is checked, and the resulting boot line parsed as the node will parse it,
+    before anything is written. `note` becomes a comment line on top (who wrote the file,
+    and why)."""
     target, text = node_text(tftp_root, mac, assignments)
     _replace(target, (f"# {note}\n" if note else "") + text)
     return target
 
 
-def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
-    """(pxelinux.cfg/01-<mac>, its text) from the default with `assignments`, checked as
-    write_node_config checks them; nothing is written."""
-    name = mac_file_name(mac)
-    changes = parse_assignments(assignments)
+def node_base(tftp_root: Path, mac: str) -> Path:
+    """The file a node's new config starts from: its own 01-<mac> when that boots a kernel
+    (its settings, hand edits included, are kept: `disk=/dev/nvme0n1` set yesterday stays),
+    else pxelinux.cfg/default (no file yet, or a disarmed one that boots the local disk)."""
     default = Path(tftp_root) / "pxelinux.cfg" / "default"
+    own = default.with_name(mac_file_name(mac))
+    if own.is_file():
+        booting = parse_menu(own.read_text()).booting()
+        if booting is not None and booting.kernel is not None:
+            return own
     if not default.is_file():
         raise PxeConfigError(f"{default} not found",
                              "run `make initrd` first, or pass --tftp-root DIR")
-    text = node_config(default.read_text(), changes)
+    return default
+
+
+def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
+    """(pxelinux.cfg/01-<mac>, its text) from node_base with `assignments`, checked as
+    write_node_config checks them; nothing is written. The notes on top of the node's own
+    file (`# herdcast: armed ...`) are left out: the writer gives its own."""
+    changes = parse_assignments(assignments)
+    base = node_base(tftp_root, mac)
+    lines = base.read_text().splitlines()
+    while lines and lines[0].startswith("# herdcast: "):
+        lines.pop(0)
+    text = node_config("\n".join(lines), changes)
     check_boot_line(boot_append_line(text), [k for k, _ in changes])
-    return default.with_name(name), text
+    return base.with_name(mac_file_name(mac)), text
 
 
 def _replace(target: Path, text: str) -> None:
