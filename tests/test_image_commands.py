@@ -78,6 +78,17 @@ def test_restore_refuses_a_mounted_disk_and_leaves_it_unchanged(tmp_path, mode):
 
 
 @needs_loop
+def test_restore_refuses_a_disk_smaller_than_the_image_before_writing(tmp_path):
+    img = _small_image(tmp_path)
+    backing = tmp_path / "small.img"
+    backing.write_bytes(b"\x5a" * (4 * MiB))
+    with loop_device(backing) as dev:
+        err = _one_line(_image("restore", str(img), dev))
+    assert "smaller than the image" in err
+    assert backing.read_bytes() == b"\x5a" * (4 * MiB)
+
+
+@needs_loop
 def test_capture_of_a_read_write_mounted_disk_warns_as_send_does(tmp_path):
     backing, mnt = tmp_path / "disk.img", tmp_path / "mnt"
     backing.write_bytes(bytes(16 * MiB))
@@ -329,7 +340,8 @@ def test_a_capture_through_receive_records_host_partitions_and_description(tmp_p
     with NetLab(2, net=188) as lab:
         h0, h1 = lab.hosts
         rcv = h1.popen([*herdcast, "receive", "--nokbd", "--no-progress", "--interface",
-                        "eth0", "-f", str(store / "lab.img"), "--description", "lab master"],
+                        "eth0", "-f", str(store / "lab.img"), "--store", "--description",
+                        "lab master"],
                        cwd=ROOT, stdin=subprocess.DEVNULL, stderr=rlog.open("wb"))
         snd = h0.popen([*herdcast, "send", "--nokbd", "--interface", "eth0",
                         "--min-receivers", "1", "-f", str(disk)], cwd=ROOT,
@@ -340,3 +352,44 @@ def test_a_capture_through_receive_records_host_partitions_and_description(tmp_p
     assert f"lab.img: from {socket.gethostname()}" in out and "  lab master" in out, out
     assert "EFI System" in out and "ext4" in out and "disk 40.0 MiB" in out, out
     assert _image("info", str(store / "lab.img")).returncode == 0
+
+
+@needs_loop
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_a_failed_recapture_through_receive_keeps_the_previous_image(tmp_path):
+    """The README's capture, `herdcast receive -f lab.img --store`, run again over a good
+    lab.img; the sender dies mid-way: the receive fails and lab.img is the previous image,
+    whole. (Restored: commit 552d63c had dropped this test and the code it proves.)"""
+    import time
+
+    from builder.lab.netlab import NetLab
+
+    store = tmp_path / "images"
+    store.mkdir()
+    img = store / "lab.img"
+    _small_image(tmp_path).rename(img)
+    old = _sha(img)
+    disk = tmp_path / "master.img"
+    make_disk(disk, 40, [Part("raw", 32)])
+    rlog, slog = tmp_path / "r.log", tmp_path / "s.log"
+    herdcast = [sys.executable, "-m", "agent"]
+    with NetLab(2, net=189) as lab:
+        h0, h1 = lab.hosts
+        rcv = h1.popen([*herdcast, "receive", "--nokbd", "--no-progress", "--interface",
+                        "eth0", "--receive-timeout", "2", "-f", str(img), "--store"], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, stderr=rlog.open("wb"))
+        snd = h0.popen([*herdcast, "send", "--nokbd", "--interface", "eth0", "--min-receivers",
+                        "1", "--max-bitrate", "16m", "-f", str(disk)], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, stderr=slog.open("wb"))
+        deadline = time.monotonic() + 30
+        while "Transfer started" not in rlog.read_text():
+            assert time.monotonic() < deadline and rcv.poll() is None, rlog.read_text()
+            time.sleep(0.1)
+        time.sleep(1)
+        snd.kill()
+        snd.wait(timeout=10)
+        rc = rcv.wait(timeout=30)
+    assert rc == 1, rlog.read_text()
+    assert _sha(img) == old
+    assert sorted(p.name for p in store.iterdir()) == ["lab.img"]

@@ -63,30 +63,34 @@ def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
 
 
 def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path):
+    """`receive -f FILE` writes the disk, as udp-receiver does: a new file becomes a sparse
+    file of the disk's size; storing the image as it came is --store."""
     src = tmp_path / "src.img"
     digests = make_disk(src, DISK_MIB, PARTS)
-    disks = [tmp_path / "disk1.img", tmp_path / "disk2.img"]
-    for d in disks:
-        junk_disk(d)
+    fresh, junked = tmp_path / "disk1.img", tmp_path / "disk2.img"
+    junk_disk(junked)
     stored = tmp_path / "lab.hcimg"
     with NetLab(4, net=106) as lab:
         rc, rcs = session(lab, tmp_path, src,
-                          [(herdcast_receiver, disks[0], ["--unpack"]),
-                           (herdcast_receiver, disks[1], ["--unpack", "--blank", "zero"]),
-                           (herdcast_receiver, stored, [])])
+                          [(herdcast_receiver, fresh, []),
+                           (herdcast_receiver, junked, ["--blank", "zero"]),
+                           (herdcast_receiver, stored, ["--store"])])
     log = logs(tmp_path)
     assert (rc, rcs) == (0, [0, 0, 0]), log
     assert "herdcast image" in log  # the round sent the image stream, not the raw disk
-    for d in disks:
+    for d in (fresh, junked):
         assert used_extents_equal(src, d), d
+    assert fresh.stat().st_size == DISK_MIB * MiB  # the disk, not the image
+    assert fresh.stat().st_blocks * 512 < 32 * MiB  # sparse: free space is holes
     info = read_info(str(stored))
     assert info.disk_size == DISK_MIB * MiB
     assert info.file_bytes < 16 * MiB  # about the data (8.2 MB of files), not 256 MiB
-    with open(disks[1], "rb") as f:  # --blank zero: free space reads back as zeros
+    with open(junked, "rb") as f:  # --blank zero: free space reads back as zeros
         f.seek(used_map(str(src)).extents[-1].end)
         assert f.read(MiB).count(0) == MiB or f.tell() == DISK_MIB * MiB
-    assert fsck(disks[0], PARTS) == []
-    assert file_digests(disks[0], PARTS) == digests
+    assert fsck(fresh, PARTS) == []
+    assert file_digests(fresh, PARTS) == digests
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 @needs_udpcast
@@ -97,14 +101,14 @@ def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
     herd, stock = tmp_path / "herd.img", tmp_path / "stock.img"
     junk_disk(herd)
     with NetLab(3, net=107) as lab:
-        rc, rcs = session(lab, tmp_path, src, [(herdcast_receiver, stored, [])],
+        rc, rcs = session(lab, tmp_path, src, [(herdcast_receiver, stored, ["--store"])],
                           "--compress", "zstd")
         assert (rc, rcs) == (0, [0]), logs(tmp_path)
         assert read_info(str(stored)).codec == "zstd"  # kept as it crossed the wire
         # deployed later, the captured node off: a herdcast receiver with no compression
         # configured follows the sender; a stock one is told with --pipe, as with udpcast
         rc, rcs = session(lab, tmp_path, stored,
-                          [(herdcast_receiver, herd, ["--unpack"]),
+                          [(herdcast_receiver, herd, []),
                            (stock_receiver, stock, ["--pipe", "zstd -dc"])])
     log = logs(tmp_path)
     assert (rc, rcs) == (0, [0, 0]), log

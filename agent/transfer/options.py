@@ -108,8 +108,8 @@ class ReceiveOptions(CommonOptions):
     rcvbuf: int | None = None
     passive: bool = False
     ignore_lost_data: bool = False
-    # herdcast images: unpacked onto a block device, stored as they came into a file;
-    # True unpacks onto a file too (a file standing for a disk). See agent.image.
+    # herdcast images: unpacked onto the disk or file (None, True), or stored into a file as
+    # they came (False: --store). See agent.image.
     unpack: bool | None = None
     blank: str = "keep"  # what unpacking does with the space no image extent covers
     verify: str = "none"  # "readback": read what was written back from the disk after fsync
@@ -274,9 +274,11 @@ def receive_parser(prog: str = "herdcast receive") -> argparse.ArgumentParser:
     p.add_argument("-d", "--passive", action="store_true")
     p.add_argument("-Z", "--ignore-lost-data", action="store_true")
     p.add_argument("--unpack", action="store_const", const=True, default=None,
-                   help="herdcast: write a herdcast image onto --file as onto a disk, even "
-                        "when it is a regular file (a block device always is; a file "
-                        "otherwise stores the image as it came)")
+                   help="herdcast: write a herdcast image onto --file as onto a disk (the "
+                        "default; a regular file is then sparse where the disk is free)")
+    p.add_argument("--store", dest="unpack", action="store_const", const=False,
+                   help="herdcast: store a herdcast image into --file as it came, "
+                        "compression and all (the capture a server keeps for send -f)")
     p.add_argument("--trust-key", metavar="FILE.pub",
                    help="herdcast: image only from a sender that signs with this public "
                         "key's pair (default: /etc/herdcast/trusted.pub if it exists)")

@@ -1,8 +1,9 @@
 """Where received bytes go: a file or device, stdout, a `--pipe` filter, a decompressor;
 and the writer thread that moves completed slices there.
 
-A herdcast image (agent.image) is recognised by its first bytes: unpacked onto a block
-device (or a file with --unpack), stored as it came (compressed) into a regular file.
+A herdcast image (agent.image) is recognised by its first bytes and unpacked onto the
+disk or file, as udp-receiver writes a disk (a file is sparse where the disk is free); with
+--store it is stored as it came (compressed), for `herdcast send -f` or `herdcast image`.
 
 The writer runs beside the network loop so disk or pipe writes (and hashing, which releases
 the GIL) overlap packet reception. Each completed slice is written with one os.write of a
@@ -93,27 +94,36 @@ class Output:
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
         self.stored = False  # a herdcast image stored as it came into a file
-        is_block = False
+        # A regular file is written beside its path (`partial`) until the stream's first
+        # bytes are known: a raw stream or an unpacked image then takes the path at once
+        # (udp-receiver's file, written in place), a stored image only once complete, so a
+        # failed re-capture leaves the previous image as it was.
+        self.final: str | None = None
+        self.partial: str | None = None
         if opts.file is None:
             self.fd = os.dup(1)
         else:
             flags = os.O_WRONLY | os.O_CREAT
             try:
                 st = os.stat(opts.file)
-                is_block = stat.S_ISBLK(st.st_mode)
-                is_device = is_block or stat.S_ISCHR(st.st_mode)
+                is_device = stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
             except FileNotFoundError:
                 is_device = False
-            if not is_device:
-                flags |= os.O_TRUNC  # a shorter image must not leave the old file's tail
+            target = opts.file
+            if not is_device:  # a file: opened beside the old one, which a stored image
+                self.final = os.path.realpath(opts.file)  # replaces only once complete
+                target = self.partial = os.path.join(
+                    os.path.dirname(self.final),
+                    f".{os.path.basename(self.final)}.{os.getpid()}.partial")
+                flags |= os.O_TRUNC | os.O_EXCL
             if opts.sync:
                 flags |= os.O_SYNC
             try:
-                self.fd = os.open(opts.file, flags, 0o644)
+                self.fd = os.open(target, flags, 0o644)
             except OSError as exc:
                 raise OutputError(f"--file {opts.file}: cannot open for writing: "
                                   f"{exc.strerror}") from exc
-        self.unpack = opts.unpack if opts.unpack is not None else is_block
+        self.unpack = opts.unpack is not False  # --store: False
         self.target_fd = self.fd
         if opts.pipe:
             argv = shlex.split(opts.pipe)
@@ -144,6 +154,8 @@ class Output:
 
     def _choose(self, image: bool) -> None:
         """Set up the writing path for what the stream is, then replay what was held."""
+        if not image or self.unpack:
+            self._settle()
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
@@ -216,12 +228,19 @@ class Output:
             except OSError as exc:
                 raise OutputError(f"{self.path}: closing failed: {exc.strerror or exc} (the "
                                   "last writes may not have landed)") from exc
+            self._settle()
         except (OSError, HerdcastError) as exc:  # the decompressor, the pipe, the image
             if isinstance(exc, OutputError):
                 raise
             raise OutputError(f"{self.path}: {exc}") from exc
         finally:
             self.close()
+
+    def _settle(self) -> None:
+        """The file written takes its path."""
+        if self.partial is not None:
+            os.replace(self.partial, self.final)
+            self.partial = None
 
     def close(self) -> None:
         """Release everything without waiting for success (abort path)."""
@@ -237,6 +256,10 @@ class Output:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+        if self.partial is not None:  # never completed: the previous file stays as it was
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
+            self.partial = None
 
 
 class _Writer(io.RawIOBase):

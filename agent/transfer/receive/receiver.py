@@ -211,7 +211,8 @@ def _describe(opts: ReceiveOptions, output: Output) -> None:
     """--description: into the image just stored (after the digest: the sender's table
     has its verdict before the file is rewritten)."""
     if not output.stored:
-        say(f"--description ignored: {opts.file} holds no stored herdcast image")
+        say(f"--description ignored: {opts.file} holds no stored herdcast image (the "
+            "image was written out as a disk; --store keeps it as it came, described)")
         return
     from agent.image.catalogue import set_description
 
