@@ -95,27 +95,32 @@ def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_pa
 
 @needs_udpcast
 def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
+    """A 64 MiB disk: the stock round carries every byte of it."""
     src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    parts = [Part("ext4", 48, {"a": 2_000_000})]
+    digests = make_disk(src, 64, parts)
     stored = tmp_path / "lab.hcimg"
     herd, stock = tmp_path / "herd.img", tmp_path / "stock.img"
-    junk_disk(herd)
     with NetLab(3, net=107) as lab:
         rc, rcs = session(lab, tmp_path, src, [(herdcast_receiver, stored, ["--store"])],
                           "--compress", "zstd")
         assert (rc, rcs) == (0, [0]), logs(tmp_path)
         assert read_info(str(stored)).codec == "zstd"  # kept as it crossed the wire
-        # deployed later, the captured node off: a herdcast receiver with no compression
-        # configured follows the sender; a stock one is told with --pipe, as with udpcast
+        # deployed later, the captured node off: a stock receiver, as udpcast's tutorial
+        # runs it, gets the raw disk, uncompressed (nobody asked for --compress); so does the
+        # herdcast receiver in its round, which follows without being told
         rc, rcs = session(lab, tmp_path, stored,
                           [(herdcast_receiver, herd, []),
-                           (stock_receiver, stock, ["--pipe", "zstd -dc"])])
+                           (stock_receiver, stock, [])])
     log = logs(tmp_path)
     assert (rc, rcs) == (0, [0, 0]), log
+    assert "to stock udp-receivers: the raw disk it expands to, uncompressed" in log
+    assert "the raw disk expanded from the stored image, uncompressed" in log
+    assert "ignored" not in log
     assert used_extents_equal(src, herd)
     assert used_extents_equal(src, stock)  # the raw disk the image expands to
-    assert stock.stat().st_size == DISK_MIB * MiB
-    assert file_digests(herd, PARTS) == digests
+    assert stock.stat().st_size == 64 * MiB
+    assert file_digests(herd, parts) == digests
 
 
 @needs_udpcast

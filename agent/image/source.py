@@ -37,7 +37,9 @@ class Source:
     umap: UsedMap | None = None
     codec: str | None = None  # a stored image's compression
 
-    def describe(self) -> list[str]:
+    def describe(self, compress: str | None = None) -> list[str]:
+        """Lines saying what is sent; `compress`: --compress, which a stored image's raw
+        disk gets for stock receivers."""
         if self.kind == "used" and self.umap is not None:
             return [*self.umap.describe(), f"to herdcast receivers: the {self.umap.used_bytes}"
                     f" used bytes of {self.umap.disk_size} (all-zero runs not sent); to stock"
@@ -46,9 +48,11 @@ class Source:
             return [*self.umap.describe(), "sending every byte: no filesystem on this disk "
                     "could be mapped (see the partitions above)"]
         if self.kind == "stored":
+            stock = (f"compressed with {compress} (--compress: give them --pipe)" if compress
+                     else "uncompressed (--compress CODEC compresses it for their --pipe)")
             return [f"a herdcast image of a {self.disk_size}-byte disk, compression "
-                    f"{self.codec or 'none'}: sent as it is to herdcast receivers, expanded "
-                    "for stock udp-receivers"]
+                    f"{self.codec or 'none'}: sent as it is to herdcast receivers; to stock "
+                    f"udp-receivers: the raw disk it expands to, {stock}"]
         return []
 
 

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
+from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.readback import Readback
 
@@ -79,10 +80,10 @@ class Output:
     """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
 
     def __init__(self, opts: ReceiveOptions, codec: str | None = None,
-                 image_size: int | None = None) -> None:
-        """`codec`: the stream's compression as the sender announced it (herdcast senders),
-        else --compress. `image_size`: what the sender announced the receiver writes; the
-        stream may not expand past it (a decompression bomb is refused at that byte)."""
+                 image_size: int | None = None, announced: bool = False) -> None:
+        """`codec`: the stream's compression as the sender announced it (herdcast senders:
+        `announced`), else --compress. `image_size`: what the sender announced the receiver
+        writes; the stream may not expand past it (a decompression bomb is refused at that byte)."""
         self.path = opts.file or "(stdout)"
         self.sync = opts.sync
         self.codec = codec if codec not in (None, "none") else None
@@ -137,13 +138,37 @@ class Output:
         self._write: Callable[[memoryview], None] = self._write_fd
         self._held: list[bytes] = []
         self.sniffer = None
-        if opts.file is not None and not opts.pipe:
+        self._sniffing = opts.file is not None and not opts.pipe
+        if announced and self.codec:
+            self._write = self._check_codec
+        else:
+            self._setup()
+
+    def _setup(self) -> None:
+        """The writing path for self.codec: look at the head for an image (a file), or
+        write the stream as it is (stdout, --pipe)."""
+        if self._sniffing:
             from agent.image.sniff import HeadSniffer
 
             self.sniffer = HeadSniffer(self.codec)
             self._write = self._sniff
         else:
             self._choose(image=False)
+
+    def _check_codec(self, data: memoryview) -> None:
+        """The first bytes against the compression a herdcast sender announced: a stored
+        image's round with stock receivers carries the raw disk it expands to (compressed
+        only as the sender's --compress asked), whose magic says which."""
+        from agent.codec import sniff
+
+        found = sniff(bytes(data[:16]))
+        if found != self.codec:
+            what = f"compressed with {found}" if found else "uncompressed"
+            say(f"this round carries the raw disk, {what} (a round with stock "
+                "udp-receivers): writing it so")
+            self.codec = found
+        self._setup()
+        self._write(data)
 
     def _sniff(self, data: memoryview) -> None:
         """Hold the first bytes until they tell whether this is a herdcast image."""
@@ -203,6 +228,8 @@ class Output:
         on thin or network storage): the image is then not on the disk and the receive must
         fail, never report success."""
         try:
+            if self._write == self._check_codec:  # nothing came
+                self._setup()
             if self.sniffer is not None and self.sniffer.verdict is None:
                 self._choose(self.sniffer.end())  # a stream shorter than the magic
             if self.decoder is not None:

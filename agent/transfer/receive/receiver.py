@@ -55,7 +55,8 @@ class Receiver:
         link.session = session
         link.disconnect_due = True
         check_image_fits(opts.file, session.image_size)
-        self.output = Output(opts, self.codec(session), session.image_size)
+        self.output = Output(opts, self.codec(session), session.image_size,
+                             announced=session.codec is not None)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
         asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers,
@@ -104,9 +105,11 @@ class Receiver:
         if session.codec is None:
             return self.opts.compress
         announced = None if session.codec == "none" else session.codec
-        if announced != self.opts.compress:
+        if self.opts.compress and announced != self.opts.compress:
             say(f"the sender compresses with {announced or 'nothing'}: following it "
-                f"(--compress {self.opts.compress or 'none'} ignored)")
+                f"(--compress {self.opts.compress} ignored)")
+        elif announced:
+            say(f"the sender compresses with {announced}: following it")
         return announced
 
     def raw_size(self, session: Session) -> int | None:

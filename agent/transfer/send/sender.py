@@ -125,11 +125,11 @@ class Service:
         opts, session, table = self.opts, self.session, self.table
         stop = stop or (lambda: False)
         try:
-            for line in session.source.describe():
+            for line in session.source.describe(opts.compress):
                 say(f"herdcast send: {line}")
             # a disk's image stream is cheap to open: the round reopens it raw if it must
-            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
-                                  self.as_image)
+            self.inp = open_input(opts.file, opts.pipe, session.round_codec(self.as_image),
+                                  session.source, self.as_image)
             keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
                         and sys.stdin.isatty() and not opts.serve)
             net = session.net
@@ -214,14 +214,14 @@ class Service:
         as_image = session.image_round(table)
         if number > 0 or as_image != self.as_image:
             self.inp.close()
-            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
-                                  as_image)
+            self.inp = open_input(opts.file, opts.pipe, session.round_codec(as_image),
+                                  session.source, as_image)
             self.as_image = as_image
             if number > 0:  # a fresh reader needs the old one's buffers back
                 self.buffers = _buffers(session, self.ring)
         say(f"herdcast send: starting ({why}), round {number}: {participants_summary(table)}"
             f", data to {data_ip} in {session.blocksize}-byte blocks"
-            + (", herdcast image" if as_image else ""))
+            + (", herdcast image" if as_image else _expanded(session)))
         _size_send_buffer(session, table)
         pacer = Pacer(session.blocksize, opts.max_bitrate, table.min_rcvbuf())
         encoder = slice_encoder(opts.fec, session.blocksize) if opts.fec else None
@@ -276,6 +276,15 @@ class Service:
         if self.inp is not None:
             self.inp.close()
         self.session.net.close()
+
+
+def _expanded(session: SendSession) -> str:
+    """What a round with stock receivers gets of a stored image, for its start line."""
+    if session.source.kind != "stored":
+        return ""
+    codec = session.round_codec(False)
+    return ", the raw disk expanded from the stored image, " + (
+        f"compressed with {codec} (--compress)" if codec else "uncompressed")
 
 
 def _stream_total(session: SendSession, as_image: bool) -> int | None:
