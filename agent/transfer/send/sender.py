@@ -81,6 +81,8 @@ def send(opts: SendOptions, observer: ReceiverObserver | None = None,
 
             for line in send_source_warnings(opts.file):  # a disk mounted read-write
                 say(f"herdcast send: {line}")
+        if opts.report:
+            _check_report(opts.report)
         events, own_events = _open_events(opts.events)
         session = SendSession.open(opts)
     except HerdcastError as exc:
@@ -311,6 +313,17 @@ def _write_report(opts: SendOptions, session: SendSession, service: Service) -> 
         service.result.error = SendError(f"--report {opts.report}: {exc.strerror or exc}",
                                          "give a path in a writable directory")
         service.result.error.__cause__ = exc  # raise ... from, for an error not raised
+
+
+def _check_report(path: str) -> None:
+    """--report is written after the last round: a directory that is not there must stop
+    the send before the first, not after a day of imaging."""
+    folder = os.path.dirname(os.path.abspath(path))
+    why = ("is a directory" if os.path.isdir(path) else
+           f"directory {folder} does not exist" if not os.path.isdir(folder) else
+           f"directory {folder} is not writable" if not os.access(folder, os.W_OK) else None)
+    if why:
+        raise SendError(f"--report {path}: {why}", "give a path in a writable directory")
 
 
 def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:
