@@ -29,7 +29,9 @@ def test_serve_defaults_and_conflicts():
     assert opts.live is None  # the live table when stderr is a terminal
     for extra, word in ((["--async", "--max-bitrate", "1m"], "--async"),
                         (["--no-late-join"], "--no-late-join"),
-                        (["--start-timeout", "5"], "--start-timeout")):
+                        (["--start-timeout", "5"], "--start-timeout"),
+                        (["--min-receivers", "4"], "--min-receivers"),
+                        (["--max-wait", "60"], "--max-wait")):
         with pytest.raises(OptionError, match=f"--serve and {word} do not go together"):
             parse_send_args(["-f", "/dev/null", "--serve", *extra])
     with pytest.raises(OptionError, match="not stdin or --pipe"):

@@ -94,6 +94,8 @@ def test_plan_json_static_and_udpcparam_list(capsys):
     ("umode=rcv disk=", "disk=: empty"),
     ("umode=rcv dhcp=maybe", "dhcp=maybe: not yes or no"),
     ("auto=yes", "umode: missing"),
+    ('umode=snd serve=yes udpcparam="--min-receivers 4"',
+     'udpcparam="--min-receivers 4": --serve and --min-receivers do not go together'),
 ])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_plan_bad_parameter_exits_2_with_one_line(capsys, bad, message, as_json):
