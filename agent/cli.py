@@ -10,7 +10,8 @@ outcome is decided in one place, agent.cmd.exit_status:
                     2 a usage error: a bad option, boot parameter or command, nothing
                     touched; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)
     send            1 also when any receiver failed, was dropped or disagreed, or none
-                    took part (under --serve: a receiver that finished disagreed)
+                    took part (under --serve: a receiver that finished disagreed or
+                    said it failed, or it was stopped before any receiver was imaged)
     receive         1 also when the image is incomplete (the line says so)
     plan            2 also for an unreadable --cmdline-file
     image           1 also for an unreadable or damaged image file

@@ -80,8 +80,13 @@ def test_a_receiver_imaged_twice_has_two_rows():
 
 
 def test_serve_verdict_fails_only_on_finished_receivers_that_disagree():
-    rows = [Receiver("a", verdict=Verdict.DROPPED), Receiver("b", verdict=Verdict.INTERRUPTED)]
+    rows = [Receiver("a", verdict=Verdict.DROPPED), Receiver("b", verdict=Verdict.INTERRUPTED),
+            Receiver("d", verdict=Verdict.OK)]
     assert serve_verdict(rows) == (True, None)
+    ok, error = serve_verdict(rows[:2])  # nobody imaged is no success
+    assert not ok and error.what.startswith("stopped before any receiver was imaged (2 came")
+    ok, error = serve_verdict([])
+    assert not ok and error.what == "stopped before any receiver was imaged"
     ok, error = serve_verdict([*rows, Receiver("c", verdict=Verdict.DIGEST_MISMATCH)])
     assert not ok and "c digest mismatch" in error.what and error.fix
 

@@ -154,3 +154,24 @@ def test_serve_shows_the_live_table_on_a_terminal(tmp_path):
     for word in ("receiver", "MAC", "state", "rate", "ETA", lab.hosts[1].ip, "done"):
         assert word in text, (word, text[-3000:])
     assert "\x1b[" in text  # redrawn in place
+
+
+def test_serve_stopped_before_anyone_was_imaged_fails(tmp_path):
+    """Nothing imaged is no success: exit 1, the report's ok false with the reason."""
+    src = make_source(tmp_path, 100_003)
+    report = tmp_path / "serve.json"
+    with NetLab(1, net=131) as lab:
+        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "--serve", "-f", str(src),
+                              "--report", str(report))
+        deadline = time.monotonic() + 20
+        while "announcing to" not in (tmp_path / "send.log").read_text():
+            assert time.monotonic() < deadline and snd.poll() is None, logs(tmp_path)
+            time.sleep(0.1)
+        snd.send_signal(signal.SIGTERM)
+        rc = wait(snd, 20)
+    text = (tmp_path / "send.log").read_text()
+    assert rc == 1, text
+    assert "stopped before any receiver was imaged" in text
+    doc = json.loads(report.read_text())
+    assert doc["session"]["ok"] is False and doc["rounds"] == [] and doc["receivers"] == []
+    assert doc["session"]["error"].startswith("stopped before any receiver was imaged")

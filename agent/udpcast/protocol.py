@@ -32,6 +32,7 @@ from construct import (
     Int32sb,
     Int32ub,
     Int64ub,
+    PaddedString,
     Padding,
     Struct,
 )
@@ -63,6 +64,7 @@ class Op(IntEnum):
     HC_DIGEST = 0x4801
     HC_DIGEST_ACK = 0x4802
     HC_LATE = 0x4803
+    HC_FAIL = 0x4804
 
 
 class Cap:
@@ -219,6 +221,14 @@ HcLate = Struct(  # sender -> receiver unicast, answering a CONNECT_REQ mid-tran
     "slice_no" / Int32ub,  # slice being sent now, for the message
 )
 
+REASON_BYTES = 200  # one console line of why, UTF-8, NUL-padded
+
+HcFail = Struct(  # receiver -> sender unicast: it stops, and why (one line)
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "reason" / PaddedString(REASON_BYTES, "utf8"),
+)
+
 MESSAGES: dict[int, Construct] = {
     Op.OK: Ok,
     Op.RETRANSMIT: Retransmit,
@@ -235,6 +245,7 @@ MESSAGES: dict[int, Construct] = {
     Op.HC_DIGEST: HcDigest,
     Op.HC_DIGEST_ACK: HcDigestAck,
     Op.HC_LATE: HcLate,
+    Op.HC_FAIL: HcFail,
 }
 
 SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}
@@ -247,6 +258,12 @@ def build(op: Op, **fields) -> bytes:
     values = {"opcode": int(op), "reserved": 0, "reserved2": 0}
     values.update(fields)
     return msg.build(values)
+
+
+def build_fail(reason: str) -> bytes:
+    """HC_FAIL carrying `reason`, cut to REASON_BYTES on a character boundary."""
+    raw = reason.encode("utf-8")[:REASON_BYTES]
+    return build(Op.HC_FAIL, reason=raw.decode("utf-8", "ignore"))
 
 
 def image_size(datagram: bytes | memoryview) -> int | None:

@@ -30,6 +30,7 @@ from agent.udpcast.protocol import (
     Op,
     bitmap_test,
     build,
+    build_fail,
     parse,
 )
 
@@ -63,6 +64,9 @@ def network_error(what: str, exc: OSError) -> ReceiveError:
     """A socket call failed: say it is the network, and what was being done."""
     return ReceiveError(f"network: {what} failed: {exc.strerror or exc}",
                         "check the interface (-i) and that it is up")
+
+
+FAIL_COPIES = 2  # HC_FAIL is sent this many times: one lost datagram still tells why
 
 
 class Link:
@@ -173,6 +177,18 @@ class Link:
         except OSError as exc:
             raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
         self._drain_before_connect()
+
+    def fail(self, reason: str) -> None:
+        """Tell a herdcast sender why this receiver stops (HC_FAIL, one line, before the
+        DISCONNECT): its table, log and report then say "disk too small" or "write error"
+        instead of "disconnected mid-transfer". Sent twice against a lost datagram; a stock
+        sender is told nothing it would not understand."""
+        session = self.session
+        if not (self.disconnect_due and session and not self.opts.passive
+                and session.capabilities & Cap.HERDCAST):
+            return
+        for _ in range(FAIL_COPIES):
+            self.send(build_fail(reason))
 
     def disconnect(self) -> None:
         """udpcast sends DISCONNECT at exit, on success and on abort alike."""

@@ -174,6 +174,7 @@ def receive(opts: ReceiveOptions) -> TransferResult:
         return _receive(r, start)
     except HerdcastError as exc:
         error = exc
+        r.link.fail(exc.what)
     finally:
         r.close()
     written = r.writer.bytes if r.writer is not None else 0

@@ -96,7 +96,8 @@ class Fleet(TableEvents):
     def on_verdict(self, r: Receiver) -> None:
         """Its verdict was given (digest, drop, disconnect, or the round's end): one line
         and one event."""
-        if r.started is None:  # it left before its round started: no row
+        if r.started is None and r.verdict is not Verdict.FAILED:  # left before its round
+            # started: no row (one that failed and said why keeps its row: the reason)
             self.rows = [row for row in self.rows if row is not r]
             self.emit("dropped", r, reason="left before its round started")
             return
@@ -105,8 +106,10 @@ class Fleet(TableEvents):
         if not r.heard:
             self._bound_unheard()
         name = r.address + (f" ({r.mac})" if r.mac else "")
+        verdict, _, reason = describe(r).partition(" (")
         say(f"herdcast send: receiver {name} {r.state.value}: {r.bytes} bytes, "
-            f"{r.retransmissions} retransmitted blocks, {describe(r).lower()}")
+            f"{r.retransmissions} retransmitted blocks, {verdict.lower()}"
+            + (f" ({reason}" if reason else ""))
         self.emit(event_of(r), r, verdict=str(r.verdict), reason=r.reason)
         self.observer.verdict(r)
 

@@ -20,7 +20,7 @@ STR_OR_NULL = ["string", "null"]
 RECEIVER = {
     "type": "object",
     "required": ["address", "mac", "hostname", "herdcast", "round", "bytes",
-                 "retransmissions", "verdict", "digest", "started", "ended"],
+                 "retransmissions", "verdict", "reason", "digest", "started", "ended"],
     "properties": {
         "address": {"type": "string"},
         "mac": {"type": STR_OR_NULL},
@@ -30,6 +30,7 @@ RECEIVER = {
         "bytes": {"type": "integer"},
         "retransmissions": {"type": "integer"},
         "verdict": {"type": "string", "enum": VERDICTS},
+        "reason": {"type": STR_OR_NULL},
         "digest": {"type": STR_OR_NULL},
         "started": {"type": STR_OR_NULL},
         "ended": {"type": STR_OR_NULL},
@@ -128,7 +129,8 @@ def build(fleet: Fleet, result: TransferResult, image: str, size: int | None,
         "receivers": [{"address": r.address, "mac": r.mac, "hostname": r.hostname,
                        "herdcast": r.herdcast, "round": r.round, "bytes": r.bytes,
                        "retransmissions": r.retransmissions, "verdict": str(r.verdict),
-                       "digest": r.digest, "started": iso(r.started), "ended": iso(r.ended)}
+                       "reason": r.reason, "digest": r.digest, "started": iso(r.started),
+                       "ended": iso(r.ended)}
                       for r in fleet.finished_rows()],
     }
 

@@ -142,6 +142,13 @@ class Receiver:
         return 0.0 if self.progressed_at is None else now - self.progressed_at
 
 
+def said(reason: str) -> str:
+    """A receiver's HC_FAIL reason as the table, the log and the report show it: printable
+    characters only (it comes off the network), never empty."""
+    text = "".join(c if c.isprintable() else "?" for c in reason).strip()
+    return text or "no reason given"
+
+
 class ReceiverObserver(Protocol):
     """Told of each receiver as the fleet sees it (herdcast deploy: its nodes by MAC).
     `connected` may set the record's hostname: the live view and the reports show it."""

@@ -40,7 +40,10 @@ def describe(r: Receiver) -> str:
 
 
 def _failures(bad: list[Receiver]) -> str:
-    return ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}" for r in bad)
+    """`10.0.0.21 dropped, 10.0.0.22 failed (its reason)`: a receiver's own words kept."""
+    return ", ".join(f"{r.address} {describe(r).split(' (')[0].lower()}"
+                     + (f" ({r.reason})" if r.verdict is Verdict.FAILED and r.reason else "")
+                     for r in bad)
 
 
 def verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None]:
@@ -59,13 +62,19 @@ def serve_verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None
     """--serve: (ok, error) from the receivers that finished, which must all have agreed;
     so must those that said why they failed; dropped, disconnected and interrupted ones are
     in the table but fail nothing (a node switched off while being served is routine for a
-    service)."""
+    service), as long as someone was imaged: a service stopped before any receiver agreed
+    imaged nothing, which is no success."""
     bad = [r for r in receivers if r.verdict is not None and r.verdict is not Verdict.OK
            and (r.verdict.finished or r.verdict is Verdict.FAILED)]
-    if not bad:
-        return True, None
-    return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: "
-                                  f"{_failures(bad)}", REIMAGE)
+    if bad:
+        return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: "
+                                      f"{_failures(bad)}", REIMAGE)
+    if not any(r.verdict is Verdict.OK for r in receivers):  # nothing imaged: no success
+        return False, ReceiversFailed(
+            "stopped before any receiver was imaged" + (
+                f" ({len(receivers)} came: {_failures(receivers)})" if receivers else ""),
+            "boot the nodes (umode=rcv) while it serves, on this sender's network")
+    return True, None
 
 
 def format_table(result: TransferResult, stats=None) -> str:

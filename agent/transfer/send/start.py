@@ -21,7 +21,7 @@ from collections.abc import Callable
 from agent.say import say
 from agent.transfer.send.network import SendError
 from agent.transfer.send.participants import Table
-from agent.transfer.send.record import Verdict
+from agent.transfer.send.record import Verdict, said
 from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import Op
 
@@ -97,8 +97,9 @@ class Gathering:
                     self.first_connect = self.last_message
             elif op == Op.GO:
                 self.go = True
-            elif op == Op.DISCONNECT:
-                table.remove(ip, Verdict.DISCONNECTED)
+            elif op in (Op.DISCONNECT, Op.HC_FAIL):  # HC_FAIL: a herdcast one says why
+                table.remove(ip, *((Verdict.DISCONNECTED,) if op == Op.DISCONNECT else
+                                   (Verdict.FAILED, said(msg.reason))))
                 if not table.participants:
                     self.first_connect = None
         self.tick()
