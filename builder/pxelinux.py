@@ -273,8 +273,7 @@ def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str],
 
 def node_base(tftp_root: Path, mac: str) -> Path:
     """The file a node's new config starts from: its own 01-<mac> when that boots a kernel
-    (its settings, hand edits included, are kept: `disk=/dev/nvme0n1` set yesterday stays),
-    else pxelinux.cfg/default (no file yet, or a disarmed one that boots the local disk)."""
+    (its settings and hand edits stay), else pxelinux.cfg/default (new or disarmed node)."""
     default = Path(tftp_root) / "pxelinux.cfg" / "default"
     own = default.with_name(mac_file_name(mac))
     if own.is_file():
@@ -289,8 +288,7 @@ def node_base(tftp_root: Path, mac: str) -> Path:
 
 def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
     """(pxelinux.cfg/01-<mac>, its text) from node_base with `assignments`, checked as
-    write_node_config checks them; nothing is written. The notes on top of the node's own
-    file (`# herdcast: armed ...`) are left out: the writer gives its own."""
+    write_node_config checks them; nothing written. Its `# herdcast: ` notes are dropped."""
     changes = parse_assignments(assignments)
     base = node_base(tftp_root, mac)
     lines = base.read_text().splitlines()

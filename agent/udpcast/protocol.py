@@ -222,7 +222,6 @@ HcLate = Struct(  # sender -> receiver unicast, answering a CONNECT_REQ mid-tran
 )
 
 REASON_BYTES = 200  # one console line of why, UTF-8, NUL-padded
-
 HcFail = Struct(  # receiver -> sender unicast: it stops, and why (one line)
     "opcode" / Int16ub,
     "reserved" / Int16ub,
