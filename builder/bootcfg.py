@@ -5,6 +5,7 @@ cannot disagree."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def boot_words(path: Path) -> dict[str, str | None]:
     except (OSError, pxelinux.PxeConfigError):
         return {}
     words = {}
-    for word in pxelinux.words(line):
+    for word in shlex.split(line):  # the kernel's quotes: key="a b" is one word
         key, sep, value = word.partition("=")
         words[key] = value if sep else None
     return words

@@ -183,11 +183,6 @@ def _edit_append(line: str, changes: list[tuple[str, str]]) -> str:
     return match.group(1) + " ".join(words)
 
 
-def words(append: str) -> list[str]:
-    """The words of an append line's parameters (a quoted value is one word)."""
-    return _WORD.findall(append)
-
-
 def _boot_append(lines: list[str]) -> int:
     """Index of the APPEND line of the label that boots by default (the first label's when
     there is no DEFAULT line)."""
