@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,43 @@ def test_views_plain_on_a_pipe_live_when_asked(capsys):
     view.close()
     err = capsys.readouterr().err
     assert "10.0.0.11" in err and "receiving" in err
+
+
+def _render(view, width: int) -> str:
+    from rich.console import Console
+
+    from agent.transfer.send.view import fleet_table
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(fleet_table(view, view.line(), width))
+    return console.export_text()
+
+
+def test_fleet_view_at_80_columns_keeps_address_host_and_state_whole(monkeypatch):
+    """A node's console or a small terminal: address, host, state, percent and ETA whole on
+    each row; the title's ETA is the slowest row's."""
+    from agent.transfer.progress import Gauge
+
+    fleet, table, _ = _fleet()
+    for i, host in ((11, "lab-pc-number-01"), (12, "lab-pc-number-02")):
+        r = table.connect(f"10.99.100.{i}", (f"10.99.100.{i}", 9000), 0x109, 0)
+        r.hostname = host
+    rows = list(table.participants.values())
+    fleet.round_started(0, rows, "image")
+    now = time.time()
+    rows[0].started = rows[1].started = now - 10
+    rows[0].bytes, rows[1].bytes = 500_000_000, 250_000_000  # 50 and 25 MB/s
+    view = PlainView(fleet, None, True)
+    view.new_round(Gauge(1_000_000_000), 0)
+    view.update(600_000_000)
+    monkeypatch.setattr(view, "eta", lambda rate: view.slowest(time.time()))  # as LiveView
+    text = _render(view, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for word in ("10.99.100.11", "10.99.100.12", "lab-pc-number-01", "receiving", "50%", "25%",
+                 "0:10", "0:30"):
+        assert word in text, (word, text)
+    assert "…" not in text
+    title = text.splitlines()[0]
+    assert "ETA 0:30" in title or "ETA 0:29" in title, title  # the slowest row's
+    wide = _render(view, 140)
+    assert "MAC" in wide and "rexmit" in wide and "rate" in wide

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
+from agent.transfer.progress import human_bytes
 from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
 from builder.lab.netlab import NetLab
 
@@ -134,3 +136,35 @@ def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
     assert (rc, rcs) == (0, [0, 0]), logs(tmp_path)
     for out in outs:
         assert out.read_bytes() == src.read_bytes()
+
+
+def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path):
+    """The default path (a disk sent as its used blocks): the used map is known before the
+    first byte, so the sender's line and the receiver's console show percent of the data
+    and an ETA (plain lines every 5 s off a terminal; the rate is capped to last past one)."""
+    import re
+
+    from peers import HERDCAST, ROOT
+
+    src = tmp_path / "src.img"
+    make_disk(src, 64, [Part("ext4", 48, {"a": 7_000_000})])
+    used = used_map(str(src)).used_bytes
+    out = tmp_path / "disk.img"
+    with NetLab(2, net=109) as lab:
+        rlog, slog = tmp_path / "recv.log", tmp_path / "send.log"
+        rcv = lab.hosts[1].popen([*HERDCAST, "receive", "--nokbd", "--interface", "eth0", "-f",
+                                  str(out)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                 stderr=rlog.open("wb"))
+        time.sleep(0.3)
+        snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
+                                  "--min-receivers", "1", "--max-bitrate", "8m", "-f",
+                                  str(src)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                 stderr=slog.open("wb"))
+        assert (wait(snd, 120), wait(rcv, 60)) == (0, 0), logs(tmp_path)
+    total = re.escape(human_bytes(used))
+    line = re.compile(rf"{{}}: [\d.]+ [kMG]?B / {total} \((\d+)%\).*ETA \d+:\d\d")
+    for side, log in (("send", slog), ("receive", rlog)):
+        found = [int(m.group(1)) for m in map(re.compile(line.pattern.format(side)).search,
+                                              log.read_text().splitlines()) if m]
+        assert found and all(0 < p < 100 for p in found), (side, logs(tmp_path))
+    assert used_extents_equal(src, out)

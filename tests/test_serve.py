@@ -15,6 +15,7 @@ import pty
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -121,38 +122,48 @@ def test_serve_receivers_booting_at_any_time_all_get_the_image(tmp_path):
     assert "SIGTERM: stopping" in text
 
 
-def test_serve_shows_the_live_table_on_a_terminal(tmp_path):
-    """On a terminal the default is rich's live table: a row per receiver and its state."""
+@pytest.mark.parametrize("columns", [140, 80])
+def test_serve_shows_the_live_table_on_a_terminal(tmp_path, columns):
+    """On a terminal the default is rich's live table: a row per receiver and its state;
+    at 80 columns (a small terminal, a node's console) address and state stay whole."""
     src = make_source(tmp_path, 500_003)
     master, slave = pty.openpty()
     with NetLab(2, net=121) as lab:
-        env = dict(os.environ, COLUMNS="140", LINES="40", TERM="xterm")
+        env = dict(os.environ, COLUMNS=str(columns), LINES="40", TERM="xterm")
         snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
                                   "--serve", "-f", str(src)], cwd=ROOT, env=env,
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=slave)
         os.close(slave)
+        screen = bytearray()
+
+        def drain() -> None:  # read as the terminal would: a full pty blocks the sender
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                screen.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
         out = tmp_path / "out.bin"
         rcv = herdcast_receiver(lab.hosts[1], out, tmp_path / "r1.log")
         assert wait(rcv, 30) == 0, logs(tmp_path)
         time.sleep(1)
         snd.send_signal(signal.SIGINT)
         rc = wait(snd, 20)
-        screen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen += chunk
+        reader.join(timeout=10)
         os.close(master)
     text = screen.decode(errors="replace")
     assert rc == 0, text[-3000:]
     assert sha(out) == sha(src)
-    for word in ("receiver", "MAC", "state", "rate", "ETA", lab.hosts[1].ip, "done"):
+    wide = ("MAC", "rate") if columns >= 100 else ()
+    for word in ("receiver", "state", "ETA", lab.hosts[1].ip, "done", *wide):
         assert word in text, (word, text[-3000:])
+    assert "…" not in text, text[-3000:]
     assert "\x1b[" in text  # redrawn in place
 
 

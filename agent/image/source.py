@@ -23,7 +23,7 @@ from agent.codec import decompressing_reader, sniff
 from agent.errors import HerdcastError
 from agent.image.catalogue import metadata
 from agent.image.expand import ExpandingReader
-from agent.image.stream import HEADER_SIZE, Header, StreamReader, encode, is_image
+from agent.image.stream import HEADER_SIZE, Header, Position, StreamReader, encode, is_image
 from agent.image.usedmap import UsedMap, used_map
 from agent.say import say
 
@@ -111,8 +111,9 @@ def image_stream(path: str, source: Source) -> BinaryIO:
     assert source.umap is not None
     meta = metadata(path, source.umap)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size,
-                                              source.umap.extents, meta)), fd)
+    at = Position()
+    return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size, source.umap.extents,
+                                              meta, at), at), fd)
 
 
 def expanded_stream(path: str, source: Source) -> BinaryIO:
@@ -127,6 +128,7 @@ class _ClosingReader(io.RawIOBase):
     def __init__(self, inner: StreamReader, fd: int) -> None:
         super().__init__()
         self._inner, self._fd = inner, fd
+        self.position = inner.position
 
     def readable(self) -> bool:
         return True

@@ -95,10 +95,22 @@ class Receiver:
                                        f"--start-timeout {opts.start_timeout:g} s")
             if self.writer.error:
                 raise OutputError(self.writer.error)
+            used = self.used_bytes()
+            if used:  # an image unpacked: percent and ETA of the disk's used bytes
+                progress.total = used
+                progress.update(self.output.sink.decoder.used_done)
+                continue
             if progress.total and (self.writer.head or session.codec not in (None, "none")) \
                     and self.raw_size(session) is None:
-                progress.total = None  # compressed or an image: no percent of the disk size
+                progress.total = None  # compressed or stored: no percent of the disk size
             progress.update(asm.delivered_bytes)
+
+    def used_bytes(self) -> int | None:
+        """The used bytes of the disk an image being unpacked carries (its metadata says,
+        from the sender's used map), or None: raw, stored, or an image from before."""
+        sink = self.output.sink if self.output is not None else None
+        used = sink.decoder.meta.get("used_bytes") if sink is not None else None
+        return used if isinstance(used, int) and used > 0 else None
 
     def codec(self, session: Session) -> str | None:
         """The stream's compression: what a herdcast sender announced, else --compress."""

@@ -26,6 +26,7 @@ from agent.errors import HerdcastError
 from agent.net import netif
 from agent.say import say
 from agent.transfer.options import SendOptions
+from agent.transfer.progress import Gauge
 from agent.transfer.result import SendStats, TransferResult
 from agent.transfer.send import jsonreport
 from agent.transfer.send.batch import SliceBuffer
@@ -227,9 +228,10 @@ class Service:
         _size_send_buffer(session, table)
         pacer = Pacer(session.blocksize, opts.max_bitrate, table.min_rcvbuf())
         encoder = slice_encoder(opts.fec, session.blocksize) if opts.fec else None
+        gauge = _gauge(session, as_image, self.inp)
         reader = SliceReader(self.inp.stream, self.buffers,
-                             session.slice_blocks * session.blocksize, encoder)
-        self.view.new_round(_stream_total(session, as_image), self.stats.bytes_sent)
+                             session.slice_blocks * session.blocksize, encoder, gauge)
+        self.view.new_round(gauge, self.stats.bytes_sent)
         fleet.round_started(number, list(table.participants.values()),
                             "image" if as_image else "raw")
         packets = self.stats.data_packets + self.stats.rexmit_packets + self.stats.fec_packets
@@ -289,16 +291,22 @@ def _expanded(session: SendSession) -> str:
         f"compressed with {codec} (--compress)" if codec else "uncompressed")
 
 
-def _stream_total(session: SendSession, as_image: bool) -> int | None:
-    """Bytes of the stream a round sends, when known before it is read (for the ETA)."""
-    if session.source.kind == "raw":
-        return None if session.codec else session.image_size
-    if session.source.kind == "stored" and as_image:
+def _gauge(session: SendSession, as_image: bool, inp: Input) -> Gauge:
+    """What a round's percent and ETA count, known before its first byte: a raw stream's
+    bytes (not when compressed: its length is unknown); a used-block image's data, the
+    disk's used bytes (the used map's); a stored image's file bytes; the raw disk a stored
+    or used-block source expands to for a round with stock receivers."""
+    source = session.source
+    if source.kind == "raw":
+        return Gauge(None if session.codec else session.image_size)
+    if source.kind == "used" and as_image and source.umap is not None:
+        return Gauge(source.umap.used_bytes, inp.position)
+    if source.kind == "stored" and as_image:
         try:
-            return os.stat(session.opts.file).st_size
+            return Gauge(os.stat(session.opts.file).st_size)
         except OSError:
-            return None
-    return None
+            return Gauge()
+    return Gauge(None if session.round_codec(False) else source.disk_size)
 
 
 def _write_report(opts: SendOptions, session: SendSession, service: Service) -> None:
