@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,20 @@ def test_serve_receivers_booting_at_any_time_all_get_the_image(tmp_path):
     assert f"receiver {h[2].ip} joined late" in text
     assert f"receiver {h[1].ip}" in text and " done: 4000001 bytes" in text
     assert "SIGTERM: stopping" in text
+    # the summary adds up: a line per round, and a total that is their sums
+    figures = r"(\d+) bytes in ([\d.]+) s \(([\d.]+) MB/s\), (\d+) packets \((\d+) retransmitted"
+    per_round = [tuple(map(float, m[1:])) for m in
+                 re.findall(r"herdcast send: round (\d+)[^:\n]*: " + figures, text)]
+    total = re.search(r"herdcast send: (\d+) rounds: " + figures, text)
+    assert total and len(per_round) == int(total[1]) == len(doc["rounds"]), text[-3000:]
+    sums = [sum(col) for col in zip(*per_round, strict=True)]
+    assert sums[0] == int(total[2]) == sum(r["bytes"] for r in doc["rounds"])
+    assert abs(sums[1] - float(total[3])) <= 0.01 * len(per_round)
+    assert (sums[3], sums[4]) == (int(total[5]), int(total[6]))
+    assert abs(float(total[4]) - sums[0] / float(total[3]) / 1e6) <= 0.1
+    # the final table keeps each receiver's MAC beside its address
+    for ip, row in rows.items():
+        assert re.search(rf"^  {re.escape(ip)}\s+{row['mac']}\s", text, re.M), text[-3000:]
 
 
 @pytest.mark.parametrize("columns", [140, 80])

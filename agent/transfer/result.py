@@ -35,3 +35,4 @@ class TransferResult:
     error: HerdcastError | None = None
     receivers: list[Receiver] = field(default_factory=list)  # the sender's rows
     stats: SendStats | None = None  # the sender's counters (None on the receiving side)
+    rounds: list = field(default_factory=list)  # the sender's rounds (send.fleet.RoundInfo)

@@ -160,9 +160,9 @@ class Service:
         self.view.close()
         self.result.seconds = time.monotonic() - self.started
         self.result.receivers = self.fleet.finished_rows()
+        self.result.rounds = self.fleet.rounds  # the summary's lines, one per round
         rounds = [r for r in self.fleet.rounds if r.ended is not None]
-        if opts.serve and rounds:  # the summary's rate is a round's, not the service's
-            self.result.seconds = rounds[0].ended - rounds[0].started
+        if opts.serve and rounds:
             say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
                 f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
 
