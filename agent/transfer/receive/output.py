@@ -181,6 +181,9 @@ class Output:
         """Set up the writing path for what the stream is, then replay what was held."""
         if not image or self.unpack:
             self._settle()
+        if not image and not self.unpack and self._sniffing:
+            say(f"--store: {self.path} gets a raw stream (no herdcast image came): written "
+                "as it came, as udp-receiver writes it")
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
