@@ -53,6 +53,7 @@ class RoundInfo:
     sha256: str | None = None
     packets: int = 0  # data, retransmitted and FEC packets of the round
     retransmitted: int = 0
+    fec: int = 0  # FEC blocks among them
 
 
 @dataclass
@@ -136,13 +137,13 @@ class Fleet(TableEvents):
             self.emit("started", r)
 
     def round_ended(self, total: int, sha256: str | None, packets: int = 0,
-                    retransmitted: int = 0) -> None:
+                    retransmitted: int = 0, fec: int = 0) -> None:
         """The round is over (every participant's verdict given by then)."""
         self.in_round = False
         if self.rounds:
             info = self.rounds[-1]
             info.ended, info.bytes, info.sha256 = time.time(), total, sha256
-            info.packets, info.retransmitted = packets, retransmitted
+            info.packets, info.retransmitted, info.fec = packets, retransmitted, fec
             self.emit("round_ended", None, round=info.number, bytes=total, sha256=sha256,
                       seconds=round(info.ended - info.started, 3))
 

@@ -93,14 +93,14 @@ def format_table(result: TransferResult, stats=None) -> str:
         lines.append(_summary(f"herdcast send: round {info.number} ({info.kind}, "
                               f"{info.receivers} receiver(s)):", info.bytes,
                               info.ended - info.started, info.packets, info.retransmitted,
-                              info.sha256))
+                              info.sha256, info.fec))
     if rounds:
         single = rounds[0] if len(rounds) == 1 else None
         lines.append(_summary(
             "herdcast send:" if single else f"herdcast send: {len(rounds)} rounds:",
             sum(r.bytes for r in rounds), sum(r.ended - r.started for r in rounds),
             sum(r.packets for r in rounds), sum(r.retransmitted for r in rounds),
-            single.sha256 if single else None))
+            single.sha256 if single else None, sum(r.fec for r in rounds)))
     if result.receivers:
         several = len({r.round for r in result.receivers}) > 1
         host = max([4, *(len(r.hostname or "") for r in result.receivers)])
@@ -126,5 +126,5 @@ def _summary(label: str, size: int, seconds: float, packets: int, rexmit: int,
             f"({size / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
     if packets:
         text += (f", {packets} packets ({rexmit} retransmitted, "
-                 f"{100 * rexmit / packets:.2f}%" + (f", {fec} FEC" if fec else "") + ")")
+                 f"{100 * rexmit / packets:.2f}%" + (f", {fec} FEC blocks" if fec else "") + ")")
     return text + (f", sha256 {sha256}" if sha256 else "")

@@ -235,7 +235,7 @@ class Service:
         fleet.round_started(number, list(table.participants.values()),
                             "image" if as_image else "raw")
         packets = self.stats.data_packets + self.stats.rexmit_packets + self.stats.fec_packets
-        rexmits = self.stats.rexmit_packets
+        rexmits, fecs = self.stats.rexmit_packets, self.stats.fec_packets
         transfer = Round(session, table, reader, pacer, self.view, self.stats,
                          self.inp.rereadable)
         if isinstance(stop, Stop):
@@ -256,7 +256,7 @@ class Service:
         stats = self.stats
         fleet.round_ended(transfer.total, digest,
                           stats.data_packets + stats.rexmit_packets + stats.fec_packets - packets,
-                          stats.rexmit_packets - rexmits)
+                          stats.rexmit_packets - rexmits, stats.fec_packets - fecs)
         if self.result.sha256 is None and digest:
             self.result.bytes, self.result.sha256 = transfer.total, digest
 
