@@ -138,10 +138,15 @@ def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
         assert out.read_bytes() == src.read_bytes()
 
 
-def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path):
-    """The default path (a disk sent as its used blocks): the used map is known before the
-    first byte, so the sender's line and the receiver's console show percent of the data
-    and an ETA (plain lines every 5 s off a terminal; the rate is capped to last past one)."""
+@pytest.mark.parametrize("path", ["stream", "chunks"])
+def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
+    """A disk sent as its used blocks: the used map is known before the first byte, so the
+    sender's line and the receiver's console show percent of the data and an ETA (plain
+    lines every 5 s off a terminal; the rate is capped to last past one). On the stream
+    (HERDCAST_CHUNKS=0) both count the disk's used bytes; on the chunk carousel (the
+    default to a receiver writing in place) the sender counts the chunks' wire bytes and
+    the receiver the used bytes of the chunks it lacks."""
+    import os
     import re
 
     from peers import HERDCAST, ROOT
@@ -159,9 +164,12 @@ def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path):
         snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
                                   "--min-receivers", "1", "--max-bitrate", "8m", "-f",
                                   str(src)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                 stderr=slog.open("wb"))
+                                 stderr=slog.open("wb"),
+                                 env=dict(os.environ, HERDCAST_CHUNKS="1" if path == "chunks"
+                                          else "0"))
         assert (wait(snd, 120), wait(rcv, 60)) == (0, 0), logs(tmp_path)
-    total = re.escape(human_bytes(used))
+    assert ("chunk carousel" in rlog.read_text()) == (path == "chunks"), logs(tmp_path)
+    total = re.escape(human_bytes(used)) if path == "stream" else r"[\d.]+ [kMG]?B"
     line = re.compile(rf"{{}}: [\d.]+ [kMG]?B / {total} \((\d+)%\).*ETA \d+:\d\d")
     for side, log in (("send", slog), ("receive", rlog)):
         found = [int(m.group(1)) for m in map(re.compile(line.pattern.format(side)).search,

@@ -231,7 +231,7 @@ class Service:
     def _carousel(self, number: int, stop) -> None:
         """The chunk carousel to the table's participants and whoever joins it."""
         table, fleet = self.table, self.fleet
-        self.view.new_round(self.stored.table.wire_bytes, self.stats.bytes_sent)
+        self.view.new_round(Gauge(self.stored.table.wire_bytes), self.stats.bytes_sent)
         fleet.round_started(number, list(table.participants.values()), "chunks")
         packets = self.stats.data_packets
         wheel = carousel.Carousel(self.session, table, self.stored, fleet, self.view,
