@@ -9,9 +9,12 @@ outcome is decided in one place, agent.cmd.exit_status:
     every command   0 success; 1 a failure the user can fix (the line says what and how);
                     2 a usage error: a bad option, boot parameter or command, nothing
                     touched; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)
-    send            1 also when any receiver failed, was dropped or disagreed, or none
-                    took part (under --serve: a receiver that finished disagreed)
-    receive         1 also when the image is incomplete (the line says so)
+    send            1 also when any receiver failed, was dropped, disagreed or could not
+                    be personalised, or none took part (under --serve: a receiver that
+                    finished disagreed, said it failed or could not be personalised, or
+                    it was stopped before any receiver was imaged)
+    receive         1 also when the image is incomplete (the line says so), or the
+                    digest agreed and personalising the clone failed
     plan            2 also for an unreadable --cmdline-file
     image           1 also for an unreadable or damaged image file
     keygen          1 when the key files cannot be written

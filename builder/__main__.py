@@ -134,6 +134,11 @@ def _run(argv: list[str]) -> int:
         verb, params = (args.params[0], args.params[1:]) if args.params and \
             args.params[0] in NODE_VERBS else (None, args.params)
         try:
+            from builder.pxelinux import mac_file_name, node_base
+
+            base = node_base(args.tftp_root, args.mac) if verb != "disarm" and \
+                verb != "local" else None
+            before = bootcfg.boot_words(base) if base is not None else {}
             if verb == "arm":
                 paths = bootcfg.arm(args.tftp_root, args.mac, params)
             elif verb in ("disarm", "local"):
@@ -148,6 +153,11 @@ def _run(argv: list[str]) -> int:
         except HerdcastError as exc:  # a bad MAC or parameter, no default to start from
             return _fail(exc, 2)
         print("wrote " + " and ".join(map(str, paths)))
+        if base is not None:
+            own = base.name == mac_file_name(args.mac)
+            said = bootcfg.changes(before, bootcfg.boot_words(paths[0]))
+            print(f"from {'its own file' if own else base}: "
+                  + ("; ".join(said) if said else "nothing changed"))
         return 0
     if args.command == "sync":
         from builder.bootcfg import sync

@@ -5,6 +5,7 @@ cannot disagree."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,6 +44,32 @@ def sync(tftp_root: Path) -> list[Path]:
         if not (tftp_root / "pxelinux.cfg" / stale.name.removeprefix("grub.cfg-")).exists():
             stale.unlink()
     return written
+
+
+def boot_words(path: Path) -> dict[str, str | None]:
+    """The boot line of a pxelinux file as {key: value} (None for a bare word); {} for a
+    file that boots no kernel (a disarmed node) or none at all."""
+    try:
+        line = pxelinux.boot_append_line(path.read_text())
+    except (OSError, pxelinux.PxeConfigError):
+        return {}
+    words = {}
+    for word in shlex.split(line):  # the kernel's quotes: key="a b" is one word
+        key, sep, value = word.partition("=")
+        words[key] = value if sep else None
+    return words
+
+
+def changes(before: dict[str, str | None], after: dict[str, str | None]) -> list[str]:
+    """What a new boot line changed, one item per key: `disk: /dev/sda -> /dev/nvme0n1`,
+    `verify=readback (new)`; [] when nothing did."""
+    out = []
+    for key, value in after.items():
+        if key not in before:
+            out.append(f"{key}={value or ''} (new)")
+        elif before[key] != value:
+            out.append(f"{key}: {before[key] or '(empty)'} -> {value or '(empty)'}")
+    return out
 
 
 def write_node(tftp_root: Path, mac: str, assignments: Iterable[str]) -> list[Path]:

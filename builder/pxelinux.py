@@ -241,18 +241,14 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
     (agent.boot.cmdline), so `compr=rar` is refused here and not at boot. A `changed` key
     that is no herdcast parameter but nearly one (`umod`) is refused too: the kernel would
     ignore it, and a sender meant by `umod=snd` would boot as a receiver."""
-    import difflib
-
     from agent.boot.cmdline import parse_cmdline
-    from agent.boot.params import PARAMETERS
+    from agent.boot.params import near_parameter
     from agent.boot.tokens import CmdlineError
 
-    names = {name.lower(): name for name in PARAMETERS}
     for key in changed:
-        if key.lower() not in names and (near := difflib.get_close_matches(
-                key.lower(), list(names), n=1, cutoff=0.75)):
+        if near := near_parameter(key):
             raise PxeConfigError(f"parameter {key}: not a herdcast parameter",
-                                 f"did you mean {names[near[0]]}? (see kernel-cmdline.md)")
+                                 f"did you mean {near}? (see kernel-cmdline.md)")
     try:
         parse_cmdline(append)
     except CmdlineError as exc:
@@ -261,26 +257,41 @@ def check_boot_line(append: str, changed: Iterable[str] = ()) -> None:
 
 def write_node_config(tftp_root: Path, mac: str, assignments: Iterable[str],
                       note: str | None = None) -> Path:
-    """Write pxelinux.cfg/01-<mac> from pxelinux.cfg/default; every argument is checked,
-    and the resulting boot line parsed as the node will parse it, before anything is
-    written. `note` becomes a comment line on top (who wrote the file, and why)."""
+    """Write pxelinux.cfg/01-<mac> from the node's own file (else the default); every
+    argument is checked, and the resulting boot line parsed as the node will parse it,
+    before anything is written. `note` becomes a comment line on top (who wrote the file,
+    and why)."""
     target, text = node_text(tftp_root, mac, assignments)
     _replace(target, (f"# {note}\n" if note else "") + text)
     return target
 
 
-def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
-    """(pxelinux.cfg/01-<mac>, its text) from the default with `assignments`, checked as
-    write_node_config checks them; nothing is written."""
-    name = mac_file_name(mac)
-    changes = parse_assignments(assignments)
+def node_base(tftp_root: Path, mac: str) -> Path:
+    """The file a node's new config starts from: its own 01-<mac> when that boots a kernel
+    (its settings and hand edits stay), else pxelinux.cfg/default (new or disarmed node)."""
     default = Path(tftp_root) / "pxelinux.cfg" / "default"
+    own = default.with_name(mac_file_name(mac))
+    if own.is_file():
+        booting = parse_menu(own.read_text()).booting()
+        if booting is not None and booting.kernel is not None:
+            return own
     if not default.is_file():
         raise PxeConfigError(f"{default} not found",
                              "run `make initrd` first, or pass --tftp-root DIR")
-    text = node_config(default.read_text(), changes)
+    return default
+
+
+def node_text(tftp_root: Path, mac: str, assignments: Iterable[str]) -> tuple[Path, str]:
+    """(pxelinux.cfg/01-<mac>, its text) from node_base with `assignments`, checked as
+    write_node_config checks them; nothing written. Its `# herdcast: ` notes are dropped."""
+    changes = parse_assignments(assignments)
+    base = node_base(tftp_root, mac)
+    lines = base.read_text().splitlines()
+    while lines and lines[0].startswith("# herdcast: "):
+        lines.pop(0)
+    text = node_config("\n".join(lines), changes)
     check_boot_line(boot_append_line(text), [k for k, _ in changes])
-    return default.with_name(name), text
+    return base.with_name(mac_file_name(mac)), text
 
 
 def _replace(target: Path, text: str) -> None:

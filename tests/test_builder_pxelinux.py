@@ -213,3 +213,34 @@ def test_node_keeps_kernel_parameters_it_does_not_know(tmp_path):
         "umode=snd", "udpcparam=--min-receivers 4", "net.ifnames=0", "nomodeset=1"])
     words = _append_words(_labels(written.read_text())["receiver"])
     assert "net.ifnames=0" in words and "nomodeset=1" in words and "umode=snd" in words
+
+
+def test_cli_node_starts_from_the_nodes_own_file_and_says_what_changed(tmp_path):
+    """Yesterday's disk= and a hand edit survive today's verify=; each run says what it
+    changed. A disarmed node (its file boots the local disk) starts from the default again."""
+    cfg = tmp_path / "tftp" / "pxelinux.cfg"
+    cfg.mkdir(parents=True)
+    (cfg / "default").write_text(pxelinux.default_config())
+    mac = "52:54:00:ab:cd:ef"
+    node = cfg / "01-52-54-00-ab-cd-ef"
+
+    def run(*params: str) -> str:
+        proc = _builder("node", "--tftp-root", str(tmp_path / "tftp"), mac, *params,
+                        cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = run("disk=/dev/nvme0n1")
+    assert f"from {cfg / 'default'}: disk: /dev/sda -> /dev/nvme0n1" in out
+    node.write_text(node.read_text().replace("netmodule=AUTO", "netmodule=e1000e"))  # by hand
+    out = run("verify=readback")
+    assert "from its own file: verify=readback (new)" in out
+    words = _append_words(_labels(node.read_text())["receiver"])
+    assert {"disk=/dev/nvme0n1", "netmodule=e1000e", "verify=readback"} <= set(words)
+    assert "from its own file: nothing changed" in run("disk=/dev/nvme0n1")
+    out = run("arm", "blank=zero")
+    assert "post: poweroff -> reboot" in out and "blank=zero (new)" in out
+    assert "disk=/dev/nvme0n1" in _append_words(_labels(node.read_text())["receiver"])
+    assert node.read_text().count("# herdcast: armed") == 1
+    run("disarm")
+    assert "disk: /dev/sda -> /dev/nvme0n1" in run("disk=/dev/nvme0n1")

@@ -1,8 +1,9 @@
 """The chunk carousel between herdcast peers, with the defaults a user gets (a disk with a
 real ext4 sent to receivers that write disks in place): a receiver that joins half-way is
 done about one image-time later, a disk holding most of the image receives only what
-changed, a receiver killed at 90% and restarted receives the rest, and a forger spoofing
-the sender's address and ports costs bandwidth, never a disk."""
+changed, a receiver killed at 90% and restarted receives the rest, a receiver that fails
+tells the sender why (HC_FAIL), and a forger spoofing the sender's address and ports costs
+bandwidth, never a disk."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from test_signed import pair
 
 from agent.image.usedmap import used_map
 from builder.lab.fsdisk import Part, attached, make_disk, mounted
+from builder.lab.loopdev import loop_device
 from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180), needs_loop]
@@ -118,6 +120,39 @@ def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
     assert received(tmp_path / "old.log") <= received(tmp_path / "blank.log") / 4, \
         logs(tmp_path)
     assert identical(new, old) and identical(new, blank)
+
+
+def test_a_chunk_receiver_that_fails_tells_the_sender_why(disk, tmp_path):
+    """A receiver joining the carousel with a disk too small for the image refuses it
+    before writing a byte, and the sender's table and report say so in the receiver's
+    words (HC_FAIL, believed with its secret); a file receiver (the default: written as the
+    disk) takes the chunks meanwhile."""
+    import json
+
+    small = tmp_path / "small.img"
+    small.write_bytes(b"\xa5" * (8 * MiB))
+    out, report = tmp_path / "out.img", tmp_path / "report.json"
+    with NetLab(3, net=196) as lab, loop_device(small) as dev:
+        h0, h1, h2 = lab.hosts
+        h0.shape("40mbit")  # the carousel lasts ~6 s: the small disk joins while it runs
+        file_rcv = herdcast_receiver(h2, out, tmp_path / "file.log")
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk), "--min-receivers",
+                              "1", "--report", str(report))
+        wait_log(tmp_path / "file.log", "to receive")
+        small_rcv = herdcast_receiver(h1, Path(dev), tmp_path / "small.log")
+        rcs = [wait(snd, 90), wait(small_rcv, 30), wait(file_rcv, 30)]
+    text = logs(tmp_path)
+    assert rcs == [1, 1, 0], text
+    assert "chunk carousel" in (tmp_path / "file.log").read_text(), text
+    assert identical(disk, out)
+    assert small.read_bytes() == b"\xa5" * (8 * MiB)  # nothing written
+    reason = f"disk {dev}: {8 * MiB} bytes is smaller than the image"
+    sent = (tmp_path / "send.log").read_text()
+    row = [x for x in sent.splitlines() if x.strip().startswith(h1.ip)]
+    assert row and f"FAILED ({reason}" in row[0], sent
+    (rec,) = [r for r in json.loads(report.read_text())["receivers"] if r["address"] == h1.ip]
+    assert rec["verdict"] == "failed" and rec["reason"].startswith(reason), rec
 
 
 def test_a_receiver_killed_at_90_percent_receives_the_rest_when_restarted(disk, tmp_path):

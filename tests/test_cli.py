@@ -92,3 +92,53 @@ def test_usage_errors_exit_2_and_other_failures_1():
     assert exit_status(OptionError("--x: bad")) == exit_status(CmdlineError("x=: bad")) == 2
     assert exit_status(DiskError("disk: busy")) == exit_status(HerdcastError("no")) == 1
     assert exit_status(None) == 0 and exit_status(KeyError("bug")) == 70
+
+
+def test_report_into_a_missing_directory_fails_before_the_transfer(capsys, tmp_path):
+    """Checked at start, as --events is: no network opened, no receiver waited for."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    report = tmp_path / "missing" / "r.json"
+    assert main(["send", "--nokbd", "-f", str(src), "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"herdcast send: --report {report}: directory {report.parent} does not "
+                   "exist -- give a path in a writable directory\n")
+
+
+def test_keygen_into_a_missing_directory_is_one_line(capsys, tmp_path):
+    name = tmp_path / "missing" / "fleet"
+    assert main(["keygen", str(name)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"herdcast keygen: {name.parent}: no such directory -- create it first")
+    assert not name.parent.exists()
+
+
+def test_keygen_help_names_the_makefile_variable(capsys):
+    from pathlib import Path
+
+    assert main(["keygen", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "make initrd TRUST_KEY=" in out and "SIGN_PUBKEY" not in out
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    assert "$(TRUST_KEY)" in makefile
+
+
+@pytest.mark.parametrize("argv", [
+    ["receive", "--nokbd", "-f", "/dev/herdcast-no-such-disk"],
+    ["image", "restore", "IMAGE", "/dev/herdcast-no-such-disk"],
+])
+def test_server_commands_give_no_boot_parameter_hints(capsys, tmp_path, argv):
+    """A server's admin typed a path: the fix names it, never a node's `disk=`."""
+    from agent.image.files import capture
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 4096)
+    image = tmp_path / "i.img"
+    capture(str(src), str(image), None)
+    argv = [str(image) if a == "IMAGE" else a for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "/dev/herdcast-no-such-disk: no such device (check the path" in err, err
+    assert "disk=" not in err and err.count("\n") == 1

@@ -125,10 +125,15 @@ def test_regular_file_probe_and_free(tmp_path):
 
 
 def test_missing_device_names_the_parameter(tmp_path):
+    """On a node the fix is a boot parameter; on a server (receive -f, image restore) the
+    admin gave a path, and disk= would send them looking for something that is not there."""
     with pytest.raises(DiskError, match="disk="):
-        probe("/dev/herdcast-no-such-disk")
+        probe("/dev/herdcast-no-such-disk", node=True)
     with pytest.raises(DiskError, match="disk="):
+        check_receive_target("/dev/herdcast-no-such-disk", node=True)
+    with pytest.raises(DiskError, match=r"no such device \(check the path") as exc:
         check_receive_target("/dev/herdcast-no-such-disk")
+    assert "disk=" not in str(exc.value)
 
 
 def test_new_file_target_is_allowed(tmp_path):

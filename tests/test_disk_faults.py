@@ -54,8 +54,13 @@ def test_fsync_saying_erofs_fails_the_receive(tmp_path):
         Path(f"/sys/fs/ext4/{name}/trigger_fs_error").write_text("herdcast test\n")
         snd.stdin.close()  # the end of the stream: the receiver flushes and syncs now
         rc = rcv.wait(timeout=40)
-        snd.wait(timeout=40)
+        src = snd.wait(timeout=40)
     text = log.read_text()
     assert rc == 1, text
     assert "flushing to disk failed: Read-only file system" in text, text
     assert "Transfer complete" not in text
+    # the sender was told why (HC_FAIL): its line and table say so, and it fails too
+    sent = slog.read_text()
+    assert src == 1, sent
+    assert "FAILED (" in sent and "flushing to disk failed: Read-only file system" in sent, sent
+    assert "NO DIGEST" not in sent and "DISCONNECTED" not in sent, sent

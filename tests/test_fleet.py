@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def test_serve_defaults_and_conflicts():
     assert opts.live is None  # the live table when stderr is a terminal
     for extra, word in ((["--async", "--max-bitrate", "1m"], "--async"),
                         (["--no-late-join"], "--no-late-join"),
-                        (["--start-timeout", "5"], "--start-timeout")):
+                        (["--start-timeout", "5"], "--start-timeout"),
+                        (["--min-receivers", "4"], "--min-receivers"),
+                        (["--max-wait", "60"], "--max-wait")):
         with pytest.raises(OptionError, match=f"--serve and {word} do not go together"):
             parse_send_args(["-f", "/dev/null", "--serve", *extra])
     with pytest.raises(OptionError, match="not stdin or --pipe"):
@@ -79,8 +82,13 @@ def test_a_receiver_imaged_twice_has_two_rows():
 
 
 def test_serve_verdict_fails_only_on_finished_receivers_that_disagree():
-    rows = [Receiver("a", verdict=Verdict.DROPPED), Receiver("b", verdict=Verdict.INTERRUPTED)]
+    rows = [Receiver("a", verdict=Verdict.DROPPED), Receiver("b", verdict=Verdict.INTERRUPTED),
+            Receiver("d", verdict=Verdict.OK)]
     assert serve_verdict(rows) == (True, None)
+    ok, error = serve_verdict(rows[:2])  # nobody imaged is no success
+    assert not ok and error.what.startswith("stopped before any receiver was imaged (2 came")
+    ok, error = serve_verdict([])
+    assert not ok and error.what == "stopped before any receiver was imaged"
     ok, error = serve_verdict([*rows, Receiver("c", verdict=Verdict.DIGEST_MISMATCH)])
     assert not ok and "c digest mismatch" in error.what and error.fix
 
@@ -172,3 +180,43 @@ def test_the_report_is_written_through_no_planted_symlink(tmp_path):
     assert oct(report.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == [
         "report.json", "victim"]
+
+
+def _render(view, width: int) -> str:
+    from rich.console import Console
+
+    from agent.transfer.send.view import fleet_table
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(fleet_table(view, view.line(), width))
+    return console.export_text()
+
+
+def test_fleet_view_at_80_columns_keeps_address_host_and_state_whole(monkeypatch):
+    """A node's console or a small terminal: address, host, state, percent and ETA whole on
+    each row; the title's ETA is the slowest row's."""
+    from agent.transfer.progress import Gauge
+
+    fleet, table, _ = _fleet()
+    for i, host in ((11, "lab-pc-number-01"), (12, "lab-pc-number-02")):
+        r = table.connect(f"10.99.100.{i}", (f"10.99.100.{i}", 9000), 0x109, 0)
+        r.hostname = host
+    rows = list(table.participants.values())
+    fleet.round_started(0, rows, "image")
+    now = time.time()
+    rows[0].started = rows[1].started = now - 10
+    rows[0].bytes, rows[1].bytes = 500_000_000, 250_000_000  # 50 and 25 MB/s
+    view = PlainView(fleet, None, True)
+    view.new_round(Gauge(1_000_000_000), 0)
+    view.update(600_000_000)
+    monkeypatch.setattr(view, "eta", lambda rate: view.slowest(time.time()))  # as LiveView
+    text = _render(view, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for word in ("10.99.100.11", "10.99.100.12", "lab-pc-number-01", "receiving", "50%", "25%",
+                 "0:10", "0:30"):
+        assert word in text, (word, text)
+    assert "…" not in text
+    title = text.splitlines()[0]
+    assert "ETA 0:30" in title or "ETA 0:29" in title, title  # the slowest row's
+    wide = _render(view, 140)
+    assert "MAC" in wide and "rexmit" in wide and "rate" in wide

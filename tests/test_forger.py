@@ -2,6 +2,7 @@
 broadcast and spoof any source. Issue 17's attacks on the verdict:
 
 - a forged HC_DIGEST from a failed receiver's address does not make it "digest agreed";
+- a forged HC_FAIL from a good receiver's address does not fail it;
 - a "receiver" that answers every REQACK with "nothing received" is dropped, the round ends;
 - a signed session survives a forger that sniffs the receiver's nonce, asks both signing
   senders on the LAN to sign for it, relays those signatures as the sender (tampered or
@@ -62,6 +63,20 @@ while time.monotonic() < end:
     sent += 1
     time.sleep(0.02)
 print("forged", sent, "digests", file=sys.stderr)
+"""
+
+FAIL_FORGER = RAW + r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast.extensions import build_fail
+sender, victim, seconds = sys.argv[2:5]
+message = build_fail("forged: disk on fire", os.urandom(16))  # the secret is a guess
+end, sent = time.monotonic() + float(seconds), 0
+while time.monotonic() < end:
+    spoof(message, (victim, 9000), (sender, 9001))
+    sent += 1
+    time.sleep(0.02)
+print("forged", sent, "failures", file=sys.stderr)
 """
 
 NOTHING_RECEIVED = r"""
@@ -203,6 +218,32 @@ def test_a_forged_digest_does_not_turn_a_failed_receiver_green(tmp_path):
     table = [line for line in slog.read_text().splitlines() if h1.ip in line]
     assert any("no-digest" in line or "NO DIGEST" in line.upper() for line in table), text
     assert not any("digest agreed" in line for line in table), text
+
+
+def test_a_forged_fail_does_not_fail_a_good_receiver(tmp_path):
+    """A stranger spoofing HC_FAIL from a receiver's address, before and during the round,
+    fails nothing: HC_FAIL is believed only with the secret the receiver's own CONNECT_REPLY
+    told it. The receiver is imaged and the send succeeds; the forged reason is nowhere."""
+    src = make_source(tmp_path, 3_000_001)
+    with NetLab(3, net=239) as lab:
+        h0, h1, h2 = lab.hosts
+        rcv = herdcast_receiver(h1, tmp_path / "out.bin", tmp_path / "recv.log")
+        forger = h2.popen([sys.executable, "-c", FAIL_FORGER, str(ROOT), h0.ip, h1.ip, "6"],
+                          stderr=(tmp_path / "forger.log").open("wb"))
+        time.sleep(0.3)
+        report = tmp_path / "report.json"
+        snd = herdcast_sender(h0, tmp_path / "send.log", "--min-receivers", "1", "-f",
+                              str(src), "--max-bitrate", "10m", "--report", str(report))
+        rc = wait(snd, 60)
+        assert wait(rcv, 30) == 0, logs(tmp_path)
+        forger.wait(timeout=20)
+    text = logs(tmp_path)
+    assert "forged" in (tmp_path / "forger.log").read_text(), text
+    assert rc == 0, text
+    assert sha(tmp_path / "out.bin") == sha(src)
+    row = json.loads(report.read_text())["receivers"][0]
+    assert (row["verdict"], row["reason"]) == ("ok", None), row
+    assert "disk on fire" not in (tmp_path / "send.log").read_text()
 
 
 def test_a_receiver_that_answers_nothing_received_is_dropped(tmp_path):

@@ -32,18 +32,31 @@ def test_receiver_refuses_a_too_small_disk_before_writing(lab3, herdcast_argv, t
                             str(out), "--start-timeout", "30"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         ]
+        report = tmp_path / "report.json"
         send = sender.popen([*herdcast_argv, "send", "--nokbd", "--no-progress", "-f",
                              str(src), "--min-receivers", "2", "--max-wait", "3",
-                             "--retries-until-drop", "10"],
+                             "--retries-until-drop", "10", "--report", str(report)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, small_err = receivers[0].communicate(timeout=60)
         receivers[1].communicate(timeout=60)
-        send.communicate(timeout=60)
+        send_out, send_err = send.communicate(timeout=60)
     assert receivers[0].returncode != 0
     assert "smaller than the image" in small_err, small_err
     assert str(3 * 1024 * 1024 + 1) in small_err
     assert small.read_bytes() == before  # nothing written
     assert receivers[1].returncode == 0
     assert out.read_bytes() == src.read_bytes()
-    # The sender's exit code is not asserted: the refusal reaches it before the start (the
-    # receiver just leaves) or after (it is dropped), and either way the big one finishes.
+    # The sender learns why (HC_FAIL): its log line, final table and report say it, and
+    # the send fails (one of two receivers has no image).
+    small_ip = small_host.ip
+    reason = f"disk {dev}: 1048576 bytes is smaller than the image"
+    assert send.returncode == 1, send_err
+    line = [x for x in send_err.splitlines() if f"receiver {small_ip}" in x and "failed" in x]
+    assert line and reason in line[0] and "disconnected" not in line[0], send_err
+    row = [x for x in send_err.splitlines() if x.strip().startswith(small_ip)]
+    assert row and f"FAILED ({reason}" in row[0], send_err
+    import json
+
+    doc = json.loads(report.read_text())
+    (rec,) = [r for r in doc["receivers"] if r["address"] == small_ip]
+    assert rec["verdict"] == "failed" and rec["reason"].startswith(reason)

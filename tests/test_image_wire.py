@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
+from agent.transfer.progress import human_bytes
 from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
 from builder.lab.netlab import NetLab
 
@@ -63,55 +65,64 @@ def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
 
 
 def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path):
+    """`receive -f FILE` writes the disk, as udp-receiver does: a new file becomes a sparse
+    file of the disk's size; storing the image as it came is --store."""
     src = tmp_path / "src.img"
     digests = make_disk(src, DISK_MIB, PARTS)
-    disks = [tmp_path / "disk1.img", tmp_path / "disk2.img"]
-    for d in disks:
-        junk_disk(d)
+    fresh, junked = tmp_path / "disk1.img", tmp_path / "disk2.img"
+    junk_disk(junked)
     stored = tmp_path / "lab.hcimg"
     with NetLab(4, net=106) as lab:
         rc, rcs = session(lab, tmp_path, src,
-                          [(herdcast_receiver, disks[0], ["--unpack"]),
-                           (herdcast_receiver, disks[1], ["--unpack", "--blank", "zero"]),
-                           (herdcast_receiver, stored, [])])
+                          [(herdcast_receiver, fresh, []),
+                           (herdcast_receiver, junked, ["--blank", "zero"]),
+                           (herdcast_receiver, stored, ["--store"])])
     log = logs(tmp_path)
     assert (rc, rcs) == (0, [0, 0, 0]), log
     assert "herdcast image" in log  # the round sent the image stream, not the raw disk
-    for d in disks:
+    for d in (fresh, junked):
         assert used_extents_equal(src, d), d
+    assert fresh.stat().st_size == DISK_MIB * MiB  # the disk, not the image
+    assert fresh.stat().st_blocks * 512 < 32 * MiB  # sparse: free space is holes
     info = read_info(str(stored))
     assert info.disk_size == DISK_MIB * MiB
     assert info.file_bytes < 16 * MiB  # about the data (8.2 MB of files), not 256 MiB
-    with open(disks[1], "rb") as f:  # --blank zero: free space reads back as zeros
+    with open(junked, "rb") as f:  # --blank zero: free space reads back as zeros
         f.seek(used_map(str(src)).extents[-1].end)
         assert f.read(MiB).count(0) == MiB or f.tell() == DISK_MIB * MiB
-    assert fsck(disks[0], PARTS) == []
-    assert file_digests(disks[0], PARTS) == digests
+    assert fsck(fresh, PARTS) == []
+    assert file_digests(fresh, PARTS) == digests
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 @needs_udpcast
 def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
+    """A 64 MiB disk: the stock round carries every byte of it."""
     src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    parts = [Part("ext4", 48, {"a": 2_000_000})]
+    digests = make_disk(src, 64, parts)
     stored = tmp_path / "lab.hcimg"
     herd, stock = tmp_path / "herd.img", tmp_path / "stock.img"
-    junk_disk(herd)
     with NetLab(3, net=107) as lab:
-        rc, rcs = session(lab, tmp_path, src, [(herdcast_receiver, stored, [])],
+        rc, rcs = session(lab, tmp_path, src, [(herdcast_receiver, stored, ["--store"])],
                           "--compress", "zstd")
         assert (rc, rcs) == (0, [0]), logs(tmp_path)
         assert read_info(str(stored)).codec == "zstd"  # kept as it crossed the wire
-        # deployed later, the captured node off: a herdcast receiver with no compression
-        # configured follows the sender; a stock one is told with --pipe, as with udpcast
+        # deployed later, the captured node off: a stock receiver, as udpcast's tutorial
+        # runs it, gets the raw disk, uncompressed (nobody asked for --compress); so does the
+        # herdcast receiver in its round, which follows without being told
         rc, rcs = session(lab, tmp_path, stored,
-                          [(herdcast_receiver, herd, ["--unpack"]),
-                           (stock_receiver, stock, ["--pipe", "zstd -dc"])])
+                          [(herdcast_receiver, herd, []),
+                           (stock_receiver, stock, [])])
     log = logs(tmp_path)
     assert (rc, rcs) == (0, [0, 0]), log
+    assert "to stock udp-receivers: the raw disk it expands to, uncompressed" in log
+    assert "the raw disk expanded from the stored image, uncompressed" in log
+    assert "ignored" not in log
     assert used_extents_equal(src, herd)
     assert used_extents_equal(src, stock)  # the raw disk the image expands to
-    assert stock.stat().st_size == DISK_MIB * MiB
-    assert file_digests(herd, PARTS) == digests
+    assert stock.stat().st_size == 64 * MiB
+    assert file_digests(herd, parts) == digests
 
 
 @needs_udpcast
@@ -125,3 +136,43 @@ def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
     assert (rc, rcs) == (0, [0, 0]), logs(tmp_path)
     for out in outs:
         assert out.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("path", ["stream", "chunks"])
+def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
+    """A disk sent as its used blocks: the used map is known before the first byte, so the
+    sender's line and the receiver's console show percent of the data and an ETA (plain
+    lines every 5 s off a terminal; the rate is capped to last past one). On the stream
+    (HERDCAST_CHUNKS=0) both count the disk's used bytes; on the chunk carousel (the
+    default to a receiver writing in place) the sender counts the chunks' wire bytes and
+    the receiver the used bytes of the chunks it lacks."""
+    import os
+    import re
+
+    from peers import HERDCAST, ROOT
+
+    src = tmp_path / "src.img"
+    make_disk(src, 64, [Part("ext4", 48, {"a": 7_000_000})])
+    used = used_map(str(src)).used_bytes
+    out = tmp_path / "disk.img"
+    with NetLab(2, net=109) as lab:
+        rlog, slog = tmp_path / "recv.log", tmp_path / "send.log"
+        rcv = lab.hosts[1].popen([*HERDCAST, "receive", "--nokbd", "--interface", "eth0", "-f",
+                                  str(out)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                 stderr=rlog.open("wb"))
+        time.sleep(0.3)
+        snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
+                                  "--min-receivers", "1", "--max-bitrate", "8m", "-f",
+                                  str(src)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                 stderr=slog.open("wb"),
+                                 env=dict(os.environ, HERDCAST_CHUNKS="1" if path == "chunks"
+                                          else "0"))
+        assert (wait(snd, 120), wait(rcv, 60)) == (0, 0), logs(tmp_path)
+    assert ("chunk carousel" in rlog.read_text()) == (path == "chunks"), logs(tmp_path)
+    total = re.escape(human_bytes(used)) if path == "stream" else r"[\d.]+ [kMG]?B"
+    line = re.compile(rf"{{}}: [\d.]+ [kMG]?B / {total} \((\d+)%\).*ETA \d+:\d\d")
+    for side, log in (("send", slog), ("receive", rlog)):
+        found = [int(m.group(1)) for m in map(re.compile(line.pattern.format(side)).search,
+                                              log.read_text().splitlines()) if m]
+        assert found and all(0 < p < 100 for p in found), (side, logs(tmp_path))
+    assert used_extents_equal(src, out)

@@ -106,6 +106,19 @@ def test_node_help_lists_the_test_switches(herdcast_argv):
         assert switch in proc.stdout
 
 
+def test_node_console_warns_of_misspelled_parameters(herdcast_argv):
+    """The kernel line carries foreign keys, so the node warns (and goes on): here it then
+    stops at its disk, a character device."""
+    proc = subprocess.run([*herdcast_argv, "node", "--cmdline",
+                           "quiet umode=rcv auto=yes disk=/dev/null verfiy=readback",
+                           *TEST_SWITCHES, "--no-post"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    warning = [line for line in proc.stdout.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "verfiy=readback" in warning[0] \
+        and "did you mean verify=?" in warning[0], proc.stdout
+    assert "character device" in failed_lines(proc.stdout + proc.stderr)[0]
+
+
 def test_cmdline_read_under_root(tmp_path, herdcast_argv):
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/cmdline").write_text("console=ttyS0 umode=bogus\n")

@@ -94,6 +94,8 @@ def test_plan_json_static_and_udpcparam_list(capsys):
     ("umode=rcv disk=", "disk=: empty"),
     ("umode=rcv dhcp=maybe", "dhcp=maybe: not yes or no"),
     ("auto=yes", "umode: missing"),
+    ('umode=snd serve=yes udpcparam="--min-receivers 4"',
+     'udpcparam="--min-receivers 4": --serve and --min-receivers do not go together'),
 ])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_plan_bad_parameter_exits_2_with_one_line(capsys, bad, message, as_json):
@@ -142,3 +144,36 @@ def test_plan_refuses_a_console_naming_a_disk(capsys):
         assert err.startswith(f"herdcast plan: console={console}: names a disk"), err
     rc, _, _ = _plan(capsys, "--cmdline", "umode=rcv console=ttyS0,115200n8 console=tty0")
     assert rc == 0
+
+
+def test_plan_names_misspelled_parameters(capsys):
+    """A key the kernel would keep but that is nearly ours is named with the parameter it
+    leaves at its default; the kernel's own keys (quiet, root=) are not."""
+    rc, out, err = _plan(capsys, "--cmdline",
+                         "quiet root=/dev/ram0 umode=rcv diks=/dev/sdb verfiy=readback")
+    assert rc == 0 and err == ""
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, out
+    assert "diks=/dev/sdb is not a herdcast parameter" in warnings[0]
+    assert "did you mean disk=?" in warnings[0]
+    assert "verfiy=readback" in warnings[1] and "did you mean verify=?" in warnings[1]
+    _, out, _ = _plan(capsys, "--cmdline", "umode=rcv diks=/dev/sdb", "--json")
+    assert json.loads(out)["warnings"] == [
+        "diks=/dev/sdb is not a herdcast parameter (left to the kernel; disk keeps its "
+        "value): did you mean disk=?"]
+    _, out, _ = _plan(capsys, "--cmdline", "quiet umode=rcv", "--json")
+    assert json.loads(out)["warnings"] == []
+
+
+def test_plan_missing_umode_names_the_near_key(capsys):
+    rc, _, err = _plan(capsys, "--cmdline", "umod=rcv auto=yes")
+    assert rc == 2
+    assert err.startswith("herdcast plan: umode: missing (umod=rcv is not it: did you mean "
+                          "umode=?)")
+
+
+def test_plan_of_a_serving_node_never_reboots(capsys):
+    _, out, _ = _plan(capsys, "--cmdline", "umode=snd serve=yes post=reboot")
+    after = next(line for line in out.splitlines() if line.strip().startswith("after"))
+    assert "serves until powered off" in after and "never reached" in after
+    assert "reboot on success" not in after

@@ -56,3 +56,21 @@ def test_disabled_prints_nothing(monkeypatch):
     p.close("summary")
     assert out.getvalue() == ""
     assert p.done == 5
+
+
+def test_gauge_maps_a_used_block_stream_to_the_disks_used_bytes():
+    """A used-block image's stream bytes are records and data with zero runs left out: the
+    gauge maps them to the used bytes its encoder had read, from marks the reader sets."""
+    from agent.image.stream import Position
+
+    at = Position()
+    gauge = progress.Gauge(1000, at)
+    at.used = 400
+    gauge.mark(100)  # the first 100 stream bytes carried 400 used bytes (zeros left out)
+    at.used = 1000
+    gauge.mark(700)
+    assert [gauge.data(n) for n in (0, 50, 100, 400, 700, 900)] == [0, 200, 400, 700, 1000,
+                                                                    1000]
+    raw = progress.Gauge(5000)  # a raw stream: its bytes are the data
+    raw.mark(100)
+    assert raw.data(1234) == 1234 and raw.total == 5000

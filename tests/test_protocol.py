@@ -198,6 +198,8 @@ def _field_strategy(name: str, sub):
     size = sub.sizeof()
     if name == "mcast_addr":
         return st.ip_addresses(v=4).map(str)
+    if name == "reason":  # HC_FAIL's line: text without NULs (the padding), up to its size
+        return st.text(st.characters(blacklist_characters="\x00"), max_size=size // 4)
     fmt = getattr(getattr(sub, "subcon", sub), "fmtstr", None) or getattr(sub, "fmtstr", "")
     if "s" not in fmt and fmt and fmt[-1] in "bhilq":
         bits = size * 8
@@ -397,3 +399,19 @@ def test_connect_reply_names_the_compression_for_herdcast_receivers():
     forged = bytearray(build_connect_reply(image_size=5, **fields))
     forged[40] = 99
     assert reply_codec(bytes(forged)) is None
+
+
+def test_hc_fail_carries_one_line_cut_on_a_character_boundary():
+    """A herdcast receiver's reason: the sender reads it back whole when it fits, cut at a
+    character (not mid-UTF-8) when it does not, with the receiver's secret; garbage is
+    dropped, never raised."""
+    from agent.udpcast.extensions import build_fail
+    from agent.udpcast.protocol import REASON_BYTES, SECRET_BYTES
+
+    secret = bytes(range(SECRET_BYTES))
+    op, msg = parse(build_fail("disk /dev/sda: 1000 bytes is smaller than the image", secret))
+    assert op == Op.HC_FAIL and msg.reason == "disk /dev/sda: 1000 bytes is smaller than the image"
+    assert msg.secret == secret
+    long = parse(build_fail("é" * REASON_BYTES, secret))[1].reason
+    assert long == "é" * (REASON_BYTES // 2)
+    assert parse(bytes([0x48, 0x04, 0, 0]) + secret + b"\xff" * REASON_BYTES) is None

@@ -277,3 +277,19 @@ def test_sending_a_read_write_mounted_disk_warns(tmp_path, capsys):
         send(parse_send_args(["--nokbd", "-f", dev, "--interface", "no-such-if0"]))
     err = capsys.readouterr().err
     assert f"herdcast send: warning: {dev}: " in err and "inconsistent" in err
+
+
+def test_store_is_explicit_and_a_raw_stream_is_written_as_it_came(tmp_path, capsys):
+    """-f FILE writes the disk (an image unpacked); only --store keeps an image as it came.
+    A raw stream under --store is written as udp-receiver writes it, and says so."""
+    from agent.transfer.options import parse_receive_args
+    from agent.transfer.receive.output import Output
+
+    assert parse_receive_args(["-f", "x"]).unpack is None  # the default: unpack
+    assert parse_receive_args(["-f", "x", "--store"]).unpack is False
+    out = tmp_path / "o.bin"
+    o = Output(parse_receive_args(["--nokbd", "-f", str(out), "--store"]))
+    o.write(memoryview(b"x" * 100))
+    o.finish()
+    assert out.read_bytes() == b"x" * 100
+    assert "--store: " in capsys.readouterr().err

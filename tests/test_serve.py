@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -120,47 +121,84 @@ def test_serve_receivers_booting_at_any_time_all_get_the_image(tmp_path):
     assert f"receiver {h[2].ip} joined late" in text
     assert f"receiver {h[1].ip}" in text and " done: 4000001 bytes" in text
     assert "SIGTERM: stopping" in text
+    # the summary adds up: a line per round, and a total that is their sums
+    figures = r"(\d+) bytes in ([\d.]+) s \(([\d.]+) MB/s\), (\d+) packets \((\d+) retransmitted"
+    per_round = [tuple(map(float, m[1:])) for m in
+                 re.findall(r"herdcast send: round (\d+)[^:\n]*: " + figures, text)]
+    total = re.search(r"herdcast send: (\d+) rounds: " + figures, text)
+    assert total and len(per_round) == int(total[1]) == len(doc["rounds"]), text[-3000:]
+    sums = [sum(col) for col in zip(*per_round, strict=True)]
+    assert sums[0] == int(total[2]) == sum(r["bytes"] for r in doc["rounds"])
+    assert abs(sums[1] - float(total[3])) <= 0.01 * len(per_round)
+    assert (sums[3], sums[4]) == (int(total[5]), int(total[6]))
+    assert abs(float(total[4]) - sums[0] / float(total[3]) / 1e6) <= 0.1
+    # the final table keeps each receiver's MAC beside its address
+    for ip, row in rows.items():
+        assert re.search(rf"^  {re.escape(ip)}\s+{row['mac']}\s", text, re.M), text[-3000:]
 
 
-def test_serve_shows_the_live_table_on_a_terminal(tmp_path):
-    """On a terminal the default is rich's live table: a row per receiver and its state."""
+@pytest.mark.parametrize("columns", [140, 80])
+def test_serve_shows_the_live_table_on_a_terminal(tmp_path, columns):
+    """On a terminal the default is rich's live table: a row per receiver and its state;
+    at 80 columns (a small terminal, a node's console) address and state stay whole."""
     src = make_source(tmp_path, 500_003)
     master, slave = pty.openpty()
-    got: list[bytes] = []
-
-    def read_terminal() -> None:
-        # read as a terminal does: a pty nobody reads fills up, and the sender's next
-        # redraw blocks (measured: 17 KB of table did, and SIGINT waited behind it)
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            got.append(chunk)
-
     with NetLab(2, net=121) as lab:
-        env = dict(os.environ, COLUMNS="140", LINES="40", TERM="xterm")
+        env = dict(os.environ, COLUMNS=str(columns), LINES="40", TERM="xterm")
         snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
                                   "--serve", "-f", str(src)], cwd=ROOT, env=env,
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=slave)
         os.close(slave)
-        terminal = threading.Thread(target=read_terminal, daemon=True)
-        terminal.start()
+        screen = bytearray()
+
+        def drain() -> None:  # read as a terminal does: a pty nobody reads fills up, and
+            # the sender's next redraw blocks (17 KB of table did, SIGINT waiting behind it)
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                screen.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
         out = tmp_path / "out.bin"
         rcv = herdcast_receiver(lab.hosts[1], out, tmp_path / "r1.log")
         assert wait(rcv, 30) == 0, logs(tmp_path)
         time.sleep(1)
         snd.send_signal(signal.SIGINT)
         rc = wait(snd, 20)
-        terminal.join(5)
+        reader.join(timeout=10)
         os.close(master)
-    screen = b"".join(got)
     text = screen.decode(errors="replace")
     assert rc == 0, text[-3000:]
     assert sha(out) == sha(src)
-    for word in ("receiver", "MAC", "state", "rate", "ETA", lab.hosts[1].ip, "done"):
+    wide = ("MAC", "rate") if columns >= 100 else ()
+    for word in ("receiver", "state", "ETA", lab.hosts[1].ip, "done", *wide):
         assert word in text, (word, text[-3000:])
+    assert "…" not in text, text[-3000:]
     assert "\x1b[" in text  # redrawn in place
+
+
+def test_serve_stopped_before_anyone_was_imaged_fails(tmp_path):
+    """Nothing imaged is no success: exit 1, the report's ok false with the reason."""
+    src = make_source(tmp_path, 100_003)
+    report = tmp_path / "serve.json"
+    with NetLab(1, net=131) as lab:
+        snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "--serve", "-f", str(src),
+                              "--report", str(report))
+        deadline = time.monotonic() + 20
+        while "announcing to" not in (tmp_path / "send.log").read_text():
+            assert time.monotonic() < deadline and snd.poll() is None, logs(tmp_path)
+            time.sleep(0.1)
+        snd.send_signal(signal.SIGTERM)
+        rc = wait(snd, 20)
+    text = (tmp_path / "send.log").read_text()
+    assert rc == 1, text
+    assert "stopped before any receiver was imaged" in text
+    doc = json.loads(report.read_text())
+    assert doc["session"]["ok"] is False and doc["rounds"] == [] and doc["receivers"] == []
+    assert doc["session"]["error"].startswith("stopped before any receiver was imaged")

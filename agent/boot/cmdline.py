@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from agent.boot.addressing import PxeIp, mask, static_addressing
-from agent.boot.params import PARAMETERS, Param, split_cmdline
+from agent.boot.params import PARAMETERS, Param, near_misses, split_cmdline
 from agent.boot.tokens import BadValue, CmdlineError, consoles, shown
 from agent.boot.udpcparam import parse_udpcparam
 from agent.transfer.options import (
@@ -65,6 +65,8 @@ class BootConfig:
 
     udpcparam: SendOptions | ReceiveOptions | None = None
     ip_from_pxelinux: PxeIp | None = None
+    # keys nearly ours (`diks=`): left to the kernel, named by the plan and the node's console
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.udpcparam is None:
@@ -153,9 +155,12 @@ def parse_cmdline(text: str) -> BootConfig:
         if name not in values and param.default is not None and not param.repeatable:
             values[name] = param.convert(param.default)
 
+    warnings = near_misses(text)
     if "umode" not in values:
-        raise CmdlineError("umode: missing; add umode=snd (this node sends its disk) or "
-                           "umode=rcv (this node's disk is overwritten)")
+        near = [w.split(" is not", 1)[0] for w in warnings if w.endswith("umode=?")]
+        also = f" ({near[0]} is not it: did you mean umode=?)" if near else ""
+        raise CmdlineError(f"umode: missing{also}; add umode=snd (this node sends its disk) "
+                           "or umode=rcv (this node's disk is overwritten)")
     umode = str(values["umode"])
     address, netmask, gateway = static_addressing(values, given)
     udpcparam = shown("udpcparam", given.get("udpcparam", ""))
@@ -175,5 +180,6 @@ def parse_cmdline(text: str) -> BootConfig:
     fields = {p.attr: values[p.name] for p in PARAMETERS.values()
               if p.name in values and not p.repeatable}
     fields.update(umode=umode, ip=address, netmask=netmask, gateway=gateway, udpcparam=extra,
-                  ip_from_pxelinux=getattr(ip, "pxe", None), console=consoles(text))
+                  ip_from_pxelinux=getattr(ip, "pxe", None), console=consoles(text),
+                  warnings=warnings)
     return BootConfig(**fields)

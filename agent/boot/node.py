@@ -186,13 +186,15 @@ def disk_step(cfg: BootConfig, args: NodeArgs, con: Console) -> None:
 
     block_only = args.disk is None
     if cfg.sending:
-        disk = check_send_source(cfg.disk, block_only=block_only, mounted=cfg.mounted)
+        disk = check_send_source(cfg.disk, block_only=block_only, mounted=cfg.mounted,
+                                 node=True)
         for warning in send_source_warnings(cfg.disk):  # mounted=warn: sent anyway
             con.say(f"{warning} (mounted=warn)")
         con.say(f"disk {cfg.disk}: {disk.size} bytes to send")
     else:
         # the image size is known only once the sender answers: the receiver checks it
-        disk = check_receive_target(cfg.disk, file_is_disk=True, block_only=block_only)
+        disk = check_receive_target(cfg.disk, file_is_disk=True, block_only=block_only,
+                                    node=True)
         con.say(f"disk {cfg.disk}: {disk.size} bytes, not in use; it will be overwritten")
 
 

@@ -16,6 +16,7 @@ every value is checked before the node touches any hardware.
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 import re
 import shlex
@@ -291,3 +292,28 @@ def split_cmdline(text: str) -> dict[str, str]:
         result.pop(name, None)  # re-insert so the dict's order is that of the last occurrence
         result[name] = "" if value is None else value
     return result
+
+
+def near_parameter(key: str) -> str | None:
+    """The parameter an unknown `key` is nearly (`umod` -> umode), or None: for a key that
+    is one of ours, or close to none of them."""
+    lower = key.lower()
+    if lower in _BY_LOWER:
+        return None
+    near = difflib.get_close_matches(lower, list(_BY_LOWER), n=1, cutoff=0.75)
+    return _BY_LOWER[near[0]] if near else None
+
+
+def near_misses(text: str) -> list[str]:
+    """One line per key on the command line that is no parameter of ours but nearly one
+    (`diks=`, `verfiy=`, `umod=`). The kernel line also carries the kernel's and the boot
+    loader's keys, so an unknown key is never an error; but a misspelled one silently leaves
+    its parameter at the default (`diks=/dev/sdb` images /dev/sda), so `herdcast plan` and
+    the node's console name it. (builder node refuses such keys before writing them.)"""
+    lines: dict[str, str] = {}
+    for key, value in tokens(text):
+        if key.lower() not in lines and (near := near_parameter(key)):
+            given = key if value is None else f"{key}={value}"
+            lines[key.lower()] = (f"{given} is not a herdcast parameter (left to the kernel; "
+                                  f"{near} keeps its value): did you mean {near}=?")
+    return list(lines.values())

@@ -78,13 +78,16 @@ def describe(cfg: BootConfig) -> list[str]:
         *([] if cfg.sending else [("clone", _clone(cfg))]),
         ("ports", f"UDP {cfg.port} (receivers) and {cfg.port + 1} (sender)"),
         ("transfer", shlex.join(transfer_command(cfg))),
-        ("after", f"{cfg.post} on success, {cfg.onfail} on failure"),
+        ("after", f"none on success: serves until powered off (serve=yes; post={cfg.post} "
+         f"is never reached), {cfg.onfail} on failure" if cfg.serve else
+         f"{cfg.post} on success, {cfg.onfail} on failure"),
     ]
     if cfg.console:
         rows.append(("console", ", ".join(cfg.console)))
     if cfg.lang or cfg.kbmap:
         rows.append(("lang/kbmap", f"{cfg.lang or '-'}/{cfg.kbmap or '-'} (accepted; "
                      "messages are English, the kernel keymap is kept)"))
+    rows = [("WARNING", w) for w in cfg.warnings] + rows
     width = max(len(label) for label, _ in rows)
     return [f"  {label:<{width}}  {text}" for label, text in rows]
 

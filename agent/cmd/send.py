@@ -2,8 +2,9 @@
 
 Prints the receivers table at the end; a failed send raises the HerdcastError its result
 carries. Exit status: 0 when every receiver agreed (under --serve: every receiver that
-finished), 1 when a receiver failed, was dropped or disagreed, none took part, or the input,
-network, --log, --events or --report failed, 2 for a bad option.
+finished, and at least one did), 1 when a receiver failed, was dropped or disagreed, none
+took part (--serve: none was imaged), or the input, network, --log, --events or --report
+failed, 2 for a bad option.
 """
 
 from __future__ import annotations

@@ -162,15 +162,23 @@ def _size_of(fd: int, st: os.stat_result) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def probe(path: str) -> Disk:
-    """Stat and measure `path` without writing; DiskError if it is not there."""
+def _set(node: bool, node_fix: str, server_fix: str) -> str:
+    """A fix in the words of who gave the path: the node's boot parameter (`disk=`) or a
+    server command's argument (--file, DISK): a server's admin has no disk= to check."""
+    return node_fix if node else server_fix
+
+
+def probe(path: str, node: bool = False) -> Disk:
+    """Stat and measure `path` without writing; DiskError if it is not there. `node`: the
+    path is the node's disk= (the fixes then name boot parameters)."""
     if not path:
         raise DiskError("disk: no disk given (set disk=/dev/sda or the node's disk)")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise DiskError(f"disk {path}: no such device (check disk=, and that the disk "
-                        "driver is loaded: diskmodule=)") from exc
+        raise DiskError(f"disk {path}: no such device " + _set(
+            node, "(check disk=, and that the disk driver is loaded: diskmodule=)",
+            "(check the path: lsblk lists the disks)")) from exc
     except OSError as exc:
         raise DiskError(f"disk {path}: cannot open: {exc.strerror}") from exc
     try:
@@ -299,28 +307,30 @@ def send_source_warnings(path: str, proc: str = "/proc", sys: str = "/sys") -> l
 
 
 def check_receive_target(path: str, image_size: int | None = None, *, file_is_disk: bool = False,
-                         block_only: bool = False, proc: str = "/proc", sys: str = "/sys"
-                         ) -> Disk:
+                         block_only: bool = False, node: bool = False, proc: str = "/proc",
+                         sys: str = "/sys") -> Disk:
     """Refuse, before anything is written, a target that is in use or too small.
 
     A regular file that does not exist yet is fine (it is created); a block device must
     exist. With `file_is_disk` (the node: `disk=` names a disk, a file only stands in for
     one in tests) an existing regular file is a disk of its current size. `block_only`
-    (the node's disk=) refuses anything but a block device. Returns the probed Disk.
+    (the node's disk=) refuses anything but a block device. `node`: fixes name disk=.
+    Returns the probed Disk.
     """
     if block_only:
         check_is_disk(path)
     if not os.path.exists(path) and not names_a_device(path):
         return Disk(path, 0, False, None)
-    disk = probe(path)
+    disk = probe(path, node)
     busy = in_use(disk, proc, sys)
     if busy:
         raise DiskError(f"disk {path}: refusing to overwrite a disk in use: {'; '.join(busy)} "
-                        "(unmount it, or set disk= to the disk to image)")
+                        + _set(node, "(unmount it, or set disk= to the disk to image)",
+                               "(unmount it, or give the disk to image)"))
     if image_size is not None and (disk.is_block or file_is_disk):
         check_size(disk, image_size)
     if disk.is_block:
-        _check_exclusive(path)
+        _check_exclusive(path, node)
     return disk
 
 
@@ -338,29 +348,31 @@ def check_size(disk: Disk, image_size: int) -> None:
                         f"({image_size} bytes); use a disk at least that big")
 
 
-def _check_exclusive(path: str) -> None:
+def _check_exclusive(path: str, node: bool = False) -> None:
     """The kernel's own in-use test: O_EXCL on a block device fails if anything holds it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise DiskError(f"disk {path}: busy (mounted, swap, or held by another device); "
-                            "unmount it or set disk= to another disk") from exc
+                            + _set(node, "unmount it or set disk= to another disk",
+                                   "unmount it or give another disk")) from exc
         raise DiskError(f"disk {path}: cannot open: {exc.strerror}") from exc
     os.close(fd)
 
 
 def check_send_source(path: str, *, block_only: bool = False, mounted: str = "refuse",
-                      proc: str = "/proc", sys: str = "/sys") -> Disk:
+                      node: bool = False, proc: str = "/proc", sys: str = "/sys") -> Disk:
     """The sender reads the whole device; it must exist and not be empty. `block_only` (the
     node's disk=) refuses anything but a block device. `mounted` (the node's mounted=):
     "refuse" raises DiskError for a disk with a read-write mounted filesystem, "warn" lets
     it through (the caller says send_source_warnings' line)."""
     if block_only:
         check_is_disk(path)
-    disk = probe(path)
+    disk = probe(path, node)
     if disk.size == 0:
-        raise DiskError(f"disk {path}: is empty (0 bytes); set disk= to the disk to send")
+        raise DiskError(f"disk {path}: is empty (0 bytes); "
+                        + _set(node, "set disk= to the disk to send", "give the disk to send"))
     if mounted == "refuse":
         rw = mounted_read_write(disk, proc, sys)
         if rw:

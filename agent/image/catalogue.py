@@ -63,7 +63,8 @@ def metadata(path: str, umap: UsedMap, description: str | None = None) -> dict:
         os.close(fd)
     meta = {"host": socket.gethostname(),
             "captured": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "scheme": umap.scheme, "partitions": parts}
+            "scheme": umap.scheme, "partitions": parts,
+            "used_bytes": umap.used_bytes}  # a receiver's percent of the data
     if description:
         meta["description"] = description
     return meta

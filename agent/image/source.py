@@ -23,7 +23,7 @@ from agent.codec import decompressing_reader, sniff
 from agent.errors import HerdcastError
 from agent.image.catalogue import metadata
 from agent.image.expand import ExpandingReader
-from agent.image.stream import HEADER_SIZE, Header, StreamReader, encode, is_image
+from agent.image.stream import HEADER_SIZE, Header, Position, StreamReader, encode, is_image
 from agent.image.usedmap import UsedMap, used_map
 from agent.say import say
 
@@ -37,7 +37,9 @@ class Source:
     umap: UsedMap | None = None
     codec: str | None = None  # a stored image's compression
 
-    def describe(self) -> list[str]:
+    def describe(self, compress: str | None = None) -> list[str]:
+        """Lines saying what is sent; `compress`: --compress, which a stored image's raw
+        disk gets for stock receivers."""
         if self.kind == "used" and self.umap is not None:
             return [*self.umap.describe(), f"to herdcast receivers: the {self.umap.used_bytes}"
                     f" used bytes of {self.umap.disk_size} (all-zero runs not sent); to stock"
@@ -46,9 +48,11 @@ class Source:
             return [*self.umap.describe(), "sending every byte: no filesystem on this disk "
                     "could be mapped (see the partitions above)"]
         if self.kind == "stored":
+            stock = (f"compressed with {compress} (--compress: give them --pipe)" if compress
+                     else "uncompressed (--compress CODEC compresses it for their --pipe)")
             return [f"a herdcast image of a {self.disk_size}-byte disk, compression "
-                    f"{self.codec or 'none'}: sent as it is to herdcast receivers, expanded "
-                    "for stock udp-receivers"]
+                    f"{self.codec or 'none'}: sent as it is to herdcast receivers; to stock "
+                    f"udp-receivers: the raw disk it expands to, {stock}"]
         return []
 
 
@@ -107,8 +111,9 @@ def image_stream(path: str, source: Source) -> BinaryIO:
     assert source.umap is not None
     meta = metadata(path, source.umap)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size,
-                                              source.umap.extents, meta)), fd)
+    at = Position()
+    return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size, source.umap.extents,
+                                              meta, at), at), fd)
 
 
 def expanded_stream(path: str, source: Source) -> BinaryIO:
@@ -123,6 +128,7 @@ class _ClosingReader(io.RawIOBase):
     def __init__(self, inner: StreamReader, fd: int) -> None:
         super().__init__()
         self._inner, self._fd = inner, fd
+        self.position = inner.position
 
     def readable(self) -> bool:
         return True

@@ -68,11 +68,19 @@ def _record(kind: int, offset: int, length: int) -> bytes:
     return Record.build({"kind": kind, "reserved": 0, "offset": offset, "length": length})
 
 
+class Position:
+    """How many of the disk's used bytes an encoder has read so far (the sender's percent
+    of the data to send: the stream's own length is known only at its end)."""
+
+    used = 0
+
+
 def encode(fd: int, disk_size: int, extents: Iterable[Extent],
-           meta: dict | None = None) -> Iterator[bytes]:
+           meta: dict | None = None, at: Position | None = None) -> Iterator[bytes]:
     """The image stream of the disk open on `fd`: its used `extents` (sorted, disjoint),
     all-zero granules inside them sent as ZERO records, `meta` (JSON-able) in the header.
-    Reads each used byte once."""
+    Reads each used byte once, counting them in `at`."""
+    at = at if at is not None else Position()
     yield Header.build({"version": VERSION, "flags": FLAG_META if meta is not None else 0,
                         "granule": GRANULE, "disk_size": disk_size})
     if meta is not None:
@@ -108,6 +116,7 @@ def encode(fd: int, disk_size: int, extents: Iterable[Extent],
                 records += 1
                 data_bytes += end - start
             pos += want
+            at.used += want
     if zero_len:
         yield _record(ZERO, zero_at, zero_len)
         records += 1
@@ -153,6 +162,12 @@ class Decoder:
         self.records = self.data_bytes = self.zero_bytes = 0
         self.meta: dict = {}  # what the header's META says; {} for an older image
         self.done = False
+
+    @property
+    def used_done(self) -> int:
+        """Used bytes of the disk written so far (data and zero records): the receiver's
+        progress against the metadata's `used_bytes`."""
+        return self.data_bytes + self.zero_bytes - self._data_left
 
     @property
     def state(self) -> str:
@@ -283,9 +298,10 @@ class StreamReader(io.RawIOBase):
     """The image stream as a readable file, so compression and the sender's slice reader
     take it as they take a disk."""
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Iterator[bytes], position: Position | None = None) -> None:
         super().__init__()
         self._pieces = pieces
+        self.position = position  # the encoder's, when the pieces are encode()'s
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:

@@ -177,7 +177,10 @@ def serve_conflict(opts) -> str | None:
     """Why options (a namespace or SendOptions) cannot go with --serve, or None."""
     for given, name in ((opts.async_, "--async"), (not opts.late_join, "--no-late-join"),
                         (opts.start_timeout, "--start-timeout"),
-                        (opts.autostart, "--autostart")):
+                        (opts.autostart, "--autostart"),
+                        (opts.min_receivers is not None, "--min-receivers"),
+                        (opts.min_wait is not None, "--min-wait"),
+                        (opts.max_wait is not None, "--max-wait")):
         if given:
             return (f"--serve and {name} do not go together: --serve starts a round whenever "
                     f"receivers wait and keeps going until stopped; drop {name}")

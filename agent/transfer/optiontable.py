@@ -262,10 +262,14 @@ OPTIONS: list[Option] = [
                "drop it",
           help="go on past data lost for good (--async without enough --fec), leaving "
                "holes; the result says so"),
+    # herdcast images: unpacked onto the disk or file (None, True), or stored into a file as
+    # they came (False: --store). See agent.image.
     Option(("--unpack",), "unpack", sides=RECEIVE, annotation="bool | None", const=True,
-           help=HERDCAST + "write a herdcast image onto --file as onto a disk, even when it "
-                "is a regular file (a block device always is; a file otherwise stores the "
-                "image as it came)"),
+           help=HERDCAST + "write a herdcast image onto --file as onto a disk (the default; "
+                "a regular file is then sparse where the disk is free)"),
+    Option(("--store",), "unpack", sides=RECEIVE, const=False,
+           help=HERDCAST + "store a herdcast image into --file as it came, compression and "
+                "all (the capture a server keeps for send -f)"),
     Option(("--blank",), "blank", sides=RECEIVE, annotation="str", default="keep",
            choices=BLANK_MODES, boot="blank",
            help=HERDCAST + "what unpacking an image does with free space: keep it, zero it, "

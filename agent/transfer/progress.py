@@ -9,6 +9,7 @@ clock and returns until a line is due.
 
 from __future__ import annotations
 
+import bisect
 import sys
 import time
 from typing import TextIO
@@ -30,6 +31,37 @@ def _eta(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Gauge:
+    """A round's progress in the units of the data it carries, out of `total`: the bytes of
+    a raw stream are the data; a used-block image's stream holds records and drops zero
+    runs, so its bytes map to the disk's used bytes through marks (stream bytes read, used
+    bytes its encoder had read then: `position`, agent.image.stream.Position), set by the
+    reader at each slice. Percent and ETA of the sender's rows and line come from here."""
+
+    def __init__(self, total: int | None = None, position=None) -> None:
+        self.total = total
+        self.position = position
+        self.marks: list[tuple[int, int]] = [(0, 0)]
+
+    def mark(self, stream_bytes: int) -> None:
+        """The reader has read `stream_bytes` of the stream (its thread calls this)."""
+        if self.position is not None:
+            self.marks.append((stream_bytes, self.position.used))
+
+    def data(self, stream_bytes: int) -> int:
+        """The data bytes the first `stream_bytes` of the stream carry (between two marks,
+        in proportion)."""
+        if self.position is None:
+            return stream_bytes
+        marks = self.marks[:]  # the reader thread appends meanwhile
+        i = bisect.bisect_right(marks, stream_bytes, key=lambda m: m[0]) - 1
+        at, done = marks[i]
+        if i + 1 == len(marks):
+            return done
+        nxt, more = marks[i + 1]
+        return done + (more - done) * (stream_bytes - at) // max(nxt - at, 1)
 
 
 class Progress:
@@ -86,11 +118,18 @@ class Progress:
         parts.append(f"{rate / 1e6:.1f} MB/s")
         if self.sent:
             parts.append(f"retransmitted {100 * self.retransmitted / self.sent:.1f}%")
-        if self.total and rate > 0 and self.done < self.total:
-            parts.append(f"ETA {_eta((self.total - self.done) / rate)}")
+        eta = self.eta(rate)
+        if eta is not None:
+            parts.append(f"ETA {_eta(eta)}")
         if self.receivers is not None:
             parts.append(f"{self.receivers} receiver{'s' if self.receivers != 1 else ''}")
         return ", ".join(parts)
+
+    def eta(self, rate: float) -> float | None:
+        """Seconds left at `rate`, when the total is known."""
+        if self.total and rate > 0 and self.done < self.total:
+            return (self.total - self.done) / rate
+        return None
 
     def _emit(self, text: str) -> None:
         try:

@@ -36,3 +36,4 @@ class TransferResult:
     receivers: list[Receiver] = field(default_factory=list)  # the sender's rows
     stats: SendStats | None = None  # the sender's counters (None on the receiving side)
     changes: list[str] | None = None  # a receiver's: what personalising changed on the disk
+    rounds: list = field(default_factory=list)  # the sender's rounds (send.fleet.RoundInfo)

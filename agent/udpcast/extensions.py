@@ -1,6 +1,6 @@
 """herdcast's extensions of udpcast's CONNECT_REQ, CONNECT_REPLY and HC_DIGEST_ACK: the longer
 forms declared in agent.udpcast.protocol, read (and CONNECT_REPLY's built) here. A stock peer
-sends the short forms; each reader then says None."""
+sends the short forms; each reader then says None. HC_FAIL's builder is here too."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from construct import ConstructError, Container, Struct
 
 from agent.codec import from_wire, wire_index
 from agent.udpcast.protocol import (
+    REASON_BYTES,
     SECRET_BYTES,
     ConnectReplyHc,
     ConnectReplySigned,
@@ -78,3 +79,11 @@ def signed_result(datagram: bytes | memoryview) -> tuple[bytes, int, bytes] | No
     """(sha256, kind, signature) of a signing sender's HC_DIGEST_ACK, or None."""
     ext = _extension(datagram, Op.HC_DIGEST_ACK, HcDigestAckSigned)
     return (ext.sha256, ext.kind, ext.signature) if ext is not None else None
+
+
+def build_fail(reason: str, secret: bytes) -> bytes:
+    """HC_FAIL carrying `reason`, cut to REASON_BYTES on a character boundary, and the
+    receiver's `secret` (its CONNECT_REPLY's), without which the sender does not believe
+    it: a stranger spoofing a receiver's address cannot fail it."""
+    raw = reason.encode("utf-8")[:REASON_BYTES]
+    return build(Op.HC_FAIL, secret=secret, reason=raw.decode("utf-8", "ignore"))

@@ -32,6 +32,7 @@ from construct import (
     Int32sb,
     Int32ub,
     Int64ub,
+    PaddedString,
     Padding,
     Struct,
 )
@@ -61,6 +62,7 @@ class Op(IntEnum):
     HC_DIGEST = 0x4801
     HC_DIGEST_ACK = 0x4802
     HC_LATE = 0x4803
+    HC_FAIL = 0x4804
     # the chunk carousel (Cap.CHUNKS peers only; declared in agent.udpcast.carousel)
     HC_MANIFEST_REQ = 0x4810
     HC_MANIFEST_INFO = 0x4811
@@ -250,6 +252,15 @@ CHANGED_TEXT = 1200  # bytes of UTF-8, NUL-padded: the datagram stays within one
 # a DATA header, so the receiver's length check stays one test)
 HcChanged = Struct("opcode" / Int16ub, "status" / Int16ub, "text" / Bytes(CHANGED_TEXT))
 HcChangedAck = Struct("opcode" / Int16ub, "status" / Int16ub, Padding(12))
+
+REASON_BYTES = 200  # one console line of why, UTF-8, NUL-padded
+HcFail = Struct(  # receiver -> sender unicast: it stops, and why (one line)
+    "opcode" / Int16ub,
+    "reserved" / Int16ub,
+    "secret" / Bytes(SECRET_BYTES),  # its CONNECT_REPLY's: believed only from it
+    "reason" / PaddedString(REASON_BYTES, "utf8"),
+)
+
 MESSAGES: dict[int, Construct] = {
     Op.OK: Ok,
     Op.RETRANSMIT: Retransmit,
@@ -268,6 +279,7 @@ MESSAGES: dict[int, Construct] = {
     Op.HC_LATE: HcLate,
     Op.HC_CHANGED: HcChanged,
     Op.HC_CHANGED_ACK: HcChangedAck,
+    Op.HC_FAIL: HcFail,
 }
 
 SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}

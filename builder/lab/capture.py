@@ -3,7 +3,7 @@ the lab's server, then that file deployed to a fleet while the captured node is 
 
 1. Capture: the master VM boots `umode=snd compr=zstd` (its disk: MBR, an ext4 partition
    holding known files); on the server (the lab namespace, at the bridge's address)
-   `herdcast receive -f lab.img` stores the image stream as it came, compressed.
+   `herdcast receive -f lab.img --store` stores the image stream as it came, compressed.
 2. Deploy: once the master has powered off, receiver VMs boot `umode=rcv` as usual and the
    server runs `herdcast send -f lab.img --min-receivers N`.
 
@@ -182,8 +182,8 @@ def run_capture_deploy(tftp_src: Path, workdir: Path, receivers: int = 2, size_m
                                sum(length for _, length in used),
                                sum(len(v) for v in files.values()), data_zstd(files))
         # 1. capture: the server stores what the master sends
-        server = lab.serve("capture", _herdcast("receive", "-f", str(image), "-i", "br0",
-                                                "--no-progress"), cwd=ROOT)
+        server = lab.serve("capture", _herdcast("receive", "-f", str(image), "--store",
+                                                "-i", "br0", "--no-progress"), cwd=ROOT)
         lab.boot(master)
         result.capture_s = _finish(lab, [master], server, timeout, show)
         result.capture_rc = server.poll()

@@ -36,7 +36,7 @@ from agent.image.chunksink import ChunkSink
 from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
-from agent.transfer.receive.output import OutputError
+from agent.transfer.receive.output import OutputError, check_image_fits
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
@@ -66,7 +66,8 @@ class ChunkReceiver:
 
     def run(self) -> tuple[str, int]:
         """Receive until the disk holds the image; returns (hex digest, used bytes)."""
-        self._attach()
+        self._attach()  # from here a failure is told to the sender (HC_FAIL, link.fail)
+        check_image_fits(self.opts.file, self.session.image_size)  # before any write
         table = self._manifest()
         fd = self._open()
         try:

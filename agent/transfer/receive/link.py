@@ -22,10 +22,12 @@ from agent.net import netif
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.slices import Assembler
+from agent.udpcast.extensions import build_fail
 from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
     HEADER_SIZE,
+    SECRET_BYTES,
     Cap,
     ConnectReq,
     ConnectReqHc,
@@ -71,14 +73,20 @@ def network_error(what: str, exc: OSError) -> ReceiveError:
 
 def can_take_chunks(opts: ReceiveOptions) -> bool:
     """Whether this receive writes an image in place, so it can take chunks in any order
-    (receive.carousel): onto a block device, or a file with --unpack; not a pipe, stdout
-    or --passive."""
+    (receive.carousel): onto a block device or a file (new or regular), as an image is
+    unpacked by default; not with --store, a pipe, stdout, a character device or
+    --passive."""
     if opts.passive or opts.pipe or opts.file is None or opts.unpack is False:
         return False
     try:
-        return stat.S_ISBLK(os.stat(opts.file).st_mode) or bool(opts.unpack)
+        return not stat.S_ISCHR(os.stat(opts.file).st_mode)
+    except FileNotFoundError:
+        return True  # created as a sparse file, as the disk
     except OSError:
-        return bool(opts.unpack)
+        return False
+
+
+FAIL_COPIES = 2  # HC_FAIL is sent this many times: one lost datagram still tells why
 
 
 class Link:
@@ -195,6 +203,19 @@ class Link:
         except OSError as exc:
             raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
         self._drain_before_connect()
+
+    def fail(self, reason: str) -> None:
+        """Tell a herdcast sender why this receiver stops (HC_FAIL, one line, before the
+        DISCONNECT): its table, log and report then say "disk too small" or "write error"
+        instead of "disconnected mid-transfer". Sent twice against a lost datagram; a stock
+        sender is told nothing it would not understand."""
+        session = self.session
+        if not (self.disconnect_due and session and not self.opts.passive
+                and session.capabilities & Cap.HERDCAST):
+            return
+        secret = session.secret or bytes(SECRET_BYTES)  # the sender believes it only with ours
+        for _ in range(FAIL_COPIES):
+            self.send(build_fail(reason, secret))
 
     def disconnect(self) -> None:
         """udpcast sends DISCONNECT at exit, on success and on abort alike."""

@@ -1,8 +1,9 @@
 """Where received bytes go: a file or device, stdout, a `--pipe` filter, a decompressor;
 and the writer thread that moves completed slices there.
 
-A herdcast image (agent.image) is recognised by its first bytes: unpacked onto a block
-device (or a file with --unpack), stored as it came (compressed) into a regular file.
+A herdcast image (agent.image) is recognised by its first bytes and unpacked onto the
+disk or file, as udp-receiver writes a disk (a file is sparse where the disk is free); with
+--store it is stored as it came (compressed), for `herdcast send -f` or `herdcast image`.
 
 The writer runs beside the network loop so disk or pipe writes (and hashing, which releases
 the GIL) overlap packet reception. Each completed slice is written with one os.write of a
@@ -26,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
+from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.readback import Readback
 
@@ -78,10 +80,10 @@ class Output:
     """The opened destination; `write` takes memoryviews, `finish` flushes and closes."""
 
     def __init__(self, opts: ReceiveOptions, codec: str | None = None,
-                 image_size: int | None = None) -> None:
-        """`codec`: the stream's compression as the sender announced it (herdcast senders),
-        else --compress. `image_size`: what the sender announced the receiver writes; the
-        stream may not expand past it (a decompression bomb is refused at that byte)."""
+                 image_size: int | None = None, announced: bool = False) -> None:
+        """`codec`: the stream's compression as the sender announced it (herdcast senders:
+        `announced`), else --compress. `image_size`: what the sender announced the receiver
+        writes; the stream may not expand past it (a decompression bomb is refused at that byte)."""
         self.path = opts.file or "(stdout)"
         self.sync = opts.sync
         self.codec = codec if codec not in (None, "none") else None
@@ -96,20 +98,18 @@ class Output:
         self.checker = None  # the stored image parsed as it is written: complete only
         # with its own end (END record and trailer), whatever end marker the wire had
         # A regular file is written beside its path (`partial`) until the stream's first
-        # bytes are known: a raw stream then takes the path at once (udp-receiver's file,
-        # written in place), a stored image only once complete, so a failed re-capture
-        # leaves the previous image as it was.
+        # bytes are known: a raw stream or an unpacked image then takes the path at once
+        # (udp-receiver's file, written in place), a stored image only once complete, so a
+        # failed re-capture leaves the previous image as it was.
         self.final: str | None = None
         self.partial: str | None = None
-        is_block = False
         if opts.file is None:
             self.fd = os.dup(1)
         else:
             flags = os.O_WRONLY | os.O_CREAT
             try:
                 st = os.stat(opts.file)
-                is_block = stat.S_ISBLK(st.st_mode)
-                is_device = is_block or stat.S_ISCHR(st.st_mode)
+                is_device = stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
             except FileNotFoundError:
                 is_device = False
             target = opts.file
@@ -126,7 +126,7 @@ class Output:
             except OSError as exc:
                 raise OutputError(f"--file {opts.file}: cannot open for writing: "
                                   f"{exc.strerror}") from exc
-        self.unpack = opts.unpack if opts.unpack is not None else is_block
+        self.unpack = opts.unpack is not False  # --store: False
         self.target_fd = self.fd
         if opts.pipe:
             argv = shlex.split(opts.pipe)
@@ -140,13 +140,37 @@ class Output:
         self._write: Callable[[memoryview], None] = self._write_fd
         self._held: list[bytes] = []
         self.sniffer = None
-        if opts.file is not None and not opts.pipe:
+        self._sniffing = opts.file is not None and not opts.pipe
+        if announced and self.codec:
+            self._write = self._check_codec
+        else:
+            self._setup()
+
+    def _setup(self) -> None:
+        """The writing path for self.codec: look at the head for an image (a file), or
+        write the stream as it is (stdout, --pipe)."""
+        if self._sniffing:
             from agent.image.sniff import HeadSniffer
 
             self.sniffer = HeadSniffer(self.codec)
             self._write = self._sniff
         else:
             self._choose(image=False)
+
+    def _check_codec(self, data: memoryview) -> None:
+        """The first bytes against the compression a herdcast sender announced: a stored
+        image's round with stock receivers carries the raw disk it expands to (compressed
+        only as the sender's --compress asked), whose magic says which."""
+        from agent.codec import sniff
+
+        found = sniff(bytes(data[:16]))
+        if found != self.codec:
+            what = f"compressed with {found}" if found else "uncompressed"
+            say(f"this round carries the raw disk, {what} (a round with stock "
+                "udp-receivers): writing it so")
+            self.codec = found
+        self._setup()
+        self._write(data)
 
     def _sniff(self, data: memoryview) -> None:
         """Hold the first bytes until they tell whether this is a herdcast image."""
@@ -159,6 +183,9 @@ class Output:
         """Set up the writing path for what the stream is, then replay what was held."""
         if not image or self.unpack:
             self._settle()
+        if not image and not self.unpack and self._sniffing:
+            say(f"--store: {self.path} gets a raw stream (no herdcast image came): written "
+                "as it came, as udp-receiver writes it")
         if image and self.unpack:
             from agent.image.sink import DiskSink
 
@@ -211,6 +238,8 @@ class Output:
         on thin or network storage): the image is then not on the disk and the receive must
         fail, never report success."""
         try:
+            if self._write == self._check_codec:  # nothing came
+                self._setup()
             if self.sniffer is not None and self.sniffer.verdict is None:
                 self._choose(self.sniffer.end())  # a stream shorter than the magic
             if self.decoder is not None:

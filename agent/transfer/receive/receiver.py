@@ -56,7 +56,8 @@ class Receiver:
         link.session = session
         link.disconnect_due = True
         check_image_fits(opts.file, session.image_size)
-        self.output = Output(opts, self.codec(session), session.image_size)
+        self.output = Output(opts, self.codec(session), session.image_size,
+                             announced=session.codec is not None)
         slice_bytes = MAX_SLICE_SIZE * session.blocksize
         buffers = max(3, min(DEFAULT_BUFFERS, BUFFER_BUDGET // slice_bytes))
         asm = Assembler(session.blocksize, lambda s: self.writer(s), buffers,
@@ -95,19 +96,33 @@ class Receiver:
                                        f"--start-timeout {opts.start_timeout:g} s")
             if self.writer.error:
                 raise OutputError(self.writer.error)
+            used = self.used_bytes()
+            if used:  # an image unpacked: percent and ETA of the disk's used bytes
+                progress.total = used
+                progress.update(self.output.sink.decoder.used_done)
+                continue
             if progress.total and (self.writer.head or session.codec not in (None, "none")) \
                     and self.raw_size(session) is None:
-                progress.total = None  # compressed or an image: no percent of the disk size
+                progress.total = None  # compressed or stored: no percent of the disk size
             progress.update(asm.delivered_bytes)
+
+    def used_bytes(self) -> int | None:
+        """The used bytes of the disk an image being unpacked carries (its metadata says,
+        from the sender's used map), or None: raw, stored, or an image from before."""
+        sink = self.output.sink if self.output is not None else None
+        used = sink.decoder.meta.get("used_bytes") if sink is not None else None
+        return used if isinstance(used, int) and used > 0 else None
 
     def codec(self, session: Session) -> str | None:
         """The stream's compression: what a herdcast sender announced, else --compress."""
         if session.codec is None:
             return self.opts.compress
         announced = None if session.codec == "none" else session.codec
-        if announced != self.opts.compress:
+        if self.opts.compress and announced != self.opts.compress:
             say(f"the sender compresses with {announced or 'nothing'}: following it "
-                f"(--compress {self.opts.compress or 'none'} ignored)")
+                f"(--compress {self.opts.compress} ignored)")
+        elif announced:
+            say(f"the sender compresses with {announced}: following it")
         return announced
 
     def raw_size(self, session: Session) -> int | None:
@@ -172,6 +187,7 @@ def receive(opts: ReceiveOptions) -> TransferResult:
         return _receive(r, start)
     except HerdcastError as exc:
         error = exc
+        r.link.fail(exc.what)
     finally:
         r.close()
     written = r.writer.bytes if r.writer is not None else 0
@@ -226,7 +242,8 @@ def _describe(opts: ReceiveOptions, output: Output) -> None:
     """--description: into the image just stored (after the digest: the sender's table
     has its verdict before the file is rewritten)."""
     if not output.stored:
-        say(f"--description ignored: {opts.file} holds no stored herdcast image")
+        say(f"--description ignored: {opts.file} holds no stored herdcast image (the "
+            "image was written out as a disk; --store keeps it as it came, described)")
         return
     from agent.image.catalogue import set_description
 

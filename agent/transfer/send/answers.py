@@ -1,10 +1,11 @@
 """What receivers say during a round, and what the sender does with it.
 
 OK and RETRANSMIT answer a slice's REQACK pass (send.passes); DISCONNECT ends a receiver's
-part (a finished one leaving is the normal end); a CONNECT_REQ from a receiver not in the
-round queues it for the next one (or tells a herdcast receiver it missed the start, when
-the input cannot be read again); HC_DIGEST is a herdcast receiver's verdict on what it
-wrote; a verdict, once given, never changes.
+part (a finished one leaving is the normal end); HC_FAIL is a herdcast receiver stopping,
+with its reason (a disk too small, a refused signature, a write error); a CONNECT_REQ from
+a receiver not in the round queues it for the next one (or tells a herdcast receiver it
+missed the start, when the input cannot be read again); HC_DIGEST is a herdcast receiver's
+verdict on what it wrote; a verdict, once given, never changes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import time
 
 from agent.say import say
-from agent.transfer.send.record import Verdict
+from agent.transfer.send.record import Verdict, said
 from agent.transfer.send.signing import digest_ack
 from agent.udpcast.protocol import Cap, ChangedStatus, LateStatus, Op, build
 
@@ -45,6 +46,10 @@ class Answers:
                 self._late(ip, addr, msg.capabilities)
             return
         if r is None:
+            return
+        if op == Op.HC_FAIL:  # a herdcast receiver stops and says why: one line
+            if r.told(msg.secret):  # its own, not a stranger's from its address
+                self.table.remove(ip, Verdict.FAILED, said(msg.reason))
             return
         r.answered()
         if op in (Op.OK, Op.RETRANSMIT):

@@ -32,7 +32,7 @@ from agent.transfer.send.answers import note_changed
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table
-from agent.transfer.send.record import Receiver, State, Verdict
+from agent.transfer.send.record import Receiver, State, Verdict, said
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.signing import digest_ack, signer
 from agent.trust.statements import CHUNKS
@@ -218,6 +218,8 @@ class Carousel:
                 self.pacer.feedback(msg.received + msg.lost, msg.lost)
         elif op == Op.HC_MANIFEST_REQ:
             self._manifest(r, addr, msg.first, min(msg.count, MAX_PIECES))
+        elif op == Op.HC_FAIL and r.told(msg.secret):  # it stops, and says why
+            self.table.remove(ip, Verdict.FAILED, said(msg.reason))
         elif op == Op.DISCONNECT:
             if r.verdict is None:
                 say(f"herdcast send: receiver {ip} disconnected mid-transfer")

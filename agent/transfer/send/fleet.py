@@ -53,6 +53,7 @@ class RoundInfo:
     sha256: str | None = None
     packets: int = 0  # data, retransmitted and FEC packets of the round
     retransmitted: int = 0
+    fec: int = 0  # FEC blocks among them
 
 
 @dataclass
@@ -96,7 +97,8 @@ class Fleet(TableEvents):
     def on_verdict(self, r: Receiver) -> None:
         """Its verdict was given (digest, drop, disconnect, or the round's end): one line
         and one event."""
-        if r.started is None:  # it left before its round started: no row
+        if r.started is None and r.verdict is not Verdict.FAILED:  # left before its round
+            # started: no row (one that failed and said why keeps its row: the reason)
             self.rows = [row for row in self.rows if row is not r]
             self.emit("dropped", r, reason="left before its round started")
             return
@@ -105,8 +107,10 @@ class Fleet(TableEvents):
         if not r.heard:
             self._bound_unheard()
         name = r.address + (f" ({r.mac})" if r.mac else "")
+        verdict, _, reason = describe(r).partition(" (")
         say(f"herdcast send: receiver {name} {r.state.value}: {r.bytes} bytes, "
-            f"{r.retransmissions} retransmitted blocks, {describe(r).lower()}")
+            f"{r.retransmissions} retransmitted blocks, {verdict.lower()}"
+            + (f" ({reason}" if reason else ""))
         self.emit(event_of(r), r, verdict=str(r.verdict), reason=r.reason)
         self.observer.verdict(r)
 
@@ -145,13 +149,13 @@ class Fleet(TableEvents):
             self.emit("started", r)
 
     def round_ended(self, total: int, sha256: str | None, packets: int = 0,
-                    retransmitted: int = 0) -> None:
+                    retransmitted: int = 0, fec: int = 0) -> None:
         """The round is over (every participant's verdict given by then)."""
         self.in_round = False
         if self.rounds:
             info = self.rounds[-1]
             info.ended, info.bytes, info.sha256 = time.time(), total, sha256
-            info.packets, info.retransmitted = packets, retransmitted
+            info.packets, info.retransmitted, info.fec = packets, retransmitted, fec
             self.emit("round_ended", None, round=info.number, bytes=total, sha256=sha256,
                       seconds=round(info.ended - info.started, 3))
 

@@ -22,8 +22,8 @@ STR_OR_NULL = ["string", "null"]
 RECEIVER = {
     "type": "object",
     "required": ["address", "mac", "hostname", "herdcast", "round", "bytes",
-                 "retransmissions", "verdict", "digest", "started", "ended", "personalised",
-                 "changes"],
+                 "retransmissions", "verdict", "reason", "digest", "started", "ended",
+                 "personalised", "changes"],
     "properties": {
         "address": {"type": "string"},
         "mac": {"type": STR_OR_NULL},
@@ -33,6 +33,7 @@ RECEIVER = {
         "bytes": {"type": "integer"},
         "retransmissions": {"type": "integer"},
         "verdict": {"type": "string", "enum": VERDICTS},
+        "reason": {"type": STR_OR_NULL},
         "digest": {"type": STR_OR_NULL},
         "started": {"type": STR_OR_NULL},
         "ended": {"type": STR_OR_NULL},
@@ -133,8 +134,9 @@ def build(fleet: Fleet, result: TransferResult, image: str, size: int | None,
         "receivers": [{"address": r.address, "mac": r.mac, "hostname": r.hostname,
                        "herdcast": r.herdcast, "round": r.round, "bytes": r.bytes,
                        "retransmissions": r.retransmissions, "verdict": str(r.verdict),
-                       "digest": r.digest, "started": iso(r.started), "ended": iso(r.ended),
-                       "personalised": r.personalised, "changes": r.changes}
+                       "reason": r.reason, "digest": r.digest, "started": iso(r.started),
+                       "ended": iso(r.ended), "personalised": r.personalised,
+                       "changes": r.changes}
                       for r in fleet.finished_rows()],
     }
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from agent.errors import HerdcastError
 from agent.image.source import Source
+from agent.transfer.progress import Gauge
 from agent.transfer.send.batch import SliceBuffer
 
 
@@ -38,6 +39,7 @@ class Input:
     rereadable: bool  # a regular file or block device given with -f, no --pipe
     closers: list = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    position: object | None = None  # a used-block image's encoder position (Gauge)
 
     def close(self) -> None:
         """Close the stream, the pipe command and the file, newest first."""
@@ -114,7 +116,7 @@ def _open_image_source(path: str, compress: str | None, source: Source,
 
         stream = compressing_reader(stream, compress)
         closers.append(stream.close)
-    return Input(stream, True, closers)
+    return Input(stream, True, closers, position=getattr(raw, "position", None))
 
 
 EOF = object()  # what next_slice returns once the stream has ended
@@ -128,8 +130,9 @@ class SliceReader:
     """
 
     def __init__(self, stream: BinaryIO, buffers: list[SliceBuffer], slice_bytes: int,
-                 fec=None) -> None:
+                 fec=None, gauge: Gauge | None = None) -> None:
         self.stream = stream
+        self.gauge = gauge or Gauge()  # told of every slice read (percent of the data)
         self.fec = fec  # (buffer, nbytes) -> FEC blocks, computed here, off the network thread
         self.slice_bytes = slice_bytes
         self.free: queue.Queue = queue.Queue()
@@ -162,6 +165,7 @@ class SliceReader:
                 if n:
                     self.sha.update(buf.view[:n])
                     self.total += n
+                    self.gauge.mark(self.total)
                     self.full.put((buf, n, self.fec(buf, n) if self.fec else None))
                 else:
                     self.free.put(buf)

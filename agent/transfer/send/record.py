@@ -13,6 +13,7 @@ all read these records; its `State` is what the live table shows.
 from __future__ import annotations
 
 import enum
+import hmac
 import math
 import os
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class Receiver:
         self.rcvbuf = rcvbuf or self.rcvbuf
         self.herdcast = bool(caps & Cap.HERDCAST)
 
+    def told(self, secret: bytes) -> bool:
+        """Whether a message echoing `secret` (HC_FAIL) is its own: a stranger spoofing its
+        address does not know the secret its unicast CONNECT_REPLY carried."""
+        return hmac.compare_digest(bytes(secret), self.secret)
+
     def personalising(self, now: float) -> bool:
         """Still personalising its clone: it said WORKING within PERSONAL_SILENCE."""
         return self.personalised == "working" and now - self.personal_at < PERSONAL_SILENCE
@@ -176,6 +182,13 @@ class Receiver:
         if not self.owing or self.progressed_at is None:
             return 0.0
         return now - self.progressed_at
+
+
+def said(reason: str) -> str:
+    """A receiver's HC_FAIL reason as the table, the log and the report show it: printable
+    characters only (it comes off the network), never empty."""
+    text = "".join(c if c.isprintable() else "?" for c in reason).strip()
+    return text or "no reason given"
 
 
 class ReceiverObserver(Protocol):

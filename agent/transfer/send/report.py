@@ -40,13 +40,15 @@ def describe(r: Receiver) -> str:
 
 
 def _failures(bad: list[Receiver]) -> str:
+    """`10.0.0.21 dropped, 10.0.0.22 failed (its reason)`: a receiver's own words kept."""
     return ", ".join(f"{r.address} {_failure(r)}" for r in bad)
 
 
 def _failure(r: Receiver) -> str:
     if r.verdict is Verdict.OK and r.personalised == "failed":
         return "not personalised (its disk holds the master's image, not yet its own)"
-    return describe(r).split(' (')[0].lower()
+    return describe(r).split(' (')[0].lower() + (
+        f" ({r.reason})" if r.verdict is Verdict.FAILED and r.reason else "")
 
 
 def _bad(r: Receiver) -> bool:
@@ -70,37 +72,55 @@ def serve_verdict(receivers: list[Receiver]) -> tuple[bool, HerdcastError | None
     """--serve: (ok, error) from the receivers that finished, which must all have agreed;
     so must those that said why they failed; dropped, disconnected and interrupted ones are
     in the table but fail nothing (a node switched off while being served is routine for a
-    service)."""
+    service), as long as someone was imaged: a service stopped before any receiver agreed
+    imaged nothing, which is no success."""
     bad = [r for r in receivers if r.verdict is not None and _bad(r)
            and (r.verdict.finished or r.verdict is Verdict.FAILED)]
-    if not bad:
-        return True, None
-    return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: "
-                                  f"{_failures(bad)}", REIMAGE)
+    if bad:
+        return False, ReceiversFailed(f"{len(bad)} receiver(s) finished without agreeing: "
+                                      f"{_failures(bad)}", REIMAGE)
+    if not any(r.verdict is Verdict.OK for r in receivers):  # nothing imaged: no success
+        return False, ReceiversFailed(
+            "stopped before any receiver was imaged" + (
+                f" ({len(receivers)} came: {_failures(receivers)})" if receivers else ""),
+            "boot the nodes (umode=rcv) while it serves, on this sender's network")
+    return True, None
 
 
 def format_table(result: TransferResult, stats=None) -> str:
-    """The receivers table plus one summary line (rate, retransmitted share)."""
+    """The summary, then the receivers table. Summary lines add up: one per round (its
+    stream's bytes, its time from start to the last verdict, its rate, its packets) and,
+    with several rounds, a total that is their sums (the rate over the time spent sending;
+    a service also idles between rounds). Without rounds (--async) one line from `stats`.
+    The table keeps each receiver's MAC and host name beside its address."""
+    rounds = [r for r in result.rounds if r.ended is not None]
     lines = []
-    secs = max(result.seconds, 1e-9)
-    summary = f"herdcast send: {result.bytes} bytes in {result.seconds:.2f} s " \
-              f"({result.bytes / secs / 1e6:.1f} MB/s)"
-    if stats is not None and stats.data_packets:
-        share = 100 * stats.rexmit_packets / stats.data_packets
-        summary += (f", {stats.data_packets} data packets, {stats.rexmit_packets} "
-                    f"retransmitted ({share:.2f}%)")
-        if getattr(stats, "fec_packets", 0):
-            summary += f", {stats.fec_packets} FEC blocks"
-
-    if result.sha256:
-        summary += f", sha256 {result.sha256}"
-    lines.append(summary)
+    if not rounds:
+        lines.append(_summary("herdcast send:", result.bytes, result.seconds,
+                              _packets(stats), stats.rexmit_packets if stats else 0,
+                              result.sha256, getattr(stats, "fec_packets", 0)))
+    for info in rounds if len(rounds) > 1 else []:
+        lines.append(_summary(f"herdcast send: round {info.number} ({info.kind}, "
+                              f"{info.receivers} receiver(s)):", info.bytes,
+                              info.ended - info.started, info.packets, info.retransmitted,
+                              info.sha256, info.fec))
+    if rounds:
+        single = rounds[0] if len(rounds) == 1 else None
+        lines.append(_summary(
+            "herdcast send:" if single else f"herdcast send: {len(rounds)} rounds:",
+            sum(r.bytes for r in rounds), sum(r.ended - r.started for r in rounds),
+            sum(r.packets for r in rounds), sum(r.retransmitted for r in rounds),
+            single.sha256 if single else None, sum(r.fec for r in rounds)))
     if result.receivers:
-        lines.append(f"  {'receiver':<16} {'bytes':>14} {'rexmit':>8}  verdict")
+        several = len({r.round for r in result.receivers}) > 1
+        host = max([4, *(len(r.hostname or "") for r in result.receivers)])
+        lines.append(f"  {'receiver':<15} {'MAC':<17} {'host':<{host}} "
+                     + ("round " if several else "") + f"{'bytes':>14} {'rexmit':>8}  verdict")
         for r in result.receivers:
-            lines.append(f"  {r.address:<16} {r.bytes:>14} {r.retransmissions:>8}  "
-                         f"{describe(r)}")
-            lines += [f"  {'':<16} {label}: {line}" for label, line in _personal(r)]
+            lines.append(f"  {r.address:<15} {r.mac or '-':<17} {r.hostname or '-':<{host}} "
+                         + (f"{r.round:>5} " if several else "")
+                         + f"{r.bytes:>14} {r.retransmissions:>8}  {describe(r)}")
+            lines += [f"  {'':<15} {label}: {line}" for label, line in _personal(r)]
     return "\n".join(lines)
 
 
@@ -111,3 +131,20 @@ def _personal(r: Receiver) -> list[tuple[str, str]]:
     if r.personalised == "working":
         return [("personalising", "stopped reporting before it was done")]
     return [("changed", line) for line in r.changes]
+
+
+def _packets(stats) -> int:
+    if stats is None:
+        return 0
+    return stats.data_packets + stats.rexmit_packets + getattr(stats, "fec_packets", 0)
+
+
+def _summary(label: str, size: int, seconds: float, packets: int, rexmit: int,
+             sha256: str | None, fec: int = 0) -> str:
+    """`LABEL N bytes in S s (R MB/s), P packets (X retransmitted, x%), sha256 ...`"""
+    text = (f"{label} {size} bytes in {seconds:.2f} s "
+            f"({size / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
+    if packets:
+        text += (f", {packets} packets ({rexmit} retransmitted, "
+                 f"{100 * rexmit / packets:.2f}%" + (f", {fec} FEC blocks" if fec else "") + ")")
+    return text + (f", sha256 {sha256}" if sha256 else "")

@@ -26,6 +26,7 @@ from agent.errors import HerdcastError
 from agent.net import netif
 from agent.say import say
 from agent.transfer.options import SendOptions
+from agent.transfer.progress import Gauge
 from agent.transfer.result import SendStats, TransferResult
 from agent.transfer.send import carousel, jsonreport
 from agent.transfer.send.batch import SliceBuffer
@@ -82,6 +83,8 @@ def send(opts: SendOptions, observer: ReceiverObserver | None = None,
 
             for line in send_source_warnings(opts.file):  # a disk mounted read-write
                 say(f"herdcast send: {line}")
+        if opts.report:
+            _check_report(opts.report)
         events, own_events = _open_events(opts.events)
         session = SendSession.open(opts)
     except HerdcastError as exc:
@@ -127,11 +130,11 @@ class Service:
         opts, session, table = self.opts, self.session, self.table
         stop = stop or (lambda: False)
         try:
-            for line in session.source.describe():
+            for line in session.source.describe(opts.compress):
                 say(f"herdcast send: {line}")
             # a disk's image stream is cheap to open: the round reopens it raw if it must
-            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
-                                  self.as_image)
+            self.inp = open_input(opts.file, opts.pipe, session.round_codec(self.as_image),
+                                  session.source, self.as_image)
             keyboard = (not opts.nokbd and opts.file is not None and sys.stdin is not None
                         and sys.stdin.isatty() and not opts.serve)
             net = session.net
@@ -161,9 +164,9 @@ class Service:
         self.view.close()
         self.result.seconds = time.monotonic() - self.started
         self.result.receivers = self.fleet.finished_rows()
+        self.result.rounds = self.fleet.rounds  # the summary's lines, one per round
         rounds = [r for r in self.fleet.rounds if r.ended is not None]
-        if opts.serve and rounds:  # the summary's rate is a round's, not the service's
-            self.result.seconds = rounds[0].ended - rounds[0].started
+        if opts.serve and rounds:
             say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
                 f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
 
@@ -228,7 +231,7 @@ class Service:
     def _carousel(self, number: int, stop) -> None:
         """The chunk carousel to the table's participants and whoever joins it."""
         table, fleet = self.table, self.fleet
-        self.view.new_round(self.stored.table.wire_bytes, self.stats.bytes_sent)
+        self.view.new_round(Gauge(self.stored.table.wire_bytes), self.stats.bytes_sent)
         fleet.round_started(number, list(table.participants.values()), "chunks")
         packets = self.stats.data_packets
         wheel = carousel.Carousel(self.session, table, self.stored, fleet, self.view,
@@ -253,24 +256,25 @@ class Service:
         as_image = session.image_round(table)
         if number > 0 or as_image != self.as_image:
             self.inp.close()
-            self.inp = open_input(opts.file, opts.pipe, session.codec, session.source,
-                                  as_image)
+            self.inp = open_input(opts.file, opts.pipe, session.round_codec(as_image),
+                                  session.source, as_image)
             self.as_image = as_image
             if number > 0:  # a fresh reader needs the old one's buffers back
                 self.buffers = _buffers(session, self.ring)
         say(f"herdcast send: starting ({why}), round {number}: {participants_summary(table)}"
             f", data to {data_ip} in {session.blocksize}-byte blocks"
-            + (", herdcast image" if as_image else ""))
+            + (", herdcast image" if as_image else _expanded(session)))
         _size_send_buffer(session, table)
         pacer = Pacer(session.blocksize, opts.max_bitrate, table.min_rcvbuf())
         encoder = slice_encoder(opts.fec, session.blocksize) if opts.fec else None
+        gauge = _gauge(session, as_image, self.inp)
         reader = SliceReader(self.inp.stream, self.buffers,
-                             session.slice_blocks * session.blocksize, encoder)
-        self.view.new_round(_stream_total(session, as_image), self.stats.bytes_sent)
+                             session.slice_blocks * session.blocksize, encoder, gauge)
+        self.view.new_round(gauge, self.stats.bytes_sent)
         fleet.round_started(number, list(table.participants.values()),
                             "image" if as_image else "raw")
         packets = self.stats.data_packets + self.stats.rexmit_packets + self.stats.fec_packets
-        rexmits = self.stats.rexmit_packets
+        rexmits, fecs = self.stats.rexmit_packets, self.stats.fec_packets
         transfer = Round(session, table, reader, pacer, self.view, self.stats,
                          self.inp.rereadable, kind=IMAGE if as_image else RAW)
         if isinstance(stop, Stop):
@@ -291,7 +295,7 @@ class Service:
         stats = self.stats
         fleet.round_ended(transfer.total, digest,
                           stats.data_packets + stats.rexmit_packets + stats.fec_packets - packets,
-                          stats.rexmit_packets - rexmits)
+                          stats.rexmit_packets - rexmits, stats.fec_packets - fecs)
         if self.result.sha256 is None and digest:
             self.result.bytes, self.result.sha256 = transfer.total, digest
 
@@ -319,16 +323,31 @@ class Service:
         self.session.net.close()
 
 
-def _stream_total(session: SendSession, as_image: bool) -> int | None:
-    """Bytes of the stream a round sends, when known before it is read (for the ETA)."""
-    if session.source.kind == "raw":
-        return None if session.codec else session.image_size
-    if session.source.kind == "stored" and as_image:
+def _expanded(session: SendSession) -> str:
+    """What a round with stock receivers gets of a stored image, for its start line."""
+    if session.source.kind != "stored":
+        return ""
+    codec = session.round_codec(False)
+    return ", the raw disk expanded from the stored image, " + (
+        f"compressed with {codec} (--compress)" if codec else "uncompressed")
+
+
+def _gauge(session: SendSession, as_image: bool, inp: Input) -> Gauge:
+    """What a round's percent and ETA count, known before its first byte: a raw stream's
+    bytes (not when compressed: its length is unknown); a used-block image's data, the
+    disk's used bytes (the used map's); a stored image's file bytes; the raw disk a stored
+    or used-block source expands to for a round with stock receivers."""
+    source = session.source
+    if source.kind == "raw":
+        return Gauge(None if session.codec else session.image_size)
+    if source.kind == "used" and as_image and source.umap is not None:
+        return Gauge(source.umap.used_bytes, inp.position)
+    if source.kind == "stored" and as_image:
         try:
-            return os.stat(session.opts.file).st_size
+            return Gauge(os.stat(session.opts.file).st_size)
         except OSError:
-            return None
-    return None
+            return Gauge()
+    return Gauge(None if session.round_codec(False) else source.disk_size)
 
 
 def _write_report(opts: SendOptions, session: SendSession, service: Service) -> None:
@@ -343,6 +362,17 @@ def _write_report(opts: SendOptions, session: SendSession, service: Service) -> 
         service.result.error = SendError(f"--report {opts.report}: {exc.strerror or exc}",
                                          "give a path in a writable directory")
         service.result.error.__cause__ = exc  # raise ... from, for an error not raised
+
+
+def _check_report(path: str) -> None:
+    """--report is written after the last round: a directory that is not there must stop
+    the send before the first, not after a day of imaging."""
+    folder = os.path.dirname(os.path.abspath(path))
+    why = ("is a directory" if os.path.isdir(path) else
+           f"directory {folder} does not exist" if not os.path.isdir(folder) else
+           f"directory {folder} is not writable" if not os.access(folder, os.W_OK) else None)
+    if why:
+        raise SendError(f"--report {path}: {why}", "give a path in a writable directory")
 
 
 def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:

@@ -19,7 +19,7 @@ from agent.transfer.options import SendOptions
 from agent.transfer.send.allow import AllowList, probe
 from agent.transfer.send.batch import Destination
 from agent.transfer.send.names import Names
-from agent.transfer.send.network import Network, SendError
+from agent.transfer.send.network import Network
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver
 from agent.transfer.send.signing import sign_reply
@@ -94,12 +94,7 @@ class SendSession:
     def open(cls, opts: SendOptions) -> SendSession:
         """Look at the input, then open the network (raises SendError)."""
         source = inspect_source(opts.file, opts.blocks) if not opts.pipe else Source("raw")
-        codec = opts.compress
-        if source.kind == "stored":
-            if opts.compress and opts.compress != source.codec:
-                raise SendError(f"--compress {opts.compress}: {opts.file} is a herdcast image "
-                                f"compressed with {source.codec or 'nothing'}; drop --compress")
-            codec = source.codec
+        codec = source.codec if source.kind == "stored" else opts.compress
         net = Network(opts)
         size = source.disk_size if source.kind == "stored" else input_size(opts)
         return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
@@ -120,6 +115,15 @@ class SendSession:
         receiver a herdcast one (a stock udp-receiver needs the raw disk)."""
         return self.source.kind != "raw" and bool(table.participants) and all(
             r.herdcast for r in table.participants.values())
+
+    def round_codec(self, as_image: bool) -> str | None:
+        """The compression of a round's stream: a stored image goes as it is (its own
+        compression, which herdcast receivers were told); the raw disk it expands to, for a
+        round with stock receivers, only as --compress asks (a stock udp-receiver writes
+        what it gets, so compressed bytes would be a wrong disk without its --pipe)."""
+        if self.source.kind == "stored" and not as_image:
+            return self.opts.compress
+        return self.codec
 
     @property
     def offers_chunks(self) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from agent.say import say
 from agent.transfer.send.network import SendError
 from agent.transfer.send.participants import Table
-from agent.transfer.send.record import Verdict
+from agent.transfer.send.record import Verdict, said
 from agent.transfer.send.session import SendSession
 from agent.udpcast.protocol import Op
 
@@ -75,6 +75,12 @@ class Gathering:
         session.net.hello()
         self.next_hello = self.start + interval if interval else None
 
+    def _told(self, ip: str, msg) -> bool:
+        """An HC_FAIL from a participant, echoing the secret its CONNECT_REPLY told it (a
+        herdcast receiver stopping before the round, and why); a forged one is ignored."""
+        r = self.table.participants.get(ip)
+        return r is not None and r.told(msg.secret)
+
     def step(self) -> bool:
         """Wait for and handle messages up to CHECK_INTERVAL, tick, repeat HELLO when due;
         False when asked to stop."""
@@ -99,8 +105,9 @@ class Gathering:
                     self.first_connect = self.last_message
             elif op == Op.GO:
                 self.go = True
-            elif op == Op.DISCONNECT:
-                table.remove(ip, Verdict.DISCONNECTED)
+            elif op == Op.DISCONNECT or (op == Op.HC_FAIL and self._told(ip, msg)):
+                table.remove(ip, *((Verdict.DISCONNECTED,) if op == Op.DISCONNECT else
+                                   (Verdict.FAILED, said(msg.reason))))
                 if not table.participants:
                     self.first_connect = None
         self.tick()
