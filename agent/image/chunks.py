@@ -220,6 +220,11 @@ def decode_payload(chunk: Chunk, payload: bytes | memoryview) -> bytes:
     if len(payload) != chunk.wire_bytes or hashlib.sha256(payload).digest() != \
             chunk.wire_sha256:
         raise ChunkError(f"chunk {chunk.index}: payload does not match the manifest")
+    return decompress_payload(chunk, payload)
+
+
+def decompress_payload(chunk: Chunk, payload: bytes | memoryview) -> bytes:
+    """The DATA bytes of a payload already checked (piece by piece, agent.image.pieces)."""
     try:
         return decompress(_CODEC_NAMES[chunk.codec], payload, chunk.data_bytes)
     except CodecError as exc:  # the sender's own bug: its hash named a bad payload

@@ -23,16 +23,24 @@ import random
 import time
 
 from agent.image.chunks import (
+    Chunk,
     ChunkError,
     ChunkTable,
     content_hash,
     data_reader,
-    decode_payload,
+    decompress_payload,
     image_digest,
-    parse_manifest,
     target_matches,
 )
 from agent.image.chunksink import ChunkSink
+from agent.image.pieces import (
+    HASH_BYTES,
+    Pieces,
+    counts,
+    hash_at,
+    parse_offer,
+    piece_hash,
+)
 from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
@@ -40,7 +48,8 @@ from agent.transfer.receive.output import OutputError
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, Op, build, parse
 
-REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole
+REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one is in)
+WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
@@ -48,14 +57,25 @@ DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEAD_SENDER = 30.0
 
 
+class _Partial:
+    """A chunk being assembled: its payload, the pieces got, its list pieces got."""
+
+    def __init__(self, chunk: Chunk, blocksize: int) -> None:
+        self.count, lists = counts(chunk.wire_bytes, blocksize)
+        self.per = blocksize // HASH_BYTES  # data pieces per list piece
+        self.payload = bytearray(chunk.wire_bytes)
+        self.hashes = bytearray(lists * blocksize)
+        self.got = self.lists = self.have = 0
+
+
 class ChunkReceiver:
     """One carousel receive over `link`, connected to `session`'s sender."""
 
     def __init__(self, link: Link, session: Session) -> None:
         self.link, self.session, self.opts = link, session, link.opts
-        self.partial: dict[int, list] = {}  # chunk -> [payload, pieces got (int), count]
+        self.partial: dict[int, _Partial] = {}
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
-        self.wire_bytes = self.foreign = self.failed = 0
+        self.wire_bytes = self.foreign = self.failed = self.forged = 0
         self.current = -1  # the chunk the sender is sending
         self.need_at = 0.0
         self.last_rx = time.monotonic()
@@ -66,7 +86,7 @@ class ChunkReceiver:
     def run(self) -> tuple[str, int]:
         """Receive until the disk holds the image; returns (hex digest, used bytes)."""
         self._attach()
-        table = self._manifest()
+        table, self.pieces = self._manifest()
         fd = self._open()
         try:
             sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
@@ -93,8 +113,9 @@ class ChunkReceiver:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
-        say(f"chunks: received {self.wire_bytes} payload bytes, {self.failed} chunk(s) "
-            f"failed their hash, {self.foreign} bytes not needed")
+        say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
+            f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
+            "bytes not needed")
         digest = image_digest(self.hashes)
         self._confirm(table.used_bytes, digest)
         return digest.hex(), table.used_bytes
@@ -142,19 +163,21 @@ class ChunkReceiver:
 
     # ------------------------------------------------------------------ the manifest
 
-    def _manifest(self) -> ChunkTable:
-        """Ask for pieces until the named manifest is whole (and its name signed)."""
+    def _manifest(self) -> tuple[ChunkTable, Pieces]:
+        """Ask for pieces until the named offer (the manifest and the piece index,
+        agent.image.pieces) is whole, and its name signed."""
         trust, bs = self.link.trust, self.session.blocksize
         named: tuple[int, bytes] | None = None
         pieces: dict[int, bytes] = {}
-        next_ask = 0.0
+        next_ask, window = 0.0, 0
         self.last_rx = time.monotonic()
         while True:
             now = time.monotonic()
             if now >= next_ask:
                 count = -(-named[0] // bs) if named else 1
                 first = next((i for i in range(count) if i not in pieces), 0)
-                self.link.send(wire.build(Op.HC_MANIFEST_REQ, first=first, count=64))
+                self.link.send(wire.build(Op.HC_MANIFEST_REQ, first=first, count=WINDOW))
+                window = first + WINDOW
                 next_ask = now + REQUEST_INTERVAL
             for op, view in self._datagrams(0.1):
                 if op == Op.HC_MANIFEST_INFO and named is None:
@@ -168,18 +191,21 @@ class ChunkReceiver:
                         if not verify_manifest(trust.key, trust.nonce, info.length,
                                                info.sha256, info.signature):
                             continue  # not signed for us: a forger's
-                    named = (info.length, info.sha256)
+                    named, window = (info.length, info.sha256), WINDOW
                 elif op == Op.HC_MANIFEST_PIECE and len(view) > HEADER_SIZE:
                     _, _, piece, length, = wire.PIECE_HEADER.unpack_from(view)
                     if named is None or length != named[0] or piece * bs >= length:
                         continue
                     pieces[piece] = bytes(view[HEADER_SIZE:])
+                    if piece + 1 >= window and all(i in pieces for i in range(
+                            min(-(-length // bs), window))):
+                        next_ask = 0.0  # the window is in: the next one at once
                     if len(pieces) * bs >= length and all(
                             i in pieces for i in range(-(-length // bs))):
                         raw = b"".join(pieces[i] for i in range(-(-length // bs)))
                         if hashlib.sha256(raw).digest() == named[1]:
                             try:
-                                return parse_manifest(raw)
+                                return parse_offer(raw, bs)
                             except ChunkError as exc:
                                 raise ReceiveError(f"the sender's manifest: {exc.what}") \
                                     from exc
@@ -228,39 +254,55 @@ class ChunkReceiver:
                            time.monotonic() + NEED_SOON * (1 + random.random()))
 
     def _piece(self, view: memoryview) -> int:
-        """One HC_CHUNK piece; returns the used bytes of a chunk it completed."""
+        """One HC_CHUNK piece, kept only once checked (agent.image.pieces): a list piece
+        against the offer, a data piece against its list piece (dropped while that has not
+        come: the chunk flies again). Returns the used bytes of a chunk it completed."""
         if len(view) <= HEADER_SIZE:
             return 0
-        _, _, index, piece, _, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
+        _, _, index, piece, kind, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
         data = view[HEADER_SIZE:]
-        if index != self.current:
-            self._passed(self.current)
-            self.current = index
         if index >= len(self.table.chunks) or not self.lacking >> index & 1:
             self.foreign += len(data)
             return 0
         chunk, bs = self.table.chunks[index], self.session.blocksize
-        count = -(-chunk.wire_bytes // bs)
-        if wire_bytes != chunk.wire_bytes or piece >= count or \
-                len(data) != min(bs, wire_bytes - piece * bs):
-            return 0  # not a piece of this chunk: a forger's or a stray
-        entry = self.partial.get(index)
-        if entry is None:
-            if len(self.partial) >= MAX_PARTIAL:
-                del self.partial[next(iter(self.partial))]
-            entry = self.partial[index] = [bytearray(chunk.wire_bytes), 0, 0]
-        if entry[1] >> piece & 1:
+        if wire_bytes != chunk.wire_bytes:
+            self.forged += 1
             return 0
-        entry[0][piece * bs:piece * bs + len(data)] = data
-        entry[1] |= 1 << piece
-        entry[2] += 1
+        entry = self.partial.get(index)
+        if kind == wire.PIECE_LIST:
+            if entry is not None and entry.lists >> piece & 1:
+                return 0
+            if not self.pieces.list_ok(index, piece, data):
+                self.forged += 1
+                return 0
+            self._now_at(index)
+            if entry is None:
+                if len(self.partial) >= MAX_PARTIAL:
+                    del self.partial[next(iter(self.partial))]
+                entry = self.partial[index] = _Partial(chunk, bs)
+            entry.lists |= 1 << piece
+            entry.hashes[piece * bs:(piece + 1) * bs] = data
+            self.received += 1
+            return 0
+        if entry is None or entry.got >> piece & 1 or \
+                not entry.lists >> (piece // entry.per) & 1:
+            return 0  # a repeat, or no list piece to check it with: not kept
+        at = hash_at(piece, bs)
+        if piece >= entry.count or len(data) != min(bs, wire_bytes - piece * bs) or \
+                piece_hash(data) != entry.hashes[at:at + HASH_BYTES]:
+            self.forged += 1
+            return 0
+        self._now_at(index)
+        entry.payload[piece * bs:piece * bs + len(data)] = data
+        entry.got |= 1 << piece
+        entry.have += 1
         self.received += 1
         self.wire_bytes += len(data)
-        if entry[2] < count:
+        if entry.have < entry.count:
             return 0
         del self.partial[index]
-        try:
-            decoded = decode_payload(chunk, entry[0])
+        try:  # every piece matched its hash, the hashes their signed offer: decode
+            decoded = decompress_payload(chunk, entry.payload)
         except ChunkError:
             self.failed += 1
             self._soon()
@@ -270,12 +312,17 @@ class ChunkReceiver:
         self.lacking &= ~(1 << index)
         return chunk.used_bytes
 
+    def _now_at(self, index: int) -> None:
+        """A checked piece of chunk `index`: the sender is sending it."""
+        if index != self.current:
+            self._passed(self.current)
+            self.current = index
+
     def _passed(self, index: int) -> None:
         """The sender moved on from chunk `index`: if it came incomplete, ask again soon."""
         entry = self.partial.get(index)
         if entry is not None and self.lacking >> index & 1:
-            chunk = self.table.chunks[index]
-            self.lost += -(-chunk.wire_bytes // self.session.blocksize) - entry[2]
+            self.lost += entry.count - entry.have
             self._soon()
 
     # ------------------------------------------------------------------ the end

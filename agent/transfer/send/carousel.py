@@ -23,9 +23,12 @@ import os
 import select
 import socket
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 
 from agent.image.chunkfile import ChunkedFile, chunk_image
+from agent.image.pieces import build_offer, counts, list_index, piece_list
 from agent.say import say
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.pacer import Pacer
@@ -46,9 +49,32 @@ def takes_chunks(session: SendSession, r: Receiver) -> bool:
     return bool(r.caps & Cap.CHUNKS) and session.offers_chunks
 
 
-def prepare(session: SendSession) -> ChunkedFile:
+@dataclass
+class Prepared:
+    """The chunked image a sender serves, its piece lists at the session's block size and
+    the offer receivers fetch (agent.image.pieces): made once, served every round."""
+
+    stored: ChunkedFile
+    lists: list[bytes]
+    offer: bytes
+
+    @classmethod
+    def of(cls, stored: ChunkedFile, blocksize: int) -> Prepared:
+        lists = [piece_list(stored.payload(c.index), blocksize) for c in stored.table.chunks]
+        index = b"".join(list_index(lst, blocksize) for lst in lists)
+        return cls(stored, lists, build_offer(stored.table.raw, blocksize, index))
+
+    @property
+    def table(self):
+        return self.stored.table
+
+    def close(self) -> None:
+        self.stored.close()
+
+
+def prepare(session: SendSession) -> Prepared:
     """The chunked image of the input, made once in a temporary file (unlinked at once:
-    it goes when the sender does)."""
+    it goes when the sender does), and its offer."""
     from agent.image.catalogue import metadata
 
     src, path = session.source, session.opts.file
@@ -61,34 +87,65 @@ def prepare(session: SendSession) -> ChunkedFile:
                         meta=metadata(path, src.umap))
         else:
             chunk_image(path, tmp, codec=src.codec)
-        stored = ChunkedFile.open(tmp)
+        prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
     finally:
         os.unlink(tmp)
-    t = stored.table
+    t = prepared.table
     say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
         f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
-    return stored
+    return prepared
+
+
+class Preparing:
+    """`prepare` in a thread, begun before the wait for receivers: the sender answers
+    CONNECT_REQs at once (a receiver seeing spoofed DATA meanwhile would take the silent
+    sender for one that started without it), and the pass overlaps the nodes' boot."""
+
+    def __init__(self, session: SendSession) -> None:
+        self._result: Prepared | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(session,), daemon=True,
+                                        name="herdcast-chunking")
+        self._thread.start()
+
+    def _run(self, session: SendSession) -> None:
+        try:
+            self._result = prepare(session)
+        except BaseException as exc:  # noqa: BLE001 - handed to the round that needs it
+            self._result = exc
+
+    def result(self) -> Prepared:
+        """The prepared image, once made (the first carousel round waits for it)."""
+        self._thread.join()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+    def close(self) -> None:
+        self._thread.join()
+        if isinstance(self._result, Prepared):
+            self._result.close()
 
 
 class Carousel:
     """Serves `stored`'s chunks to the table's Cap.CHUNKS participants (and any that come)."""
 
-    def __init__(self, session: SendSession, table: Table, stored: ChunkedFile, fleet,
+    def __init__(self, session: SendSession, table: Table, prepared: Prepared, fleet,
                  view, stats, stop) -> None:
+        stored = prepared.stored
         self.session, self.table, self.stored = session, table, stored
         self.net, self.opts = session.net, session.opts
         self.fleet, self.view, self.stats, self.stop = fleet, view, stats, stop
         self.chunks = stored.table.chunks
-        self.manifest = stored.table.raw
+        bs = self.net.blocksize
+        self.lists, self.manifest = prepared.lists, prepared.offer
         self.manifest_sha = hashlib.sha256(self.manifest).digest()
         self.digest = stored.table.digest
         self.total = stored.table.used_bytes
         self.wanted = 0  # bit i: somebody lacks chunk i
         self.cursor = 0  # the chunk after the last one sent
         self.sent_chunks = 0
-        bs = self.net.blocksize
-        most = max((c.wire_bytes for c in self.chunks), default=0)
-        self.buf = SliceBuffer(bs, session.dest, max(1, -(-most // bs)))
+        most = max((sum(counts(c.wire_bytes, bs)) for c in self.chunks), default=0)
+        self.buf = SliceBuffer(bs, session.dest, max(1, most))
         self.pacer = Pacer(bs, self.opts.max_bitrate, table.min_rcvbuf())
         self.heard: dict[str, float] = {}
         self._signatures: dict[str, bytes] = {}
@@ -138,19 +195,24 @@ class Carousel:
                 self.table.remove(ip, Verdict.DROPPED, f"silent for {DROP_SILENCE:g} s")
 
     def _send_next(self) -> None:
-        """The first wanted chunk at or after the cursor, all its pieces, paced."""
+        """The first wanted chunk at or after the cursor: its list pieces, then its
+        payload's pieces, paced."""
         ahead = self.wanted >> self.cursor
         index = (ahead & -ahead).bit_length() - 1 + self.cursor if ahead else \
             (self.wanted & -self.wanted).bit_length() - 1
         self.wanted &= ~(1 << index)
         self.cursor = (index + 1) % len(self.chunks)
         chunk, buf = self.chunks[index], self.buf
-        payload = self.stored.payload(index)
-        buf.view[:len(payload)] = payload
-        pieces = buf.prepare(index, len(payload))
+        payload, lists = self.stored.payload(index), self.lists[index]
+        buf.view[:len(lists)] = lists
+        buf.view[len(lists):len(lists) + len(payload)] = payload
+        pieces = buf.prepare(index, len(lists) + len(payload))
         pack, hv, op = wire.CHUNK_HEADER.pack_into, buf.header_view, int(Op.HC_CHUNK)
-        for i in range(pieces):
-            pack(hv, i * HEADER_SIZE, op, 0, index, i, 0, chunk.wire_bytes)
+        m = len(lists) // self.net.blocksize
+        for i in range(m):
+            pack(hv, i * HEADER_SIZE, op, 0, index, i, wire.PIECE_LIST, chunk.wire_bytes)
+        for i in range(m, pieces):
+            pack(hv, i * HEADER_SIZE, op, 0, index, i - m, wire.PIECE_DATA, chunk.wire_bytes)
         first = 0
         while first < pieces:
             now = time.monotonic()
