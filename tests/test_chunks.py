@@ -164,3 +164,20 @@ def test_every_piece_is_checked_by_the_offer(disk, tmp_path, blocksize):
     with pytest.raises(ChunkError, match="piece index"):
         parse_offer(offer[:-1], blocksize)
     stored.close()
+
+
+@needs_loop
+def test_a_chunked_image_gives_back_the_disks_image_stream(disk, tmp_path):
+    """What a stored chunked image sends to herdcast receivers that take no chunks (and
+    expands for stock ones) is byte for byte the image stream of the disk it came from."""
+    table = _chunked(disk, tmp_path / "img.chunks")
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    umap = used_map(str(disk))
+    fd = os.open(disk, os.O_RDONLY)
+    try:
+        want = hashlib.sha256(b"".join(encode(fd, umap.disk_size, umap.extents,
+                                              table.meta))).digest()
+    finally:
+        os.close(fd)
+    assert hashlib.sha256(b"".join(stored.stream())).digest() == want
+    stored.close()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import needs_loop
-from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
+from peers import HERDCAST, herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
@@ -48,6 +49,11 @@ def used_extents_equal(src: Path, dst: Path) -> bool:
     return True
 
 
+
+
+def run_image(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*HERDCAST, "image", *argv], capture_output=True, text=True,
+                          timeout=120)
 
 
 def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
@@ -112,6 +118,37 @@ def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
     assert used_extents_equal(src, stock)  # the raw disk the image expands to
     assert stock.stat().st_size == DISK_MIB * MiB
     assert file_digests(herd, PARTS) == digests
+
+
+@needs_udpcast
+def test_a_captured_chunked_image_is_served_as_stored(tmp_path):
+    """`herdcast image capture` writes a chunked image; `herdcast send -f` it: receivers
+    writing disks get its chunks as stored (no chunking pass), the others a round of the
+    raw disk it expands to; info, list and restore read it."""
+    src = tmp_path / "src.img"
+    digests = make_disk(src, DISK_MIB, PARTS)
+    stored = tmp_path / "lab.chunks"
+    assert run_image("capture", str(src), str(stored)).returncode == 0
+    info = read_info(str(stored))
+    assert info.chunks and info.disk_size == DISK_MIB * MiB
+    assert "lab.chunks: from" in run_image("list", str(tmp_path)).stdout
+    herd, stream, stock = tmp_path / "herd.img", tmp_path / "stream.hcimg", tmp_path / "stock.img"
+    junk_disk(herd)
+    with NetLab(4, net=198) as lab:
+        rc, rcs = session(lab, tmp_path, stored, [(herdcast_receiver, herd, ["--unpack"]),
+                                                  (herdcast_receiver, stream, []),
+                                                  (stock_receiver, stock, [])])
+    log = logs(tmp_path)
+    assert (rc, rcs) == (0, [0, 0, 0]), log
+    assert "serving the stored chunks" in log and "chunked the image" not in log, log
+    assert "chunk carousel" in (tmp_path / "recv1-herd.img.log").read_text()
+    # the slice round had a stock receiver: the raw disk, expanded from the chunks
+    for out in (herd, stream, stock):
+        assert used_extents_equal(src, out), out
+    assert file_digests(herd, PARTS) == digests
+    back = tmp_path / "back.img"
+    assert run_image("restore", str(stored), str(back)).returncode == 0
+    assert used_extents_equal(src, back)
 
 
 @needs_udpcast

@@ -79,6 +79,12 @@ def prepare(session: SendSession) -> Prepared:
 
     src, path = session.source, session.opts.file
     started = time.monotonic()
+    if src.kind == "chunked":  # stored with its chunks: served as they are
+        prepared = Prepared.of(ChunkedFile.open(path), session.blocksize)
+        say(f"herdcast send: serving the stored chunks of {path} ("
+            f"{len(prepared.table.chunks)} chunks, piece lists made in "
+            f"{time.monotonic() - started:.1f} s)")
+        return prepared
     fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
     os.close(fd)
     try:

@@ -77,7 +77,7 @@ class SendSession:
                                 f"compressed with {source.codec or 'nothing'}; drop --compress")
             codec = source.codec
         net = Network(opts)
-        size = source.disk_size if source.kind == "stored" else input_size(opts)
+        size = source.disk_size if source.kind in ("stored", "chunked") else input_size(opts)
         return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
                    source, codec)
 
