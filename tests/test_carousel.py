@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_loop
-from peers import ROOT, herdcast_receiver, herdcast_sender, logs, wait
+from peers import ROOT, herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 from test_signed import pair
 
 from agent.image.usedmap import used_map
@@ -97,6 +97,37 @@ def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path
     assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
     assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
     assert identical(disk, first) and identical(disk, late)
+
+
+@pytest.mark.skipif(shutil.which("udp-receiver") is None, reason="udpcast not installed")
+def test_serve_takes_chunk_receivers_mid_carousel_and_others_in_a_round_after(disk, tmp_path):
+    """--serve: a node that boots while the carousel turns joins it and completes; a stock
+    udp-receiver and a herdcast receiver storing a file (neither takes chunks) arriving
+    meanwhile wait, the herdcast one told so, and get a round of the raw disk after."""
+    first, late = junk(tmp_path / "first.img"), junk(tmp_path / "late.img")
+    stock, stored = tmp_path / "stock.img", tmp_path / "stored.img"
+    with NetLab(5, net=199) as lab:
+        h = lab.hosts
+        h[0].shape("100mbit")
+        snd = herdcast_sender(h[0], tmp_path / "send.log", "--serve", "-f", str(disk))
+        a = herdcast_receiver(h[1], first, tmp_path / "first.log", "--unpack")
+        wire = int(wait_log(tmp_path / "send.log", r"used bytes in (\d+) bytes")[1])
+        wait_log(tmp_path / "first.log", "to receive")
+        time.sleep(wire / RATE / 3)
+        procs = [herdcast_receiver(h[2], late, tmp_path / "late.log", "--unpack"),
+                 stock_receiver(h[3], stock, tmp_path / "stock.log"),
+                 herdcast_receiver(h[4], stored, tmp_path / "stored.log")]
+        rcs = [wait(a, 60), *(wait(p, 90) for p in procs)]
+        snd.send_signal(signal.SIGTERM)
+        rcs.append(wait(snd, 30))
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0, 0, 0], log
+    late_log = (tmp_path / "late.log").read_text()
+    assert "chunk carousel" in late_log and "0 of" in late_log, log  # joined mid-turn
+    assert "joined late: waiting for the next round" in (tmp_path / "stored.log").read_text()
+    assert f"receiver {h[2].ip} joins the carousel" in log
+    assert identical(disk, first) and identical(disk, late)
+    assert stock.read_bytes() == disk.read_bytes() == stored.read_bytes()  # the raw round
 
 
 def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
