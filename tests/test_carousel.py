@@ -140,7 +140,8 @@ def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
     blank = junk(tmp_path / "blank.img")
     with NetLab(3, net=193) as lab:
         h0, h1, h2 = lab.hosts
-        procs = [herdcast_receiver(h1, old, tmp_path / "old.log", "--unpack"),
+        procs = [herdcast_receiver(h1, old, tmp_path / "old.log", "--unpack", "--verify",
+                                   "readback"),
                  herdcast_receiver(h2, blank, tmp_path / "blank.log", "--unpack")]
         time.sleep(0.3)
         snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(new), "--min-receivers",
@@ -149,6 +150,8 @@ def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
     assert rcs == [0, 0, 0], logs(tmp_path)
     assert received(tmp_path / "old.log") <= received(tmp_path / "blank.log") / 4, \
         logs(tmp_path)
+    # --verify readback: the chunks it kept and those it received, read back from its disk
+    assert "every chunk is the manifest's" in (tmp_path / "old.log").read_text()
     assert identical(new, old) and identical(new, blank)
 
 

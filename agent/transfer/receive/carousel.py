@@ -45,6 +45,7 @@ from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError
+from agent.transfer.receive.readback import ReadbackError
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, Op, build, parse
 
@@ -109,6 +110,8 @@ class ChunkReceiver:
             self._receive()
             sink.blank_space()
             sink.sync()
+            if self.opts.verify == "readback":
+                self._read_back(sink)
         except OSError as exc:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
@@ -119,6 +122,23 @@ class ChunkReceiver:
         digest = image_digest(self.hashes)
         self._confirm(table.used_bytes, digest)
         return digest.hex(), table.used_bytes
+
+    def _read_back(self, sink: ChunkSink) -> None:
+        """--verify readback: the disk read back after the flush, each chunk against the
+        manifest's content hash; the digest confirmed is then of what the disk returned."""
+        started = time.monotonic()
+        try:
+            self.hashes, bad = sink.read_back()
+        except OSError as exc:
+            raise ReadbackError(f"{self.opts.file}: reading back failed: {exc.strerror}",
+                                "the disk is failing; replace it") from exc
+        if bad:
+            raise ReadbackError(f"{self.opts.file}: {len(bad)} of {len(self.hashes)} chunks "
+                                "read back differ from the manifest (first at byte "
+                                f"{self.table.chunks[bad[0]].offset})",
+                                "the disk is failing; replace it")
+        say(f"chunks: read back {self.table.used_bytes} bytes in "
+            f"{time.monotonic() - started:.1f} s: every chunk is the manifest's")
 
     def _attach(self) -> None:
         link, session = self.link, self.session
