@@ -38,7 +38,7 @@ def test_fleet_clones_over_pxe(tmp_path):
     # the sender mapped its disk (partclone in the initrd) and sent used blocks, not every byte
     sent = console_text(results[0].node)
     assert "partition 1 (mbr:83)" in sent and "(partclone.extfs)" in sent, report
-    assert "herdcast image" in sent, report
+    assert "chunk carousel" in sent, report  # nodes writing disks take chunks (default)
     receiver = results[1].node.disk
     assert read_partition_file(receiver, "/etc/hostname") == GOLDEN_FILES["etc/hostname"]
     for r in results:

@@ -124,32 +124,36 @@ class ChunkedFile:
 
 def chunk_image(path: str, out_path: str, *, extents=None, disk_size: int | None = None,
                 meta: dict | None = None, codec: str | None = None,
-                chunk_bytes: int = CHUNK_BYTES, fd: int | None = None) -> ChunkTable:
+                chunk_bytes: int = CHUNK_BYTES, fd: int | None = None,
+                level: int = 3) -> ChunkTable:
     """Write the chunked image of `path` to `out_path`: of a disk's used `extents` (with its
     `disk_size` and `meta`), or, without extents, of the stream image stored at `path`
     (compressed with `codec`). Returns its table."""
     with open(out_path, "wb") as out:
         out.write(bytes(FILE_HEADER_BYTES))
-        chunker = Chunker(out, chunk_bytes)
-        decoder = Decoder(chunker.data, chunker.zero, lambda offset, length: None)
-        if extents is not None:
-            own = fd is None
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if own else fd
-            try:
-                for piece in encode(fd, disk_size, extents, meta):
-                    decoder.feed(piece)
-            finally:
-                if own:
-                    os.close(fd)
-        else:
-            sink = DecodingWriter(decoder)
-            with open(path, "rb") as f:
-                writer = decompressing_writer(sink, codec) if codec else sink
-                while piece := f.read(1 << 20):
-                    writer.write(piece)
-                writer.close()
-        decoder.finish()
-        chunks = chunker.finish(decoder.disk_size)
+        chunker = Chunker(out, chunk_bytes, level)
+        try:
+            decoder = Decoder(chunker.data, chunker.zero, lambda offset, length: None)
+            if extents is not None:
+                own = fd is None
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if own else fd
+                try:
+                    for piece in encode(fd, disk_size, extents, meta):
+                        decoder.feed(piece)
+                finally:
+                    if own:
+                        os.close(fd)
+            else:
+                sink = DecodingWriter(decoder)
+                with open(path, "rb") as f:
+                    writer = decompressing_writer(sink, codec) if codec else sink
+                    while piece := f.read(1 << 20):
+                        writer.write(piece)
+                    writer.close()
+            decoder.finish()
+            chunks = chunker.finish(decoder.disk_size)
+        finally:
+            chunker.close()
         raw = build_manifest(chunk_bytes, decoder.disk_size, decoder.meta, chunks)
         at = out.tell()
         out.write(raw)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -264,9 +266,12 @@ def target_matches(fd: int, chunk: Chunk) -> bool:
 
 class Chunker:
     """Takes an image's records in disk order (the agent.image.stream Decoder callbacks
-    `data`, `zero`) and writes chunk payloads to `out` as each chunk's range is passed."""
+    `data`, `zero`) and writes chunk payloads to `out` as each chunk's range is passed.
+    Chunks are compressed on `workers` threads (zstandard and hashlib release the GIL), a
+    few ahead of the one being written, so reading, compressing and writing overlap."""
 
-    def __init__(self, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES, level: int = 3) -> None:
+    def __init__(self, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES, level: int = 3,
+                 workers: int | None = None) -> None:
         self.out, self.chunk_bytes, self.level = out, chunk_bytes, level
         self.chunks: list[Chunk] = []
         self._index: int | None = None  # the chunk being collected
@@ -274,6 +279,9 @@ class Chunker:
         self._data = bytearray()
         self._hash = hashlib.sha256()
         self.disk_size = 0
+        self._workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="herdcast-zstd")
+        self._pending: deque = deque()  # (offset, extents, content sha256, future)
 
     def data(self, offset: int, view: memoryview) -> None:
         for at, piece in self._cut(offset, len(view)):
@@ -309,24 +317,43 @@ class Chunker:
     def _flush(self) -> None:
         if self._index is None or not self._extents:
             return
-        payload, codec = compress("zstd", self._data, self.level), CODEC_ZSTD
-        if len(payload) >= len(self._data):
-            payload, codec = bytes(self._data), CODEC_NONE
-        self.out.write(payload)
-        offset = self._index * self.chunk_bytes
-        self.chunks.append(Chunk(len(self.chunks), offset, self.chunk_bytes, codec,
-                                 len(payload), hashlib.sha256(payload).digest(),
-                                 self._hash.digest(),
-                                 tuple(tuple(e) for e in self._extents)))
+        future = self._pool.submit(_compressed, self._data, self.level)
+        self._pending.append((self._index * self.chunk_bytes,
+                              tuple(tuple(e) for e in self._extents), self._hash.digest(),
+                              future))
         self._extents, self._data, self._hash = [], bytearray(), hashlib.sha256()
+        while len(self._pending) > 2 * self._workers:
+            self._write()
+
+    def _write(self) -> None:
+        offset, extents, content, future = self._pending.popleft()
+        payload, codec, wire_sha = future.result()
+        self.out.write(payload)
+        self.chunks.append(Chunk(len(self.chunks), offset, self.chunk_bytes, codec,
+                                 len(payload), wire_sha, content, extents))
 
     def finish(self, disk_size: int) -> list[Chunk]:
         """The last chunk out; every chunk's span cut to the disk's end."""
         self._flush()
         self._index = None
+        while self._pending:
+            self._write()
+        self._pool.shutdown()
         self.chunks = [c if c.offset + c.span <= disk_size else Chunk(
             c.index, c.offset, disk_size - c.offset, *_rest(c)) for c in self.chunks]
         return self.chunks
+
+    def close(self) -> None:
+        """Stop the compressing threads (after finish, or on an error)."""
+        self._pool.shutdown(cancel_futures=True)
+
+
+def _compressed(data: bytearray, level: int) -> tuple[bytes, int, bytes]:
+    """(payload, codec, payload sha256) of one chunk's DATA bytes, on a worker thread."""
+    payload, codec = compress("zstd", data, level), CODEC_ZSTD
+    if len(payload) >= len(data):
+        payload, codec = bytes(data), CODEC_NONE
+    return payload, codec, hashlib.sha256(payload).digest()
 
 
 def _rest(c: Chunk) -> tuple:

@@ -26,9 +26,6 @@ from agent.image.chunks import (
     Chunk,
     ChunkError,
     ChunkTable,
-    content_hash,
-    data_reader,
-    decompress_payload,
     image_digest,
     target_matches,
 )
@@ -43,6 +40,7 @@ from agent.image.pieces import (
 )
 from agent.say import say
 from agent.transfer.progress import Progress
+from agent.transfer.receive.landing import Landing
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError
 from agent.transfer.receive.readback import ReadbackError
@@ -245,8 +243,11 @@ class ChunkReceiver:
             enabled=not self.opts.no_progress)
         done = 0
         self.need_at = time.monotonic()
+        self.landing = Landing(self.sink, self.hashes)
         try:
-            while self.lacking:
+            while self.lacking or self.landing.busy:
+                done -= self._failed(self.landing.reap() if self.lacking else
+                                     self.landing.drain())
                 now = time.monotonic()
                 if now >= self.need_at:
                     self._need(now)
@@ -258,6 +259,7 @@ class ChunkReceiver:
                 self._silent()
                 progress.update(done)
         finally:
+            self.landing.close()
             progress.close()
         if total:
             say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
@@ -321,16 +323,16 @@ class ChunkReceiver:
         if entry.have < entry.count:
             return 0
         del self.partial[index]
-        try:  # every piece matched its hash, the hashes their signed offer: decode
-            decoded = decompress_payload(chunk, entry.payload)
-        except ChunkError:
+        self.lacking &= ~(1 << index)  # every piece matched its hash, the hashes their
+        return chunk.used_bytes - self._failed(self.landing.submit(chunk, entry.payload))
+
+    def _failed(self, chunks: list[Chunk]) -> int:
+        """Chunks that did not decode are lacking again; returns their used bytes."""
+        for chunk in chunks:
             self.failed += 1
+            self.lacking |= 1 << chunk.index
             self._soon()
-            return 0
-        self.sink.put(chunk, decoded)
-        self.hashes[index] = content_hash(chunk.extents, data_reader(chunk, decoded))
-        self.lacking &= ~(1 << index)
-        return chunk.used_bytes
+        return sum(c.used_bytes for c in chunks)
 
     def _now_at(self, index: int) -> None:
         """A checked piece of chunk `index`: the sender is sending it."""
