@@ -125,7 +125,7 @@ class ChunkedFile:
 def chunk_image(path: str, out_path: str, *, extents=None, disk_size: int | None = None,
                 meta: dict | None = None, codec: str | None = None,
                 chunk_bytes: int = CHUNK_BYTES, fd: int | None = None,
-                level: int = 3) -> ChunkTable:
+                level: int = 3, cancelled=lambda: False) -> ChunkTable:
     """Write the chunked image of `path` to `out_path`: of a disk's used `extents` (with its
     `disk_size` and `meta`), or, without extents, of the stream image stored at `path`
     (compressed with `codec`). Returns its table."""
@@ -140,6 +140,8 @@ def chunk_image(path: str, out_path: str, *, extents=None, disk_size: int | None
                 try:
                     for piece in encode(fd, disk_size, extents, meta):
                         decoder.feed(piece)
+                        if cancelled():
+                            raise ChunkError("chunking stopped")
                 finally:
                     if own:
                         os.close(fd)
@@ -147,7 +149,7 @@ def chunk_image(path: str, out_path: str, *, extents=None, disk_size: int | None
                 sink = DecodingWriter(decoder)
                 with open(path, "rb") as f:
                     writer = decompressing_writer(sink, codec) if codec else sink
-                    while piece := f.read(1 << 20):
+                    while (piece := f.read(1 << 20)) and not cancelled():
                         writer.write(piece)
                     writer.close()
             decoder.finish()

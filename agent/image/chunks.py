@@ -277,7 +277,6 @@ class Chunker:
         self._index: int | None = None  # the chunk being collected
         self._extents: list[list[int]] = []
         self._data = bytearray()
-        self._hash = hashlib.sha256()
         self.disk_size = 0
         self._workers = workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="herdcast-zstd")
@@ -286,14 +285,11 @@ class Chunker:
     def data(self, offset: int, view: memoryview) -> None:
         for at, piece in self._cut(offset, len(view)):
             self._extend(at, piece, DATA)
-            part = view[at - offset:at - offset + piece]
-            self._data += part
-            self._hash.update(part)
+            self._data += view[at - offset:at - offset + piece]
 
     def zero(self, offset: int, length: int) -> None:
         for at, piece in self._cut(offset, length):
             self._extend(at, piece, ZERO)
-            self._hash.update(memoryview(_ZERO)[:piece])
 
     def _cut(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         """(offset, length) pieces of a range, cut at chunk edges, the chunk entered."""
@@ -317,17 +313,16 @@ class Chunker:
     def _flush(self) -> None:
         if self._index is None or not self._extents:
             return
-        future = self._pool.submit(_compressed, self._data, self.level)
-        self._pending.append((self._index * self.chunk_bytes,
-                              tuple(tuple(e) for e in self._extents), self._hash.digest(),
-                              future))
-        self._extents, self._data, self._hash = [], bytearray(), hashlib.sha256()
+        extents = tuple(tuple(e) for e in self._extents)
+        future = self._pool.submit(_compressed, self._data, extents, self.level)
+        self._pending.append((self._index * self.chunk_bytes, extents, future))
+        self._extents, self._data = [], bytearray()
         while len(self._pending) > 2 * self._workers:
             self._write()
 
     def _write(self) -> None:
-        offset, extents, content, future = self._pending.popleft()
-        payload, codec, wire_sha = future.result()
+        offset, extents, future = self._pending.popleft()
+        payload, codec, wire_sha, content = future.result()
         self.out.write(payload)
         self.chunks.append(Chunk(len(self.chunks), offset, self.chunk_bytes, codec,
                                  len(payload), wire_sha, content, extents))
@@ -348,12 +343,20 @@ class Chunker:
         self._pool.shutdown(cancel_futures=True)
 
 
-def _compressed(data: bytearray, level: int) -> tuple[bytes, int, bytes]:
-    """(payload, codec, payload sha256) of one chunk's DATA bytes, on a worker thread."""
+def _compressed(data: bytearray, extents, level: int) -> tuple[bytes, int, bytes, bytes]:
+    """(payload, codec, payload sha256, content sha256) of one chunk's DATA bytes at its
+    extents, on a worker thread."""
     payload, codec = compress("zstd", data, level), CODEC_ZSTD
     if len(payload) >= len(data):
         payload, codec = bytes(data), CODEC_NONE
-    return payload, codec, hashlib.sha256(payload).digest()
+    view, at, content = memoryview(data), 0, hashlib.sha256()
+    for _, length, kind in extents:
+        if kind == DATA:
+            content.update(view[at:at + length])
+            at += length
+        else:
+            content.update(memoryview(_ZERO)[:length])
+    return payload, codec, hashlib.sha256(payload).digest(), content.digest()
 
 
 def _rest(c: Chunk) -> tuple:

@@ -9,10 +9,13 @@
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking. Every chunk that flies and is lacking is
    kept, whoever asked for it, so joining mid-stream costs nothing.
-4. A chunk counts once its payload's sha256 is the manifest's: a forged or damaged piece
-   makes the chunk fail that test, and it is thrown away and asked for again.
-5. The digest over the content hashes of what the disk now holds is confirmed with the
-   sender (signed in a signed session), as after a round.
+4. A piece is kept only once it matches its hash (agent.image.pieces): a forged or
+   damaged one is dropped on arrival. A whole chunk is decompressed and written by a
+   worker thread (receive.landing) while pieces go on arriving.
+5. The digest over the content hashes of what the disk now holds (hashed from the disk
+   for chunks found there, the manifest's for chunks received whole and checked, read
+   back from the disk under --verify readback) is confirmed with the sender (signed in a
+   signed session), as after a round.
 """
 
 from __future__ import annotations
@@ -243,7 +246,7 @@ class ChunkReceiver:
             enabled=not self.opts.no_progress)
         done = 0
         self.need_at = time.monotonic()
-        self.landing = Landing(self.sink, self.hashes)
+        self.landing = Landing(self.sink)
         try:
             while self.lacking or self.landing.busy:
                 done -= self._failed(self.landing.reap() if self.lacking else
@@ -323,7 +326,7 @@ class ChunkReceiver:
         if entry.have < entry.count:
             return 0
         del self.partial[index]
-        self.lacking &= ~(1 << index)  # every piece matched its hash, the hashes their
+        self.lacking &= ~(1 << index)  # every piece matched: it lands
         return chunk.used_bytes - self._failed(self.landing.submit(chunk, entry.payload))
 
     def _failed(self, chunks: list[Chunk]) -> int:

@@ -74,7 +74,7 @@ class Prepared:
         self.stored.close()
 
 
-def prepare(session: SendSession) -> Prepared:
+def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
     """The chunked image of the input, made once in a temporary file (unlinked at once:
     it goes when the sender does), and its offer."""
     from agent.image.catalogue import metadata
@@ -95,9 +95,9 @@ def prepare(session: SendSession) -> Prepared:
                                       _wire_rate(session), os.cpu_count() or 1)
             say(f"herdcast send: chunks compressed at {why}")
             chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
-                        meta=metadata(path, src.umap), level=level)
+                        meta=metadata(path, src.umap), level=level, cancelled=cancelled)
         else:
-            chunk_image(path, tmp, codec=src.codec)
+            chunk_image(path, tmp, codec=src.codec, cancelled=cancelled)
         prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
     finally:
         os.unlink(tmp)
@@ -146,13 +146,14 @@ class Preparing:
 
     def __init__(self, session: SendSession) -> None:
         self._result: Prepared | BaseException | None = None
+        self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(session,), daemon=True,
                                         name="herdcast-chunking")
         self._thread.start()
 
     def _run(self, session: SendSession) -> None:
         try:
-            self._result = prepare(session)
+            self._result = prepare(session, self._cancel.is_set)
         except BaseException as exc:  # noqa: BLE001 - handed to the round that needs it
             self._result = exc
 
@@ -164,6 +165,7 @@ class Preparing:
         return self._result
 
     def close(self) -> None:
+        self._cancel.set()  # a sender stopped while chunking stops at the next chunk
         self._thread.join()
         if isinstance(self._result, Prepared):
             self._result.close()
