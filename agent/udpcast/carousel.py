@@ -10,7 +10,8 @@ signal), and the sender multicasts each chunk somebody lacks (HC_CHUNK: its list
 then its payload's pieces; agent.image.pieces), once for all who asked. The "manifest"
 fetched is the offer: the manifest and the hashes that check each piece on arrival. When
 nobody lacks anything the sender says so now and then (HC_IDLE), so a receiver whose HC_NEED
-was lost asks again at once.
+was lost asks again at once. A receiver that holds most of a chunk that went by incomplete
+says which pieces it lacks (HC_HOLES), and the sender sends those again, not the chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.udpcast.protocol import SIGNATURE_BYTES, Op, fast_header, opcode
 
 NEED_BITS = 1024  # chunks per HC_NEED
 NEED_BYTES = NEED_BITS // 8
+HOLE_BYTES = 256  # pieces per HC_HOLES: 2048, a chunk's payload at any block size >= 1024
 PIECE_DATA, PIECE_LIST = 0, 1  # HC_CHUNK kinds: a piece of the payload, of its piece list
 
 ManifestReq = Struct(  # receiver -> sender
@@ -42,11 +44,14 @@ ChunkHeader = Struct(  # sender -> data address, + one block: a list piece or a 
     "kind" / Int16ub,  # PIECE_DATA or PIECE_LIST (agent.image.pieces)
     "wire_bytes" / Int32ub)
 Idle = Struct("opcode" / Int16ub, "reserved" / Int16ub, "chunks" / Int32ub)
+Holes = Struct(  # receiver -> sender: the data pieces of one chunk it still lacks
+    "opcode" / Int16ub, "reserved" / Int16ub, "chunk" / Int32ub,
+    "bitmap" / Bytes(HOLE_BYTES))  # bit i (LSB-first) = data piece i lacking
 
 MESSAGES: dict[int, Construct] = {
     Op.HC_MANIFEST_REQ: ManifestReq, Op.HC_MANIFEST_INFO: ManifestInfo,
     Op.HC_MANIFEST_PIECE: ManifestPiece, Op.HC_NEED: Need, Op.HC_CHUNK: ChunkHeader,
-    Op.HC_IDLE: Idle,
+    Op.HC_IDLE: Idle, Op.HC_HOLES: Holes,
 }
 SIZES = {op: msg.sizeof() for op, msg in MESSAGES.items()}
 # (opcode, reserved, chunk, piece, kind, wire_bytes)

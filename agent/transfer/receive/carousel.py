@@ -7,8 +7,9 @@
    node holding the previous version of the image) is never asked for.
 3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
-   every NEED_REFRESH while anything is lacking. Every chunk that flies and is lacking is
-   kept, whoever asked for it, so joining mid-stream costs nothing.
+   every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
+   for by its missing pieces (HC_HOLES): a lost datagram costs a datagram. Every chunk
+   that flies and is lacking is kept, whoever asked for it: joining mid-stream is free.
 4. A piece is kept only once it matches its hash (agent.image.pieces): a forged or
    damaged one is dropped on arrival. A whole chunk is decompressed and written by a
    worker thread (receive.landing) while pieces go on arriving.
@@ -36,14 +37,13 @@ from agent.image.chunksink import ChunkSink
 from agent.image.pieces import (
     HASH_BYTES,
     Pieces,
-    counts,
     hash_at,
     parse_offer,
     piece_hash,
 )
 from agent.say import say
 from agent.transfer.progress import Progress
-from agent.transfer.receive.landing import Landing
+from agent.transfer.receive.landing import Landing, Partial
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError
 from agent.transfer.receive.readback import ReadbackError
@@ -57,17 +57,7 @@ NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEAD_SENDER = 30.0
-
-
-class _Partial:
-    """A chunk being assembled: its payload, the pieces got, its list pieces got."""
-
-    def __init__(self, chunk: Chunk, blocksize: int) -> None:
-        self.count, lists = counts(chunk.wire_bytes, blocksize)
-        self.per = blocksize // HASH_BYTES  # data pieces per list piece
-        self.payload = bytearray(chunk.wire_bytes)
-        self.hashes = bytearray(lists * blocksize)
-        self.got = self.lists = self.have = 0
+IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
 
 class ChunkReceiver:
@@ -75,7 +65,9 @@ class ChunkReceiver:
 
     def __init__(self, link: Link, session: Session) -> None:
         self.link, self.session, self.opts = link, session, link.opts
-        self.partial: dict[int, _Partial] = {}
+        self.partial: dict[int, Partial] = {}
+        self.holed: set[int] = set()  # partial chunks that went by incomplete: HC_HOLES
+        self.last_piece = 0.0  # when a checked piece last came
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
         self.wire_bytes = self.foreign = self.failed = self.forged = 0
         self.current = -1  # the chunk the sender is sending
@@ -257,7 +249,10 @@ class ChunkReceiver:
                 for op, view in self._datagrams(max(0.0, min(0.2, self.need_at - now))):
                     if op == Op.HC_CHUNK:
                         done += self._piece(view)
-                    elif op == Op.HC_IDLE:
+                    elif op == Op.HC_IDLE:  # unsigned: believed once no piece comes
+                        if time.monotonic() - self.last_piece > IDLE_GRACE:
+                            self._passed(self.current)
+                            self.current = -1
                         self._soon()
                 self._silent()
                 progress.update(done)
@@ -268,7 +263,19 @@ class ChunkReceiver:
             say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
 
     def _need(self, now: float) -> None:
-        for first, bitmap in wire.need_bitmaps(self.lacking, len(self.table.chunks)):
+        """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
+        again), HC_NEED for every other chunk lacking but the one being sent."""
+        need = self.lacking & ~(1 << self.current if self.current >= 0 else 0)  # in flight
+        for index in list(self.holed):
+            entry = self.partial.get(index)
+            if entry is None or not need >> index & 1:
+                self.holed.discard(index)  # done, or dropped for newer ones: all of it
+                continue
+            need &= ~(1 << index)
+            missing = ~entry.got & ((1 << entry.count) - 1)
+            self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
+                wire.HOLE_BYTES, "little")))
+        for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
             self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
                                       lost=self.lost, bitmap=bitmap))
             self.received = self.lost = 0
@@ -304,7 +311,7 @@ class ChunkReceiver:
             if entry is None:
                 if len(self.partial) >= MAX_PARTIAL:
                     del self.partial[next(iter(self.partial))]
-                entry = self.partial[index] = _Partial(chunk, bs)
+                entry = self.partial[index] = Partial(chunk, bs)
             entry.lists |= 1 << piece
             entry.hashes[piece * bs:(piece + 1) * bs] = data
             self.received += 1
@@ -337,17 +344,18 @@ class ChunkReceiver:
             self._soon()
         return sum(c.used_bytes for c in chunks)
 
-    def _now_at(self, index: int) -> None:
-        """A checked piece of chunk `index`: the sender is sending it."""
+    def _now_at(self, index: int) -> None:  # a checked piece: the sender is sending it
+        self.last_piece = time.monotonic()
         if index != self.current:
             self._passed(self.current)
             self.current = index
 
-    def _passed(self, index: int) -> None:
-        """The sender moved on from chunk `index`: if it came incomplete, ask again soon."""
+    def _passed(self, index: int) -> None:  # the sender moved on: incomplete? ask soon
         entry = self.partial.get(index)
         if entry is not None and self.lacking >> index & 1:
             self.lost += entry.count - entry.have
+            if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
+                self.holed.add(index)
             self._soon()
 
     # ------------------------------------------------------------------ the end

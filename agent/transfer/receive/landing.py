@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from agent.image.chunks import Chunk, ChunkError, decompress_payload
 from agent.image.chunksink import ChunkSink
+from agent.image.pieces import HASH_BYTES, counts
 
 DEPTH = 8  # chunks waiting for the worker at most; beyond, the receiving thread waits
 
@@ -62,3 +63,15 @@ class Landing:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Partial:
+    """A chunk being assembled (receive.carousel): its payload, the pieces got, its list
+    pieces got, before it lands."""
+
+    def __init__(self, chunk: Chunk, blocksize: int) -> None:
+        self.count, self.nlists = counts(chunk.wire_bytes, blocksize)
+        self.per = blocksize // HASH_BYTES  # data pieces per list piece
+        self.payload = bytearray(chunk.wire_bytes)
+        self.hashes = bytearray(self.nlists * blocksize)
+        self.got = self.lists = self.have = 0

@@ -19,20 +19,15 @@ agrees with the manifest's; the carousel ends when every receiver has a verdict,
 from __future__ import annotations
 
 import hashlib
-import os
 import select
 import socket
-import tempfile
-import threading
 import time
-from dataclasses import dataclass
+from collections import deque
 
-from agent.image.chunkfile import ChunkedFile, chunk_image
-from agent.image.chunks import CHUNK_BYTES
-from agent.image.level import choose_level
-from agent.image.pieces import build_offer, counts, list_index, piece_list
+from agent.image.pieces import counts
 from agent.say import say
 from agent.transfer.send.batch import SliceBuffer
+from agent.transfer.send.chunking import Prepared
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver, State, Verdict
@@ -44,131 +39,12 @@ from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, conn
 IDLE_INTERVAL = 0.25  # nobody lacks anything: say so this often, so lost HC_NEEDs repeat
 DROP_SILENCE = 30.0  # a receiver without a verdict that says nothing for this long is dropped
 MAX_PIECES = 64  # manifest pieces per HC_MANIFEST_REQ
+IN_FLIGHT = 0.2  # s: an HC_NEED for a chunk sent this lately was written before it came
 
 
 def takes_chunks(session: SendSession, r: Receiver) -> bool:
     """Whether `r` gets chunks rather than slices (its CONNECT_REPLY said so)."""
     return bool(r.caps & Cap.CHUNKS) and session.offers_chunks
-
-
-@dataclass
-class Prepared:
-    """The chunked image a sender serves, its piece lists at the session's block size and
-    the offer receivers fetch (agent.image.pieces): made once, served every round."""
-
-    stored: ChunkedFile
-    lists: list[bytes]
-    offer: bytes
-
-    @classmethod
-    def of(cls, stored: ChunkedFile, blocksize: int) -> Prepared:
-        lists = [piece_list(stored.payload(c.index), blocksize) for c in stored.table.chunks]
-        index = b"".join(list_index(lst, blocksize) for lst in lists)
-        return cls(stored, lists, build_offer(stored.table.raw, blocksize, index))
-
-    @property
-    def table(self):
-        return self.stored.table
-
-    def close(self) -> None:
-        self.stored.close()
-
-
-def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
-    """The chunked image of the input, made once in a temporary file (unlinked at once:
-    it goes when the sender does), and its offer."""
-    from agent.image.catalogue import metadata
-
-    src, path = session.source, session.opts.file
-    started = time.monotonic()
-    if src.kind == "chunked":  # stored with its chunks: served as they are
-        prepared = Prepared.of(ChunkedFile.open(path), session.blocksize)
-        say(f"herdcast send: serving the stored chunks of {path} ("
-            f"{len(prepared.table.chunks)} chunks, piece lists made in "
-            f"{time.monotonic() - started:.1f} s)")
-        return prepared
-    fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
-    os.close(fd)
-    try:
-        if src.kind == "used":
-            level, why = choose_level(_samples(path, src.umap.extents),
-                                      _wire_rate(session), os.cpu_count() or 1)
-            say(f"herdcast send: chunks compressed at {why}")
-            chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
-                        meta=metadata(path, src.umap), level=level, cancelled=cancelled)
-        else:
-            chunk_image(path, tmp, codec=src.codec, cancelled=cancelled)
-        prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
-    finally:
-        os.unlink(tmp)
-    t = prepared.table
-    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
-        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
-    return prepared
-
-
-def _samples(path: str, extents, count: int = 8) -> list[bytes]:
-    """`count` MiB of the disk's used bytes, spread over its extents (the level's test)."""
-    used = sum(e.length for e in extents)
-    if not used:
-        return []
-    wanted, out, fd = [used * i // count for i in range(count)], [], os.open(path, os.O_RDONLY)
-    try:
-        pos = 0
-        for e in extents:
-            while wanted and wanted[0] < pos + e.length:
-                at = e.offset + wanted.pop(0) - pos
-                out.append(os.pread(fd, min(CHUNK_BYTES, e.end - at), at))
-            pos += e.length
-    finally:
-        os.close(fd)
-    return out
-
-
-def _wire_rate(session: SendSession) -> float:
-    """Payload bytes per second the wire carries: --max-bitrate, else the link's speed
-    (sysfs; 1 Gbit/s when it says nothing, as a veth or a tap does)."""
-    bits = session.opts.max_bitrate
-    if not bits:
-        try:
-            with open(f"/sys/class/net/{session.net.nif.name}/speed") as f:
-                mbits = int(f.read().strip())
-        except (OSError, ValueError):
-            mbits = -1
-        bits = mbits * 1e6 if mbits > 0 else 1e9
-    return bits / 8 * 0.96  # headers: 1456 of 1514 bytes a frame
-
-
-class Preparing:
-    """`prepare` in a thread, begun before the wait for receivers: the sender answers
-    CONNECT_REQs at once (a receiver seeing spoofed DATA meanwhile would take the silent
-    sender for one that started without it), and the pass overlaps the nodes' boot."""
-
-    def __init__(self, session: SendSession) -> None:
-        self._result: Prepared | BaseException | None = None
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(session,), daemon=True,
-                                        name="herdcast-chunking")
-        self._thread.start()
-
-    def _run(self, session: SendSession) -> None:
-        try:
-            self._result = prepare(session, self._cancel.is_set)
-        except BaseException as exc:  # noqa: BLE001 - handed to the round that needs it
-            self._result = exc
-
-    def result(self) -> Prepared:
-        """The prepared image, once made (the first carousel round waits for it)."""
-        self._thread.join()
-        if isinstance(self._result, BaseException):
-            raise self._result
-        return self._result
-
-    def close(self) -> None:
-        self._cancel.set()  # a sender stopped while chunking stops at the next chunk
-        self._thread.join()
-        if isinstance(self._result, Prepared):
-            self._result.close()
 
 
 class Carousel:
@@ -187,6 +63,8 @@ class Carousel:
         self.digest = stored.table.digest
         self.total = stored.table.used_bytes
         self.wanted = 0  # bit i: somebody lacks chunk i
+        self.holes: dict[int, int] = {}  # wanted chunk -> the only data pieces lacked
+        self.recent: deque[tuple[float, int]] = deque()  # (when, chunk) sent lately
         self.cursor = 0  # the chunk after the last one sent
         self.sent_chunks = 0
         most = max((sum(counts(c.wire_bytes, bs)) for c in self.chunks), default=0)
@@ -240,8 +118,15 @@ class Carousel:
                 self.table.remove(ip, Verdict.DROPPED, f"silent for {DROP_SILENCE:g} s")
 
     def _send_next(self) -> None:
-        """The first wanted chunk at or after the cursor: its list pieces, then its
-        payload's pieces, paced."""
+        """The oldest chunk receivers hold all but some pieces of (their holes first, so
+        the chunks they keep half-made stay few), else the first wanted chunk at or after
+        the cursor: its list pieces, then its payload's pieces, paced."""
+        if self.holes:
+            index = next(iter(self.holes))
+            self.wanted &= ~(1 << index)
+            payload, lists = self.stored.payload(index), self.lists[index]
+            self._send_holes(index, payload, lists, self.holes.pop(index))
+            return
         ahead = self.wanted >> self.cursor
         index = (ahead & -ahead).bit_length() - 1 + self.cursor if ahead else \
             (self.wanted & -self.wanted).bit_length() - 1
@@ -258,17 +143,43 @@ class Carousel:
             pack(hv, i * HEADER_SIZE, op, 0, index, i, wire.PIECE_LIST, chunk.wire_bytes)
         for i in range(m, pieces):
             pack(hv, i * HEADER_SIZE, op, 0, index, i - m, wire.PIECE_DATA, chunk.wire_bytes)
+        self._paced(pieces)
+        self.recent.append((time.monotonic(), index))
+        self.sent_chunks += 1
+        self.stats.bytes_sent += len(payload)
+
+    def _send_holes(self, index: int, payload: bytes, lists: bytes, holes: int) -> None:
+        """Only the data pieces receivers said they lack of a chunk they hold the rest of
+        (HC_HOLES), after its list pieces (a few, in case one of those was lost), back to
+        back in the buffer."""
+        bs, buf, wire_bytes = self.net.blocksize, self.buf, len(payload)
+        buf.view[:len(lists)] = lists
+        numbers, at = [-1 - j for j in range(len(lists) // bs)], len(lists)
+        while holes:
+            i = (holes & -holes).bit_length() - 1
+            holes &= holes - 1
+            piece = payload[i * bs:(i + 1) * bs]
+            buf.view[at:at + len(piece)] = piece
+            numbers.append(i)
+            at += len(piece)
+        pieces = buf.prepare(index, at)
+        pack, hv, op = wire.CHUNK_HEADER.pack_into, buf.header_view, int(Op.HC_CHUNK)
+        for k, i in enumerate(numbers):
+            kind, piece = (wire.PIECE_DATA, i) if i >= 0 else (wire.PIECE_LIST, -1 - i)
+            pack(hv, k * HEADER_SIZE, op, 0, index, piece, kind, wire_bytes)
+        self._paced(pieces)
+        self.stats.bytes_sent += at
+
+    def _paced(self, pieces: int) -> None:
+        """The buffer's `pieces` out, at the pacer's rate, answering receivers meanwhile."""
         first = 0
         while first < pieces:
-            now = time.monotonic()
-            n = self.pacer.grant(pieces - first, now)
+            n = self.pacer.grant(pieces - first, time.monotonic())
             if not n:
                 self._receive(min(0.005, self.pacer.wait(pieces - first)))
                 continue
-            first += self.net.blocks.send(buf, first, n)
-        self.sent_chunks += 1
+            first += self.net.blocks.send(self.buf, first, n)
         self.stats.data_packets += pieces
-        self.stats.bytes_sent += len(payload)
 
     # ------------------------------------------------------------------ what receivers say
 
@@ -299,15 +210,35 @@ class Carousel:
         self.heard[ip] = time.monotonic()
         r.answered()
         if op == Op.HC_NEED:
-            self.wanted |= wire.need_mask(msg.first, msg.bitmap, len(self.chunks))
+            mask = wire.need_mask(msg.first, msg.bitmap, len(self.chunks))
+            now = time.monotonic()
+            while self.recent and now - self.recent[0][0] > IN_FLIGHT:
+                self.recent.popleft()
+            for _, index in self.recent:  # still on its way to whoever asked: not again
+                mask &= ~(1 << index)
+            self.wanted |= mask
+            for index in [i for i in self.holes if mask >> i & 1]:
+                del self.holes[index]  # somebody lacks all of it: all of it goes
             if msg.received or msg.lost:
                 self.pacer.feedback(msg.received + msg.lost, msg.lost)
+        elif op == Op.HC_HOLES:
+            self._holes(msg.chunk, int.from_bytes(msg.bitmap, "little"))
         elif op == Op.HC_MANIFEST_REQ:
             self._manifest(r, addr, msg.first, min(msg.count, MAX_PIECES))
         elif op == Op.DISCONNECT:
             if r.verdict is None:
                 say(f"herdcast send: receiver {ip} disconnected mid-transfer")
             self.table.remove(ip, Verdict.DISCONNECTED)
+
+    def _holes(self, index: int, bits: int) -> None:
+        """A receiver lacks only these data pieces of chunk `index`: unless the whole chunk
+        is to go anyway, they join the pieces it will send."""
+        if index >= len(self.chunks):
+            return
+        bits &= (1 << -(-self.chunks[index].wire_bytes // self.net.blocksize)) - 1
+        if bits and not (self.wanted >> index & 1 and index not in self.holes):
+            self.holes[index] = self.holes.get(index, 0) | bits
+            self.wanted |= 1 << index
 
     def _connect(self, ip: str, addr, msg, nonce: bytes | None) -> None:
         """A receiver comes (or repeats itself): a chunk taker joins now, whenever that is;

@@ -27,7 +27,7 @@ from agent.net import netif
 from agent.say import say
 from agent.transfer.options import SendOptions
 from agent.transfer.result import SendStats, TransferResult
-from agent.transfer.send import carousel, jsonreport
+from agent.transfer.send import carousel, chunking, jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
 from agent.transfer.send.fleet import Fleet, open_events
@@ -139,7 +139,7 @@ class Service:
             # buffers are built while waiting, so the first packet leaves right at the start
             self.buffers = _buffers(session, self.ring)
             if session.offers_chunks:  # chunked while the receivers come
-                self.preparing = carousel.Preparing(session)
+                self.preparing = chunking.Preparing(session)
             why = wait_for_start(session, table, keyboard=keyboard, should_stop=stop,
                                  tick=self.view.tick)
             self.started = time.monotonic()  # the rate is the transfer's, not the wait's
