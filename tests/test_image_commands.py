@@ -466,7 +466,8 @@ def test_a_capture_is_complete_only_with_the_images_own_end(tmp_path, mode):
 
     src, img = tmp_path / "src.bin", tmp_path / "src.img"
     src.write_bytes(os.urandom(MiB))
-    assert _image("capture", str(src), str(img), "--compress", "zstd").returncode == 0
+    # the image stream (a zstd capture writes chunks, which this sender cannot cut alike)
+    assert _image("capture", str(src), str(img), "--compress", "none").returncode == 0
     store = tmp_path / "store"
     store.mkdir()
     target = store / "lab.img"
@@ -475,7 +476,7 @@ def test_a_capture_is_complete_only_with_the_images_own_end(tmp_path, mode):
     with NetLab(2, net=237) as lab:
         h0, h1 = lab.hosts
         rcv = h1.popen([sys.executable, "-m", "agent", "receive", "--nokbd", "--no-progress",
-                        "--interface", "eth0", "--compress", "zstd", "-f", str(target),
+                        "--interface", "eth0", "-f", str(target),
                         "--store"],
                        cwd=ROOT, stdin=subprocess.DEVNULL, stderr=log.open("wb"))
         snd = h0.popen([sys.executable, "-c", CUT_SENDER, str(ROOT), str(img), "10.237.0.255",
