@@ -23,6 +23,16 @@ from agent.image.chunks import (
     target_matches,
 )
 from agent.image.chunksink import ChunkSink
+from agent.image.pieces import (
+    HASH_BYTES,
+    build_offer,
+    counts,
+    hash_at,
+    list_index,
+    parse_offer,
+    piece_hash,
+    piece_list,
+)
 from agent.image.stream import encode
 from agent.image.usedmap import used_map
 from builder.lab.fsdisk import Part, file_digests, fsck, make_disk
@@ -120,3 +130,54 @@ def test_forged_payloads_and_manifests_are_refused(disk, tmp_path):
     with pytest.raises(ChunkError):
         parse_manifest(table.raw[:-1])
     assert hashlib.sha256(table.raw).digest() != hashlib.sha256(table.raw[:-1]).digest()
+
+
+@needs_loop
+@pytest.mark.parametrize("blocksize", [1456, 1000])  # 1000: not a multiple of a hash
+def test_every_piece_is_checked_by_the_offer(disk, tmp_path, blocksize):
+    """The offer names each list piece, each list piece each payload piece: a piece that
+    differs in one byte is refused alone; an offer for another block size is refused."""
+    _chunked(disk, tmp_path / "img.chunks")
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    lists = [piece_list(stored.payload(c.index), blocksize) for c in stored.table.chunks]
+    offer = build_offer(stored.table.raw, blocksize,
+                        b"".join(list_index(lst, blocksize) for lst in lists))
+    table, pieces = parse_offer(offer, blocksize)
+    assert table.raw == stored.table.raw
+    checked = 0
+    for c, lst in zip(table.chunks, lists, strict=True):
+        data, nlists = counts(c.wire_bytes, blocksize)
+        assert len(lst) == nlists * blocksize
+        for j in range(nlists):
+            piece = lst[j * blocksize:(j + 1) * blocksize]
+            assert pieces.list_ok(c.index, j, piece)
+            assert not pieces.list_ok(c.index, j, bytes([piece[0] ^ 1]) + piece[1:])
+        payload = stored.payload(c.index)
+        for i in range(data):
+            at, piece = hash_at(i, blocksize), payload[i * blocksize:(i + 1) * blocksize]
+            assert piece_hash(piece) == lst[at:at + HASH_BYTES]
+            assert piece_hash(bytes([piece[0] ^ 1]) + piece[1:]) != lst[at:at + HASH_BYTES]
+            checked += 1
+    assert checked > 1000
+    with pytest.raises(ChunkError, match="block"):
+        parse_offer(offer, blocksize + 8)
+    with pytest.raises(ChunkError, match="piece index"):
+        parse_offer(offer[:-1], blocksize)
+    stored.close()
+
+
+@needs_loop
+def test_a_chunked_image_gives_back_the_disks_image_stream(disk, tmp_path):
+    """What a stored chunked image sends to herdcast receivers that take no chunks (and
+    expands for stock ones) is byte for byte the image stream of the disk it came from."""
+    table = _chunked(disk, tmp_path / "img.chunks")
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    umap = used_map(str(disk))
+    fd = os.open(disk, os.O_RDONLY)
+    try:
+        want = hashlib.sha256(b"".join(encode(fd, umap.disk_size, umap.extents,
+                                              table.meta))).digest()
+    finally:
+        os.close(fd)
+    assert hashlib.sha256(b"".join(stored.stream())).digest() == want
+    stored.close()

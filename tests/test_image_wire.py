@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_loop
-from peers import herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
+from peers import HERDCAST, herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
@@ -50,6 +50,11 @@ def used_extents_equal(src: Path, dst: Path) -> bool:
     return True
 
 
+
+
+def run_image(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*HERDCAST, "image", *argv], capture_output=True, text=True,
+                          timeout=120)
 
 
 def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
@@ -126,6 +131,37 @@ def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
 
 
 @needs_udpcast
+def test_a_captured_chunked_image_is_served_as_stored(tmp_path):
+    """`herdcast image capture` writes a chunked image; `herdcast send -f` it: receivers
+    writing disks get its chunks as stored (no chunking pass), the others a round of the
+    raw disk it expands to; info, list and restore read it."""
+    src = tmp_path / "src.img"
+    digests = make_disk(src, DISK_MIB, PARTS)
+    stored = tmp_path / "lab.chunks"
+    assert run_image("capture", str(src), str(stored)).returncode == 0
+    info = read_info(str(stored))
+    assert info.chunks and info.disk_size == DISK_MIB * MiB
+    assert "lab.chunks: from" in run_image("list", str(tmp_path)).stdout
+    herd, stream, stock = tmp_path / "herd.img", tmp_path / "stream.hcimg", tmp_path / "stock.img"
+    junk_disk(herd)
+    with NetLab(4, net=198) as lab:
+        rc, rcs = session(lab, tmp_path, stored, [(herdcast_receiver, herd, ["--unpack"]),
+                                                  (herdcast_receiver, stream, []),
+                                                  (stock_receiver, stock, [])])
+    log = logs(tmp_path)
+    assert (rc, rcs) == (0, [0, 0, 0]), log
+    assert "serving the stored chunks" in log and "chunked the image" not in log, log
+    assert "chunk carousel" in (tmp_path / "recv1-herd.img.log").read_text()
+    # the slice round had a stock receiver: the raw disk, expanded from the chunks
+    for out in (herd, stream, stock):
+        assert used_extents_equal(src, out), out
+    assert file_digests(herd, PARTS) == digests
+    back = tmp_path / "back.img"
+    assert run_image("restore", str(stored), str(back)).returncode == 0
+    assert used_extents_equal(src, back)
+
+
+@needs_udpcast
 def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
     src = tmp_path / "src.img"
     make_disk(src, 64, [Part("ext4", 32, {"a": 1_000_000})])
@@ -143,10 +179,9 @@ def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
     """A disk sent as its used blocks: the used map is known before the first byte, so the
     sender's line and the receiver's console show percent of the data and an ETA (plain
     lines every 5 s off a terminal; the rate is capped to last past one). On the stream
-    (HERDCAST_CHUNKS=0) both count the disk's used bytes; on the chunk carousel (the
+    (--chunks no) both count the disk's used bytes; on the chunk carousel (the
     default to a receiver writing in place) the sender counts the chunks' wire bytes and
     the receiver the used bytes of the chunks it lacks."""
-    import os
     import re
 
     from peers import HERDCAST, ROOT
@@ -163,10 +198,8 @@ def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
         time.sleep(0.3)
         snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--interface", "eth0",
                                   "--min-receivers", "1", "--max-bitrate", "8m", "-f",
-                                  str(src)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                 stderr=slog.open("wb"),
-                                 env=dict(os.environ, HERDCAST_CHUNKS="1" if path == "chunks"
-                                          else "0"))
+                                  str(src), "--chunks", "yes" if path == "chunks" else "no"],
+                                 cwd=ROOT, stdin=subprocess.DEVNULL, stderr=slog.open("wb"))
         assert (wait(snd, 120), wait(rcv, 60)) == (0, 0), logs(tmp_path)
     assert ("chunk carousel" in rlog.read_text()) == (path == "chunks"), logs(tmp_path)
     total = re.escape(human_bytes(used)) if path == "stream" else r"[\d.]+ [kMG]?B"

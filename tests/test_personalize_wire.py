@@ -30,10 +30,10 @@ def blank(path: Path, mib: int) -> Path:
 
 
 @pytest.mark.parametrize("path", ["chunks", "stream"])
-def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path, monkeypatch, path):
+def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path, path):
     """On both paths a disk takes: the chunk carousel (the default for receivers writing in
-    place) and a round's stream (HERDCAST_CHUNKS=0 on the sender)."""
-    monkeypatch.setenv("HERDCAST_CHUNKS", "1" if path == "chunks" else "0")
+    place) and a round's stream (--chunks no on the sender)."""
+    chunks = ("--chunks", "yes" if path == "chunks" else "no")
     master = tmp_path / "master.disk"
     make_master(master, mib=64)
     disks = [blank(tmp_path / "node1.disk", 64), blank(tmp_path / "node2.disk", 96),
@@ -48,7 +48,7 @@ def test_receivers_personalise_and_the_sender_lists_what_changed(tmp_path, monke
                                    "--hostname", "node2", "--grow")]
         time.sleep(0.3)
         snd = herdcast_sender(lab.hosts[0], tmp_path / "send.log", "--min-receivers", "2",
-                              "--report", str(report), "-f", str(master))
+                              "--report", str(report), "-f", str(master), *chunks)
         rcs = [wait(p, 120) for p in procs]
         rc = wait(snd, 120)
         # a disk with no partition table and no filesystem: hostname= cannot be honoured

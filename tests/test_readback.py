@@ -70,3 +70,32 @@ def test_readback_needs_a_file_to_read():
         parse_receive_args(["--verify", "readback"])
     with pytest.raises(OptionError, match="--verify readback"):
         parse_receive_args(["--verify", "readback", "-f", "/tmp/x", "--pipe", "cat"])
+
+
+def test_chunks_read_back_against_the_manifest(tmp_path):
+    """The chunk path's read-back: each chunk's extents read from the disk after the flush
+    and hashed against the manifest; a byte garbled after writing names its chunk."""
+    from agent.image.chunkfile import ChunkedFile, chunk_image
+    from agent.image.chunksink import ChunkSink
+
+    disk = tmp_path / "src.img"
+    disk.write_bytes(random.Random(2).randbytes(3 * MiB) + bytes(MiB) + b"end" * 1000)
+    size = disk.stat().st_size
+    chunk_image(str(disk), str(tmp_path / "img.chunks"), extents=[Extent(0, size)],
+                disk_size=size)
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    target = tmp_path / "target.img"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        sink = ChunkSink(fd, str(target), stored.table)
+        for chunk in stored.table.chunks:
+            sink.put(chunk, stored.decoded(chunk.index))
+        sink.blank_space()
+        sink.sync()
+        hashes, bad = sink.read_back()
+        assert bad == [] and hashes == [c.content_sha256 for c in stored.table.chunks]
+        _garble(target, 2 * MiB + 7)
+        assert sink.read_back()[1] == [2]
+    finally:
+        os.close(fd)
+        stored.close()

@@ -1,7 +1,9 @@
 """`herdcast image`: look at, capture, restore and list used-block images without a network.
 
     herdcast image map DISK               what a sender of DISK would send, per partition
-    herdcast image capture DISK FILE      DISK's used blocks into an image file (--compress)
+    herdcast image capture DISK FILE      DISK's used blocks into an image file: chunked
+                                          (zstd, the default), or a stream (--compress
+                                          none|gz|lzop)
     herdcast image restore FILE DISK      an image file onto DISK (--blank keep|zero|discard;
                                           --grow, --hostname, --identity, --userdata: see
                                           agent.personalize)
@@ -40,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("disk", help="the disk to capture (a device or a disk image file)")
     c.add_argument("file", help="the image file to write (replaced only once complete)")
     c.add_argument("--compress", choices=["none", *NAMES], default="zstd",
-                   help="the image file's compression (default zstd)")
+                   help="the image file's compression: zstd (the default) writes a chunked "
+                   "image, whose chunks a sender serves as they are; none, gz or lzop an "
+                   "image stream")
     c.add_argument("--description", help="a line saying what the image holds, shown by "
                    "herdcast image list")
     r = sub.add_parser("restore", help="write an image file onto DISK")

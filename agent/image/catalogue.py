@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from agent.codec import compressing_reader, decompressing_reader, sniff
+from agent.errors import HerdcastError
+from agent.image.chunkfile import ChunkedFile, describe_chunked
+from agent.image.chunks import FILE_MAGIC as CHUNKED_MAGIC
 from agent.image.filesystems import fs_name
 from agent.image.partitions import type_name
 from agent.image.stream import (
@@ -103,7 +106,10 @@ def read_entry(path: str) -> Entry | None:
     """The catalogue entry of the image at `path`; None when it is no herdcast image. Only
     the header is expanded, through the codec's bounded reader."""
     with open(path, "rb") as f:
-        codec = sniff(f.read(64))
+        head = f.read(64)
+        if head.startswith(CHUNKED_MAGIC):
+            return _chunked_entry(path)
+        codec = sniff(head)
         f.seek(0)
         src = decompressing_reader(f, codec) if codec else f
         decoder = Decoder(lambda o, d: None, lambda o, n: None, lambda o, n: None)
@@ -123,6 +129,16 @@ def read_entry(path: str) -> Entry | None:
             if src is not f:
                 src.close()
     return Entry(path, os.path.getsize(path), codec, decoder.disk_size, decoder.meta)
+
+
+def _chunked_entry(path: str) -> Entry | None:
+    try:
+        stored = ChunkedFile.open(path)
+    except HerdcastError:
+        return None
+    stored.close()
+    return Entry(path, os.path.getsize(path), "zstd chunks", stored.table.disk_size,
+                 stored.table.meta)
 
 
 def catalogue(directory: str) -> list[Entry]:
@@ -145,7 +161,11 @@ def set_description(path: str, description: str) -> None:
     block that holds it). The file is rewritten beside itself, in its own compression, and
     renamed over the old one once whole."""
     with open(path, "rb") as f:
-        codec = sniff(f.read(64))
+        head = f.read(64)
+        if head.startswith(CHUNKED_MAGIC):
+            describe_chunked(path, description)
+            return
+        codec = sniff(head)
         f.seek(0)
         plain: BinaryIO = decompressing_reader(f, codec) if codec else f
         head = plain.read(HEADER_SIZE)

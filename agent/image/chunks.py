@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -220,6 +222,11 @@ def decode_payload(chunk: Chunk, payload: bytes | memoryview) -> bytes:
     if len(payload) != chunk.wire_bytes or hashlib.sha256(payload).digest() != \
             chunk.wire_sha256:
         raise ChunkError(f"chunk {chunk.index}: payload does not match the manifest")
+    return decompress_payload(chunk, payload)
+
+
+def decompress_payload(chunk: Chunk, payload: bytes | memoryview) -> bytes:
+    """The DATA bytes of a payload already checked (piece by piece, agent.image.pieces)."""
     try:
         return decompress(_CODEC_NAMES[chunk.codec], payload, chunk.data_bytes)
     except CodecError as exc:  # the sender's own bug: its hash named a bad payload
@@ -259,28 +266,30 @@ def target_matches(fd: int, chunk: Chunk) -> bool:
 
 class Chunker:
     """Takes an image's records in disk order (the agent.image.stream Decoder callbacks
-    `data`, `zero`) and writes chunk payloads to `out` as each chunk's range is passed."""
+    `data`, `zero`) and writes chunk payloads to `out` as each chunk's range is passed.
+    Chunks are compressed on `workers` threads (zstandard and hashlib release the GIL), a
+    few ahead of the one being written, so reading, compressing and writing overlap."""
 
-    def __init__(self, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES, level: int = 3) -> None:
+    def __init__(self, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES, level: int = 3,
+                 workers: int | None = None) -> None:
         self.out, self.chunk_bytes, self.level = out, chunk_bytes, level
         self.chunks: list[Chunk] = []
         self._index: int | None = None  # the chunk being collected
         self._extents: list[list[int]] = []
         self._data = bytearray()
-        self._hash = hashlib.sha256()
         self.disk_size = 0
+        self._workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="herdcast-zstd")
+        self._pending: deque = deque()  # (offset, extents, content sha256, future)
 
     def data(self, offset: int, view: memoryview) -> None:
         for at, piece in self._cut(offset, len(view)):
             self._extend(at, piece, DATA)
-            part = view[at - offset:at - offset + piece]
-            self._data += part
-            self._hash.update(part)
+            self._data += view[at - offset:at - offset + piece]
 
     def zero(self, offset: int, length: int) -> None:
         for at, piece in self._cut(offset, length):
             self._extend(at, piece, ZERO)
-            self._hash.update(memoryview(_ZERO)[:piece])
 
     def _cut(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         """(offset, length) pieces of a range, cut at chunk edges, the chunk entered."""
@@ -304,24 +313,50 @@ class Chunker:
     def _flush(self) -> None:
         if self._index is None or not self._extents:
             return
-        payload, codec = compress("zstd", self._data, self.level), CODEC_ZSTD
-        if len(payload) >= len(self._data):
-            payload, codec = bytes(self._data), CODEC_NONE
+        extents = tuple(tuple(e) for e in self._extents)
+        future = self._pool.submit(_compressed, self._data, extents, self.level)
+        self._pending.append((self._index * self.chunk_bytes, extents, future))
+        self._extents, self._data = [], bytearray()
+        while len(self._pending) > 2 * self._workers:
+            self._write()
+
+    def _write(self) -> None:
+        offset, extents, future = self._pending.popleft()
+        payload, codec, wire_sha, content = future.result()
         self.out.write(payload)
-        offset = self._index * self.chunk_bytes
         self.chunks.append(Chunk(len(self.chunks), offset, self.chunk_bytes, codec,
-                                 len(payload), hashlib.sha256(payload).digest(),
-                                 self._hash.digest(),
-                                 tuple(tuple(e) for e in self._extents)))
-        self._extents, self._data, self._hash = [], bytearray(), hashlib.sha256()
+                                 len(payload), wire_sha, content, extents))
 
     def finish(self, disk_size: int) -> list[Chunk]:
         """The last chunk out; every chunk's span cut to the disk's end."""
         self._flush()
         self._index = None
+        while self._pending:
+            self._write()
+        self._pool.shutdown()
         self.chunks = [c if c.offset + c.span <= disk_size else Chunk(
             c.index, c.offset, disk_size - c.offset, *_rest(c)) for c in self.chunks]
         return self.chunks
+
+    def close(self) -> None:
+        """Stop the compressing threads (after finish, or on an error)."""
+        self._pool.shutdown(cancel_futures=True)
+
+
+def _compressed(data: bytearray, extents, level: int) -> tuple[bytes, int, bytes, bytes]:
+    """(payload, codec, payload sha256, content sha256) of one chunk's DATA bytes at its
+    extents, on a worker thread."""
+    payload, codec = compress("zstd", data, level), CODEC_ZSTD
+    if len(payload) >= len(data):
+        payload, codec = bytes(data), CODEC_NONE
+    view, at, content = memoryview(data), 0, hashlib.sha256()
+    for _, length, kind in extents:
+        if kind == DATA:
+            content.update(view[at:at + length])
+            at += length
+        else:
+            content.update(memoryview(_ZERO)[:length])
+    return payload, codec, hashlib.sha256(payload).digest(), content.digest()
 
 
 def _rest(c: Chunk) -> tuple:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from agent.image.chunks import Chunk, ChunkTable, data_reader
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA
 
@@ -45,3 +45,20 @@ class ChunkSink(DiskSink):
 
     def sync(self) -> None:
         os.fsync(self.fd)
+
+    def read_back(self) -> tuple[list[bytes], list[int]]:
+        """verify=readback on chunks: every chunk's extents read back from the device (the
+        page cache dropped first, after sync) and hashed. Returns the content hashes read
+        and the chunks whose hash is not the manifest's (a disk losing or garbling what it
+        acknowledged). The manifest's hashes make the comparison: nothing is kept of what
+        was written, and chunks already on the disk (resume, delta) are checked too."""
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        rfd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            hashes = [content_hash(c.extents, lambda o, n: os.pread(rfd, n, o))
+                      for c in self.table.chunks]
+        finally:
+            os.close(rfd)
+        bad = [c.index for c, h in zip(self.table.chunks, hashes, strict=True)
+               if h != c.content_sha256]
+        return hashes, bad

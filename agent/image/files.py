@@ -20,6 +20,9 @@ from agent.codec import CodecError, compressing_reader, decompressing_reader, sn
 from agent.errors import HerdcastError
 from agent.hw.disk import check_receive_target, send_source_warnings
 from agent.image.catalogue import metadata
+from agent.image.chunkfile import ChunkedFile, chunk_image, is_chunked
+from agent.image.chunks import FILE_MAGIC, ChunkError
+from agent.image.chunksink import ChunkSink
 from agent.image.sink import DiskSink
 from agent.image.store import ImageFileError, damaged
 from agent.image.stream import (
@@ -45,7 +48,9 @@ def check_input(path: str, what: str) -> None:
 
 
 def capture(disk: str, path: str, codec: str | None, description: str | None = None) -> int:
-    """DISK's used blocks into the image file `path`; returns the file's size."""
+    """DISK's used blocks into the image file `path`; returns the file's size. With zstd
+    (the default) the file is a chunked image (agent.image.chunkfile): a sender serves its
+    chunks as they are; with another `codec` (or none) it is the image stream."""
     check_input(disk, "disk")
     if os.path.isdir(path):
         raise ImageFileError(f"image {path}: is a directory", "give the image file's path")
@@ -64,12 +69,19 @@ def capture(disk: str, path: str, codec: str | None, description: str | None = N
         dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial", delete=False)
     try:
         with tmp:
-            stream: BinaryIO = StreamReader(encode(fd, umap.disk_size, umap.extents, meta))
-            source = compressing_reader(stream, codec) if codec else stream
-            while chunk := source.read(CHUNK):
-                tmp.write(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+            if codec == "zstd":
+                tmp.close()
+                chunk_image(disk, tmp.name, extents=umap.extents, disk_size=umap.disk_size,
+                            meta=meta, fd=fd)
+            else:
+                stream: BinaryIO = StreamReader(encode(fd, umap.disk_size, umap.extents,
+                                                       meta))
+                source = compressing_reader(stream, codec) if codec else stream
+                while chunk := source.read(CHUNK):
+                    tmp.write(chunk)
+                tmp.flush()
+        with open(tmp.name, "rb") as done:
+            os.fsync(done.fileno())
         os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, path)  # only a complete image replaces the previous one
     except BaseException:
@@ -93,6 +105,9 @@ def restore(path: str, disk: str, blank: str) -> Restored:
     if os.path.isdir(disk):
         raise ImageFileError(f"disk {disk}: is a directory", "give a disk device or file")
     with open(path, "rb") as f:
+        if is_chunked(f.read(len(FILE_MAGIC))):
+            return _restore_chunks(path, disk, blank)
+        f.seek(0)
         codec = sniff(f.read(64))
         f.seek(0)
         plain: BinaryIO = decompressing_reader(f, codec) if codec else f
@@ -101,9 +116,7 @@ def restore(path: str, disk: str, blank: str) -> Restored:
             raise ImageFileError(f"{path}: not a herdcast image", "restore a file made by "
                                  "herdcast image capture or herdcast receive -f")
         check_receive_target(disk, Header.parse(head).disk_size)  # before the first write
-        is_file = not os.path.exists(disk) or os.path.isfile(disk)
-        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_TRUNC if is_file else 0)
-        fd = os.open(disk, flags, 0o644)
+        fd = _open_target(disk)
         sink = DiskSink(fd, disk, blank)
         try:
             sink.write(head)
@@ -122,4 +135,41 @@ def restore(path: str, disk: str, blank: str) -> Restored:
             raise
         finally:
             os.close(fd)
+    return Restored(sink.written, sink.cleared)
+
+
+def _open_target(disk: str) -> int:
+    is_file = not os.path.exists(disk) or os.path.isfile(disk)
+    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_TRUNC if is_file else 0)
+    return os.open(disk, flags, 0o644)
+
+
+def _restore_chunks(path: str, disk: str, blank: str) -> Restored:
+    """A stored chunked image onto `disk`, each chunk checked against its manifest."""
+    try:
+        stored = ChunkedFile.open(path)
+    except ChunkError as exc:  # it names the file
+        raise ImageFileError(f"image {exc.what}", exc.fix) from exc
+    try:
+        check_receive_target(disk, stored.table.disk_size)  # before the first write
+        fd = _open_target(disk)
+        sink = ChunkSink(fd, disk, stored.table, blank)
+        try:
+            for chunk in stored.table.chunks:
+                sink.put(chunk, stored.decoded(chunk.index))
+            sink.blank_space()
+            os.fsync(fd)
+        except (OSError, HerdcastError) as exc:
+            if sink.written or sink.cleared:
+                raise ImageFileError(f"restoring {path} onto {disk} failed after "
+                                     f"{sink.written} bytes: {exc}; {disk} is now incomplete",
+                                     f"restore a complete image onto {disk} before using it"
+                                     ) from exc
+            if isinstance(exc, ChunkError):
+                raise damaged(path, exc) from exc
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        stored.close()
     return Restored(sink.written, sink.cleared)

@@ -5,9 +5,12 @@ image file kept on a server, and the byte streams for each.
   or `--blocks all`: every byte, as udpcast sends.
 - used: a disk (device or image file) with a partition table: herdcast receivers get the
   image stream of its used blocks, stock receivers the raw disk.
-- stored: a herdcast image file (`herdcast receive -f` into a file, or `herdcast image
-  capture`): herdcast receivers get it as it is, stock receivers the disk it expands to,
-  decoded as it is sent (agent.image.expand).
+- stored: a herdcast image file (`herdcast receive -f` into a file): herdcast receivers
+  get it as it is, stock receivers the disk it expands to, decoded as it is sent
+  (agent.image.expand).
+- chunked: a stored chunked image (`herdcast image capture`, agent.image.chunkfile):
+  chunk takers get its chunks as stored, other herdcast receivers its image stream, stock
+  receivers the disk it expands to.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from agent.codec import codec as codec_entry
 from agent.codec import decompressing_reader, sniff
 from agent.errors import HerdcastError
 from agent.image.catalogue import metadata
+from agent.image.chunkfile import ChunkedFile, is_chunked
 from agent.image.expand import ExpandingReader
 from agent.image.stream import HEADER_SIZE, Header, Position, StreamReader, encode, is_image
 from agent.image.usedmap import UsedMap, used_map
@@ -32,7 +36,7 @@ from agent.say import say
 class Source:
     """How a sender's input will be sent, found once before the first round."""
 
-    kind: str  # "raw", "used", "stored"
+    kind: str  # "raw", "used", "stored", "chunked"
     disk_size: int | None = None  # what a receiver's disk must hold (used, stored)
     umap: UsedMap | None = None
     codec: str | None = None  # a stored image's compression
@@ -47,6 +51,10 @@ class Source:
         if self.kind == "raw" and self.umap is not None:
             return [*self.umap.describe(), "sending every byte: no filesystem on this disk "
                     "could be mapped (see the partitions above)"]
+        if self.kind == "chunked":
+            return [f"a chunked herdcast image of a {self.disk_size}-byte disk: its chunks "
+                    "as stored to herdcast receivers writing disks, its image stream to other "
+                    "herdcast receivers, expanded for stock udp-receivers"]
         if self.kind == "stored":
             stock = (f"compressed with {compress} (--compress: give them --pipe)" if compress
                      else "uncompressed (--compress CODEC compresses it for their --pipe)")
@@ -69,6 +77,14 @@ def inspect_source(path: str | None, blocks: str = "used") -> Source:
             head = f.read(1 << 16)
     except OSError:
         return Source("raw")
+    if is_chunked(head):
+        try:
+            stored_chunks = ChunkedFile.open(path)
+        except HerdcastError as exc:
+            say(f"{exc.what}: sending every byte")
+            return Source("raw")
+        stored_chunks.close()
+        return Source("chunked", stored_chunks.table.disk_size)
     try:
         stored = _stored_header(path, head)
     except Exception:  # noqa: BLE001 - zstd, gzip and OS errors alike: a damaged file
@@ -108,17 +124,22 @@ def image_stream(path: str, source: Source) -> BinaryIO:
     as stored, compression included, for `stored`)."""
     if source.kind == "stored":
         return open(path, "rb", buffering=0)  # noqa: SIM115 - the caller's Input closes it
+    if source.kind == "chunked":
+        stored = ChunkedFile.open(path)
+        return _ClosingReader(StreamReader(stored.stream()), stored.fd)
     assert source.umap is not None
     meta = metadata(path, source.umap)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     at = Position()
     return _ClosingReader(StreamReader(encode(fd, source.umap.disk_size, source.umap.extents,
-                                              meta, at), at), fd)
+                                              meta, at=at), at), fd)
 
 
 def expanded_stream(path: str, source: Source) -> BinaryIO:
     """The raw disk a stored image stands for, for stock receivers, decoded as it is read
     (free space reads as zeros)."""
+    if source.kind == "chunked":
+        return ExpandingReader(image_stream(path, source), None)
     return ExpandingReader(open(path, "rb"), source.codec)  # noqa: SIM115 - closes it
 
 

@@ -13,7 +13,8 @@ from typing import BinaryIO
 
 from agent.codec import decompressing_writer, sniff
 from agent.errors import HerdcastError
-from agent.image.stream import Decoder, DecodingWriter, is_image
+from agent.image.chunkfile import ChunkedFile, is_chunked
+from agent.image.stream import DATA, Decoder, DecodingWriter, is_image
 
 
 class ImageFileError(HerdcastError):
@@ -34,6 +35,7 @@ class ImageInfo:
     blank_bytes: int
     sha256: str  # of the file's bytes: the digest a sender of this file reports
     meta: dict = field(default_factory=dict)  # the header's metadata (agent.image.catalogue)
+    chunks: int = 0  # a chunked image's chunks; its sha256 is then the image digest
 
     def lines(self) -> list[str]:
         from agent.image.catalogue import human
@@ -42,7 +44,12 @@ class ImageInfo:
         m = self.meta
         source = (f"{m.get('host', '(host not recorded)')}, captured "
                   f"{m.get('captured', '(date not recorded)')}")
-        return [f"image {self.path}: herdcast image, compression {self.codec or 'none'}",
+        kind = (f"chunked herdcast image, {self.chunks} chunks of 1 MiB compressed alone "
+                "(zstd)" if self.chunks else
+                f"herdcast image, compression {self.codec or 'none'}")
+        digest = (f"  digest      {self.sha256} (of the chunks' content: what a receiver of "
+                  "its chunks confirms)" if self.chunks else f"  sha256      {self.sha256}")
+        return [f"image {self.path}: {kind}",
                 f"  source      {source}",
                 *([f"  description {m['description']}"] if m.get("description") else []),
                 f"  disk size   {self.disk_size} bytes ({human(self.disk_size)})",
@@ -51,7 +58,7 @@ class ImageInfo:
                 f"  blank       {self.blank_bytes} bytes (not stored)",
                 f"  file        {self.file_bytes} bytes ({human(self.file_bytes)}, "
                 f"{100 * ratio:.1f}% of the disk)",
-                f"  sha256      {self.sha256}"]
+                digest]
 
 
 def damaged(path: str, exc: HerdcastError) -> ImageFileError:
@@ -62,6 +69,9 @@ def damaged(path: str, exc: HerdcastError) -> ImageFileError:
 
 def read_info(path: str) -> ImageInfo:
     """Read the whole file once: its layout, and that it is complete and well-formed."""
+    with open(path, "rb") as f:
+        if is_chunked(f.read(64)):
+            return _chunked_info(path)
     blank = [0]
     decoder = Decoder(lambda offset, data: None, lambda offset, length: None,
                       lambda offset, length: blank.__setitem__(0, blank[0] + length))
@@ -94,3 +104,27 @@ def read_info(path: str) -> ImageInfo:
                      decoder.data_bytes, decoder.zero_bytes, blank[0], digest.hexdigest(),
                      decoder.meta)
 
+
+
+def _chunked_info(path: str) -> ImageInfo:
+    """A stored chunked image's layout; every chunk checked against its manifest."""
+    try:
+        stored = ChunkedFile.open(path)
+    except HerdcastError as exc:  # it names the file
+        raise ImageFileError(f"image {exc.what}", exc.fix) from exc
+    try:
+        t = stored.table
+        data = zero = records = 0
+        for chunk in t.chunks:
+            stored.decoded(chunk.index)
+        for extent_kind, length in ((k, n) for c in t.chunks for _, n, k in c.extents):
+            data += length if extent_kind == DATA else 0
+            zero += length if extent_kind != DATA else 0
+        records = len(stored.extents())
+        size = stored.file_bytes
+    except HerdcastError as exc:
+        raise damaged(path, exc) from exc
+    finally:
+        stored.close()
+    return ImageInfo(path, size, "zstd", t.disk_size, records, data, zero,
+                     t.disk_size - data - zero, t.digest.hex(), t.meta, len(t.chunks))

@@ -75,12 +75,19 @@ class Position:
     used = 0
 
 
-def encode(fd: int, disk_size: int, extents: Iterable[Extent],
-           meta: dict | None = None, at: Position | None = None) -> Iterator[bytes]:
+def encode(fd: int | None, disk_size: int, extents: Iterable[Extent],
+           meta: dict | None = None, read=None,
+           at: Position | None = None) -> Iterator[bytes]:
     """The image stream of the disk open on `fd`: its used `extents` (sorted, disjoint),
     all-zero granules inside them sent as ZERO records, `meta` (JSON-able) in the header.
-    Reads each used byte once, counting them in `at`."""
+    Reads each used byte once, counting them in `at`, with `read(length, offset)` when given
+    (a stored chunked image, agent.image.chunkfile), else pread on `fd`; reads never cross
+    a 1 MiB line."""
     at = at if at is not None else Position()
+    if read is None:
+        def read(length: int, offset: int) -> bytes:
+            return os.pread(fd, length, offset)
+
     yield Header.build({"version": VERSION, "flags": FLAG_META if meta is not None else 0,
                         "granule": GRANULE, "disk_size": disk_size})
     if meta is not None:
@@ -92,7 +99,7 @@ def encode(fd: int, disk_size: int, extents: Iterable[Extent],
         pos = extent.offset
         while pos < extent.end:
             want = min(CHUNK - pos % CHUNK, extent.end - pos)
-            chunk = os.pread(fd, want, pos)
+            chunk = read(want, pos)
             if len(chunk) != want:
                 raise StreamError(f"disk ended at byte {pos + len(chunk)} while reading "
                                   f"{want} bytes at {pos}", "is the disk still attached?")

@@ -38,6 +38,7 @@ DEFAULT_PORTBASE = 9000
 # wait seconds for a dead one, not udpcast's minutes of --retries-until-drop 200.
 DEFAULT_DROP_AFTER = 5.0
 BLOCKS = ("used", "all")  # what a sender sends herdcast receivers (agent.image)
+YES_NO = ("yes", "no")
 VERIFY = ("none", "readback")  # a receiver reading its disk back after the transfer
 
 
@@ -222,6 +223,11 @@ OPTIONS: list[Option] = [
            choices=BLOCKS, boot="blocks",
            help=HERDCAST + "to herdcast receivers send only the blocks the disk's "
                 "filesystems use (used), or all of them"),
+    Option(("--chunks",), "chunks", sides=SEND, annotation="str", default="yes",
+           choices=YES_NO,
+           help=HERDCAST + "herdcast receivers writing a disk in place take the image as "
+                "chunks (the chunk carousel: join any time, receive only what they lack); "
+                "no: the image stream in rounds for everybody"),
     Option(("--sign-key",), "sign_key", sides=SEND, metavar="FILE.key",
            help=HERDCAST + "sign the session and its result with this key (herdcast "
                 "keygen), for receivers that trust only its public key"),

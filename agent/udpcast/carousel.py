@@ -6,9 +6,12 @@ A receiver fetches the manifest (agent.image.chunks) from the sender directly
 signed session, the signature of agent.trust.manifest's statement; HC_MANIFEST_PIECE: one
 piece). Then it says which chunks it lacks (HC_NEED: a bitmap over 1024 chunks from
 `first`, with the pieces it received and lost since its last HC_NEED, the sender's pace
-signal), and the sender multicasts each chunk somebody lacks (HC_CHUNK: piece `piece` of
-the chunk's payload), once for all who asked. When nobody lacks anything the sender says so
-now and then (HC_IDLE), so a receiver whose HC_NEED was lost asks again at once.
+signal), and the sender multicasts each chunk somebody lacks (HC_CHUNK: its list pieces,
+then its payload's pieces; agent.image.pieces), once for all who asked. The "manifest"
+fetched is the offer: the manifest and the hashes that check each piece on arrival. When
+nobody lacks anything the sender says so now and then (HC_IDLE), so a receiver whose HC_NEED
+was lost asks again at once. A receiver that holds most of a chunk that went by incomplete
+says which pieces it lacks (HC_HOLES), and the sender sends those again, not the chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from agent.udpcast.protocol import SIGNATURE_BYTES, Op, fast_header, opcode
 
 NEED_BITS = 1024  # chunks per HC_NEED
 NEED_BYTES = NEED_BITS // 8
+HOLE_BYTES = 256  # pieces per HC_HOLES: 2048, a chunk's payload at any block size >= 1024
+PIECE_DATA, PIECE_LIST = 0, 1  # HC_CHUNK kinds: a piece of the payload, of its piece list
 
 ManifestReq = Struct(  # receiver -> sender
     "opcode" / Int16ub, "reserved" / Int16ub, "first" / Int32ub, "count" / Int16ub,
@@ -34,18 +39,22 @@ Need = Struct(  # receiver -> sender
     "received" / Int32ub,  # chunk pieces received since the last HC_NEED
     "lost" / Int32ub,  # pieces of chunks the sender moved past that never came
     "bitmap" / Bytes(NEED_BYTES))  # bit i (LSB-first) = chunk first+i lacking
-ChunkHeader = Struct(  # sender -> data address, + up to blocksize bytes of the payload
+ChunkHeader = Struct(  # sender -> data address, + one block: a list piece or a payload's
     "opcode" / Int16ub, "reserved" / Int16ub, "chunk" / Int32ub, "piece" / Int16ub,
-    "reserved2" / Int16ub, "wire_bytes" / Int32ub)
+    "kind" / Int16ub,  # PIECE_DATA or PIECE_LIST (agent.image.pieces)
+    "wire_bytes" / Int32ub)
 Idle = Struct("opcode" / Int16ub, "reserved" / Int16ub, "chunks" / Int32ub)
+Holes = Struct(  # receiver -> sender: the data pieces of one chunk it still lacks
+    "opcode" / Int16ub, "reserved" / Int16ub, "chunk" / Int32ub,
+    "bitmap" / Bytes(HOLE_BYTES))  # bit i (LSB-first) = data piece i lacking
 
 MESSAGES: dict[int, Construct] = {
     Op.HC_MANIFEST_REQ: ManifestReq, Op.HC_MANIFEST_INFO: ManifestInfo,
     Op.HC_MANIFEST_PIECE: ManifestPiece, Op.HC_NEED: Need, Op.HC_CHUNK: ChunkHeader,
-    Op.HC_IDLE: Idle,
+    Op.HC_IDLE: Idle, Op.HC_HOLES: Holes,
 }
 SIZES = {op: msg.sizeof() for op, msg in MESSAGES.items()}
-# (opcode, reserved, chunk, piece, reserved2, wire_bytes)
+# (opcode, reserved, chunk, piece, kind, wire_bytes)
 CHUNK_HEADER = fast_header(ChunkHeader)
 PIECE_HEADER = fast_header(ManifestPiece)
 

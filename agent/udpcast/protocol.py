@@ -70,6 +70,7 @@ class Op(IntEnum):
     HC_NEED = 0x4813
     HC_CHUNK = 0x4814
     HC_IDLE = 0x4815
+    HC_HOLES = 0x4816
     # what personalising changed on the clone (agent.personalize; after the digest)
     HC_CHANGED = 0x4820
     HC_CHANGED_ACK = 0x4821

@@ -7,12 +7,16 @@
    node holding the previous version of the image) is never asked for.
 3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
-   every NEED_REFRESH while anything is lacking. Every chunk that flies and is lacking is
-   kept, whoever asked for it, so joining mid-stream costs nothing.
-4. A chunk counts once its payload's sha256 is the manifest's: a forged or damaged piece
-   makes the chunk fail that test, and it is thrown away and asked for again.
-5. The digest over the content hashes of what the disk now holds is confirmed with the
-   sender (signed in a signed session), as after a round.
+   every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
+   for by its missing pieces (HC_HOLES): a lost datagram costs a datagram. Every chunk
+   that flies and is lacking is kept, whoever asked for it: joining mid-stream is free.
+4. A piece is kept only once it matches its hash (agent.image.pieces): a forged or
+   damaged one is dropped on arrival. A whole chunk is decompressed and written by a
+   worker thread (receive.landing) while pieces go on arriving.
+5. The digest over the content hashes of what the disk now holds (hashed from the disk
+   for chunks found there, the manifest's for chunks received whole and checked, read
+   back from the disk under --verify readback) is confirmed with the sender (signed in a
+   signed session), as after a round.
 """
 
 from __future__ import annotations
@@ -23,30 +27,38 @@ import random
 import time
 
 from agent.image.chunks import (
+    Chunk,
     ChunkError,
     ChunkTable,
-    content_hash,
-    data_reader,
-    decode_payload,
     image_digest,
-    parse_manifest,
     target_matches,
 )
 from agent.image.chunksink import ChunkSink
+from agent.image.pieces import (
+    HASH_BYTES,
+    Pieces,
+    hash_at,
+    parse_offer,
+    piece_hash,
+)
 from agent.say import say
 from agent.transfer.progress import Progress
+from agent.transfer.receive.landing import Landing, Partial
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError, check_image_fits
+from agent.transfer.receive.readback import ReadbackError
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
 
-REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole
+REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one is in)
+WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEAD_SENDER = 30.0
+IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
 
 class ChunkReceiver:
@@ -54,9 +66,11 @@ class ChunkReceiver:
 
     def __init__(self, link: Link, session: Session) -> None:
         self.link, self.session, self.opts = link, session, link.opts
-        self.partial: dict[int, list] = {}  # chunk -> [payload, pieces got (int), count]
+        self.partial: dict[int, Partial] = {}
+        self.holed: set[int] = set()  # partial chunks that went by incomplete: HC_HOLES
+        self.last_piece = 0.0  # when a checked piece last came
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
-        self.wire_bytes = self.foreign = self.failed = 0
+        self.wire_bytes = self.foreign = self.failed = self.forged = 0
         self.current = -1  # the chunk the sender is sending
         self.need_at = 0.0
         self.last_rx = time.monotonic()
@@ -68,7 +82,7 @@ class ChunkReceiver:
         """Receive until the disk holds the image; returns (hex digest, used bytes)."""
         self._attach()  # from here a failure is told to the sender (HC_FAIL, link.fail)
         check_image_fits(self.opts.file, self.session.image_size)  # before any write
-        table = self._manifest()
+        table, self.pieces = self._manifest()
         fd = self._open()
         try:
             sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
@@ -91,15 +105,35 @@ class ChunkReceiver:
             self._receive()
             sink.blank_space()
             sink.sync()
+            if self.opts.verify == "readback":
+                self._read_back(sink)
         except OSError as exc:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
-        say(f"chunks: received {self.wire_bytes} payload bytes, {self.failed} chunk(s) "
-            f"failed their hash, {self.foreign} bytes not needed")
+        say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
+            f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
+            "bytes not needed")
         digest = image_digest(self.hashes)
         self._confirm(table.used_bytes, digest)
         return digest.hex(), table.used_bytes
+
+    def _read_back(self, sink: ChunkSink) -> None:
+        """--verify readback: the disk read back after the flush, each chunk against the
+        manifest's content hash; the digest confirmed is then of what the disk returned."""
+        started = time.monotonic()
+        try:
+            self.hashes, bad = sink.read_back()
+        except OSError as exc:
+            raise ReadbackError(f"{self.opts.file}: reading back failed: {exc.strerror}",
+                                "the disk is failing; replace it") from exc
+        if bad:
+            raise ReadbackError(f"{self.opts.file}: {len(bad)} of {len(self.hashes)} chunks "
+                                "read back differ from the manifest (first at byte "
+                                f"{self.table.chunks[bad[0]].offset})",
+                                "the disk is failing; replace it")
+        say(f"chunks: read back {self.table.used_bytes} bytes in "
+            f"{time.monotonic() - started:.1f} s: every chunk is the manifest's")
 
     def _attach(self) -> None:
         link, session = self.link, self.session
@@ -144,19 +178,21 @@ class ChunkReceiver:
 
     # ------------------------------------------------------------------ the manifest
 
-    def _manifest(self) -> ChunkTable:
-        """Ask for pieces until the named manifest is whole (and its name signed)."""
+    def _manifest(self) -> tuple[ChunkTable, Pieces]:
+        """Ask for pieces until the named offer (the manifest and the piece index,
+        agent.image.pieces) is whole, and its name signed."""
         trust, bs = self.link.trust, self.session.blocksize
         named: tuple[int, bytes] | None = None
         pieces: dict[int, bytes] = {}
-        next_ask = 0.0
+        next_ask, window = 0.0, 0
         self.last_rx = time.monotonic()
         while True:
             now = time.monotonic()
             if now >= next_ask:
                 count = -(-named[0] // bs) if named else 1
                 first = next((i for i in range(count) if i not in pieces), 0)
-                self.link.send(wire.build(Op.HC_MANIFEST_REQ, first=first, count=64))
+                self.link.send(wire.build(Op.HC_MANIFEST_REQ, first=first, count=WINDOW))
+                window = first + WINDOW
                 next_ask = now + REQUEST_INTERVAL
             for op, view in self._datagrams(0.1):
                 if op == Op.HC_MANIFEST_INFO and named is None:
@@ -170,18 +206,21 @@ class ChunkReceiver:
                         if not verify_manifest(trust.key, trust.nonce, info.length,
                                                info.sha256, info.signature):
                             continue  # not signed for us: a forger's
-                    named = (info.length, info.sha256)
+                    named, window = (info.length, info.sha256), WINDOW
                 elif op == Op.HC_MANIFEST_PIECE and len(view) > HEADER_SIZE:
                     _, _, piece, length, = wire.PIECE_HEADER.unpack_from(view)
                     if named is None or length != named[0] or piece * bs >= length:
                         continue
                     pieces[piece] = bytes(view[HEADER_SIZE:])
+                    if piece + 1 >= window and all(i in pieces for i in range(
+                            min(-(-length // bs), window))):
+                        next_ask = 0.0  # the window is in: the next one at once
                     if len(pieces) * bs >= length and all(
                             i in pieces for i in range(-(-length // bs))):
                         raw = b"".join(pieces[i] for i in range(-(-length // bs)))
                         if hashlib.sha256(raw).digest() == named[1]:
                             try:
-                                return parse_manifest(raw)
+                                return parse_offer(raw, bs)
                             except ChunkError as exc:
                                 raise ReceiveError(f"the sender's manifest: {exc.what}") \
                                     from exc
@@ -201,25 +240,44 @@ class ChunkReceiver:
             enabled=not self.opts.no_progress)
         done = 0
         self.need_at = time.monotonic()
+        self.landing = Landing(self.sink)
         try:
-            while self.lacking:
+            while self.lacking or self.landing.busy:
+                done -= self._failed(self.landing.reap() if self.lacking else
+                                     self.landing.drain())
                 now = time.monotonic()
                 if now >= self.need_at:
                     self._need(now)
                 for op, view in self._datagrams(max(0.0, min(0.2, self.need_at - now))):
                     if op == Op.HC_CHUNK:
                         done += self._piece(view)
-                    elif op == Op.HC_IDLE:
+                    elif op == Op.HC_IDLE:  # unsigned: believed once no piece comes
+                        if time.monotonic() - self.last_piece > IDLE_GRACE:
+                            self._passed(self.current)
+                            self.current = -1
                         self._soon()
                 self._silent()
                 progress.update(done)
         finally:
+            self.landing.close()
             progress.close()
         if total:
             say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
 
     def _need(self, now: float) -> None:
-        for first, bitmap in wire.need_bitmaps(self.lacking, len(self.table.chunks)):
+        """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
+        again), HC_NEED for every other chunk lacking but the one being sent."""
+        need = self.lacking & ~(1 << self.current if self.current >= 0 else 0)  # in flight
+        for index in list(self.holed):
+            entry = self.partial.get(index)
+            if entry is None or not need >> index & 1:
+                self.holed.discard(index)  # done, or dropped for newer ones: all of it
+                continue
+            need &= ~(1 << index)
+            missing = ~entry.got & ((1 << entry.count) - 1)
+            self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
+                wire.HOLE_BYTES, "little")))
+        for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
             self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
                                       lost=self.lost, bitmap=bitmap))
             self.received = self.lost = 0
@@ -230,54 +288,76 @@ class ChunkReceiver:
                            time.monotonic() + NEED_SOON * (1 + random.random()))
 
     def _piece(self, view: memoryview) -> int:
-        """One HC_CHUNK piece; returns the used bytes of a chunk it completed."""
+        """One HC_CHUNK piece, kept only once checked (agent.image.pieces): a list piece
+        against the offer, a data piece against its list piece (dropped while that has not
+        come: the chunk flies again). Returns the used bytes of a chunk it completed."""
         if len(view) <= HEADER_SIZE:
             return 0
-        _, _, index, piece, _, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
+        _, _, index, piece, kind, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
         data = view[HEADER_SIZE:]
-        if index != self.current:
-            self._passed(self.current)
-            self.current = index
         if index >= len(self.table.chunks) or not self.lacking >> index & 1:
             self.foreign += len(data)
             return 0
         chunk, bs = self.table.chunks[index], self.session.blocksize
-        count = -(-chunk.wire_bytes // bs)
-        if wire_bytes != chunk.wire_bytes or piece >= count or \
-                len(data) != min(bs, wire_bytes - piece * bs):
-            return 0  # not a piece of this chunk: a forger's or a stray
-        entry = self.partial.get(index)
-        if entry is None:
-            if len(self.partial) >= MAX_PARTIAL:
-                del self.partial[next(iter(self.partial))]
-            entry = self.partial[index] = [bytearray(chunk.wire_bytes), 0, 0]
-        if entry[1] >> piece & 1:
+        if wire_bytes != chunk.wire_bytes:
+            self.forged += 1
             return 0
-        entry[0][piece * bs:piece * bs + len(data)] = data
-        entry[1] |= 1 << piece
-        entry[2] += 1
+        entry = self.partial.get(index)
+        if kind == wire.PIECE_LIST:
+            if entry is not None and entry.lists >> piece & 1:
+                return 0
+            if not self.pieces.list_ok(index, piece, data):
+                self.forged += 1
+                return 0
+            self._now_at(index)
+            if entry is None:
+                if len(self.partial) >= MAX_PARTIAL:
+                    del self.partial[next(iter(self.partial))]
+                entry = self.partial[index] = Partial(chunk, bs)
+            entry.lists |= 1 << piece
+            entry.hashes[piece * bs:(piece + 1) * bs] = data
+            self.received += 1
+            return 0
+        if entry is None or entry.got >> piece & 1 or \
+                not entry.lists >> (piece // entry.per) & 1:
+            return 0  # a repeat, or no list piece to check it with: not kept
+        at = hash_at(piece, bs)
+        if piece >= entry.count or len(data) != min(bs, wire_bytes - piece * bs) or \
+                piece_hash(data) != entry.hashes[at:at + HASH_BYTES]:
+            self.forged += 1
+            return 0
+        self._now_at(index)
+        entry.payload[piece * bs:piece * bs + len(data)] = data
+        entry.got |= 1 << piece
+        entry.have += 1
         self.received += 1
         self.wire_bytes += len(data)
-        if entry[2] < count:
+        if entry.have < entry.count:
             return 0
         del self.partial[index]
-        try:
-            decoded = decode_payload(chunk, entry[0])
-        except ChunkError:
-            self.failed += 1
-            self._soon()
-            return 0
-        self.sink.put(chunk, decoded)
-        self.hashes[index] = content_hash(chunk.extents, data_reader(chunk, decoded))
-        self.lacking &= ~(1 << index)
-        return chunk.used_bytes
+        self.lacking &= ~(1 << index)  # every piece matched: it lands
+        return chunk.used_bytes - self._failed(self.landing.submit(chunk, entry.payload))
 
-    def _passed(self, index: int) -> None:
-        """The sender moved on from chunk `index`: if it came incomplete, ask again soon."""
+    def _failed(self, chunks: list[Chunk]) -> int:
+        """Chunks that did not decode are lacking again; returns their used bytes."""
+        for chunk in chunks:
+            self.failed += 1
+            self.lacking |= 1 << chunk.index
+            self._soon()
+        return sum(c.used_bytes for c in chunks)
+
+    def _now_at(self, index: int) -> None:  # a checked piece: the sender is sending it
+        self.last_piece = time.monotonic()
+        if index != self.current:
+            self._passed(self.current)
+            self.current = index
+
+    def _passed(self, index: int) -> None:  # the sender moved on: incomplete? ask soon
         entry = self.partial.get(index)
         if entry is not None and self.lacking >> index & 1:
-            chunk = self.table.chunks[index]
-            self.lost += -(-chunk.wire_bytes // self.session.blocksize) - entry[2]
+            self.lost += entry.count - entry.have
+            if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
+                self.holed.add(index)
             self._soon()
 
     # ------------------------------------------------------------------ the end

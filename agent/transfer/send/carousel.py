@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import select
 import socket
-import tempfile
 import time
+from collections import deque
 
-from agent.image.chunkfile import ChunkedFile, chunk_image
+from agent.image.pieces import counts
 from agent.say import say
 from agent.transfer.send.answers import note_changed
 from agent.transfer.send.batch import SliceBuffer
+from agent.transfer.send.chunking import Prepared
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver, State, Verdict, said
@@ -46,6 +46,7 @@ DROP_SILENCE = 30.0  # a receiver without a verdict that says nothing for this l
 # again meanwhile), longer while one says it is personalising its clone (HC_CHANGED)
 GOODBYE_WAIT = 3.0
 MAX_PIECES = 64  # manifest pieces per HC_MANIFEST_REQ
+IN_FLIGHT = 0.2  # s: an HC_NEED for a chunk sent this lately was written before it came
 
 
 def takes_chunks(session: SendSession, r: Receiver) -> bool:
@@ -53,49 +54,28 @@ def takes_chunks(session: SendSession, r: Receiver) -> bool:
     return bool(r.caps & Cap.CHUNKS) and session.offers_chunks
 
 
-def prepare(session: SendSession) -> ChunkedFile:
-    """The chunked image of the input, made once in a temporary file (unlinked at once:
-    it goes when the sender does)."""
-    from agent.image.catalogue import metadata
-
-    src, path = session.source, session.opts.file
-    started = time.monotonic()
-    fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
-    os.close(fd)
-    try:
-        if src.kind == "used":
-            chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
-                        meta=metadata(path, src.umap))
-        else:
-            chunk_image(path, tmp, codec=src.codec)
-        stored = ChunkedFile.open(tmp)
-    finally:
-        os.unlink(tmp)
-    t = stored.table
-    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
-        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
-    return stored
-
-
 class Carousel:
     """Serves `stored`'s chunks to the table's Cap.CHUNKS participants (and any that come)."""
 
-    def __init__(self, session: SendSession, table: Table, stored: ChunkedFile, fleet,
+    def __init__(self, session: SendSession, table: Table, prepared: Prepared, fleet,
                  view, stats, stop) -> None:
+        stored = prepared.stored
         self.session, self.table, self.stored = session, table, stored
         self.net, self.opts = session.net, session.opts
         self.fleet, self.view, self.stats, self.stop = fleet, view, stats, stop
         self.chunks = stored.table.chunks
-        self.manifest = stored.table.raw
+        bs = self.net.blocksize
+        self.lists, self.manifest = prepared.lists, prepared.offer
         self.manifest_sha = hashlib.sha256(self.manifest).digest()
         self.digest = stored.table.digest
         self.total = stored.table.used_bytes
         self.wanted = 0  # bit i: somebody lacks chunk i
+        self.holes: dict[int, int] = {}  # wanted chunk -> the only data pieces lacked
+        self.recent: deque[tuple[float, int]] = deque()  # (when, chunk) sent lately
         self.cursor = 0  # the chunk after the last one sent
         self.sent_chunks = 0
-        bs = self.net.blocksize
-        most = max((c.wire_bytes for c in self.chunks), default=0)
-        self.buf = SliceBuffer(bs, session.dest, max(1, -(-most // bs)))
+        most = max((sum(counts(c.wire_bytes, bs)) for c in self.chunks), default=0)
+        self.buf = SliceBuffer(bs, session.dest, max(1, most))
         self.pacer = Pacer(bs, self.opts.max_bitrate, table.min_rcvbuf())
         self.heard: dict[str, float] = {}
         self._signatures: dict[str, bytes] = {}
@@ -156,30 +136,68 @@ class Carousel:
                 self.table.remove(ip, Verdict.DROPPED, f"silent for {DROP_SILENCE:g} s")
 
     def _send_next(self) -> None:
-        """The first wanted chunk at or after the cursor, all its pieces, paced."""
+        """The oldest chunk receivers hold all but some pieces of (their holes first, so
+        the chunks they keep half-made stay few), else the first wanted chunk at or after
+        the cursor: its list pieces, then its payload's pieces, paced."""
+        if self.holes:
+            index = next(iter(self.holes))
+            self.wanted &= ~(1 << index)
+            payload, lists = self.stored.payload(index), self.lists[index]
+            self._send_holes(index, payload, lists, self.holes.pop(index))
+            return
         ahead = self.wanted >> self.cursor
         index = (ahead & -ahead).bit_length() - 1 + self.cursor if ahead else \
             (self.wanted & -self.wanted).bit_length() - 1
         self.wanted &= ~(1 << index)
         self.cursor = (index + 1) % len(self.chunks)
         chunk, buf = self.chunks[index], self.buf
-        payload = self.stored.payload(index)
-        buf.view[:len(payload)] = payload
-        pieces = buf.prepare(index, len(payload))
+        payload, lists = self.stored.payload(index), self.lists[index]
+        buf.view[:len(lists)] = lists
+        buf.view[len(lists):len(lists) + len(payload)] = payload
+        pieces = buf.prepare(index, len(lists) + len(payload))
         pack, hv, op = wire.CHUNK_HEADER.pack_into, buf.header_view, int(Op.HC_CHUNK)
-        for i in range(pieces):
-            pack(hv, i * HEADER_SIZE, op, 0, index, i, 0, chunk.wire_bytes)
+        m = len(lists) // self.net.blocksize
+        for i in range(m):
+            pack(hv, i * HEADER_SIZE, op, 0, index, i, wire.PIECE_LIST, chunk.wire_bytes)
+        for i in range(m, pieces):
+            pack(hv, i * HEADER_SIZE, op, 0, index, i - m, wire.PIECE_DATA, chunk.wire_bytes)
+        self._paced(pieces)
+        self.recent.append((time.monotonic(), index))
+        self.sent_chunks += 1
+        self.stats.bytes_sent += len(payload)
+
+    def _send_holes(self, index: int, payload: bytes, lists: bytes, holes: int) -> None:
+        """Only the data pieces receivers said they lack of a chunk they hold the rest of
+        (HC_HOLES), after its list pieces (a few, in case one of those was lost), back to
+        back in the buffer."""
+        bs, buf, wire_bytes = self.net.blocksize, self.buf, len(payload)
+        buf.view[:len(lists)] = lists
+        numbers, at = [-1 - j for j in range(len(lists) // bs)], len(lists)
+        while holes:
+            i = (holes & -holes).bit_length() - 1
+            holes &= holes - 1
+            piece = payload[i * bs:(i + 1) * bs]
+            buf.view[at:at + len(piece)] = piece
+            numbers.append(i)
+            at += len(piece)
+        pieces = buf.prepare(index, at)
+        pack, hv, op = wire.CHUNK_HEADER.pack_into, buf.header_view, int(Op.HC_CHUNK)
+        for k, i in enumerate(numbers):
+            kind, piece = (wire.PIECE_DATA, i) if i >= 0 else (wire.PIECE_LIST, -1 - i)
+            pack(hv, k * HEADER_SIZE, op, 0, index, piece, kind, wire_bytes)
+        self._paced(pieces)
+        self.stats.bytes_sent += at
+
+    def _paced(self, pieces: int) -> None:
+        """The buffer's `pieces` out, at the pacer's rate, answering receivers meanwhile."""
         first = 0
         while first < pieces:
-            now = time.monotonic()
-            n = self.pacer.grant(pieces - first, now)
+            n = self.pacer.grant(pieces - first, time.monotonic())
             if not n:
                 self._receive(min(0.005, self.pacer.wait(pieces - first)))
                 continue
-            first += self.net.blocks.send(buf, first, n)
-        self.sent_chunks += 1
+            first += self.net.blocks.send(self.buf, first, n)
         self.stats.data_packets += pieces
-        self.stats.bytes_sent += len(payload)
 
     # ------------------------------------------------------------------ what receivers say
 
@@ -213,9 +231,19 @@ class Carousel:
         self.heard[ip] = time.monotonic()
         r.answered()
         if op == Op.HC_NEED:
-            self.wanted |= wire.need_mask(msg.first, msg.bitmap, len(self.chunks))
+            mask = wire.need_mask(msg.first, msg.bitmap, len(self.chunks))
+            now = time.monotonic()
+            while self.recent and now - self.recent[0][0] > IN_FLIGHT:
+                self.recent.popleft()
+            for _, index in self.recent:  # still on its way to whoever asked: not again
+                mask &= ~(1 << index)
+            self.wanted |= mask
+            for index in [i for i in self.holes if mask >> i & 1]:
+                del self.holes[index]  # somebody lacks all of it: all of it goes
             if msg.received or msg.lost:
                 self.pacer.feedback(msg.received + msg.lost, msg.lost)
+        elif op == Op.HC_HOLES:
+            self._holes(msg.chunk, int.from_bytes(msg.bitmap, "little"))
         elif op == Op.HC_MANIFEST_REQ:
             self._manifest(r, addr, msg.first, min(msg.count, MAX_PIECES))
         elif op == Op.HC_FAIL and r.told(msg.secret):  # it stops, and says why
@@ -224,6 +252,16 @@ class Carousel:
             if r.verdict is None:
                 say(f"herdcast send: receiver {ip} disconnected mid-transfer")
             self.table.remove(ip, Verdict.DISCONNECTED)
+
+    def _holes(self, index: int, bits: int) -> None:
+        """A receiver lacks only these data pieces of chunk `index`: unless the whole chunk
+        is to go anyway, they join the pieces it will send."""
+        if index >= len(self.chunks):
+            return
+        bits &= (1 << -(-self.chunks[index].wire_bytes // self.net.blocksize)) - 1
+        if bits and not (self.wanted >> index & 1 and index not in self.holes):
+            self.holes[index] = self.holes.get(index, 0) | bits
+            self.wanted |= 1 << index
 
     def _connect(self, ip: str, addr, msg, nonce: bytes | None) -> None:
         """A receiver comes (or repeats itself): a chunk taker joins now, whenever that is;

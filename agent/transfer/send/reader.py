@@ -102,7 +102,7 @@ def _open_image_source(path: str, compress: str | None, source: Source,
     try:
         if as_image:
             raw = image_stream(path, source)
-        elif source.kind == "stored":
+        elif source.kind in ("stored", "chunked"):
             raw = expanded_stream(path, source)
         else:
             raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by Input.close

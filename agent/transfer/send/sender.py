@@ -28,7 +28,7 @@ from agent.say import say
 from agent.transfer.options import SendOptions
 from agent.transfer.progress import Gauge
 from agent.transfer.result import SendStats, TransferResult
-from agent.transfer.send import carousel, jsonreport
+from agent.transfer.send import carousel, chunking, jsonreport
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.fec import slice_encoder
 from agent.transfer.send.fleet import Fleet, open_events
@@ -118,7 +118,7 @@ class Service:
         self.stats = SendStats()
         self.result = TransferResult(ok=False, stats=self.stats)
         self.inp: Input | None = None
-        self.stored = None  # the chunked image, when herdcast receivers may take chunks
+        self.preparing = None  # the chunked image, when herdcast receivers may take chunks
         self.as_image = session.source.kind != "raw"
         self.ring = 1 if self.opts.duplex == "half" else 2
         self.started = time.monotonic()
@@ -142,8 +142,8 @@ class Service:
                 f"{net.control}" + (", serving until stopped" if opts.serve else ""))
             # buffers are built while waiting, so the first packet leaves right at the start
             self.buffers = _buffers(session, self.ring)
-            if session.offers_chunks:  # the chunks exist before anybody asks
-                self.stored = carousel.prepare(session)
+            if session.offers_chunks:  # chunked while the receivers come
+                self.preparing = chunking.Preparing(session)
             why = wait_for_start(session, table, keyboard=keyboard, should_stop=stop,
                                  tick=self.view.tick)
             self.started = time.monotonic()  # the rate is the transfer's, not the wait's
@@ -218,7 +218,7 @@ class Service:
         """One round to the table's participants: the slices to those that cannot take
         chunks, then the chunk carousel to those that can (send.carousel)."""
         takers = {ip: r for ip, r in self.table.participants.items()
-                  if self.stored is not None and carousel.takes_chunks(self.session, r)}
+                  if self.preparing is not None and carousel.takes_chunks(self.session, r)}
         for ip in takers:
             del self.table.participants[ip]
         slices = bool(self.table.participants)
@@ -231,10 +231,11 @@ class Service:
     def _carousel(self, number: int, stop) -> None:
         """The chunk carousel to the table's participants and whoever joins it."""
         table, fleet = self.table, self.fleet
-        self.view.new_round(Gauge(self.stored.table.wire_bytes), self.stats.bytes_sent)
+        prepared = self.preparing.result()
+        self.view.new_round(Gauge(prepared.table.wire_bytes), self.stats.bytes_sent)
         fleet.round_started(number, list(table.participants.values()), "chunks")
         packets = self.stats.data_packets
-        wheel = carousel.Carousel(self.session, table, self.stored, fleet, self.view,
+        wheel = carousel.Carousel(self.session, table, prepared, fleet, self.view,
                                   self.stats, stop if self.opts.serve else (lambda: False))
         if isinstance(stop, Stop):
             stop.busy = True
@@ -318,8 +319,8 @@ class Service:
     def close(self) -> None:
         if self.inp is not None:
             self.inp.close()
-        if self.stored is not None:
-            self.stored.close()
+        if self.preparing is not None:
+            self.preparing.close()
         self.session.net.close()
 
 

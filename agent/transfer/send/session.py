@@ -96,7 +96,7 @@ class SendSession:
         source = inspect_source(opts.file, opts.blocks) if not opts.pipe else Source("raw")
         codec = source.codec if source.kind == "stored" else opts.compress
         net = Network(opts)
-        size = source.disk_size if source.kind == "stored" else input_size(opts)
+        size = source.disk_size if source.kind in ("stored", "chunked") else input_size(opts)
         return cls(opts, net, size, slice_blocks(opts, net.blocksize), Destination(),
                    source, codec, image_identity(opts, source), AllowList.parse(opts.allow))
 
@@ -129,9 +129,9 @@ class SendSession:
     def offers_chunks(self) -> bool:
         """Whether receivers that can take chunks get the chunk carousel (send.carousel):
         an image (a disk's used blocks, a stored image), not --async, not turned off with
-        HERDCAST_CHUNKS=0 (benchmarks compare both)."""
+        --chunks no (benchmarks compare both)."""
         return (self.source.kind != "raw" and not self.opts.async_
-                and os.environ.get("HERDCAST_CHUNKS", "1") != "0")
+                and self.opts.chunks != "no")
 
     @property
     def blocksize(self) -> int:

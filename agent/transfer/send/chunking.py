@@ -1,0 +1,141 @@
+"""The chunked image a sender serves with the chunk carousel (send.carousel), made once per
+run: from a disk's used blocks or a stream image, a pass that compresses every chunk on
+every core at a level chosen for this wire and CPU (agent.image.level), or, for a stored
+chunked image, nothing but its piece lists. The pass runs in a thread from the sender's
+start, so the sender answers receivers meanwhile and the pass overlaps the nodes' boot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from agent.image.chunkfile import ChunkedFile, chunk_image
+from agent.image.chunks import CHUNK_BYTES
+from agent.image.level import choose_level
+from agent.image.pieces import build_offer, list_index, piece_list
+from agent.say import say
+from agent.transfer.send.session import SendSession
+
+
+@dataclass
+class Prepared:
+    """The chunked image a sender serves, its piece lists at the session's block size and
+    the offer receivers fetch (agent.image.pieces): made once, served every round."""
+
+    stored: ChunkedFile
+    lists: list[bytes]
+    offer: bytes
+
+    @classmethod
+    def of(cls, stored: ChunkedFile, blocksize: int) -> Prepared:
+        lists = [piece_list(stored.payload(c.index), blocksize) for c in stored.table.chunks]
+        index = b"".join(list_index(lst, blocksize) for lst in lists)
+        return cls(stored, lists, build_offer(stored.table.raw, blocksize, index))
+
+    @property
+    def table(self):
+        return self.stored.table
+
+    def close(self) -> None:
+        self.stored.close()
+
+
+def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
+    """The chunked image of the input, made once in a temporary file (unlinked at once:
+    it goes when the sender does), and its offer."""
+    from agent.image.catalogue import metadata
+
+    src, path = session.source, session.opts.file
+    started = time.monotonic()
+    if src.kind == "chunked":  # stored with its chunks: served as they are
+        prepared = Prepared.of(ChunkedFile.open(path), session.blocksize)
+        say(f"herdcast send: serving the stored chunks of {path} ("
+            f"{len(prepared.table.chunks)} chunks, piece lists made in "
+            f"{time.monotonic() - started:.1f} s)")
+        return prepared
+    fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
+    os.close(fd)
+    try:
+        if src.kind == "used":
+            level, why = choose_level(_samples(path, src.umap.extents),
+                                      _wire_rate(session), os.cpu_count() or 1)
+            say(f"herdcast send: chunks compressed at {why}")
+            chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
+                        meta=metadata(path, src.umap), level=level, cancelled=cancelled)
+        else:
+            chunk_image(path, tmp, codec=src.codec, cancelled=cancelled)
+        prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
+    finally:
+        os.unlink(tmp)
+    t = prepared.table
+    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
+        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
+    return prepared
+
+
+def _samples(path: str, extents, count: int = 8) -> list[bytes]:
+    """`count` MiB of the disk's used bytes, spread over its extents (the level's test)."""
+    used = sum(e.length for e in extents)
+    if not used:
+        return []
+    wanted, out, fd = [used * i // count for i in range(count)], [], os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        for e in extents:
+            while wanted and wanted[0] < pos + e.length:
+                at = e.offset + wanted.pop(0) - pos
+                out.append(os.pread(fd, min(CHUNK_BYTES, e.end - at), at))
+            pos += e.length
+    finally:
+        os.close(fd)
+    return out
+
+
+def _wire_rate(session: SendSession) -> float:
+    """Payload bytes per second the wire carries: --max-bitrate, else the link's speed
+    (sysfs; 1 Gbit/s when it says nothing, as a veth or a tap does)."""
+    bits = session.opts.max_bitrate
+    if not bits:
+        try:
+            with open(f"/sys/class/net/{session.net.nif.name}/speed") as f:
+                mbits = int(f.read().strip())
+        except (OSError, ValueError):
+            mbits = -1
+        bits = mbits * 1e6 if mbits > 0 else 1e9
+    return bits / 8 * 0.96  # headers: 1456 of 1514 bytes a frame
+
+
+class Preparing:
+    """`prepare` in a thread, begun before the wait for receivers: the sender answers
+    CONNECT_REQs at once (a receiver seeing spoofed DATA meanwhile would take the silent
+    sender for one that started without it), and the pass overlaps the nodes' boot."""
+
+    def __init__(self, session: SendSession) -> None:
+        self._result: Prepared | BaseException | None = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(session,), daemon=True,
+                                        name="herdcast-chunking")
+        self._thread.start()
+
+    def _run(self, session: SendSession) -> None:
+        try:
+            self._result = prepare(session, self._cancel.is_set)
+        except BaseException as exc:  # noqa: BLE001 - handed to the round that needs it
+            self._result = exc
+
+    def result(self) -> Prepared:
+        """The prepared image, once made (the first carousel round waits for it)."""
+        self._thread.join()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+    def close(self) -> None:
+        self._cancel.set()  # a sender stopped while chunking stops at the next chunk
+        self._thread.join()
+        if isinstance(self._result, Prepared):
+            self._result.close()
