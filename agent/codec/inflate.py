@@ -173,21 +173,15 @@ class _InflatingWriter(io.RawIOBase):
             super().close()
 
 
-class _InflatingReader(io.RawIOBase):
-    """read() yields `raw`'s content expanded, a bounded piece at a time."""
+class PiecesReader(io.RawIOBase):
+    """A readable file over an iterator of byte pieces, so a generator (an expanding
+    codec, agent.image's stream encoder) is read as a disk is: in any read size, with
+    nothing held but the piece being handed out."""
 
-    def __init__(self, raw: BinaryIO, inflater: Inflater, limit: int | None) -> None:
+    def __init__(self, pieces: Iterator[bytes]) -> None:
         super().__init__()
-        self._pieces = self._expand(raw, inflater, Limit(inflater.name, limit))
+        self._pieces = pieces
         self._pending = memoryview(b"")
-
-    @staticmethod
-    def _expand(raw: BinaryIO, inflater: Inflater, limit: Limit) -> Iterator[bytes]:
-        while chunk := raw.read(CHUNK):
-            for piece in inflater.feed(chunk):
-                limit.add(len(piece))
-                yield piece
-        inflater.finish()
 
     def readable(self) -> bool:
         return True
@@ -202,6 +196,21 @@ class _InflatingReader(io.RawIOBase):
         b[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+
+class _InflatingReader(PiecesReader):
+    """read() yields `raw`'s content expanded, a bounded piece at a time."""
+
+    def __init__(self, raw: BinaryIO, inflater: Inflater, limit: int | None) -> None:
+        super().__init__(self._expand(raw, inflater, Limit(inflater.name, limit)))
+
+    @staticmethod
+    def _expand(raw: BinaryIO, inflater: Inflater, limit: Limit) -> Iterator[bytes]:
+        while chunk := raw.read(CHUNK):
+            for piece in inflater.feed(chunk):
+                limit.add(len(piece))
+                yield piece
+        inflater.finish()
 
 
 def _writer(make: Callable[[], Inflater], raw: BinaryIO, limit: int | None = None) -> BinaryIO:

@@ -14,13 +14,13 @@ import datetime
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from agent.codec import compressing_reader, decompressing_reader, sniff
 from agent.errors import HerdcastError
+from agent.image.beside import written_beside
 from agent.image.chunkfile import ChunkedFile, describe_chunked
 from agent.image.chunks import FILE_MAGIC as CHUNKED_MAGIC
 from agent.image.filesystems import fs_name
@@ -191,19 +191,6 @@ def set_description(path: str, description: str) -> None:
 
         stream: BinaryIO = StreamReader(pieces())
         out = compressing_reader(stream, codec) if codec else stream
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial",
-            delete=False)
-        try:
-            with tmp:
-                while chunk := out.read(1 << 20):
-                    tmp.write(chunk)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.chmod(tmp.name, os.stat(path).st_mode & 0o777)
-            os.replace(tmp.name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp.name)
-            raise
+        with written_beside(path) as tmp, open(tmp, "wb") as new:
+            while chunk := out.read(1 << 20):
+                new.write(chunk)

@@ -9,13 +9,12 @@ current stream costs too, only done ahead, while the nodes boot.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent.codec import decompressing_writer
+from agent.image.beside import written_beside
 from agent.image.chunks import (
     CHUNK_BYTES,
     FILE_HEADER_BYTES,
@@ -173,26 +172,13 @@ def describe_chunked(path: str, description: str) -> None:
         meta = dict(t.meta, description=description)
         raw = build_manifest(t.chunk_bytes, t.disk_size, meta, list(t.chunks))
         at = stored.starts[-1] + t.chunks[-1].wire_bytes if t.chunks else FILE_HEADER_BYTES
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial",
-            delete=False)
-        try:
-            with tmp:
-                tmp.write(FileHeader.build(dict(manifest_at=at, manifest_bytes=len(raw))))
-                pos = FILE_HEADER_BYTES
-                while pos < at:
-                    piece = os.pread(stored.fd, min(1 << 20, at - pos), pos)
-                    tmp.write(piece)
-                    pos += len(piece)
-                tmp.write(raw)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.chmod(tmp.name, os.stat(path).st_mode & 0o777)
-            os.replace(tmp.name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp.name)
-            raise
+        with written_beside(path) as tmp, open(tmp, "wb") as new:
+            new.write(FileHeader.build(dict(manifest_at=at, manifest_bytes=len(raw))))
+            pos = FILE_HEADER_BYTES
+            while pos < at:
+                piece = os.pread(stored.fd, min(1 << 20, at - pos), pos)
+                new.write(piece)
+                pos += len(piece)
+            new.write(raw)
     finally:
         stored.close()

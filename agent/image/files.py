@@ -10,15 +10,14 @@ restore that fails after its first write says the target is now incomplete.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from agent.codec import CodecError, compressing_reader, decompressing_reader, sniff
 from agent.errors import HerdcastError
 from agent.hw.disk import check_receive_target, send_source_warnings
+from agent.image.beside import written_beside
 from agent.image.catalogue import metadata
 from agent.image.chunkfile import ChunkedFile, chunk_image, is_chunked
 from agent.image.chunks import FILE_MAGIC, ChunkError
@@ -65,29 +64,19 @@ def capture(disk: str, path: str, codec: str | None, description: str | None = N
         say(line)
     meta = metadata(disk, umap, description)
     fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
-    tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial", delete=False)
     try:
-        with tmp:
+        # only a complete image replaces the previous one
+        with written_beside(path, 0o644) as tmp:
             if codec == "zstd":
-                tmp.close()
-                chunk_image(disk, tmp.name, extents=umap.extents, disk_size=umap.disk_size,
+                chunk_image(disk, tmp, extents=umap.extents, disk_size=umap.disk_size,
                             meta=meta, fd=fd)
             else:
                 stream: BinaryIO = StreamReader(encode(fd, umap.disk_size, umap.extents,
                                                        meta))
                 source = compressing_reader(stream, codec) if codec else stream
-                while chunk := source.read(CHUNK):
-                    tmp.write(chunk)
-                tmp.flush()
-        with open(tmp.name, "rb") as done:
-            os.fsync(done.fileno())
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)  # only a complete image replaces the previous one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
+                with open(tmp, "wb") as out:
+                    while chunk := source.read(CHUNK):
+                        out.write(chunk)
     finally:
         os.close(fd)
     return os.path.getsize(path)

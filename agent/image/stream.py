@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from construct import Const, ConstructError, Int16ub, Int32ub, Int64ub, Struct
 
+from agent.codec.inflate import PiecesReader
 from agent.errors import HerdcastError
 from agent.image.extents import Extent
 
@@ -301,26 +302,10 @@ class DecodingWriter(io.RawIOBase):
                 super().close()
 
 
-class StreamReader(io.RawIOBase):
+class StreamReader(PiecesReader):
     """The image stream as a readable file, so compression and the sender's slice reader
     take it as they take a disk."""
 
     def __init__(self, pieces: Iterator[bytes], position: Position | None = None) -> None:
-        super().__init__()
-        self._pieces = pieces
+        super().__init__(pieces)
         self.position = position  # the encoder's, when the pieces are encode()'s
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while not self._pending:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._pending = memoryview(piece)
-        n = min(len(b), len(self._pending))
-        b[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
