@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from agent.codec import CodecError, compressing_reader, decompressing_reader, sniff
 from agent.errors import HerdcastError
@@ -114,17 +114,24 @@ def restore(path: str, disk: str, blank: str) -> Restored:
             sink.close()
             os.fsync(fd)
         except (OSError, HerdcastError) as exc:
-            if sink.written or sink.cleared:
-                raise ImageFileError(f"restoring {path} onto {disk} failed after "
-                                     f"{sink.written} bytes: {exc}; {disk} is now incomplete",
-                                     f"restore a complete image onto {disk} before using it"
-                                     ) from exc
-            if isinstance(exc, (StreamError, CodecError)):
-                raise damaged(path, exc) from exc
-            raise
+            _failed(path, disk, sink, exc, (StreamError, CodecError))
         finally:
             os.close(fd)
     return Restored(sink.written, sink.cleared)
+
+
+def _failed(path: str, disk: str, sink, exc: BaseException,
+            damage: tuple[type[BaseException], ...]) -> NoReturn:
+    """Raise for a restore that failed (called in its except block): once anything was
+    written, that the target is now incomplete; before, a damaged image (`damage`: its
+    format's errors) as such; else the error itself, again."""
+    if sink.written or sink.cleared:
+        raise ImageFileError(f"restoring {path} onto {disk} failed after {sink.written} "
+                             f"bytes: {exc}; {disk} is now incomplete",
+                             f"restore a complete image onto {disk} before using it") from exc
+    if isinstance(exc, damage):
+        raise damaged(path, exc) from exc
+    raise  # the caller's exception, still being handled
 
 
 def _open_target(disk: str) -> int:
@@ -149,14 +156,7 @@ def _restore_chunks(path: str, disk: str, blank: str) -> Restored:
             sink.blank_space()
             os.fsync(fd)
         except (OSError, HerdcastError) as exc:
-            if sink.written or sink.cleared:
-                raise ImageFileError(f"restoring {path} onto {disk} failed after "
-                                     f"{sink.written} bytes: {exc}; {disk} is now incomplete",
-                                     f"restore a complete image onto {disk} before using it"
-                                     ) from exc
-            if isinstance(exc, ChunkError):
-                raise damaged(path, exc) from exc
-            raise
+            _failed(path, disk, sink, exc, (ChunkError,))
         finally:
             os.close(fd)
     finally:
