@@ -22,6 +22,20 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def used_extents_equal(src: Path, dst: Path) -> bool:
+    """Every byte of `src`'s used extents (agent.image's map of it) is the same on `dst`."""
+    from agent.image.usedmap import used_map
+
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        for e in used_map(str(src)).extents:
+            a.seek(e.offset)
+            b.seek(e.offset)
+            if hashlib.sha256(a.read(e.length)).digest() != \
+                    hashlib.sha256(b.read(e.length)).digest():
+                return False
+    return True
+
+
 def make_source(tmp_path: Path, size: int = ODD_SIZE) -> Path:
     """An incompressible source file of `size` bytes."""
     src = tmp_path / "source.bin"

@@ -8,7 +8,6 @@ takes about the unattacked time."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import shutil
@@ -20,10 +19,17 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_loop
-from peers import ROOT, herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
+from peers import (
+    ROOT,
+    herdcast_receiver,
+    herdcast_sender,
+    logs,
+    stock_receiver,
+    used_extents_equal,
+    wait,
+)
 from test_signed import pair
 
-from agent.image.usedmap import used_map
 from builder.lab.fsdisk import Part, attached, make_disk, mounted
 from builder.lab.loopdev import loop_device
 from builder.lab.netlab import NetLab
@@ -47,18 +53,6 @@ def disk(tmp_path_factory) -> Path:
 def junk(path: Path) -> Path:
     path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
     return path
-
-
-def identical(src: Path, dst: Path) -> bool:
-    """Every used byte of `src` is the same on `dst`."""
-    with open(src, "rb") as a, open(dst, "rb") as b:
-        for e in used_map(str(src)).extents:
-            a.seek(e.offset)
-            b.seek(e.offset)
-            if hashlib.sha256(a.read(e.length)).digest() != \
-                    hashlib.sha256(b.read(e.length)).digest():
-                return False
-    return True
 
 
 def wait_log(path: Path, pattern: str, timeout: float = 30) -> re.Match:
@@ -98,7 +92,7 @@ def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path
     assert rcs == [0, 0, 0], log
     assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
     assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
-    assert identical(disk, first) and identical(disk, late)
+    assert used_extents_equal(disk, first) and used_extents_equal(disk, late)
 
 
 @pytest.mark.skipif(shutil.which("udp-receiver") is None, reason="udpcast not installed")
@@ -128,7 +122,7 @@ def test_serve_takes_chunk_receivers_mid_carousel_and_others_in_a_round_after(di
     assert "chunk carousel" in late_log and "0 of" in late_log, log  # joined mid-turn
     assert "joined late: waiting for the next round" in (tmp_path / "stored.log").read_text()
     assert f"receiver {h[2].ip} joins the carousel" in log
-    assert identical(disk, first) and identical(disk, late)
+    assert used_extents_equal(disk, first) and used_extents_equal(disk, late)
     assert stock.read_bytes() == disk.read_bytes() == stored.read_bytes()  # the raw round
 
 
@@ -157,7 +151,7 @@ def test_on_a_lossy_link_only_the_lost_pieces_fly_again(disk, tmp_path):
     wire = int(re.search(r"used bytes in (\d+) bytes", log)[1])
     packets = int(re.search(r"(\d+) packets \(", log)[1])
     assert packets <= 1.3 * wire / 1456, log  # 1.06-1.23x measured; whole chunks: 1.5x
-    assert all(identical(disk, out) for out in outs)
+    assert all(used_extents_equal(disk, out) for out in outs)
 
 
 def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
@@ -182,7 +176,7 @@ def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
         logs(tmp_path)
     # --verify readback: the chunks it kept and those it received, read back from its disk
     assert "every chunk is the manifest's" in (tmp_path / "old.log").read_text()
-    assert identical(new, old) and identical(new, blank)
+    assert used_extents_equal(new, old) and used_extents_equal(new, blank)
 
 
 def test_a_chunk_receiver_that_fails_tells_the_sender_why(disk, tmp_path):
@@ -208,7 +202,7 @@ def test_a_chunk_receiver_that_fails_tells_the_sender_why(disk, tmp_path):
     text = logs(tmp_path)
     assert rcs == [1, 1, 0], text
     assert "chunk carousel" in (tmp_path / "file.log").read_text(), text
-    assert identical(disk, out)
+    assert used_extents_equal(disk, out)
     assert small.read_bytes() == b"\xa5" * (8 * MiB)  # nothing written
     reason = f"disk {dev}: {8 * MiB} bytes is smaller than the image"
     sent = (tmp_path / "send.log").read_text()
@@ -239,7 +233,7 @@ def test_a_receiver_killed_at_90_percent_receives_the_rest_when_restarted(disk, 
     have, carried = map(int, re.search(r"chunks: (\d+) of (\d+) already", run2).groups())
     assert have >= carried * 0.6, run2  # most of it was on the disk already
     assert received(tmp_path / "run2.log") <= 0.35 * wire, run2  # about the missing part
-    assert identical(disk, out)
+    assert used_extents_equal(disk, out)
 
 
 FORGER = r"""
@@ -345,7 +339,7 @@ def test_a_forger_spoofing_the_sender_costs_bandwidth_never_a_disk(disk, tmp_pat
     for i, out in enumerate(outs):
         text = (tmp_path / f"recv{i}.log").read_text()
         assert "signed result names the chunks" in text
-        assert identical(disk, out)
+        assert used_extents_equal(disk, out)
         # forged pieces were dropped on arrival (piece hashes): no chunk was spoilt, and
         # the transfer took about one image-time at 100 Mbit/s, as unattacked (~1.05x)
         assert ", 0 chunk(s) failed their hash" in text, text

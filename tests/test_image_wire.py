@@ -4,7 +4,6 @@ server), the stored file deployed again, and stock udp-receivers served the raw 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 import subprocess
@@ -13,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_loop
-from peers import HERDCAST, herdcast_receiver, herdcast_sender, logs, stock_receiver, wait
+from peers import (
+    HERDCAST,
+    herdcast_receiver,
+    herdcast_sender,
+    logs,
+    stock_receiver,
+    used_extents_equal,
+    wait,
+)
 
 from agent.image.store import read_info
 from agent.image.usedmap import used_map
@@ -37,19 +44,6 @@ def junk_disk(path: Path) -> None:
     with open(path, "wb") as f:
         for i in range(DISK_MIB):
             f.write(i.to_bytes(4, "big") + block[4:])
-
-
-def used_extents_equal(src: Path, dst: Path) -> bool:
-    with open(src, "rb") as a, open(dst, "rb") as b:
-        for e in used_map(str(src)).extents:
-            a.seek(e.offset)
-            b.seek(e.offset)
-            if hashlib.sha256(a.read(e.length)).digest() != \
-                    hashlib.sha256(b.read(e.length)).digest():
-                return False
-    return True
-
-
 
 
 def run_image(*argv: str) -> subprocess.CompletedProcess:
