@@ -48,35 +48,35 @@ def spoof(payload, src, dst):
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0x4243, 0, 64, 17, 0,
                      socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
     _raw.sendto(ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + udp, (dst[0], 0))
+
+def flood(message, src, dst, seconds, what):
+    # `message` from src to dst every 20 ms for `seconds`, then how many on stderr
+    import sys, time
+    end, sent = time.monotonic() + float(seconds), 0
+    while time.monotonic() < end:
+        spoof(message, src, dst)
+        sent += 1
+        time.sleep(0.02)
+    print("forged", sent, what, file=sys.stderr)
 """
 
 DIGEST_FORGER = RAW + r"""
-import os, sys, time
+import os, sys
 sys.path.insert(0, sys.argv[1])
 from agent.udpcast.protocol import Op, build
 sender, victim, total, digest, seconds = sys.argv[2:7]
 message = build(Op.HC_DIGEST, total_bytes=int(total), sha256=bytes.fromhex(digest),
                 secret=os.urandom(16))
-end, sent = time.monotonic() + float(seconds), 0
-while time.monotonic() < end:
-    spoof(message, (victim, 9000), (sender, 9001))
-    sent += 1
-    time.sleep(0.02)
-print("forged", sent, "digests", file=sys.stderr)
+flood(message, (victim, 9000), (sender, 9001), seconds, "digests")
 """
 
 FAIL_FORGER = RAW + r"""
-import os, sys, time
+import os, sys
 sys.path.insert(0, sys.argv[1])
 from agent.udpcast.extensions import build_fail
 sender, victim, seconds = sys.argv[2:5]
 message = build_fail("forged: disk on fire", os.urandom(16))  # the secret is a guess
-end, sent = time.monotonic() + float(seconds), 0
-while time.monotonic() < end:
-    spoof(message, (victim, 9000), (sender, 9001))
-    sent += 1
-    time.sleep(0.02)
-print("forged", sent, "failures", file=sys.stderr)
+flood(message, (victim, 9000), (sender, 9001), seconds, "failures")
 """
 
 NOTHING_RECEIVED = r"""
