@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
+from agent.boot.phases import Phases, process_start
 from agent.errors import HerdcastError, UsageError
 
 if TYPE_CHECKING:  # imported where used: a broken module still leaves a FAILED line
@@ -261,6 +262,7 @@ def run(args: NodeArgs) -> BaseException | None:
     with its traceback."""
     con = Console()
     action, failure = FAIL_ACTION, None
+    phases = Phases(process_start(1) if pid1.is_init() else None)
     try:
         text = read_cmdline(args)
         con = open_consoles(text, is_init=pid1.is_init())
@@ -283,12 +285,16 @@ def run(args: NodeArgs) -> BaseException | None:
             check_is_disk(cfg.disk)
         if not args.no_hardware:
             hardware_step(cfg, con)
+            phases.mark("hardware")
         net = network_step(cfg, args, con)
+        phases.mark("network")
         opts = run_options(cfg, net.ifname, net.hostname, con)
         disk_step(cfg, args, con)
         confirm(cfg, con)
+        phases.mark("disk")
         started = time.monotonic()
         result = transfer_step(cfg, opts, con)
+        phases.mark("transfer")
         if not result.seconds:
             result = dataclasses.replace(result, seconds=time.monotonic() - started)
         report_result(cfg, opts, result, con)
@@ -303,6 +309,7 @@ def run(args: NodeArgs) -> BaseException | None:
 
         traceback.print_exc(file=con)
         failure = exc
+    con.say(phases.line())
     kind = "post" if failure is None else "onfail"
     if args.no_post:
         con.say(f"--no-post: skipping {kind}={action}")
