@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
-from agent.boot.phases import Phases, process_start
+from agent.boot.phases import Phases
 from agent.errors import HerdcastError, UsageError
 
 if TYPE_CHECKING:  # imported where used: a broken module still leaves a FAILED line
@@ -262,7 +262,7 @@ def run(args: NodeArgs) -> BaseException | None:
     with its traceback."""
     con = Console()
     action, failure = FAIL_ACTION, None
-    phases = Phases(process_start(1) if pid1.is_init() else None)
+    phases = Phases()
     try:
         text = read_cmdline(args)
         con = open_consoles(text, is_init=pid1.is_init())

@@ -5,18 +5,21 @@ loaders but not what the agent spent: starting Python, drivers, network, the tra
 node marks the end of each step on the boot clock (CLOCK_BOOTTIME: seconds since the kernel
 started, suspend included) and says them all on one line at the end, success or not, e.g.
 
-    herdcast: boot phases (s after the kernel started): init 4.1, agent 6.3, hardware +3.2,
+    herdcast: boot phases (s after the kernel started): python 5.2, agent 6.3, hardware +3.2,
     network +1.1, disk +0.1, transfer +3.0, done 13.7
 
-`init` is when the kernel ran /init (PID 1's start), `agent` when the node's own steps began
-(the frozen Python started and its first modules imported), then each step's duration.
-Run by hand (tests, a server) the clock is the host's: the durations still hold.
+`python` is when PID 1's Python began running herdcast's code (the kernel's own "Run /init"
+line says when /init started), `agent` when the node's own steps began (PID 1 set up, the
+agent forked, its modules imported), then each step's duration. Run by hand (tests, a
+server) the clock is the host's and there is no `python` mark: the durations still hold.
 """
 
 from __future__ import annotations
 
-import os
 import time
+
+#: When PID 1's Python reached herdcast's code (python_started); the forked agent inherits it.
+_python_started: float | None = None
 
 
 def since_boot() -> float:
@@ -24,23 +27,17 @@ def since_boot() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def process_start(pid: int = 1, proc_root: str = "/proc") -> float | None:
-    """When process `pid` started, in seconds since the kernel started (its /proc stat
-    starttime); None if unreadable."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat"), encoding="ascii",
-                  errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
-    except (OSError, IndexError, ValueError):
-        return None
+def python_started() -> None:
+    """PID 1 calls this first thing: its Python is up and running herdcast's code."""
+    global _python_started
+    _python_started = since_boot()
 
 
 class Phases:
     """The node's step marks: created when its steps begin, `mark`ed as each one ends."""
 
-    def __init__(self, init: float | None = None, now: float | None = None) -> None:
-        self.init = init
+    def __init__(self, python: float | None = None, now: float | None = None) -> None:
+        self.python = python if python is not None else _python_started
         self.started = since_boot() if now is None else now
         self.marks: list[tuple[str, float]] = []
 
@@ -50,7 +47,7 @@ class Phases:
 
     def line(self) -> str:
         """The console line (without its `herdcast:` prefix)."""
-        parts = [f"init {self.init:.1f}"] if self.init is not None else []
+        parts = [f"python {self.python:.1f}"] if self.python is not None else []
         parts.append(f"agent {self.started:.1f}")
         last = self.started
         for step, at in self.marks:

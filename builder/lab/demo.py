@@ -58,8 +58,10 @@ BIOS_FLEET = [
 _SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
 # What the node agent prints; the demo shows the latest such line per node.
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
-# The moment data flows: the sender's start line, a receiver's first-data line.
-_FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data")
+# The moment data flows: the sender's start line, a receiver's first-data line; with the
+# chunk carousel (which runs from its start line on) its start, and a receiver joining it.
+_FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data|"
+                         r"herdcast send: chunk carousel to |Connected to \S+: chunk carousel")
 # The bytes that crossed the wire, from the node's result line (a used-block image, and
 # compressed with compr=, is fewer than the disk's).
 _WIRE = re.compile(r"herdcast: SUCCESS: (?:sent|received) (\d+) bytes")
