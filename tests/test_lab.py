@@ -30,7 +30,7 @@ def test_boot_starts_from_a_fresh_console_on_the_jumbo_lan(tmp_path, monkeypatch
     assert ("ip", "-n", "hctest", "link", "set", "tap0", "mtu", "9000", "master", "br0",
             "up") in commands
     (argv,) = started
-    assert argv[argv.index("-cpu") + 1] == "qemu64"
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
     assert f"e1000,netdev=n0,mac={node.mac}" in argv
 
 

@@ -16,8 +16,10 @@ instead of powering anything off; agent.cmd.node turns that into the exit status
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -130,6 +132,27 @@ def nic_missing(mac: str | None, timeout: int) -> str:
     if mac:
         return f"the NIC with MAC {mac} (BOOTIF=) did not appear within {timeout} s"
     return f"no NIC appeared within {timeout} s"
+
+
+def import_ahead(cfg: BootConfig) -> threading.Thread:
+    """Import the network and transfer steps' modules in a thread while the hardware step
+    waits for the kernel (modprobe, devices probing, a disk showing up): under TCG pyroute2
+    and the sender or receiver took about a second to import, now mostly overlapped with
+    that wait. A module that fails to import here fails again, with its message, where its
+    step imports it (no agent module imports another in a cycle: tests/test_architecture)."""
+    names = ["agent.net.network",
+             "agent.transfer.send.sender" if cfg.sending else "agent.transfer.receive.receiver"]
+
+    def run() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - reported by the step that needs it
+                continue
+
+    thread = threading.Thread(target=run, name="import-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def hardware_step(cfg: BootConfig, con: Console) -> None:
@@ -284,6 +307,7 @@ def run(args: NodeArgs) -> BaseException | None:
 
             check_is_disk(cfg.disk)
         if not args.no_hardware:
+            import_ahead(cfg)
             hardware_step(cfg, con)
             phases.mark("hardware")
         net = network_step(cfg, args, con)
