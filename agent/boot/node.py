@@ -156,8 +156,12 @@ def import_ahead(cfg: BootConfig) -> threading.Thread:
 
 
 def hardware_step(cfg: BootConfig, con: Console) -> None:
-    """Load drivers until the NIC and the disk are there."""
+    """Load drivers until the NIC and the disk are there; the later steps' modules are
+    imported meanwhile (import_ahead, started once this step's own are in: on one CPU
+    it would otherwise delay the first modprobe)."""
     from agent.hw.drivers import Host, Wanted, load_drivers
+
+    import_ahead(cfg)
 
     disk = cfg.disk
     wanted = Wanted(disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule,
@@ -307,7 +311,6 @@ def run(args: NodeArgs) -> BaseException | None:
 
             check_is_disk(cfg.disk)
         if not args.no_hardware:
-            import_ahead(cfg)
             hardware_step(cfg, con)
             phases.mark("hardware")
         net = network_step(cfg, args, con)
