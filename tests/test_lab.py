@@ -30,7 +30,7 @@ def test_boot_starts_from_a_fresh_console_on_the_jumbo_lan(tmp_path, monkeypatch
     assert ("ip", "-n", "hctest", "link", "set", "tap0", "mtu", "9000", "master", "br0",
             "up") in commands
     (argv,) = started
-    assert argv[argv.index("-cpu") + 1] == "qemu64"
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
     assert f"e1000,netdev=n0,mac={node.mac}" in argv
 
 
@@ -42,6 +42,8 @@ def test_first_data_is_when_data_flows_not_when_a_node_starts_waiting():
     assert not any(_FIRST_DATA.search(line) for line in waiting)
     assert _FIRST_DATA.search("herdcast send: starting (3 receiver(s) connected): 3 receivers")
     assert _FIRST_DATA.search("Transfer started: first data from the sender")
+    assert _FIRST_DATA.search("herdcast send: chunk carousel to 233.255.0.168: 11 chunks")
+    assert _FIRST_DATA.search("Connected to 10.99.0.168: chunk carousel")
 
 
 def _boot(tmp_path, monkeypatch, firmware: str, nic: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -235,6 +236,12 @@ def test_one_sender_two_receivers_identical_disks(lab3, tmp_path, herdcast_argv,
         success = [line for line in out.splitlines() if "SUCCESS: received" in line]
         assert len(success) == 1 and success[0].endswith(wire_digest), out
         assert "poweroff: not init" in out, "post=poweroff is announced, never done"
+    # each node says where its time went, step by step (bench/pxe reads it off consoles)
+    for out in [sender.stdout] + [out for _, out in outs]:
+        said = [line for line in out.splitlines() if "boot phases" in line]
+        assert len(said) == 1, out
+        assert re.search(r"agent [\d.]+, network \+[\d.]+, disk \+[\d.]+, transfer "
+                         r"\+[\d.]+, done [\d.]+$", said[0]), said[0]
 
 
 @pytest.mark.netns

@@ -16,14 +16,17 @@ instead of powering anything off; agent.cmd.node turns that into the exit status
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.boot import pid1, supervisor
 from agent.boot.console import Console, open_consoles, tee_std
+from agent.boot.phases import Phases
 from agent.errors import HerdcastError, UsageError
 
 if TYPE_CHECKING:  # imported where used: a broken module still leaves a FAILED line
@@ -131,9 +134,34 @@ def nic_missing(mac: str | None, timeout: int) -> str:
     return f"no NIC appeared within {timeout} s"
 
 
+def import_ahead(cfg: BootConfig) -> threading.Thread:
+    """Import the network and transfer steps' modules in a thread while the hardware step
+    waits for the kernel (modprobe, devices probing, a disk showing up): under TCG pyroute2
+    and the sender or receiver took about a second to import, now mostly overlapped with
+    that wait. A module that fails to import here fails again, with its message, where its
+    step imports it (no agent module imports another in a cycle: tests/test_architecture)."""
+    names = ["agent.net.network",
+             "agent.transfer.send.sender" if cfg.sending else "agent.transfer.receive.receiver"]
+
+    def run() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - reported by the step that needs it
+                continue
+
+    thread = threading.Thread(target=run, name="import-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
 def hardware_step(cfg: BootConfig, con: Console) -> None:
-    """Load drivers until the NIC and the disk are there."""
+    """Load drivers until the NIC and the disk are there; the later steps' modules are
+    imported meanwhile (import_ahead, started once this step's own are in: on one CPU
+    it would otherwise delay the first modprobe)."""
     from agent.hw.drivers import Host, Wanted, load_drivers
+
+    import_ahead(cfg)
 
     disk = cfg.disk
     wanted = Wanted(disk=disk, mac=cfg.bootif_mac, netmodule=cfg.netmodule,
@@ -261,6 +289,7 @@ def run(args: NodeArgs) -> BaseException | None:
     with its traceback."""
     con = Console()
     action, failure = FAIL_ACTION, None
+    phases = Phases()
     try:
         text = read_cmdline(args)
         con = open_consoles(text, is_init=pid1.is_init())
@@ -283,12 +312,16 @@ def run(args: NodeArgs) -> BaseException | None:
             check_is_disk(cfg.disk)
         if not args.no_hardware:
             hardware_step(cfg, con)
+            phases.mark("hardware")
         net = network_step(cfg, args, con)
+        phases.mark("network")
         opts = run_options(cfg, net.ifname, net.hostname, con)
         disk_step(cfg, args, con)
         confirm(cfg, con)
+        phases.mark("disk")
         started = time.monotonic()
         result = transfer_step(cfg, opts, con)
+        phases.mark("transfer")
         if not result.seconds:
             result = dataclasses.replace(result, seconds=time.monotonic() - started)
         report_result(cfg, opts, result, con)
@@ -303,6 +336,7 @@ def run(args: NodeArgs) -> BaseException | None:
 
         traceback.print_exc(file=con)
         failure = exc
+    con.say(phases.line())
     kind = "post" if failure is None else "onfail"
     if args.no_post:
         con.say(f"--no-post: skipping {kind}={action}")

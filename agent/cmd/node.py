@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # imported in the agent only (see above)
 
 def main(argv: list[str]) -> int:
     if os.getpid() == 1:
+        from agent.boot.phases import python_started
+
+        python_started()
         supervisor.init_main(lambda: _node(argv), lambda: cmdline_of(argv))
     return _node(argv)
 

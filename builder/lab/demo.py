@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.initrd import MARKER
@@ -48,12 +48,20 @@ FLEET = [
     ("rcv-uefi", "e1000", "virtio", "rcv", "uefi"),
     ("rcv-secure", "virtio-net-pci", "sata", "rcv", "uefi-secure"),
 ]
+#: The BIOS lab (issue 22's boot-to-cloned figure): the sender and two BIOS receivers.
+BIOS_FLEET = [
+    ("sender", "virtio-net-pci", "virtio", "snd", "bios"),
+    ("rcv-bios", "vmxnet3", "nvme", "rcv", "bios"),
+    ("rcv-bios2", "e1000", "sata", "rcv", "bios"),
+]
 #: What the kernel logs about Secure Boot (arch/x86/kernel/setup.c), "enabled" or "disabled".
 _SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
 # What the node agent prints; the demo shows the latest such line per node.
 _STATUS = re.compile(r"herdcast[^\n]*", re.IGNORECASE)
-# The moment data flows: the sender's start line, a receiver's first-data line.
-_FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data")
+# The moment data flows: the sender's start line, a receiver's first-data line; with the
+# chunk carousel (which runs from its start line on) its start, and a receiver joining it.
+_FIRST_DATA = re.compile(r"herdcast send: starting \(|Transfer started: first data|"
+                         r"herdcast send: chunk carousel to |Connected to \S+: chunk carousel")
 # The bytes that crossed the wire, from the node's result line (a used-block image, and
 # compressed with compr=, is fewer than the disk's).
 _WIRE = re.compile(r"herdcast: SUCCESS: (?:sent|received) (\d+) bytes")
@@ -73,6 +81,9 @@ class NodeResult:
     kernel: float | None = None  # power-on to the kernel's first line
     agent: float | None = None  # power-on to the agent's start
     wire: int | None = None  # bytes on the wire, as the node's SUCCESS line says
+    #: (seconds from power-on, line) for each console line, as the lab first saw it (to
+    #: within the lab's polling, about a second)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
 
 
 def prepare(workdir: Path, size_mib: int, nodes: list[tuple[str, str, str, str, str]] = FLEET
@@ -119,6 +130,7 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
     first_data: dict[str, float] = {}
     kernel_at: dict[str, float] = {}
     agent_at: dict[str, float] = {}
+    timelines: dict[str, list[tuple[float, str]]] = {}
     with PxeLab(tftp_src, workdir, http=http, mtu=mtu) as lab:
         lab_default(lab.tftp, lab.http_url if http and urls is not False else None)
         vms = [lab.add_node(name, nic, bus, disk, firmware)
@@ -138,6 +150,10 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
             for node in lab.nodes:
                 text = console_text(node)
                 now = time.monotonic() - node.started
+                seen = timelines.setdefault(node.name, [])
+                complete = text.splitlines()[:-1] if not text.endswith("\n") else \
+                    text.splitlines()
+                seen += [(now, line) for line in complete[len(seen):]]
                 if node.name not in first_data and _FIRST_DATA.search(text):
                     first_data[node.name] = now
                 if node.name not in kernel_at and "Linux version" in text:
@@ -169,7 +185,8 @@ def run_lab(tftp_src: Path, workdir: Path, size_mib: int = 64, timeout: float = 
                                   said.group(1) == "enabled" if said else None,
                                   own_menu(node, served), kernel_at.get(node.name),
                                   agent_at.get(node.name),
-                                  int(wire.group(1)) if wire else None))
+                                  int(wire.group(1)) if wire else None,
+                                  timelines.get(node.name, [])))
     return results
 
 
