@@ -32,6 +32,7 @@ from agent.transfer.send.trace import Tracer, tracer
 from agent.trust.statements import RAW
 
 DIGEST_WAIT = 3.0
+QUEUE_POLL = 0.0003  # how long to let this host's queue drain before looking again
 
 
 class Round(Answers, Passes):
@@ -130,6 +131,8 @@ class Round(Answers, Passes):
         """Send what the pacer allows; returns how long to wait when it allows nothing."""
         if not rexmit and count == 0:
             return self._send_fec(s, now)
+        if self.net.blocks.backed_up():
+            return QUEUE_POLL
         n = self.pacer.grant(count, now)
         if n == 0:
             return self.pacer.wait(count)
