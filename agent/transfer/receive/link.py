@@ -166,7 +166,8 @@ class Link:
         """CONNECT_REQ with our capabilities and socket buffer (not when --passive)."""
         if not self.opts.passive:
             fields = dict(opcode=int(Op.CONNECT_REQ), reserved=0,
-                          capabilities=Cap.STOCK | Cap.HERDCAST | self.chunks_cap(),
+                          capabilities=Cap.STOCK | Cap.HERDCAST | Cap.WINDOW
+                          | self.chunks_cap(),
                           rcvbuf=self.ucast.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
             if self.trust is None:
                 self.send(ConnectReq.build(fields), dest)
