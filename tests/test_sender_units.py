@@ -76,6 +76,19 @@ def test_pacer_slows_down_on_overrun_and_speeds_up_on_clean_slices():
     assert p.rate > slowed
 
 
+def test_pacer_cuts_once_per_loss_event():
+    """Slices sent before a cut report the same overrun: only a slice sent after the cut
+    may cut the rate again."""
+    p = Pacer(1456, None, 4 << 20)
+    p.feedback(1024, 200, slice_no=10, next_no=14)  # slices 11..13 were already out
+    once = p.rate
+    for no in (11, 12, 13):
+        p.feedback(1024, 200, slice_no=no, next_no=15)
+    assert p.rate == once
+    p.feedback(1024, 200, slice_no=14, next_no=18)  # sent at the lower rate, and still lost
+    assert p.rate < once
+
+
 def test_pacer_never_exceeds_max_bitrate():
     p = Pacer(1456, 10_000_000)
     for _ in range(50):

@@ -83,7 +83,7 @@ class Round(Answers, Passes):
         for r in self.table.participants.values():
             r.bytes += s.nbytes
         if s.buf is not None:
-            self.pacer.feedback(s.nblocks, s.congested)
+            self.pacer.feedback(s.nblocks, s.congested, s.no, self.next_no)
             self.tracer.slice_done(s, self.pacer.rate, self.answer_time)
             self.reader.release(s.buf)
         if s.end:
