@@ -359,6 +359,22 @@ def test_a_herdcast_senders_window_is_not_taken_for_a_drop():
             asm.on_data(2 * WINDOW_SLICES, 0, 200, memoryview(bytes(100)))
 
 
+def test_a_new_slice_waits_a_moment_for_the_writer_to_free_a_buffer():
+    """Every buffer held by a writer about to give one back (descheduled for a moment): the
+    first packet of the next slice waits for it instead of being dropped as lost, which
+    cost a whole slice's retransmission each time."""
+    import threading
+
+    held = []
+    asm = Assembler(100, held.append, buffers=3)
+    for no in range(3):
+        asm.on_data(no, 0, 100, memoryview(bytes([no]) * 100))
+    assert len(held) == 3 and asm.free.empty()
+    threading.Timer(0.01, asm.release, [held[0]]).start()
+    asm.on_data(3, 0, 100, memoryview(b"x" * 100))
+    assert asm.delivered_bytes == 400 and bytes(held[-1].data) == b"x" * 100
+
+
 def test_first_packets_far_into_the_stream_mean_missed_start():
     asm, _ = _assembler(blocksize=100)
     for _ in range(FAR_AHEAD_PACKETS - 2):

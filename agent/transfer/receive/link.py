@@ -39,8 +39,9 @@ from agent.udpcast.protocol import (
 )
 
 # herdcast's default socket buffer: the largest single throughput factor measured (the
-# kernel's ~200 KB default overflows while the writer thread holds the GIL for a moment)
-DEFAULT_RCVBUF = 4 << 20
+# kernel's ~200 KB default overflows while the writer thread holds the GIL for a moment);
+# 16 MiB holds what comes while a new slice waits for a buffer (slices.DATA_BUFFER_WAIT)
+DEFAULT_RCVBUF = 16 << 20
 SCRATCH = 65536  # more than MAX_UDP_PAYLOAD: any datagram (or GRO batch of them) fits
 SOL_UDP, UDP_GRO = 17, 104
 GRO_CMSG = socket.CMSG_SPACE(4)  # the batch's datagram size (an int)

@@ -38,6 +38,10 @@ from agent.udpcast.protocol import (
 
 DEFAULT_BUFFERS = 8  # a window's slices being filled, and a few the writer still holds
 REQACK_BUFFER_WAIT = 0.5  # how long a REQACK waits for a free buffer before answering
+# how long the first packet of a new slice waits for a buffer the writer is about to free:
+# meanwhile the socket buffer (16 MiB) holds what comes; dropping it would cost a whole
+# slice's retransmission each time the writer thread is descheduled for a moment
+DATA_BUFFER_WAIT = 0.05
 FAR_AHEAD_PACKETS = 16  # packets past slice n+1 (n incomplete) that mean we were dropped
 MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
@@ -264,7 +268,7 @@ class Assembler:
             return
         if self.ended and self._after_end(slice_no, nbytes):
             return
-        s = self._slice(slice_no)
+        s = self._slice(slice_no, DATA_BUFFER_WAIT if self.starved_since is None else 0.0)
         if s is None:
             return
         if s.nbytes != nbytes and not self._set_bytes(s, nbytes):

@@ -53,7 +53,7 @@ SO_SNDBUFFORCE = 32
 
 
 def _size_send_buffer(session: SendSession, table: Table) -> None:
-    """Without --sendbuf: when every receiver has a big socket buffer (herdcast's 4 MiB),
+    """Without --sendbuf: when every receiver has a big socket buffer (herdcast's 16 MiB),
     let more packets be in flight so a receiver descheduled for a moment does not stall the
     sender (each multicast packet holds send-buffer room until every receiver read it)."""
     smallest = table.min_rcvbuf()
