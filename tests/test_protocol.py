@@ -25,6 +25,7 @@ from agent.udpcast.protocol import (
     HEADER_SIZE,
     MESSAGES,
     SIZES,
+    WINDOW_SLICES,
     Cap,
     Op,
     bitmap_set,
@@ -336,6 +337,42 @@ def test_data_two_slices_ahead_means_dropped():
         asm.on_data(2, block % 3, 300, memoryview(bytes(100)))
     with pytest.raises(DroppedBySender, match="slice 2 while slice 0"):
         asm.on_data(2, 0, 300, memoryview(bytes(100)))
+
+
+def test_a_herdcast_senders_window_is_not_taken_for_a_drop():
+    """From a sender with Cap.WINDOW, slices n+1..n+3 may come while n is incomplete: they
+    are kept and delivered in order once n completes; only slice n+4 means dropped."""
+    asm = Assembler(100, sink := Collector(), buffers=WINDOW_SLICES)
+    sink.assembler = asm
+    asm.window = WINDOW_SLICES
+    block = {no: bytes([no]) * 100 for no in range(WINDOW_SLICES)}
+    asm.on_data(0, 0, 200, memoryview(block[0]))  # slice 0 lacks its second block
+    for no in range(1, WINDOW_SLICES):
+        for b in (0, 1):
+            asm.on_data(no, b, 200, memoryview(block[no]))
+    assert sink.out == b"" and asm.ignored == 0
+    asm.on_data(0, 1, 200, memoryview(block[0]))
+    assert bytes(sink.out) == b"".join(block[no] * 2 for no in range(WINDOW_SLICES))
+    asm.on_data(WINDOW_SLICES, 0, 200, memoryview(bytes(100)))  # slice 4, incomplete
+    with pytest.raises(DroppedBySender, match=f"slice {2 * WINDOW_SLICES} while slice 4"):
+        for _ in range(FAR_AHEAD_PACKETS):
+            asm.on_data(2 * WINDOW_SLICES, 0, 200, memoryview(bytes(100)))
+
+
+def test_a_new_slice_waits_a_moment_for_the_writer_to_free_a_buffer():
+    """Every buffer held by a writer about to give one back (descheduled for a moment): the
+    first packet of the next slice waits for it instead of being dropped as lost, which
+    cost a whole slice's retransmission each time."""
+    import threading
+
+    held = []
+    asm = Assembler(100, held.append, buffers=3)
+    for no in range(3):
+        asm.on_data(no, 0, 100, memoryview(bytes([no]) * 100))
+    assert len(held) == 3 and asm.free.empty()
+    threading.Timer(0.01, asm.release, [held[0]]).start()
+    asm.on_data(3, 0, 100, memoryview(b"x" * 100))
+    assert asm.delivered_bytes == 400 and bytes(held[-1].data) == b"x" * 100
 
 
 def test_first_packets_far_into_the_stream_mean_missed_start():

@@ -297,3 +297,40 @@ def test_herdcast_fec_with_loss_and_a_stock_receiver_beside(tmp_path):
         finish(snd, slog, receivers, logs)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
     assert "FEC blocks" in slog.read_text()
+
+
+@pytest.mark.parametrize("answers_lost", [0, 30], ids=["clean", "answers-lossy"])
+def test_receiver_leaves_once_a_herdcast_sender_acked_its_digest(tmp_path, answers_lost):
+    """A herdcast sender takes a receiver's digest as its OK for the end slice, so the
+    receiver has no lost OK to repeat: it leaves at once instead of lingering its
+    --exit-wait (two minutes here, far past the wait below). With 30% of the answers lost,
+    some end-slice OKs never arrive: the digests stand in for them."""
+    src = make_source(tmp_path, 400_001)
+    with NetLab(3, net=243) as lab:
+        h0, h1, h2 = lab.hosts
+        if answers_lost:
+            h0.drop_udp(answers_lost, dport=9001)
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "a", "--exit-wait", "120000"),
+            (herdcast_receiver, h2, "b", "--exit-wait", "120000"))
+        slog = tmp_path / "sender.log"
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2")
+        finish(snd, slog, receivers, logs, receiver_timeout=30)
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+    assert slog.read_text().count("digest agreed") >= 2, slog.read_text()
+
+
+def test_receiver_lingers_its_exit_wait_with_a_stock_sender(tmp_path):
+    """udp-sender knows nothing of digests: a lost OK for its end slice is asked again, so
+    the herdcast receiver stays --exit-wait after the end, as udp-receiver does."""
+    src = make_source(tmp_path, 400_001)
+    with NetLab(2, net=244) as lab:
+        h0, h1 = lab.hosts
+        outs, logs, receivers = start_receivers(
+            tmp_path, (herdcast_receiver, h1, "a", "--exit-wait", "8000"))
+        slog = tmp_path / "sender.log"
+        snd = stock_sender(h0, src, slog, "--min-receivers", "1")
+        assert wait(snd, slog, 60) == 0, slog.read_text()
+        assert receivers[0].poll() is None, logs[0].read_text()  # still in its exit wait
+        assert wait(receivers[0], logs[0], 30) == 0, logs[0].read_text()
+    assert sha(outs[0]) == sha(src)

@@ -456,3 +456,17 @@ def test_a_stock_receiver_not_heard_for_six_seconds_at_the_start_is_not_dropped(
     assert "dropping" not in log
     for out in outs:
         assert sha(out) == sha(src)
+
+
+def test_a_shaper_on_the_senders_link_drops_nothing(tmp_path):
+    """The sender holds its link's rate (a tbf shaper here, 200 Mbit/s) instead of its
+    pacer's first guess: nothing queues past the shaper's limit, so the shaper drops no
+    packet, and nothing needs retransmitting on its account."""
+    src = make_source(tmp_path, 16_000_001)
+    with NetLab(3, net=245) as lab:
+        lab.hosts[0].shape("200mbit")
+        rc, text, outs, rcs = run_session(lab, tmp_path, src, herdcast_hosts=(1, 2))
+        stats = lab.hosts[0].run("tc", "-s", "qdisc", "show", "dev", "eth0").stdout
+    assert rc == 0 and rcs == [0, 0], text
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+    assert "(dropped 0," in stats, stats

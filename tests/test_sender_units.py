@@ -20,7 +20,16 @@ from agent.transfer.send.record import Receiver, Verdict
 from agent.transfer.send.report import verdict
 from agent.transfer.send.round import Round
 from agent.transfer.send.session import SendSession
-from agent.udpcast.protocol import DATA_HEADER, HEADER_SIZE, MAX_UDP_PAYLOAD, Op
+from agent.udpcast.protocol import (
+    DATA_HEADER,
+    HEADER_SIZE,
+    MAX_UDP_PAYLOAD,
+    WINDOW_SLICES,
+    Cap,
+    Op,
+)
+
+HC_CAPS = Cap.STOCK | Cap.HERDCAST | Cap.WINDOW  # what a herdcast receiver asks with
 
 
 def test_prepare_writes_one_data_header_per_block_and_a_short_last_block():
@@ -65,6 +74,19 @@ def test_pacer_slows_down_on_overrun_and_speeds_up_on_clean_slices():
     for _ in range(5):
         p.feedback(1024, 0)
     assert p.rate > slowed
+
+
+def test_pacer_cuts_once_per_loss_event():
+    """Slices sent before a cut report the same overrun: only a slice sent after the cut
+    may cut the rate again."""
+    p = Pacer(1456, None, 4 << 20)
+    p.feedback(1024, 200, slice_no=10, next_no=14)  # slices 11..13 were already out
+    once = p.rate
+    for no in (11, 12, 13):
+        p.feedback(1024, 200, slice_no=no, next_no=15)
+    assert p.rate == once
+    p.feedback(1024, 200, slice_no=14, next_no=18)  # sent at the lower rate, and still lost
+    assert p.rate < once
 
 
 def test_pacer_never_exceeds_max_bitrate():
@@ -121,6 +143,24 @@ def test_slice_n_plus_2_waits_for_slice_n_even_if_n_plus_1_completed_first():
     assert not t._start_slice()
     t.inflight.clear()  # slice 0 done as well
     assert t._start_slice() and t.inflight[0].no == 2
+
+
+@pytest.mark.parametrize("second,ring", [(Cap.STOCK, 2), (HC_CAPS, WINDOW_SLICES)],
+                         ids=["stock-beside", "all-herdcast"])
+def test_slices_in_flight_are_udpcasts_two_unless_every_receiver_takes_more(second, ring):
+    from agent.image.source import Source
+
+    session = SendSession(SendOptions(), None, None, 4, Destination(),  # no network needed
+                          Source("raw"), None)
+    table = Table()
+    table.connect("10.0.0.2", ("10.0.0.2", 9000), HC_CAPS, 0)
+    table.connect("10.0.0.3", ("10.0.0.3", 9000), second, 0)
+    t = Round(session, table, _Reader(), None, None, SendStats(), False)
+    assert t._start_slice()
+    t.inflight[0].heard |= set(table.participants)  # everybody answered slice 0
+    while t._start_slice():
+        pass
+    assert [s.no for s in t.inflight] == list(range(ring))
 
 
 @pytest.mark.parametrize("wanted, mtu, expected", [

@@ -252,7 +252,8 @@ OPTIONS: list[Option] = [
     Option(("--exit-wait",), "exit_wait", short="-w", sides=RECEIVE, annotation="int",
            default=500, argtype=int, check=at_least(0, " milliseconds"), metavar="MS",
            help="after the end, wait MS milliseconds for the sender's last word in case "
-                "the receiver's final acknowledgement was lost"),
+                "the receiver's final acknowledgement was lost (with a stock sender; a "
+                "herdcast sender's digest acknowledgement ends the receive at once)"),
     Option(("--nosync",), "sync", short="-n", sides=RECEIVE, annotation="bool",
            default=False, const=False,
            help="write through the page cache, flushed once at the end (the default)"),

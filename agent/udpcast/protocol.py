@@ -41,6 +41,9 @@ MAX_UDP_PAYLOAD = 65507  # the most one IPv4 UDP datagram carries (65535 - 20 IP
 MAX_CLIENTS = 1024  # udpcast's participant table; REQACK/RETRANSMIT bitmaps are this wide
 BITMAP_BYTES = MAX_CLIENTS // 8  # 128
 MAX_SLICE_SIZE = 1024  # blocks per slice (RETRANSMIT's block bitmap is 128 bytes too)
+# slices in flight between herdcast peers that both set Cap.WINDOW (udpcast: 2): a receiver
+# late to answer for a few ms (descheduled, a slow write) no longer idles the wire
+WINDOW_SLICES = 4
 
 
 class Op(IntEnum):
@@ -87,6 +90,7 @@ class Cap:
     ASYNC = 0x20
     HERDCAST = 0x100  # herdcast: digest exchange and late-join rounds understood
     CHUNKS = 0x200  # herdcast: the chunk carousel (receiver: can write chunks in place)
+    WINDOW = 0x400  # herdcast: up to WINDOW_SLICES slices in flight, not udpcast's two
 
     STOCK = NEW_GEN | BIG_ENDIAN  # 0x09, what udpcast sends on both sides
 

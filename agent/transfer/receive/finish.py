@@ -5,8 +5,10 @@ and closed. A failure there (EIO or ENOSPC at fsync or close) fails the receive:
 is not on the disk. The protocol has no failure message, but a herdcast sender then never
 gets this receiver's digest and counts it failed ("no digest"); a stock one cannot know. With a
 herdcast sender the digest of what was written is confirmed (HC_DIGEST until HC_DIGEST_ACK);
-then, as udpcast, repeated REQACKs are answered until --exit-wait passes without one, so a
-sender whose OK got lost hears it again before we go.
+then it leaves at once: a herdcast sender takes the digest as this receiver's OK for the end
+slice, so a lost OK needs no repeating. With a stock sender, as udpcast, repeated REQACKs are
+answered until --exit-wait passes without one, so a sender whose OK got lost hears it again
+before we go (and more data after the end marker shows that marker was forged).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def finish(link: Link, writer: SliceWriter, output: Output) -> str:
     if (session.capabilities & Cap.HERDCAST or link.trust is not None) \
             and not session.passive:
         _confirm_digest(link, writer.bytes, digest, IMAGE if is_image(writer.head) else RAW)
+        if session.capabilities & Cap.HERDCAST:
+            # the sender answered our digest, which it counts as our OK for the end slice
+            # (send.answers): no lost OK to answer again, so no exit wait
+            return digest.hex()
     # exit wait: answer repeated REQACKs until --exit-wait ms pass without one
     hard_stop = time.monotonic() + opts.exit_wait / 1000 + EXIT_WAIT_CAP
     quiet_since = time.monotonic()

@@ -31,7 +31,7 @@ from agent.transfer.receive.output import (
 )
 from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart
 from agent.transfer.result import TransferResult
-from agent.udpcast.protocol import MAX_SLICE_SIZE, Cap
+from agent.udpcast.protocol import MAX_SLICE_SIZE, WINDOW_SLICES, Cap
 
 DEAD_SENDER_TIMEOUT = 30.0  # silence mid-transfer when no --receive-timeout is given
 BUFFER_BUDGET = 48 << 20  # slice buffers beyond 3 only while they fit (big --blocksize)
@@ -64,6 +64,8 @@ class Receiver:
                         expected_total=lambda: self.raw_size(session))
         self.writer = SliceWriter(self.output, asm.release)
         self.writer.start()
+        if session.capabilities & Cap.WINDOW:
+            asm.window = WINDOW_SLICES
         link.attach(session, asm)
         kbd = link.keyboard()
         progress = Progress("receive", total=session.image_size, enabled=not opts.no_progress)

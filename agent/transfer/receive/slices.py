@@ -2,9 +2,10 @@
 
 The stream is cut into slices numbered 0, 1, 2, ... of up to 1024 blocks; DATA packets carry
 (slice, block, slice bytes) and the byte offset of a block is the sum of the earlier slices'
-sizes plus block*blocksize. The sender keeps at most two slices in flight, so a receiver
-still missing part of slice w can only see slices w and w+1: a packet for w+2 means the
-sender gave up on us ("dropped by sender").
+sizes plus block*blocksize. The sender keeps at most two slices in flight (`window`;
+WINDOW_SLICES between herdcast peers, Cap.WINDOW), so a receiver still missing part of slice
+w can only see slices w and w+1: a packet for w+2 means the sender gave up on us ("dropped
+by sender").
 
 Kept free of sockets so the capture-replay tests drive exactly the code the receiver runs.
 Buffers are preallocated (a pool of whole-slice buffers) and recycled through a queue: the
@@ -35,8 +36,12 @@ from agent.udpcast.protocol import (
     build,
 )
 
-DEFAULT_BUFFERS = 6
+DEFAULT_BUFFERS = 8  # a window's slices being filled, and a few the writer still holds
 REQACK_BUFFER_WAIT = 0.5  # how long a REQACK waits for a free buffer before answering
+# how long the first packet of a new slice waits for a buffer the writer is about to free:
+# meanwhile the socket buffer (16 MiB) holds what comes; dropping it would cost a whole
+# slice's retransmission each time the writer thread is descheduled for a moment
+DATA_BUFFER_WAIT = 0.05
 FAR_AHEAD_PACKETS = 16  # packets past slice n+1 (n incomplete) that mean we were dropped
 MAX_STRIPE_BLOCKS = 128  # data blocks one FEC stripe can cover (udpcast's code: 128 + j < 256)
 
@@ -112,7 +117,8 @@ class Assembler:
         # stream): an end marker anywhere else is not the sender's, and is ignored
         self.expected_total = expected_total
         self.contradicted: int | None = None  # a slice of data seen after the end marker
-        self.far_ahead = 0  # packets for slices past the two we may be sent, since a slice
+        self.far_ahead = 0  # packets for slices past the window we may be sent, since a slice
+        self.window = 2  # slices the sender may have in flight (udpcast's two)
 
     # --- slice bookkeeping --------------------------------------------------------------
 
@@ -146,7 +152,7 @@ class Assembler:
             return s
         if slice_no < self.next_slice or self.ended:
             return None
-        if slice_no > self.next_slice + 1:
+        if slice_no >= self.next_slice + self.window:
             # A sender that left us behind keeps sending far ahead; a forged packet (its
             # source spoofed as the sender's) is one or a few: ignored until there are many
             self.far_ahead += 1
@@ -159,7 +165,7 @@ class Assembler:
             raise DroppedBySender(f"dropped by sender: it sent slice {slice_no} while slice "
                                   f"{self.next_slice} is still incomplete here")
         self.started = True
-        for no in range(self.next_slice, slice_no + 1):  # at most two
+        for no in range(self.next_slice, slice_no + 1):  # at most a window's
             if no not in self.active and self._new(no, wait) is None:
                 return None
         return self.active.get(slice_no)
@@ -262,7 +268,7 @@ class Assembler:
             return
         if self.ended and self._after_end(slice_no, nbytes):
             return
-        s = self._slice(slice_no)
+        s = self._slice(slice_no, DATA_BUFFER_WAIT if self.starved_since is None else 0.0)
         if s is None:
             return
         if s.nbytes != nbytes and not self._set_bytes(s, nbytes):
@@ -334,7 +340,7 @@ class Assembler:
         if self._after_end(slice_no, nbytes) and self.contradicted is not None:
             return None
         s = self._slice(slice_no, REQACK_BUFFER_WAIT)
-        if s is None and slice_no > self.next_slice + 1:
+        if s is None and slice_no >= self.next_slice + self.window:
             return None  # a stray (ignored above)
         if s is None and slice_no >= self.next_slice and not self.ended:
             # no buffer free (the disk is slow): alive, and missing every block of it

@@ -117,6 +117,10 @@ class Answers:
         self.net.send(digest_ack(self.opts.sign_key, r.statement, r.secret, agreed,
                                  self.total, self.digest, self.kind), addr)
         self.table.record_digest(r, msg.total_bytes, msg.sha256, agreed)
+        # a receiver reports its digest only once it has the end slice: this is its OK for
+        # it (its OK may be lost, and it leaves without an exit wait once acknowledged)
+        self.table.finished_data(r)
+        self._end_ok(r)
 
     def _changed(self, ip: str, addr: tuple[str, int], msg) -> None:
         note_changed(self.table, self.net, ip, addr, msg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -208,6 +209,16 @@ def send_blocks(fd: int, buf: SliceBuffer, first: int, count: int,
     return sent
 
 
+SIOCOUTQ = 0x5411  # (= TIOCOUTQ) a UDP socket's bytes sent and not yet gone on: sk_wmem_alloc
+LOCAL_QUEUE = 512 << 10  # what may wait in this host's queues: ~4 ms at 1 Gbit/s
+
+
+def queued(fd: int) -> int:
+    """Bytes (kernel buffer sizes) this socket sent that have not left this host's queues
+    yet: the qdisc (a shaper's included), the device, a veth's path into its namespace."""
+    return int.from_bytes(fcntl.ioctl(fd, SIOCOUTQ, bytes(4)), "little")
+
+
 class BlockSender:
     """Sends runs of a slice's blocks from one socket: as UDP GSO messages while the kernel
     takes them, else one datagram per block.
@@ -223,6 +234,14 @@ class BlockSender:
         self.sock = sock
         self.fd = sock.fileno()
         self.gso = not os.environ.get("HERDCAST_NO_GSO") and enable_gso(sock, blocksize)
+
+    def backed_up(self) -> bool:
+        """Whether LOCAL_QUEUE bytes of ours already wait to leave this host: the link (or
+        a shaper on it) is slower than the pacer. Sending more then only lengthens the
+        queue every REQACK waits in (the wire idles at each slice's end), then overflows it
+        (tbf drops, loss, retransmission rounds); waiting for it to drain holds the link's
+        own rate from the first slice."""
+        return queued(self.fd) > LOCAL_QUEUE
 
     def send(self, buf: SliceBuffer, first: int, count: int) -> int:
         """Send blocks first..first+count-1 of `buf`; returns how many went out."""

@@ -21,7 +21,7 @@ from agent.transfer.send.batch import BlockSender
 from agent.udpcast.extensions import connect_nonce
 from agent.udpcast.protocol import HEADER_SIZE, Cap, Op, build, parse
 
-SENDER_CAPS = Cap.STOCK | Cap.HERDCAST
+SENDER_CAPS = Cap.STOCK | Cap.HERDCAST | Cap.WINDOW
 _PEER_GONE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)  # ICMP from a peer
 
 

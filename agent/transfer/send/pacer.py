@@ -46,6 +46,7 @@ class Pacer:
         self.min_batch = max(1, self.burst // 2)
         self.tokens = float(self.burst)
         self.last = time.monotonic()
+        self.cut_before = -1  # slices numbered below this went out before the last cut
 
     def _refill(self, now: float) -> None:
         self.tokens = min(float(self.burst),
@@ -67,13 +68,22 @@ class Pacer:
         need = min(want, self.min_batch) - self.tokens
         return max(0.0, need * self.packet_bits / self.rate)
 
-    def feedback(self, blocks: int, congested: int) -> None:
-        """A slice of `blocks` was answered; `congested` of them were lost in runs."""
+    def feedback(self, blocks: int, congested: int, slice_no: int | None = None,
+                 next_no: int = 0) -> None:
+        """A slice of `blocks` was answered; `congested` of them were lost in runs. With
+        slice numbers (`slice_no`, and `next_no`, the next to go out): one cut per loss
+        event, as TCP's: the slices already sent when the rate was cut were sent too fast
+        by the old rate, and their losses (one receiver descheduled for 100 ms overruns
+        every slice in flight) must not halve it again and again."""
         if blocks <= 0:
             return
         loss = congested / blocks
+        if loss > 0.002 and slice_no is not None and slice_no < self.cut_before:
+            return  # the event the last cut answered
         if loss > 0.002:
             self.rate = max(self.floor, self.rate * max(0.5, 1.0 - 1.5 * loss - 0.03))
+            if slice_no is not None:
+                self.cut_before = next_no
         elif self.rate < self.cap:
             self.rate = min(self.cap, self.rate * 1.05 + 2e6)
 

@@ -30,8 +30,23 @@ from agent.transfer.send.reader import EOF, SliceReader
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.trace import Tracer, tracer
 from agent.trust.statements import RAW
+from agent.udpcast.protocol import WINDOW_SLICES, Cap
 
 DIGEST_WAIT = 3.0
+
+
+def ring_for(duplex: str, table: Table) -> int:
+    """Slices in flight: one in half duplex; WINDOW_SLICES when every participant takes
+    them (Cap.WINDOW: herdcast receivers), so a receiver late to answer does not idle the
+    wire; else udpcast's two (a stock receiver seeing slice n+2 while missing part of n
+    takes itself for dropped)."""
+    if duplex == "half":
+        return 1
+    receivers = table.participants.values()
+    if receivers and all(r.caps & Cap.WINDOW for r in receivers):
+        return WINDOW_SLICES
+    return 2
+QUEUE_POLL = 0.0003  # how long to let this host's queue drain before looking again
 
 
 class Round(Answers, Passes):
@@ -49,7 +64,7 @@ class Round(Answers, Passes):
         self.progress = progress
         self.stats = stats
         self.rereadable = rereadable and opts.late_join
-        self.ring = 1 if opts.duplex == "half" else 2
+        self.ring = ring_for(opts.duplex, table)
         self.tracer = trace or tracer()
         self.inflight: list[SliceInFlight] = []
         self.next_no = 0
@@ -68,7 +83,7 @@ class Round(Answers, Passes):
         for r in self.table.participants.values():
             r.bytes += s.nbytes
         if s.buf is not None:
-            self.pacer.feedback(s.nblocks, s.congested)
+            self.pacer.feedback(s.nblocks, s.congested, s.no, self.next_no)
             self.tracer.slice_done(s, self.pacer.rate, self.answer_time)
             self.reader.release(s.buf)
         if s.end:
@@ -79,9 +94,9 @@ class Round(Answers, Passes):
 
     def _start_slice(self) -> bool:
         """Take the next slice from the reader if the ring has room; False if none ready."""
-        # Slice n+2 waits until slice n is complete, even when n+1 completed first: a
-        # receiver still missing part of slice n takes slice n+2 for being dropped
-        # (udp-receiver: "Dropped by server") and aborts.
+        # Slice n+ring waits until slice n is complete, even when later ones completed
+        # first: a receiver still missing part of slice n takes slice n+ring for being
+        # dropped (udp-receiver: "Dropped by server", at n+2) and aborts.
         if self.end_queued or (self.inflight
                                and self.next_no - self.inflight[0].no >= self.ring):
             return False
@@ -130,6 +145,8 @@ class Round(Answers, Passes):
         """Send what the pacer allows; returns how long to wait when it allows nothing."""
         if not rexmit and count == 0:
             return self._send_fec(s, now)
+        if self.net.blocks.backed_up():
+            return QUEUE_POLL
         n = self.pacer.grant(count, now)
         if n == 0:
             return self.pacer.wait(count)

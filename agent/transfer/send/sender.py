@@ -38,7 +38,7 @@ from agent.transfer.send.participants import Table, participants_summary
 from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
 from agent.transfer.send.record import NoObserver, ReceiverObserver
 from agent.transfer.send.report import serve_verdict, verdict
-from agent.transfer.send.round import Round
+from agent.transfer.send.round import WINDOW_SLICES, Round
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.start import wait_for_late, wait_for_start
 from agent.transfer.send.stop import Stop
@@ -53,7 +53,7 @@ SO_SNDBUFFORCE = 32
 
 
 def _size_send_buffer(session: SendSession, table: Table) -> None:
-    """Without --sendbuf: when every receiver has a big socket buffer (herdcast's 4 MiB),
+    """Without --sendbuf: when every receiver has a big socket buffer (herdcast's 16 MiB),
     let more packets be in flight so a receiver descheduled for a moment does not stall the
     sender (each multicast packet holds send-buffer room until every receiver read it)."""
     smallest = table.min_rcvbuf()
@@ -120,7 +120,7 @@ class Service:
         self.inp: Input | None = None
         self.preparing = None  # the chunked image, when herdcast receivers may take chunks
         self.as_image = session.source.kind != "raw"
-        self.ring = 1 if self.opts.duplex == "half" else 2
+        self.ring = 1 if self.opts.duplex == "half" else WINDOW_SLICES  # the widest ring
         self.started = time.monotonic()
         self.view = make_view(fleet, None, enabled=not self.opts.no_progress,
                               live=self.opts.live)
