@@ -86,6 +86,29 @@ def test_every_chunk_in_any_order_makes_the_disk(disk, tmp_path):
 
 
 @needs_loop
+def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_path):
+    """A new or wiped disk (all zero) is told apart without hashing: every chunk with data
+    is lacking there, a chunk of nothing but used zeros is already there; once a chunk is
+    written it is found, zero target or not."""
+    table = _chunked(disk, tmp_path / "img.chunks")
+    target = tmp_path / "blank.img"
+    with open(target, "wb") as f:
+        f.truncate(48 * MiB)
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        assert [target_matches(fd, c) for c in table.chunks] == \
+            [not c.data_bytes for c in table.chunks]
+        assert any(not c.data_bytes for c in table.chunks)  # the test sees both kinds
+        chunk = next(c for c in table.chunks if c.data_bytes)
+        ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
+        assert target_matches(fd, chunk)
+    finally:
+        os.close(fd)
+        stored.close()
+
+
+@needs_loop
 def test_a_stream_image_and_its_disk_chunk_alike(disk, tmp_path):
     umap = used_map(str(disk))
     stream = tmp_path / "img.hcimg"
