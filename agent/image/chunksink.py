@@ -8,8 +8,9 @@ the stream sink does, once every chunk is in.
 from __future__ import annotations
 
 import os
+import threading
 
-from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, target_matches
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA
 
@@ -62,3 +63,38 @@ class ChunkSink(DiskSink):
         bad = [c.index for c, h in zip(self.table.chunks, hashes, strict=True)
                if h != c.content_sha256]
         return hashes, bad
+
+
+class DiskScan:
+    """What the disk already holds (resume, delta), found chunk by chunk in a thread
+    (pread and hashlib release the GIL), so a receiver asks for the first chunks it lacks
+    while it is still hashing the rest and the wire is busy from the start."""
+
+    def __init__(self, fd: int, table: ChunkTable) -> None:
+        self._found: list[tuple[Chunk, bool]] = []  # appended by the thread, in table order
+        self._taken = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, args=(fd, table.chunks),
+                                        daemon=True, name="herdcast-scan")
+        self._thread.start()
+
+    def _run(self, fd: int, chunks) -> None:
+        for chunk in chunks:
+            if self._stop:
+                return
+            self._found.append((chunk, target_matches(fd, chunk)))
+
+    def take(self) -> list[tuple[Chunk, bool]]:
+        """(chunk, already on the disk) for each chunk found since the last call."""
+        end = len(self._found)
+        out, self._taken = self._found[self._taken:end], end
+        return out
+
+    @property
+    def scanning(self) -> bool:
+        """Whether chunks remain to be found or taken."""
+        return self._thread.is_alive() or self._taken < len(self._found)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()

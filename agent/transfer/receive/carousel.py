@@ -3,9 +3,11 @@
 1. The manifest (agent.image.chunks) is fetched from the sender directly and taken only
    when its sha256 is the one the sender named and, in a signed session, that name is
    signed for our nonce (agent.trust.manifest).
-2. The disk is hashed at each chunk's extents: a chunk already there (a rebooted node, a
-   node holding the previous version of the image) is never asked for.
-3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
+2. The disk is hashed at each chunk's extents, in a thread (image.chunksink.DiskScan): a
+   chunk already there (a rebooted node, a node holding the previous version of the
+   image) is never asked for; one found lacking is asked for at once, while the scan goes
+   on, so the wire does not wait for the whole disk to be hashed.
+3. HC_NEED says what is lacking: as the scan finds it, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
    for by its missing pieces (HC_HOLES): a lost datagram costs a datagram. Every chunk
@@ -26,14 +28,8 @@ import os
 import random
 import time
 
-from agent.image.chunks import (
-    Chunk,
-    ChunkError,
-    ChunkTable,
-    image_digest,
-    target_matches,
-)
-from agent.image.chunksink import ChunkSink
+from agent.image.chunks import Chunk, ChunkError, ChunkTable, image_digest
+from agent.image.chunksink import ChunkSink, DiskScan
 from agent.image.pieces import (
     HASH_BYTES,
     Pieces,
@@ -43,10 +39,9 @@ from agent.image.pieces import (
 )
 from agent.say import say
 from agent.transfer.progress import Progress
-from agent.transfer.receive.landing import Landing, Partial
+from agent.transfer.receive.landing import Landing, Partial, read_back
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError, check_image_fits
-from agent.transfer.receive.readback import ReadbackError
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
@@ -72,9 +67,12 @@ class ChunkReceiver:
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
         self.wire_bytes = self.foreign = self.failed = self.forged = 0
         self.current = -1  # the chunk the sender is sending
-        self.need_at = 0.0
+        self.need_at = self.refresh_at = 0.0
+        self.full_due = True
+        self.lacking = self.fresh = 0  # chunks lacking; those found since the last HC_NEED
+        self.held = self.asked = 0  # chunks found on the disk; found lacking
+        self.scan_told = False
         self.last_rx = time.monotonic()
-        self.idle_seen = False
 
     # ------------------------------------------------------------------ the receive
 
@@ -88,25 +86,11 @@ class ChunkReceiver:
             sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
             self.table, self.sink = table, sink
             self.hashes = [c.content_sha256 for c in table.chunks]
-            started = time.monotonic()
-            self.lacking = 0
-            for c in table.chunks:
-                if target_matches(fd, c):
-                    continue
-                if c.wire_bytes:
-                    self.lacking |= 1 << c.index
-                else:  # nothing but zeros: made here, nothing to send
-                    sink.put(c, b"")
-            carried = sum(1 for c in table.chunks if c.wire_bytes)
-            have = carried - self.lacking.bit_count()
-            say(f"chunks: {have} of {carried} already on {self.opts.file} "
-                f"(hashed in {time.monotonic() - started:.1f} s), "
-                f"{self.lacking.bit_count()} to receive")
-            self._receive()
+            self._receive(DiskScan(fd, table))
             sink.blank_space()
             sink.sync()
             if self.opts.verify == "readback":
-                self._read_back(sink)
+                self.hashes = read_back(sink, self.opts.file)
         except OSError as exc:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
@@ -117,23 +101,6 @@ class ChunkReceiver:
         digest = image_digest(self.hashes)
         self._confirm(table.used_bytes, digest)
         return digest.hex(), table.used_bytes
-
-    def _read_back(self, sink: ChunkSink) -> None:
-        """--verify readback: the disk read back after the flush, each chunk against the
-        manifest's content hash; the digest confirmed is then of what the disk returned."""
-        started = time.monotonic()
-        try:
-            self.hashes, bad = sink.read_back()
-        except OSError as exc:
-            raise ReadbackError(f"{self.opts.file}: reading back failed: {exc.strerror}",
-                                "the disk is failing; replace it") from exc
-        if bad:
-            raise ReadbackError(f"{self.opts.file}: {len(bad)} of {len(self.hashes)} chunks "
-                                "read back differ from the manifest (first at byte "
-                                f"{self.table.chunks[bad[0]].offset})",
-                                "the disk is failing; replace it")
-        say(f"chunks: read back {self.table.used_bytes} bytes in "
-            f"{time.monotonic() - started:.1f} s: every chunk is the manifest's")
 
     def _attach(self) -> None:
         link, session = self.link, self.session
@@ -233,22 +200,25 @@ class ChunkReceiver:
 
     # ------------------------------------------------------------------ the chunks
 
-    def _receive(self) -> None:
-        total, started = self.lacking.bit_count(), time.monotonic()
+    def _receive(self, scan: DiskScan) -> None:
+        """Chunks asked for as the disk scan finds them lacking, taken until none is."""
+        self.started = time.monotonic()
         progress = Progress("receive", total=sum(
-            c.used_bytes for c in self.table.chunks if self.lacking >> c.index & 1),
+            c.used_bytes for c in self.table.chunks if c.wire_bytes),
             enabled=not self.opts.no_progress)
         done = 0
         self.need_at = time.monotonic()
         self.landing = Landing(self.sink)
         try:
-            while self.lacking or self.landing.busy:
-                done -= self._failed(self.landing.reap() if self.lacking else
-                                     self.landing.drain())
+            while self.lacking or self.landing.busy or scan.scanning:
+                done += self._scanned(scan)
+                done -= self._failed(self.landing.reap() if self.lacking or scan.scanning
+                                     else self.landing.drain())
                 now = time.monotonic()
                 if now >= self.need_at:
                     self._need(now)
-                for op, view in self._datagrams(max(0.0, min(0.2, self.need_at - now))):
+                wait = min(0.02 if scan.scanning else 0.2, self.need_at - now)
+                for op, view in self._datagrams(max(0.0, wait)):
                     if op == Op.HC_CHUNK:
                         done += self._piece(view)
                     elif op == Op.HC_IDLE:  # unsigned: believed once no piece comes
@@ -259,31 +229,64 @@ class ChunkReceiver:
                 self._silent()
                 progress.update(done)
         finally:
+            scan.close()
             self.landing.close()
             progress.close()
-        if total:
-            say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
+        if self.asked:
+            say(f"chunks: all {self.asked} received in "
+                f"{time.monotonic() - self.started:.2f} s")
+
+    def _scanned(self, scan: DiskScan) -> int:
+        """What the scan found since: chunks lacking are asked for soon (HC_NEED for those
+        alone), chunks of nothing but zeros are made here; returns the used bytes found
+        already on the disk."""
+        held = 0
+        for c, there in scan.take():
+            if there:
+                self.held += bool(c.wire_bytes)
+                held += c.used_bytes if c.wire_bytes else 0
+            elif c.wire_bytes:
+                self.lacking |= 1 << c.index
+                self.fresh |= 1 << c.index
+                self.asked += 1
+            else:  # nothing but zeros: made here, nothing to send
+                self.sink.put(c, b"")
+        if self.fresh:
+            self.need_at = min(self.need_at, time.monotonic() + NEED_SOON)
+        if not scan.scanning and not self.scan_told:
+            self.scan_told = True
+            say(f"chunks: {self.held} of {self.held + self.asked} already on "
+                f"{self.opts.file} (hashed in {time.monotonic() - self.started:.1f} s, "
+                f"the lacking asked for meanwhile), {self.asked} to receive")
+        return held
 
     def _need(self, now: float) -> None:
         """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
-        again), HC_NEED for every other chunk lacking but the one being sent."""
-        need = self.lacking & ~(1 << self.current if self.current >= 0 else 0)  # in flight
-        for index in list(self.holed):
-            entry = self.partial.get(index)
-            if entry is None or not need >> index & 1:
-                self.holed.discard(index)  # done, or dropped for newer ones: all of it
-                continue
-            need &= ~(1 << index)
-            missing = ~entry.got & ((1 << entry.count) - 1)
-            self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
-                wire.HOLE_BYTES, "little")))
+        again), HC_NEED for every other chunk lacking but the one being sent; between
+        those, HC_NEED for the chunks the scan found lacking since the last one alone."""
+        current = 1 << self.current if self.current >= 0 else 0  # in flight
+        if not self.full_due and now < self.refresh_at:
+            need, self.fresh = self.fresh & ~current, 0
+        else:
+            need, self.fresh, self.full_due = self.lacking & ~current, 0, False
+            self.refresh_at = now + NEED_REFRESH
+            for index in list(self.holed):
+                entry = self.partial.get(index)
+                if entry is None or not need >> index & 1:
+                    self.holed.discard(index)  # done, or dropped for newer ones: all of it
+                    continue
+                need &= ~(1 << index)
+                missing = ~entry.got & ((1 << entry.count) - 1)
+                self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
+                    wire.HOLE_BYTES, "little")))
         for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
             self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
                                       lost=self.lost, bitmap=bitmap))
             self.received = self.lost = 0
-        self.need_at = now + NEED_REFRESH
+        self.need_at = self.refresh_at
 
     def _soon(self) -> None:
+        self.full_due = True
         self.need_at = min(self.need_at,
                            time.monotonic() + NEED_SOON * (1 + random.random()))
 

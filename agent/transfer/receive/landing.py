@@ -7,12 +7,15 @@ at over 1 GB/s per core is far above what a gigabit link brings compressed.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from agent.image.chunks import Chunk, ChunkError, decompress_payload
 from agent.image.chunksink import ChunkSink
 from agent.image.pieces import HASH_BYTES, counts
+from agent.say import say
+from agent.transfer.receive.readback import ReadbackError
 
 DEPTH = 8  # chunks waiting for the worker at most; beyond, the receiving thread waits
 
@@ -75,3 +78,22 @@ class Partial:
         self.payload = bytearray(chunk.wire_bytes)
         self.hashes = bytearray(self.nlists * blocksize)
         self.got = self.lists = self.have = 0
+
+
+def read_back(sink: ChunkSink, path: str) -> list[bytes]:
+    """--verify readback: the disk read back after the flush, each chunk against the
+    manifest's content hash; returns the hashes read (the digest confirmed is then of what
+    the disk returned)."""
+    started, table = time.monotonic(), sink.table
+    try:
+        hashes, bad = sink.read_back()
+    except OSError as exc:
+        raise ReadbackError(f"{path}: reading back failed: {exc.strerror}",
+                            "the disk is failing; replace it") from exc
+    if bad:
+        raise ReadbackError(f"{path}: {len(bad)} of {len(hashes)} chunks read back differ "
+                            f"from the manifest (first at byte {table.chunks[bad[0]].offset})",
+                            "the disk is failing; replace it")
+    say(f"chunks: read back {table.used_bytes} bytes in {time.monotonic() - started:.1f} s: "
+        "every chunk is the manifest's")
+    return hashes
