@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, target_matches
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA
 
@@ -65,6 +65,9 @@ class ChunkSink(DiskSink):
         return hashes, bad
 
 
+WINDOW = 16 << 20  # bytes of disk a scan reads at once
+
+
 class DiskScan:
     """What the disk already holds (resume, delta), found chunk by chunk in a thread
     (pread and hashlib release the GIL), so a receiver asks for the first chunks it lacks
@@ -79,10 +82,27 @@ class DiskScan:
         self._thread.start()
 
     def _run(self, fd: int, chunks) -> None:
-        for chunk in chunks:
-            if self._stop:
-                return
-            self._found.append((chunk, target_matches(fd, chunk)))
+        """Chunks in windows of up to WINDOW bytes of disk, each read with one pread: the
+        thread takes the GIL once per window, not once per chunk (each take can wait for
+        the receiving thread's switch interval, 5 ms)."""
+        at = 0
+        while at < len(chunks) and not self._stop:
+            first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
+            last = at + 1
+            while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
+                    <= WINDOW:
+                end = chunks[last].offset + chunks[last].span
+                last += 1
+            try:
+                window = memoryview(os.pread(fd, end - first, first))
+            except OSError:
+                window = memoryview(b"")
+
+            def read(offset: int, length: int, window=window, first=first) -> memoryview:
+                return window[offset - first:offset - first + length]
+
+            self._found += [(c, holds(c, read)) for c in chunks[at:last]]
+            at = last
 
     def take(self) -> list[tuple[Chunk, bool]]:
         """(chunk, already on the disk) for each chunk found since the last call."""
