@@ -39,19 +39,17 @@ from agent.image.pieces import (
 )
 from agent.say import say
 from agent.transfer.progress import Progress
-from agent.transfer.receive.landing import Landing, Partial, read_back
+from agent.transfer.receive.landing import Landing, Partial, confirm, read_back
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError, check_image_fits
-from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
+from agent.udpcast.protocol import HEADER_SIZE, Op
 
 REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one is in)
 WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
-DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEAD_SENDER = 30.0
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
@@ -71,6 +69,7 @@ class ChunkReceiver:
         self.full_due = True
         self.lacking = self.fresh = 0  # chunks lacking; those found since the last HC_NEED
         self.held = self.asked = 0  # chunks found on the disk; found lacking
+        self.unscanned = 0  # chunks the scan has not reached: kept if they fly meanwhile
         self.scan_told = False
         self.last_rx = time.monotonic()
 
@@ -99,7 +98,7 @@ class ChunkReceiver:
             f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
             "bytes not needed")
         digest = image_digest(self.hashes)
-        self._confirm(table.used_bytes, digest)
+        confirm(self.link, self._datagrams, table.used_bytes, digest)
         return digest.hex(), table.used_bytes
 
     def _attach(self) -> None:
@@ -209,6 +208,7 @@ class ChunkReceiver:
         done = 0
         self.need_at = time.monotonic()
         self.landing = Landing(self.sink)
+        self.unscanned = sum(1 << c.index for c in self.table.chunks if c.wire_bytes)
         try:
             while self.lacking or self.landing.busy or scan.scanning:
                 done += self._scanned(scan)
@@ -233,16 +233,20 @@ class ChunkReceiver:
             self.landing.close()
             progress.close()
         if self.asked:
-            say(f"chunks: all {self.asked} received in "
-                f"{time.monotonic() - self.started:.2f} s")
+            say(f"chunks: all {self.asked} received in {time.monotonic() - self.started:.2f} s")
 
     def _scanned(self, scan: DiskScan) -> int:
         """What the scan found since: chunks lacking are asked for soon (HC_NEED for those
-        alone), chunks of nothing but zeros are made here; returns the used bytes found
-        already on the disk."""
+        alone), chunks of nothing but zeros are made here, chunks received whole before the
+        scan came to them are left; returns the used bytes found already on the disk."""
         held = 0
         for c, there in scan.take():
+            if c.wire_bytes and not self.unscanned >> c.index & 1:
+                self.asked += 1
+                continue
+            self.unscanned &= ~(1 << c.index)
             if there:
+                self.partial.pop(c.index, None)
                 self.held += bool(c.wire_bytes)
                 held += c.used_bytes if c.wire_bytes else 0
             elif c.wire_bytes:
@@ -298,7 +302,8 @@ class ChunkReceiver:
             return 0
         _, _, index, piece, kind, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
         data = view[HEADER_SIZE:]
-        if index >= len(self.table.chunks) or not self.lacking >> index & 1:
+        if index >= len(self.table.chunks) or not (
+                self.lacking >> index & 1 or self.unscanned >> index & 1):
             self.foreign += len(data)
             return 0
         chunk, bs = self.table.chunks[index], self.session.blocksize
@@ -339,6 +344,7 @@ class ChunkReceiver:
             return 0
         del self.partial[index]
         self.lacking &= ~(1 << index)  # every piece matched: it lands
+        self.unscanned &= ~(1 << index)
         return chunk.used_bytes - self._failed(self.landing.submit(chunk, entry.payload))
 
     def _failed(self, chunks: list[Chunk]) -> int:
@@ -362,37 +368,3 @@ class ChunkReceiver:
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
                 self.holed.add(index)
             self._soon()
-
-    # ------------------------------------------------------------------ the end
-
-    def _confirm(self, total: int, digest: bytes) -> None:
-        """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session)."""
-        link, trust = self.link, self.link.trust
-        message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
-                        secret=link.session.secret or bytes(SECRET_BYTES))
-        give_up = time.monotonic() + DIGEST_TIMEOUT
-        why = None
-        while time.monotonic() < give_up:
-            link.send(message)
-            until = time.monotonic() + DIGEST_INTERVAL
-            while time.monotonic() < until:
-                for op, view in self._datagrams(max(0.0, until - time.monotonic())):
-                    if op != Op.HC_DIGEST_ACK:
-                        continue
-                    parsed = parse(view)
-                    if parsed is None or parsed[1].total_bytes != total:
-                        continue
-                    agreed = bool(parsed[1].agreed)
-                    if trust is not None:
-                        why, same = trust.result_problem(view, total, digest, CHUNKS)
-                        if why is not None:
-                            continue  # not the key holder's verdict
-                        agreed = agreed and same
-                        say("the sender's signed result names the chunks on this disk")
-                    if not agreed:
-                        raise ReceiveError("image digest differs from the sender's: the "
-                                           f"disk's chunks are not the image ({total} bytes)")
-                    return
-        raise ReceiveError(f"sender did not confirm the digest within {DIGEST_TIMEOUT:g} s"
-                           + (f" with a valid signature ({why})" if why else "")
-                           + f" (the image is on the disk: sha256 {digest.hex()})")
