@@ -6,7 +6,8 @@
 2. The disk is hashed at each chunk's extents, in a thread (image.chunksink.DiskScan): a
    chunk already there (a rebooted node, a node holding the previous version of the
    image) is never asked for; one found lacking is asked for at once, while the scan goes
-   on, so the wire does not wait for the whole disk to be hashed.
+   on, so the wire does not wait for the whole disk to be hashed; while the scan has found
+   nothing of the image (a blank disk), the chunks just ahead of it are asked for too.
 3. HC_NEED says what is lacking: as the scan finds it, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
@@ -51,6 +52,7 @@ NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DEAD_SENDER = 30.0
+LOOKAHEAD = 256  # chunks asked for ahead of the scan while it has found none on the disk
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
 
@@ -70,6 +72,7 @@ class ChunkReceiver:
         self.lacking = self.fresh = 0  # chunks lacking; those found since the last HC_NEED
         self.held = self.asked = 0  # chunks found on the disk; found lacking
         self.unscanned = 0  # chunks the scan has not reached: kept if they fly meanwhile
+        self.scanned = self.ahead = 0  # chunks the scan found; asked for up to, ahead of it
         self.scan_told = False
         self.last_rx = time.monotonic()
 
@@ -240,7 +243,8 @@ class ChunkReceiver:
         alone), chunks of nothing but zeros are made here, chunks received whole before the
         scan came to them are left; returns the used bytes found already on the disk."""
         held = 0
-        for c, there in scan.take():
+        found = scan.take()
+        for c, there in found:
             if c.wire_bytes and not self.unscanned >> c.index & 1:
                 self.asked += 1
                 continue
@@ -251,10 +255,18 @@ class ChunkReceiver:
                 held += c.used_bytes if c.wire_bytes else 0
             elif c.wire_bytes:
                 self.lacking |= 1 << c.index
-                self.fresh |= 1 << c.index
+                self.fresh |= (c.index >= self.ahead) << c.index  # (else asked already)
                 self.asked += 1
             else:  # nothing but zeros: made here, nothing to send
                 self.sink.put(c, b"")
+        self.scanned += len(found)
+        if not self.held and scan.scanning and self.ahead < self.scanned + LOOKAHEAD:
+            # nothing of the image found so far: a blank disk, most likely; the chunks
+            # just ahead of the scan are asked for too, so a scan slower than the wire
+            # does not hold it back (a disk that holds them costs LOOKAHEAD at most)
+            end = min(self.scanned + LOOKAHEAD, len(self.table.chunks))
+            self.fresh |= self.unscanned & ((1 << end) - 1) & ~((1 << self.ahead) - 1)
+            self.ahead = end
         if self.fresh:
             self.need_at = min(self.need_at, time.monotonic() + NEED_SOON)
         if not scan.scanning and not self.scan_told:
