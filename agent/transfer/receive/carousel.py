@@ -65,7 +65,7 @@ class ChunkReceiver:
         self.holed: set[int] = set()  # partial chunks that went by incomplete: HC_HOLES
         self.last_piece = 0.0  # when a checked piece last came
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
-        self.wire_bytes = self.foreign = self.failed = self.forged = 0
+        self.wire_bytes = self.foreign = self.failed = self.forged = self.lost_all = 0
         self.current = -1  # the chunk the sender is sending
         self.need_at = self.refresh_at = 0.0
         self.full_due = True
@@ -99,7 +99,7 @@ class ChunkReceiver:
             os.close(fd)
         say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
             f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
-            "bytes not needed")
+            f"bytes not needed, {self.lost_all} pieces lost")
         digest = image_digest(self.hashes)
         confirm(self.link, self._datagrams, table.used_bytes, digest)
         return digest.hex(), table.used_bytes
@@ -281,7 +281,8 @@ class ChunkReceiver:
         again), HC_NEED for every other chunk lacking but the one being sent; between
         those, HC_NEED for the chunks the scan found lacking since the last one alone."""
         current = 1 << self.current if self.current >= 0 else 0  # in flight
-        if not self.full_due and now < self.refresh_at:
+        full = self.full_due or now >= self.refresh_at
+        if not full:  # the pace signal goes with the full ones only, as before the scan
             need, self.fresh = self.fresh & ~current, 0
         else:
             need, self.fresh, self.full_due = self.lacking & ~current, 0, False
@@ -296,9 +297,10 @@ class ChunkReceiver:
                 self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
                     wire.HOLE_BYTES, "little")))
         for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
-            self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
-                                      lost=self.lost, bitmap=bitmap))
-            self.received = self.lost = 0
+            self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received * full,
+                                      lost=self.lost * full, bitmap=bitmap))
+            if full:
+                self.received = self.lost = 0
         self.need_at = self.refresh_at
 
     def _soon(self) -> None:
@@ -375,8 +377,12 @@ class ChunkReceiver:
 
     def _passed(self, index: int) -> None:  # the sender moved on: incomplete? ask soon
         entry = self.partial.get(index)
-        if entry is not None and self.lacking >> index & 1:
+        if entry is not None and self.unscanned >> index & 1:
+            self.lost += entry.count - entry.have  # the pace signal; asked for once found
+            self.lost_all += entry.count - entry.have
+        elif entry is not None and self.lacking >> index & 1:
             self.lost += entry.count - entry.have
+            self.lost_all += entry.count - entry.have
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
                 self.holed.add(index)
             self._soon()
