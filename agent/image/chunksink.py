@@ -77,6 +77,7 @@ class DiskScan:
         self._found: list[tuple[Chunk, bool]] = []  # appended by the thread, in table order
         self._taken = 0
         self._stop = False
+        self.blank = True  # every window read so far was all zero: a new or wiped disk
         self._thread = threading.Thread(target=self._run, args=(fd, table.chunks),
                                         daemon=True, name="herdcast-scan")
         self._thread.start()
@@ -94,9 +95,11 @@ class DiskScan:
                 end = chunks[last].offset + chunks[last].span
                 last += 1
             try:
-                window = memoryview(os.pread(fd, end - first, first))
+                raw = os.pread(fd, end - first, first)
             except OSError:
-                window = memoryview(b"")
+                raw = b""
+            self.blank = self.blank and raw == bytes(len(raw))
+            window = memoryview(raw)
 
             def read(offset: int, length: int, window=window, first=first) -> memoryview:
                 return window[offset - first:offset - first + length]

@@ -6,8 +6,8 @@
 2. The disk is hashed at each chunk's extents, in a thread (image.chunksink.DiskScan): a
    chunk already there (a rebooted node, a node holding the previous version of the
    image) is never asked for; one found lacking is asked for at once, while the scan goes
-   on, so the wire does not wait for the whole disk to be hashed; while the scan has found
-   nothing of the image (a blank disk), the chunks just ahead of it are asked for too.
+   on, so the wire does not wait for the whole disk to be hashed; while the disk reads all
+   zero (a new or wiped disk), the chunks ahead of the scan are asked for too.
 3. HC_NEED says what is lacking: as the scan finds it, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
@@ -52,7 +52,7 @@ NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DEAD_SENDER = 30.0
-LOOKAHEAD = 256  # chunks asked for ahead of the scan while it has found none on the disk
+LOOKAHEAD = 1024  # chunks asked for ahead of the scan while the disk reads all zero
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
 
@@ -260,10 +260,10 @@ class ChunkReceiver:
             else:  # nothing but zeros: made here, nothing to send
                 self.sink.put(c, b"")
         self.scanned += len(found)
-        if not self.held and scan.scanning and self.ahead < self.scanned + LOOKAHEAD:
-            # nothing of the image found so far: a blank disk, most likely; the chunks
-            # just ahead of the scan are asked for too, so a scan slower than the wire
-            # does not hold it back (a disk that holds them costs LOOKAHEAD at most)
+        if scan.blank and scan.scanning and self.ahead < self.scanned + LOOKAHEAD:
+            # the disk read all zero so far: a new or wiped one, most likely; the chunks
+            # ahead of the scan are asked for too, so a scan slower than the wire does not
+            # hold it back (a disk that holds them after all costs LOOKAHEAD at most)
             end = min(self.scanned + LOOKAHEAD, len(self.table.chunks))
             self.fresh |= self.unscanned & ((1 << end) - 1) & ~((1 << self.ahead) - 1)
             self.ahead = end
