@@ -289,7 +289,7 @@ class ChunkReceiver:
             self.refresh_at = now + NEED_REFRESH
             for index in list(self.holed):
                 entry = self.partial.get(index)
-                if entry is None or not need >> index & 1:
+                if entry is None or not (need | self.unscanned & ~current) >> index & 1:
                     self.holed.discard(index)  # done, or dropped for newer ones: all of it
                     continue
                 need &= ~(1 << index)
@@ -376,11 +376,8 @@ class ChunkReceiver:
             self.current = index
 
     def _passed(self, index: int) -> None:  # the sender moved on: incomplete? ask soon
-        entry = self.partial.get(index)
-        if entry is not None and self.unscanned >> index & 1:
-            self.lost += entry.count - entry.have  # the pace signal; asked for once found
-            self.lost_all += entry.count - entry.have
-        elif entry is not None and self.lacking >> index & 1:
+        entry = self.partial.get(index)  # (a chunk the scan has not reached: likewise)
+        if entry is not None and (self.lacking >> index & 1 or self.unscanned >> index & 1):
             self.lost += entry.count - entry.have
             self.lost_all += entry.count - entry.have
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
