@@ -22,7 +22,7 @@ from agent.image.chunks import (
     parse_manifest,
     target_matches,
 )
-from agent.image.chunksink import ChunkSink, DiskScan
+from agent.image.chunksink import ChunkSink, scan
 from agent.image.pieces import (
     HASH_BYTES,
     build_offer,
@@ -100,11 +100,8 @@ def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_p
         assert [target_matches(fd, c) for c in table.chunks] == \
             [not c.data_bytes for c in table.chunks]
         assert any(not c.data_bytes for c in table.chunks)  # the test sees both kinds
-        scan = DiskScan(fd, table)
-        while scan.scanning:
-            scan.take()
-        scan.close()
-        assert scan.blank  # all zero: the receiver asks for chunks ahead of its scan
+        assert [there for _, there in scan(fd, table)] == [not c.data_bytes
+                                                            for c in table.chunks]
         chunk = next(c for c in table.chunks if c.data_bytes)
         ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
         assert target_matches(fd, chunk)
@@ -115,9 +112,9 @@ def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_p
 
 @needs_loop
 def test_the_disk_scan_finds_what_the_disk_holds_in_table_order(disk, tmp_path):
-    """DiskScan (a receiver's scan, in a thread, in windows of many chunks) says of each
-    chunk what target_matches says: on a junk disk holding every other chunk with data,
-    those and nothing else (besides chunks of used zeros, which junk does not hold)."""
+    """scan (a receiver's, in windows of many chunks) says of each chunk what
+    target_matches says: on a junk disk holding every other chunk with data, those and
+    nothing else (besides chunks of used zeros, which junk does not hold)."""
     table = _chunked(disk, tmp_path / "img.chunks")
     target = tmp_path / "half.img"
     target.write_bytes(random.Random(3).randbytes(48 * MiB))
@@ -127,15 +124,10 @@ def test_the_disk_scan_finds_what_the_disk_holds_in_table_order(disk, tmp_path):
         written = [c for c in table.chunks if c.data_bytes][::2]
         for chunk in written:
             ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
-        scan = DiskScan(fd, table)
-        found = []
-        while scan.scanning:
-            found += scan.take()
-        scan.close()
+        found = list(scan(fd, table))
         assert [c.index for c, _ in found] == [c.index for c in table.chunks]
         assert [c.index for c, there in found if there] == [c.index for c in written]
         assert [there for _, there in found] == [target_matches(fd, c) for c in table.chunks]
-        assert not scan.blank  # junk: the receiver asks for nothing the scan has not seen
     finally:
         os.close(fd)
         stored.close()

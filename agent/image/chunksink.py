@@ -8,7 +8,7 @@ the stream sink does, once every chunk is in.
 from __future__ import annotations
 
 import os
-import threading
+from collections.abc import Iterator
 
 from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
 from agent.image.sink import DiskSink
@@ -68,56 +68,26 @@ class ChunkSink(DiskSink):
 WINDOW = 16 << 20  # bytes of disk a scan reads at once
 
 
-class DiskScan:
-    """What the disk already holds (resume, delta), found chunk by chunk in a thread
-    (pread and hashlib release the GIL), so a receiver asks for the first chunks it lacks
-    while it is still hashing the rest and the wire is busy from the start."""
+def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
+    """(chunk, whether the disk on `fd` already holds it) for every chunk in table order
+    (resume, delta), in windows of up to WINDOW bytes of disk each read with one pread:
+    a few hundred reads for a disk, not one per chunk or extent (chunks.holds)."""
+    chunks, at = table.chunks, 0
+    while at < len(chunks):
+        first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
+        last = at + 1
+        while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
+                <= WINDOW:
+            end = chunks[last].offset + chunks[last].span
+            last += 1
+        try:
+            window = memoryview(os.pread(fd, end - first, first))
+        except OSError:
+            window = memoryview(b"")
 
-    def __init__(self, fd: int, table: ChunkTable) -> None:
-        self._found: list[tuple[Chunk, bool]] = []  # appended by the thread, in table order
-        self._taken = 0
-        self._stop = False
-        self.blank = True  # every window read so far was all zero: a new or wiped disk
-        self._thread = threading.Thread(target=self._run, args=(fd, table.chunks),
-                                        daemon=True, name="herdcast-scan")
-        self._thread.start()
+        def read(offset: int, length: int, window=window, first=first) -> memoryview:
+            return window[offset - first:offset - first + length]
 
-    def _run(self, fd: int, chunks) -> None:
-        """Chunks in windows of up to WINDOW bytes of disk, each read with one pread: the
-        thread takes the GIL once per window, not once per chunk (each take can wait for
-        the receiving thread's switch interval, 5 ms)."""
-        at = 0
-        while at < len(chunks) and not self._stop:
-            first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
-            last = at + 1
-            while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
-                    <= WINDOW:
-                end = chunks[last].offset + chunks[last].span
-                last += 1
-            try:
-                raw = os.pread(fd, end - first, first)
-            except OSError:
-                raw = b""
-            self.blank = self.blank and raw == bytes(len(raw))
-            window = memoryview(raw)
-
-            def read(offset: int, length: int, window=window, first=first) -> memoryview:
-                return window[offset - first:offset - first + length]
-
-            self._found += [(c, holds(c, read)) for c in chunks[at:last]]
-            at = last
-
-    def take(self) -> list[tuple[Chunk, bool]]:
-        """(chunk, already on the disk) for each chunk found since the last call."""
-        end = len(self._found)
-        out, self._taken = self._found[self._taken:end], end
-        return out
-
-    @property
-    def scanning(self) -> bool:
-        """Whether chunks remain to be found or taken."""
-        return self._thread.is_alive() or self._taken < len(self._found)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join()
+        for c in chunks[at:last]:
+            yield c, holds(c, read)
+        at = last

@@ -3,12 +3,10 @@
 1. The manifest (agent.image.chunks) is fetched from the sender directly and taken only
    when its sha256 is the one the sender named and, in a signed session, that name is
    signed for our nonce (agent.trust.manifest).
-2. The disk is hashed at each chunk's extents, in a thread (image.chunksink.DiskScan): a
-   chunk already there (a rebooted node, a node holding the previous version of the
-   image) is never asked for; one found lacking is asked for at once, while the scan goes
-   on, so the wire does not wait for the whole disk to be hashed; while the disk reads all
-   zero (a new or wiped disk), the chunks ahead of the scan are asked for too.
-3. HC_NEED says what is lacking: as the scan finds it, again soon after a chunk we lack went by
+2. The disk is hashed at each chunk's extents (image.chunksink.scan: 16 MiB a read, a
+   range that reads all zero told apart by memcmp): a chunk already there (a rebooted
+   node, a node holding the previous version of the image) is never asked for.
+3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
    for by its missing pieces (HC_HOLES): a lost datagram costs a datagram. Every chunk
@@ -30,7 +28,7 @@ import random
 import time
 
 from agent.image.chunks import Chunk, ChunkError, ChunkTable, image_digest
-from agent.image.chunksink import ChunkSink, DiskScan
+from agent.image.chunksink import ChunkSink, scan
 from agent.image.pieces import (
     HASH_BYTES,
     Pieces,
@@ -52,7 +50,6 @@ NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DEAD_SENDER = 30.0
-LOOKAHEAD = 1024  # chunks asked for ahead of the scan while the disk reads all zero
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
 
@@ -67,14 +64,9 @@ class ChunkReceiver:
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
         self.wire_bytes = self.foreign = self.failed = self.forged = self.lost_all = 0
         self.current = -1  # the chunk the sender is sending
-        self.need_at = self.refresh_at = 0.0
-        self.full_due = True
-        self.lacking = self.fresh = 0  # chunks lacking; those found since the last HC_NEED
-        self.held = self.asked = 0  # chunks found on the disk; found lacking
-        self.unscanned = 0  # chunks the scan has not reached: kept if they fly meanwhile
-        self.scanned = self.ahead = 0  # chunks the scan found; asked for up to, ahead of it
-        self.scan_told = False
+        self.need_at = 0.0
         self.last_rx = time.monotonic()
+        self.idle_seen = False
 
     # ------------------------------------------------------------------ the receive
 
@@ -88,7 +80,21 @@ class ChunkReceiver:
             sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
             self.table, self.sink = table, sink
             self.hashes = [c.content_sha256 for c in table.chunks]
-            self._receive(DiskScan(fd, table))
+            started = time.monotonic()
+            self.lacking = 0
+            for c, there in scan(fd, table):
+                if there:
+                    continue
+                if c.wire_bytes:
+                    self.lacking |= 1 << c.index
+                else:  # nothing but zeros: made here, nothing to send
+                    sink.put(c, b"")
+            carried = sum(1 for c in table.chunks if c.wire_bytes)
+            have = carried - self.lacking.bit_count()
+            say(f"chunks: {have} of {carried} already on {self.opts.file} "
+                f"(hashed in {time.monotonic() - started:.1f} s), "
+                f"{self.lacking.bit_count()} to receive")
+            self._receive()
             sink.blank_space()
             sink.sync()
             if self.opts.verify == "readback":
@@ -202,26 +208,22 @@ class ChunkReceiver:
 
     # ------------------------------------------------------------------ the chunks
 
-    def _receive(self, scan: DiskScan) -> None:
-        """Chunks asked for as the disk scan finds them lacking, taken until none is."""
-        self.started = time.monotonic()
+    def _receive(self) -> None:
+        total, started = self.lacking.bit_count(), time.monotonic()
         progress = Progress("receive", total=sum(
-            c.used_bytes for c in self.table.chunks if c.wire_bytes),
+            c.used_bytes for c in self.table.chunks if self.lacking >> c.index & 1),
             enabled=not self.opts.no_progress)
         done = 0
         self.need_at = time.monotonic()
         self.landing = Landing(self.sink)
-        self.unscanned = sum(1 << c.index for c in self.table.chunks if c.wire_bytes)
         try:
-            while self.lacking or self.landing.busy or scan.scanning:
-                done += self._scanned(scan)
-                done -= self._failed(self.landing.reap() if self.lacking or scan.scanning
-                                     else self.landing.drain())
+            while self.lacking or self.landing.busy:
+                done -= self._failed(self.landing.reap() if self.lacking else
+                                     self.landing.drain())
                 now = time.monotonic()
                 if now >= self.need_at:
                     self._need(now)
-                wait = min(0.02 if scan.scanning else 0.2, self.need_at - now)
-                for op, view in self._datagrams(max(0.0, wait)):
+                for op, view in self._datagrams(max(0.0, min(0.2, self.need_at - now))):
                     if op == Op.HC_CHUNK:
                         done += self._piece(view)
                     elif op == Op.HC_IDLE:  # unsigned: believed once no piece comes
@@ -232,79 +234,31 @@ class ChunkReceiver:
                 self._silent()
                 progress.update(done)
         finally:
-            scan.close()
             self.landing.close()
             progress.close()
-        if self.asked:
-            say(f"chunks: all {self.asked} received in {time.monotonic() - self.started:.2f} s")
-
-    def _scanned(self, scan: DiskScan) -> int:
-        """What the scan found since: chunks lacking are asked for soon (HC_NEED for those
-        alone), chunks of nothing but zeros are made here, chunks received whole before the
-        scan came to them are left; returns the used bytes found already on the disk."""
-        held = 0
-        found = scan.take()
-        for c, there in found:
-            if c.wire_bytes and not self.unscanned >> c.index & 1:
-                self.asked += 1
-                continue
-            self.unscanned &= ~(1 << c.index)
-            if there:
-                self.partial.pop(c.index, None)
-                self.held += bool(c.wire_bytes)
-                held += c.used_bytes if c.wire_bytes else 0
-            elif c.wire_bytes:
-                self.lacking |= 1 << c.index
-                self.fresh |= (c.index >= self.ahead) << c.index  # (else asked already)
-                self.asked += 1
-            else:  # nothing but zeros: made here, nothing to send
-                self.sink.put(c, b"")
-        self.scanned += len(found)
-        if scan.blank and scan.scanning and self.ahead < self.scanned + LOOKAHEAD:
-            # the disk read all zero so far: a new or wiped one, most likely; the chunks
-            # ahead of the scan are asked for too, so a scan slower than the wire does not
-            # hold it back (a disk that holds them after all costs LOOKAHEAD at most)
-            end = min(self.scanned + LOOKAHEAD, len(self.table.chunks))
-            self.fresh |= self.unscanned & ((1 << end) - 1) & ~((1 << self.ahead) - 1)
-            self.ahead = end
-        if self.fresh:
-            self.need_at = min(self.need_at, time.monotonic() + NEED_SOON)
-        if not scan.scanning and not self.scan_told:
-            self.scan_told = True
-            say(f"chunks: {self.held} of {self.held + self.asked} already on "
-                f"{self.opts.file} (hashed in {time.monotonic() - self.started:.1f} s, "
-                f"the lacking asked for meanwhile), {self.asked} to receive")
-        return held
+        if total:
+            say(f"chunks: all {total} received in {time.monotonic() - started:.2f} s")
 
     def _need(self, now: float) -> None:
         """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
-        again), HC_NEED for every other chunk lacking but the one being sent; between
-        those, HC_NEED for the chunks the scan found lacking since the last one alone."""
-        current = 1 << self.current if self.current >= 0 else 0  # in flight
-        full = self.full_due or now >= self.refresh_at
-        if not full:  # the pace signal goes with the full ones only, as before the scan
-            need, self.fresh = self.fresh & ~current, 0
-        else:
-            need, self.fresh, self.full_due = self.lacking & ~current, 0, False
-            self.refresh_at = now + NEED_REFRESH
-            for index in list(self.holed):
-                entry = self.partial.get(index)
-                if entry is None or not (need | self.unscanned & ~current) >> index & 1:
-                    self.holed.discard(index)  # done, or dropped for newer ones: all of it
-                    continue
-                need &= ~(1 << index)
-                missing = ~entry.got & ((1 << entry.count) - 1)
-                self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
-                    wire.HOLE_BYTES, "little")))
+        again), HC_NEED for every other chunk lacking but the one being sent."""
+        need = self.lacking & ~(1 << self.current if self.current >= 0 else 0)  # in flight
+        for index in list(self.holed):
+            entry = self.partial.get(index)
+            if entry is None or not need >> index & 1:
+                self.holed.discard(index)  # done, or dropped for newer ones: all of it
+                continue
+            need &= ~(1 << index)
+            missing = ~entry.got & ((1 << entry.count) - 1)
+            self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
+                wire.HOLE_BYTES, "little")))
         for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
-            self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received * full,
-                                      lost=self.lost * full, bitmap=bitmap))
-            if full:
-                self.received = self.lost = 0
-        self.need_at = self.refresh_at
+            self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
+                                      lost=self.lost, bitmap=bitmap))
+            self.received = self.lost = 0
+        self.need_at = now + NEED_REFRESH
 
     def _soon(self) -> None:
-        self.full_due = True
         self.need_at = min(self.need_at,
                            time.monotonic() + NEED_SOON * (1 + random.random()))
 
@@ -316,8 +270,7 @@ class ChunkReceiver:
             return 0
         _, _, index, piece, kind, wire_bytes = wire.CHUNK_HEADER.unpack_from(view)
         data = view[HEADER_SIZE:]
-        if index >= len(self.table.chunks) or not (
-                self.lacking >> index & 1 or self.unscanned >> index & 1):
+        if index >= len(self.table.chunks) or not self.lacking >> index & 1:
             self.foreign += len(data)
             return 0
         chunk, bs = self.table.chunks[index], self.session.blocksize
@@ -358,7 +311,6 @@ class ChunkReceiver:
             return 0
         del self.partial[index]
         self.lacking &= ~(1 << index)  # every piece matched: it lands
-        self.unscanned &= ~(1 << index)
         return chunk.used_bytes - self._failed(self.landing.submit(chunk, entry.payload))
 
     def _failed(self, chunks: list[Chunk]) -> int:
@@ -376,8 +328,8 @@ class ChunkReceiver:
             self.current = index
 
     def _passed(self, index: int) -> None:  # the sender moved on: incomplete? ask soon
-        entry = self.partial.get(index)  # (a chunk the scan has not reached: likewise)
-        if entry is not None and (self.lacking >> index & 1 or self.unscanned >> index & 1):
+        entry = self.partial.get(index)
+        if entry is not None and self.lacking >> index & 1:
             self.lost += entry.count - entry.have
             self.lost_all += entry.count - entry.have
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
