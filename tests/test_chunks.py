@@ -22,7 +22,7 @@ from agent.image.chunks import (
     parse_manifest,
     target_matches,
 )
-from agent.image.chunksink import ChunkSink
+from agent.image.chunksink import ChunkSink, scan
 from agent.image.pieces import (
     HASH_BYTES,
     build_offer,
@@ -83,6 +83,54 @@ def test_every_chunk_in_any_order_makes_the_disk(disk, tmp_path):
         stored.close()
     assert fsck(target, PARTS) == []
     assert file_digests(target, PARTS) == file_digests(disk, PARTS)
+
+
+@needs_loop
+def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_path):
+    """A new or wiped disk (all zero) is told apart without hashing: every chunk with data
+    is lacking there, a chunk of nothing but used zeros is already there; once a chunk is
+    written it is found, zero target or not."""
+    table = _chunked(disk, tmp_path / "img.chunks")
+    target = tmp_path / "blank.img"
+    with open(target, "wb") as f:
+        f.truncate(48 * MiB)
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        assert [target_matches(fd, c) for c in table.chunks] == \
+            [not c.data_bytes for c in table.chunks]
+        assert any(not c.data_bytes for c in table.chunks)  # the test sees both kinds
+        assert [there for _, there in scan(fd, table)] == [not c.data_bytes
+                                                            for c in table.chunks]
+        chunk = next(c for c in table.chunks if c.data_bytes)
+        ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
+        assert target_matches(fd, chunk)
+    finally:
+        os.close(fd)
+        stored.close()
+
+
+@needs_loop
+def test_the_disk_scan_finds_what_the_disk_holds_in_table_order(disk, tmp_path):
+    """scan (a receiver's, in windows of many chunks) says of each chunk what
+    target_matches says: on a junk disk holding every other chunk with data, those and
+    nothing else (besides chunks of used zeros, which junk does not hold)."""
+    table = _chunked(disk, tmp_path / "img.chunks")
+    target = tmp_path / "half.img"
+    target.write_bytes(random.Random(3).randbytes(48 * MiB))
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        written = [c for c in table.chunks if c.data_bytes][::2]
+        for chunk in written:
+            ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
+        found = list(scan(fd, table))
+        assert [c.index for c, _ in found] == [c.index for c in table.chunks]
+        assert [c.index for c, there in found if there] == [c.index for c in written]
+        assert [there for _, there in found] == [target_matches(fd, c) for c in table.chunks]
+    finally:
+        os.close(fd)
+        stored.close()
 
 
 @needs_loop

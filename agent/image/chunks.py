@@ -255,13 +255,31 @@ def data_reader(chunk: Chunk, data: bytes) -> Callable[[int, int], memoryview]:
 
 def target_matches(fd: int, chunk: Chunk) -> bool:
     """Whether the disk on `fd` already holds `chunk` (resume, delta)."""
-    def read(offset: int, length: int) -> bytes:
-        return os.pread(fd, length, offset)
+    return holds(chunk, lambda offset, length: os.pread(fd, length, offset))
 
+
+def holds(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:
+    """Whether the bytes `read(offset, length)` returns are `chunk`'s. A range that reads
+    all zero (a new or wiped disk) is told apart without hashing: a DATA extent is never
+    all zero (the stream keeps all-zero granules as ZERO), so a chunk with one is lacking
+    there (a receiver's start on a blank disk is a memcmp, not a sha256, per used byte)."""
+    if not chunk.extents:
+        return chunk.content_sha256 == hashlib.sha256().digest()
+    start = chunk.extents[0][0]
+    length = chunk.extents[-1][0] + chunk.extents[-1][1] - start
     try:
-        return content_hash(chunk.extents, read) == chunk.content_sha256
+        span = read(start, length)
     except OSError:
         return False
+    if len(span) != length:
+        return False
+    if any(kind == DATA for _, _, kind in chunk.extents) and span[:64] == _ZERO[:64] \
+            and bytes(span) == _ZERO[:length]:  # (bytes: a memoryview compares slowly)
+        return False
+    view = memoryview(span)
+    return content_hash(chunk.extents, lambda offset, n: view[offset - start:
+                                                             offset - start + n]) \
+        == chunk.content_sha256
 
 
 class Chunker:

@@ -8,8 +8,9 @@ the stream sink does, once every chunk is in.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
-from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA
 
@@ -62,3 +63,31 @@ class ChunkSink(DiskSink):
         bad = [c.index for c, h in zip(self.table.chunks, hashes, strict=True)
                if h != c.content_sha256]
         return hashes, bad
+
+
+WINDOW = 16 << 20  # bytes of disk a scan reads at once
+
+
+def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
+    """(chunk, whether the disk on `fd` already holds it) for every chunk in table order
+    (resume, delta), in windows of up to WINDOW bytes of disk each read with one pread:
+    a few hundred reads for a disk, not one per chunk or extent (chunks.holds)."""
+    chunks, at = table.chunks, 0
+    while at < len(chunks):
+        first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
+        last = at + 1
+        while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
+                <= WINDOW:
+            end = chunks[last].offset + chunks[last].span
+            last += 1
+        try:
+            window = memoryview(os.pread(fd, end - first, first))
+        except OSError:
+            window = memoryview(b"")
+
+        def read(offset: int, length: int, window=window, first=first) -> memoryview:
+            return window[offset - first:offset - first + length]
+
+        for c in chunks[at:last]:
+            yield c, holds(c, read)
+        at = last

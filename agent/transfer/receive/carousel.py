@@ -3,8 +3,9 @@
 1. The manifest (agent.image.chunks) is fetched from the sender directly and taken only
    when its sha256 is the one the sender named and, in a signed session, that name is
    signed for our nonce (agent.trust.manifest).
-2. The disk is hashed at each chunk's extents: a chunk already there (a rebooted node, a
-   node holding the previous version of the image) is never asked for.
+2. The disk is hashed at each chunk's extents (image.chunksink.scan: 16 MiB a read, a
+   range that reads all zero told apart by memcmp): a chunk already there (a rebooted
+   node, a node holding the previous version of the image) is never asked for.
 3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
    every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
@@ -26,14 +27,8 @@ import os
 import random
 import time
 
-from agent.image.chunks import (
-    Chunk,
-    ChunkError,
-    ChunkTable,
-    image_digest,
-    target_matches,
-)
-from agent.image.chunksink import ChunkSink
+from agent.image.chunks import Chunk, ChunkError, ChunkTable, image_digest
+from agent.image.chunksink import ChunkSink, scan
 from agent.image.pieces import (
     HASH_BYTES,
     Pieces,
@@ -43,20 +38,17 @@ from agent.image.pieces import (
 )
 from agent.say import say
 from agent.transfer.progress import Progress
-from agent.transfer.receive.landing import Landing, Partial
+from agent.transfer.receive.landing import Landing, Partial, confirm, read_back
 from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
 from agent.transfer.receive.output import OutputError, check_image_fits
-from agent.transfer.receive.readback import ReadbackError
-from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.protocol import HEADER_SIZE, SECRET_BYTES, Op, build, parse
+from agent.udpcast.protocol import HEADER_SIZE, Op
 
 REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one is in)
 WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
-DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEAD_SENDER = 30.0
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
 
@@ -70,7 +62,7 @@ class ChunkReceiver:
         self.holed: set[int] = set()  # partial chunks that went by incomplete: HC_HOLES
         self.last_piece = 0.0  # when a checked piece last came
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
-        self.wire_bytes = self.foreign = self.failed = self.forged = 0
+        self.wire_bytes = self.foreign = self.failed = self.forged = self.lost_all = 0
         self.current = -1  # the chunk the sender is sending
         self.need_at = 0.0
         self.last_rx = time.monotonic()
@@ -90,8 +82,8 @@ class ChunkReceiver:
             self.hashes = [c.content_sha256 for c in table.chunks]
             started = time.monotonic()
             self.lacking = 0
-            for c in table.chunks:
-                if target_matches(fd, c):
+            for c, there in scan(fd, table):
+                if there:
                     continue
                 if c.wire_bytes:
                     self.lacking |= 1 << c.index
@@ -106,34 +98,17 @@ class ChunkReceiver:
             sink.blank_space()
             sink.sync()
             if self.opts.verify == "readback":
-                self._read_back(sink)
+                self.hashes = read_back(sink, self.opts.file)
         except OSError as exc:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
         say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
             f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
-            "bytes not needed")
+            f"bytes not needed, {self.lost_all} pieces lost")
         digest = image_digest(self.hashes)
-        self._confirm(table.used_bytes, digest)
+        confirm(self.link, self._datagrams, table.used_bytes, digest)
         return digest.hex(), table.used_bytes
-
-    def _read_back(self, sink: ChunkSink) -> None:
-        """--verify readback: the disk read back after the flush, each chunk against the
-        manifest's content hash; the digest confirmed is then of what the disk returned."""
-        started = time.monotonic()
-        try:
-            self.hashes, bad = sink.read_back()
-        except OSError as exc:
-            raise ReadbackError(f"{self.opts.file}: reading back failed: {exc.strerror}",
-                                "the disk is failing; replace it") from exc
-        if bad:
-            raise ReadbackError(f"{self.opts.file}: {len(bad)} of {len(self.hashes)} chunks "
-                                "read back differ from the manifest (first at byte "
-                                f"{self.table.chunks[bad[0]].offset})",
-                                "the disk is failing; replace it")
-        say(f"chunks: read back {self.table.used_bytes} bytes in "
-            f"{time.monotonic() - started:.1f} s: every chunk is the manifest's")
 
     def _attach(self) -> None:
         link, session = self.link, self.session
@@ -356,40 +331,7 @@ class ChunkReceiver:
         entry = self.partial.get(index)
         if entry is not None and self.lacking >> index & 1:
             self.lost += entry.count - entry.have
+            self.lost_all += entry.count - entry.have
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
                 self.holed.add(index)
             self._soon()
-
-    # ------------------------------------------------------------------ the end
-
-    def _confirm(self, total: int, digest: bytes) -> None:
-        """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session)."""
-        link, trust = self.link, self.link.trust
-        message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
-                        secret=link.session.secret or bytes(SECRET_BYTES))
-        give_up = time.monotonic() + DIGEST_TIMEOUT
-        why = None
-        while time.monotonic() < give_up:
-            link.send(message)
-            until = time.monotonic() + DIGEST_INTERVAL
-            while time.monotonic() < until:
-                for op, view in self._datagrams(max(0.0, until - time.monotonic())):
-                    if op != Op.HC_DIGEST_ACK:
-                        continue
-                    parsed = parse(view)
-                    if parsed is None or parsed[1].total_bytes != total:
-                        continue
-                    agreed = bool(parsed[1].agreed)
-                    if trust is not None:
-                        why, same = trust.result_problem(view, total, digest, CHUNKS)
-                        if why is not None:
-                            continue  # not the key holder's verdict
-                        agreed = agreed and same
-                        say("the sender's signed result names the chunks on this disk")
-                    if not agreed:
-                        raise ReceiveError("image digest differs from the sender's: the "
-                                           f"disk's chunks are not the image ({total} bytes)")
-                    return
-        raise ReceiveError(f"sender did not confirm the digest within {DIGEST_TIMEOUT:g} s"
-                           + (f" with a valid signature ({why})" if why else "")
-                           + f" (the image is on the disk: sha256 {digest.hex()})")

@@ -2,18 +2,26 @@
 it onto the disk, while the receiving thread goes on taking pieces
 off the socket (zstandard, hashlib and pwrite release the GIL: on two cores the two run at
 once). One worker keeps the disk's writes in the order chunks completed, and decompression
-at over 1 GB/s per core is far above what a gigabit link brings compressed.
+at over 1 GB/s per core is far above what a gigabit link brings compressed. Then the end:
+the disk read back (--verify readback) and the digest confirmed with the sender.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from agent.image.chunks import Chunk, ChunkError, decompress_payload
 from agent.image.chunksink import ChunkSink
 from agent.image.pieces import HASH_BYTES, counts
+from agent.say import say
+from agent.transfer.receive.link import Link, ReceiveError
+from agent.transfer.receive.readback import ReadbackError
+from agent.trust.statements import CHUNKS
+from agent.udpcast.protocol import SECRET_BYTES, Op, build, parse
 
+DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 DEPTH = 8  # chunks waiting for the worker at most; beyond, the receiving thread waits
 
 
@@ -75,3 +83,56 @@ class Partial:
         self.payload = bytearray(chunk.wire_bytes)
         self.hashes = bytearray(self.nlists * blocksize)
         self.got = self.lists = self.have = 0
+
+
+def read_back(sink: ChunkSink, path: str) -> list[bytes]:
+    """--verify readback: the disk read back after the flush, each chunk against the
+    manifest's content hash; returns the hashes read (the digest confirmed is then of what
+    the disk returned)."""
+    started, table = time.monotonic(), sink.table
+    try:
+        hashes, bad = sink.read_back()
+    except OSError as exc:
+        raise ReadbackError(f"{path}: reading back failed: {exc.strerror}",
+                            "the disk is failing; replace it") from exc
+    if bad:
+        raise ReadbackError(f"{path}: {len(bad)} of {len(hashes)} chunks read back differ "
+                            f"from the manifest (first at byte {table.chunks[bad[0]].offset})",
+                            "the disk is failing; replace it")
+    say(f"chunks: read back {table.used_bytes} bytes in {time.monotonic() - started:.1f} s: "
+        "every chunk is the manifest's")
+    return hashes
+
+
+def confirm(link: Link, datagrams, total: int, digest: bytes) -> None:
+    """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session);
+    `datagrams(timeout)` yields (op, view) of what the sender sends meanwhile."""
+    trust = link.trust
+    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
+                    secret=link.session.secret or bytes(SECRET_BYTES))
+    give_up = time.monotonic() + DIGEST_TIMEOUT
+    why = None
+    while time.monotonic() < give_up:
+        link.send(message)
+        until = time.monotonic() + DIGEST_INTERVAL
+        while time.monotonic() < until:
+            for op, view in datagrams(max(0.0, until - time.monotonic())):
+                if op != Op.HC_DIGEST_ACK:
+                    continue
+                parsed = parse(view)
+                if parsed is None or parsed[1].total_bytes != total:
+                    continue
+                agreed = bool(parsed[1].agreed)
+                if trust is not None:
+                    why, same = trust.result_problem(view, total, digest, CHUNKS)
+                    if why is not None:
+                        continue  # not the key holder's verdict
+                    agreed = agreed and same
+                    say("the sender's signed result names the chunks on this disk")
+                if not agreed:
+                    raise ReceiveError("image digest differs from the sender's: the "
+                                       f"disk's chunks are not the image ({total} bytes)")
+                return
+    raise ReceiveError(f"sender did not confirm the digest within {DIGEST_TIMEOUT:g} s"
+                       + (f" with a valid signature ({why})" if why else "")
+                       + f" (the image is on the disk: sha256 {digest.hex()})")
