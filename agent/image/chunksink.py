@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
+from agent.image.chunks import (
+    Chunk,
+    ChunkTable,
+    content_hash,
+    data_reader,
+    holds,
+    surely_lacking,
+)
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA
 
@@ -71,8 +78,14 @@ WINDOW = 16 << 20  # bytes of disk a scan reads at once
 def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
     """(chunk, whether the disk on `fd` already holds it) for every chunk in table order
     (resume, delta), in windows of up to WINDOW bytes of disk each read with one pread:
-    a few hundred reads for a disk, not one per chunk or extent (chunks.holds)."""
+    a few hundred reads for a disk, not one per chunk or extent (chunks.holds). A window
+    whose chunks all read zero at their probes (chunks.surely_lacking: a blank disk) is not
+    read at all."""
     chunks, at = table.chunks, 0
+
+    def pread(offset: int, length: int) -> bytes:
+        return os.pread(fd, length, offset)
+
     while at < len(chunks):
         first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
         last = at + 1
@@ -80,6 +93,11 @@ def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
                 <= WINDOW:
             end = chunks[last].offset + chunks[last].span
             last += 1
+        lacking = [surely_lacking(c, pread) for c in chunks[at:last]]
+        if all(lacking):
+            yield from ((c, False) for c in chunks[at:last])
+            at = last
+            continue
         try:
             window = memoryview(os.pread(fd, end - first, first))
         except OSError:
@@ -88,6 +106,6 @@ def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
         def read(offset: int, length: int, window=window, first=first) -> memoryview:
             return window[offset - first:offset - first + length]
 
-        for c in chunks[at:last]:
-            yield c, holds(c, read)
+        for c, lacks in zip(chunks[at:last], lacking, strict=True):
+            yield c, not lacks and holds(c, read)
         at = last
