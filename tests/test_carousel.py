@@ -4,7 +4,7 @@ done about one image-time later, a disk holding most of the image receives only 
 changed, a receiver killed at 90% and restarted receives the rest, a receiver that fails
 tells the sender why (HC_FAIL), and a forger spoofing the sender's address and ports costs
 bandwidth, never a disk: its pieces are dropped on arrival (piece hashes), so the transfer
-takes about the unattacked time."""
+takes about the unattacked time. Receivers take the sender's GSO runs whole (UDP GRO)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,11 @@ def received(log: Path) -> int:
     return int(re.findall(r"chunks: received (\d+) payload bytes", log.read_text())[-1])
 
 
+def reads(log: Path) -> int:
+    """Socket reads a receiver took for everything it received (its last run)."""
+    return int(re.findall(r"pieces lost, (\d+) reads", log.read_text())[-1])
+
+
 def seconds(log: Path) -> float:
     return float(re.search(r"chunks: all \d+ received in ([\d.]+) s", log.read_text())[1])
 
@@ -93,6 +98,8 @@ def test_a_receiver_joining_half_way_is_done_one_image_time_later(disk, tmp_path
     assert "0 of" in (tmp_path / "late.log").read_text()  # it lacked every chunk
     assert seconds(tmp_path / "late.log") <= 1.15 * seconds(tmp_path / "first.log"), log
     assert used_extents_equal(disk, first) and used_extents_equal(disk, late)
+    # the sender's GSO runs come whole (UDP GRO): far fewer reads than pieces
+    assert reads(tmp_path / "first.log") < received(tmp_path / "first.log") / 1456 / 4, log
 
 
 @pytest.mark.skipif(shutil.which("udp-receiver") is None, reason="udpcast not installed")

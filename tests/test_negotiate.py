@@ -13,8 +13,8 @@ from conftest import FIXTURES
 from pcap import read_udp
 
 from agent.codec import wire_index
-from agent.transfer.receive.link import ReceiveError
 from agent.transfer.receive.negotiate import MAX_PEERS, Ask, Join, Negotiation
+from agent.transfer.receive.sockets import ReceiveError
 from agent.transfer.receive.trust import Trust
 from agent.trust import keys, statements
 from agent.udpcast.extensions import build_connect_reply

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from types import SimpleNamespace
 
 import pytest
 
 from agent.transfer.options import OptionError, SendOptions, parse_send_args
 from agent.transfer.result import SendStats
 from agent.transfer.send.batch import Destination, SliceBuffer, gso_blocks
+from agent.transfer.send.carousel import Carousel
 from agent.transfer.send.inflight import runs_of
 from agent.transfer.send.network import SendError, block_size_for
 from agent.transfer.send.pacer import Pacer, congested_blocks, truesize
@@ -87,6 +89,46 @@ def test_pacer_cuts_once_per_loss_event():
     assert p.rate == once
     p.feedback(1024, 200, slice_no=14, next_no=18)  # sent at the lower rate, and still lost
     assert p.rate < once
+
+
+def test_pacer_ramps_with_the_time_reports_cover_not_their_number():
+    """Reports that come now and then (the carousel's HC_NEED): ten clean ones in 0.1 s
+    raise the rate as much as one would; one after 1 s of no loss raises it far more, up to
+    the link's speed at most; a loss after it cuts."""
+    many, one = Pacer(1456, None, 4 << 20), Pacer(1456, None, 4 << 20)
+    many.rate = one.rate = 200e6
+    many.feedback(100, 0, now=0.0)
+    one.feedback(100, 0, now=0.0)
+    for i in range(1, 11):
+        many.feedback(100, 0, now=i * 0.01)
+    one.feedback(100, 0, now=0.1)
+    assert many.rate == pytest.approx(one.rate, rel=0.15)
+    one.feedback(100, 0, now=1.1)
+    assert one.rate > 1.5 * many.rate
+    fast = Pacer(1456, None, 4 << 20, link_bits=1e9)
+    fast.feedback(100, 0, now=0.0)
+    fast.feedback(100, 0, now=5.0)
+    assert fast.rate == 1e9
+    fast.feedback(100, 10, now=5.1)
+    assert fast.rate < 1e9
+
+
+def test_the_carousel_cuts_once_when_every_receiver_reports_the_same_loss():
+    """Two receivers overrun by the same burst each report it (HC_NEED): one cut. A loss in
+    what was sent after the cut, reported later, cuts again."""
+    c = SimpleNamespace(pacer=Pacer(1456, None, 4 << 20), reported={}, sends=10)
+    for ip in ("a", "b"):  # their first reports, nothing lost
+        Carousel._pace(c, ip, 500, 0, 0.0)
+    c.sends = 20
+    Carousel._pace(c, "a", 900, 100, 0.5)
+    once = c.pacer.rate
+    Carousel._pace(c, "b", 900, 100, 0.55)  # the same overrun, seen by the other
+    c.sends = 21
+    Carousel._pace(c, "a", 50, 10, 0.6)  # pieces of chunks that went before the cut
+    assert c.pacer.rate == once
+    c.sends = 30
+    Carousel._pace(c, "a", 900, 100, 1.0)  # sent at the lower rate, and still lost
+    assert c.pacer.rate < once
 
 
 def test_pacer_never_exceeds_max_bitrate():

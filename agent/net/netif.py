@@ -116,6 +116,16 @@ def mtu_of(name: str) -> int:
             return 1500
 
 
+def speed_of(name: str) -> float | None:
+    """The link's speed in bits/s (sysfs), or None when it says nothing (a veth, a tap)."""
+    try:
+        with open(f"/sys/class/net/{name}/speed") as f:
+            mbits = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return mbits * 1e6 if mbits > 0 else None
+
+
 def _rank(nif: NetIf) -> tuple:
     """udpcast's default preference: eth0/en0, then eth*, then others; up with a broadcast
     address before the rest; loopback last."""

@@ -39,8 +39,15 @@ from agent.image.pieces import (
 from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.landing import Landing, Partial, confirm, read_back
-from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
+from agent.transfer.receive.link import Link, Session
 from agent.transfer.receive.output import OutputError, check_image_fits
+from agent.transfer.receive.sockets import (
+    Reads,
+    ReceiveError,
+    drain,
+    enable_gro,
+    network_error,
+)
 from agent.udpcast import carousel as wire
 from agent.udpcast.protocol import HEADER_SIZE, Op
 
@@ -105,7 +112,7 @@ class ChunkReceiver:
             os.close(fd)
         say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
             f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "
-            f"bytes not needed, {self.lost_all} pieces lost")
+            f"bytes not needed, {self.lost_all} pieces lost, {Reads.count} reads")
         digest = image_digest(self.hashes)
         confirm(self.link, self._datagrams, table.used_bytes, digest)
         return digest.hex(), table.used_bytes
@@ -119,6 +126,7 @@ class ChunkReceiver:
                 s.connect(session.sender)  # the kernel drops whatever others send
         except OSError as exc:
             raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
+        link.gro = enable_gro(link.socks)  # the sender is herdcast: its GSO runs come whole
         say(f"Connected to {session.sender[0]}: chunk carousel")
 
     def _open(self) -> int:
@@ -129,21 +137,17 @@ class ChunkReceiver:
                               f"{exc.strerror}") from exc
 
     def _datagrams(self, timeout: float):
-        """(op, view) of each datagram from the sender within `timeout`."""
+        """(op, view) of each datagram from the sender within `timeout` (receive.sockets:
+        a GRO batch read once, split here)."""
         link = self.link
+        scratch, mv, gro = link.scratch, link.mv, link.gro
         for key, _ in link.sel.select(timeout):
             if key.data == "kbd":
                 continue
-            while True:
-                try:
-                    n = key.fileobj.recv_into(link.scratch)
-                except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                    break
-                except OSError as exc:
-                    raise network_error("receiving from the sender", exc) from exc
+            for at, n in drain(key.fileobj, scratch, gro):
                 if n >= 4:
                     self.last_rx = time.monotonic()
-                    yield link.scratch[0] << 8 | link.scratch[1], link.mv[:n]
+                    yield scratch[at] << 8 | scratch[at + 1], mv[at:at + n]
 
     def _silent(self) -> None:
         limit = self.opts.receive_timeout or DEAD_SENDER

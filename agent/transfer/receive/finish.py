@@ -17,8 +17,9 @@ import time
 
 from agent.image.stream import is_image
 from agent.say import say
-from agent.transfer.receive.link import Link, ReceiveError
+from agent.transfer.receive.link import Link
 from agent.transfer.receive.output import Output, OutputError, SliceWriter
+from agent.transfer.receive.sockets import ReceiveError
 from agent.trust.statements import IMAGE, RAW
 from agent.udpcast.protocol import SECRET_BYTES, Cap, Op, build
 

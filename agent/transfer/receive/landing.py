@@ -16,8 +16,9 @@ from agent.image.chunks import Chunk, ChunkError, decompress_payload
 from agent.image.chunksink import ChunkSink
 from agent.image.pieces import HASH_BYTES, counts
 from agent.say import say
-from agent.transfer.receive.link import Link, ReceiveError
+from agent.transfer.receive.link import Link
 from agent.transfer.receive.readback import ReadbackError
+from agent.transfer.receive.sockets import ReceiveError
 from agent.trust.statements import CHUNKS
 from agent.udpcast.protocol import SECRET_BYTES, Op, build, parse
 

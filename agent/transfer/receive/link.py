@@ -15,14 +15,18 @@ import os
 import selectors
 import socket
 import stat
-import sys
 from dataclasses import dataclass
 
-from agent.errors import HerdcastError
 from agent.net import netif
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.slices import Assembler
+from agent.transfer.receive.sockets import (
+    SCRATCH,
+    drain,
+    enable_gro,
+    network_error,
+)
 from agent.udpcast.extensions import build_fail
 from agent.udpcast.protocol import (
     DATA_HEADER,
@@ -42,16 +46,9 @@ from agent.udpcast.protocol import (
 # kernel's ~200 KB default overflows while the writer thread holds the GIL for a moment);
 # 16 MiB holds what comes while a new slice waits for a buffer (slices.DATA_BUFFER_WAIT)
 DEFAULT_RCVBUF = 16 << 20
-SCRATCH = 65536  # more than MAX_UDP_PAYLOAD: any datagram (or GRO batch of them) fits
-SOL_UDP, UDP_GRO = 17, 104
-GRO_CMSG = socket.CMSG_SPACE(4)  # the batch's datagram size (an int)
 _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
 _HC_CHANGED_ACK = int(Op.HC_CHANGED_ACK)
-
-
-class ReceiveError(HerdcastError, RuntimeError):
-    """The receive failed; the message is the one line the user sees."""
 
 
 @dataclass
@@ -67,12 +64,6 @@ class Session:
     image_size: int | None = None  # herdcast senders tell it in CONNECT_REPLY
     codec: str | None = None  # and the stream's compression ("none", "gz", ...)
     secret: bytes | None = None  # and ours, echoed in HC_DIGEST and HC_DIGEST_ACK
-
-
-def network_error(what: str, exc: OSError) -> ReceiveError:
-    """A socket call failed: say it is the network, and what was being done."""
-    return ReceiveError(f"network: {what} failed: {exc.strerror or exc}",
-                        "check the interface (-i) and that it is up")
 
 
 def can_take_chunks(opts: ReceiveOptions) -> bool:
@@ -210,23 +201,7 @@ class Link:
             raise network_error(f"connecting to the sender {session.sender[0]}", exc) from exc
         self._drain_before_connect()
         if session.capabilities & Cap.HERDCAST:
-            self.gro = self._enable_gro()
-
-    def _enable_gro(self) -> bool:
-        """Take a herdcast sender's GSO runs (up to 40 blocks) whole, as one read (UDP GRO,
-        Linux 5.0+; a real NIC's GRO batches too): a read and a dispatch per datagram were
-        most of a receiver's CPU. Only with a herdcast sender, which sends such runs:
-        reading a batch's size (recvmsg) costs more per call than recv_into, a loss when
-        every datagram comes alone (udp-sender's)."""
-        try:
-            for s in self.socks:
-                s.setsockopt(SOL_UDP, UDP_GRO, 1)
-        except OSError:  # a kernel without it: one datagram per read, as before
-            for s in self.socks:
-                with contextlib.suppress(OSError):
-                    s.setsockopt(SOL_UDP, UDP_GRO, 0)
-            return False
-        return True
+            self.gro = enable_gro(self.socks)
 
     def fail(self, reason: str) -> None:
         """Tell a herdcast sender why this receiver stops (HC_FAIL, one line, before the
@@ -338,48 +313,11 @@ class Link:
                 say("Sending go signal")
                 self.send(build(Op.GO))
                 continue
-            if self.gro:
-                got = self._pump_batches(key.fileobj) or got
-                continue
-            recv_into = key.fileobj.recv_into
             handle = self.handle
-            while True:
-                try:
-                    n = recv_into(self.scratch)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except ConnectionRefusedError:
-                    continue  # ICMP port unreachable from the sender's host: it is gone
-                except OSError as exc:
-                    raise network_error("receiving from the sender", exc) from exc
+            for at, n in drain(key.fileobj, self.scratch, self.gro):
                 got = True
-                handle(n)
+                handle(n, at)
         return got
-
-    def _pump_batches(self, sock: socket.socket) -> bool:
-        """Read `sock` dry, each read a GRO batch of same-sized datagrams (the last may be
-        shorter) or one datagram; True if any came."""
-        recvmsg_into, handle, into = sock.recvmsg_into, self.handle, [self.scratch]
-        got = False
-        while True:
-            try:
-                n, ancillary, _, _ = recvmsg_into(into, GRO_CMSG)
-            except (BlockingIOError, InterruptedError):
-                return got
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable from the sender's host: it is gone
-            except OSError as exc:
-                raise network_error("receiving from the sender", exc) from exc
-            got = True
-            size = n
-            for level, kind, data in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    size = int.from_bytes(data[:4], sys.byteorder)
-            if size >= n or size <= 0:
-                handle(n)
-                continue
-            for at in range(0, n, size):
-                handle(min(size, n - at), at)
 
     def _drain_before_connect(self) -> None:
         """Datagrams queued before connect() were not filtered by the kernel: check their

@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 
 from agent.say import say
-from agent.transfer.receive.link import Link, ReceiveError, Session, network_error
+from agent.transfer.receive.link import Link, Session
+from agent.transfer.receive.sockets import ReceiveError, network_error
 from agent.udpcast.extensions import image_size, reply_codec, reply_secret
 from agent.udpcast.protocol import HEADER_SIZE, MAX_UDP_PAYLOAD, Cap, LateStatus, Op, parse
 

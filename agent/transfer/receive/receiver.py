@@ -20,7 +20,7 @@ from agent.transfer.options import OptionError, ReceiveOptions
 from agent.transfer.progress import Progress
 from agent.transfer.receive import personal
 from agent.transfer.receive.finish import finish
-from agent.transfer.receive.link import Link, ReceiveError, Session
+from agent.transfer.receive.link import Link, Session
 from agent.transfer.receive.negotiate import negotiate
 from agent.transfer.receive.output import (
     Output,
@@ -30,6 +30,7 @@ from agent.transfer.receive.output import (
     check_target,
 )
 from agent.transfer.receive.slices import DEFAULT_BUFFERS, Assembler, MissedStart
+from agent.transfer.receive.sockets import ReceiveError
 from agent.transfer.result import TransferResult
 from agent.udpcast.protocol import MAX_SLICE_SIZE, WINDOW_SLICES, Cap
 

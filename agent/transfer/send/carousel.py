@@ -26,6 +26,7 @@ import time
 from collections import deque
 
 from agent.image.pieces import counts
+from agent.net import netif
 from agent.say import say
 from agent.transfer.send.answers import note_changed
 from agent.transfer.send.batch import SliceBuffer
@@ -74,9 +75,12 @@ class Carousel:
         self.recent: deque[tuple[float, int]] = deque()  # (when, chunk) sent lately
         self.cursor = 0  # the chunk after the last one sent
         self.sent_chunks = 0
+        self.sends = 0  # chunks and hole runs sent: the pacer's sequence (one cut per event)
+        self.reported: dict[str, int] = {}  # receiver -> the first send its next report covers
         most = max((sum(counts(c.wire_bytes, bs)) for c in self.chunks), default=0)
         self.buf = SliceBuffer(bs, session.dest, max(1, most))
-        self.pacer = Pacer(bs, self.opts.max_bitrate, table.min_rcvbuf())
+        self.pacer = Pacer(bs, self.opts.max_bitrate, table.min_rcvbuf(),
+                           netif.speed_of(self.net.nif.name))
         self.heard: dict[str, float] = {}
         self._signatures: dict[str, bytes] = {}
         self.poller = select.epoll()
@@ -164,6 +168,7 @@ class Carousel:
         self._paced(pieces)
         self.recent.append((time.monotonic(), index))
         self.sent_chunks += 1
+        self.sends += 1
         self.stats.bytes_sent += len(payload)
 
     def _send_holes(self, index: int, payload: bytes, lists: bytes, holes: int) -> None:
@@ -186,6 +191,7 @@ class Carousel:
             kind, piece = (wire.PIECE_DATA, i) if i >= 0 else (wire.PIECE_LIST, -1 - i)
             pack(hv, k * HEADER_SIZE, op, 0, index, piece, kind, wire_bytes)
         self._paced(pieces)
+        self.sends += 1
         self.stats.bytes_sent += at
 
     def _paced(self, pieces: int) -> None:
@@ -240,8 +246,7 @@ class Carousel:
             self.wanted |= mask
             for index in [i for i in self.holes if mask >> i & 1]:
                 del self.holes[index]  # somebody lacks all of it: all of it goes
-            if msg.received or msg.lost:
-                self.pacer.feedback(msg.received + msg.lost, msg.lost)
+            self._pace(ip, msg.received, msg.lost, now)
         elif op == Op.HC_HOLES:
             self._holes(msg.chunk, int.from_bytes(msg.bitmap, "little"))
         elif op == Op.HC_MANIFEST_REQ:
@@ -252,6 +257,16 @@ class Carousel:
             if r.verdict is None:
                 say(f"herdcast send: receiver {ip} disconnected mid-transfer")
             self.table.remove(ip, Verdict.DISCONNECTED)
+
+    def _pace(self, ip: str, received: int, lost: int, now: float) -> None:
+        """A receiver's counts since its last report to the pacer (send.pacer): ramped by the
+        time they cover, and cut once per loss event: a report that covers sends made
+        before the last cut (from the send before its previous report on: a piece is
+        counted lost only once its chunk went by) tells of the loss that cut answered."""
+        since = self.reported.get(ip, 0)
+        self.reported[ip] = max(0, self.sends - 1)
+        if received or lost:
+            self.pacer.feedback(received + lost, lost, since, self.sends, now)
 
     def _holes(self, index: int, bits: int) -> None:
         """A receiver lacks only these data pieces of chunk `index`: unless the whole chunk

@@ -17,6 +17,7 @@ from agent.image.chunkfile import ChunkedFile, chunk_image
 from agent.image.chunks import CHUNK_BYTES
 from agent.image.level import choose_level
 from agent.image.pieces import build_offer, list_index, piece_list
+from agent.net import netif
 from agent.say import say
 from agent.transfer.send.session import SendSession
 
@@ -98,14 +99,7 @@ def _samples(path: str, extents, count: int = 8) -> list[bytes]:
 def _wire_rate(session: SendSession) -> float:
     """Payload bytes per second the wire carries: --max-bitrate, else the link's speed
     (sysfs; 1 Gbit/s when it says nothing, as a veth or a tap does)."""
-    bits = session.opts.max_bitrate
-    if not bits:
-        try:
-            with open(f"/sys/class/net/{session.net.nif.name}/speed") as f:
-                mbits = int(f.read().strip())
-        except (OSError, ValueError):
-            mbits = -1
-        bits = mbits * 1e6 if mbits > 0 else 1e9
+    bits = session.opts.max_bitrate or netif.speed_of(session.net.nif.name) or 1e9
     return bits / 8 * 0.96  # headers: 1456 of 1514 bytes a frame
 
 

@@ -6,7 +6,9 @@ bucket in small bursts sized to the smallest receiver buffer, and adjusts the ra
 (AIMD): a slice whose receivers lost a run of consecutive blocks (the signature of a buffer
 overrun or a full queue) lowers the rate in proportion to the loss; a clean slice raises it.
 Isolated losses (a lossy link) barely move it, since sending slower would not help them.
---max-bitrate caps the rate, as in udpcast.
+--max-bitrate caps the rate, as in udpcast. Feedback that comes now and then rather than
+per slice (the chunk carousel's HC_NEED reports, one per receiver every 2 s while nothing
+is lost) ramps with the time it covers, not per report (`now`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ INITIAL = 800e6
 INITIAL_BIG_BUFFERS = 2e9
 FLOOR = 16e6
 SKB_TRUESIZE = 2304  # what one ~1.5 KB datagram costs in a receiver's socket buffer
+GAIN = 1.05  # a clean slice's increase; with time-stamped feedback, per RAMP_PERIOD clean
+RAMP_PERIOD = 0.1  # s: 5% per 0.1 s (x1.6 a second) while the reports show no loss
 
 
 def truesize(blocksize: int) -> int:
@@ -33,12 +37,14 @@ class Pacer:
     """Token bucket in packets; `rate` in bits/s on the wire."""
 
     def __init__(self, blocksize: int, max_bitrate: int | None = None,
-                 min_rcvbuf: int | None = None) -> None:
+                 min_rcvbuf: int | None = None, link_bits: float | None = None) -> None:
         self.packet_bits = (blocksize + WIRE_OVERHEAD) * 8
         self.cap = float(max_bitrate) if max_bitrate else UNLIMITED
+        if link_bits:  # the link's own speed (netif.speed_of): never ramp past it
+            self.cap = min(self.cap, link_bits)
         # receivers with big buffers (herdcast's) absorb a fast start; stock ones start lower
         initial = INITIAL_BIG_BUFFERS if min_rcvbuf and min_rcvbuf >= 1 << 20 else INITIAL
-        self.rate = self.cap if max_bitrate else initial
+        self.rate = self.cap if max_bitrate else min(initial, self.cap)
         self.floor = min(FLOOR, self.cap)
         # a burst must fit a receiver's socket buffer several times over
         burst = (min_rcvbuf // truesize(blocksize) // 3) if min_rcvbuf else 64
@@ -47,6 +53,7 @@ class Pacer:
         self.tokens = float(self.burst)
         self.last = time.monotonic()
         self.cut_before = -1  # slices numbered below this went out before the last cut
+        self.changed: float | None = None  # when time-stamped feedback last moved the rate
 
     def _refill(self, now: float) -> None:
         self.tokens = min(float(self.burst),
@@ -69,23 +76,34 @@ class Pacer:
         return max(0.0, need * self.packet_bits / self.rate)
 
     def feedback(self, blocks: int, congested: int, slice_no: int | None = None,
-                 next_no: int = 0) -> None:
+                 next_no: int = 0, now: float | None = None) -> None:
         """A slice of `blocks` was answered; `congested` of them were lost in runs. With
         slice numbers (`slice_no`, and `next_no`, the next to go out): one cut per loss
         event, as TCP's: the slices already sent when the rate was cut were sent too fast
         by the old rate, and their losses (one receiver descheduled for 100 ms overruns
-        every slice in flight) must not halve it again and again."""
+        every slice in flight) must not halve it again and again. With `now` (reports
+        that come now and then): a clean one raises the rate by GAIN per RAMP_PERIOD since
+        the last change, however many reports there are."""
         if blocks <= 0:
             return
         loss = congested / blocks
-        if loss > 0.002 and slice_no is not None and slice_no < self.cut_before:
-            return  # the event the last cut answered
         if loss > 0.002:
+            if now is not None:
+                self.changed = now  # no credit for time with losses in it
+            if slice_no is not None and slice_no < self.cut_before:
+                return  # the event the last cut answered
             self.rate = max(self.floor, self.rate * max(0.5, 1.0 - 1.5 * loss - 0.03))
             if slice_no is not None:
                 self.cut_before = next_no
         elif self.rate < self.cap:
-            self.rate = min(self.cap, self.rate * 1.05 + 2e6)
+            if now is None:
+                self.rate = min(self.cap, self.rate * GAIN + 2e6)
+                return
+            periods = (now - self.changed) / RAMP_PERIOD if self.changed is not None else 1
+            self.rate = min(self.cap, self.rate * GAIN ** min(periods, 50.0) + 2e6)
+            self.changed = now
+        elif now is not None:
+            self.changed = now
 
 
 def congested_blocks(missing: int, nblocks: int, min_run: int = 3) -> int:
