@@ -5,6 +5,7 @@ refused; a disk that already holds a chunk is recognised."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -56,6 +57,21 @@ def _chunked(disk: Path, out: Path):
                        meta={"host": "lab"})
 
 
+@contextlib.contextmanager
+def _blank_target(tmp_path: Path):
+    """(path, fd, the chunked image img.chunks open) of a new all-zero 48 MiB target."""
+    target = tmp_path / "blank.img"
+    with open(target, "wb") as f:
+        f.truncate(48 * MiB)
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        yield target, fd, stored
+    finally:
+        os.close(fd)
+        stored.close()
+
+
 @needs_loop
 def test_every_chunk_in_any_order_makes_the_disk(disk, tmp_path):
     out = tmp_path / "img.chunks"
@@ -92,12 +108,7 @@ def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_p
     is lacking there, a chunk of nothing but used zeros is already there; once a chunk is
     written it is found, zero target or not."""
     table = _chunked(disk, tmp_path / "img.chunks")
-    target = tmp_path / "blank.img"
-    with open(target, "wb") as f:
-        f.truncate(48 * MiB)
-    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
-    fd = os.open(target, os.O_RDWR)
-    try:
+    with _blank_target(tmp_path) as (target, fd, stored):
         assert [target_matches(fd, c) for c in table.chunks] == \
             [not c.data_bytes for c in table.chunks]
         assert any(not c.data_bytes for c in table.chunks)  # the test sees both kinds
@@ -106,9 +117,6 @@ def test_a_blank_disk_lacks_every_chunk_with_data_and_holds_the_rest(disk, tmp_p
         chunk = next(c for c in table.chunks if c.data_bytes)
         ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
         assert target_matches(fd, chunk)
-    finally:
-        os.close(fd)
-        stored.close()
 
 
 @needs_loop
@@ -148,12 +156,7 @@ def test_a_chunks_probe_reads_data_on_its_disk_and_decides_a_zeroed_one(disk, tm
             if where is not None:
                 f.seek(where[0])
                 assert any(f.read(where[1])), c.index
-    target = tmp_path / "third.img"
-    with open(target, "wb") as f:
-        f.truncate(48 * MiB)
-    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
-    fd = os.open(target, os.O_RDWR)
-    try:
+    with _blank_target(tmp_path) as (target, fd, stored):
         written = [c for c in table.chunks if c.data_bytes][::3]
         for chunk in written:
             ChunkSink(fd, str(target), table).put(chunk, stored.decoded(chunk.index))
@@ -163,9 +166,6 @@ def test_a_chunks_probe_reads_data_on_its_disk_and_decides_a_zeroed_one(disk, tm
         offset, length = probe(written[0])
         os.pwrite(fd, bytes(length), offset)
         assert written[0].index not in {c.index for c, found in scan(fd, table) if found}
-    finally:
-        os.close(fd)
-        stored.close()
 
 
 @needs_loop
