@@ -21,10 +21,9 @@ from agent.image.chunks import (
     Manifest,
     decode_payload,
     parse_manifest,
-    probe,
     target_matches,
 )
-from agent.image.chunksink import ChunkSink, scan
+from agent.image.chunksink import ChunkSink, probe, scan
 from agent.image.pieces import (
     HASH_BYTES,
     build_offer,

@@ -51,7 +51,7 @@ from construct import (
 from agent.codec.block import compress, decompress
 from agent.codec.inflate import CodecError
 from agent.errors import HerdcastError
-from agent.image.stream import DATA, GRANULE, ZERO
+from agent.image.stream import DATA, ZERO
 from agent.udpcast.protocol import fast_header
 
 CHUNK_BYTES = 1 << 20  # of disk per chunk (bench/chunks: 1 MiB vs 4 MiB)
@@ -256,32 +256,6 @@ def data_reader(chunk: Chunk, data: bytes) -> Callable[[int, int], memoryview]:
 def target_matches(fd: int, chunk: Chunk) -> bool:
     """Whether the disk on `fd` already holds `chunk` (resume, delta)."""
     return holds(chunk, lambda offset, length: os.pread(fd, length, offset))
-
-
-def probe(chunk: Chunk) -> tuple[int, int] | None:
-    """(offset, length) of a few bytes of `chunk` that are not all zero in the image: the
-    first granule of its first DATA extent (None: it has no DATA). An image never keeps an
-    all-zero granule as DATA (agent.image.stream cuts DATA at disk-aligned granules and
-    sends all-zero ones as ZERO; chunks are cut at granule multiples), so a disk that reads
-    all zero there lacks the chunk, known from one small read instead of the chunk's whole
-    span (a new or wiped disk: a receiver's scan reads 4 KiB per chunk, not every used
-    byte). The rule can only err towards "lacking" (a chunk sent again), never "holds"."""
-    for offset, length, kind in chunk.extents:
-        if kind == DATA:
-            return offset, min(length, GRANULE - offset % GRANULE)
-    return None
-
-
-def surely_lacking(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:
-    """Whether the disk `read` reads lacks `chunk` by its probe alone (reads all zero)."""
-    where = probe(chunk)
-    if where is None:
-        return False
-    try:
-        got = read(*where)
-    except OSError:
-        return False
-    return len(got) == where[1] and bytes(got) == _ZERO[:where[1]]
 
 
 def holds(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:

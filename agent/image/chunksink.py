@@ -8,18 +8,11 @@ the stream sink does, once every chunk is in.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from agent.image.chunks import (
-    Chunk,
-    ChunkTable,
-    content_hash,
-    data_reader,
-    holds,
-    surely_lacking,
-)
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
 from agent.image.sink import DiskSink
-from agent.image.stream import DATA
+from agent.image.stream import DATA, GRANULE
 
 
 class ChunkSink(DiskSink):
@@ -72,6 +65,32 @@ class ChunkSink(DiskSink):
         return hashes, bad
 
 
+def probe(chunk: Chunk) -> tuple[int, int] | None:
+    """(offset, length) of a few bytes of `chunk` that are not all zero in the image: the
+    first granule of its first DATA extent (None: it has no DATA). An image never keeps an
+    all-zero granule as DATA (agent.image.stream cuts DATA at disk-aligned granules and
+    sends all-zero ones as ZERO; chunks are cut at granule multiples), so a disk that reads
+    all zero there lacks the chunk, known from one small read instead of the chunk's whole
+    span (a new or wiped disk: a receiver's scan reads 4 KiB per chunk, not every used
+    byte). The rule can only err towards "lacking" (a chunk sent again), never "holds"."""
+    for offset, length, kind in chunk.extents:
+        if kind == DATA:
+            return offset, min(length, GRANULE - offset % GRANULE)
+    return None
+
+
+def surely_lacking(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:
+    """Whether the disk `read` reads lacks `chunk` by its probe alone (reads all zero)."""
+    where = probe(chunk)
+    if where is None:
+        return False
+    try:
+        got = read(*where)
+    except OSError:
+        return False
+    return len(got) == where[1] and bytes(got) == bytes(where[1])
+
+
 WINDOW = 16 << 20  # bytes of disk a scan reads at once
 
 
@@ -79,7 +98,7 @@ def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
     """(chunk, whether the disk on `fd` already holds it) for every chunk in table order
     (resume, delta), in windows of up to WINDOW bytes of disk each read with one pread:
     a few hundred reads for a disk, not one per chunk or extent (chunks.holds). A window
-    whose chunks all read zero at their probes (chunks.surely_lacking: a blank disk) is not
+    whose chunks all read zero at their probes (surely_lacking: a blank disk) is not
     read at all."""
     chunks, at = table.chunks, 0
 
