@@ -21,9 +21,8 @@ from agent.image.chunks import (
     Manifest,
     decode_payload,
     parse_manifest,
-    target_matches,
 )
-from agent.image.chunksink import ChunkSink, probe, scan
+from agent.image.chunksink import ChunkSink, probe, scan, target_matches
 from agent.image.pieces import (
     HASH_BYTES,
     build_offer,

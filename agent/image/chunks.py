@@ -11,7 +11,7 @@ disk already holds and throw away anything forged (Frisbee's design, Emulab 2003
 
 Chunks sit on fixed boundaries so two versions of an image cut the same ranges: a disk that
 holds last month's image differs from this month's in the chunks that changed, and a
-receiver finds those by hashing its own disk at each chunk's extents (`target_matches`).
+receiver finds those by hashing its own disk at each chunk's extents (agent.image.chunksink).
 A payload is checked against its sha256 before it is decompressed (`decode_payload`) and
 decompressed to exactly the size its extents say, so a forged chunk costs the time to hash
 it, never a byte on a disk. The image digest is the sha256 of the content hashes in table
@@ -251,35 +251,6 @@ def data_reader(chunk: Chunk, data: bytes) -> Callable[[int, int], memoryview]:
             pos += length
     return lambda offset, length: (view[at[offset]:at[offset] + length] if offset in at
                                    else memoryview(_ZERO)[:length])
-
-
-def target_matches(fd: int, chunk: Chunk) -> bool:
-    """Whether the disk on `fd` already holds `chunk` (resume, delta)."""
-    return holds(chunk, lambda offset, length: os.pread(fd, length, offset))
-
-
-def holds(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:
-    """Whether the bytes `read(offset, length)` returns are `chunk`'s. A range that reads
-    all zero (a new or wiped disk) is told apart without hashing: a DATA extent is never
-    all zero (the stream keeps all-zero granules as ZERO), so a chunk with one is lacking
-    there (a receiver's start on a blank disk is a memcmp, not a sha256, per used byte)."""
-    if not chunk.extents:
-        return chunk.content_sha256 == hashlib.sha256().digest()
-    start = chunk.extents[0][0]
-    length = chunk.extents[-1][0] + chunk.extents[-1][1] - start
-    try:
-        span = read(start, length)
-    except OSError:
-        return False
-    if len(span) != length:
-        return False
-    if any(kind == DATA for _, _, kind in chunk.extents) and span[:64] == _ZERO[:64] \
-            and bytes(span) == _ZERO[:length]:  # (bytes: a memoryview compares slowly)
-        return False
-    view = memoryview(span)
-    return content_hash(chunk.extents, lambda offset, n: view[offset - start:
-                                                             offset - start + n]) \
-        == chunk.content_sha256
 
 
 class Chunker:

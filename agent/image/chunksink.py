@@ -7,10 +7,11 @@ the stream sink does, once every chunk is in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 
-from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader, holds
+from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA, GRANULE
 
@@ -91,13 +92,40 @@ def surely_lacking(chunk: Chunk, read: Callable[[int, int], bytes | memoryview])
     return len(got) == where[1] and bytes(got) == bytes(where[1])
 
 
+def target_matches(fd: int, chunk: Chunk) -> bool:
+    """Whether the disk on `fd` already holds `chunk` (resume, delta)."""
+    return holds(chunk, lambda offset, length: os.pread(fd, length, offset))
+
+
+def holds(chunk: Chunk, read: Callable[[int, int], bytes | memoryview]) -> bool:
+    """Whether the bytes `read(offset, length)` returns are `chunk`'s: a disk reading zero
+    at its probe lacks it (surely_lacking: no hashing on a new or wiped disk), else the
+    content hash of its extents decides."""
+    if not chunk.extents:
+        return chunk.content_sha256 == hashlib.sha256().digest()
+    if surely_lacking(chunk, read):
+        return False
+    start = chunk.extents[0][0]
+    length = chunk.extents[-1][0] + chunk.extents[-1][1] - start
+    try:
+        span = read(start, length)
+    except OSError:
+        return False
+    if len(span) != length:
+        return False
+    view = memoryview(span)
+    return content_hash(chunk.extents, lambda offset, n: view[offset - start:
+                                                             offset - start + n]) \
+        == chunk.content_sha256
+
+
 WINDOW = 16 << 20  # bytes of disk a scan reads at once
 
 
 def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
     """(chunk, whether the disk on `fd` already holds it) for every chunk in table order
     (resume, delta), in windows of up to WINDOW bytes of disk each read with one pread:
-    a few hundred reads for a disk, not one per chunk or extent (chunks.holds). A window
+    a few hundred reads for a disk, not one per chunk or extent (holds). A window
     whose chunks all read zero at their probes (surely_lacking: a blank disk) is not
     read at all."""
     chunks, at = table.chunks, 0

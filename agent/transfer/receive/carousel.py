@@ -3,8 +3,8 @@
 1. The manifest (agent.image.chunks) is fetched from the sender directly and taken only
    when its sha256 is the one the sender named and, in a signed session, that name is
    signed for our nonce (agent.trust.manifest).
-2. The disk is hashed at each chunk's extents (image.chunksink.scan: 16 MiB a read, a
-   range that reads all zero told apart by memcmp): a chunk already there (a rebooted
+2. The disk is hashed at each chunk's extents (image.chunksink.scan: 16 MiB a read; a
+   chunk whose probe reads zero is lacking unhashed, unread): a chunk already there (a rebooted
    node, a node holding the previous version of the image) is never asked for.
 3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
    incomplete or failed its hash, at once when the sender says nobody lacks anything, and
