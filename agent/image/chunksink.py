@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
+from agent.image.direct import reading
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA, GRANULE
 
@@ -46,7 +47,11 @@ class ChunkSink(DiskSink):
             self._blank(pos, self.table.disk_size - pos)
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        os.fsync(self.fd)  # the device's inode: what went direct is flushed with the rest
+
+    def close(self) -> None:
+        """The sink's own descriptor closed (a chunk sink has no stream to finish)."""
+        self.close_direct()
 
     def read_back(self) -> tuple[list[bytes], list[int]]:
         """verify=readback on chunks: every chunk's extents read back from the device (the
@@ -56,10 +61,12 @@ class ChunkSink(DiskSink):
         was written, and chunks already on the disk (resume, delta) are checked too."""
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         rfd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        reader = reading(rfd)  # a block device: read past the page cache
         try:
-            hashes = [content_hash(c.extents, lambda o, n: os.pread(rfd, n, o))
+            hashes = [content_hash(c.extents, lambda o, n: reader.read(n, o))
                       for c in self.table.chunks]
         finally:
+            reader.close()
             os.close(rfd)
         bad = [c.index for c, h in zip(self.table.chunks, hashes, strict=True)
                if h != c.content_sha256]
@@ -128,31 +135,34 @@ def scan(fd: int, table: ChunkTable) -> Iterator[tuple[Chunk, bool]]:
     a few hundred reads for a disk, not one per chunk or extent (holds). A window
     whose chunks all read zero at their probes (surely_lacking: a blank disk) is not
     read at all."""
-    chunks, at = table.chunks, 0
+    chunks, at, reader = table.chunks, 0, reading(fd)
 
     def pread(offset: int, length: int) -> bytes:
-        return os.pread(fd, length, offset)
+        return reader.read(length, offset)
 
-    while at < len(chunks):
-        first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
-        last = at + 1
-        while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
-                <= WINDOW:
-            end = chunks[last].offset + chunks[last].span
-            last += 1
-        lacking = [surely_lacking(c, pread) for c in chunks[at:last]]
-        if all(lacking):
-            yield from ((c, False) for c in chunks[at:last])
+    try:
+        while at < len(chunks):
+            first, end = chunks[at].offset, chunks[at].offset + chunks[at].span
+            last = at + 1
+            while last < len(chunks) and chunks[last].offset + chunks[last].span - first \
+                    <= WINDOW:
+                end = chunks[last].offset + chunks[last].span
+                last += 1
+            lacking = [surely_lacking(c, pread) for c in chunks[at:last]]
+            if all(lacking):
+                yield from ((c, False) for c in chunks[at:last])
+                at = last
+                continue
+            try:
+                window = memoryview(pread(first, end - first))
+            except OSError:
+                window = memoryview(b"")
+
+            def read(offset: int, length: int, window=window, first=first) -> memoryview:
+                return window[offset - first:offset - first + length]
+
+            for c, lacks in zip(chunks[at:last], lacking, strict=True):
+                yield c, not lacks and holds(c, read)
             at = last
-            continue
-        try:
-            window = memoryview(os.pread(fd, end - first, first))
-        except OSError:
-            window = memoryview(b"")
-
-        def read(offset: int, length: int, window=window, first=first) -> memoryview:
-            return window[offset - first:offset - first + length]
-
-        for c, lacks in zip(chunks[at:last], lacking, strict=True):
-            yield c, not lacks and holds(c, read)
-        at = last
+    finally:
+        reader.close()

@@ -116,6 +116,7 @@ def restore(path: str, disk: str, blank: str) -> Restored:
         except (OSError, HerdcastError) as exc:
             _failed(path, disk, sink, exc, (StreamError, CodecError))
         finally:
+            sink.close_direct()
             os.close(fd)
     return Restored(sink.written, sink.cleared)
 
@@ -158,6 +159,7 @@ def _restore_chunks(path: str, disk: str, blank: str) -> Restored:
         except (OSError, HerdcastError) as exc:
             _failed(path, disk, sink, exc, (ChunkError,))
         finally:
+            sink.close()
             os.close(fd)
     finally:
         stored.close()

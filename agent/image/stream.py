@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 
 from construct import Const, ConstructError, Int16ub, Int32ub, Int64ub, Struct
 
 from agent.codec.inflate import PiecesReader
 from agent.errors import HerdcastError
+from agent.image.direct import reading
 from agent.image.extents import Extent
 
 MAGIC = b"HERDCAST-IMAGE\x00\x01"
@@ -83,12 +83,19 @@ def encode(fd: int | None, disk_size: int, extents: Iterable[Extent],
     all-zero granules inside them sent as ZERO records, `meta` (JSON-able) in the header.
     Reads each used byte once, counting them in `at`, with `read(length, offset)` when given
     (a stored chunked image, agent.image.chunkfile), else pread on `fd`; reads never cross
-    a 1 MiB line."""
-    at = at if at is not None else Position()
-    if read is None:
-        def read(length: int, offset: int) -> bytes:
-            return os.pread(fd, length, offset)
+    a 1 MiB line. A block device is read past the page cache (agent.image.direct)."""
+    if read is not None:
+        yield from _encode(disk_size, extents, meta, read, at or Position())
+        return
+    reader = reading(fd)
+    try:
+        yield from _encode(disk_size, extents, meta, reader.read, at or Position())
+    finally:
+        reader.close()
 
+
+def _encode(disk_size: int, extents: Iterable[Extent], meta: dict | None,
+            read: Callable[[int, int], bytes], at: Position) -> Iterator[bytes]:
     yield Header.build({"version": VERSION, "flags": FLAG_META if meta is not None else 0,
                         "granule": GRANULE, "disk_size": disk_size})
     if meta is not None:

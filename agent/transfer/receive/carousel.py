@@ -82,7 +82,7 @@ class ChunkReceiver:
         self._attach()  # from here a failure is told to the sender (HC_FAIL, link.fail)
         check_image_fits(self.opts.file, self.session.image_size)  # before any write
         table, self.pieces = self._manifest()
-        fd = self._open()
+        fd, sink = self._open(), None
         try:
             sink = ChunkSink(fd, self.opts.file, table, self.opts.blank)
             self.table, self.sink = table, sink
@@ -109,6 +109,8 @@ class ChunkReceiver:
         except OSError as exc:
             raise OutputError(f"{self.opts.file}: {exc.strerror or exc}") from exc
         finally:
+            if sink is not None:
+                sink.close()
             os.close(fd)
         say(f"chunks: received {self.wire_bytes} payload bytes, {self.forged} forged "
             f"piece(s) dropped, {self.failed} chunk(s) failed their hash, {self.foreign} "

@@ -296,6 +296,8 @@ class Output:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self.sink is not None:
+            self.sink.close_direct()
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

@@ -3,8 +3,9 @@ it back from the device and compare.
 
 The wire digest proves what arrived; this proves what the disk now returns, which catches a
 disk that acknowledges writes it then loses or garbles (a failing drive, a bad cable, a
-controller cache). The pages just written are dropped from the page cache first
-(POSIX_FADV_DONTNEED after fsync), so the read goes to the device. It costs one more read of
+controller cache). A block device is read past the page cache (O_DIRECT, agent.image.direct);
+a file's pages are dropped from the cache first (POSIX_FADV_DONTNEED after fsync), so the
+read goes to the device. It costs one more read of
 everything written: off by default.
 """
 
@@ -14,6 +15,7 @@ import hashlib
 import os
 
 from agent.errors import HerdcastError
+from agent.image.direct import reading
 
 CHUNK = 1 << 20
 
@@ -43,11 +45,12 @@ class Readback:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         again = hashlib.sha256()
         rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        reader = reading(rfd)  # a block device: read past the page cache
         try:
             for offset, length in self.ranges:
                 end = offset + length
                 while offset < end:
-                    chunk = os.pread(rfd, min(CHUNK, end - offset), offset)
+                    chunk = reader.read(min(CHUNK, end - offset), offset)
                     if not chunk:
                         raise ReadbackError(f"{path}: reading back byte {offset} found the "
                                             "end of the disk", "check the disk and image again")
@@ -57,6 +60,7 @@ class Readback:
             raise ReadbackError(f"{path}: reading back failed at byte {offset}: "
                                 f"{exc.strerror}", "the disk is failing; replace it") from exc
         finally:
+            reader.close()
             os.close(rfd)
         if again.digest() != self.sha256.digest():
             raise ReadbackError(f"{path}: the {self.bytes} bytes read back differ from those "

@@ -31,7 +31,7 @@ from agent.say import say
 from agent.transfer.send.answers import note_changed
 from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.chunking import Prepared
-from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.pacer import Pacer, pause
 from agent.transfer.send.participants import Table
 from agent.transfer.send.record import Receiver, State, Verdict, said
 from agent.transfer.send.session import SendSession
@@ -200,7 +200,7 @@ class Carousel:
         while first < pieces:
             n = self.pacer.grant(pieces - first, time.monotonic())
             if not n:
-                self._receive(min(0.005, self.pacer.wait(pieces - first)))
+                pause(min(0.005, self.pacer.wait(pieces - first)), self._receive)
                 continue
             first += self.net.blocks.send(self.buf, first, n)
         self.stats.data_packets += pieces

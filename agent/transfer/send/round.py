@@ -23,7 +23,7 @@ from agent.transfer.send.answers import Answers
 from agent.transfer.send.fec import send_fec_block
 from agent.transfer.send.inflight import SliceInFlight
 from agent.transfer.send.network import SendError
-from agent.transfer.send.pacer import Pacer
+from agent.transfer.send.pacer import Pacer, pause
 from agent.transfer.send.participants import Table
 from agent.transfer.send.passes import Passes
 from agent.transfer.send.reader import EOF, SliceReader
@@ -215,10 +215,7 @@ class Round(Answers, Passes):
             if job is not None:
                 wait = self._send(*job, now)
                 self.tracer.waited("pacer", wait)
-                if wait > 0.002:
-                    self._receive(wait)
-                elif wait > 0:
-                    time.sleep(wait)
+                pause(wait, self._receive)
                 continue
             if self._start_slice():
                 continue

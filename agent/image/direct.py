@@ -1,0 +1,125 @@
+"""A block device's bytes read and written past the page cache (O_DIRECT).
+
+Why: an image's used bytes pass through a disk once. Through the page cache each 4 KiB costs
+the kernel a page, a copy and a writeback, and a whole disk's worth evicts everything else
+(the agent's own files in an initramfs among them); none of it is read again. Measured in
+the lab (two receivers each writing 2.4 GB onto a loop device at once): buffered, 8.2 s and
+6.5 CPU-seconds each; direct, 2.0 s and 0.1. Reading 2.4 GB: 4.6 s buffered, 0.8 s direct.
+A read past the cache is also what a read-back check needs: it sees the device, not the
+copy the kernel still holds.
+
+Only whole, page-aligned pages go direct (from a page-aligned buffer): a write's unaligned
+head and tail are left to the caller's buffered descriptor, so no page is ever shared
+between the two paths. A device or kernel that refuses O_DIRECT (EINVAL) is used buffered.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import struct
+from collections.abc import Iterator
+
+ALIGN = 4096  # a page: also every logical block size in use (512, 4096)
+BUFFER = 4 << 20  # bytes moved per system call
+BLKSSZGET = 0x1268  # _IO(0x12, 104): the logical block size
+
+
+class Direct:
+    """An O_DIRECT descriptor on the block device open on `fd`, with its aligned buffer.
+    One user at a time (a buffer per object): open one per thread that needs it."""
+
+    def __init__(self, fd: int, dfd: int) -> None:
+        self.fd, self.dfd = fd, dfd
+        self._map = mmap.mmap(-1, BUFFER)
+        self._view = memoryview(self._map)
+
+    @classmethod
+    def open(cls, fd: int, writable: bool = False) -> Direct | None:
+        """The device behind `fd` opened O_DIRECT, or None where it cannot be (a file, a
+        device whose blocks are larger than a page, a kernel that refuses)."""
+        try:
+            if not stat.S_ISBLK(os.fstat(fd).st_mode):
+                return None
+            block = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+            if ALIGN % block:
+                return None
+            flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT | os.O_CLOEXEC
+            return cls(fd, os.open(f"/proc/self/fd/{fd}", flags))
+        except OSError:
+            return None
+
+    def write(self, offset: int, data: memoryview) -> Iterator[tuple[int, memoryview]]:
+        """Writes `data`'s whole pages at `offset` direct; yields the (offset, bytes) left
+        for a buffered write (the unaligned head and tail, or all of it when the device
+        refused). OSError other than a refusal is raised (a failing disk)."""
+        head = min(-offset % ALIGN, len(data))
+        middle = (len(data) - head) // ALIGN * ALIGN
+        if head:
+            yield offset, data[:head]
+        done = head
+        while done < head + middle:
+            n = min(BUFFER, head + middle - done)
+            self._view[:n] = data[done:done + n]
+            try:
+                written = os.pwrite(self.dfd, self._view[:n], offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                yield offset + done, data[done:head + middle]  # refused: all buffered
+                done = head + middle
+                break
+            done += written - written % ALIGN
+            if written % ALIGN:  # a short write: the rest goes on from a page boundary
+                yield offset + done, data[done:done + written % ALIGN]
+                done += written % ALIGN
+        if done < len(data):
+            yield offset + done, data[done:]
+
+    def read(self, length: int, offset: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the device's end), read from the device."""
+        pieces, at, end = [], offset, offset + length
+        while at < end:
+            start = at - at % ALIGN
+            span = min(BUFFER, -(-(end - start) // ALIGN) * ALIGN)
+            try:
+                stop = min(start + os.preadv(self.dfd, [self._view[:span]], start), end)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                pieces.append(os.pread(self.fd, end - at, at))  # refused: buffered
+                break
+            if stop <= at:
+                break
+            pieces.append(bytes(self._view[at - start:stop - start]))
+            at = stop
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+            self._view.release()
+            self._map.close()
+
+
+class Pread:
+    """What Direct offers, through the page cache: for files and refusing devices."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        """The caller's descriptor stays open."""
+
+
+def reading(fd: int) -> Direct | Pread:
+    """A reader of `fd`: past the page cache on a block device. Close it when done (its
+    own descriptor; `fd` stays the caller's)."""
+    return Direct.open(fd) or Pread(fd)

@@ -1,0 +1,140 @@
+"""A disk's bytes pass the page cache by (agent.image.direct): what a restore or a receive
+writes onto a block device is on the device, not held by the kernel, and comes back
+byte-exact whatever the alignment of the ranges written and read."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import needs_loop
+
+from agent.image import direct
+from agent.image.direct import ALIGN, BUFFER, Direct, reading
+from agent.image.sink import DiskSink
+from builder.lab.loopdev import loop_device
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def cached_pages(dev: str, length: int) -> int:
+    """Pages of the first `length` bytes of block device `dev` in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vec = (ctypes.c_ubyte * (length // mmap.PAGESIZE))()
+            assert libc.mincore(addr, length, vec) == 0, ctypes.get_errno()
+            return sum(v & 1 for v in vec)
+        finally:
+            libc.munmap(addr, length)
+    finally:
+        os.close(fd)
+
+
+@needs_loop
+def test_a_restore_writes_the_device_past_the_page_cache(tmp_path):
+    """`herdcast image restore` onto a block device: every byte lands, and the 24 MiB it
+    wrote are not left in the kernel's cache (written buffered, they all would be)."""
+    src, img = tmp_path / "src.bin", tmp_path / "src.img"
+    data = os.urandom(24 * MiB)
+    src.write_bytes(data + bytes(8 * MiB))
+    image = [sys.executable, "-m", "agent", "image"]
+    subprocess.run([*image, "capture", str(src), str(img)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(b"\xee" * (32 * MiB))
+    with loop_device(backing) as dev, open(dev, "rb") as held:
+        # held open: the device's last close would drop its cache whatever was written
+        subprocess.run([*image, "restore", str(img), dev], cwd=ROOT, check=True,
+                       capture_output=True, timeout=120)
+        assert cached_pages(dev, 32 * MiB) < 64  # a few headers' worth at most, not 6,144
+        assert held.read(24 * MiB) == data
+
+
+@needs_loop
+@pytest.mark.parametrize("offset,length", [
+    (0, 3 * MiB), (100, ALIGN), (ALIGN - 1, 2 * ALIGN + 7), (5 * ALIGN, BUFFER + 3 * ALIGN),
+    (12345, BUFFER + 777), (7, 5)])
+def test_any_range_is_written_and_read_back_exactly(tmp_path, offset, length):
+    """Unaligned heads and tails go buffered, whole pages direct, and nothing is torn at
+    the seams either way; a read of any range past the cache returns exactly it."""
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(b"\x5a" * (16 * MiB))
+    data = os.urandom(length)
+    with loop_device(backing) as dev:
+        fd = os.open(dev, os.O_RDWR)
+        try:
+            sink = DiskSink(fd, dev)
+            assert sink.direct is not None
+            sink._pwrite(offset, memoryview(data))
+            sink.close_direct()
+            os.fsync(fd)
+            reader = reading(fd)
+            assert isinstance(reader, Direct)
+            try:
+                assert reader.read(length, offset) == data
+                if offset >= 3:
+                    assert reader.read(3, offset - 3) == b"\x5a" * 3
+                assert reader.read(9, offset + length) == b"\x5a" * 9
+                assert reader.read(4 * ALIGN, 16 * MiB - ALIGN) == b"\x5a" * ALIGN  # the end
+            finally:
+                reader.close()
+        finally:
+            os.close(fd)
+        assert backing.read_bytes()[offset:offset + length] == data
+
+
+def test_a_file_is_read_and_written_through_the_cache(tmp_path):
+    """O_DIRECT is for block devices: a file (tmpfs refuses it) gets plain pread/pwrite."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(ALIGN * 4))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert Direct.open(fd, writable=True) is None
+        assert DiskSink(fd, str(path)).direct is None
+        assert reading(fd).read(5, 3) == bytes(5)
+    finally:
+        os.close(fd)
+
+
+@needs_loop
+def test_a_device_refusing_direct_writes_is_written_buffered(tmp_path, monkeypatch):
+    """A kernel or driver that takes the O_DIRECT open but refuses the write (EINVAL) gets
+    the same bytes through the cache: the image still lands whole."""
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(bytes(8 * MiB))
+    data = os.urandom(2 * MiB + 100)
+    real = os.pwrite
+    with loop_device(backing) as dev:
+        fd = os.open(dev, os.O_RDWR)
+        try:
+            sink = DiskSink(fd, dev)
+            refusing = sink.direct.dfd
+
+            def pwrite(to: int, buf, at: int) -> int:
+                if to == refusing:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                return real(to, buf, at)
+
+            monkeypatch.setattr(direct.os, "pwrite", pwrite)
+            sink._pwrite(ALIGN, memoryview(data))
+            sink.close_direct()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    assert backing.read_bytes()[ALIGN:ALIGN + len(data)] == data
