@@ -1,9 +1,11 @@
-"""Where a carousel receiver's whole chunks go: a worker thread decompresses each and writes
-it onto the disk, while the receiving thread goes on taking pieces
-off the socket (zstandard, hashlib and pwrite release the GIL: on two cores the two run at
-once). One worker keeps the disk's writes in the order chunks completed, and decompression
-at over 1 GB/s per core is far above what a gigabit link brings compressed. Then the end:
-the disk read back (--verify readback) and the digest confirmed with the sender.
+"""Where a carousel receiver's whole chunks go: one thread decompresses each, another writes
+it onto the disk, while the receiving thread goes on taking pieces off the socket
+(zstandard, hashlib and pwrite release the GIL). A direct write waits for the device
+(agent.image.direct), so decompressing the next chunk meanwhile keeps both busy; one writer
+keeps the disk's writes in the order chunks completed. The receiving thread waits only when
+PENDING bytes of chunks are queued: a writer behind for a moment must not stop the socket
+being read (its buffer overflows, and the sender slows for everybody). Then the end: the
+disk read back (--verify readback) and the digest confirmed with the sender.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from agent.trust.statements import CHUNKS
 from agent.udpcast.protocol import SECRET_BYTES, Op, build, parse
 
 DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
-DEPTH = 8  # chunks waiting for the worker at most; beyond, the receiving thread waits
+PENDING = 64 << 20  # used bytes of chunks queued at most; beyond, the receiving thread waits
 
 
 class Landing:
@@ -31,21 +33,25 @@ class Landing:
 
     def __init__(self, sink: ChunkSink) -> None:
         self.sink = sink
+        self._inflate = ThreadPoolExecutor(1, thread_name_prefix="herdcast-inflate")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="herdcast-land")
         self._pending: deque[tuple[Chunk, Future]] = deque()
+        self._queued = 0  # used bytes of the chunks pending
 
     def submit(self, chunk: Chunk, payload: bytearray) -> list[Chunk]:
         """Hand a whole, checked payload over; returns chunks that failed meanwhile."""
-        self._pending.append((chunk, self._pool.submit(self._land, chunk, payload)))
-        return self.reap(wait=len(self._pending) > DEPTH)
+        data = self._inflate.submit(decompress_payload, chunk, payload)
+        self._pending.append((chunk, self._pool.submit(self._land, chunk, data)))
+        self._queued += chunk.used_bytes
+        return self.reap(wait=self._queued > PENDING)
 
-    def _land(self, chunk: Chunk, payload: bytearray) -> None:
+    def _land(self, chunk: Chunk, data: Future) -> None:
         """The payload came whole, every piece matching the hash its signed offer names,
         and zstd expands it to exactly the size its extents say: the bytes written are the
         chunk's, so the manifest's content hash stands for them (the image digest is made
         of those). Not hashing them again saves a fifth of a receiver's CPU; --verify
         readback hashes what the disk returns instead (ChunkSink.read_back)."""
-        self.sink.put(chunk, decompress_payload(chunk, payload))
+        self.sink.put(chunk, data.result())
 
     def reap(self, wait: bool = False) -> list[Chunk]:
         """Chunks landed so far; those whose payload did not decode (a sender's bug: every
@@ -53,6 +59,7 @@ class Landing:
         failed = []
         while self._pending and (wait or self._pending[0][1].done()):
             chunk, future = self._pending.popleft()
+            self._queued -= chunk.used_bytes
             wait = False
             try:
                 future.result()
@@ -71,6 +78,7 @@ class Landing:
         return failed
 
     def close(self) -> None:
+        self._inflate.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
