@@ -6,10 +6,11 @@
 2. The disk is hashed at each chunk's extents (image.chunksink.scan: 16 MiB a read; a
    chunk whose probe reads zero is lacking unhashed, unread): a chunk already there (a rebooted
    node, a node holding the previous version of the image) is never asked for.
-3. HC_NEED says what is lacking: at once, again soon after a chunk we lack went by
-   incomplete or failed its hash, at once when the sender says nobody lacks anything, and
-   every NEED_REFRESH while anything is lacking; a chunk that went by incomplete is asked
-   for by its missing pieces (HC_HOLES): a lost datagram costs a datagram. Every chunk
+3. HC_NEED says what is lacking: all of it at once, every NEED_REFRESH and when the sender
+   says nobody lacks anything; in between, soon after a chunk we lack went by incomplete
+   or failed its hash, that chunk (not what is still on its way); a chunk that went by
+   incomplete is asked for by its missing pieces (HC_HOLES): a lost datagram costs a
+   datagram. Every chunk
    that flies and is lacking is kept, whoever asked for it: joining mid-stream is free.
 4. A piece is kept only once it matches its hash (agent.image.pieces): a forged or
    damaged one is dropped on arrival. A whole chunk is decompressed and written by a
@@ -71,7 +72,8 @@ class ChunkReceiver:
         self.received = self.lost = 0  # pieces since the last HC_NEED (the pace signal)
         self.wire_bytes = self.foreign = self.failed = self.forged = self.lost_all = 0
         self.current = -1  # the chunk the sender is sending
-        self.need_at = 0.0
+        self.need_at = self.refresh_at = 0.0  # the next HC_NEED; the next that says all
+        self.went_by = 0  # chunks seen go by incomplete (or failing) since the last HC_NEED
         self.last_rx = time.monotonic()
         self.idle_seen = False
 
@@ -236,6 +238,7 @@ class ChunkReceiver:
                         if time.monotonic() - self.last_piece > IDLE_GRACE:
                             self._passed(self.current)
                             self.current = -1
+                        self.refresh_at = 0.0  # nothing is wanted: say all we lack
                         self._soon()
                 self._silent()
                 progress.update(done)
@@ -247,22 +250,38 @@ class ChunkReceiver:
 
     def _need(self, now: float) -> None:
         """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
-        again), HC_NEED for every other chunk lacking but the one being sent."""
-        need = self.lacking & ~(1 << self.current if self.current >= 0 else 0)  # in flight
+        again); HC_NEED for the other chunks that went by incomplete, and every
+        NEED_REFRESH (or when the sender says nobody wants anything) for every chunk
+        lacking but the one being sent. Chunks not yet seen are not asked for between
+        refreshes: the sender has them from the last one, and asking again for what is
+        already on its way (in this socket's queue while this receiver is behind) would
+        have it sent twice. An HC_NEED always carries the pieces received and lost since
+        the last (the pacer's signal), with an empty bitmap when nothing is asked."""
+        full, holed = now >= self.refresh_at, 0
         for index in list(self.holed):
             entry = self.partial.get(index)
-            if entry is None or not need >> index & 1:
+            if entry is None or not self.lacking >> index & 1:
                 self.holed.discard(index)  # done, or dropped for newer ones: all of it
+                self.went_by |= (self.lacking >> index & 1) << index
                 continue
-            need &= ~(1 << index)
+            holed |= 1 << index
             missing = ~entry.got & ((1 << entry.count) - 1)
             self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
                 wire.HOLE_BYTES, "little")))
-        for first, bitmap in wire.need_bitmaps(need, len(self.table.chunks)):
+        need = self.lacking & ~holed & ~(1 << self.current if self.current >= 0 else 0)
+        if not full:
+            need &= self.went_by
+        asks = wire.need_bitmaps(need, len(self.table.chunks))
+        if not asks and (self.received or self.lost):
+            asks = [(0, bytes(wire.NEED_BYTES))]
+        for first, bitmap in asks:
             self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
                                       lost=self.lost, bitmap=bitmap))
             self.received = self.lost = 0
-        self.need_at = now + NEED_REFRESH
+        self.went_by = 0
+        if full:
+            self.refresh_at = now + NEED_REFRESH
+        self.need_at = self.refresh_at
 
     def _soon(self) -> None:
         self.need_at = min(self.need_at,
@@ -299,9 +318,13 @@ class ChunkReceiver:
             entry.hashes[piece * bs:(piece + 1) * bs] = data
             self.received += 1
             return 0
-        if entry is None or entry.got >> piece & 1 or \
-                not entry.lists >> (piece // entry.per) & 1:
-            return 0  # a repeat, or no list piece to check it with: not kept
+        if entry is None or not entry.lists >> (piece // entry.per) & 1:
+            if not self.went_by >> index & 1:  # its list piece was lost: ask for all of it
+                self.went_by |= 1 << index
+                self._soon()
+            return 0
+        if entry.got >> piece & 1:
+            return 0  # a repeat
         at = hash_at(piece, bs)
         if piece >= entry.count or len(data) != min(bs, wire_bytes - piece * bs) or \
                 piece_hash(data) != entry.hashes[at:at + HASH_BYTES]:
@@ -324,6 +347,7 @@ class ChunkReceiver:
         for chunk in chunks:
             self.failed += 1
             self.lacking |= 1 << chunk.index
+            self.went_by |= 1 << chunk.index
             self._soon()
         return sum(c.used_bytes for c in chunks)
 
@@ -340,4 +364,6 @@ class ChunkReceiver:
             self.lost_all += entry.count - entry.have
             if entry.count <= 8 * wire.HOLE_BYTES:  # list pieces come with the holes
                 self.holed.add(index)
+            else:
+                self.went_by |= 1 << index
             self._soon()
