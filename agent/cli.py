@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from agent.cmd import INTERRUPTED, TERMINATED, exit_status
 from agent.errors import HerdcastError
+from agent.image.heap import keep_freed_blocks
 from agent.say import one_command, say
 
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"herdcast: unknown command {name!r}")
         print(USAGE, file=sys.stderr, end="")
         return 2
+    keep_freed_blocks()  # image-sized buffers reused, not faulted in again (agent.image.heap)
     previous = None if command.own_signals else signal.signal(signal.SIGTERM, _on_sigterm)
     with one_command():  # a --log the command opened gets its last line too
         try:
