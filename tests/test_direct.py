@@ -8,17 +8,21 @@ import ctypes
 import errno
 import mmap
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import needs_loop
+from peers import herdcast_receiver, stock_sender
 
 from agent.image import direct
 from agent.image.direct import ALIGN, BUFFER, Direct, reading
 from agent.image.sink import DiskSink
 from builder.lab.loopdev import loop_device
+from builder.lab.netlab import NetLab
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -163,3 +167,25 @@ def test_image_sized_blocks_are_reused_not_faulted_in_again(tmp_path):
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout)
         for how in ("kept", "default")}
     assert faults["kept"] * 2 < faults["default"], faults
+
+
+@needs_loop
+@pytest.mark.netns
+@pytest.mark.skipif(shutil.which("udp-sender") is None, reason="Debian's udpcast not installed")
+def test_a_raw_disk_from_a_stock_sender_lands_past_the_page_cache(tmp_path):
+    """udpcast's own case, a stock udp-sender's raw disk to `herdcast receive -f DEVICE`:
+    the device holds every byte, the unaligned end included, and the rest as it was; the
+    kernel's cache holds none of it (written buffered, all 2,049 pages would be there)."""
+    src = tmp_path / "disk.raw"
+    src.write_bytes(os.urandom(8 * MiB + 1001))
+    backing = tmp_path / "target.bin"
+    backing.write_bytes(b"\xee" * (16 * MiB))
+    with loop_device(backing) as dev, open(dev, "rb") as held, NetLab(2, net=246) as lab:
+        rlog, slog = tmp_path / "receiver.log", tmp_path / "sender.log"
+        receiver = herdcast_receiver(lab.hosts[1], Path(dev), rlog)
+        time.sleep(1.0)  # its CONNECT_REQ first
+        sender = stock_sender(lab.hosts[0], src, slog, "--min-receivers", "1")
+        assert sender.wait(timeout=60) == 0, slog.read_text()
+        assert receiver.wait(timeout=30) == 0, rlog.read_text()
+        assert cached_pages(dev, 16 * MiB) < 16
+        assert held.read(16 * MiB) == src.read_bytes() + b"\xee" * (8 * MiB - 1001)

@@ -54,30 +54,35 @@ class Direct:
 
     def write(self, offset: int, data: memoryview) -> Iterator[tuple[int, memoryview]]:
         """Writes `data`'s whole pages at `offset` direct; yields the (offset, bytes) left
-        for a buffered write (the unaligned head and tail, or all of it when the device
-        refused). OSError other than a refusal is raised (a failing disk)."""
+        for a buffered write (the unaligned head and tail). OSError is raised (a failing
+        disk)."""
         head = min(-offset % ALIGN, len(data))
         middle = (len(data) - head) // ALIGN * ALIGN
         if head:
             yield offset, data[:head]
-        done = head
-        while done < head + middle:
+        for done in range(head, head + middle, BUFFER):
             n = min(BUFFER, head + middle - done)
             self._view[:n] = data[done:done + n]
+            self.put(offset + done, n)
+        if head + middle < len(data):
+            yield offset + head + middle, data[head + middle:]
+
+    def put(self, offset: int, n: int) -> None:
+        """The buffer's first `n` bytes (whole pages) onto the device at `offset` (aligned);
+        through the cache where the device refuses direct writes (EINVAL)."""
+        done = 0
+        while done < n:
             try:
-                written = os.pwrite(self.dfd, self._view[:n], offset + done)
+                written = os.pwrite(self.dfd, self._view[done:n], offset + done)
+                if written % ALIGN:  # short, mid-page: the rest goes from a page boundary
+                    written -= written % ALIGN
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                yield offset + done, data[done:head + middle]  # refused: all buffered
-                done = head + middle
-                break
-            done += written - written % ALIGN
-            if written % ALIGN:  # a short write: the rest goes on from a page boundary
-                yield offset + done, data[done:done + written % ALIGN]
-                done += written % ALIGN
-        if done < len(data):
-            yield offset + done, data[done:]
+                written = os.pwrite(self.fd, self._view[done:n], offset + done)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, f"nothing written at byte {offset + done}")
+            done += written
 
     def read(self, length: int, offset: int) -> bytes:
         """`length` bytes at `offset` (fewer at the device's end), read from the device."""
@@ -104,6 +109,46 @@ class Direct:
             self.dfd = -1
             self._view.release()
             self._map.close()
+
+
+class Appender:
+    """A block device written from its start as a stream (a raw disk from a stock
+    udp-sender), past the page cache: the bytes gathered in the aligned buffer and written a
+    whole buffer at a time; `flush` writes the rest (its unaligned tail buffered)."""
+
+    def __init__(self, direct: Direct) -> None:
+        self.direct, self.at, self.fill = direct, 0, 0
+
+    @classmethod
+    def open(cls, fd: int) -> Appender | None:
+        """An appender for the block device on `fd` (None for anything else)."""
+        direct = Direct.open(fd, writable=True)
+        return cls(direct) if direct is not None else None
+
+    def write(self, data: memoryview) -> None:
+        view = self.direct._view
+        while data:
+            n = min(BUFFER - self.fill, len(data))
+            view[self.fill:self.fill + n] = data[:n]
+            self.fill += n
+            data = data[n:]
+            if self.fill == BUFFER:
+                self.flush()
+
+    def flush(self) -> None:
+        """What is gathered onto the device (a failing write raises OSError)."""
+        whole = self.fill - self.fill % ALIGN
+        if whole:
+            self.direct.put(self.at, whole)
+        done = whole
+        while done < self.fill:  # the stream's unaligned end
+            done += os.pwrite(self.direct.fd, self.direct._view[done:self.fill],
+                              self.at + done)
+        self.at += self.fill
+        self.fill = 0
+
+    def close(self) -> None:
+        self.direct.close()
 
 
 class Pread:

@@ -1,4 +1,5 @@
-"""Telling, from a stream's first bytes, whether it is a herdcast image.
+"""Telling, from a stream's first bytes, whether it is a herdcast image (and, as a stored one
+is written, whether it ends as one: ImageCheck).
 
 A receiver learns the stream's compression from the sender but not whether the round is an
 image or a raw disk (the sender decides per round: an image only when every receiver is a
@@ -53,3 +54,29 @@ class HeadSniffer:
         if self.verdict is None:
             self.verdict = False
         return self.verdict
+
+
+class ImageCheck:
+    """Parses a stored image stream (compressed with `codec`) as it is written and keeps
+    nothing; close() fails unless it ended with its END record and trailer (a receive
+    --store keeps an image only once it is whole)."""
+
+    def __init__(self, codec: str | None) -> None:
+        from agent.image.stream import Decoder, DecodingWriter
+
+        def nothing(*_args) -> None:
+            return None
+
+        self.parser = DecodingWriter(Decoder(nothing, nothing, nothing))
+        self.front = self.parser
+        if codec:
+            from agent.codec import decompressing_writer
+
+            self.front = decompressing_writer(self.parser, codec)
+
+    def write(self, data: memoryview) -> None:
+        self.front.write(data)
+
+    def close(self) -> None:
+        self.front.close()  # a truncated compressed stream fails here,
+        self.parser.close()  # an image without its own end here

@@ -1,5 +1,6 @@
-"""Where received bytes go: a file or device, stdout, a `--pipe` filter, a decompressor;
-and the writer thread that moves completed slices there.
+"""Where received bytes go: a file or device (a block device written past the page cache,
+agent.image.direct), stdout, a `--pipe` filter, a decompressor; and the writer thread that
+moves completed slices there.
 
 A herdcast image (agent.image) is recognised by its first bytes and unpacked onto the
 disk or file, as udp-receiver writes a disk (a file is sparse where the disk is free); with
@@ -27,6 +28,8 @@ import threading
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
+from agent.image.direct import Appender
+from agent.image.sniff import ImageCheck
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.readback import Readback
@@ -94,6 +97,7 @@ class Output:
         self.proc: subprocess.Popen | None = None
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
+        self.appender: Appender | None = None  # a raw disk, past the page cache
         self.stored = False  # a herdcast image stored as it came into a file
         self.checker = None  # the stored image parsed as it is written: complete only
         # with its own end (END record and trailer), whatever end marker the wire had
@@ -198,7 +202,7 @@ class Output:
                 self.decoder = decompressing_writer(self.sink, self.codec)
             self._write = self.decoder.write
         elif image:  # stored as it came, compression and all: `herdcast send -f` sends it
-            self.checker = _ImageCheck(self.codec)
+            self.checker = ImageCheck(self.codec)
             self._write = self._store
             self.stored = True
         elif self.codec:
@@ -209,6 +213,8 @@ class Output:
             self._write = self.decoder.write
         else:
             self._write = self._write_fd
+        if not image and not self.sync and self.proc is None:  # a raw disk, in order:
+            self.appender = Appender.open(self.target_fd)  # past the page cache if a device
         held, self._held = self._held, []
         for piece in held:
             self._write(memoryview(piece))
@@ -218,6 +224,8 @@ class Output:
         if self.readback is not None:
             self.readback.add(self._written, data)
             self._written += len(data)
+        if self.appender is not None:
+            return self.appender.write(data)
         while data:
             n = os.write(fd, data)
             data = data[n:]
@@ -246,6 +254,8 @@ class Output:
                 self.decoder.close()
             if self.sink is not None:
                 self.sink.close()  # the image must have been complete
+            if self.appender is not None:
+                self.appender.flush()
             if self.checker is not None:
                 try:
                     self.checker.close()  # the stored image must have its own end
@@ -298,6 +308,8 @@ class Output:
                 self.proc.wait(timeout=5)
         if self.sink is not None:
             self.sink.close_direct()
+        if self.appender is not None:
+            self.appender.close()
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -306,31 +318,6 @@ class Output:
             with contextlib.suppress(OSError):
                 os.unlink(self.partial)
             self.partial = None
-
-
-class _ImageCheck:
-    """Parses a stored image stream (compressed with `codec`) as it is written and keeps
-    nothing; close() fails unless it ended with its END record and trailer."""
-
-    def __init__(self, codec: str | None) -> None:
-        from agent.image.stream import Decoder, DecodingWriter
-
-        def nothing(*_args) -> None:
-            return None
-
-        self.parser = DecodingWriter(Decoder(nothing, nothing, nothing))
-        self.front = self.parser
-        if codec:
-            from agent.codec import decompressing_writer
-
-            self.front = decompressing_writer(self.parser, codec)
-
-    def write(self, data: memoryview) -> None:
-        self.front.write(data)
-
-    def close(self) -> None:
-        self.front.close()  # a truncated compressed stream fails here,
-        self.parser.close()  # an image without its own end here
 
 
 class _Writer(io.RawIOBase):
