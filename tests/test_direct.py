@@ -189,3 +189,25 @@ def test_a_raw_disk_from_a_stock_sender_lands_past_the_page_cache(tmp_path):
         assert receiver.wait(timeout=30) == 0, rlog.read_text()
         assert cached_pages(dev, 16 * MiB) < 16
         assert held.read(16 * MiB) == src.read_bytes() + b"\xee" * (8 * MiB - 1001)
+
+
+@needs_loop
+def test_a_device_read_as_a_file_gives_every_byte_in_any_read_size(tmp_path):
+    """The raw disk a sender streams (DirectFile): read in odd sizes from the start, it is
+    the device byte for byte, its end included, and nothing is left in the cache."""
+    backing = tmp_path / "disk.bin"
+    data = os.urandom(6 * MiB + 512)  # a device ends on a sector, not a page
+    backing.write_bytes(data)
+    with loop_device(backing) as dev, open(dev, "rb") as held:
+        f = direct.DirectFile.open(dev)
+        try:
+            assert isinstance(f, direct.DirectFile)
+            got, size = bytearray(), 1
+            while chunk := f.read(size):
+                got += chunk
+                size = size * 7 % (5 * MiB) + 1  # 1, 8, 57, ... up past BUFFER
+        finally:
+            f.close()
+        assert bytes(got) == data
+        assert cached_pages(dev, 6 * MiB) < 16
+        assert held.read(1) == data[:1]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from agent.errors import HerdcastError
+from agent.image.direct import DirectFile
 from agent.image.source import Source
 from agent.transfer.progress import Gauge
 from agent.transfer.send.batch import SliceBuffer
@@ -66,7 +67,7 @@ def open_input(path: str | None, pipe: str | None, compress: str | None,
         rereadable = False
     else:
         try:
-            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by Input.close
+            raw = DirectFile.open(path)  # a device past the page cache; Input.close closes it
         except OSError as exc:
             raise InputError(f"--file {path}: cannot open: {exc.strerror}") from exc
         mode = os.fstat(raw.fileno()).st_mode
@@ -105,7 +106,7 @@ def _open_image_source(path: str, compress: str | None, source: Source,
         elif source.kind in ("stored", "chunked"):
             raw = expanded_stream(path, source)
         else:
-            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by Input.close
+            raw = DirectFile.open(path)  # a device past the page cache; Input.close closes it
     except (OSError, HerdcastError) as exc:
         raise InputError(f"--file {path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
                          ) from exc
