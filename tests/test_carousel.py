@@ -353,3 +353,48 @@ def test_a_forger_spoofing_the_sender_costs_bandwidth_never_a_disk(disk, tmp_pat
         dropped += int(re.search(r"(\d+) forged piece\(s\) dropped", text)[1])
         assert seconds(tmp_path / f"recv{i}.log") <= 1.2 * wire / RATE, text
     assert dropped, log
+
+
+def test_a_receiver_asks_only_for_what_the_sender_has_passed():
+    """HC_NEED after the first: chunks ahead of the one being sent are not asked for again
+    (they are on their way, in a lagging receiver's queue perhaps; asked for again they
+    flew twice); between refreshes only the chunks seen go by incomplete; every HC_NEED
+    carries the pace counts, an empty one when nothing is asked; all of it once the
+    sender says nobody wants anything."""
+    from types import SimpleNamespace
+
+    from agent.transfer.receive.carousel import ChunkReceiver
+    from agent.udpcast import carousel as wire
+    from agent.udpcast.protocol import Op
+
+    sent: list[bytes] = []
+    r = ChunkReceiver.__new__(ChunkReceiver)
+    r.link = SimpleNamespace(send=sent.append)
+    r.table = SimpleNamespace(chunks=[None] * 100)
+    r.partial, r.holed, r.went_by = {}, set(), 0
+    r.lacking, r.current, r.received, r.lost = (1 << 100) - 1, -1, 0, 0
+    r.need_at = r.refresh_at = 0.0
+
+    def asked(now: float) -> tuple[set[int], tuple[int, int]]:
+        sent.clear()
+        r._need(now)
+        chunks, counts = set(), (0, 0)
+        for datagram in sent:
+            op, msg = wire.parse(datagram)
+            assert op == Op.HC_NEED
+            mask = wire.need_mask(msg.first, msg.bitmap, 100)
+            chunks |= {i for i in range(100) if mask >> i & 1}
+            counts = (counts[0] + msg.received, counts[1] + msg.lost)
+        return chunks, counts
+
+    assert asked(0.0)[0] == set(range(100))  # at first: all of it
+    r.current, r.received = 40, 500  # chunk 40 is coming; 0-39 went by
+    r.lacking &= ~((1 << 40) - 1) | 1 << 7  # all of them whole but chunk 7
+    r.went_by = 1 << 7
+    assert asked(0.1) == ({7}, (500, 0))  # between refreshes: what went by incomplete
+    r.received, r.lost = 300, 9
+    assert asked(0.2) == (set(), (300, 9))  # nothing to ask: the counts still go
+    r.went_by = 0
+    assert asked(5.0)[0] == {7}  # a refresh: behind chunk 40, not 40-99 on their way
+    r.current, r.refresh_at = -1, 0.0  # HC_IDLE: the sender wants nothing
+    assert asked(5.1)[0] == {7, *range(40, 100)}

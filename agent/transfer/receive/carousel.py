@@ -251,12 +251,14 @@ class ChunkReceiver:
     def _need(self, now: float) -> None:
         """HC_HOLES per chunk that went by incomplete and is held (its missing pieces fly
         again); HC_NEED for the other chunks that went by incomplete, and every
-        NEED_REFRESH (or when the sender says nobody wants anything) for every chunk
-        lacking but the one being sent. Chunks not yet seen are not asked for between
-        refreshes: the sender has them from the last one, and asking again for what is
-        already on its way (in this socket's queue while this receiver is behind) would
-        have it sent twice. An HC_NEED always carries the pieces received and lost since
-        the last (the pacer's signal), with an empty bitmap when nothing is asked."""
+        NEED_REFRESH for every chunk lacking behind the one being sent (all of them when
+        the sender says nobody wants anything, and at first). Chunks ahead are not asked
+        for again: the sender has them from the first request (chunks go in index order),
+        and asking again for what is already on its way (in this socket's queue while this
+        receiver is behind) would have it sent twice; one lost whole is asked for once the
+        sender has passed it, or when it says nobody wants anything. An HC_NEED always
+        carries the pieces received and lost since the last (the pacer's signal), with an
+        empty bitmap when nothing is asked."""
         full, holed = now >= self.refresh_at, 0
         for index in list(self.holed):
             entry = self.partial.get(index)
@@ -268,9 +270,11 @@ class ChunkReceiver:
             missing = ~entry.got & ((1 << entry.count) - 1)
             self.link.send(wire.build(Op.HC_HOLES, chunk=index, bitmap=missing.to_bytes(
                 wire.HOLE_BYTES, "little")))
-        need = self.lacking & ~holed & ~(1 << self.current if self.current >= 0 else 0)
+        need = self.lacking & ~holed
         if not full:
             need &= self.went_by
+        elif self.current >= 0:  # what the sender has passed; what is ahead is still coming
+            need &= (1 << self.current) - 1 | self.went_by
         asks = wire.need_bitmaps(need, len(self.table.chunks))
         if not asks and (self.received or self.lost):
             asks = [(0, bytes(wire.NEED_BYTES))]
