@@ -50,6 +50,7 @@ class Direct:
             if ALIGN % block:
                 return None
             flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT | os.O_CLOEXEC
+            flags |= fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_SYNC  # --sync holds for both
             return cls(fd, os.open(f"/proc/self/fd/{fd}", flags))
         except OSError:
             return None

@@ -256,7 +256,8 @@ OPTIONS: list[Option] = [
                 "herdcast sender's digest acknowledgement ends the receive at once)"),
     Option(("--nosync",), "sync", short="-n", sides=RECEIVE, annotation="bool",
            default=False, const=False,
-           help="write through the page cache, flushed once at the end (the default)"),
+           help="write without O_SYNC, flushed once at the end (the default; a block "
+                "device past the page cache, a file through it)"),
     Option(("--sync",), "sync", short="-y", sides=RECEIVE, const=True,
            help="write synchronously (O_SYNC): slower, nothing waits in memory"),
     Option(("--rcvbuf",), "rcvbuf", short="-b", sides=RECEIVE, annotation="int | None",

@@ -213,7 +213,7 @@ class Output:
             self._write = self.decoder.write
         else:
             self._write = self._write_fd
-        if not image and not self.sync and self.proc is None:  # a raw disk, in order:
+        if not image and self.proc is None:  # a raw disk, in order:
             self.appender = Appender.open(self.target_fd)  # past the page cache if a device
         held, self._held = self._held, []
         for piece in held:
