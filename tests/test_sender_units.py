@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -284,3 +286,25 @@ def test_a_silence_means_gone_only_past_what_the_receivers_own_loss_explains():
     assert 12 <= lossy.silence_that_means_gone(FALSE_DROP) <= 15
     assert unheard.silence_that_means_gone(FALSE_DROP) >= 13
     assert 0.51 ** unheard.silence_that_means_gone(FALSE_DROP) < 1e-3
+
+
+def test_the_chunking_pass_writes_in_memory_only_what_fits(tmp_path, monkeypatch):
+    """A live disk's chunks go to memory (memfd) when even uncompressed they fit in half
+    of MemAvailable, so no temporary file is written to (and read back from) a disk during
+    the transfer; a bigger disk's go to a temporary file."""
+    from agent.transfer.send.chunking import _available, _scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert _available() > 0
+    fd, path = _scratch(1 << 20)
+    try:
+        assert path == f"/proc/self/fd/{fd}" and "memfd:" in os.readlink(path)
+        with open(path, "wb") as f:
+            f.write(b"chunks")
+        with open(path, "rb") as f:
+            assert f.read() == b"chunks"
+    finally:
+        os.close(fd)
+    fd, path = _scratch(1 << 62)
+    assert fd is None and os.path.dirname(path) == str(tmp_path)
+    os.unlink(path)

@@ -46,8 +46,8 @@ class Prepared:
 
 
 def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
-    """The chunked image of the input, made once in a temporary file (unlinked at once:
-    it goes when the sender does), and its offer."""
+    """The chunked image of the input, made once in memory or a temporary file (unlinked
+    at once: it goes when the sender does; _scratch), and its offer."""
     from agent.image.catalogue import metadata
 
     src, path = session.source, session.opts.file
@@ -58,8 +58,7 @@ def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
             f"{len(prepared.table.chunks)} chunks, piece lists made in "
             f"{time.monotonic() - started:.1f} s)")
         return prepared
-    fd, tmp = tempfile.mkstemp(prefix="herdcast-chunks-")
-    os.close(fd)
+    scratch, tmp = _scratch(src.umap.used_bytes if src.kind == "used" else src.disk_size or 1 << 62)
     try:
         if src.kind == "used":
             level, why = choose_level(_samples(path, src.umap.extents),
@@ -71,11 +70,39 @@ def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
             chunk_image(path, tmp, codec=src.codec, cancelled=cancelled)
         prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
     finally:
-        os.unlink(tmp)
+        if scratch is None:
+            os.unlink(tmp)
+        else:
+            os.close(scratch)  # the ChunkedFile holds its own descriptor of it
     t = prepared.table
     say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
         f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
     return prepared
+
+
+def _scratch(most: int) -> tuple[int | None, str]:
+    """Where the pass writes the chunks: (memfd, its path) in memory when even `most`
+    bytes (no compression at all) fit in half of what is available, so that a sender whose
+    temporary directory is on a disk does not write them out (and read them back) during
+    the transfer; else (None, a new temporary file's path)."""
+    if most <= _available() // 2:
+        fd = os.memfd_create("herdcast-chunks", os.MFD_CLOEXEC)
+        return fd, f"/proc/self/fd/{fd}"
+    fd, path = tempfile.mkstemp(prefix="herdcast-chunks-")
+    os.close(fd)
+    return None, path
+
+
+def _available() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _samples(path: str, extents, count: int = 8) -> list[bytes]:
