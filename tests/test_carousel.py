@@ -358,12 +358,13 @@ def test_a_forger_spoofing_the_sender_costs_bandwidth_never_a_disk(disk, tmp_pat
 def test_a_receiver_asks_only_for_what_the_sender_has_passed():
     """HC_NEED after the first: chunks ahead of the one being sent are not asked for again
     (they are on their way, in a lagging receiver's queue perhaps; asked for again they
-    flew twice); between refreshes only the chunks seen go by incomplete; every HC_NEED
+    flew twice); between refreshes only the chunks seen go by incomplete, again after
+    RE_ASK while they have not come (the sender ignores asks for what it just sent); every HC_NEED
     carries the pace counts, an empty one when nothing is asked; all of it once the
     sender says nobody wants anything."""
     from types import SimpleNamespace
 
-    from agent.transfer.receive.carousel import ChunkReceiver
+    from agent.transfer.receive.carousel import RE_ASK, ChunkReceiver
     from agent.udpcast import carousel as wire
     from agent.udpcast.protocol import Op
 
@@ -371,7 +372,7 @@ def test_a_receiver_asks_only_for_what_the_sender_has_passed():
     r = ChunkReceiver.__new__(ChunkReceiver)
     r.link = SimpleNamespace(send=sent.append)
     r.table = SimpleNamespace(chunks=[None] * 100)
-    r.partial, r.holed, r.went_by = {}, set(), 0
+    r.partial, r.holed, r.went_by, r.asked = {}, set(), 0, {}
     r.lacking, r.current, r.received, r.lost = (1 << 100) - 1, -1, 0, 0
     r.need_at = r.refresh_at = 0.0
 
@@ -394,7 +395,11 @@ def test_a_receiver_asks_only_for_what_the_sender_has_passed():
     assert asked(0.1) == ({7}, (500, 0))  # between refreshes: what went by incomplete
     r.received, r.lost = 300, 9
     assert asked(0.2) == (set(), (300, 9))  # nothing to ask: the counts still go
-    r.went_by = 0
+    assert asked(0.7)[0] == {7}  # not come again within RE_ASK: asked for again
+    assert r.need_at == 0.7 + RE_ASK
+    r.lacking &= ~(1 << 7)  # it came
+    assert asked(1.3)[0] == set() and r.need_at == r.refresh_at == 2.0
+    r.lacking |= 1 << 7
     assert asked(5.0)[0] == {7}  # a refresh: behind chunk 40, not 40-99 on their way
     r.current, r.refresh_at = -1, 0.0  # HC_IDLE: the sender wants nothing
     assert asked(5.1)[0] == {7, *range(40, 100)}

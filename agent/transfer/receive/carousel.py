@@ -56,6 +56,8 @@ REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one
 WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
+RE_ASK = 0.5  # s: a chunk asked for that has not come again by then is asked for again (the
+# sender takes no ask for a chunk it sent within its IN_FLIGHT, 0.2 s)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DEAD_SENDER = 30.0
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
@@ -74,6 +76,7 @@ class ChunkReceiver:
         self.current = -1  # the chunk the sender is sending
         self.need_at = self.refresh_at = 0.0  # the next HC_NEED; the next that says all
         self.went_by = 0  # chunks seen go by incomplete (or failing) since the last HC_NEED
+        self.asked: dict[int, float] = {}  # chunks asked for as they went by: when
         self.last_rx = time.monotonic()
         self.idle_seen = False
 
@@ -260,6 +263,11 @@ class ChunkReceiver:
         carries the pieces received and lost since the last (the pacer's signal), with an
         empty bitmap when nothing is asked."""
         full, holed = now >= self.refresh_at, 0
+        for index, when in list(self.asked.items()):
+            if not self.lacking >> index & 1:
+                del self.asked[index]
+            elif now - when >= RE_ASK:
+                self.went_by |= 1 << index  # not come again: asked for again
         for index in list(self.holed):
             entry = self.partial.get(index)
             if entry is None or not self.lacking >> index & 1:
@@ -282,10 +290,13 @@ class ChunkReceiver:
             self.link.send(wire.build(Op.HC_NEED, first=first, received=self.received,
                                       lost=self.lost, bitmap=bitmap))
             self.received = self.lost = 0
-        self.went_by = 0
+        went, self.went_by = need & self.went_by, 0
+        while went:
+            self.asked[(went & -went).bit_length() - 1] = now
+            went &= went - 1
         if full:
             self.refresh_at = now + NEED_REFRESH
-        self.need_at = self.refresh_at
+        self.need_at = min([self.refresh_at, *(when + RE_ASK for when in self.asked.values())])
 
     def _soon(self) -> None:
         self.need_at = min(self.need_at,
