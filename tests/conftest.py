@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,12 @@ def cached_kernel(cache: Path | None = None):
     return None
 
 
+@pytest.hookimpl(trylast=True)  # on the items -k and -m left
 def pytest_collection_modifyitems(config, items):
-    """Tests marked netns need root; say so instead of failing obscurely."""
+    """The modules that run on build/tftpboot go last (whole, in their order), so its build
+    overlaps the other tests (_Prebuild). Tests marked netns need root; say so instead of
+    failing obscurely."""
+    items.sort(key=lambda item: bool(_needs(item)))
     if have_netns():
         return
     skip = pytest.mark.skip(reason="needs root and iproute2 to create network namespaces")
@@ -66,23 +72,111 @@ def herdcast_argv() -> list[str]:
     return [sys.executable, "-m", "agent"]
 
 
-def ensure_tftpboot() -> Path:
-    """build/tftpboot as `make initrd` makes it, built when missing or older than the
-    agent's and builder's sources (the slow boot and PXE tests run on it)."""
-    import subprocess
-
-    target = ROOT / "build" / "tftpboot"
-    initrd = target / "initrd.img"
+def _stale(initrd: Path) -> bool:
+    """`initrd` missing or older than the agent's and builder's sources."""
     # builder/lab/ is the VM lab, not part of what the initrd is built from
     sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")
                if not p.is_relative_to(ROOT / "builder" / "lab")]
     newest = max(p.stat().st_mtime for p in sources)
-    if not initrd.exists() or initrd.stat().st_mtime < newest:
-        proc = subprocess.run([sys.executable, "-m", "builder", "initrd"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"python -m builder initrd failed:\n{proc.stdout[-3000:]}"
-                        f"\n{proc.stderr[-3000:]}")
+    return not initrd.exists() or initrd.stat().st_mtime < newest
+
+
+def _build(args: list[str], timeout: int) -> None:
+    """`python -m builder initrd ARGS` into build/tftpboot; RuntimeError with its output."""
+    proc = subprocess.run([sys.executable, "-m", "builder", "initrd", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m builder initrd {' '.join(args)} failed:\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+class _Prebuild:
+    """The builds the session's tests need, started in a background thread when collection
+    ends (pytest_collection_finish): the modules that run on build/tftpboot go last, so the
+    minutes of `python -m builder initrd` (and --arch arm64) overlap the tests that mostly
+    wait on timers and namespaces instead of adding to them. It runs the same command as
+    ensure_tftpboot; ensure_* wait for it, then check staleness as before (a background
+    build that failed runs again there, and its error is raised in the test needing it)."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, threading.Event] = {}  # per architecture being built
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+
+    def start(self, arches: list[str]) -> None:
+        self.done = {name: threading.Event() for name in arches}
+        threading.Thread(target=self._run, args=(arches,), daemon=True).start()
+
+    def _run(self, arches: list[str]) -> None:
+        try:
+            for name in arches:
+                if self.stopping:
+                    break
+                args = [] if name == "amd64" else ["--arch", name]
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "builder", "initrd", *args], cwd=ROOT,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    self.proc.wait(timeout=2400)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                self.done[name].set()
+        finally:
+            for event in self.done.values():
+                event.set()
+
+    def wait(self, name: str) -> None:
+        if name in self.done:
+            self.done[name].wait(timeout=2400)
+
+    def stop(self) -> None:
+        """At the session's end: a build still running (the session was cut short) ends."""
+        self.stopping = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+_PREBUILD = _Prebuild()
+#: What in a test module's source says it runs on build/tftpboot (and on its arm64 tree).
+_USES_TFTPBOOT = ("ensure_tftpboot", "ensure_arm64_tftpboot", "from test_boot import tftpboot")
+_TEXTS: dict[Path, str] = {}
+
+
+def _needs(item) -> set[str]:
+    """The architectures of build/tftpboot that `item`'s module runs on."""
+    path = Path(item.path)
+    if path not in _TEXTS:
+        _TEXTS[path] = path.read_text() if path.suffix == ".py" else ""
+    text = _TEXTS[path]
+    if "ensure_arm64_tftpboot" in text:
+        return {"amd64", "arm64"}  # ensure_arm64_tftpboot builds the x86 tree first
+    return {"amd64"} if any(s in text for s in _USES_TFTPBOOT) else set()
+
+
+def pytest_collection_finish(session):
+    """Start building what the selected tests need, when it is stale."""
+    needed = set().union(*(_needs(item) for item in session.items))
+    paths = {"amd64": ROOT / "build" / "tftpboot" / "initrd.img",
+             "arm64": ROOT / "build" / "tftpboot" / "arm64" / "initrd.img"}
+    arches = [name for name in ("amd64", "arm64") if name in needed and _stale(paths[name])]
+    if arches:
+        _PREBUILD.start(arches)
+
+
+def pytest_sessionfinish(session):
+    _PREBUILD.stop()
+
+
+def ensure_tftpboot() -> Path:
+    """build/tftpboot as `make initrd` makes it, built when missing or older than the
+    agent's and builder's sources (the slow boot and PXE tests run on it)."""
+    _PREBUILD.wait("amd64")
+    target = ROOT / "build" / "tftpboot"
+    if _stale(target / "initrd.img"):
+        _build([], timeout=1800)
     return target
 
 
@@ -91,19 +185,10 @@ def ensure_arm64_tftpboot() -> Path:
     arm64/vmlinuz, arm64/initrd.img, shimaa64.efi, grubaa64.efi), each built when missing
     or older than the sources. A fresh machine downloads ~120 MB of arm64 packages and
     freezes the agent under qemu-user (about 2 minutes); later runs take the cache."""
-    import subprocess
-
     target = ensure_tftpboot()
-    initrd = target / "arm64" / "initrd.img"
-    sources = [p for d in ("agent", "builder") for p in (ROOT / d).rglob("*.py")
-               if not p.is_relative_to(ROOT / "builder" / "lab")]
-    newest = max(p.stat().st_mtime for p in sources)
-    if not initrd.exists() or initrd.stat().st_mtime < newest:
-        proc = subprocess.run([sys.executable, "-m", "builder", "initrd", "--arch", "arm64"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=2400)
-        if proc.returncode != 0:
-            raise RuntimeError(f"python -m builder initrd --arch arm64 failed:\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    _PREBUILD.wait("arm64")
+    if _stale(target / "arm64" / "initrd.img"):
+        _build(["--arch", "arm64"], timeout=2400)
     return target
 
 
