@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -91,28 +93,29 @@ def _build(args: list[str], timeout: int) -> None:
 
 
 class _Prebuild:
-    """The builds the session's tests need, started in a background thread when collection
-    ends (pytest_collection_finish): the modules that run on build/tftpboot go last, so the
-    minutes of `python -m builder initrd` (and --arch arm64) overlap the tests that mostly
-    wait on timers and namespaces instead of adding to them. It runs the same command as
-    ensure_tftpboot; ensure_* wait for it, then check staleness as before (a background
-    build that failed runs again there, and its error is raised in the test needing it)."""
+    """The builds the session's tests need, started one after the other in a background
+    thread when collection ends (pytest_collection_finish): the modules that use them run
+    last, so the minutes of `python -m builder initrd` (and --arch arm64, and the fresh
+    build test_same_inputs_give_the_same_initrd compares) overlap the tests that mostly
+    wait on timers and namespaces instead of adding to them. Each runs the command the
+    test would run; ensure_* and fresh_initrd wait for it, then check as before (a build
+    that failed here runs again there, and its error is raised in the test needing it)."""
 
     def __init__(self) -> None:
-        self.done: dict[str, threading.Event] = {}  # per architecture being built
+        self.done: dict[str, threading.Event] = {}  # per job
         self.proc: subprocess.Popen | None = None
         self.stopping = False
+        self.fresh: Path | None = None  # the fresh build's directory (out/, work/)
 
-    def start(self, arches: list[str]) -> None:
-        self.done = {name: threading.Event() for name in arches}
-        threading.Thread(target=self._run, args=(arches,), daemon=True).start()
+    def start(self, jobs: dict[str, list[str]]) -> None:
+        self.done = {name: threading.Event() for name in jobs}
+        threading.Thread(target=self._run, args=(jobs,), daemon=True).start()
 
-    def _run(self, arches: list[str]) -> None:
+    def _run(self, jobs: dict[str, list[str]]) -> None:
         try:
-            for name in arches:
+            for name, args in jobs.items():
                 if self.stopping:
                     break
-                args = [] if name == "amd64" else ["--arch", name]
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "builder", "initrd", *args], cwd=ROOT,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,12 +134,15 @@ class _Prebuild:
             self.done[name].wait(timeout=2400)
 
     def stop(self) -> None:
-        """At the session's end: a build still running (the session was cut short) ends."""
+        """At the session's end: a build still running (the session was cut short) ends,
+        and the fresh build's directory goes."""
         self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
+        if self.fresh is not None:
+            shutil.rmtree(self.fresh, ignore_errors=True)
 
 
 _PREBUILD = _Prebuild()
@@ -146,28 +152,58 @@ _TEXTS: dict[Path, str] = {}
 
 
 def _needs(item) -> set[str]:
-    """The architectures of build/tftpboot that `item`'s module runs on."""
+    """The builds `item`'s module uses: architectures of build/tftpboot, and "fresh"."""
     path = Path(item.path)
     if path not in _TEXTS:
         _TEXTS[path] = path.read_text() if path.suffix == ".py" else ""
     text = _TEXTS[path]
+    needs = {"fresh"} if "fresh_initrd" in getattr(item, "fixturenames", ()) else set()
     if "ensure_arm64_tftpboot" in text:
-        return {"amd64", "arm64"}  # ensure_arm64_tftpboot builds the x86 tree first
-    return {"amd64"} if any(s in text for s in _USES_TFTPBOOT) else set()
+        return needs | {"amd64", "arm64"}  # ensure_arm64_tftpboot builds the x86 tree first
+    return needs | ({"amd64"} if any(s in text for s in _USES_TFTPBOOT) else set())
+
+
+def _fresh_args(directory: Path) -> list[str]:
+    """A build from scratch beside build/tftpboot: its own work dir (its own freeze, none
+    of build/work's caches); level 1 keeps it short."""
+    return ["--out", str(directory / "out"), "--work", str(directory / "work"),
+            "--level", "1"]
 
 
 def pytest_collection_finish(session):
     """Start building what the selected tests need, when it is stale."""
+    if session.config.option.collectonly:
+        return
     needed = set().union(*(_needs(item) for item in session.items))
-    paths = {"amd64": ROOT / "build" / "tftpboot" / "initrd.img",
-             "arm64": ROOT / "build" / "tftpboot" / "arm64" / "initrd.img"}
-    arches = [name for name in ("amd64", "arm64") if name in needed and _stale(paths[name])]
-    if arches:
-        _PREBUILD.start(arches)
+    jobs = {}
+    for name, args in (("amd64", []), ("arm64", ["--arch", "arm64"])):
+        if name in needed and _stale(ROOT / "build" / "tftpboot" / arch_path(name)):
+            jobs[name] = args
+    if "fresh" in needed:
+        _PREBUILD.fresh = Path(tempfile.mkdtemp(prefix="herdcast-fresh-initrd-"))
+        jobs["fresh"] = _fresh_args(_PREBUILD.fresh)
+    if jobs:
+        _PREBUILD.start(jobs)
+
+
+def arch_path(name: str) -> str:
+    return "initrd.img" if name == "amd64" else f"{name}/initrd.img"
 
 
 def pytest_sessionfinish(session):
     _PREBUILD.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_initrd(tmp_path_factory) -> Path:
+    """A directory with out/ and work/ of a build from scratch (_fresh_args), made in the
+    background (_Prebuild) or else here."""
+    _PREBUILD.wait("fresh")
+    if _PREBUILD.fresh is not None and (_PREBUILD.fresh / "out" / "initrd.img").is_file():
+        return _PREBUILD.fresh
+    directory = tmp_path_factory.mktemp("fresh-initrd")
+    _build(_fresh_args(directory), timeout=1800)
+    return directory
 
 
 def ensure_tftpboot() -> Path:
@@ -175,7 +211,7 @@ def ensure_tftpboot() -> Path:
     agent's and builder's sources (the slow boot and PXE tests run on it)."""
     _PREBUILD.wait("amd64")
     target = ROOT / "build" / "tftpboot"
-    if _stale(target / "initrd.img"):
+    if _stale(target / arch_path("amd64")):
         _build([], timeout=1800)
     return target
 
@@ -187,7 +223,7 @@ def ensure_arm64_tftpboot() -> Path:
     freezes the agent under qemu-user (about 2 minutes); later runs take the cache."""
     target = ensure_tftpboot()
     _PREBUILD.wait("arm64")
-    if _stale(target / "arm64" / "initrd.img"):
+    if _stale(target / arch_path("arm64")):
         _build(["--arch", "arm64"], timeout=2400)
     return target
 
