@@ -74,6 +74,11 @@ def herdcast_argv() -> list[str]:
     return [sys.executable, "-m", "agent"]
 
 
+def arch_path(name: str) -> str:
+    """Where build/tftpboot holds the initrd of architecture `name` (builder/arch.py)."""
+    return "initrd.img" if name == "amd64" else f"{name}/initrd.img"
+
+
 def _stale(initrd: Path) -> bool:
     """`initrd` missing or older than the agent's and builder's sources."""
     # builder/lab/ is the VM lab, not part of what the initrd is built from
@@ -103,6 +108,7 @@ class _Prebuild:
 
     def __init__(self) -> None:
         self.done: dict[str, threading.Event] = {}  # per job
+        self.status: dict[str, int] = {}  # each finished job's exit status
         self.proc: subprocess.Popen | None = None
         self.stopping = False
         self.fresh: Path | None = None  # the fresh build's directory (out/, work/)
@@ -124,6 +130,7 @@ class _Prebuild:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
+                self.status[name] = self.proc.returncode
                 self.done[name].set()
         finally:
             for event in self.done.values():
@@ -186,10 +193,6 @@ def pytest_collection_finish(session):
         _PREBUILD.start(jobs)
 
 
-def arch_path(name: str) -> str:
-    return "initrd.img" if name == "amd64" else f"{name}/initrd.img"
-
-
 def pytest_sessionfinish(session):
     _PREBUILD.stop()
 
@@ -199,7 +202,7 @@ def fresh_initrd(tmp_path_factory) -> Path:
     """A directory with out/ and work/ of a build from scratch (_fresh_args), made in the
     background (_Prebuild) or else here."""
     _PREBUILD.wait("fresh")
-    if _PREBUILD.fresh is not None and (_PREBUILD.fresh / "out" / "initrd.img").is_file():
+    if _PREBUILD.status.get("fresh") == 0:
         return _PREBUILD.fresh
     directory = tmp_path_factory.mktemp("fresh-initrd")
     _build(_fresh_args(directory), timeout=1800)
