@@ -27,7 +27,10 @@ from builder.lab.netlab import NetLab
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
 RAW = r"""
-import socket, struct
+import signal, socket, struct
+
+stopped = []  # SIGTERM: the test saw the round end, so the forgeries were there all along
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
 
 def checksum(b):
     b += b"\0" * (len(b) % 2)
@@ -50,10 +53,10 @@ def spoof(payload, src, dst):
     _raw.sendto(ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + udp, (dst[0], 0))
 
 def flood(message, src, dst, seconds, what):
-    # `message` from src to dst every 20 ms for `seconds`, then how many on stderr
+    # `message` from src to dst every 20 ms for `seconds` (or till SIGTERM), then how many
     import sys, time
     end, sent = time.monotonic() + float(seconds), 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stopped:
         spoof(message, src, dst)
         sent += 1
         time.sleep(0.02)
@@ -139,7 +142,7 @@ def relay(reply):
     spoof(bytes(tampered), A, V)
     count("relayed")
 end, next_ask = time.monotonic() + float(seconds), 0.0
-while time.monotonic() < end:
+while time.monotonic() < end and not stopped:
     now = time.monotonic()
     for sock in select.select([sniff, own[9000], own[9010]], [], [], 0.02)[0]:
         if sock is sniff:
@@ -211,6 +214,7 @@ def test_a_forged_digest_does_not_turn_a_failed_receiver_green(tmp_path):
                               "--max-bitrate", "20m")
         rc = wait(snd, 60)
         assert wait(rcv, 30) == 1, logs(tmp_path)  # its digest was never confirmed
+        forger.terminate()  # it flooded all along: until the sender's verdict
         forger.wait(timeout=40)
     text = logs(tmp_path)
     assert "forged" in (tmp_path / "forger.log").read_text(), text
@@ -236,6 +240,7 @@ def test_a_forged_fail_does_not_fail_a_good_receiver(tmp_path):
                               str(src), "--max-bitrate", "10m", "--report", str(report))
         rc = wait(snd, 60)
         assert wait(rcv, 30) == 0, logs(tmp_path)
+        forger.terminate()  # it forged before and during the round: until its end
         forger.wait(timeout=20)
     text = logs(tmp_path)
     assert "forged" in (tmp_path / "forger.log").read_text(), text
@@ -293,6 +298,7 @@ def test_a_signed_session_survives_a_forger_on_the_lan(tmp_path, mode):
                               "gz", "--min-receivers", "2", "--sign-key", str(key))
         rc = wait(rcv, 90)
         wait(snd, 30)
+        forger.terminate()  # it forged all along: until the session's end
         forger.wait(timeout=30)
         other.kill()
     text = logs(tmp_path)
