@@ -37,7 +37,7 @@ class Direct:
     def __init__(self, fd: int, dfd: int) -> None:
         self.fd, self.dfd = fd, dfd
         self._map = mmap.mmap(-1, BUFFER)
-        self._view = memoryview(self._map)
+        self.buffer = memoryview(self._map)  # page-aligned: what goes direct passes here
 
     @classmethod
     def open(cls, fd: int, writable: bool = False) -> Direct | None:
@@ -65,7 +65,7 @@ class Direct:
             yield offset, data[:head]
         for done in range(head, head + middle, BUFFER):
             n = min(BUFFER, head + middle - done)
-            self._view[:n] = data[done:done + n]
+            self.buffer[:n] = data[done:done + n]
             self.put(offset + done, n)
         if head + middle < len(data):
             yield offset + head + middle, data[head + middle:]
@@ -76,13 +76,13 @@ class Direct:
         done = 0
         while done < n:
             try:
-                written = os.pwrite(self.dfd, self._view[done:n], offset + done)
+                written = os.pwrite(self.dfd, self.buffer[done:n], offset + done)
                 if written % ALIGN:  # short, mid-page: the rest goes from a page boundary
                     written -= written % ALIGN
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                written = os.pwrite(self.fd, self._view[done:n], offset + done)
+                written = os.pwrite(self.fd, self.buffer[done:n], offset + done)
             if written <= 0:
                 raise OSError(errno.ENOSPC, f"nothing written at byte {offset + done}")
             done += written
@@ -94,7 +94,7 @@ class Direct:
             start = at - at % ALIGN
             span = min(BUFFER, -(-(end - start) // ALIGN) * ALIGN)
             try:
-                stop = min(start + os.preadv(self.dfd, [self._view[:span]], start), end)
+                stop = min(start + os.preadv(self.dfd, [self.buffer[:span]], start), end)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -102,7 +102,7 @@ class Direct:
                 break
             if stop <= at:
                 break
-            pieces.append(bytes(self._view[at - start:stop - start]))
+            pieces.append(bytes(self.buffer[at - start:stop - start]))
             at = stop
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -112,20 +112,20 @@ class Direct:
         start = offset - offset % ALIGN
         span = min(BUFFER, -(-(offset + len(b) - start) // ALIGN) * ALIGN)
         try:
-            got = os.preadv(self.dfd, [self._view[:span]], start)
+            got = os.preadv(self.dfd, [self.buffer[:span]], start)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             return os.preadv(self.fd, [b], offset)  # refused: buffered
         n = max(0, min(got - (offset - start), len(b)))
-        b[:n] = self._view[offset - start:offset - start + n]
+        b[:n] = self.buffer[offset - start:offset - start + n]
         return n
 
     def close(self) -> None:
         if self.dfd >= 0:
             os.close(self.dfd)
             self.dfd = -1
-            self._view.release()
+            self.buffer.release()
             self._map.close()
 
 
@@ -144,7 +144,7 @@ class Appender:
         return cls(direct) if direct is not None else None
 
     def write(self, data: memoryview) -> None:
-        view = self.direct._view
+        view = self.direct.buffer
         while data:
             n = min(BUFFER - self.fill, len(data))
             view[self.fill:self.fill + n] = data[:n]
@@ -160,7 +160,7 @@ class Appender:
             self.direct.put(self.at, whole)
         done = whole
         while done < self.fill:  # the stream's unaligned end
-            done += os.pwrite(self.direct.fd, self.direct._view[done:self.fill],
+            done += os.pwrite(self.direct.fd, self.direct.buffer[done:self.fill],
                               self.at + done)
         self.at += self.fill
         self.fill = 0
