@@ -389,6 +389,7 @@ def test_a_receiver_asks_only_for_what_the_sender_has_passed():
         return chunks, counts
 
     assert asked(0.0)[0] == set(range(100))  # at first: all of it
+    assert r.refresh_at == RE_ASK  # then soon what the sender had just sent (IN_FLIGHT)
     r.current, r.received = 40, 500  # chunk 40 is coming; 0-39 went by
     r.lacking &= ~((1 << 40) - 1) | 1 << 7  # all of them whole but chunk 7
     r.went_by = 1 << 7
@@ -398,7 +399,7 @@ def test_a_receiver_asks_only_for_what_the_sender_has_passed():
     assert asked(0.7)[0] == {7}  # not come again within RE_ASK: asked for again
     assert r.need_at == 0.7 + RE_ASK
     r.lacking &= ~(1 << 7)  # it came
-    assert asked(1.3)[0] == set() and r.need_at == r.refresh_at == 2.0
+    assert asked(1.3)[0] == set() and r.need_at == r.refresh_at == 0.7 + 2.0
     r.lacking |= 1 << 7
     assert asked(5.0)[0] == {7}  # a refresh: behind chunk 40, not 40-99 on their way
     r.current, r.refresh_at = -1, 0.0  # HC_IDLE: the sender wants nothing

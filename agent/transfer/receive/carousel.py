@@ -56,8 +56,10 @@ REQUEST_INTERVAL = 0.5  # manifest requests, until it is whole (at once when one
 WINDOW = 64  # manifest pieces per request (send.carousel's MAX_PIECES)
 NEED_REFRESH = 2.0  # HC_NEED while lacking anything, whatever happens
 NEED_SOON = 0.05  # how soon after a reason to ask (plus up to as much again, at random)
-RE_ASK = 0.5  # s: a chunk asked for that has not come again by then is asked for again (the
-# sender takes no ask for a chunk it sent within its IN_FLIGHT, 0.2 s)
+RE_ASK = 0.5  # s: a chunk asked for that has not come again by then is asked for again, and
+# a request for all is followed by one for what the sender has passed (the sender takes no
+# ask for a chunk it sent within its IN_FLIGHT, 0.2 s: a receiver joining mid-carousel
+# lacks the chunks sent just before)
 MAX_PARTIAL = 32  # chunks being assembled at once; the oldest is dropped beyond
 DEAD_SENDER = 30.0
 IDLE_GRACE = 0.25  # s without a checked piece before HC_IDLE means nothing is in flight
@@ -294,8 +296,8 @@ class ChunkReceiver:
         while went:
             self.asked[(went & -went).bit_length() - 1] = now
             went &= went - 1
-        if full:
-            self.refresh_at = now + NEED_REFRESH
+        if full:  # after asking for all: soon again for what the sender then had just sent
+            self.refresh_at = now + (RE_ASK if self.current < 0 else NEED_REFRESH)
         self.need_at = min([self.refresh_at, *(when + RE_ASK for when in self.asked.values())])
 
     def _soon(self) -> None:
