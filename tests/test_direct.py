@@ -211,3 +211,28 @@ def test_a_device_read_as_a_file_gives_every_byte_in_any_read_size(tmp_path):
         assert bytes(got) == data
         assert cached_pages(dev, 6 * MiB) < 16
         assert held.read(1) == data[:1]
+
+
+@needs_loop
+def test_reading_back_sees_the_device_through_a_write_only_descriptor(tmp_path):
+    """verify=readback's reader (direct.reading_back): from a descriptor open only for
+    writing, a block device is read past the cache and a file through a descriptor of its
+    own; both give the bytes written, and closing leaves no descriptor behind."""
+    data = os.urandom(MiB + 300)
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(bytes(2 * MiB))
+    plain = tmp_path / "file.bin"
+    with loop_device(backing) as dev:
+        for target in (dev, str(plain)):
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+            try:
+                os.pwrite(fd, data, 4096)
+                os.fsync(fd)
+                before = len(os.listdir("/proc/self/fd"))
+                reader = direct.reading_back(fd)
+                assert isinstance(reader, Direct) == (target == dev)
+                assert reader.read(len(data), 4096) == data
+                reader.close()
+                assert len(os.listdir("/proc/self/fd")) == before
+            finally:
+                os.close(fd)

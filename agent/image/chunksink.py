@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from agent.image.chunks import Chunk, ChunkTable, content_hash, data_reader
-from agent.image.direct import reading
+from agent.image.direct import reading, reading_back
 from agent.image.sink import DiskSink
 from agent.image.stream import DATA, GRANULE
 
@@ -59,15 +59,12 @@ class ChunkSink(DiskSink):
         and the chunks whose hash is not the manifest's (a disk losing or garbling what it
         acknowledged). The manifest's hashes make the comparison: nothing is kept of what
         was written, and chunks already on the disk (resume, delta) are checked too."""
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        rfd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        reader = reading(rfd)  # a block device: read past the page cache
+        reader = reading_back(self.fd)
         try:
             hashes = [content_hash(c.extents, lambda o, n: reader.read(n, o))
                       for c in self.table.chunks]
         finally:
             reader.close()
-            os.close(rfd)
         bad = [c.index for c, h in zip(self.table.chunks, hashes, strict=True)
                if h != c.content_sha256]
         return hashes, bad

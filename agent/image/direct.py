@@ -34,6 +34,8 @@ class Direct:
     """An O_DIRECT descriptor on the block device open on `fd`, with its aligned buffer.
     One user at a time (a buffer per object): open one per thread that needs it."""
 
+    own = False  # whether close() closes `fd` too (reading_back's own descriptor)
+
     def __init__(self, fd: int, dfd: int) -> None:
         self.fd, self.dfd = fd, dfd
         self._map = mmap.mmap(-1, BUFFER)
@@ -127,6 +129,8 @@ class Direct:
             self.dfd = -1
             self.buffer.release()
             self._map.close()
+            if self.own:
+                os.close(self.fd)
 
 
 class Appender:
@@ -207,17 +211,31 @@ class DirectFile(io.RawIOBase):
 class Pread:
     """What Direct offers, through the page cache: for files and refusing devices."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, fd: int, own: bool = False) -> None:
+        self.fd, self.own = fd, own
 
     def read(self, length: int, offset: int) -> bytes:
         return os.pread(self.fd, length, offset)
 
     def close(self) -> None:
-        """The caller's descriptor stays open."""
+        """Its own descriptor closed (the caller's stays open)."""
+        if self.own:
+            os.close(self.fd)
 
 
 def reading(fd: int) -> Direct | Pread:
     """A reader of `fd`: past the page cache on a block device. Close it when done (its
     own descriptor; `fd` stays the caller's)."""
     return Direct.open(fd) or Pread(fd)
+
+
+def reading_back(fd: int) -> Direct | Pread:
+    """A reader of what the device behind `fd` (open for writing, perhaps only for that)
+    returns now, after the writer's fsync: past the page cache on a block device, else a
+    read-only descriptor of its own after the file's cached pages are dropped
+    (verify=readback)."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    reader = Direct.open(rfd) or Pread(rfd)
+    reader.own = True  # rfd goes with it
+    return reader

@@ -10,8 +10,8 @@
    says nobody lacks anything; in between, soon after a chunk we lack went by incomplete
    or failed its hash, that chunk (not what is still on its way); a chunk that went by
    incomplete is asked for by its missing pieces (HC_HOLES): a lost datagram costs a
-   datagram. Every chunk
-   that flies and is lacking is kept, whoever asked for it: joining mid-stream is free.
+   datagram. Every chunk that flies and is lacking is kept, whoever asked for it: joining
+   mid-stream is free.
 4. A piece is kept only once it matches its hash (agent.image.pieces): a forged or
    damaged one is dropped on arrival. A whole chunk is decompressed and written by a
    worker thread (receive.landing) while pieces go on arriving.

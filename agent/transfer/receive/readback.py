@@ -12,10 +12,9 @@ everything written: off by default.
 from __future__ import annotations
 
 import hashlib
-import os
 
 from agent.errors import HerdcastError
-from agent.image.direct import reading
+from agent.image.direct import reading_back
 
 CHUNK = 1 << 20
 
@@ -42,10 +41,8 @@ class Readback:
 
     def check(self, fd: int, path: str) -> None:
         """Read every range back from the device; raises ReadbackError on a difference."""
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         again = hashlib.sha256()
-        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-        reader = reading(rfd)  # a block device: read past the page cache
+        reader = reading_back(fd)
         try:
             for offset, length in self.ranges:
                 end = offset + length
@@ -61,7 +58,6 @@ class Readback:
                                 f"{exc.strerror}", "the disk is failing; replace it") from exc
         finally:
             reader.close()
-            os.close(rfd)
         if again.digest() != self.sha256.digest():
             raise ReadbackError(f"{path}: the {self.bytes} bytes read back differ from those "
                                 "written (sha256)", "the disk is failing; replace it")
