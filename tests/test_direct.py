@@ -86,6 +86,7 @@ def test_any_range_is_written_and_read_back_exactly(tmp_path, offset, length):
             sink = DiskSink(fd, dev)
             assert sink.direct is not None
             sink._pwrite(offset, memoryview(data))
+            sink.settle()
             sink.close_direct()
             os.fsync(fd)
             reader = reading(fd)
@@ -101,6 +102,49 @@ def test_any_range_is_written_and_read_back_exactly(tmp_path, offset, length):
         finally:
             os.close(fd)
         assert backing.read_bytes()[offset:offset + length] == data
+
+
+@needs_loop
+def test_writes_that_follow_one_another_go_out_together(tmp_path, monkeypatch):
+    """An image's writes come a chunk's extent at a time (a megabyte at most): those that
+    follow one another reach the device as one request of up to BUFFER bytes, one that
+    does not puts out what was gathered first, and every byte lands where it belongs;
+    what is still gathered goes out at sync."""
+    from agent.image.chunks import CODEC_NONE, Chunk, ChunkTable
+    from agent.image.chunksink import ChunkSink
+    from agent.image.stream import DATA
+
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(b"\x5a" * (16 * MiB))
+    pieces = [(at * MiB, os.urandom(MiB)) for at in (0, 1, 2, 3, 4, 9)]
+    chunks = [Chunk(i, at, MiB, CODEC_NONE, MiB, b"", b"", ((at, MiB, DATA),))
+              for i, (at, _) in enumerate(pieces)]
+    table = ChunkTable(MiB, 16 * MiB, {}, tuple(chunks), b"")
+    calls: list[tuple[int, int]] = []
+    real = os.pwrite
+
+    def pwrite(fd, data, offset):
+        calls.append((offset, len(data)))
+        return real(fd, data, offset)
+
+    with loop_device(backing) as dev:
+        fd = os.open(dev, os.O_RDWR)
+        try:
+            sink = ChunkSink(fd, dev, table)
+            monkeypatch.setattr(direct.os, "pwrite", pwrite)
+            for chunk, (_, data) in zip(chunks, pieces, strict=True):
+                sink.put(chunk, data)
+            # four in one, the fifth put out when the sixth did not follow it
+            assert calls == [(0, BUFFER), (4 * MiB, MiB)]
+            sink.sync()  # the sixth
+            assert calls == [(0, BUFFER), (4 * MiB, MiB), (9 * MiB, MiB)]
+            sink.close()
+        finally:
+            os.close(fd)
+    disk = backing.read_bytes()
+    for at, data in pieces:
+        assert disk[at:at + MiB] == data
+    assert disk[5 * MiB:9 * MiB] == b"\x5a" * (4 * MiB)
 
 
 def test_a_file_is_read_and_written_through_the_cache(tmp_path):

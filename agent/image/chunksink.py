@@ -47,10 +47,13 @@ class ChunkSink(DiskSink):
             self._blank(pos, self.table.disk_size - pos)
 
     def sync(self) -> None:
+        """Everything put is on the disk (what is gathered first: see close)."""
+        self.settle()
         os.fsync(self.fd)  # the device's inode: what went direct is flushed with the rest
 
     def close(self) -> None:
-        """The sink's own descriptor closed (a chunk sink has no stream to finish)."""
+        """The sink's own descriptor closed (a chunk sink has no stream to finish). Writes
+        still gathered are dropped: the end of a sink that succeeded is `sync`."""
         self.close_direct()
 
     def read_back(self) -> tuple[list[bytes], list[int]]:

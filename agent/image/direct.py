@@ -133,21 +133,33 @@ class Direct:
                 os.close(self.fd)
 
 
-class Appender:
-    """A block device written from its start as a stream (a raw disk from a stock
-    udp-sender), past the page cache: the bytes gathered in the aligned buffer and written a
-    whole buffer at a time; `flush` writes the rest (its unaligned tail buffered)."""
+class Gatherer:
+    """Writes gathered in the aligned buffer and put on the device past the page cache a
+    whole buffer at a time. Two users: a block device written from its start as a stream
+    (a raw disk from a stock udp-sender: `write(data)`), and an image's writes, which
+    mostly follow one another but come at most a megabyte each (a chunk's or a record's
+    extents: `write(data, offset)`). One 4 MiB request instead of four costs the device and
+    the kernel a quarter of the requests: writing 2 GiB onto a loop device took 2.2 s in
+    1 MiB writes and 1.5 s in 4 MiB ones. A write that does not follow what is gathered puts
+    that out first; `flush` puts out the rest (an unaligned tail buffered). Offsets and
+    lengths given should be whole pages for the direct path (Direct.put falls back to the
+    cache for a device that refuses). The buffer is the Direct's: nothing else may use it
+    while anything is gathered."""
 
     def __init__(self, direct: Direct) -> None:
         self.direct, self.at, self.fill = direct, 0, 0
 
     @classmethod
-    def open(cls, fd: int) -> Appender | None:
-        """An appender for the block device on `fd` (None for anything else)."""
+    def open(cls, fd: int) -> Gatherer | None:
+        """A gatherer for the block device on `fd` (None for anything else)."""
         direct = Direct.open(fd, writable=True)
         return cls(direct) if direct is not None else None
 
-    def write(self, data: memoryview) -> None:
+    def write(self, data: memoryview, offset: int | None = None) -> None:
+        """`data` at `offset` (after the last write when None)."""
+        if offset is not None and offset != self.at + self.fill:
+            self.flush()
+            self.at = offset
         view = self.direct.buffer
         while data:
             n = min(BUFFER - self.fill, len(data))

@@ -155,7 +155,7 @@ def _restore_chunks(path: str, disk: str, blank: str) -> Restored:
             for chunk in stored.table.chunks:
                 sink.put(chunk, stored.decoded(chunk.index))
             sink.blank_space()
-            os.fsync(fd)
+            sink.sync()
         except (OSError, HerdcastError) as exc:
             _failed(path, disk, sink, exc, (ChunkError,))
         finally:

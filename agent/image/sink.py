@@ -18,7 +18,7 @@ import stat
 import struct
 
 from agent.errors import HerdcastError
-from agent.image.direct import ALIGN, Direct
+from agent.image.direct import ALIGN, Direct, Gatherer
 from agent.image.stream import Decoder, DecodingWriter
 
 BLANK_MODES = ("keep", "zero", "discard")
@@ -46,6 +46,8 @@ class DiskSink(DecodingWriter):
         self.fd, self.path, self.mode = fd, path, blank
         self.is_block = stat.S_ISBLK(os.fstat(fd).st_mode)
         self.direct = Direct.open(fd, writable=True) if self.is_block else None
+        # whole pages that follow one another go out together (Gatherer), in its buffer
+        self.gatherer = Gatherer(self.direct) if self.direct is not None else None
         self.readback = readback
         super().__init__(Decoder(self._data, self._zero, self._blank))
         self.expected_size = disk_size
@@ -66,10 +68,14 @@ class DiskSink(DecodingWriter):
         self.written += len(data)
 
     def _pwrite(self, offset: int, data: memoryview) -> None:
-        """Whole pages past the page cache on a block device (agent.image.direct), the
-        rest buffered."""
+        """Whole pages past the page cache on a block device (agent.image.direct), gathered
+        while they follow one another (settle puts them out), the rest buffered."""
+        gatherer = self.gatherer
         try:
-            if self.direct is not None and len(data) >= ALIGN:
+            if gatherer is not None and not (offset | len(data)) % ALIGN:
+                gatherer.write(data, offset)
+            elif self.direct is not None and len(data) >= ALIGN:
+                self.settle()  # Direct.write passes through the gatherer's buffer
                 for at, rest in self.direct.write(offset, memoryview(data)):
                     self._buffered(at, rest)
             else:
@@ -77,6 +83,17 @@ class DiskSink(DecodingWriter):
         except OSError as exc:
             raise SinkError(f"disk {self.path}: write at byte {offset} failed: "
                             f"{exc.strerror}") from exc
+
+    def settle(self) -> None:
+        """What is gathered onto the disk: before a sync, a read back, the end."""
+        gatherer = self.gatherer
+        if gatherer is not None and gatherer.fill:
+            at = gatherer.at
+            try:
+                gatherer.flush()
+            except OSError as exc:
+                raise SinkError(f"disk {self.path}: write at byte {at} failed: "
+                                f"{exc.strerror}") from exc
 
     def _buffered(self, offset: int, data: memoryview) -> None:
         done = 0
@@ -87,10 +104,14 @@ class DiskSink(DecodingWriter):
         """Checks the image was complete; the caller's `fd` stays open."""
         try:
             super().close()
+            self.settle()
         finally:
             self.close_direct()
 
     def close_direct(self) -> None:
+        """The direct descriptor closed; anything gathered and not settled is dropped
+        (an abort)."""
+        self.gatherer = None
         if self.direct is not None:
             self.direct.close()
             self.direct = None

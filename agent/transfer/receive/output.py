@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 
 from agent.errors import HerdcastError
-from agent.image.direct import Appender
+from agent.image.direct import Gatherer
 from agent.image.sniff import ImageCheck
 from agent.say import say
 from agent.transfer.options import ReceiveOptions
@@ -97,7 +97,7 @@ class Output:
         self.proc: subprocess.Popen | None = None
         self.decoder = None
         self.sink = None  # an image being unpacked (agent.image.sink.DiskSink)
-        self.appender: Appender | None = None  # a raw disk, past the page cache
+        self.appender: Gatherer | None = None  # a raw disk, past the page cache
         self.stored = False  # a herdcast image stored as it came into a file
         self.checker = None  # the stored image parsed as it is written: complete only
         # with its own end (END record and trailer), whatever end marker the wire had
@@ -214,7 +214,7 @@ class Output:
         else:
             self._write = self._write_fd
         if not image and self.proc is None:  # a raw disk, in order:
-            self.appender = Appender.open(self.target_fd)  # past the page cache if a device
+            self.appender = Gatherer.open(self.target_fd)  # past the page cache if a device
         held, self._held = self._held, []
         for piece in held:
             self._write(memoryview(piece))
