@@ -9,16 +9,29 @@ without bound) and takes part in the next round with the same record. A round's 
 empties when it ends; its records stay in `served` (the last one per IP) so a repeated
 HC_DIGEST is still answered. The fleet (send.fleet) is told of every change through the
 `TableEvents` it implements; the default tells nobody.
+
+The start rule (--min-receivers, --serve's) counts `places`, not addresses. A signed
+session's nonce is one receive's fresh random number, sent in the clear to the broadcast
+address: a forger that sniffs it and sends it from its own address (then leaves, its
+signature being of no use to anybody) would otherwise take the place of the receiver it
+belongs to, and the round would start without that one. Receivers presenting the same nonce
+share one place, counted once the nonce has been known NONCE_SETTLE seconds: its owner
+repeats its CONNECT_REQ every second (receive.negotiate.CONNECT_RETRY), so by then it is
+connected too.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from agent.transfer.send.record import Receiver, State, Verdict
 from agent.udpcast.protocol import MAX_CLIENTS
 
 MAX_WAITING = MAX_CLIENTS  # receivers queued for the next round (a round takes no more)
+# seconds a nonce must have been known before its place counts: two of its owner's repeats
+# (one may be lost, or the owner slow to answer a HELLO on a loaded machine)
+NONCE_SETTLE = 2.0
 
 
 class TableEvents:
@@ -50,24 +63,47 @@ class Table:
     served: dict[str, Receiver] = field(default_factory=dict)  # last round's record per IP
     refuse_late: set[str] = field(default_factory=set)  # imaged: told they missed it
     observer: TableEvents = field(default_factory=TableEvents)
+    nonce_seen: dict[bytes, float] = field(default_factory=dict)  # when each was first sent
 
     def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
-                nonce: bytes | None = None) -> Receiver | None:
-        """Add (or refresh) a participant; None when all 1024 slots are taken."""
+                nonce: bytes | None = None, now: float | None = None) -> Receiver | None:
+        """Add (or refresh) a participant; None when all 1024 slots are taken. `now` (the
+        monotonic clock by default) dates a nonce not seen before."""
         r = self.participants.get(ip)
         if r is not None:
             r.join(addr, caps, rcvbuf, nonce)
+            self._seen(nonce, now)
             return r
         used = {q.slot for q in self.participants.values()}
         slot = next((i for i in range(MAX_CLIENTS) if i not in used), None)
         if slot is None:
             return None
+        self._seen(nonce, now)
         r = self.waiting.pop(ip, None) or Receiver(ip)
         r.join(addr, caps, rcvbuf, nonce)
         r.slot = slot
         self.participants[ip] = r
         self.observer.on_connect(r)
         return r
+
+    def _seen(self, nonce: bytes | None, now: float | None) -> None:
+        """Note when `nonce` was first presented (by anybody). Forged requests cannot grow
+        the notes without bound: past 2 x MAX_CLIENTS only the participants' are kept."""
+        if nonce is None or nonce in self.nonce_seen:
+            return
+        if len(self.nonce_seen) >= 2 * MAX_CLIENTS:
+            held = {r.nonce for r in self.participants.values()}
+            self.nonce_seen = {n: t for n, t in self.nonce_seen.items() if n in held}
+        self.nonce_seen[nonce] = time.monotonic() if now is None else now
+
+    def places(self, now: float) -> int:
+        """How many receivers the start rule counts (see the module docstring): one per
+        participant without a nonce, one per nonce known NONCE_SETTLE seconds however many
+        addresses present it."""
+        plain = sum(r.nonce is None for r in self.participants.values())
+        settled = {r.nonce for r in self.participants.values() if r.nonce is not None
+                   and now - self.nonce_seen.get(r.nonce, now) >= NONCE_SETTLE}
+        return plain + len(settled)
 
     def wait_for_next(self, ip: str, addr: tuple[str, int], caps: int) -> Receiver | None:
         """A CONNECT_REQ while a round runs: queue it for the next round. Returns its
