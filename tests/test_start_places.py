@@ -89,12 +89,24 @@ def test_a_replayed_nonce_while_its_owner_is_connected_adds_no_place(monkeypatch
     assert why == "4 receiver(s) connected" and when >= 5.0
 
 
+def test_requests_forged_from_its_address_with_new_nonces_do_not_hold_its_place(monkeypatch):
+    """A forger sending CONNECT_REQs from the signed receiver's own address, each with a new
+    nonce: the receiver's place still counts two seconds after its first nonce."""
+    nonce = statements.new_nonce()
+    script = [(0.01, Op.CONNECT_REQ, req(nonce), VICTIM), (0.02, Op.CONNECT_REQ, req(), HONEST)]
+    script += [(0.05 + i / 10, Op.CONNECT_REQ, req(statements.new_nonce()), VICTIM)
+               for i in range(100)]
+    why, table, when = wait(script, monkeypatch, min_receivers=2)
+    assert why == "2 receiver(s) connected" and 0.01 + NONCE_SETTLE <= when < 2.5, (why, when)
+
+
 def test_places_count_a_nonce_once_and_only_once_it_is_known_long_enough():
     nonce, other = statements.new_nonce(), statements.new_nonce()
     table = Table()
     table.connect(HONEST, (HONEST, 9000), CAPS, 0, None, now=0.0)
     table.connect(FORGER, (FORGER, 9000), CAPS, 0, nonce, now=0.0)
     assert table.places(0.1) == 1  # the forger's nonce may be somebody else's
+    table.connect(FORGER, (FORGER, 9000), CAPS, 0, nonce, now=0.3)  # it asks again
     table.connect(VICTIM, (VICTIM, 9000), CAPS, 0, nonce, now=0.5)
     assert table.places(NONCE_SETTLE - 0.01) == 1
     assert table.places(NONCE_SETTLE) == 2  # the nonce's owner and its copy: one place
