@@ -8,7 +8,9 @@ broadcast and spoof any source. Issue 17's attacks on the verdict:
   senders on the LAN to sign for it, relays those signatures as the sender (tampered or
   not), spoofs unsigned replies and HC_LATE from the sender's address, sends stray DATA, and
   (in the "data" variant) injects DATA into the stream as the sender: the receiver holds the
-  right image with SUCCESS, or fails with a clear line; never SUCCESS on other bytes.
+  right image with SUCCESS, or fails with a clear line; never SUCCESS on other bytes;
+- a forger replaying a signed receiver's nonce from its own address takes no place the start
+  rule counts: the round does not start without that receiver.
 """
 
 from __future__ import annotations
@@ -316,6 +318,89 @@ def test_a_signed_session_survives_a_forger_on_the_lan(tmp_path, mode):
     if mode == "negotiation":  # nothing reached the stream: the image, whole
         assert rc == 0, text
     assert f"ignoring sender {h0.ip}" in vlog or f"ignoring sender {forger_host.ip}" in vlog
+
+
+NONCE_REPLAYER = r"""
+import signal, socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.protocol import Cap, ConnectReqHc, Op, build, opcode
+sender, victim, me, seconds = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0800))
+sniff.settimeout(0.02)
+own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+own.bind((me, 9000))
+own.setblocking(False)
+nonce, counts, end, next_ask = None, {}, time.monotonic() + seconds, 0.0
+while time.monotonic() < end and not stopped:
+    try:  # the victim's CONNECT_REQ, broadcast: its nonce
+        frame = sniff.recv(65536)
+        udp = frame[14 + (frame[14] & 15) * 4:]
+        if frame[23] == 17 and socket.inet_ntoa(frame[26:30]) == victim:
+            nonce = connect_nonce(udp[8:]) or nonce
+    except socket.timeout:
+        pass
+    try:  # our own signed reply (of no use to anybody): leave at once
+        data, addr = own.recvfrom(65536)
+        if opcode(data) == Op.CONNECT_REPLY:
+            counts["answered"] = counts.get("answered", 0) + 1
+            own.sendto(build(Op.DISCONNECT), addr)
+    except BlockingIOError:
+        pass
+    if nonce is not None and time.monotonic() >= next_ask:  # its nonce, from our address
+        next_ask = time.monotonic() + 0.1
+        own.sendto(ConnectReqHc.build(dict(opcode=int(Op.CONNECT_REQ), reserved=0,
+                                           capabilities=Cap.STOCK | Cap.HERDCAST,
+                                           rcvbuf=1 << 20, nonce=nonce)), (sender, 9001))
+        counts["replayed"] = counts.get("replayed", 0) + 1
+print("replayer:", counts, file=sys.stderr)
+"""
+
+
+def test_a_replayed_nonce_does_not_start_the_round_without_its_receiver(tmp_path):
+    """A forger sniffs a signed receiver's nonce and sends it from its own address, leaving
+    as each (useless) signature comes; the receiver reaches the sender half a second after
+    the forger does (as on a loaded machine: here the sender's firewall drops it meanwhile).
+    With --min-receivers 2 and an unsigned receiver, the forger's copy is no second place:
+    round 0 waits for the signed receiver, which is imaged in it, not in a late round."""
+    keys.generate(tmp_path / "fleet.key", tmp_path / "fleet.pub")
+    src = make_source(tmp_path, 1_000_003)
+    with NetLab(4, net=247) as lab:
+        h0, victim, forger_host, honest = lab.hosts
+        out = tmp_path / "victim.bin"
+        rcv = herdcast_receiver(victim, out, tmp_path / "victim.log", "--trust-key",
+                                str(tmp_path / "fleet.pub"), "--start-timeout", "40")
+        plain = herdcast_receiver(honest, tmp_path / "honest.bin", tmp_path / "honest.log")
+        forger = forger_host.popen(
+            [sys.executable, "-c", NONCE_REPLAYER, str(ROOT), h0.ip, victim.ip,
+             forger_host.ip, "30"], stderr=(tmp_path / "replayer.log").open("wb"))
+        h0.run("nft", "add table inet hcslow")
+        h0.run("nft", "add chain inet hcslow input { type filter hook input priority 0 ; }")
+        h0.run("nft", "add rule inet hcslow input ip saddr", victim.ip,
+               "udp dport 9001 drop")
+        time.sleep(1.5)  # the replayer has sniffed the nonce by now
+        slog = tmp_path / "send.log"
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "2",
+                              "--sign-key", str(tmp_path / "fleet.key"))
+        end = time.monotonic() + 20
+        while "announcing" not in slog.read_text() and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        h0.run("nft", "delete table inet hcslow")
+        rc, rcs = wait(rcv, 60), [wait(plain, 30), wait(snd, 30)]
+        forger.terminate()
+        forger.wait(timeout=10)
+    text = logs(tmp_path)
+    assert "'answered'" in (tmp_path / "replayer.log").read_text(), text
+    assert rc == 0 and rcs[0] == 0, text
+    assert sha(out) == sha(src)
+    sent = slog.read_text()
+    # imaged in round 0, not in a late round (the forger may get one: it asks again)
+    assert f"receiver {victim.ip} joined late" not in sent, text
+    assert any(line.startswith(f"  {victim.ip} ") and line.endswith("digest agreed")
+               for line in sent.splitlines()), text
 
 
 LATE_FLOOD = RAW + r"""

@@ -232,3 +232,19 @@ def test_start_timeout_names_the_senders_ignored(trusted):
     n.feed(reply(image_size=5), (STRANGER, 9001), 0.5)
     with pytest.raises(ReceiveError, match=f"ignored: {STRANGER}"):
         n.tick(3.6)
+
+
+def test_a_forged_reply_from_the_sender_does_not_stop_its_next_round_counting(trusted):
+    """The receiver is late: the key holder, mid-round, keeps saying "wait for the next
+    round". One unsigned reply forged from its address does not make those words stop
+    counting, so --start-timeout does not run out before the round the receiver waits for;
+    its signed reply then is taken."""
+    trust, key = trusted
+    n = machine(trust, start_timeout=3)
+    n.feed(reply(image_size=5000), (SENDER, 9001), 0.1)  # the forgery
+    assert SENDER in trust.refused
+    later = build(Op.HC_LATE, status=int(LateStatus.NEXT_ROUND), slice_no=9)
+    for step in range(1, 21):
+        n.feed(later, (SENDER, 9001), step / 2)
+        n.tick(step / 2)
+    assert n.feed(signed_reply(key, trust.nonce), (SENDER, 9001), 10.2) is not None

@@ -115,8 +115,12 @@ class Negotiation:
         if parsed is None or not _plausible(*parsed):
             return None
         op, msg = parsed
-        if self.trust is None or ip not in self.trust.refused:
-            self.last_activity = now  # a refused sender's chatter is no activity
+        if self.trust is None or ip not in self.trust.refused or (
+                op == Op.HC_LATE and msg.status == LateStatus.NEXT_ROUND):
+            # a refused sender's chatter is no activity; but "wait for the next round" is
+            # what the key holder tells a late receiver, from an address a reply forged
+            # from it may have had refused: that wait must not run out for it
+            self.last_activity = now
         if op == Op.CONNECT_REPLY:
             return self._reply(datagram, msg, source)
         if op in (Op.HELLO, Op.HELLO_NEW):

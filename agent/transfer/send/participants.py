@@ -9,16 +9,30 @@ without bound) and takes part in the next round with the same record. A round's 
 empties when it ends; its records stay in `served` (the last one per IP) so a repeated
 HC_DIGEST is still answered. The fleet (send.fleet) is told of every change through the
 `TableEvents` it implements; the default tells nobody.
+
+The start rule (--min-receivers, --serve's) counts `places`, not addresses. A signed
+session's nonce is one receive's fresh random number, sent in the clear to the broadcast
+address: a forger that sniffs it and sends it from its own address (then leaves, its
+signature being of no use to anybody) would otherwise take the place of the receiver it
+belongs to, and the round would start without that one. Receivers presenting the same nonce
+share one place, counted NONCE_SETTLE seconds after the first of them sent a nonce: its owner
+repeats its CONNECT_REQ every second (receive.negotiate.CONNECT_RETRY), so by then it is
+connected too. (The time is each address's first nonce, not the nonce's: requests forged
+from a receiver's address with ever new nonces do not keep its place from counting.)
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from agent.transfer.send.record import Receiver, State, Verdict
 from agent.udpcast.protocol import MAX_CLIENTS
 
 MAX_WAITING = MAX_CLIENTS  # receivers queued for the next round (a round takes no more)
+# seconds from a first nonce to its place counting: two of its owner's repeats (one may be
+# lost, or the owner slow to answer a HELLO on a loaded machine)
+NONCE_SETTLE = 2.0
 
 
 class TableEvents:
@@ -52,22 +66,38 @@ class Table:
     observer: TableEvents = field(default_factory=TableEvents)
 
     def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
-                nonce: bytes | None = None) -> Receiver | None:
-        """Add (or refresh) a participant; None when all 1024 slots are taken."""
+                nonce: bytes | None = None, now: float | None = None) -> Receiver | None:
+        """Add (or refresh) a participant; None when all 1024 slots are taken. `now` (the
+        monotonic clock by default) dates its first nonce."""
         r = self.participants.get(ip)
         if r is not None:
             r.join(addr, caps, rcvbuf, nonce)
-            return r
-        used = {q.slot for q in self.participants.values()}
-        slot = next((i for i in range(MAX_CLIENTS) if i not in used), None)
-        if slot is None:
-            return None
-        r = self.waiting.pop(ip, None) or Receiver(ip)
-        r.join(addr, caps, rcvbuf, nonce)
-        r.slot = slot
-        self.participants[ip] = r
-        self.observer.on_connect(r)
+        else:
+            used = {q.slot for q in self.participants.values()}
+            slot = next((i for i in range(MAX_CLIENTS) if i not in used), None)
+            if slot is None:
+                return None
+            r = self.waiting.pop(ip, None) or Receiver(ip)
+            r.join(addr, caps, rcvbuf, nonce)
+            r.slot = slot
+            self.participants[ip] = r
+            self.observer.on_connect(r)
+        if nonce is not None and r.nonce_since is None:
+            r.nonce_since = time.monotonic() if now is None else now
         return r
+
+    def places(self, now: float) -> int:
+        """How many receivers the start rule counts (see the module docstring): one per
+        participant without a nonce, one per nonce however many addresses present it, once
+        NONCE_SETTLE seconds have passed since the first of them sent one."""
+        plain, since = 0, {}
+        for r in self.participants.values():
+            if r.nonce is None:
+                plain += 1
+            else:
+                first = now if r.nonce_since is None else r.nonce_since
+                since[r.nonce] = min(since.get(r.nonce, now), first)
+        return plain + sum(now - t >= NONCE_SETTLE for t in since.values())
 
     def wait_for_next(self, ip: str, addr: tuple[str, int], caps: int) -> Receiver | None:
         """A CONNECT_REQ while a round runs: queue it for the next round. Returns its

@@ -90,6 +90,7 @@ class Receiver:
     caps: int = 0
     rcvbuf: int = 0
     nonce: bytes | None = None  # from its CONNECT_REQ: it wants a signed session
+    nonce_since: float | None = None  # when it first sent one (send.participants.places)
     statement: bytes | None = None  # the session statement signed for it (agent.trust)
     kind: int = 0  # its round's stream: agent.trust.statements RAW or IMAGE
     # told only to it (unicast CONNECT_REPLY) and echoed in its HC_DIGEST: a digest

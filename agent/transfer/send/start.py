@@ -7,6 +7,9 @@ HELLO, forgets receivers that leave). `wait_for_start` waits for udpcast's trigg
 round starts once a receiver is connected and nobody new came for SERVE_SETTLE seconds
 (nodes booted together share a round), at most SERVE_GATHER after the first.
 `wait_for_late` waits for the receivers that asked while the last round ran, or gives up.
+The rules count the table's `places` (send.participants): a host sending a sniffed nonce
+from its own address takes no place of its own, so it cannot start a round before the
+receiver the nonce belongs to has had the time to connect.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class Gathering:
                 if self.admit is not None and not self.admit(ip):
                     continue
                 new = ip not in table.participants
-                r = table.connect(ip, addr, msg.capabilities, msg.rcvbuf, msg.get("nonce"))
+                r = table.connect(ip, addr, msg.capabilities, msg.rcvbuf, msg.get("nonce"),
+                                  self.last_message)
                 self.session.reply(r, addr)
                 if r is not None and new:
                     self.last_connect = self.last_message
@@ -145,6 +149,7 @@ def wait_for_start(session: SendSession, table: Table, *, keyboard: bool,
                 return "stopped"
             n = len(table.participants)
             now = time.monotonic()
+            places = table.places(now)  # what the rules count: a replayed nonce takes none
             if g.go and (n or opts.async_):
                 return "GO"
             g.go = False
@@ -153,11 +158,12 @@ def wait_for_start(session: SendSession, table: Table, *, keyboard: bool,
                 return "keyboard"
             if rule and g.first_connect is not None:
                 waited = now - g.first_connect
-                if n >= max(1, opts.min_receivers or 0) and waited >= (opts.min_wait or 0):
+                enough = places >= max(1, opts.min_receivers or 0)
+                if enough and waited >= (opts.min_wait or 0):
                     return f"{n} receiver(s) connected"
                 if opts.max_wait is not None and waited >= opts.max_wait:
                     return "--max-wait reached"
-            elif opts.serve and g.first_connect is not None and n and (
+            elif opts.serve and g.first_connect is not None and places and (
                     now - g.last_connect >= SERVE_SETTLE
                     or now - g.first_connect >= SERVE_GATHER):
                 return f"{n} receiver(s) connected"
