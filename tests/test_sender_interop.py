@@ -313,6 +313,37 @@ def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
     assert sha(first) == sha(src) and sha(late) == sha(src)
 
 
+def test_a_late_round_whose_receiver_leaves_fails_that_receiver_not_the_first_round(tmp_path):
+    """The only receiver of a late round leaves in the middle of it: the sender's verdict
+    names that receiver as the one that failed; it does not say that every receiver was
+    dropped before the end, when the first round's receiver has its image."""
+    src = make_source(tmp_path, 4_000_001)
+    with NetLab(3, net=96) as lab:
+        first, late = tmp_path / "first.bin", tmp_path / "late.bin"
+        p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
+        time.sleep(0.3)
+        slog = tmp_path / "send.log"
+        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+                              "--max-bitrate", "8m")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not first.exists()
+                                               or first.stat().st_size < 500_000):
+            time.sleep(0.05)
+        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log", "--start-timeout", "30")
+        deadline = time.monotonic() + 40
+        while not late.exists() or late.stat().st_size < 500_000:
+            assert time.monotonic() < deadline, logs(tmp_path)
+            time.sleep(0.05)
+        p2.send_signal(signal.SIGTERM)
+        assert wait(p2, 10) == 143, logs(tmp_path)
+        rc, rc1 = wait(snd, 60), wait(p1, 30)
+    log = slog.read_text()
+    assert rc1 == 0 and sha(first) == sha(src), logs(tmp_path)
+    assert rc == 1, log
+    assert "every receiver was dropped" not in log, log
+    assert "1 of 2 receiver(s) failed: 10.96.0.12 disconnected mid-transfer" in log, log
+
+
 def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_path):
     src = make_source(tmp_path, 3_000_001)
     with NetLab(3, net=94) as lab:

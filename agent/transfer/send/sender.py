@@ -284,7 +284,8 @@ class Service:
             transfer.run()
             transfer.wait_digests()
         except SendError:
-            if table.participants or not opts.serve:
+            # only round 0 losing everybody fails the send; else the verdict names them
+            if table.participants or not (opts.serve or number):
                 raise
             say("herdcast send: every receiver of this round was dropped or left")
         finally:
