@@ -106,12 +106,15 @@ def installed(python: Path) -> str:
     """The distributions `python` has installed (name==version lines): PyInstaller follows
     optional imports into whatever is there (construct's lazy `cryptography` import adds
     13 MB once cryptography is installed), so a package installed or upgraded in the venv
-    changes the frozen tree as much as an agent edit does."""
+    changes the frozen tree as much as an agent edit does. Asked from the root directory:
+    `python -c` searches the current directory too, and a checkout's own
+    herdcast.egg-info (left by `make install`) would list herdcast twice and change the key
+    without changing the tree."""
     code = ("import importlib.metadata as m; print('\\n'.join(sorted("
             "f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions())))")
     try:
         proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, cwd="/")
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return proc.stdout

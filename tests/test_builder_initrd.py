@@ -196,6 +196,20 @@ def test_the_extensions_left_out_of_the_freeze_are_never_needed():
     assert freeze.CHECK_OK in proc.stdout, proc.stderr[-2000:]
 
 
+def test_the_freeze_key_does_not_follow_the_current_directory(tmp_path, monkeypatch):
+    """The distributions the key lists are the interpreter's: a directory holding an
+    egg-info (a checkout after `make install`) does not change them, so no re-freeze."""
+    from builder import freeze
+
+    before = freeze.installed(Path(sys.executable))
+    egg = tmp_path / "herdcast.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: herdcast\nVersion: 9.9\n")
+    monkeypatch.chdir(tmp_path)
+    assert "herdcast==9.9" not in freeze.installed(Path(sys.executable))
+    assert freeze.installed(Path(sys.executable)) == before
+
+
 @pytest.mark.parametrize("module", ["ssl"])
 def test_libssl_stays_because_pyroute2_imports_it(module):
     """If this starts failing, pyroute2 no longer needs the module: add it to
