@@ -290,27 +290,35 @@ def test_digest_table_agreed_with_herdcast_receivers(tmp_path):
         assert sha(out) == sha(src)
 
 
+def _a_round_and_a_late_receiver(lab, tmp_path: Path, src: Path):
+    """A sender at 8 Mbit/s to one receiver, and a second receiver started once the first
+    has 500 kB (so it asks while round 0 runs). Returns (sender, its log, first, late)
+    processes and the late one's output."""
+    first, late = tmp_path / "first.bin", tmp_path / "late.bin"
+    p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
+    time.sleep(0.3)
+    slog = tmp_path / "send.log"
+    snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
+                          "--max-bitrate", "8m")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not first.exists()
+                                           or first.stat().st_size < 500_000):
+        time.sleep(0.05)
+    assert first.exists() and first.stat().st_size < src.stat().st_size, "started too late"
+    p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log", "--start-timeout", "30")
+    return snd, slog, p1, p2, late
+
+
 def test_late_receiver_gets_the_whole_image_in_the_next_round(tmp_path):
     src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=93) as lab:
-        first, late = tmp_path / "first.bin", tmp_path / "late.bin"
-        p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
-        time.sleep(0.3)
-        slog = tmp_path / "send.log"
-        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                              "--max-bitrate", "8m")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not first.exists()
-                                               or first.stat().st_size < 500_000):
-            time.sleep(0.05)
-        assert first.exists() and first.stat().st_size < 4_000_001, "started too late"
-        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log", "--start-timeout", "30")
+        snd, slog, p1, p2, late = _a_round_and_a_late_receiver(lab, tmp_path, src)
         rc = wait(snd, 60)
         rcs = [wait(p1, 30), wait(p2, 30)]
     log = slog.read_text()
     assert rc == 0 and rcs == [0, 0], log + (tmp_path / "r2.log").read_text()
     assert "another round" in log
-    assert sha(first) == sha(src) and sha(late) == sha(src)
+    assert sha(tmp_path / "first.bin") == sha(src) and sha(late) == sha(src)
 
 
 def test_a_late_round_whose_receiver_leaves_fails_that_receiver_not_the_first_round(tmp_path):
@@ -319,17 +327,7 @@ def test_a_late_round_whose_receiver_leaves_fails_that_receiver_not_the_first_ro
     dropped before the end, when the first round's receiver has its image."""
     src = make_source(tmp_path, 4_000_001)
     with NetLab(3, net=96) as lab:
-        first, late = tmp_path / "first.bin", tmp_path / "late.bin"
-        p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
-        time.sleep(0.3)
-        slog = tmp_path / "send.log"
-        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                              "--max-bitrate", "8m")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not first.exists()
-                                               or first.stat().st_size < 500_000):
-            time.sleep(0.05)
-        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log", "--start-timeout", "30")
+        snd, slog, p1, p2, late = _a_round_and_a_late_receiver(lab, tmp_path, src)
         deadline = time.monotonic() + 40
         while not late.exists() or late.stat().st_size < 500_000:
             assert time.monotonic() < deadline, logs(tmp_path)
@@ -338,7 +336,7 @@ def test_a_late_round_whose_receiver_leaves_fails_that_receiver_not_the_first_ro
         assert wait(p2, 10) == 143, logs(tmp_path)
         rc, rc1 = wait(snd, 60), wait(p1, 30)
     log = slog.read_text()
-    assert rc1 == 0 and sha(first) == sha(src), logs(tmp_path)
+    assert rc1 == 0 and sha(tmp_path / "first.bin") == sha(src), logs(tmp_path)
     assert rc == 1, log
     assert "every receiver was dropped" not in log, log
     assert "1 of 2 receiver(s) failed: 10.96.0.12 disconnected mid-transfer" in log, log
