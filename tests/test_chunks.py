@@ -32,6 +32,7 @@ from agent.image.pieces import (
     parse_offer,
     piece_hash,
     piece_list,
+    piece_lists,
 )
 from agent.image.stream import encode
 from agent.image.usedmap import used_map
@@ -211,6 +212,46 @@ def test_forged_payloads_and_manifests_are_refused(disk, tmp_path):
     with pytest.raises(ChunkError):
         parse_manifest(table.raw[:-1])
     assert hashlib.sha256(table.raw).digest() != hashlib.sha256(table.raw[:-1]).digest()
+
+
+def test_piece_lists_made_on_every_core_are_each_payloads(tmp_path, monkeypatch):
+    """A sender's piece lists, made by several processes (each a share of the payloads),
+    are each payload's own, in order; where no process can be made, this one makes them."""
+    import concurrent.futures
+
+    import agent.image.pieces as pieces
+
+    path = tmp_path / "payloads.bin"
+    rng = random.Random(7)
+    sizes = [rng.randrange(1, 40_000) for _ in range(3 * pieces.SHARE + 17)]
+    blob = rng.randbytes(sum(sizes))
+    path.write_bytes(blob)
+    where, at = [], 0
+    for n in sizes:
+        where.append((at, n))
+        at += n
+    want = [piece_list(blob[o:o + n], 1456) for o, n in where]
+    monkeypatch.setattr(pieces.os, "cpu_count", lambda: 3)
+    pools: list[int] = []
+
+    class Counted(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, workers, **kwargs):
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counted)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert piece_lists(fd, where, 1456) == want
+        assert pools == [3]  # three processes, a share each
+
+        def refused(*args, **kwargs):
+            raise OSError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", refused)
+        assert piece_lists(fd, where, 1456) == want
+    finally:
+        os.close(fd)
 
 
 @needs_loop

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from agent.image.chunkfile import ChunkedFile, chunk_image
 from agent.image.chunks import CHUNK_BYTES
 from agent.image.level import choose_level
-from agent.image.pieces import build_offer, list_index, piece_list
+from agent.image.pieces import build_offer, list_index, piece_lists
 from agent.net import netif
 from agent.say import say
 from agent.transfer.send.session import SendSession
@@ -33,7 +33,8 @@ class Prepared:
 
     @classmethod
     def of(cls, stored: ChunkedFile, blocksize: int) -> Prepared:
-        lists = [piece_list(stored.payload(c.index), blocksize) for c in stored.table.chunks]
+        lists = piece_lists(stored.fd, [(stored.starts[c.index], c.wire_bytes)
+                                        for c in stored.table.chunks], blocksize)
         index = b"".join(list_index(lst, blocksize) for lst in lists)
         return cls(stored, lists, build_offer(stored.table.raw, blocksize, index))
 
