@@ -223,8 +223,10 @@ class DirectFile(io.RawIOBase):
 class Pread:
     """What Direct offers, through the page cache: for files and refusing devices."""
 
-    def __init__(self, fd: int, own: bool = False) -> None:
-        self.fd, self.own = fd, own
+    own = False  # whether close() closes `fd` (reading_back's own descriptor), as Direct's
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
     def read(self, length: int, offset: int) -> bytes:
         return os.pread(self.fd, length, offset)
