@@ -24,6 +24,7 @@ from peers import (
     stock_sender,
 )
 
+from agent.udpcast.protocol import Op
 from builder.lab.netlab import NetLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150),
@@ -283,6 +284,26 @@ def test_thirty_percent_loss_on_every_link_from_a_stock_sender(tmp_path):
                            "100")
         finish(snd, slog, receivers, logs, sender_timeout=110, receiver_timeout=30)
     assert sha(outs[0]) == sha(outs[1]) == sha(src)
+
+
+def test_a_lost_connect_reply_still_ends_in_an_agreed_digest(tmp_path):
+    """The sender's CONNECT_REPLY to a herdcast receiver is lost once: the receiver follows
+    the transfer the sender counts it in (as udpcast's does), asks again until the reply
+    comes, and with the secret it carries has its digest agreed. (It used to send a digest
+    with no secret, which the sender rightly did not believe: the sender ended on "never
+    reported one" and the receiver asked until it was killed.)"""
+    src = make_source(tmp_path)
+    with NetLab(2, net=248) as lab:
+        h0, h1 = lab.hosts
+        h1.drop_first(int(Op.CONNECT_REPLY))
+        outs, logs, receivers = start_receivers(tmp_path, (herdcast_receiver, h1, "r"))
+        slog = tmp_path / "sender.log"
+        snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1")
+        finish(snd, slog, receivers, logs)
+    text = logs[0].read_text()
+    assert "no CONNECT_REPLY" in text and "CONNECT_REPLY came again" in text, text
+    assert "digest agreed" in slog.read_text(), slog.read_text()
+    assert sha(outs[0]) == sha(src)
 
 
 def test_herdcast_fec_with_loss_and_a_stock_receiver_beside(tmp_path):

@@ -63,6 +63,14 @@ class Host:
         self.run("nft", f"add rule inet hcloss input udp dport {dport} "
                         f"numgen random mod 100 < {percent} drop")
 
+    def drop_first(self, opcode: int, dport: int = 9000) -> None:
+        """Drop the first incoming UDP datagram to `dport` whose udpcast opcode (its first
+        two bytes) is `opcode`, and no other: one lost reply, exactly where a test wants it."""
+        self.run("nft", "add table inet hcfirst")
+        self.run("nft", "add chain inet hcfirst input { type filter hook input priority 0 ; }")
+        self.run("nft", f"add rule inet hcfirst input udp dport {dport} @th,64,16 {opcode} "
+                        "numgen inc mod 1000000 0 drop")
+
     def shape(self, rate: str = "1gbit", burst: str = "256kb", latency: str = "20ms") -> None:
         """Limit this host's outgoing rate with a token bucket."""
         self.run("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,

@@ -21,7 +21,7 @@ from agent.transfer.receive.link import Link
 from agent.transfer.receive.output import Output, OutputError, SliceWriter
 from agent.transfer.receive.sockets import ReceiveError
 from agent.trust.statements import IMAGE, RAW
-from agent.udpcast.protocol import SECRET_BYTES, Cap, Op, build
+from agent.udpcast.protocol import Cap
 
 DIGEST_INTERVAL = 0.25
 DIGEST_TIMEOUT = 5.0
@@ -83,8 +83,6 @@ def _check_end(link: Link) -> None:
 def _confirm_digest(link: Link, total: int, digest: bytes, kind: int) -> None:
     """HC_DIGEST (with the secret our CONNECT_REPLY told us) every DIGEST_INTERVAL until
     the sender's HC_DIGEST_ACK says it agrees."""
-    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
-                    secret=link.session.secret or bytes(SECRET_BYTES))
     link.digest_sent, link.digest_ack = (total, digest, kind), None
     give_up = time.monotonic() + DIGEST_TIMEOUT
     while link.digest_ack is None:
@@ -95,7 +93,7 @@ def _confirm_digest(link: Link, total: int, digest: bytes, kind: int) -> None:
                                + (f" with a valid signature ({why})" if why else "")
                                + f" (the data was written: {total} bytes, sha256 "
                                f"{digest.hex()})")
-        link.send(message)
+        link.send(link.digest_message(total, digest))
         next_send = time.monotonic() + DIGEST_INTERVAL
         while link.digest_ack is None and time.monotonic() < next_send:
             link.pump(max(next_send - time.monotonic(), 0))

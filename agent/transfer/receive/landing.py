@@ -22,7 +22,7 @@ from agent.transfer.receive.link import Link
 from agent.transfer.receive.readback import ReadbackError
 from agent.transfer.receive.sockets import ReceiveError
 from agent.trust.statements import CHUNKS
-from agent.udpcast.protocol import SECRET_BYTES, Op, build, parse
+from agent.udpcast.protocol import Op, parse
 
 DIGEST_INTERVAL, DIGEST_TIMEOUT = 0.25, 5.0
 PENDING = 64 << 20  # used bytes of chunks queued at most; beyond, the receiving thread waits
@@ -117,12 +117,10 @@ def confirm(link: Link, datagrams, total: int, digest: bytes) -> None:
     """HC_DIGEST until the sender's HC_DIGEST_ACK agrees (signed, in a signed session);
     `datagrams(timeout)` yields (op, view) of what the sender sends meanwhile."""
     trust = link.trust
-    message = build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
-                    secret=link.session.secret or bytes(SECRET_BYTES))
     give_up = time.monotonic() + DIGEST_TIMEOUT
     why = None
     while time.monotonic() < give_up:
-        link.send(message)
+        link.send(link.digest_message(total, digest))
         until = time.monotonic() + DIGEST_INTERVAL
         while time.monotonic() < until:
             for op, view in datagrams(max(0.0, until - time.monotonic())):

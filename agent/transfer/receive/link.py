@@ -15,6 +15,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 from dataclasses import dataclass
 
 from agent.net import netif
@@ -27,7 +28,7 @@ from agent.transfer.receive.sockets import (
     enable_gro,
     network_error,
 )
-from agent.udpcast.extensions import build_fail
+from agent.udpcast.extensions import build_fail, reply_secret
 from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
@@ -46,7 +47,9 @@ from agent.udpcast.protocol import (
 # kernel's ~200 KB default overflows while the writer thread holds the GIL for a moment);
 # 16 MiB holds what comes while a new slice waits for a buffer (slices.DATA_BUFFER_WAIT)
 DEFAULT_RCVBUF = 16 << 20
+CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
 _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
+_CONNECT_REPLY = int(Op.CONNECT_REPLY)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
 _HC_CHANGED_ACK = int(Op.HC_CHANGED_ACK)
 
@@ -108,6 +111,7 @@ class Link:
         self.digest_ack = None  # the sender's HC_DIGEST_ACK to it, once it came
         self.trust = None  # receive.trust.Trust: a signed session is required
         self.changed_ack = False  # the sender has what personalising changed (receive.personal)
+        self.next_ask = 0.0  # when to repeat a CONNECT_REQ whose reply never came (unanswered)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -216,6 +220,40 @@ class Link:
         for _ in range(FAIL_COPIES):
             self.send(build_fail(reason, secret))
 
+    # --- a CONNECT_REPLY that was lost ------------------------------------------------
+
+    @property
+    def unanswered(self) -> bool:
+        """Following a herdcast sender whose CONNECT_REPLY to us was lost (receive.negotiate
+        follows a sender that counts us in once its data flows): the transfer goes on, but
+        our HC_DIGEST and HC_FAIL are believed only with the secret that reply carries."""
+        s = self.session
+        return (s is not None and s.client_number < 0 and not s.passive
+                and self.trust is None and bool(s.capabilities & Cap.HERDCAST))
+
+    def ask_again(self) -> None:
+        """While unanswered, CONNECT_REQ every CONNECT_RETRY: a herdcast sender answers a
+        receiver it counts in with its CONNECT_REPLY again (a stock one ignores it)."""
+        if self.unanswered and (now := time.monotonic()) >= self.next_ask:
+            self.next_ask = now + CONNECT_RETRY
+            self.connect_req(self.session.sender)
+
+    def late_reply(self, datagram: bytes | memoryview) -> None:
+        """The CONNECT_REPLY that was lost, repeated: our client number and our secret."""
+        parsed = parse(datagram)
+        if not self.unanswered or parsed is None or parsed[0] != Op.CONNECT_REPLY \
+                or parsed[1].client_number < 0:
+            return
+        self.session.client_number = parsed[1].client_number
+        self.session.secret = reply_secret(datagram)
+        say(f"Connected as #{self.session.client_number} to {self.session.sender[0]} (its "
+            "CONNECT_REPLY came again)")
+
+    def digest_message(self, total: int, digest: bytes) -> bytes:
+        """HC_DIGEST for what we wrote, with our secret as it is now (it may come late)."""
+        return build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
+                     secret=self.session.secret or bytes(SECRET_BYTES))
+
     def disconnect(self) -> None:
         """udpcast sends DISCONNECT at exit, on success and on abort alike."""
         if self.disconnect_due and self.session and not self.opts.passive:
@@ -301,9 +339,12 @@ class Link:
             self.digest_ack = ack
         elif op == _HC_CHANGED_ACK:
             self.changed_ack = True
+        elif op == _CONNECT_REPLY:
+            self.late_reply(self.mv[at:at + n])
 
     def pump(self, timeout: float) -> bool:
         """Wait up to `timeout` for datagrams and handle them all; True if any came."""
+        self.ask_again()
         got = False
         for key, _ in self.sel.select(timeout):
             if key.data == "kbd":

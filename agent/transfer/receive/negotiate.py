@@ -28,12 +28,11 @@ import time
 from dataclasses import dataclass
 
 from agent.say import say
-from agent.transfer.receive.link import Link, Session
+from agent.transfer.receive.link import CONNECT_RETRY, Link, Session
 from agent.transfer.receive.sockets import ReceiveError, network_error
 from agent.udpcast.extensions import image_size, reply_codec, reply_secret
 from agent.udpcast.protocol import HEADER_SIZE, MAX_UDP_PAYLOAD, Cap, LateStatus, Op, parse
 
-CONNECT_RETRY = 1.0  # seconds between CONNECT_REQ repeats while unanswered
 MISSED_START_WAIT = 2.0  # how long a running transfer may go on without answering us
 RUNNING_PACKETS = 10  # packets in that time that make it a running transfer, not a stray
 MAX_PEERS = 256  # addresses remembered; forged sources cannot grow the state without bound
