@@ -23,6 +23,7 @@ from builder.pxelinux import mac_file_name
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 
+@pytest.mark.timeout(480)  # above the lab's own 400 s, so a stuck node fails with consoles
 def test_fleet_clones_over_pxe(tmp_path):
     tftpboot = ensure_tftpboot()
     lines: list[str] = []
@@ -31,7 +32,8 @@ def test_fleet_clones_over_pxe(tmp_path):
     report = "\n".join(lines) + "\n" + table(results, 64)
     assert {r.node.firmware for r in results} == {"bios", "uefi", "uefi-secure"}
     for r in results:
-        assert r.seconds is not None, f"{r.node.name} never powered off:\n{report}"
+        assert r.seconds is not None, (f"{r.node.name} never powered off:\n{report}\n--- its "
+                                       f"console:\n{console_text(r.node)[-3000:]}")
     golden = results[0].sha256
     for r in results[1:]:
         assert r.sha256 == golden, f"{r.node.name} disk differs from the sender's:\n{report}"
