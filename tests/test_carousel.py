@@ -161,6 +161,32 @@ def test_on_a_lossy_link_only_the_lost_pieces_fly_again(disk, tmp_path):
     assert all(used_extents_equal(disk, out) for out in outs)
 
 
+def test_a_spoofed_disconnect_does_not_end_a_chunk_receivers_part(disk, tmp_path):
+    """A stranger spoofs DISCONNECT from a chunk receiver's address for the whole carousel
+    (a stock receiver's, and one with a guessed secret): the sender believes a herdcast
+    receiver's DISCONNECT only with its secret, so the receiver stays in and is imaged."""
+    from test_forger import DISCONNECT_FORGER
+
+    out = junk(tmp_path / "disk.img")
+    with NetLab(3, net=250) as lab:
+        h0, h1, h2 = lab.hosts
+        h0.shape("100mbit")  # ~3 s of carousel under the forgeries
+        rcv = herdcast_receiver(h1, out, tmp_path / "recv.log", "--unpack")
+        forger = h2.popen([sys.executable, "-c", DISCONNECT_FORGER, str(ROOT), h0.ip, h1.ip,
+                           "30"], stderr=(tmp_path / "forger.log").open("wb"))
+        time.sleep(0.3)
+        snd = herdcast_sender(h0, tmp_path / "send.log", "-f", str(disk), "--min-receivers",
+                              "1")
+        rcs = [wait(snd, 90), wait(rcv, 30)]
+        forger.terminate()  # it forged all along: until the carousel ended
+        forger.wait(timeout=20)
+    log = logs(tmp_path)
+    assert "chunk carousel to" in log and "forged" in log, log
+    assert rcs == [0, 0], log
+    assert "disconnected" not in (tmp_path / "send.log").read_text(), log
+    assert used_extents_equal(disk, out)
+
+
 def test_a_disk_holding_the_last_version_receives_what_changed(disk, tmp_path):
     new = tmp_path / "new.img"
     shutil.copy(disk, new)

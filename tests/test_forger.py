@@ -84,6 +84,21 @@ message = build_fail("forged: disk on fire", os.urandom(16))  # the secret is a 
 flood(message, (victim, 9000), (sender, 9001), seconds, "failures")
 """
 
+DISCONNECT_FORGER = RAW + r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from agent.udpcast.extensions import build_disconnect
+sender, victim, seconds = sys.argv[2:5]
+plain, guessed = build_disconnect(None), build_disconnect(os.urandom(16))  # a stock one's; a guess
+end, sent = time.monotonic() + float(seconds), 0
+while time.monotonic() < end and not stopped:
+    for message in (plain, guessed):
+        spoof(message, (victim, 9000), (sender, 9001))
+        sent += 1
+    time.sleep(0.02)
+print("forged", sent, "disconnects", file=sys.stderr)
+"""
+
 NOTHING_RECEIVED = r"""
 import socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -226,15 +241,18 @@ def test_a_forged_digest_does_not_turn_a_failed_receiver_green(tmp_path):
     assert not any("digest agreed" in line for line in table), text
 
 
-def test_a_forged_fail_does_not_fail_a_good_receiver(tmp_path):
-    """A stranger spoofing HC_FAIL from a receiver's address, before and during the round,
-    fails nothing: HC_FAIL is believed only with the secret the receiver's own CONNECT_REPLY
-    told it. The receiver is imaged and the send succeeds; the forged reason is nowhere."""
+@pytest.mark.parametrize("forger,net", [(FAIL_FORGER, 239), (DISCONNECT_FORGER, 249)],
+                         ids=["fail", "disconnect"])
+def test_a_forged_fail_does_not_fail_a_good_receiver(tmp_path, forger, net):
+    """A stranger spoofing HC_FAIL, or DISCONNECT (a stock receiver's, and one with a
+    guessed secret), from a herdcast receiver's address, before and during the round, fails
+    nothing: both are believed only with the secret the receiver's own CONNECT_REPLY told
+    it. The receiver is imaged and the send succeeds; the forged reason is nowhere."""
     src = make_source(tmp_path, 3_000_001)
-    with NetLab(3, net=239) as lab:
+    with NetLab(3, net=net) as lab:
         h0, h1, h2 = lab.hosts
         rcv = herdcast_receiver(h1, tmp_path / "out.bin", tmp_path / "recv.log")
-        forger = h2.popen([sys.executable, "-c", FAIL_FORGER, str(ROOT), h0.ip, h1.ip, "6"],
+        forger = h2.popen([sys.executable, "-c", forger, str(ROOT), h0.ip, h1.ip, "6"],
                           stderr=(tmp_path / "forger.log").open("wb"))
         time.sleep(0.3)
         report = tmp_path / "report.json"

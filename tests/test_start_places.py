@@ -27,14 +27,28 @@ def req(nonce: bytes | None = None) -> SimpleNamespace:
                            get=lambda name, default=None: nonce if name == "nonce" else default)
 
 
+def disconnect(secret: bytes | None) -> SimpleNamespace:
+    """A parsed DISCONNECT as send.network hands it over (`secret` set by disconnect_secret:
+    a herdcast receiver's echoes the one its CONNECT_REPLY told it)."""
+    return SimpleNamespace(secret=secret, get=lambda name, default=None:
+                           secret if name == "secret" else default)
+
+
 class Lan:
     """The sender's network on a fake clock: `script` is (time, op, msg, source ip); each
-    receive() hands over what is due within its timeout and moves the clock on."""
+    receive() hands over what is due within its timeout and moves the clock on (a callable
+    msg is made then, from this Lan: what the sender has replied by that time)."""
 
     def __init__(self, script) -> None:
         self.now = 0.0
         self.script = sorted(script, key=lambda event: event[0])
         self.replied: list[str] = []
+        self.secrets: dict[str, bytes] = {}  # what each reply told its receiver
+
+    def reply(self, r, addr: tuple[str, int]) -> None:
+        self.replied.append(addr[0])
+        if r is not None:
+            self.secrets[addr[0]] = r.secret
 
     def monotonic(self) -> float:
         return self.now
@@ -43,7 +57,7 @@ class Lan:
         self.now += max(timeout, 0.001)
         due = [e for e in self.script if e[0] <= self.now]
         self.script = self.script[len(due):]
-        return [(op, msg, (ip, 9000)) for _, op, msg, ip in due]
+        return [(op, msg(self) if callable(msg) else msg, (ip, 9000)) for _, op, msg, ip in due]
 
     def hello(self) -> None:
         """The HELLO goes nowhere: the script says who answers it, and when."""
@@ -54,7 +68,7 @@ def wait(script, monkeypatch, **options) -> tuple[str, Table, float]:
     lan = Lan(script)
     monkeypatch.setattr(start.time, "monotonic", lan.monotonic)
     session = SimpleNamespace(opts=SendOptions(**options), net=lan, admits=lambda ip: True,
-                              reply=lambda r, addr: lan.replied.append(addr[0]))
+                              reply=lan.reply)
     table = Table()
     why = start.wait_for_start(session, table, keyboard=False,
                                should_stop=lambda: lan.now > 30)
@@ -69,7 +83,7 @@ def test_a_forger_replaying_a_nonce_does_not_start_the_round_without_its_owner(m
     nonce = statements.new_nonce()
     script = [(0.01, Op.CONNECT_REQ, req(), HONEST),
               (0.02, Op.CONNECT_REQ, req(nonce), FORGER),
-              (0.15, Op.DISCONNECT, None, FORGER),
+              (0.15, Op.DISCONNECT, lambda lan: disconnect(lan.secrets[FORGER]), FORGER),
               (0.90, Op.CONNECT_REQ, req(nonce), VICTIM)]  # its next repeat, a second on
     why, table, when = wait(script, monkeypatch, min_receivers=2)
     assert why == "2 receiver(s) connected", why

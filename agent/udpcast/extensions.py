@@ -1,6 +1,7 @@
-"""herdcast's extensions of udpcast's CONNECT_REQ, CONNECT_REPLY and HC_DIGEST_ACK: the longer
-forms declared in agent.udpcast.protocol, read (and CONNECT_REPLY's built) here. A stock peer
-sends the short forms; each reader then says None. HC_FAIL's builder is here too."""
+"""herdcast's extensions of udpcast's CONNECT_REQ, CONNECT_REPLY, DISCONNECT and
+HC_DIGEST_ACK: the longer forms declared in agent.udpcast.protocol, read (and CONNECT_REPLY's
+and DISCONNECT's built) here. A stock peer sends the short forms; each reader then says None.
+HC_FAIL's builder is here too."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from agent.udpcast.protocol import (
     ConnectReplyHc,
     ConnectReplySigned,
     ConnectReqHc,
+    DisconnectHc,
     HcDigestAckSigned,
     Op,
     build,
@@ -79,6 +81,20 @@ def signed_result(datagram: bytes | memoryview) -> tuple[bytes, int, bytes] | No
     """(sha256, kind, signature) of a signing sender's HC_DIGEST_ACK, or None."""
     ext = _extension(datagram, Op.HC_DIGEST_ACK, HcDigestAckSigned)
     return (ext.sha256, ext.kind, ext.signature) if ext is not None else None
+
+
+def build_disconnect(secret: bytes | None) -> bytes:
+    """DISCONNECT; with the receiver's `secret` (to a herdcast sender) the longer form, which
+    the sender believes from that receiver alone."""
+    if secret is None:
+        return build(Op.DISCONNECT)
+    return DisconnectHc.build({"opcode": int(Op.DISCONNECT), "reserved": 0, "secret": secret})
+
+
+def disconnect_secret(datagram: bytes | memoryview) -> bytes | None:
+    """The secret a herdcast receiver's DISCONNECT echoes, or None (a stock receiver's)."""
+    ext = _extension(datagram, Op.DISCONNECT, DisconnectHc)
+    return ext.secret if ext is not None else None
 
 
 def build_fail(reason: str, secret: bytes) -> bytes:

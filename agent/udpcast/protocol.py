@@ -166,6 +166,9 @@ ConnectReplySigned = Struct(*ConnectReplyHc.subcons, "image" / Bytes(IMAGE_ID_BY
 
 Go = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
 Disconnect = Struct("opcode" / Int16ub, "reserved" / Int16ub)  # 4 bytes
+# a herdcast receiver leaving a herdcast sender echoes the secret its CONNECT_REPLY carried:
+# a DISCONNECT spoofed from its address (which anyone can send) does not end its part
+DisconnectHc = Struct(*Disconnect.subcons, "secret" / Bytes(SECRET_BYTES))
 
 DataHeader = Struct(  # 16 bytes + min(blocksize, slice_bytes - block*blocksize)
     "opcode" / Int16ub,

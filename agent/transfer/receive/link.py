@@ -28,7 +28,7 @@ from agent.transfer.receive.sockets import (
     enable_gro,
     network_error,
 )
-from agent.udpcast.extensions import build_fail, reply_secret
+from agent.udpcast.extensions import build_disconnect, build_fail, reply_secret
 from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
@@ -255,9 +255,12 @@ class Link:
                      secret=self.session.secret or bytes(SECRET_BYTES))
 
     def disconnect(self) -> None:
-        """udpcast sends DISCONNECT at exit, on success and on abort alike."""
-        if self.disconnect_due and self.session and not self.opts.passive:
-            self.send(build(Op.DISCONNECT))
+        """udpcast sends DISCONNECT at exit, on success and on abort alike; to a herdcast
+        sender with our secret, so that one spoofed from our address is not believed."""
+        session = self.session
+        if self.disconnect_due and session and not self.opts.passive:
+            herdcast = session.capabilities & Cap.HERDCAST
+            self.send(build_disconnect(session.secret if herdcast else None))
         self.disconnect_due = False
 
     # --- keyboard start -----------------------------------------------------------------

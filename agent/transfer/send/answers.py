@@ -45,8 +45,8 @@ class Answers:
             elif self.session.admits(ip):  # --allow: strangers are not queued
                 self._late(ip, addr, msg.capabilities)
             return
-        if r is None:
-            return
+        if r is None or op == Op.DISCONNECT and not r.leaves(msg.get("secret")):
+            return  # a DISCONNECT spoofed from a herdcast receiver's address: not its own
         if op == Op.HC_FAIL:  # a herdcast receiver stops and says why: one line
             if r.told(msg.secret):  # its own, not a stranger's from its address
                 self.table.remove(ip, Verdict.FAILED, said(msg.reason))

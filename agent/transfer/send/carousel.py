@@ -38,7 +38,7 @@ from agent.transfer.send.session import SendSession
 from agent.transfer.send.signing import digest_ack, signer
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.extensions import connect_nonce, disconnect_secret
 from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, parse
 
 IDLE_INTERVAL = 0.25  # nobody lacks anything: say so this often, so lost HC_NEEDs repeat
@@ -232,8 +232,8 @@ class Carousel:
         if op == Op.HC_CHANGED:
             note_changed(self.table, self.net, ip, addr, msg)
             return
-        if r is None:
-            return
+        if r is None or op == Op.DISCONNECT and not r.leaves(disconnect_secret(view)):
+            return  # a DISCONNECT spoofed from a herdcast receiver's address: not its own
         self.heard[ip] = time.monotonic()
         r.answered()
         if op == Op.HC_NEED:

@@ -18,7 +18,7 @@ from agent.errors import HerdcastError
 from agent.net import netif
 from agent.transfer.options import SendOptions
 from agent.transfer.send.batch import BlockSender
-from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.extensions import connect_nonce, disconnect_secret
 from agent.udpcast.protocol import HEADER_SIZE, Cap, Op, build, parse
 
 SENDER_CAPS = Cap.STOCK | Cap.HERDCAST | Cap.WINDOW
@@ -149,6 +149,8 @@ class Network:
                 if parsed is not None:  # garbage is dropped
                     if parsed[0] == Op.CONNECT_REQ:  # a receiver that wants a signed session
                         parsed[1].nonce = connect_nonce(self._view[:n])
+                    elif parsed[0] == Op.DISCONNECT:  # a herdcast receiver's says who it is
+                        parsed[1].secret = disconnect_secret(self._view[:n])
                     out.append((parsed[0], parsed[1], addr))
         return out
 

@@ -119,6 +119,12 @@ class Receiver:
         address does not know the secret its unicast CONNECT_REPLY carried."""
         return hmac.compare_digest(bytes(secret), self.secret)
 
+    def leaves(self, secret: bytes | None) -> bool:
+        """Whether a DISCONNECT from its address is its own: a herdcast receiver's echoes its
+        secret (agent.udpcast.extensions.build_disconnect); a stock one's cannot, and is
+        believed as udpcast believes it."""
+        return not self.herdcast or (secret is not None and self.told(secret))
+
     def personalising(self, now: float) -> bool:
         """Still personalising its clone: it said WORKING within PERSONAL_SILENCE."""
         return self.personalised == "working" and now - self.personal_at < PERSONAL_SILENCE

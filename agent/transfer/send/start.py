@@ -84,6 +84,12 @@ class Gathering:
         r = self.table.participants.get(ip)
         return r is not None and r.told(msg.secret)
 
+    def _leaves(self, ip: str, msg) -> bool:
+        """A DISCONNECT that is the participant's own (a herdcast one's echoes its secret;
+        Receiver.leaves), or from an address not in the table (nothing to remove)."""
+        r = self.table.participants.get(ip)
+        return r is None or r.leaves(msg.get("secret"))
+
     def step(self) -> bool:
         """Wait for and handle messages up to CHECK_INTERVAL, tick, repeat HELLO when due;
         False when asked to stop."""
@@ -109,7 +115,8 @@ class Gathering:
                     self.first_connect = self.last_message
             elif op == Op.GO:
                 self.go = True
-            elif op == Op.DISCONNECT or (op == Op.HC_FAIL and self._told(ip, msg)):
+            elif op == Op.DISCONNECT and self._leaves(ip, msg) or (
+                    op == Op.HC_FAIL and self._told(ip, msg)):
                 table.remove(ip, *((Verdict.DISCONNECTED,) if op == Op.DISCONNECT else
                                    (Verdict.FAILED, said(msg.reason))))
                 if not table.participants:
