@@ -38,6 +38,14 @@ needs_udpcast = pytest.mark.skipif(shutil.which("udp-receiver") is None,
                                    reason="Debian package udpcast not installed")
 
 
+@pytest.fixture(scope="module")
+def lab_disk(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The DISK_MIB disk of PARTS and its files' digests, made once for the module: the
+    tests only read it (the sender's and the capture's source)."""
+    src = tmp_path_factory.mktemp("lab_disk") / "src.img"
+    return src, make_disk(src, DISK_MIB, PARTS)
+
+
 def junk_disk(path: Path) -> None:
     """A receiver's disk before imaging: junk everywhere, so anything not written shows."""
     block = random.Random(5).randbytes(MiB)
@@ -63,11 +71,10 @@ def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
     return wait(snd, 120), [wait(p, 60) for p in procs]
 
 
-def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path):
+def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path, lab_disk):
     """`receive -f FILE` writes the disk, as udp-receiver does: a new file becomes a sparse
     file of the disk's size; storing the image as it came is --store."""
-    src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    src, digests = lab_disk
     fresh, junked = tmp_path / "disk1.img", tmp_path / "disk2.img"
     junk_disk(junked)
     stored = tmp_path / "lab.hcimg"
@@ -125,12 +132,11 @@ def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
 
 
 @needs_udpcast
-def test_a_captured_chunked_image_is_served_as_stored(tmp_path):
+def test_a_captured_chunked_image_is_served_as_stored(tmp_path, lab_disk):
     """`herdcast image capture` writes a chunked image; `herdcast send -f` it: receivers
     writing disks get its chunks as stored (no chunking pass), the others a round of the
     raw disk it expands to; info, list and restore read it."""
-    src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    src, digests = lab_disk
     stored = tmp_path / "lab.chunks"
     assert run_image("capture", str(src), str(stored)).returncode == 0
     info = read_info(str(stored))
