@@ -43,7 +43,12 @@ def test_a_dead_receiver_is_dropped_within_seconds_and_the_others_finish(tmp_pat
     src = make_source(tmp_path, 64 << 20)
     with NetLab(4, net=140 + (death == "link-cut")) as lab:
         outs = [tmp_path / f"out{i}.bin" for i in (1, 2, 3)]
-        procs = [herdcast_receiver(host, out, tmp_path / f"recv{i}.log")
+        # The victim (host 2) of a cut link finds the sender gone after --receive-timeout:
+        # this test is about the sender dropping it, not about the receiver's default
+        # silence (30 s, test_receiver's test_a_sender_silent_mid_transfer_... has it).
+        victim_args = ["--receive-timeout", "5"] if death == "link-cut" else []
+        procs = [herdcast_receiver(host, out, tmp_path / f"recv{i}.log",
+                                   *(victim_args if i == 2 else []))
                  for i, (host, out) in enumerate(zip(lab.hosts[1:], outs, strict=True), 1)]
         time.sleep(0.5)
         slog = tmp_path / "send.log"
@@ -60,6 +65,7 @@ def test_a_dead_receiver_is_dropped_within_seconds_and_the_others_finish(tmp_pat
         rcs = [wait(procs[0], 30), wait(procs[2], 30)]
         if death == "link-cut":
             assert wait(procs[1], 60) == 1  # it finds the sender gone, never SUCCESS
+            assert "mid-transfer" in (tmp_path / "recv2.log").read_text(), logs(tmp_path)
     log = slog.read_text()
     assert rc == 1, logs(tmp_path)  # a dropped receiver fails the send's verdict
     assert rcs == [0, 0], logs(tmp_path)

@@ -38,6 +38,28 @@ needs_udpcast = pytest.mark.skipif(shutil.which("udp-receiver") is None,
                                    reason="Debian package udpcast not installed")
 
 
+@pytest.fixture(scope="module")
+def lab_disk(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The DISK_MIB disk of PARTS and its files' digests, made once for the module: the
+    tests only read it (the sender's and the capture's source)."""
+    src = tmp_path_factory.mktemp("lab_disk") / "src.img"
+    return src, make_disk(src, DISK_MIB, PARTS)
+
+
+#: The small disk: 64 MiB, one ext4 with 7 MB of random data (at the 8 Mbit/s of the
+#: progress test, a transfer that lasts past the 5 s of a plain progress line).
+SMALL_MIB = 64
+SMALL_PARTS = [Part("ext4", 48, {"a": 7_000_000})]
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The SMALL_MIB disk of SMALL_PARTS and its files' digests, made once for the module
+    (the tests only read it)."""
+    src = tmp_path_factory.mktemp("small_disk") / "src.img"
+    return src, make_disk(src, SMALL_MIB, SMALL_PARTS)
+
+
 def junk_disk(path: Path) -> None:
     """A receiver's disk before imaging: junk everywhere, so anything not written shows."""
     block = random.Random(5).randbytes(MiB)
@@ -63,11 +85,10 @@ def session(lab, tmp_path: Path, src: Path, receivers: list, *send_args: str):
     return wait(snd, 120), [wait(p, 60) for p in procs]
 
 
-def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path):
+def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_path, lab_disk):
     """`receive -f FILE` writes the disk, as udp-receiver does: a new file becomes a sparse
     file of the disk's size; storing the image as it came is --store."""
-    src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    src, digests = lab_disk
     fresh, junked = tmp_path / "disk1.img", tmp_path / "disk2.img"
     junk_disk(junked)
     stored = tmp_path / "lab.hcimg"
@@ -95,11 +116,10 @@ def test_disk_to_herdcast_receivers_sends_used_blocks_unpacked_and_stored(tmp_pa
 
 
 @needs_udpcast
-def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
+def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path, small_disk):
     """A 64 MiB disk: the stock round carries every byte of it."""
-    src = tmp_path / "src.img"
-    parts = [Part("ext4", 48, {"a": 2_000_000})]
-    digests = make_disk(src, 64, parts)
+    src, digests = small_disk
+    parts = SMALL_PARTS
     stored = tmp_path / "lab.hcimg"
     herd, stock = tmp_path / "herd.img", tmp_path / "stock.img"
     with NetLab(3, net=107) as lab:
@@ -120,17 +140,16 @@ def test_stored_image_deploys_to_herdcast_and_stock_receivers(tmp_path):
     assert "ignored" not in log
     assert used_extents_equal(src, herd)
     assert used_extents_equal(src, stock)  # the raw disk the image expands to
-    assert stock.stat().st_size == 64 * MiB
+    assert stock.stat().st_size == SMALL_MIB * MiB
     assert file_digests(herd, parts) == digests
 
 
 @needs_udpcast
-def test_a_captured_chunked_image_is_served_as_stored(tmp_path):
+def test_a_captured_chunked_image_is_served_as_stored(tmp_path, lab_disk):
     """`herdcast image capture` writes a chunked image; `herdcast send -f` it: receivers
     writing disks get its chunks as stored (no chunking pass), the others a round of the
     raw disk it expands to; info, list and restore read it."""
-    src = tmp_path / "src.img"
-    digests = make_disk(src, DISK_MIB, PARTS)
+    src, digests = lab_disk
     stored = tmp_path / "lab.chunks"
     assert run_image("capture", str(src), str(stored)).returncode == 0
     info = read_info(str(stored))
@@ -156,9 +175,8 @@ def test_a_captured_chunked_image_is_served_as_stored(tmp_path):
 
 
 @needs_udpcast
-def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
-    src = tmp_path / "src.img"
-    make_disk(src, 64, [Part("ext4", 32, {"a": 1_000_000})])
+def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path, small_disk):
+    src, _ = small_disk
     outs = [tmp_path / "stock.img", tmp_path / "herd.img"]
     with NetLab(3, net=108) as lab:
         rc, rcs = session(lab, tmp_path, src, [(stock_receiver, outs[0], []),
@@ -169,7 +187,7 @@ def test_a_round_with_a_stock_receiver_sends_the_raw_disk(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["stream", "chunks"])
-def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
+def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, small_disk, path):
     """A disk sent as its used blocks: the used map is known before the first byte, so the
     sender's line and the receiver's console show percent of the data and an ETA (plain
     lines every 5 s off a terminal; the rate is capped to last past one). On the stream
@@ -180,8 +198,7 @@ def test_used_blocks_show_percent_and_eta_on_both_sides(tmp_path, path):
 
     from peers import HERDCAST, ROOT
 
-    src = tmp_path / "src.img"
-    make_disk(src, 64, [Part("ext4", 48, {"a": 7_000_000})])
+    src, _ = small_disk
     used = used_map(str(src)).used_bytes
     out = tmp_path / "disk.img"
     with NetLab(2, net=109) as lab:

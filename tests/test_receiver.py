@@ -293,3 +293,44 @@ def test_store_is_explicit_and_a_raw_stream_is_written_as_it_came(tmp_path, caps
     o.finish()
     assert out.read_bytes() == b"x" * 100
     assert "--store: " in capsys.readouterr().err
+
+
+def test_a_sender_silent_mid_transfer_fails_the_receive_after_the_default_silence(
+        tmp_path, monkeypatch):
+    """Without --receive-timeout, a sender heard once and then never again (its node died,
+    the link was cut) fails the receive after DEAD_SENDER_TIMEOUT of silence, saying so, and
+    DISCONNECT is said. Driven on a fake clock through Receiver.transfer's own loop: through
+    the commands it costs those 30 s (test_drop's link-cut victim gives --receive-timeout)."""
+    from agent.transfer.receive import receiver
+    from agent.transfer.receive.link import Session
+    from agent.transfer.receive.sockets import ReceiveError
+    from agent.udpcast.protocol import Cap, Op, parse
+
+    clock = [1000.0]
+    monkeypatch.setattr(receiver.time, "monotonic", lambda: clock[0])
+    r = receiver.Receiver(parse_receive_args(["--nokbd", "--no-progress", "-f",
+                                              str(tmp_path / "out")]))
+    heard: list[float] = []
+    sent: list[bytes] = []
+
+    def pump(timeout: float) -> bool:
+        """The sender's first REQACK is answered; then nothing ever comes."""
+        clock[0] += timeout
+        if not heard:
+            heard.append(clock[0])
+            r.link.pending_answer = True
+            return True
+        assert clock[0] - heard[0] < 120, "still waiting for a silent sender"
+        return False
+
+    monkeypatch.setattr(r.link, "pump", pump)
+    monkeypatch.setattr(r.link, "attach", lambda session, asm: None)
+    monkeypatch.setattr(r.link, "send", lambda data, dest=None: sent.append(data))
+    session = Session(("10.9.0.10", 9001), 0, 1456, "233.255.0.10", Cap.STOCK, False)
+    try:
+        with pytest.raises(ReceiveError, match="sender went silent for 30 s mid-transfer"):
+            r.transfer(session)
+    finally:
+        r.close()
+    assert receiver.DEAD_SENDER_TIMEOUT <= clock[0] - heard[0] < receiver.DEAD_SENDER_TIMEOUT + 2
+    assert [parse(data)[0] for data in sent] == [Op.DISCONNECT], sent

@@ -38,9 +38,15 @@ def wait(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
         pytest.fail(f"{proc.args} did not finish in {timeout} s; log:\n{log.read_text()}")
 
 
-def settle() -> None:
-    """Let receivers bind and send their CONNECT_REQ before the sender starts."""
-    time.sleep(1.0)
+def settle(*logs: Path) -> None:
+    """Let receivers bind and send their CONNECT_REQ before the sender starts: each says
+    "UDP receiver for ..." (herdcast's and udp-receiver alike) once its sockets are open,
+    its first CONNECT_REQ right after; waited for (at most 10 s), then a moment more."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+            log.exists() and b"UDP receiver for" in log.read_bytes() for log in logs):
+        time.sleep(0.05)
+    time.sleep(0.2)
 
 
 def start_receivers(tmp_path: Path, *specs) -> tuple[list[Path], list[Path], list]:
@@ -51,7 +57,7 @@ def start_receivers(tmp_path: Path, *specs) -> tuple[list[Path], list[Path], lis
         outs.append(tmp_path / f"{name}.bin")
         logs.append(tmp_path / f"{name}.log")
         procs.append(launcher(host, outs[-1], logs[-1], *extra))
-    settle()
+    settle(*logs)
     return outs, logs, procs
 
 
@@ -165,7 +171,7 @@ def test_killed_sender_makes_the_receiver_fail_clearly(tmp_path):
         h0, h1 = lab.hosts
         out, log = tmp_path / "out.bin", tmp_path / "r.log"
         rcv = herdcast_receiver(h1, out, log, "--receive-timeout", "3")
-        settle()
+        settle(log)
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "1", "--max-bitrate", "8m")
         deadline = time.monotonic() + 20
@@ -187,7 +193,7 @@ def test_receiver_started_after_a_stock_sender_says_it_missed_the_start(tmp_path
     with NetLab(3, net=86) as lab:
         h0, h1, h2 = lab.hosts
         first = stock_receiver(h1, tmp_path / "first.bin", tmp_path / "first.log")
-        settle()
+        settle(tmp_path / "first.log")
         slog = tmp_path / "sender.log"
         snd = stock_sender(h0, src, slog, "--min-receivers", "1", "--broadcast",
                            "--max-bitrate", "8m")
@@ -232,7 +238,7 @@ def _late_join(lab, tmp_path: Path, src: Path, *send_args: str, late_wait: float
     h0, h1, h2 = lab.hosts
     first_out, first_log = tmp_path / "first.bin", tmp_path / "first.log"
     first = herdcast_receiver(h1, first_out, first_log)
-    settle()
+    settle(first_log)
     slog = tmp_path / "sender.log"
     snd = herdcast_sender(h0, slog, "-f", str(src), "--min-receivers", "1", "--max-bitrate",
                           "16m", *send_args)

@@ -343,22 +343,32 @@ def test_a_late_round_whose_receiver_leaves_fails_that_receiver_not_the_first_ro
 
 
 def test_late_receiver_is_told_it_missed_when_the_input_cannot_be_reread(tmp_path):
+    """The image comes down a pipe (stdin): a receiver that asks once data flows is told it
+    missed the start. The test holds the rest of the image back until the late receiver has
+    had its answer, so the transfer is still running however slow its start."""
     src = make_source(tmp_path, 3_000_001)
+    data = src.read_bytes()
     with NetLab(3, net=94) as lab:
         first, late = tmp_path / "first.bin", tmp_path / "late.bin"
         p1 = herdcast_receiver(lab.hosts[1], first, tmp_path / "r1.log")
         time.sleep(0.3)
         slog = tmp_path / "send.log"
-        # 2 Mbit/s: 12 s of transfer, so the late receiver (a Python start, seconds on a
-        # loaded machine) comes while the sender is still sending
-        snd = herdcast_sender(lab.hosts[0], slog, "--min-receivers", "1", "-f", str(src),
-                              "--max-bitrate", "2m", "--no-late-join")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not first.exists()
-                                               or first.stat().st_size < 300_000):
-            time.sleep(0.05)
-        p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log", "--start-timeout", "30")
-        rc2 = wait(p2, 30)
+        snd = lab.hosts[0].popen([*HERDCAST, "send", "--nokbd", "--no-progress", "--interface",
+                                  "eth0", "--min-receivers", "1"], cwd=ROOT,
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=slog.open("wb"))
+        try:
+            snd.stdin.write(data[:1_000_000])  # returns once the sender has read most of it
+            snd.stdin.flush()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and b"starting (" not in slog.read_bytes():
+                time.sleep(0.05)
+            p2 = herdcast_receiver(lab.hosts[2], late, tmp_path / "r2.log",
+                                   "--start-timeout", "30")
+            rc2 = wait(p2, 30)
+            snd.stdin.write(data[1_000_000:])
+        finally:
+            snd.stdin.close()
         rc = wait(snd, 60)
         rc1 = wait(p1, 30)
     assert rc == 0 and rc1 == 0, slog.read_text()

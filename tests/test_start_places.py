@@ -21,34 +21,24 @@ HONEST, VICTIM, FORGER = "10.9.0.14", "10.9.0.11", "10.9.0.12"
 CAPS = Cap.STOCK | Cap.HERDCAST
 
 
-def req(nonce: bytes | None = None) -> SimpleNamespace:
+def req(nonce: bytes | None = None, caps: int = CAPS) -> SimpleNamespace:
     """A parsed CONNECT_REQ as send.network hands it over (`nonce` set by connect_nonce)."""
-    return SimpleNamespace(capabilities=CAPS, rcvbuf=1 << 20, nonce=nonce,
+    return SimpleNamespace(capabilities=caps, rcvbuf=1 << 20, nonce=nonce,
                            get=lambda name, default=None: nonce if name == "nonce" else default)
 
 
-def disconnect(secret: bytes | None) -> SimpleNamespace:
-    """A parsed DISCONNECT as send.network hands it over (`secret` set by disconnect_secret:
-    a herdcast receiver's echoes the one its CONNECT_REPLY told it)."""
-    return SimpleNamespace(secret=secret, get=lambda name, default=None:
-                           secret if name == "secret" else default)
+# a parsed stock DISCONNECT as send.network hands it over (no secret: disconnect_secret None)
+PLAIN_DISCONNECT = SimpleNamespace(get=lambda name, default=None: default)
 
 
 class Lan:
     """The sender's network on a fake clock: `script` is (time, op, msg, source ip); each
-    receive() hands over what is due within its timeout and moves the clock on (a callable
-    msg is made then, from this Lan: what the sender has replied by that time)."""
+    receive() hands over what is due within its timeout and moves the clock on."""
 
     def __init__(self, script) -> None:
         self.now = 0.0
         self.script = sorted(script, key=lambda event: event[0])
         self.replied: list[str] = []
-        self.secrets: dict[str, bytes] = {}  # what each reply told its receiver
-
-    def reply(self, r, addr: tuple[str, int]) -> None:
-        self.replied.append(addr[0])
-        if r is not None:
-            self.secrets[addr[0]] = r.secret
 
     def monotonic(self) -> float:
         return self.now
@@ -57,38 +47,85 @@ class Lan:
         self.now += max(timeout, 0.001)
         due = [e for e in self.script if e[0] <= self.now]
         self.script = self.script[len(due):]
-        return [(op, msg(self) if callable(msg) else msg, (ip, 9000)) for _, op, msg, ip in due]
+        return [(op, msg, (ip, 9000)) for _, op, msg, ip in due]
 
     def hello(self) -> None:
         """The HELLO goes nowhere: the script says who answers it, and when."""
 
 
-def wait(script, monkeypatch, **options) -> tuple[str, Table, float]:
+class Fail:
+    """A parsed HC_FAIL (or a herdcast receiver's DISCONNECT) from `ip`, echoing the secret
+    the sender told it (read from the table when it arrives, as the real receiver got it in
+    its CONNECT_REPLY; send.network sets a DISCONNECT's from disconnect_secret)."""
+
+    def __init__(self, table: Table, ip: str, reason: str) -> None:
+        self.table, self.ip, self.reason = table, ip, reason
+
+    @property
+    def secret(self) -> bytes:
+        return self.table.participants[self.ip].secret
+
+    def get(self, name: str, default=None):
+        return self.secret if name == "secret" else default
+
+
+def wait(script, monkeypatch, table: Table | None = None, **options
+         ) -> tuple[str, Table, float]:
     """Run wait_for_start over `script`; (why it started, the table, when)."""
     lan = Lan(script)
     monkeypatch.setattr(start.time, "monotonic", lan.monotonic)
     session = SimpleNamespace(opts=SendOptions(**options), net=lan, admits=lambda ip: True,
-                              reply=lan.reply)
-    table = Table()
+                              reply=lambda r, addr: lan.replied.append(addr[0]))
+    table = table if table is not None else Table()
     why = start.wait_for_start(session, table, keyboard=False,
                                should_stop=lambda: lan.now > 30)
     return why, table, lan.now
 
 
-def test_a_forger_replaying_a_nonce_does_not_start_the_round_without_its_owner(monkeypatch):
+@pytest.mark.parametrize("leave", [Op.DISCONNECT, Op.HC_FAIL], ids=["disconnect", "fail"])
+def test_a_forger_replaying_a_nonce_does_not_start_the_round_without_its_owner(monkeypatch,
+                                                                            leave):
     """--min-receivers 2, an unsigned receiver and a signed one: a forger that sniffed the
     signed one's nonce sends it from its own address before the owner reaches the sender,
-    and leaves as soon as it has its (useless) signature. The round does not start with the
-    unsigned receiver and the forger: it starts once the owner is connected."""
-    nonce = statements.new_nonce()
+    and leaves as soon as it has its (useless) signature, saying nothing or that it failed
+    (a failed receiver keeps its place: the forger's is its nonce's owner's). The round does
+    not start with the unsigned receiver and the forger: it starts once the owner is
+    connected."""
+    nonce, table = statements.new_nonce(), Table()
     script = [(0.01, Op.CONNECT_REQ, req(), HONEST),
               (0.02, Op.CONNECT_REQ, req(nonce), FORGER),
-              (0.15, Op.DISCONNECT, lambda lan: disconnect(lan.secrets[FORGER]), FORGER),
+              (0.15, leave, Fail(table, FORGER, "forged"), FORGER),
               (0.90, Op.CONNECT_REQ, req(nonce), VICTIM)]  # its next repeat, a second on
-    why, table, when = wait(script, monkeypatch, min_receivers=2)
-    assert why == "2 receiver(s) connected", why
+    why, table, when = wait(script, monkeypatch, table, min_receivers=2)
+    assert why.startswith("2 receiver(s) connected"), why
     assert set(table.participants) == {HONEST, VICTIM}
     assert when >= 0.02 + NONCE_SETTLE
+
+
+def test_a_receiver_that_failed_before_the_start_is_not_waited_for(monkeypatch):
+    """--min-receivers 2 --max-wait 30: a herdcast receiver connects and fails at once,
+    saying why (HC_FAIL: its disk is too small); it will not come back. The round starts as
+    soon as the other one connects, with the failed one's verdict kept, instead of waiting
+    --max-wait for a second receiver."""
+    table = Table()
+    small = "10.9.0.16"
+    script = [(0.01, Op.CONNECT_REQ, req(), small),
+              (0.05, Op.HC_FAIL, Fail(table, small, "disk too small"), small),
+              (1.00, Op.CONNECT_REQ, req(), HONEST)]
+    why, table, when = wait(script, monkeypatch, table, min_receivers=2, max_wait=30)
+    assert why == "1 receiver(s) connected, 1 failed before the start", why
+    assert when < 1.2 and set(table.participants) == {HONEST}
+    assert table.served[small].reason == "disk too small"
+
+
+def test_a_receiver_that_left_before_the_start_is_waited_for(monkeypatch):
+    """A receiver that leaves without a verdict (DISCONNECT: udp-receiver stopped by its
+    user) gives up its place, as with udpcast: --min-receivers 2 waits on, to --max-wait."""
+    script = [(0.01, Op.CONNECT_REQ, req(caps=Cap.STOCK), FORGER),
+              (0.05, Op.DISCONNECT, PLAIN_DISCONNECT, FORGER),
+              (1.00, Op.CONNECT_REQ, req(), HONEST)]
+    why, table, when = wait(script, monkeypatch, min_receivers=2, max_wait=5)
+    assert why == "--max-wait reached" and when >= 6.0, (why, when)
 
 
 def test_a_replayed_nonce_while_its_owner_is_connected_adds_no_place(monkeypatch):

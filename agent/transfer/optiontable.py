@@ -172,7 +172,8 @@ OPTIONS: list[Option] = [
            help="send by multicast even to a single receiver"),
     Option(("--min-receivers", "--min-clients"), "min_receivers", short="-C", sides=SEND,
            annotation="int | None", argtype=int, check=at_least(0), metavar="N",
-           help="start once N receivers have connected"),
+           help="start once N receivers have connected (a herdcast receiver that "
+                "connected and failed before the start, its disk too small say, counts)"),
     Option(("--min-wait",), "min_wait", short="-w", sides=SEND, annotation="float | None",
            argtype=float, render=number, metavar="SECONDS",
            help="start no sooner than SECONDS after the first receiver connected, even "

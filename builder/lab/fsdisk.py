@@ -49,19 +49,24 @@ def _sh(*argv: str) -> str:
 
 def partition_nodes(dev: str, wait: float = 2) -> list[Path]:
     """Make sure the kernel knows `dev`'s partitions and /dev has their nodes; returns the
-    nodes made here (the caller removes them). The kernel's scan may lag losetup or be
-    skipped: wait a moment, then let partx add (or update) them; without udev (containers)
-    nothing creates their nodes, so they are made from sysfs."""
+    nodes made here (the caller removes them). The kernel's scan (`losetup -P`) may be
+    skipped, here it always is: partx adds them at once when sysfs has none (one the
+    kernel added meanwhile is only refused), updates them, and they are waited for up to
+    `wait` s; without udev (containers) nothing creates their nodes, so they are made from
+    sysfs."""
     name = Path(dev).name
-    deadline = time.monotonic() + wait
-    while not list(Path("/sys/class/block", name).glob(f"{name}p*")):
-        if time.monotonic() > deadline:
-            subprocess.run(["partx", "-a", dev], capture_output=True, timeout=30)
-            break
-        time.sleep(0.05)
+
+    def partitions() -> list[Path]:
+        return sorted(Path("/sys/class/block", name).glob(f"{name}p*"))
+
+    if not partitions():
+        subprocess.run(["partx", "-a", dev], capture_output=True, timeout=30)
     subprocess.run(["partx", "-u", dev], capture_output=True, timeout=30)
+    deadline = time.monotonic() + wait
+    while not partitions() and time.monotonic() < deadline:
+        time.sleep(0.05)
     made = []
-    for part in sorted(Path("/sys/class/block", name).glob(f"{name}p*")):
+    for part in partitions():
         node = Path("/dev", part.name)
         if not node.exists():
             major, minor = (int(x) for x in (part / "dev").read_text().split(":"))
@@ -89,11 +94,9 @@ def make_disk(path: Path, disk_mib: int, parts: list[Part], seed: int = 7) -> di
     """A GPT disk of `disk_mib` (sparse) with `parts`; returns {"<n>:<name>": sha256} of
     every file written, partitions numbered from 1."""
     rng = random.Random(seed)
-    with open(path, "wb") as f:
-        f.truncate(disk_mib * MiB)
-    args = ["sgdisk", "-Z", str(path)]
-    _sh(*args)
-    args = ["sgdisk"]
+    with open(path, "wb") as f:  # all zeros: nothing to zap, a new GPT (-o) and its parts
+        f.truncate(disk_mib * MiB)  # in one sgdisk (each run waits a second at its end)
+    args = ["sgdisk", "-o"]
     for n, part in enumerate(parts, 1):
         args += [f"-n{n}:0:+{part.mib}M", f"-t{n}:{TYPECODE[part.fs]}"]
     _sh(*args, str(path))

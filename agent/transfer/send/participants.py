@@ -19,6 +19,10 @@ share one place, counted NONCE_SETTLE seconds after the first of them sent a non
 repeats its CONNECT_REQ every second (receive.negotiate.CONNECT_RETRY), so by then it is
 connected too. (The time is each address's first nonce, not the nonce's: requests forged
 from a receiver's address with ever new nonces do not keep its place from counting.)
+A herdcast receiver that connected and then failed before the round (HC_FAIL: its disk too
+small, say) keeps its place in `failed`: it came and has its verdict, so --min-receivers
+does not wait, up to --max-wait or for ever, for a receiver that will not come back. It
+counts by the same rule (a forger failing with a sniffed nonce shares its owner's place).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Table:
     waiting: dict[str, Receiver] = field(default_factory=dict)
     served: dict[str, Receiver] = field(default_factory=dict)  # last round's record per IP
     refuse_late: set[str] = field(default_factory=set)  # imaged: told they missed it
+    failed: dict[str, Receiver] = field(default_factory=dict)  # told HC_FAIL before the round
     observer: TableEvents = field(default_factory=TableEvents)
 
     def connect(self, ip: str, addr: tuple[str, int], caps: int, rcvbuf: int,
@@ -89,15 +94,20 @@ class Table:
     def places(self, now: float) -> int:
         """How many receivers the start rule counts (see the module docstring): one per
         participant without a nonce, one per nonce however many addresses present it, once
-        NONCE_SETTLE seconds have passed since the first of them sent one."""
+        NONCE_SETTLE seconds have passed since the first of them sent one. A receiver that
+        failed before the round (`failed`) keeps its place."""
         plain, since = 0, {}
-        for r in self.participants.values():
+        for r in [*self.participants.values(), *self.failed_before()]:
             if r.nonce is None:
                 plain += 1
             else:
                 first = now if r.nonce_since is None else r.nonce_since
                 since[r.nonce] = min(since.get(r.nonce, now), first)
         return plain + sum(now - t >= NONCE_SETTLE for t in since.values())
+
+    def failed_before(self) -> list[Receiver]:
+        """The receivers that failed before this round and have not connected again."""
+        return [r for ip, r in self.failed.items() if ip not in self.participants]
 
     def wait_for_next(self, ip: str, addr: tuple[str, int], caps: int) -> Receiver | None:
         """A CONNECT_REQ while a round runs: queue it for the next round. Returns its
@@ -158,7 +168,7 @@ class Table:
         for ip, r in self.participants.items():
             self.conclude(r, Verdict.NO_DIGEST if r.herdcast else Verdict.OK)
             self.served[ip] = r
-        self.participants = {}
+        self.participants, self.failed = {}, {}
         latest = max((r.round for r in self.served.values()), default=0)
         self.served = {ip: r for ip, r in self.served.items() if r.round == latest}
 

@@ -9,7 +9,8 @@ round starts once a receiver is connected and nobody new came for SERVE_SETTLE s
 `wait_for_late` waits for the receivers that asked while the last round ran, or gives up.
 The rules count the table's `places` (send.participants): a host sending a sniffed nonce
 from its own address takes no place of its own, so it cannot start a round before the
-receiver the nonce belongs to has had the time to connect.
+receiver the nonce belongs to has had the time to connect; a receiver that said why it
+stopped (HC_FAIL) before the round keeps its place, so --min-receivers does not wait for it.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class Gathering:
                 self.go = True
             elif op == Op.DISCONNECT and self._leaves(ip, msg) or (
                     op == Op.HC_FAIL and self._told(ip, msg)):
-                table.remove(ip, *((Verdict.DISCONNECTED,) if op == Op.DISCONNECT else
-                                   (Verdict.FAILED, said(msg.reason))))
+                r = table.remove(ip, *((Verdict.DISCONNECTED,) if op == Op.DISCONNECT else
+                                       (Verdict.FAILED, said(msg.reason))))
+                if r is not None and op == Op.HC_FAIL:  # it came: it keeps its place
+                    table.failed[ip] = r
                 if not table.participants:
                     self.first_connect = None
         self.tick()
@@ -167,7 +170,9 @@ def wait_for_start(session: SendSession, table: Table, *, keyboard: bool,
                 waited = now - g.first_connect
                 enough = places >= max(1, opts.min_receivers or 0)
                 if enough and waited >= (opts.min_wait or 0):
-                    return f"{n} receiver(s) connected"
+                    failed = len(table.failed_before())
+                    return f"{n} receiver(s) connected" + (
+                        f", {failed} failed before the start" if failed else "")
                 if opts.max_wait is not None and waited >= opts.max_wait:
                     return "--max-wait reached"
             elif opts.serve and g.first_connect is not None and places and (
