@@ -137,7 +137,8 @@ print("answered", answered, "REQACKs with nothing received", file=sys.stderr)
 SESSION_FORGER = RAW + r"""
 import os, select, socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
-from agent.udpcast.extensions import build_connect_reply, connect_nonce
+from agent.udpcast.extensions import (build_connect_reply, build_disconnect, connect_nonce,
+                                     reply_secret)
 from agent.udpcast.protocol import Cap, ConnectReqHc, LateStatus, Op, build, opcode
 mode, sender, other, victim, me, seconds = sys.argv[2:8]
 A, B, V = (sender, 9001), (other, 9011), (victim, 9000)
@@ -178,7 +179,7 @@ while time.monotonic() < end and not stopped:
             count(f"signed by {addr[0]}")
             signed.append(data)
             relay(data)
-            sock.sendto(build(Op.DISCONNECT), addr)  # do not hold its round
+            sock.sendto(build_disconnect(reply_secret(data)), addr)  # leave: not hold its round
     if nonce is not None and now >= next_ask:
         next_ask = now + 0.1
         ask = ConnectReqHc.build(dict(opcode=int(Op.CONNECT_REQ), reserved=0,
@@ -341,7 +342,7 @@ def test_a_signed_session_survives_a_forger_on_the_lan(tmp_path, mode):
 NONCE_REPLAYER = r"""
 import signal, socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
-from agent.udpcast.extensions import connect_nonce
+from agent.udpcast.extensions import build_disconnect, connect_nonce, reply_secret
 from agent.udpcast.protocol import Cap, ConnectReqHc, Op, build, opcode
 sender, victim, me, seconds = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 stopped = []
@@ -364,7 +365,7 @@ while time.monotonic() < end and not stopped:
         data, addr = own.recvfrom(65536)
         if opcode(data) == Op.CONNECT_REPLY:
             counts["answered"] = counts.get("answered", 0) + 1
-            own.sendto(build(Op.DISCONNECT), addr)
+            own.sendto(build_disconnect(reply_secret(data)), addr)  # as a receiver leaves
     except BlockingIOError:
         pass
     if nonce is not None and time.monotonic() >= next_ask:  # its nonce, from our address
