@@ -58,18 +58,19 @@ class Host:
 
     def drop_udp(self, percent: int, dport: int = 9000) -> None:
         """Drop `percent`% of incoming UDP to `dport` (this kernel has no netem)."""
-        self.run("nft", "add table inet hcloss")
-        self.run("nft", "add chain inet hcloss input { type filter hook input priority 0 ; }")
-        self.run("nft", f"add rule inet hcloss input udp dport {dport} "
-                        f"numgen random mod 100 < {percent} drop")
+        self._input_rule("hcloss", f"udp dport {dport} numgen random mod 100 < {percent} drop")
 
     def drop_first(self, opcode: int, dport: int = 9000) -> None:
         """Drop the first incoming UDP datagram to `dport` whose udpcast opcode (its first
         two bytes) is `opcode`, and no other: one lost reply, exactly where a test wants it."""
-        self.run("nft", "add table inet hcfirst")
-        self.run("nft", "add chain inet hcfirst input { type filter hook input priority 0 ; }")
-        self.run("nft", f"add rule inet hcfirst input udp dport {dport} @th,64,16 {opcode} "
-                        "numgen inc mod 1000000 0 drop")
+        self._input_rule("hcfirst", f"udp dport {dport} @th,64,16 {opcode} "
+                                    "numgen inc mod 1000000 0 drop")
+
+    def _input_rule(self, table: str, rule: str) -> None:
+        """`rule` on incoming packets, in an nftables table of its own."""
+        self.run("nft", f"add table inet {table}")
+        self.run("nft", f"add chain inet {table} input {{ type filter hook input priority 0 ; }}")
+        self.run("nft", f"add rule inet {table} input {rule}")
 
     def shape(self, rate: str = "1gbit", burst: str = "256kb", latency: str = "20ms") -> None:
         """Limit this host's outgoing rate with a token bucket."""

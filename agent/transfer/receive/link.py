@@ -216,9 +216,8 @@ class Link:
         if not (self.disconnect_due and session and not self.opts.passive
                 and session.capabilities & Cap.HERDCAST):
             return
-        secret = session.secret or bytes(SECRET_BYTES)  # the sender believes it only with ours
         for _ in range(FAIL_COPIES):
-            self.send(build_fail(reason, secret))
+            self.send(build_fail(reason, self.secret))
 
     # --- a CONNECT_REPLY that was lost ------------------------------------------------
 
@@ -249,10 +248,15 @@ class Link:
         say(f"Connected as #{self.session.client_number} to {self.session.sender[0]} (its "
             "CONNECT_REPLY came again)")
 
+    @property
+    def secret(self) -> bytes:
+        """What our HC_DIGEST and HC_FAIL echo: the secret our CONNECT_REPLY told us (the
+        sender believes them only with it), as it is now (it may come late); zeros before."""
+        return self.session.secret or bytes(SECRET_BYTES)
+
     def digest_message(self, total: int, digest: bytes) -> bytes:
-        """HC_DIGEST for what we wrote, with our secret as it is now (it may come late)."""
-        return build(Op.HC_DIGEST, total_bytes=total, sha256=digest,
-                     secret=self.session.secret or bytes(SECRET_BYTES))
+        """HC_DIGEST for what we wrote, with our secret as it is now."""
+        return build(Op.HC_DIGEST, total_bytes=total, sha256=digest, secret=self.secret)
 
     def disconnect(self) -> None:
         """udpcast sends DISCONNECT at exit, on success and on abort alike; to a herdcast
