@@ -175,3 +175,29 @@ def test_the_lab_nic_wakes_only_on_a_magic_packet_naming_its_mac():
     assert woken(header + b"\xff" * 12 + magic_packet("52:54:00:99:10:03"), macs) == "node-wol"
     assert woken(header + magic_packet("52:54:00:99:10:04"), macs) is None
     assert woken(frame[:-6], macs) is None  # fifteen copies are not a magic packet
+
+
+def test_a_vm_stuck_after_herdcast_powered_it_off_is_ended_and_counts_as_off(tmp_path,
+                                                                              monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(labmod, "POWER_OFF_GRACE", 0.5)
+    lab = PxeLab(Path("unused"), tmp_path, name="hctest")
+    stuck = lab.add_node("stuck", "e1000", "sata", tmp_path / "a.img")
+    working = lab.add_node("working", "e1000", "sata", tmp_path / "b.img")
+    for node, said in ((stuck, "herdcast: SUCCESS\nherdcast: powering off\n"),
+                       (working, "herdcast: receiving /dev/sda\n")):
+        node.console = tmp_path / f"{node.name}.console.log"
+        node.console.write_text(said)
+        node.proc = subprocess.Popen(["sleep", "60"])  # a qemu that never exits
+    try:
+        # a node still at work keeps the lab waiting; the stuck one is ended after the grace
+        assert not lab.wait(3)
+        assert stuck.proc.returncode is not None and stuck.ended == stuck.powering_off
+        assert working.proc.poll() is None and working.ended is None
+        working.console.write_text("herdcast: SUCCESS\nherdcast: powering off\n")
+        assert lab.wait(5)
+    finally:
+        for node in (stuck, working):
+            node.proc.kill()
+            node.proc.wait()

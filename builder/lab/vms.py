@@ -74,6 +74,8 @@ class Node:
     console: Path | None = None
     started: float = 0.0
     ended: float | None = None
+    # when the console first said herdcast was powering the node off (see LabVMs.wait)
+    powering_off: float | None = None
 
     def drive(self) -> str:
         """qemu -drive options naming the disk image (through blkdebug when `fault`)."""
@@ -87,6 +89,11 @@ class Node:
         """The device name the guest kernel gives this disk."""
         return {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1"}.get(self.bus, "/dev/sda")
 
+
+#: The agent's last console line before it powers a node off (agent/boot/pid1.py power)
+POWERING_OFF = "herdcast: powering off"
+#: Seconds a VM gets from that line to its qemu's exit before the lab ends it
+POWER_OFF_GRACE = 30.0
 
 #: What the lab runs: VMs, DHCP+TFTP, namespaces, and the lab disks' file system tools.
 TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "mke2fs", "debugfs")
@@ -324,7 +331,7 @@ class PxeLab(LabContext):
             for node in self.nodes:
                 if node.proc is None:
                     continue
-                if node.proc.poll() is None:
+                if node.proc.poll() is None and not self._stuck_in_power_off(node):
                     running += 1
                 elif node.ended is None:
                     node.ended = time.monotonic()
@@ -334,6 +341,24 @@ class PxeLab(LabContext):
                 return True
             time.sleep(1)
         return False
+
+    def _stuck_in_power_off(self, node: Node) -> bool:
+        """True once the node's qemu has had POWER_OFF_GRACE seconds to exit after herdcast
+        said "powering off", and is then stopped. Under TCG the Secure Boot firmware (OVMF
+        with SMM) can hang entering ACPI S5 after the guest's reboot(POWER_OFF): the clone
+        is done and reported, only the emulated power switch is stuck. The node then counts
+        as powered off from that line (its `ended`), not after the wait."""
+        now = time.monotonic()
+        if node.powering_off is None:
+            if POWERING_OFF in console_text(node):
+                node.powering_off = now
+            return False
+        if now - node.powering_off < POWER_OFF_GRACE:
+            return False
+        node.proc.kill()
+        node.proc.wait(timeout=10)
+        node.ended = node.powering_off
+        return True
 
     def close(self) -> None:
         """Stop every VM and dnsmasq this lab started, then delete the namespace."""
