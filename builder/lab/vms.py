@@ -67,15 +67,13 @@ class Node:
     bus: str  # virtio | sata | nvme
     disk: Path
     firmware: str = "bios"  # a key of FIRMWARE
-    # qemu blkdebug rules the disk runs through (write_eio_rules): the guest sees real I/O
-    # errors from its disk, as from a failing drive
+    # qemu blkdebug rules (write_eio_rules): the guest's disk fails as a bad drive does
     fault: Path | None = None
     proc: subprocess.Popen | None = None
     console: Path | None = None
     started: float = 0.0
     ended: float | None = None
-    # when the console first said herdcast was powering the node off (see LabVMs.wait)
-    powering_off: float | None = None
+    powering_off: float | None = None  # when its console said so (POWERING_OFF)
 
     def drive(self) -> str:
         """qemu -drive options naming the disk image (through blkdebug when `fault`)."""
@@ -90,10 +88,9 @@ class Node:
         return {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1"}.get(self.bus, "/dev/sda")
 
 
-#: The agent's last console line before it powers a node off (agent/boot/pid1.py power)
-POWERING_OFF = "herdcast: powering off"
-#: Seconds a VM gets from that line to its qemu's exit before the lab ends it
-POWER_OFF_GRACE = 30.0
+#: The agent's last line before it powers a node off (pid1.power), and the seconds its qemu
+#: then gets to exit before the lab ends it (PxeLab.wait)
+POWERING_OFF, POWER_OFF_GRACE = "herdcast: powering off", 30.0
 
 #: What the lab runs: VMs, DHCP+TFTP, namespaces, and the lab disks' file system tools.
 TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "mke2fs", "debugfs")
@@ -323,8 +320,8 @@ class PxeLab(LabContext):
         return proc
 
     def wait(self, timeout: float, on_tick=None) -> bool:
-        """Wait until every VM has powered off (qemu exits with -no-reboot); False on
-        timeout. `on_tick(lab)` is called about once a second, e.g. to show progress."""
+        """Wait until every VM is off (qemu exits, -no-reboot); False on timeout. `on_tick(lab)`
+        is called about once a second, e.g. to show progress."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             running = 0
@@ -343,17 +340,13 @@ class PxeLab(LabContext):
         return False
 
     def _stuck_in_power_off(self, node: Node) -> bool:
-        """True once the node's qemu has had POWER_OFF_GRACE seconds to exit after herdcast
-        said "powering off", and is then stopped. Under TCG the Secure Boot firmware (OVMF
-        with SMM) can hang entering ACPI S5 after the guest's reboot(POWER_OFF): the clone
-        is done and reported, only the emulated power switch is stuck. The node then counts
-        as powered off from that line (its `ended`), not after the wait."""
-        now = time.monotonic()
+        """True once the node's qemu is still running POWER_OFF_GRACE s after herdcast said
+        "powering off", and is then ended: under TCG, OVMF with SMM (Secure Boot) can hang
+        entering ACPI S5 after a good clone. It counts as off from that line (`ended`)."""
         if node.powering_off is None:
-            if POWERING_OFF in console_text(node):
-                node.powering_off = now
+            node.powering_off = time.monotonic() if POWERING_OFF in console_text(node) else None
             return False
-        if now - node.powering_off < POWER_OFF_GRACE:
+        if time.monotonic() - node.powering_off < POWER_OFF_GRACE:
             return False
         node.proc.kill()
         node.proc.wait(timeout=10)
