@@ -289,13 +289,15 @@ def test_a_silence_means_gone_only_past_what_the_receivers_own_loss_explains():
 
 
 def test_the_chunking_pass_writes_in_memory_only_what_fits(tmp_path, monkeypatch):
-    """A live disk's chunks go to memory (memfd) when even uncompressed they fit in half
-    of MemAvailable, so no temporary file is written to (and read back from) a disk during
-    the transfer; a bigger disk's go to a temporary file."""
-    from agent.transfer.send.chunking import _available, _scratch
+    """A stream image's chunks go to memory (memfd) when even uncompressed they fit in half
+    of what is free, so no temporary file is written to (and read back from) a disk during
+    the transfer; a bigger one's go to a temporary file. (A disk's that would not fit are
+    made again from the disk: test_carousel.)"""
+    from agent.hw.memory import available
+    from agent.transfer.send.chunking import _scratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert _available() > 0
+    assert available() > 0
     fd, path = _scratch(1 << 20)
     try:
         assert path == f"/proc/self/fd/{fd}" and "memfd:" in os.readlink(path)

@@ -130,37 +130,48 @@ def chunk_image(path: str, out_path: str, *, extents=None, disk_size: int | None
     (compressed with `codec`). Returns its table."""
     with open(out_path, "wb") as out:
         out.write(bytes(FILE_HEADER_BYTES))
-        chunker = Chunker(out, chunk_bytes, level)
-        try:
-            decoder = Decoder(chunker.data, chunker.zero, lambda offset, length: None)
-            if extents is not None:
-                own = fd is None
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if own else fd
-                try:
-                    for piece in encode(fd, disk_size, extents, meta):
-                        decoder.feed(piece)
-                        if cancelled():
-                            raise ChunkError("chunking stopped")
-                finally:
-                    if own:
-                        os.close(fd)
-            else:
-                sink = DecodingWriter(decoder)
-                with open(path, "rb") as f:
-                    writer = decompressing_writer(sink, codec) if codec else sink
-                    while (piece := f.read(1 << 20)) and not cancelled():
-                        writer.write(piece)
-                    writer.close()
-            decoder.finish()
-            chunks = chunker.finish(decoder.disk_size)
-        finally:
-            chunker.close()
-        raw = build_manifest(chunk_bytes, decoder.disk_size, decoder.meta, chunks)
+        raw = chunk_payloads(path, out.write, extents=extents, disk_size=disk_size, meta=meta,
+                             codec=codec, chunk_bytes=chunk_bytes, fd=fd, level=level,
+                             cancelled=cancelled)
         at = out.tell()
         out.write(raw)
         out.seek(0)
         out.write(FileHeader.build(dict(manifest_at=at, manifest_bytes=len(raw))))
     return parse_manifest(raw)
+
+
+def chunk_payloads(path: str, put, *, extents=None, disk_size: int | None = None,
+                   meta: dict | None = None, codec: str | None = None,
+                   chunk_bytes: int = CHUNK_BYTES, fd: int | None = None,
+                   level: int = 3, cancelled=lambda: False) -> bytes:
+    """The pass of `chunk_image`: every chunk's payload handed to `put(payload)` in table
+    order; returns the manifest (raw)."""
+    chunker = Chunker(put, chunk_bytes, level)
+    try:
+        decoder = Decoder(chunker.data, chunker.zero, lambda offset, length: None)
+        if extents is not None:
+            own = fd is None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if own else fd
+            try:
+                for piece in encode(fd, disk_size, extents, meta):
+                    decoder.feed(piece)
+                    if cancelled():
+                        raise ChunkError("chunking stopped")
+            finally:
+                if own:
+                    os.close(fd)
+        else:
+            sink = DecodingWriter(decoder)
+            with open(path, "rb") as f:
+                writer = decompressing_writer(sink, codec) if codec else sink
+                while (piece := f.read(1 << 20)) and not cancelled():
+                    writer.write(piece)
+                writer.close()
+        decoder.finish()
+        chunks = chunker.finish(decoder.disk_size)
+    finally:
+        chunker.close()
+    return build_manifest(chunk_bytes, decoder.disk_size, decoder.meta, chunks)
 
 
 def describe_chunked(path: str, description: str) -> None:

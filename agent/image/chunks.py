@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from construct import (
     Array,
@@ -255,13 +254,15 @@ def data_reader(chunk: Chunk, data: bytes) -> Callable[[int, int], memoryview]:
 
 class Chunker:
     """Takes an image's records in disk order (the agent.image.stream Decoder callbacks
-    `data`, `zero`) and writes chunk payloads to `out` as each chunk's range is passed.
+    `data`, `zero`) and hands chunk payloads to `put` as each chunk's range is passed.
     Chunks are compressed on `workers` threads (zstandard and hashlib release the GIL), a
-    few ahead of the one being written, so reading, compressing and writing overlap."""
+    few ahead of the one being written, so reading, compressing and writing overlap.
+    `put(payload)` takes each chunk's payload, in table order (a file's write, or what
+    keeps only the payload's piece hashes: agent.image.diskchunks)."""
 
-    def __init__(self, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES, level: int = 3,
-                 workers: int | None = None) -> None:
-        self.out, self.chunk_bytes, self.level = out, chunk_bytes, level
+    def __init__(self, put: Callable[[bytes], object], chunk_bytes: int = CHUNK_BYTES,
+                 level: int = 3, workers: int | None = None) -> None:
+        self.put, self.chunk_bytes, self.level = put, chunk_bytes, level
         self.chunks: list[Chunk] = []
         self._index: int | None = None  # the chunk being collected
         self._extents: list[list[int]] = []
@@ -312,7 +313,7 @@ class Chunker:
     def _write(self) -> None:
         offset, extents, future = self._pending.popleft()
         payload, codec, wire_sha, content = future.result()
-        self.out.write(payload)
+        self.put(payload)
         self.chunks.append(Chunk(len(self.chunks), offset, self.chunk_bytes, codec,
                                  len(payload), wire_sha, content, extents))
 
@@ -332,12 +333,21 @@ class Chunker:
         self._pool.shutdown(cancel_futures=True)
 
 
+def chunk_payload(data: bytes | bytearray, level: int) -> tuple[bytes, int]:
+    """(payload, codec) of one chunk's DATA bytes: zstd at `level`, or the bytes as they are
+    where zstd would not make them smaller. The same bytes each time for the same data and
+    level (one-shot zstd, one thread): a sender may make a payload again from the disk
+    (agent.image.diskchunks) and find the manifest's hash."""
+    payload = compress("zstd", data, level)
+    if len(payload) >= len(data):
+        return bytes(data), CODEC_NONE
+    return payload, CODEC_ZSTD
+
+
 def _compressed(data: bytearray, extents, level: int) -> tuple[bytes, int, bytes, bytes]:
     """(payload, codec, payload sha256, content sha256) of one chunk's DATA bytes at its
     extents, on a worker thread."""
-    payload, codec = compress("zstd", data, level), CODEC_ZSTD
-    if len(payload) >= len(data):
-        payload, codec = bytes(data), CODEC_NONE
+    payload, codec = chunk_payload(data, level)
     view, at, content = memoryview(data), 0, hashlib.sha256()
     for _, length, kind in extents:
         if kind == DATA:

@@ -56,20 +56,19 @@ def takes_chunks(session: SendSession, r: Receiver) -> bool:
 
 
 class Carousel:
-    """Serves `stored`'s chunks to the table's Cap.CHUNKS participants (and any that come)."""
+    """Serves `prepared`'s chunks to the table's Cap.CHUNKS participants (and any that come)."""
 
     def __init__(self, session: SendSession, table: Table, prepared: Prepared, fleet,
                  view, stats, stop) -> None:
-        stored = prepared.stored
-        self.session, self.table, self.stored = session, table, stored
+        self.session, self.table, self.prepared = session, table, prepared
         self.net, self.opts = session.net, session.opts
         self.fleet, self.view, self.stats, self.stop = fleet, view, stats, stop
-        self.chunks = stored.table.chunks
+        self.chunks = prepared.table.chunks
         bs = self.net.blocksize
-        self.lists, self.manifest = prepared.lists, prepared.offer
+        self.manifest = prepared.offer
         self.manifest_sha = hashlib.sha256(self.manifest).digest()
-        self.digest = stored.table.digest
-        self.total = stored.table.used_bytes
+        self.digest = prepared.table.digest
+        self.total = prepared.table.used_bytes
         self.wanted = 0  # bit i: somebody lacks chunk i
         self.holes: dict[int, int] = {}  # wanted chunk -> the only data pieces lacked
         self.recent: deque[tuple[float, int]] = deque()  # (when, chunk) sent lately
@@ -146,7 +145,7 @@ class Carousel:
         if self.holes:
             index = next(iter(self.holes))
             self.wanted &= ~(1 << index)
-            payload, lists = self.stored.payload(index), self.lists[index]
+            payload, lists = self.prepared.chunk(index)
             self._send_holes(index, payload, lists, self.holes.pop(index))
             return
         ahead = self.wanted >> self.cursor
@@ -155,7 +154,7 @@ class Carousel:
         self.wanted &= ~(1 << index)
         self.cursor = (index + 1) % len(self.chunks)
         chunk, buf = self.chunks[index], self.buf
-        payload, lists = self.stored.payload(index), self.lists[index]
+        payload, lists = self.prepared.chunk(index)
         buf.view[:len(lists)] = lists
         buf.view[len(lists):len(lists) + len(payload)] = payload
         pieces = buf.prepare(index, len(lists) + len(payload))

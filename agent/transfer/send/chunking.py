@@ -11,10 +11,13 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.image.chunkfile import ChunkedFile, chunk_image
-from agent.image.chunks import CHUNK_BYTES
+from agent.hw.memory import available
+from agent.image.chunkfile import ChunkedFile, chunk_image, chunk_payloads
+from agent.image.chunks import CHUNK_BYTES, ChunkTable, parse_manifest
+from agent.image.diskchunks import DiskChunks, PieceIndex
 from agent.image.level import choose_level
 from agent.image.pieces import build_offer, list_index, piece_lists
 from agent.net import netif
@@ -24,61 +27,89 @@ from agent.transfer.send.session import SendSession
 
 @dataclass
 class Prepared:
-    """The chunked image a sender serves, its piece lists at the session's block size and
-    the offer receivers fetch (agent.image.pieces): made once, served every round."""
+    """The chunked image a sender serves and the offer receivers fetch (agent.image.pieces):
+    made once, served every round. `chunk(index)` gives a chunk's payload and piece list at
+    the session's block size: kept from the pass (a stored image, or a scratch in memory),
+    or made again from the disk (agent.image.diskchunks)."""
 
-    stored: ChunkedFile
-    lists: list[bytes]
+    table: ChunkTable
     offer: bytes
+    chunk: Callable[[int], tuple[bytes, bytes]]
+    close: Callable[[], None]
 
     @classmethod
     def of(cls, stored: ChunkedFile, blocksize: int) -> Prepared:
         lists = piece_lists(stored.fd, [(stored.starts[c.index], c.wire_bytes)
                                         for c in stored.table.chunks], blocksize)
         index = b"".join(list_index(lst, blocksize) for lst in lists)
-        return cls(stored, lists, build_offer(stored.table.raw, blocksize, index))
+        return cls(stored.table, build_offer(stored.table.raw, blocksize, index),
+                   lambda i: (stored.payload(i), lists[i]), stored.close)
 
-    @property
-    def table(self):
-        return self.stored.table
-
-    def close(self) -> None:
-        self.stored.close()
+    @classmethod
+    def of_disk(cls, path: str, raw: bytes, index: PieceIndex, level: int,
+                blocksize: int) -> Prepared:
+        disk = DiskChunks(path, parse_manifest(raw), level, blocksize)
+        return cls(disk.table, build_offer(raw, blocksize, index.index), disk.chunk,
+                   disk.close)
 
 
 def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
-    """The chunked image of the input, made once in memory or a temporary file (unlinked
-    at once: it goes when the sender does; _scratch), and its offer."""
-    from agent.image.catalogue import metadata
-
-    src, path = session.source, session.opts.file
+    """The chunked image of the input and its offer: a stored one as it is; a disk's made
+    once in memory, or made again from the disk as it is sent where it would not fit
+    (agent.image.diskchunks); a stream image's in memory or a temporary file (_kept)."""
+    src, path, bs = session.source, session.opts.file, session.blocksize
     started = time.monotonic()
     if src.kind == "chunked":  # stored with its chunks: served as they are
-        prepared = Prepared.of(ChunkedFile.open(path), session.blocksize)
+        prepared = Prepared.of(ChunkedFile.open(path), bs)
         say(f"herdcast send: serving the stored chunks of {path} ("
             f"{len(prepared.table.chunks)} chunks, piece lists made in "
             f"{time.monotonic() - started:.1f} s)")
         return prepared
-    scratch, tmp = _scratch(src.umap.used_bytes if src.kind == "used" else src.disk_size or 1 << 62)
+    if src.kind == "used":
+        prepared = _chunk_disk(session, cancelled)
+    else:
+        prepared = _kept(lambda tmp: chunk_image(path, tmp, codec=src.codec,
+                                                 cancelled=cancelled),
+                         src.disk_size or 1 << 62, bs)
+    t = prepared.table
+    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
+        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
+    return prepared
+
+
+def _chunk_disk(session: SendSession, cancelled) -> Prepared:
+    """A disk's used blocks chunked at a level chosen for this wire and CPU; the payloads
+    kept in memory where even the used bytes uncompressed fit in half of what is free, else
+    only their hashes (a node booted from the network has no disk to keep them on)."""
+    from agent.image.catalogue import metadata
+
+    src, path, bs = session.source, session.opts.file, session.blocksize
+    level, why = choose_level(_samples(path, src.umap.extents), _wire_rate(session),
+                              os.cpu_count() or 1)
+    mapped = dict(extents=src.umap.extents, disk_size=src.umap.disk_size,
+                  meta=metadata(path, src.umap), level=level, cancelled=cancelled)
+    if src.umap.used_bytes > available() // 2:
+        say(f"herdcast send: chunks compressed at {why}; the used bytes are more than half "
+            "the free memory, so each chunk is made again from the disk when it is sent")
+        index = PieceIndex(bs)
+        raw = chunk_payloads(path, index, **mapped)
+        return Prepared.of_disk(path, raw, index, level, bs)
+    say(f"herdcast send: chunks compressed at {why}")
+    return _kept(lambda tmp: chunk_image(path, tmp, **mapped), src.umap.used_bytes, bs)
+
+
+def _kept(make: Callable[[str], object], most: int, blocksize: int) -> Prepared:
+    """The chunked image `make(path)` writes, kept where _scratch says (unlinked at once: it
+    goes when the sender does)."""
+    scratch, tmp = _scratch(most)
     try:
-        if src.kind == "used":
-            level, why = choose_level(_samples(path, src.umap.extents),
-                                      _wire_rate(session), os.cpu_count() or 1)
-            say(f"herdcast send: chunks compressed at {why}")
-            chunk_image(path, tmp, extents=src.umap.extents, disk_size=src.umap.disk_size,
-                        meta=metadata(path, src.umap), level=level, cancelled=cancelled)
-        else:
-            chunk_image(path, tmp, codec=src.codec, cancelled=cancelled)
-        prepared = Prepared.of(ChunkedFile.open(tmp), session.blocksize)
+        make(tmp)
+        return Prepared.of(ChunkedFile.open(tmp), blocksize)
     finally:
         if scratch is None:
             os.unlink(tmp)
         else:
             os.close(scratch)  # the ChunkedFile holds its own descriptor of it
-    t = prepared.table
-    say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
-        f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
-    return prepared
 
 
 def _scratch(most: int) -> tuple[int | None, str]:
@@ -86,24 +117,12 @@ def _scratch(most: int) -> tuple[int | None, str]:
     bytes (no compression at all) fit in half of what is available, so that a sender whose
     temporary directory is on a disk does not write them out (and read them back) during
     the transfer; else (None, a new temporary file's path)."""
-    if most <= _available() // 2:
+    if most <= available() // 2:
         fd = os.memfd_create("herdcast-chunks", os.MFD_CLOEXEC)
         return fd, f"/proc/self/fd/{fd}"
     fd, path = tempfile.mkstemp(prefix="herdcast-chunks-")
     os.close(fd)
     return None, path
-
-
-def _available() -> int:
-    """MemAvailable of /proc/meminfo in bytes (0 where it cannot be read)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _samples(path: str, extents, count: int = 8) -> list[bytes]:

@@ -35,7 +35,7 @@ from agent.transfer.send.fleet import Fleet, open_events
 from agent.transfer.send.network import SendError
 from agent.transfer.send.pacer import Pacer
 from agent.transfer.send.participants import Table, participants_summary
-from agent.transfer.send.reader import Input, InputError, SliceReader, open_input
+from agent.transfer.send.reader import Input, SliceReader, open_input
 from agent.transfer.send.record import NoObserver, ReceiverObserver
 from agent.transfer.send.report import serve_verdict, verdict
 from agent.transfer.send.round import WINDOW_SLICES, Round
@@ -157,7 +157,7 @@ class Service:
         except KeyboardInterrupt:  # a second signal under --serve: stop now
             self.fleet.interrupted(list(self.table.participants.values()))
             self.result.ok, self.result.error = serve_verdict(self.fleet.finished_rows())
-        except (SendError, InputError, OSError) as exc:
+        except (HerdcastError, OSError) as exc:  # a disk chunked again may have changed
             self.fleet.interrupted(list(self.table.participants.values()))
             self.result.ok = False
             self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)

@@ -1,0 +1,107 @@
+"""A live disk whose chunks would not fit in the sender's memory: the pass keeps only their
+hashes and each chunk is made again from the disk when it is sent (agent.image.diskchunks).
+The sender runs in a memory cgroup (builder.lab.memlimit), as under a systemd MemoryMax= or
+in a container; a PXE-booted sender is the same case with /tmp in its memory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_loop
+from peers import HERDCAST, ROOT, herdcast_receiver, logs, used_extents_equal, wait
+
+from builder.lab.fsdisk import Part, make_disk
+from builder.lab.memlimit import memory_limited
+from builder.lab.netlab import NetLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180), needs_loop]
+
+MiB = 1 << 20
+DISK_MIB = 160
+# 120 MB of random files: more than half of what the sender's 200 MiB leave it
+PARTS = [Part("ext4", 150, {"a": 50_000_000, "b": 40_000_000, "c": 30_000_000})]
+LIMIT = 200 * MiB
+MADE_AGAIN = "each chunk is made again from the disk when it is sent"
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("diskchunks") / "src.img"
+    make_disk(path, DISK_MIB, PARTS)
+    return path
+
+
+def junk(path: Path) -> Path:
+    path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
+    return path
+
+
+def limited_sender(host, log: Path, admit, *args: str) -> subprocess.Popen:
+    """`herdcast send` in `host`'s network namespace and the memory cgroup `admit` moves it
+    to. nsenter, not `ip netns exec`: that gives the program a /sys of its own, without
+    the cgroup file systems the sender reads its limit from."""
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", *HERDCAST,
+                             "send", "--nokbd", "--no-progress", "--interface", "eth0", *args],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=log.open("wb"))
+    admit(proc.pid)  # at once: it chooses where its chunks go after its imports
+    return proc
+
+
+def wait_log(path: Path, pattern: str, timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, path.read_text() if path.exists() else "")
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
+        time.sleep(0.05)
+
+
+def test_a_disk_bigger_than_the_senders_memory_is_sent_from_the_disk_itself(disk, tmp_path):
+    outs = [junk(tmp_path / f"out{i}.img") for i in (1, 2)]
+    with NetLab(3, net=251) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as admit:
+        h0, h1, h2 = lab.hosts
+        rx = [herdcast_receiver(h, out, tmp_path / f"rcv{i}.log")
+              for i, (h, out) in enumerate(zip((h1, h2), outs, strict=True), 1)]
+        time.sleep(0.3)
+        snd = limited_sender(h0, tmp_path / "send.log", admit, "-f", str(disk),
+                             "--min-receivers", "2")
+        rcs = [wait(snd, 120)] + [wait(r, 30) for r in rx]
+    log = logs(tmp_path)
+    assert rcs == [0, 0, 0], log
+    sent = (tmp_path / "send.log").read_text()
+    assert MADE_AGAIN in sent, log
+    assert len(re.findall(r"done: .* digest agreed", sent)) == 2, log
+    assert all(used_extents_equal(disk, out) for out in outs)
+
+
+def test_a_disk_changed_after_its_pass_stops_the_send_with_why(disk, tmp_path):
+    src = tmp_path / "changing.img"
+    src.write_bytes(disk.read_bytes())
+    out = junk(tmp_path / "out.img")
+    with NetLab(2, net=252) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as admit:
+        h0, h1 = lab.hosts
+        h0.shape("100mbit")
+        rcv = herdcast_receiver(h1, out, tmp_path / "rcv.log", "--receive-timeout", "5")
+        time.sleep(0.3)
+        snd = limited_sender(h0, tmp_path / "send.log", admit, "-f", str(src),
+                             "--min-receivers", "1")
+        wait_log(tmp_path / "send.log", "chunk carousel to")
+        # the last file's bytes, sent last, are not what the pass hashed any more
+        from agent.image.usedmap import used_map
+
+        last = used_map(str(src)).extents[-1]
+        with open(src, "r+b") as f:
+            f.seek(last.offset)
+            f.write(b"\xa5" * min(last.length, 1 << 20))
+        rcs = [wait(snd, 90), wait(rcv, 60)]
+    log = logs(tmp_path)
+    assert rcs[0] not in (0, "timeout") and rcs[1] not in (0, "timeout"), log
+    said = [line for line in (tmp_path / "send.log").read_text().splitlines()
+            if "disk changed while it was being sent" in line]
+    assert len(said) == 1 and "read-only" in said[0], log
