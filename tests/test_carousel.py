@@ -274,6 +274,7 @@ import os, socket, struct, sys, time
 sys.path.insert(0, sys.argv[1])
 from agent.udpcast import carousel as wire
 from agent.transfer.send.network import default_data_group
+from agent.udpcast.extensions import build_fail
 from agent.udpcast.protocol import HcDigestAckSigned, Op, build
 src, seconds, targets = sys.argv[2], float(sys.argv[3]), sys.argv[4:]
 group = default_data_group(src)
@@ -338,6 +339,7 @@ while time.monotonic() < end:
     send(wire.build(Op.HC_MANIFEST_INFO, length=100, sha256=bytes(32),
                     signature=os.urandom(64)), targets)
     send(wire.build(Op.HC_IDLE, chunks=1), [group])
+    send(build_fail("forged: stop", os.urandom(16), Op.HC_STOP), targets)
     time.sleep(0.002)
 print("forged", sent, "packets,", len(chunks), "chunks poisoned", file=sys.stderr)
 """

@@ -97,9 +97,17 @@ def disconnect_secret(datagram: bytes | memoryview) -> bytes | None:
     return ext.secret if ext is not None else None
 
 
-def build_fail(reason: str, secret: bytes) -> bytes:
+def build_fail(reason: str, secret: bytes, op: Op = Op.HC_FAIL) -> bytes:
     """HC_FAIL carrying `reason`, cut to REASON_BYTES on a character boundary, and the
     receiver's `secret` (its CONNECT_REPLY's), without which the sender does not believe
-    it: a stranger spoofing a receiver's address cannot fail it."""
+    it: a stranger spoofing a receiver's address cannot fail it. With `op` HC_STOP, the
+    sender's to that receiver: it stops (a stranger spoofing the sender cannot stop it)."""
     raw = reason.encode("utf-8")[:REASON_BYTES]
-    return build(Op.HC_FAIL, secret=secret, reason=raw.decode("utf-8", "ignore"))
+    return build(op, secret=secret, reason=raw.decode("utf-8", "ignore"))
+
+
+def said(reason: str) -> str:
+    """An HC_FAIL or HC_STOP reason as a console, table, log or report shows it: printable
+    characters only (it comes off the network), never empty."""
+    text = "".join(c if c.isprintable() else "?" for c in reason).strip()
+    return text or "no reason given"

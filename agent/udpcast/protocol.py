@@ -66,6 +66,7 @@ class Op(IntEnum):
     HC_DIGEST_ACK = 0x4802
     HC_LATE = 0x4803
     HC_FAIL = 0x4804
+    HC_STOP = 0x4805
     # the chunk carousel (Cap.CHUNKS peers only; declared in agent.udpcast.carousel)
     HC_MANIFEST_REQ = 0x4810
     HC_MANIFEST_INFO = 0x4811
@@ -262,10 +263,12 @@ HcChanged = Struct("opcode" / Int16ub, "status" / Int16ub, "text" / Bytes(CHANGE
 HcChangedAck = Struct("opcode" / Int16ub, "status" / Int16ub, Padding(12))
 
 REASON_BYTES = 200  # one console line of why, UTF-8, NUL-padded
-HcFail = Struct(  # receiver -> sender unicast: it stops, and why (one line)
+# HC_FAIL, receiver -> sender unicast: it stops, and why (one line). HC_STOP, the same
+# from the sender to each herdcast receiver: the sender stops before their verdict.
+HcFail = Struct(
     "opcode" / Int16ub,
     "reserved" / Int16ub,
-    "secret" / Bytes(SECRET_BYTES),  # its CONNECT_REPLY's: believed only from it
+    "secret" / Bytes(SECRET_BYTES),  # the receiver's CONNECT_REPLY's: only the two know it
     "reason" / PaddedString(REASON_BYTES, "utf8"),
 )
 
@@ -288,6 +291,7 @@ MESSAGES: dict[int, Construct] = {
     Op.HC_CHANGED: HcChanged,
     Op.HC_CHANGED_ACK: HcChangedAck,
     Op.HC_FAIL: HcFail,
+    Op.HC_STOP: HcFail,
 }
 
 SIZES: dict[int, int] = {op: msg.sizeof() for op, msg in MESSAGES.items()}

@@ -40,7 +40,7 @@ from agent.image.pieces import (
 from agent.say import say
 from agent.transfer.progress import Progress
 from agent.transfer.receive.landing import Landing, Partial, confirm, read_back
-from agent.transfer.receive.link import Link, Session
+from agent.transfer.receive.link import HC_STOP, Link, Session
 from agent.transfer.receive.output import OutputError, check_image_fits
 from agent.transfer.receive.sockets import (
     Reads,
@@ -156,7 +156,10 @@ class ChunkReceiver:
             for at, n in drain(key.fileobj, scratch, gro):
                 if n >= 4:
                     self.last_rx = time.monotonic()
-                    yield scratch[at] << 8 | scratch[at + 1], mv[at:at + n]
+                    op = scratch[at] << 8 | scratch[at + 1]
+                    if op == HC_STOP:
+                        link.sender_stops(mv[at:at + n])  # raises if it is the sender's
+                    yield op, mv[at:at + n]
 
     def _silent(self) -> None:
         limit = self.opts.receive_timeout or DEAD_SENDER

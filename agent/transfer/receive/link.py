@@ -24,11 +24,12 @@ from agent.transfer.options import ReceiveOptions
 from agent.transfer.receive.slices import Assembler
 from agent.transfer.receive.sockets import (
     SCRATCH,
+    ReceiveError,
     drain,
     enable_gro,
     network_error,
 )
-from agent.udpcast.extensions import build_disconnect, build_fail, reply_secret
+from agent.udpcast.extensions import build_disconnect, build_fail, reply_secret, said
 from agent.udpcast.protocol import (
     DATA_HEADER,
     FEC_HEADER,
@@ -52,6 +53,7 @@ _DATA, _FEC, _REQACK = int(Op.DATA), int(Op.FEC), int(Op.REQACK)
 _CONNECT_REPLY = int(Op.CONNECT_REPLY)
 _HC_DIGEST_ACK = int(Op.HC_DIGEST_ACK)
 _HC_CHANGED_ACK = int(Op.HC_CHANGED_ACK)
+HC_STOP = int(Op.HC_STOP)
 
 
 @dataclass
@@ -348,6 +350,16 @@ class Link:
             self.changed_ack = True
         elif op == _CONNECT_REPLY:
             self.late_reply(self.mv[at:at + n])
+        elif op == HC_STOP:
+            self.sender_stops(self.mv[at:at + n])
+
+    def sender_stops(self, datagram: memoryview) -> None:
+        """HC_STOP: the sender cut the transfer and says why; ReceiveError with its words
+        if it echoes our secret (a stranger spoofing the sender does not know it)."""
+        parsed = parse(datagram)
+        if parsed is not None and self.session.secret is not None and hmac.compare_digest(
+                parsed[1].secret, self.session.secret):
+            raise ReceiveError(said(parsed[1].reason))
 
     def pump(self, timeout: float) -> bool:
         """Wait up to `timeout` for datagrams and handle them all; True if any came."""

@@ -14,8 +14,9 @@ import hmac
 import time
 
 from agent.say import say
-from agent.transfer.send.record import Verdict, said
+from agent.transfer.send.record import Verdict
 from agent.transfer.send.signing import digest_ack
+from agent.udpcast.extensions import said
 from agent.udpcast.protocol import Cap, ChangedStatus, LateStatus, Op, build
 
 

@@ -33,12 +33,12 @@ from agent.transfer.send.batch import SliceBuffer
 from agent.transfer.send.chunking import Prepared
 from agent.transfer.send.pacer import Pacer, pause
 from agent.transfer.send.participants import Table
-from agent.transfer.send.record import Receiver, State, Verdict, said
+from agent.transfer.send.record import Receiver, State, Verdict
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.signing import digest_ack, signer
 from agent.trust.statements import CHUNKS
 from agent.udpcast import carousel as wire
-from agent.udpcast.extensions import connect_nonce, disconnect_secret
+from agent.udpcast.extensions import connect_nonce, disconnect_secret, said
 from agent.udpcast.protocol import HEADER_SIZE, Cap, LateStatus, Op, build, parse
 
 IDLE_INTERVAL = 0.25  # nobody lacks anything: say so this often, so lost HC_NEEDs repeat

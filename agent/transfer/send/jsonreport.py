@@ -14,6 +14,7 @@ import tempfile
 
 from agent.transfer.result import TransferResult
 from agent.transfer.send.fleet import Fleet, iso
+from agent.transfer.send.network import SendError
 from agent.transfer.send.record import Verdict
 
 VERDICTS = [str(v) for v in Verdict]
@@ -157,3 +158,14 @@ def write(path: str, doc: dict) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_path(path: str) -> None:
+    """--report is written after the last round: a directory that is not there must stop
+    the send before the first, not after a day of imaging."""
+    folder = os.path.dirname(os.path.abspath(path))
+    why = ("is a directory" if os.path.isdir(path) else
+           f"directory {folder} does not exist" if not os.path.isdir(folder) else
+           f"directory {folder} is not writable" if not os.access(folder, os.W_OK) else None)
+    if why:
+        raise SendError(f"--report {path}: {why}", "give a path in a writable directory")

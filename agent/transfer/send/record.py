@@ -191,11 +191,6 @@ class Receiver:
         return now - self.progressed_at
 
 
-def said(reason: str) -> str:
-    """A receiver's HC_FAIL reason as the table, the log and the report show it: printable
-    characters only (it comes off the network), never empty."""
-    text = "".join(c if c.isprintable() else "?" for c in reason).strip()
-    return text or "no reason given"
 
 
 class ReceiverObserver(Protocol):

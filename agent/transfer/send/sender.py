@@ -41,7 +41,7 @@ from agent.transfer.send.report import serve_verdict, verdict
 from agent.transfer.send.round import WINDOW_SLICES, Round
 from agent.transfer.send.session import SendSession
 from agent.transfer.send.start import wait_for_late, wait_for_start
-from agent.transfer.send.stop import Stop
+from agent.transfer.send.stop import Stop, tell_stopped
 from agent.transfer.send.streaming import send_async
 from agent.transfer.send.view import make_view
 from agent.trust.statements import IMAGE, RAW
@@ -84,7 +84,7 @@ def send(opts: SendOptions, observer: ReceiverObserver | None = None,
             for line in send_source_warnings(opts.file):  # a disk mounted read-write
                 say(f"herdcast send: {line}")
         if opts.report:
-            _check_report(opts.report)
+            jsonreport.check_path(opts.report)
         events, own_events = _open_events(opts.events)
         session = SendSession.open(opts)
     except HerdcastError as exc:
@@ -155,12 +155,12 @@ class Service:
             self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
                                                  else verdict(rows))
         except KeyboardInterrupt:  # a second signal under --serve: stop now
-            self.fleet.interrupted(list(self.table.participants.values()))
+            self._interrupted("it was stopped by a signal")
             self.result.ok, self.result.error = serve_verdict(self.fleet.finished_rows())
         except (HerdcastError, OSError) as exc:  # a disk chunked again may have changed
-            self.fleet.interrupted(list(self.table.participants.values()))
             self.result.ok = False
             self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)
+            self._interrupted(self.result.error.what)
         self.view.close()
         self.result.seconds = time.monotonic() - self.started
         self.result.receivers = self.fleet.finished_rows()
@@ -169,6 +169,13 @@ class Service:
         if opts.serve and rounds:
             say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
                 f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
+
+    def _interrupted(self, why: str) -> None:
+        """The round in flight is cut: its receivers are failed rows, and each herdcast one
+        is told why (HC_STOP) instead of waiting for a sender that is gone."""
+        participants = list(self.table.participants.values())
+        self.fleet.interrupted(participants)
+        tell_stopped(self.session.net, participants, why)
 
     def _rounds(self, why: str, stop) -> None:
         opts, table = self.opts, self.table
@@ -364,17 +371,6 @@ def _write_report(opts: SendOptions, session: SendSession, service: Service) -> 
         service.result.error = SendError(f"--report {opts.report}: {exc.strerror or exc}",
                                          "give a path in a writable directory")
         service.result.error.__cause__ = exc  # raise ... from, for an error not raised
-
-
-def _check_report(path: str) -> None:
-    """--report is written after the last round: a directory that is not there must stop
-    the send before the first, not after a day of imaging."""
-    folder = os.path.dirname(os.path.abspath(path))
-    why = ("is a directory" if os.path.isdir(path) else
-           f"directory {folder} does not exist" if not os.path.isdir(folder) else
-           f"directory {folder} is not writable" if not os.access(folder, os.W_OK) else None)
-    if why:
-        raise SendError(f"--report {path}: {why}", "give a path in a writable directory")
 
 
 def _buffers(session: SendSession, ring: int) -> list[SliceBuffer]:

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from agent.say import say
 from agent.transfer.send.network import SendError
 from agent.transfer.send.participants import Table
-from agent.transfer.send.record import Verdict, said
+from agent.transfer.send.record import Verdict
 from agent.transfer.send.session import SendSession
+from agent.udpcast.extensions import said
 from agent.udpcast.protocol import Op
 
 CHECK_INTERVAL = 0.05  # how often start triggers are looked at (udpcast: up to 2 s)

@@ -13,6 +13,11 @@ import threading
 from collections.abc import Callable
 
 from agent.say import say
+from agent.transfer.send.record import Receiver
+from agent.udpcast.extensions import build_fail
+from agent.udpcast.protocol import Op
+
+STOP_COPIES = 2  # HC_STOP is sent this many times: one lost datagram still tells why
 
 
 class Stop:
@@ -51,3 +56,16 @@ class Stop:
         if not self.requested and self.also is not None and self.also():
             self.requested = True
         return self.requested
+
+
+def tell_stopped(net, participants: list[Receiver], why: str) -> None:
+    """HC_STOP, `why` in one line, to each herdcast receiver of a round the sender cuts (an
+    error, or a second signal): it stops at once and says the sender's reason on its
+    console, instead of waiting out its silence limit for a sender that is gone. Each copy
+    carries that receiver's secret, so a stranger spoofing the sender cannot stop it. Sent
+    twice: one lost datagram still tells. Stock receivers have no such message."""
+    message = f"the sender stopped: {why}"
+    for r in participants:
+        if r.herdcast and r.addr is not None:  # one already done has gone: nothing hears
+            for _ in range(STOP_COPIES):
+                net.send(build_fail(message, r.secret, Op.HC_STOP), r.addr)
