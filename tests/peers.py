@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +86,20 @@ def logs(tmp_path: Path, tail: int = 2000) -> str:
     """Every *.log under tmp_path, the last `tail` characters of each, for an assertion."""
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
                      for p in sorted(tmp_path.glob("*.log")))
+
+
+def wait_log(path: Path, pattern: str, timeout: float = 30) -> re.Match:
+    """The first match of `pattern` in the log at `path`, waiting up to `timeout` s for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, path.read_text() if path.exists() else "")
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
+        time.sleep(0.05)
+
+
+def junk(path: Path, size: int) -> Path:
+    """`path` filled with `size` bytes of 0x5A: a disk holding nothing of the image."""
+    path.write_bytes(bytes([0x5A]) * size)
+    return path

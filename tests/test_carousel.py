@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import peers
 import pytest
 from conftest import needs_loop
 from peers import (
@@ -27,6 +28,7 @@ from peers import (
     stock_receiver,
     used_extents_equal,
     wait,
+    wait_log,
 )
 from test_signed import pair
 
@@ -51,18 +53,7 @@ def disk(tmp_path_factory) -> Path:
 
 
 def junk(path: Path) -> Path:
-    path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
-    return path
-
-
-def wait_log(path: Path, pattern: str, timeout: float = 30) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = re.search(pattern, path.read_text() if path.exists() else "")
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
-        time.sleep(0.05)
+    return peers.junk(path, DISK_MIB * MiB)
 
 
 def received(log: Path) -> int:

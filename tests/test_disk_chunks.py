@@ -10,9 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import peers
 import pytest
 from conftest import needs_loop
-from peers import HERDCAST, ROOT, herdcast_receiver, logs, used_extents_equal, wait
+from peers import HERDCAST, ROOT, herdcast_receiver, logs, used_extents_equal, wait, wait_log
 
 from builder.lab.fsdisk import Part, make_disk
 from builder.lab.memlimit import memory_limited
@@ -36,8 +37,7 @@ def disk(tmp_path_factory) -> Path:
 
 
 def junk(path: Path) -> Path:
-    path.write_bytes(bytes([0x5A]) * (DISK_MIB * MiB))
-    return path
+    return peers.junk(path, DISK_MIB * MiB)
 
 
 def limited_sender(host, log: Path, admit, *args: str) -> subprocess.Popen:
@@ -50,16 +50,6 @@ def limited_sender(host, log: Path, admit, *args: str) -> subprocess.Popen:
                             stderr=log.open("wb"))
     admit(proc.pid)  # at once: it chooses where its chunks go after its imports
     return proc
-
-
-def wait_log(path: Path, pattern: str, timeout: float = 60) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = re.search(pattern, path.read_text() if path.exists() else "")
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{pattern!r} not in {path}"
-        time.sleep(0.05)
 
 
 def test_a_disk_bigger_than_the_senders_memory_is_sent_from_the_disk_itself(disk, tmp_path):
