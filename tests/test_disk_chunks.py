@@ -40,26 +40,21 @@ def junk(path: Path) -> Path:
     return peers.junk(path, DISK_MIB * MiB)
 
 
-def limited_sender(host, log: Path, admit, *args: str) -> subprocess.Popen:
-    """`herdcast send` in `host`'s network namespace and the memory cgroup `admit` moves it
-    to. nsenter, not `ip netns exec`: that gives the program a /sys of its own, without
-    the cgroup file systems the sender reads its limit from."""
-    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", *HERDCAST,
-                             "send", "--nokbd", "--no-progress", "--interface", "eth0", *args],
-                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=log.open("wb"))
-    admit(proc.pid)  # at once: it chooses where its chunks go after its imports
-    return proc
+def limited_sender(host, log: Path, limited, *args: str) -> subprocess.Popen:
+    """`herdcast send` in `host` and the memory cgroup `limited` (builder.lab.memlimit)."""
+    argv = [*HERDCAST, "send", "--nokbd", "--no-progress", "--interface", "eth0", *args]
+    return host.popen(limited.argv(argv), cwd=ROOT, stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
 def test_a_disk_bigger_than_the_senders_memory_is_sent_from_the_disk_itself(disk, tmp_path):
     outs = [junk(tmp_path / f"out{i}.img") for i in (1, 2)]
-    with NetLab(3, net=251) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as admit:
+    with NetLab(3, net=251) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as limited:
         h0, h1, h2 = lab.hosts
         rx = [herdcast_receiver(h, out, tmp_path / f"rcv{i}.log")
               for i, (h, out) in enumerate(zip((h1, h2), outs, strict=True), 1)]
         time.sleep(0.3)
-        snd = limited_sender(h0, tmp_path / "send.log", admit, "-f", str(disk),
+        snd = limited_sender(h0, tmp_path / "send.log", limited, "-f", str(disk),
                              "--min-receivers", "2")
         rcs = [wait(snd, 120)] + [wait(r, 30) for r in rx]
     log = logs(tmp_path)
@@ -74,12 +69,12 @@ def test_a_disk_changed_after_its_pass_stops_the_send_with_why(disk, tmp_path):
     src = tmp_path / "changing.img"
     src.write_bytes(disk.read_bytes())
     out = junk(tmp_path / "out.img")
-    with NetLab(2, net=252) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as admit:
+    with NetLab(2, net=252) as lab, memory_limited(LIMIT, f"hctest{id(tmp_path)}") as limited:
         h0, h1 = lab.hosts
         h0.shape("100mbit")
         rcv = herdcast_receiver(h1, out, tmp_path / "rcv.log")
         time.sleep(0.3)
-        snd = limited_sender(h0, tmp_path / "send.log", admit, "-f", str(src),
+        snd = limited_sender(h0, tmp_path / "send.log", limited, "-f", str(src),
                              "--min-receivers", "1")
         wait_log(tmp_path / "send.log", "chunk carousel to")
         # the last file's bytes, sent last, are not what the pass hashed any more

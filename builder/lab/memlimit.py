@@ -10,20 +10,43 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from agent.hw.memory import cgroup_dirs
 from builder.lab.vms import LabError
 
 
+class Limited:
+    """A memory cgroup made for the lab (memory_limited): `argv(cmd)` runs `cmd` in it."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path, self.version = path, version
+        point = path
+        while not os.path.ismount(point):
+            point = os.path.dirname(point)
+        self.rel = os.path.relpath(path, point)
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        """`cmd` run in the cgroup, from a lab host (`ip netns exec`). That gives a program a
+        /sys of its own without the cgroup file systems, where agent.hw.memory would find no
+        limit: the hierarchy is mounted there again first (as a container's runtime does),
+        then the shell enters the cgroup and becomes `cmd`."""
+        if self.version == 1:
+            mount = ("mount -t tmpfs hc /sys/fs/cgroup && mkdir /sys/fs/cgroup/memory && "
+                     "mount -t cgroup -o memory hc /sys/fs/cgroup/memory")
+            procs = f"/sys/fs/cgroup/memory/{self.rel}/cgroup.procs"
+        else:
+            mount = "mount -t cgroup2 hc /sys/fs/cgroup"
+            procs = f"/sys/fs/cgroup/{self.rel}/cgroup.procs"
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f'{mount} && echo $$ > {procs} && exec "$@"', "sh", *cmd]
+
+
 @contextlib.contextmanager
-def memory_limited(limit: int, name: str) -> Iterator[Callable[[int], None]]:
-    """`admit(pid)`, which moves a process into a new memory cgroup named `name`, limited to
-    `limit` bytes; the cgroup goes when the block ends (its processes must have exited).
-    Processes are moved from here, and run in a lab namespace with `nsenter --net`: `ip
-    netns exec` gives a program a /sys of its own, where the cgroup file systems are not
-    mounted (agent.hw.memory could not read its limit). LabError where no memory cgroup
-    can be made."""
+def memory_limited(limit: int, name: str) -> Iterator[Limited]:
+    """A new memory cgroup named `name`, limited to `limit` bytes, under this process's own
+    (or a parent's); it goes when the block ends (its processes must have exited). LabError
+    where no memory cgroup can be made."""
     made = None
     for parent, limit_file in _parents():
         path = os.path.join(parent, name)
@@ -37,22 +60,18 @@ def memory_limited(limit: int, name: str) -> Iterator[Callable[[int], None]]:
         except OSError:
             os.rmdir(path)
             continue
-        made = path
+        made = Limited(path, 1 if limit_file == "memory.limit_in_bytes" else 2)
         break
     if made is None:
         raise LabError("no memory cgroup can be made here",
                        "run as root on a kernel with the memory controller")
     try:
-        def admit(pid: int) -> None:
-            with open(os.path.join(made, "cgroup.procs"), "w", encoding="ascii") as f:
-                f.write(str(pid))
-
-        yield admit
+        yield made
     finally:
         deadline = time.monotonic() + 10
         while True:
             try:
-                os.rmdir(made)
+                os.rmdir(made.path)
                 break
             except OSError:  # a process still in it (EBUSY) for a moment after its exit
                 if time.monotonic() > deadline:
