@@ -200,19 +200,19 @@ def parse_manifest(raw: bytes) -> ChunkTable:
 
 def build_manifest(chunk_bytes: int, disk_size: int, meta: dict,
                    chunks: list[Chunk]) -> bytes:
-    """The manifest's bytes (construct's Manifest declaration builds them)."""
+    """The manifest's bytes, as construct's Manifest declaration lays them out: its header
+    built by the declaration, the tables packed row by row with the same layouts (_CHUNK,
+    _EXTENT; the declaration took 23 s for the million rows of a terabyte disk)."""
     blob = json.dumps(meta, sort_keys=True).encode() if meta else b""
     rows, extents = [], []
     for c in chunks:
-        rows.append(dict(offset=c.offset, span=c.span, first_extent=len(extents),
-                         extent_count=len(c.extents), codec=c.codec,
-                         wire_bytes=c.wire_bytes, wire_sha256=c.wire_sha256,
-                         content_sha256=c.content_sha256))
-        extents += [dict(offset=o, length=n, kind=k) for o, n, k in c.extents]
-    return Manifest.build(dict(
-        header=dict(version=VERSION, reserved=0, chunk_bytes=chunk_bytes, disk_size=disk_size,
-                    chunks=len(rows), extents=len(extents), meta_bytes=len(blob), reserved2=0),
-        meta=blob, chunks=rows, extents=extents))
+        rows.append(_CHUNK.pack(c.offset, c.span, len(extents), len(c.extents), c.codec,
+                                c.wire_bytes, c.wire_sha256, c.content_sha256))
+        extents += [_EXTENT.pack(o, n, k) for o, n, k in c.extents]
+    head = ManifestHeader.build(dict(
+        version=VERSION, reserved=0, chunk_bytes=chunk_bytes, disk_size=disk_size,
+        chunks=len(rows), extents=len(extents), meta_bytes=len(blob), reserved2=0))
+    return b"".join([head, blob, *rows, *extents])
 
 
 def decode_payload(chunk: Chunk, payload: bytes | memoryview) -> bytes:
