@@ -6,6 +6,7 @@ refused; a disk that already holds a chunk is recognised."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -303,3 +304,41 @@ def test_a_chunked_image_gives_back_the_disks_image_stream(disk, tmp_path):
         os.close(fd)
     assert hashlib.sha256(b"".join(stored.stream())).digest() == want
     stored.close()
+
+
+class _FailingReads:
+    """A reader whose every read fails as a dying disk's does (EIO)."""
+
+    def read(self, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_read_error_names_the_bytes_and_the_fix(disk, tmp_path, monkeypatch):
+    """The pass (the stream's encode) and a chunk made again from the disk
+    (agent.image.diskchunks) say which bytes could not be read and what to do, instead of a
+    bare "Input/output error"."""
+    from agent.image import diskchunks
+    from agent.image.chunks import CHUNK_BYTES as SPAN
+    from agent.image.stream import StreamError
+
+    umap = used_map(str(disk))
+    first = umap.extents[0]
+    with pytest.raises(StreamError) as raised:
+        list(encode(None, umap.disk_size, umap.extents, None,
+                    read=_FailingReads().read))
+    assert f"bytes {first.offset}-" in raised.value.what
+    assert "Input/output error" in raised.value.what and "dmesg" in raised.value.fix
+    table = _chunked(disk, tmp_path / "img.chunks")
+    monkeypatch.setattr(diskchunks, "reading", lambda fd: _FailingReads())
+    chunks = diskchunks.DiskChunks(str(disk), table, 1, 1456, workers=1)
+    try:
+        with pytest.raises(ChunkError) as raised:
+            chunks.chunk(0)
+    finally:
+        chunks.close()
+    start = table.chunks[0].offset
+    assert f"reading chunk 0 of {disk} (bytes {start}-{start + SPAN})" in raised.value.what
+    assert "Input/output error" in raised.value.what and "sound copy" in raised.value.fix

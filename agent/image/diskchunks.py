@@ -75,7 +75,14 @@ class DiskChunks:
 
     def _make(self, index: int) -> tuple[bytes, bytes]:
         chunk = self.table.chunks[index]
-        payload, codec = chunk_payload(self._data(chunk), self.level)
+        try:
+            data = self._data(chunk)
+        except OSError as exc:
+            raise ChunkError(f"reading chunk {index} of {self.path} (bytes {chunk.offset}-"
+                             f"{chunk.offset + chunk.span}) failed: {exc.strerror or exc}",
+                             "the disk is failing or gone (see dmesg): image it from a "
+                             "sound copy") from exc
+        payload, codec = chunk_payload(data, self.level)
         if codec != chunk.codec or hashlib.sha256(payload).digest() != chunk.wire_sha256:
             raise ChunkError(
                 f"chunk {index} of {self.path} (bytes {chunk.offset}-"

@@ -107,7 +107,12 @@ def _encode(disk_size: int, extents: Iterable[Extent], meta: dict | None,
         pos = extent.offset
         while pos < extent.end:
             want = min(CHUNK - pos % CHUNK, extent.end - pos)
-            chunk = read(want, pos)
+            try:
+                chunk = read(want, pos)
+            except OSError as exc:  # the disk's own error: which bytes, not just "EIO"
+                raise StreamError(f"reading the disk's bytes {pos}-{pos + want} failed: "
+                                  f"{exc.strerror or exc}", "the disk is failing or gone "
+                                  "(see dmesg): image it from a sound copy") from exc
             if len(chunk) != want:
                 raise StreamError(f"disk ended at byte {pos + len(chunk)} while reading "
                                   f"{want} bytes at {pos}", "is the disk still attached?")
