@@ -342,3 +342,28 @@ def test_a_read_error_names_the_bytes_and_the_fix(disk, tmp_path, monkeypatch):
     start = table.chunks[0].offset
     assert f"reading chunk 0 of {disk} (bytes {start}-{start + SPAN})" in raised.value.what
     assert "Input/output error" in raised.value.what and "sound copy" in raised.value.fix
+
+
+def test_chunks_made_again_from_the_disk_are_the_stored_ones_in_any_order(disk, tmp_path):
+    """agent.image.diskchunks gives each chunk's payload and piece list exactly as the pass
+    made them, in turn (the next ones begun on the pool) and out of turn (a chunk's holes:
+    what is begun for the chunks in turn is kept, not thrown away)."""
+    from agent.image import diskchunks
+
+    table = _chunked(disk, tmp_path / "img.chunks")
+    stored = ChunkedFile.open(str(tmp_path / "img.chunks"))
+    chunks = diskchunks.DiskChunks(str(disk), table, 3, 1456, workers=2)
+    try:
+        def want(i: int) -> tuple[bytes, bytes]:
+            return stored.payload(i), piece_list(stored.payload(i), 1456)
+
+        assert chunks.chunk(0) == want(0)
+        begun = set(chunks._made)
+        assert begun == set(range(1, 1 + chunks.ahead))
+        assert chunks.chunk(len(table.chunks) - 1, ahead=False) == want(len(table.chunks) - 1)
+        assert set(chunks._made) == begun  # the holes' chunk left the turn's work alone
+        for i in range(1, len(table.chunks)):
+            assert chunks.chunk(i) == want(i), i
+    finally:
+        chunks.close()
+        stored.close()

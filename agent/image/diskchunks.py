@@ -61,9 +61,14 @@ class DiskChunks:
         self._readers: list[Direct | Pread] = []
         self._lock = threading.Lock()
 
-    def chunk(self, index: int) -> tuple[bytes, bytes]:
-        """(payload, piece list) of chunk `index`, and the next chunks begun on the pool.
-        Raises ChunkError if the disk no longer holds what was chunked."""
+    def chunk(self, index: int, ahead: bool = True) -> tuple[bytes, bytes]:
+        """(payload, piece list) of chunk `index`, and (`ahead`) the next chunks begun on
+        the pool. A chunk sent out of turn (the pieces receivers lack of one that went by)
+        leaves what is begun alone. Raises ChunkError if the disk no longer holds what was
+        chunked."""
+        if not ahead:
+            future = self._made.get(index)
+            return future.result() if future is not None else self._make(index)
         count = len(self.table.chunks)
         future = self._made.pop(index, None)
         following = {(index + k) % count for k in range(1, min(self.ahead, count - 1) + 1)}

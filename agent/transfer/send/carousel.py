@@ -145,7 +145,7 @@ class Carousel:
         if self.holes:
             index = next(iter(self.holes))
             self.wanted &= ~(1 << index)
-            payload, lists = self.prepared.chunk(index)
+            payload, lists = self.prepared.chunk(index, ahead=False)
             self._send_holes(index, payload, lists, self.holes.pop(index))
             return
         ahead = self.wanted >> self.cursor

@@ -34,7 +34,7 @@ class Prepared:
 
     table: ChunkTable
     offer: bytes
-    chunk: Callable[[int], tuple[bytes, bytes]]
+    chunk: Callable[..., tuple[bytes, bytes]]  # (index, ahead=True): see DiskChunks.chunk
     close: Callable[[], None]
 
     @classmethod
@@ -43,7 +43,7 @@ class Prepared:
                                         for c in stored.table.chunks], blocksize)
         index = b"".join(list_index(lst, blocksize) for lst in lists)
         return cls(stored.table, build_offer(stored.table.raw, blocksize, index),
-                   lambda i: (stored.payload(i), lists[i]), stored.close)
+                   lambda i, ahead=True: (stored.payload(i), lists[i]), stored.close)
 
     @classmethod
     def of_disk(cls, path: str, raw: bytes, index: PieceIndex, level: int,
