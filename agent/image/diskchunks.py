@@ -30,16 +30,14 @@ AHEAD = 4  # chunks made ahead of the one sent, per core
 
 class PieceIndex:
     """The pass's `put` for a disk chunked without a scratch: of each payload it keeps only
-    the offer's entry (its piece-list hashes), and counts the payloads' bytes."""
+    the offer's entry (its piece-list hashes)."""
 
     def __init__(self, blocksize: int) -> None:
         self.blocksize = blocksize
         self.entries: list[bytes] = []
-        self.wire_bytes = 0
 
     def __call__(self, payload: bytes) -> None:
         self.entries.append(list_index(piece_list(payload, self.blocksize), self.blocksize))
-        self.wire_bytes += len(payload)
 
     @property
     def index(self) -> bytes:
