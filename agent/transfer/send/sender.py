@@ -154,9 +154,11 @@ class Service:
             rows = self.fleet.finished_rows()
             self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
                                                  else verdict(rows))
-        except KeyboardInterrupt:  # a second signal under --serve: stop now
+        except KeyboardInterrupt:  # Ctrl-C, or a second signal under --serve: stop now
             self._interrupted("it was stopped by a signal")
-            self.result.ok, self.result.error = serve_verdict(self.fleet.finished_rows())
+            rows = self.fleet.finished_rows()
+            self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
+                                                 else verdict(rows))
         except (HerdcastError, OSError) as exc:  # a disk chunked again may have changed
             self.result.ok = False
             self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)
