@@ -294,11 +294,11 @@ def test_the_chunking_pass_writes_in_memory_only_what_fits(tmp_path, monkeypatch
     the transfer; a bigger one's go to a temporary file. (A disk's that would not fit are
     made again from the disk: test_carousel.)"""
     from agent.hw.memory import available
-    from agent.transfer.send.chunking import _scratch
+    from agent.transfer.send.chunking import _fits_in_memory, _scratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert available() > 0
-    fd, path = _scratch(1 << 20)
+    fd, path = _scratch(_fits_in_memory(1 << 20))
     try:
         assert path == f"/proc/self/fd/{fd}" and "memfd:" in os.readlink(path)
         with open(path, "wb") as f:
@@ -307,6 +307,6 @@ def test_the_chunking_pass_writes_in_memory_only_what_fits(tmp_path, monkeypatch
             assert f.read() == b"chunks"
     finally:
         os.close(fd)
-    fd, path = _scratch(1 << 62)
+    fd, path = _scratch(_fits_in_memory(1 << 62))
     assert fd is None and os.path.dirname(path) == str(tmp_path)
     os.unlink(path)

@@ -70,7 +70,7 @@ def prepare(session: SendSession, cancelled=lambda: False) -> Prepared:
     else:
         prepared = _kept(lambda tmp: chunk_image(path, tmp, codec=src.codec,
                                                  cancelled=cancelled),
-                         src.disk_size or 1 << 62, bs)
+                         _fits_in_memory(src.disk_size or 1 << 62), bs)
     t = prepared.table
     say(f"herdcast send: chunked the image in {time.monotonic() - started:.1f} s: "
         f"{len(t.chunks)} chunks, {t.used_bytes} used bytes in {t.wire_bytes} bytes")
@@ -88,20 +88,20 @@ def _chunk_disk(session: SendSession, cancelled) -> Prepared:
                               os.cpu_count() or 1)
     mapped = dict(extents=src.umap.extents, disk_size=src.umap.disk_size,
                   meta=metadata(path, src.umap), level=level, cancelled=cancelled)
-    if src.umap.used_bytes > available() // 2:
+    if not _fits_in_memory(src.umap.used_bytes):
         say(f"herdcast send: chunks compressed at {why}; the used bytes are more than half "
             "the free memory, so each chunk is made again from the disk when it is sent")
         index = PieceIndex(bs)
         raw = chunk_payloads(path, index, **mapped)
         return Prepared.of_disk(path, raw, index, level, bs)
     say(f"herdcast send: chunks compressed at {why}")
-    return _kept(lambda tmp: chunk_image(path, tmp, **mapped), src.umap.used_bytes, bs)
+    return _kept(lambda tmp: chunk_image(path, tmp, **mapped), True, bs)
 
 
-def _kept(make: Callable[[str], object], most: int, blocksize: int) -> Prepared:
-    """The chunked image `make(path)` writes, kept where _scratch says (unlinked at once: it
-    goes when the sender does)."""
-    scratch, tmp = _scratch(most)
+def _kept(make: Callable[[str], object], in_memory: bool, blocksize: int) -> Prepared:
+    """The chunked image `make(path)` writes, kept in memory or a temporary file (_scratch;
+    unlinked at once: it goes when the sender does)."""
+    scratch, tmp = _scratch(in_memory)
     try:
         make(tmp)
         return Prepared.of(ChunkedFile.open(tmp), blocksize)
@@ -112,12 +112,18 @@ def _kept(make: Callable[[str], object], most: int, blocksize: int) -> Prepared:
             os.close(scratch)  # the ChunkedFile holds its own descriptor of it
 
 
-def _scratch(most: int) -> tuple[int | None, str]:
-    """Where the pass writes the chunks: (memfd, its path) in memory when even `most`
-    bytes (no compression at all) fit in half of what is available, so that a sender whose
-    temporary directory is on a disk does not write them out (and read them back) during
-    the transfer; else (None, a new temporary file's path)."""
-    if most <= available() // 2:
+def _fits_in_memory(most: int) -> bool:
+    """Whether chunks of at most `most` bytes (no compression at all) fit in half of what
+    this process may still take (agent.hw.memory: MemAvailable, under its cgroup's limit)."""
+    return most <= available() // 2
+
+
+def _scratch(in_memory: bool) -> tuple[int | None, str]:
+    """Where the pass writes the chunks: (memfd, its path) in memory when they fit there
+    (_fits_in_memory), so that a sender whose temporary directory is on a disk does not
+    write them out (and read them back) during the transfer; else (None, a new temporary
+    file's path)."""
+    if in_memory:
         fd = os.memfd_create("herdcast-chunks", os.MFD_CLOEXEC)
         return fd, f"/proc/self/fd/{fd}"
     fd, path = tempfile.mkstemp(prefix="herdcast-chunks-")

@@ -191,8 +191,6 @@ class Receiver:
         return now - self.progressed_at
 
 
-
-
 class ReceiverObserver(Protocol):
     """Told of each receiver as the fleet sees it (herdcast deploy: its nodes by MAC).
     `connected` may set the record's hostname: the live view and the reports show it."""

@@ -151,14 +151,10 @@ class Service:
                 self._async(why)
                 return
             self._rounds(why, stop)
-            rows = self.fleet.finished_rows()
-            self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
-                                                 else verdict(rows))
+            self._conclude()
         except KeyboardInterrupt:  # Ctrl-C, or a second signal under --serve: stop now
             self._interrupted("it was stopped by a signal")
-            rows = self.fleet.finished_rows()
-            self.result.ok, self.result.error = (serve_verdict(rows) if opts.serve
-                                                 else verdict(rows))
+            self._conclude()
         except (HerdcastError, OSError) as exc:  # a disk chunked again may have changed
             self.result.ok = False
             self.result.error = exc if isinstance(exc, HerdcastError) else _system_error(exc)
@@ -171,6 +167,12 @@ class Service:
         if opts.serve and rounds:
             say(f"herdcast send: served {len(self.result.receivers)} receiver(s) in "
                 f"{len(rounds)} round(s) over {time.monotonic() - self.started:.0f} s")
+
+    def _conclude(self) -> None:
+        """The session's verdict from the receivers' rows: --serve's, or a plain send's."""
+        rows = self.fleet.finished_rows()
+        self.result.ok, self.result.error = (serve_verdict(rows) if self.opts.serve
+                                             else verdict(rows))
 
     def _interrupted(self, why: str) -> None:
         """The round in flight is cut: its receivers are failed rows, and each herdcast one
